@@ -1,0 +1,3 @@
+"""sconify: turn ordinary container images into confidential, measurable images."""
+
+__version__ = "0.1.0"

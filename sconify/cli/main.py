@@ -1,0 +1,90 @@
+"""The ``sconify`` command: one entry point, a subcommand per capability.
+
+Each subcommand lives in its own module under ``sconify.cli`` and exposes
+``register(subparsers)``, which adds its parser and sets ``func`` to a function taking the
+parsed arguments and returning an exit code. Errors derived from ``SconifyError`` or
+``EmbedfsError`` become one line on stderr and their exit code; anything else is a bug and
+prints one line too (a traceback only with ``SCONIFY_DEBUG=1``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+import traceback
+
+from embedfs.errors import EmbedfsError
+from sconify import __version__
+from sconify.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, SconifyError
+
+# Subcommand modules, in the order they appear in --help. A module that is not present yet
+# (work in progress) is skipped rather than breaking the whole CLI.
+SUBCOMMAND_MODULES = (
+    "sconify.cli.image",
+    "sconify.cli.verify",
+    "sconify.cli.fspf",
+    "sconify.cli.copy",
+    "sconify.cli.demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sconify",
+        description="Turn container images into confidential images and audit the result.",
+    )
+    parser.add_argument("--version", action="version", version=f"sconify {__version__}")
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in SUBCOMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            if exc.name == name:
+                continue
+            raise
+        module.register(subparsers)
+    return parser
+
+
+def run(argv: list[str], prog: str = "sconify") -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "func", None) is None:
+        parser.print_help(sys.stderr)
+        return EXIT_BAD_INPUT
+    try:
+        return int(args.func(args) or 0)
+    except (SconifyError, EmbedfsError) as exc:
+        code = getattr(exc, "exit_code", EXIT_BAD_INPUT)
+        print(f"{prog}: error: {one_line(exc)}", file=sys.stderr)
+        return code
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # a bug: say so in one line, keep the traceback for debugging
+        if os.environ.get("SCONIFY_DEBUG"):
+            traceback.print_exc()
+        print(
+            f"{prog}: internal error: {type(exc).__name__}: {one_line(exc)} "
+            "(this is a bug; rerun with SCONIFY_DEBUG=1 and report the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_INTERNAL
+
+
+def one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
+
+
+def image_main() -> None:
+    """``sconify-image ...`` is ``sconify image ...``."""
+    sys.exit(run(["image", *sys.argv[1:]], prog="sconify-image"))
