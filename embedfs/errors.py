@@ -24,3 +24,11 @@ class IntegrityError(EmbedfsError):
         super().__init__(message)
         self.path = path
         self.check = check
+
+
+class InputError(EmbedfsError):
+    """An argument is unusable: a bad member path or entry, a missing file, an unknown member."""
+
+
+class AlreadyEmbeddedError(EmbedfsError):
+    """The executable already carries an embedfs archive (pass replace=True / --replace)."""

@@ -1,0 +1,499 @@
+"""The embedfs archive: a deterministic, hashed, zstd-compressed set of files and symlinks.
+
+Layout (all integers little-endian; see docs/embedfs-format.md):
+
+    header   16 bytes  magic "EMBEDFS\\0", u16 version, u16 flags (0), u32 chunk size
+    data     per file, in index order: its content as independent zstd frames of
+             at most ``chunk size`` uncompressed bytes each
+    index    one record per member, sorted by path (UTF-8 bytes)
+    trailer  64 bytes  magic "EMBEDFSI", u64 index offset, u64 index size,
+             u64 member count, 32-byte root hash
+
+The root hash is SHA-256 over a domain tag and every member's canonical record (kind, mode,
+uid, gid, size, SHA-256 of the content, path, link target): it names the content, not the
+compression. Reading one file decompresses only that file's frames.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import hashlib
+import io
+import os
+import stat as stat_module
+import struct
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterable, Iterator
+
+import zstandard
+
+from embedfs.errors import FormatError, InputError, IntegrityError
+
+MAGIC = b"EMBEDFS\x00"
+TRAILER_MAGIC = b"EMBEDFSI"
+VERSION = 1
+CHUNK_SIZE = 1 << 20  # uncompressed bytes per zstd frame
+DEFAULT_LEVEL = 3
+ROOT_DOMAIN = b"embedfs-root-v1\x00"
+
+HEADER = struct.Struct("<8sHHI")
+TRAILER = struct.Struct("<8sQQQ32s")
+# kind, path length, link length, mode, uid, gid, size, data offset, data length, sha256
+INDEX_RECORD = struct.Struct("<BHHIIIQQQ32s")
+# the same without the data location: what the root hash covers
+CANONICAL_RECORD = struct.Struct("<BHHIIIQ32s")
+
+KIND_FILE = 1
+KIND_SYMLINK = 2
+KIND_CODES = {"file": KIND_FILE, "symlink": KIND_SYMLINK}
+KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
+
+MAX_PATH_BYTES = 4095
+PENDING_CHUNKS = 8  # compressed chunks in flight: bounds memory to a few MiB
+
+
+Source = bytes | Callable[[], BinaryIO] | None
+
+
+@dataclass(frozen=True)
+class ArchiveEntry:
+    """One member to pack: a regular file (content from ``source``) or a symlink."""
+
+    path: str
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    linkname: str = ""
+    source: Source = field(default=None, compare=False, repr=False)
+
+
+@dataclass(frozen=True)
+class Member:
+    """One member as recorded in an archive's index."""
+
+    path: str
+    kind: str
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    sha256: str
+    linkname: str
+    data_offset: int
+    data_length: int
+
+
+@dataclass(frozen=True)
+class PackResult:
+    """What ``pack`` wrote: the root hash, member count, archive bytes and per-file hashes."""
+
+    root_hash: str
+    file_count: int
+    size: int
+    files: dict[str, str]
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """A passed ``Archive.verify``: how much was checked."""
+
+    root_hash: str
+    file_count: int
+    content_bytes: int
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def validate_path(path: str) -> bytes:
+    """Return the UTF-8 bytes of a member path, or raise InputError if it is not a clean
+    relative path (no leading '/', no '.', '..' or empty components, no NUL)."""
+    if not isinstance(path, str) or not path:
+        raise InputError(f"archive path {path!r} is empty; give a relative path like 'app/main.py'")
+    parts = path.split("/")
+    if path.startswith("/") or "\x00" in path or any(p in ("", ".", "..") for p in parts):
+        raise InputError(
+            f"archive path {path!r} is not a clean relative path; "
+            "remove leading '/', '.', '..' and empty components"
+        )
+    encoded = path.encode("utf-8", "surrogateescape")
+    if len(encoded) > MAX_PATH_BYTES:
+        raise InputError(f"archive path {path[:60]!r}... is longer than {MAX_PATH_BYTES} bytes; shorten it")
+    return encoded
+
+
+def validate_entry(entry: ArchiveEntry) -> None:
+    """Raise InputError if an entry's kind, mode, owner, size or link target is unusable."""
+    if entry.kind not in KIND_CODES:
+        raise InputError(f"{entry.path}: kind {entry.kind!r} is not supported; pack only 'file' or 'symlink'")
+    if not 0 <= entry.mode <= 0o7777:
+        raise InputError(f"{entry.path}: mode {entry.mode:o} is out of range; give permission bits only (0..7777)")
+    for name in ("uid", "gid"):
+        value = getattr(entry, name)
+        if not 0 <= value < 2**32:
+            raise InputError(f"{entry.path}: {name} {value} is out of range; give a 32-bit id")
+    if entry.kind == "symlink":
+        if not entry.linkname or "\x00" in entry.linkname:
+            raise InputError(f"{entry.path}: symlink has an empty or invalid target; give its link target")
+        if len(entry.linkname.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+            raise InputError(f"{entry.path}: symlink target is longer than {MAX_PATH_BYTES} bytes")
+    elif entry.size < 0:
+        raise InputError(f"{entry.path}: negative size {entry.size}; give the file's size in bytes")
+    elif entry.source is None:
+        raise InputError(f"{entry.path}: file has no source; give its bytes or a callable opening a stream")
+
+
+def open_source(entry: ArchiveEntry) -> BinaryIO:
+    """Open the content stream of a file entry."""
+    if isinstance(entry.source, (bytes, bytearray, memoryview)):
+        if len(entry.source) != entry.size:
+            raise InputError(
+                f"{entry.path}: source has {len(entry.source)} bytes but size says {entry.size}; fix the size"
+            )
+        return io.BytesIO(entry.source)
+    return entry.source()
+
+
+def iter_chunks(entry: ArchiveEntry) -> Iterator[bytes]:
+    """Yield the content of a file entry in CHUNK_SIZE pieces, exactly ``size`` bytes in all."""
+    remaining = entry.size
+    with open_source(entry) as stream:
+        while remaining:
+            chunk = stream.read(min(CHUNK_SIZE, remaining))
+            if not chunk:
+                raise InputError(
+                    f"{entry.path}: source ended {remaining} bytes early (size says {entry.size}); "
+                    "fix the size or the source"
+                )
+            while len(chunk) < min(CHUNK_SIZE, remaining):  # short reads from pipes and tar streams
+                more = stream.read(min(CHUNK_SIZE, remaining) - len(chunk))
+                if not more:
+                    break
+                chunk += more
+            remaining -= len(chunk)
+            yield chunk
+
+
+def compress_chunk(chunk: bytes, level: int) -> bytes:
+    """One independent zstd frame with pinned settings (one-shot, content size, no checksum)."""
+    compressor = zstandard.ZstdCompressor(level=level, write_content_size=True, write_checksum=False)
+    return compressor.compress(chunk)
+
+
+def canonical_record(kind: int, mode: int, uid: int, gid: int, size: int, digest: bytes,
+                     path: bytes, link: bytes) -> bytes:
+    """The bytes of one member that the root hash covers."""
+    return CANONICAL_RECORD.pack(kind, len(path), len(link), mode, uid, gid, size, digest) + path + link
+
+
+def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT_LEVEL) -> PackResult:
+    """Write an archive of ``entries`` (any order; written sorted by path) to ``out``.
+
+    Content is read once, hashed, and compressed on a small thread pool; frames are written in
+    order, so the output is byte-identical for the same entries and level.
+    """
+    ordered = sort_entries(entries)
+    written = 0
+
+    def write(data: bytes) -> None:
+        nonlocal written
+        out.write(data)
+        written += len(data)
+
+    write(HEADER.pack(MAGIC, VERSION, 0, CHUNK_SIZE))
+    index = bytearray()
+    root = hashlib.sha256(ROOT_DOMAIN)
+    files: dict[str, str] = {}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+        for entry, path_bytes in ordered:
+            kind = KIND_CODES[entry.kind]
+            link = entry.linkname.encode("utf-8", "surrogateescape")
+            data_offset = written
+            if entry.kind == "symlink":
+                digest = hashlib.sha256(link).digest()
+                size = len(link)
+            else:
+                hasher = hashlib.sha256()
+                pending: deque[concurrent.futures.Future[bytes]] = deque()
+                for chunk in iter_chunks(entry):
+                    hasher.update(chunk)
+                    pending.append(pool.submit(compress_chunk, chunk, level))
+                    while len(pending) >= PENDING_CHUNKS:
+                        write(pending.popleft().result())
+                while pending:
+                    write(pending.popleft().result())
+                digest = hasher.digest()
+                size = entry.size
+                files[entry.path] = digest.hex()
+            data_length = written - data_offset
+            index += INDEX_RECORD.pack(kind, len(path_bytes), len(link), entry.mode, entry.uid,
+                                       entry.gid, size, data_offset, data_length, digest)
+            index += path_bytes + link
+            root.update(canonical_record(kind, entry.mode, entry.uid, entry.gid, size, digest,
+                                         path_bytes, link))
+    index_offset = written
+    write(bytes(index))
+    root_hash = root.digest()
+    write(TRAILER.pack(TRAILER_MAGIC, index_offset, len(index), len(ordered), root_hash))
+    return PackResult(root_hash=root_hash.hex(), file_count=len(ordered), size=written, files=files)
+
+
+def sort_entries(entries: Iterable[ArchiveEntry]) -> list[tuple[ArchiveEntry, bytes]]:
+    """Validate entries and sort them by the UTF-8 bytes of their path; refuse duplicates."""
+    keyed = []
+    for entry in entries:
+        keyed.append((validate_path(entry.path), entry))
+        validate_entry(entry)
+    keyed.sort(key=lambda pair: pair[0])
+    for (a, _), (b, _) in zip(keyed, keyed[1:]):
+        if a == b:
+            raise InputError(f"archive path {a.decode(errors='replace')!r} is given twice; keep one entry per path")
+    return [(entry, path) for path, entry in keyed]
+
+
+def directory_entries(src_dir: str | os.PathLike, *, keep_owner: bool = False) -> list[ArchiveEntry]:
+    """Entries for every regular file and symlink under ``src_dir`` (directories are implied).
+
+    Owners are normalised to 0:0 unless ``keep_owner``; other file types are refused.
+    """
+    root = Path(src_dir)
+    if not root.is_dir():
+        raise InputError(f"{root} is not a directory; give the directory to pack")
+    entries = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames.sort()
+        for name in sorted(filenames) + [d for d in dirnames if os.path.islink(os.path.join(dirpath, d))]:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            st = os.lstat(full)
+            uid, gid = (st.st_uid, st.st_gid) if keep_owner else (0, 0)
+            mode = stat_module.S_IMODE(st.st_mode)
+            if stat_module.S_ISLNK(st.st_mode):
+                entries.append(ArchiveEntry(rel, "symlink", mode, uid, gid, 0, linkname=os.readlink(full)))
+            elif stat_module.S_ISREG(st.st_mode):
+                entries.append(ArchiveEntry(rel, "file", mode, uid, gid, st.st_size,
+                                            source=lambda full=full: open(full, "rb")))
+            else:
+                raise InputError(f"{full} is not a regular file or symlink; remove it or pack another directory")
+    return entries
+
+
+def pack_directory(src_dir: str | os.PathLike, out: BinaryIO, *, level: int = DEFAULT_LEVEL,
+                   keep_owner: bool = False) -> PackResult:
+    """Pack every regular file and symlink under ``src_dir`` into ``out``."""
+    return pack(directory_entries(src_dir, keep_owner=keep_owner), out, level=level)
+
+
+# ---------------------------------------------------------------------------------------------
+# reading
+
+
+class ByteSource:
+    """Random access to a byte range of a file, a buffer or a stream."""
+
+    def __init__(self, read_at: Callable[[int, int], bytes | memoryview], size: int,
+                 close: Callable[[], None] = lambda: None):
+        self.read_at = read_at
+        self.size = size
+        self.close = close
+
+
+def byte_source(src: str | os.PathLike | BinaryIO | bytes | bytearray | memoryview,
+                offset: int = 0, size: int | None = None) -> ByteSource:
+    """A ByteSource over ``size`` bytes at ``offset`` of a path, an open file or a buffer."""
+    if isinstance(src, (bytes, bytearray, memoryview)):
+        view = memoryview(src).cast("B")
+        total = len(view)
+        end = total if size is None else offset + size
+        if offset < 0 or end > total:
+            raise FormatError(f"archive range {offset}+{size} lies outside a {total}-byte buffer")
+        view = view[offset:end]
+        return ByteSource(lambda at, n: view[at:at + n], len(view))
+    if isinstance(src, (str, os.PathLike)):
+        try:
+            fd = os.open(src, os.O_RDONLY)
+        except OSError as exc:
+            raise InputError(f"cannot open {src}: {exc.strerror}; check the path") from None
+        total = os.fstat(fd).st_size
+        close = lambda: os.close(fd)  # noqa: E731
+    else:
+        fd = src.fileno() if hasattr(src, "fileno") and _has_fileno(src) else None
+        if fd is None:
+            src.seek(0, os.SEEK_END)
+            total = src.tell()
+
+            def read_stream(at: int, n: int) -> bytes:
+                src.seek(offset + at)
+                return src.read(n)
+
+            length = total - offset if size is None else size
+            if offset < 0 or offset + length > total:
+                raise FormatError(f"archive range {offset}+{length} lies outside a {total}-byte stream")
+            return ByteSource(read_stream, length)
+        total = os.fstat(fd).st_size
+        close = lambda: None  # noqa: E731
+    length = total - offset if size is None else size
+    if offset < 0 or offset + length > total:
+        close()
+        raise FormatError(f"archive range {offset}+{length} lies outside the {total}-byte file; the file is truncated")
+    return ByteSource(lambda at, n: os.pread(fd, n, offset + at), length, close)
+
+
+def _has_fileno(stream: BinaryIO) -> bool:
+    try:
+        stream.fileno()
+    except (OSError, io.UnsupportedOperation):
+        return False
+    return True
+
+
+class Archive:
+    """Random-access reader: list, stat, read one file, verify everything."""
+
+    def __init__(self, source: ByteSource):
+        self.source = source
+        self.members: dict[str, Member] = {}
+        self.root_hash = ""
+        self.chunk_size = CHUNK_SIZE
+        self._load_index()
+
+    @classmethod
+    def open(cls, src: str | os.PathLike | BinaryIO | bytes | bytearray | memoryview, *,
+             offset: int = 0, size: int | None = None) -> "Archive":
+        """Open an archive held in a path, an open file or a buffer (optionally a byte range)."""
+        return cls(byte_source(src, offset, size))
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> "Archive":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- index ----------------------------------------------------------------------------------
+
+    def _read_exact(self, offset: int, length: int, what: str) -> bytes | memoryview:
+        data = self.source.read_at(offset, length)
+        if len(data) != length:
+            raise FormatError(f"embedfs archive is truncated: {what} at {offset} is cut short; rebuild it")
+        return data
+
+    def _load_index(self) -> None:
+        total = self.source.size
+        if total < HEADER.size + TRAILER.size:
+            raise FormatError(f"input is {total} bytes, too small for an embedfs archive; give an archive built by 'embedfs pack'")
+        magic, version, _flags, chunk_size = HEADER.unpack(self._read_exact(0, HEADER.size, "header"))
+        if magic != MAGIC:
+            raise FormatError("input is not an embedfs archive (bad magic); give an archive built by 'embedfs pack'")
+        if version != VERSION:
+            raise FormatError(f"embedfs archive version {version} is not supported (this reader knows {VERSION}); upgrade embedfs")
+        self.chunk_size = chunk_size
+        tmagic, index_offset, index_size, count, root = TRAILER.unpack(
+            self._read_exact(total - TRAILER.size, TRAILER.size, "trailer"))
+        if tmagic != TRAILER_MAGIC:
+            raise FormatError("embedfs archive trailer is missing (bad trailer magic); the archive is truncated or damaged")
+        if index_offset < HEADER.size or index_offset + index_size != total - TRAILER.size:
+            raise FormatError("embedfs archive index lies outside the archive; the archive is damaged")
+        index = bytes(self._read_exact(index_offset, index_size, "index"))
+        self.root_hash = root.hex()
+        computed = hashlib.sha256(ROOT_DOMAIN)
+        pos = 0
+        previous = b""
+        for _ in range(count):
+            if pos + INDEX_RECORD.size > len(index):
+                raise FormatError("embedfs archive index is cut short; the archive is damaged")
+            (kind, path_len, link_len, mode, uid, gid, size, data_offset, data_length,
+             digest) = INDEX_RECORD.unpack_from(index, pos)
+            pos += INDEX_RECORD.size
+            path = index[pos:pos + path_len]
+            link = index[pos + path_len:pos + path_len + link_len]
+            pos += path_len + link_len
+            if pos > len(index) or kind not in KIND_NAMES:
+                raise FormatError("embedfs archive index has a malformed record; the archive is damaged")
+            if path <= previous:
+                raise FormatError("embedfs archive index is not sorted by path; the archive is damaged")
+            previous = path
+            if data_offset < HEADER.size or data_offset + data_length > index_offset:
+                raise FormatError(f"{path.decode(errors='replace')}: content lies outside the data area; the archive is damaged")
+            computed.update(canonical_record(kind, mode, uid, gid, size, digest, path, link))
+            name = path.decode("utf-8", "surrogateescape")
+            self.members[name] = Member(name, KIND_NAMES[kind], mode, uid, gid, size, digest.hex(),
+                                        link.decode("utf-8", "surrogateescape"), data_offset, data_length)
+        if pos != len(index):
+            raise FormatError("embedfs archive index has trailing bytes; the archive is damaged")
+        if computed.digest() != root:
+            raise IntegrityError("embedfs archive index does not match its root hash; the archive was modified",
+                                 path=None, check="root hash")
+
+    # -- queries --------------------------------------------------------------------------------
+
+    def list(self) -> list[Member]:
+        """All members, sorted by path."""
+        return list(self.members.values())
+
+    def stat(self, path: str) -> Member:
+        """The index record of one member."""
+        member = self.members.get(path.lstrip("/"))
+        if member is None:
+            raise InputError(f"{path}: no such member in the archive; 'embedfs ls' lists them")
+        return member
+
+    def read(self, path: str) -> bytes:
+        """The content of one file (or a symlink's target), checked against its SHA-256."""
+        member = self.stat(path)
+        if member.kind == "symlink":
+            return member.linkname.encode("utf-8", "surrogateescape")
+        data = self._decompress(member)
+        if len(data) != member.size:
+            raise IntegrityError(f"{member.path}: content is {len(data)} bytes, index says {member.size}; the archive was modified",
+                                 path=member.path, check="file size")
+        if hashlib.sha256(data).hexdigest() != member.sha256:
+            raise IntegrityError(f"{member.path}: content does not match its SHA-256; the archive was modified",
+                                 path=member.path, check="file sha256")
+        return data
+
+    def _decompress(self, member: Member) -> bytes:
+        if member.data_length == 0:
+            return b""
+        raw = self._read_exact(member.data_offset, member.data_length, member.path)
+        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True)
+        try:
+            return reader.read(member.size + 1) if member.size else reader.read()
+        except zstandard.ZstdError as exc:
+            raise IntegrityError(f"{member.path}: compressed content is corrupt ({exc}); the archive was modified",
+                                 path=member.path, check="zstd frame") from None
+
+    def verify(self) -> VerifyResult:
+        """Check every member's content against its hash (the index was checked on open)."""
+        members = [m for m in self.members.values() if m.kind == "file"]
+
+        def check(member: Member) -> int:
+            self.read(member.path)
+            return member.size
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
+            total = sum(pool.map(check, members))
+        return VerifyResult(root_hash=self.root_hash, file_count=len(self.members), content_bytes=total)
+
+    def extract(self, dest: str | os.PathLike) -> int:
+        """Write every member below ``dest`` (which must be empty or absent); return the count."""
+        root = Path(dest)
+        root.mkdir(parents=True, exist_ok=True)
+        if any(root.iterdir()):
+            raise InputError(f"{root} is not empty; extract into a new directory")
+        for member in self.members.values():
+            target = root / member.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if member.kind == "symlink":
+                os.symlink(member.linkname, target)
+            else:
+                target.write_bytes(self.read(member.path))
+                os.chmod(target, member.mode)
+        return len(self.members)
