@@ -1,0 +1,265 @@
+"""Layer blobs: compression kinds, media types, digest-checking streams and pinned compressors.
+
+Everything here streams: no function holds a whole layer in memory.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import re
+import zlib
+from typing import BinaryIO, Callable
+
+import zstandard
+
+from sconify.errors import ImageError
+
+CHUNK_SIZE = 1 << 20
+
+COMPRESSIONS = ("none", "gzip", "zstd")
+
+# Pinned compressor settings: changing any of these changes every output digest.
+GZIP_LEVEL = 6
+ZSTD_LEVEL = 3
+ZSTD_THREADS = 2  # zstd output with threads >= 1 does not depend on the thread count
+
+OCI_LAYER_MEDIA_TYPES = {
+    "none": "application/vnd.oci.image.layer.v1.tar",
+    "gzip": "application/vnd.oci.image.layer.v1.tar+gzip",
+    "zstd": "application/vnd.oci.image.layer.v1.tar+zstd",
+}
+DOCKER_LAYER_MEDIA_TYPES = {
+    "none": "application/vnd.docker.image.rootfs.diff.tar",
+    "gzip": "application/vnd.docker.image.rootfs.diff.tar.gzip",
+    "zstd": "application/vnd.docker.image.rootfs.diff.tar.zstd",
+}
+_COMPRESSION_BY_MEDIA_TYPE = {
+    **{media_type: kind for kind, media_type in OCI_LAYER_MEDIA_TYPES.items()},
+    **{media_type: kind for kind, media_type in DOCKER_LAYER_MEDIA_TYPES.items()},
+}
+
+_DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
+_GZIP_MAGIC = b"\x1f\x8b"
+_ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+
+def check_digest(digest: object, what: str) -> str:
+    """Return ``digest`` if it is a well-formed ``sha256:<64 hex>``, else raise ImageError."""
+    if not isinstance(digest, str) or not _DIGEST_RE.fullmatch(digest):
+        raise ImageError(
+            f"{what} has an invalid or unsupported digest {str(digest)[:80]!r}; "
+            "only sha256:<64 lowercase hex> digests are supported, re-create the image"
+        )
+    return digest
+
+
+def compression_for_media_type(media_type: str, what: str) -> str:
+    """Map an OCI or Docker layer media type to "none", "gzip" or "zstd"."""
+    try:
+        return _COMPRESSION_BY_MEDIA_TYPE[media_type]
+    except KeyError:
+        raise ImageError(
+            f"{what} has unknown layer media type {media_type!r}; "
+            "only tar, tar+gzip and tar+zstd layers are supported"
+        ) from None
+
+
+def sniff_compression(head: bytes) -> str:
+    """Guess a blob's compression from its first bytes."""
+    if head.startswith(_GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(_ZSTD_MAGIC):
+        return "zstd"
+    return "none"
+
+
+def check_compression(compression: str) -> str:
+    if compression not in COMPRESSIONS:
+        raise ImageError(
+            f"unknown compression {compression!r}; use one of {', '.join(COMPRESSIONS)}"
+        )
+    return compression
+
+
+class VerifyingReader(io.RawIOBase):
+    """Read a stream and check its SHA-256 (and size, when known) when the end is reached.
+
+    ``on_eof`` runs after a successful check, e.g. to drain and verify an underlying blob.
+    """
+
+    def __init__(
+        self,
+        raw: BinaryIO,
+        digest: str,
+        what: str,
+        size: int | None = None,
+        on_eof: Callable[[], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self._raw = raw
+        self._digest = digest
+        self._what = what
+        self._size = size
+        self._on_eof = on_eof
+        self._hash = hashlib.sha256()
+        self._count = 0
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        if self._done:
+            return 0
+        view = memoryview(buffer)
+        data = self._raw.read(len(view))
+        if not data:
+            self._finish()
+            return 0
+        n = len(data)
+        view[:n] = data
+        self._hash.update(data)
+        self._count += n
+        if self._size is not None and self._count > self._size:
+            raise ImageError(
+                f"{self._what} is longer than its recorded size {self._size}; "
+                "the image is corrupt, re-create or re-pull it"
+            )
+        return n
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._size is not None and self._count != self._size:
+            raise ImageError(
+                f"{self._what} is truncated ({self._count} of {self._size} bytes); "
+                "the image is corrupt, re-create or re-pull it"
+            )
+        actual = "sha256:" + self._hash.hexdigest()
+        if actual != self._digest:
+            raise ImageError(
+                f"{self._what} has digest {actual}, expected {self._digest}; "
+                "the image is corrupt, re-create or re-pull it"
+            )
+        if self._on_eof is not None:
+            self._on_eof()
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+class _ErrorTranslatingReader(io.RawIOBase):
+    """Turn decompressor exceptions into one-line ImageErrors."""
+
+    def __init__(self, raw: BinaryIO, what: str, compression: str) -> None:
+        super().__init__()
+        self._raw = raw
+        self._what = what
+        self._compression = compression
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        try:
+            data = self._raw.read(len(view))
+        except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
+            if isinstance(exc, ImageError):
+                raise
+            raise ImageError(
+                f"{self._what} is not valid {self._compression} data ({' '.join(str(exc).split())}); "
+                "the image is corrupt, re-create or re-pull it"
+            ) from None
+        n = len(data)
+        view[:n] = data
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+def open_decompressed(blob: BinaryIO, compression: str, what: str) -> BinaryIO:
+    """Wrap a stored blob stream in a decompressing stream."""
+    if compression == "none":
+        return blob
+    if compression == "gzip":
+        inner: BinaryIO = gzip.GzipFile(fileobj=blob, mode="rb")  # type: ignore[assignment]
+    elif compression == "zstd":
+        inner = zstandard.ZstdDecompressor().stream_reader(
+            blob, read_across_frames=True, closefd=True
+        )
+    else:
+        raise ImageError(f"{what}: unknown compression {compression!r}")
+    return io.BufferedReader(_ErrorTranslatingReader(inner, what, compression), CHUNK_SIZE)
+
+
+class HashingWriter(io.RawIOBase):
+    """Count and SHA-256 the bytes written through to ``target``."""
+
+    def __init__(self, target: BinaryIO) -> None:
+        super().__init__()
+        self._target = target
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        self._hash.update(data)
+        self.size += len(data)
+        self._target.write(data)
+        return len(data)
+
+    @property
+    def digest(self) -> str:
+        return "sha256:" + self._hash.hexdigest()
+
+
+def compress_stream(source: BinaryIO, target: BinaryIO, compression: str) -> tuple[str, str, int]:
+    """Compress the tar stream ``source`` into ``target`` with the pinned settings.
+
+    Returns ``(diff_id, digest, size)``: the SHA-256 of the uncompressed input, and the
+    SHA-256 and length of the bytes written.
+    """
+    check_compression(compression)
+    diff_hash = hashlib.sha256()
+    out = HashingWriter(target)
+    if compression == "none":
+        sink: BinaryIO = out  # type: ignore[assignment]
+    elif compression == "gzip":
+        sink = gzip.GzipFile(  # type: ignore[assignment]
+            filename="", mode="wb", compresslevel=GZIP_LEVEL, fileobj=out, mtime=0
+        )
+    else:
+        cctx = zstandard.ZstdCompressor(
+            level=ZSTD_LEVEL, threads=ZSTD_THREADS, write_checksum=True, write_content_size=False
+        )
+        sink = cctx.stream_writer(out, closefd=False)  # type: ignore[assignment]
+    while chunk := source.read(CHUNK_SIZE):
+        diff_hash.update(chunk)
+        sink.write(chunk)
+    if sink is not out:
+        sink.close()
+    return "sha256:" + diff_hash.hexdigest(), out.digest, out.size
+
+
+def copy_stream(source: BinaryIO, target: BinaryIO) -> int:
+    """Copy ``source`` to ``target`` in chunks; return the number of bytes."""
+    total = 0
+    while chunk := source.read(CHUNK_SIZE):
+        target.write(chunk)
+        total += len(chunk)
+    return total
+
+
+def drain(stream: BinaryIO) -> None:
+    """Read a stream to its end (so digest checks at EOF run)."""
+    while stream.read(CHUNK_SIZE):
+        pass

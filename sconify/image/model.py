@@ -1,0 +1,217 @@
+"""The image model every transport reads into and writes from: config, ordered layers."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, BinaryIO, Callable
+
+from sconify.errors import ImageError
+from sconify.image import layers as L
+
+BlobOpener = Callable[[], BinaryIO]
+
+
+def canonical_json(value: Any) -> bytes:
+    """Sorted-key compact JSON: the byte form of every manifest and config we write."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class FileSlice(io.RawIOBase):
+    """A read-only window ``[offset, offset+size)`` of a file, read with pread."""
+
+    def __init__(self, path: str | os.PathLike, offset: int, size: int) -> None:
+        super().__init__()
+        self._fd = os.open(path, os.O_RDONLY)
+        self._pos = offset
+        self._end = offset + size
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        want = min(len(view), self._end - self._pos)
+        if want <= 0:
+            return 0
+        data = os.pread(self._fd, want, self._pos)
+        n = len(data)
+        view[:n] = data
+        self._pos += n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            os.close(self._fd)
+        super().close()
+
+
+def slice_opener(path: str | os.PathLike, offset: int, size: int, keep: object = None) -> BlobOpener:
+    """An opener for a window of a file. ``keep`` is held so a temp file outlives the Layer."""
+
+    def open_slice() -> BinaryIO:
+        _ = keep
+        return io.BufferedReader(FileSlice(path, offset, size), L.CHUNK_SIZE)  # type: ignore[return-value]
+
+    return open_slice
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One layer blob: where its bytes come from and what they must hash to."""
+
+    digest: str  # sha256 of the stored (possibly compressed) blob
+    size: int  # length of the stored blob
+    diff_id: str  # sha256 of the uncompressed tar
+    compression: str  # "none" | "gzip" | "zstd"
+    media_type: str
+    opener: BlobOpener = field(repr=False, compare=False)
+    source: str = field(default="", compare=False)  # names the blob in error messages
+    trusted: bool = field(default=False, compare=False)  # digests computed by us, not read
+
+    def verify(self) -> None:
+        """Read the whole layer once: check blob size, digest and diff_id (ImageError if wrong)."""
+        if self.trusted:
+            return
+        with self.open_tar() as tar:
+            L.drain(tar)
+
+    def open_blob(self) -> BinaryIO:
+        """The stored bytes; size and digest are checked when the stream reaches its end."""
+        try:
+            raw = self.opener()
+        except FileNotFoundError:
+            raise ImageError(
+                f"layer blob {self.digest} ({self.source}) is missing; re-create or re-pull the image"
+            ) from None
+        reader = L.VerifyingReader(raw, self.digest, f"layer blob {self.digest}", size=self.size)
+        return io.BufferedReader(reader, L.CHUNK_SIZE)  # type: ignore[return-value]
+
+    def open_tar(self) -> BinaryIO:
+        """The uncompressed tar; diff_id (and the blob digest) checked at the end."""
+        blob = self.open_blob()
+        tar = L.open_decompressed(blob, self.compression, f"layer blob {self.digest}")
+        if tar is blob:
+            # Uncompressed: the blob digest is the diff_id, already checked by open_blob.
+            if self.digest != self.diff_id:
+                raise ImageError(
+                    f"uncompressed layer {self.digest} does not match its diff_id {self.diff_id}; "
+                    "the image config is corrupt, re-create the image"
+                )
+            return blob
+        reader = L.VerifyingReader(
+            tar, self.diff_id, f"layer {self.digest} (diff_id)", on_eof=lambda: L.drain(blob)
+        )
+        return io.BufferedReader(reader, L.CHUNK_SIZE)  # type: ignore[return-value]
+
+    @classmethod
+    def from_tar_file(cls, path: str | os.PathLike, compression: str = "zstd") -> "Layer":
+        """A layer from an uncompressed tar file, compressed once into a private temp file."""
+        L.check_compression(compression)
+        path = Path(path)
+        if not path.is_file():
+            raise ImageError(f"layer tar {path} does not exist; pass the path of a tar file")
+        media_type = L.OCI_LAYER_MEDIA_TYPES[compression]
+        if compression == "none":
+            with path.open("rb") as source:
+                diff_id, digest, size = L.compress_stream(source, _NullWriter(), "none")
+            opener = slice_opener(path, 0, size)
+            return cls(digest, size, diff_id, "none", media_type, opener, str(path), trusted=True)
+        spool = tempfile.NamedTemporaryFile(prefix="sconify-layer-", suffix=".blob")
+        with path.open("rb") as source:
+            diff_id, digest, size = L.compress_stream(source, spool, compression)
+        spool.flush()
+        opener = slice_opener(spool.name, 0, size, keep=spool)
+        return cls(digest, size, diff_id, compression, media_type, opener, str(path), trusted=True)
+
+    def recompressed(self, compression: str) -> "Layer":
+        """This layer with another compression (a new temp blob), or itself if it already has it."""
+        L.check_compression(compression)
+        if compression == self.compression:
+            return self
+        spool = tempfile.NamedTemporaryFile(prefix="sconify-layer-", suffix=".blob")
+        with self.open_tar() as tar:
+            diff_id, digest, size = L.compress_stream(tar, spool, compression)
+        spool.flush()
+        opener = slice_opener(spool.name, 0, size, keep=spool)
+        media_type = L.OCI_LAYER_MEDIA_TYPES[compression]
+        return Layer(digest, size, diff_id, compression, media_type, opener, self.source, trusted=True)
+
+
+class _NullWriter(io.RawIOBase):
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        return len(data)
+
+
+@dataclass(frozen=True)
+class Image:
+    """An image: the raw config bytes (kept byte for byte) and its layers, bottom first."""
+
+    config_bytes: bytes
+    layers: tuple[Layer, ...]
+    source: str = field(default="", compare=False)
+
+    @property
+    def config(self) -> dict:
+        """The parsed OCI image config (a fresh copy; change it with mutate.with_config)."""
+        return json.loads(self.config_bytes)
+
+    @property
+    def config_digest(self) -> str:
+        import hashlib
+
+        return "sha256:" + hashlib.sha256(self.config_bytes).hexdigest()
+
+    @property
+    def diff_ids(self) -> tuple[str, ...]:
+        return tuple(layer.diff_id for layer in self.layers)
+
+
+def parse_config(config_bytes: bytes, what: str) -> dict:
+    """Parse and sanity-check an image config against nothing but itself."""
+    try:
+        config = json.loads(config_bytes)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ImageError(f"{what} is not valid JSON ({exc.args[0] if exc.args else exc}); re-create the image") from None
+    if not isinstance(config, dict):
+        raise ImageError(f"{what} is not a JSON object; re-create the image")
+    rootfs = config.get("rootfs")
+    diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
+    if not isinstance(diff_ids, list):
+        raise ImageError(f"{what} has no rootfs.diff_ids list; re-create the image")
+    for diff_id in diff_ids:
+        L.check_digest(diff_id, f"{what} diff_id")
+    return config
+
+
+def make_image(config_bytes: bytes, layers: list[Layer] | tuple[Layer, ...], source: str) -> Image:
+    """Build an Image, checking that the config's diff_ids match the layers."""
+    config = parse_config(config_bytes, f"config of {source}")
+    diff_ids = config["rootfs"]["diff_ids"]
+    if len(diff_ids) != len(layers):
+        raise ImageError(
+            f"config of {source} lists {len(diff_ids)} diff_ids but the manifest has "
+            f"{len(layers)} layers; the image is corrupt, re-create it"
+        )
+    bound = []
+    for diff_id, layer in zip(diff_ids, layers):
+        bound.append(replace(layer, diff_id=diff_id))
+    return Image(config_bytes, tuple(bound), source)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What a writer produced: digests of the manifest, config and layer blobs."""
+
+    reference: str
+    manifest_digest: str
+    config_digest: str
+    layer_digests: tuple[str, ...]
+    manifest_media_type: str

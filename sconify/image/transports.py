@@ -1,0 +1,98 @@
+"""Read and write images by reference, whatever the transport."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from sconify.errors import ImageError
+from sconify.image import layers as L
+from sconify.image.model import Image, Layer, WriteResult
+from sconify.image.reference import Reference, parse_reference
+
+# Compressions each output transport can carry, and what an uncompressed or unsupported
+# layer becomes when no compression is asked for.
+ACCEPTED_COMPRESSIONS = {
+    "oci": ("none", "gzip", "zstd"),
+    "oci-archive": ("none", "gzip", "zstd"),
+    "docker-archive": ("none", "gzip"),  # skopeo refuses zstd in docker-archive
+    "docker-daemon": ("none", "gzip", "zstd"),  # docker load decompresses anyway
+}
+DEFAULT_COMPRESSION = {
+    "oci": "zstd",
+    "oci-archive": "zstd",
+    "docker-archive": "gzip",
+    "docker-daemon": "none",
+}
+
+
+def read_image(ref: str, platform: str | None = None) -> Image:
+    """Open the image at ``ref`` (layers stay streams; ``platform`` picks from an index)."""
+    reference = parse_reference(ref)
+    if reference.transport == "oci":
+        from sconify.image.oci import read_oci_dir
+
+        return read_oci_dir(reference.path, reference.tag, platform)
+    if reference.transport == "oci-archive":
+        from sconify.image.archive import read_oci_archive
+
+        return read_oci_archive(reference.path, reference.tag, platform)
+    if reference.transport == "docker-archive":
+        from sconify.image.archive import read_docker_archive
+
+        return read_docker_archive(reference.path, reference.tag)
+    from sconify.image.daemon import read_docker_daemon
+
+    return read_docker_daemon(reference.path, reference.tag or "latest")
+
+
+def output_compression(layer: Layer, transport: str, compression: str | None) -> str:
+    """The compression ``layer`` gets in ``transport``: the asked one, else kept when accepted."""
+    if compression is not None:
+        return L.check_compression(compression)
+    default = DEFAULT_COMPRESSION[transport]
+    if layer.compression == "none" and default != "none":
+        return default
+    if layer.compression in ACCEPTED_COMPRESSIONS[transport]:
+        return layer.compression
+    return default
+
+
+def prepare_layers(image: Image, transport: str, compression: str | None) -> Image:
+    """The image with every layer in its output compression (recompressed only where needed)."""
+    if compression is not None:
+        L.check_compression(compression)
+        if compression not in ACCEPTED_COMPRESSIONS[transport]:
+            raise ImageError(
+                f"{transport} cannot carry {compression} layers; use --compression "
+                + " or ".join(ACCEPTED_COMPRESSIONS[transport])
+            )
+    layers = tuple(layer.recompressed(output_compression(layer, transport, compression)) for layer in image.layers)
+    return replace(image, layers=layers)
+
+
+def write_image(image: Image, ref: str, compression: str | None = None) -> WriteResult:
+    """Write ``image`` to ``ref``; ``compression`` None keeps accepted layer blobs byte for byte.
+
+    The output appears whole or not at all; the input is never modified.
+    """
+    reference = parse_reference(ref)
+    prepared = prepare_layers(image, reference.transport, compression)
+    return _write(prepared, reference)
+
+
+def _write(image: Image, reference: Reference) -> WriteResult:
+    if reference.transport == "oci":
+        from sconify.image.oci import write_oci_dir
+
+        return write_oci_dir(image, reference.path, reference.tag)
+    if reference.transport == "oci-archive":
+        from sconify.image.archive import write_oci_archive
+
+        return write_oci_archive(image, reference.path, reference.tag)
+    if reference.transport == "docker-archive":
+        from sconify.image.archive import write_docker_archive
+
+        return write_docker_archive(image, reference.path, reference.tag)
+    from sconify.image.daemon import write_docker_daemon
+
+    return write_docker_daemon(image, reference.path, reference.tag or "latest")
