@@ -153,10 +153,7 @@ class Fspf:
         region = self._regions.get(region_path)
         if region is None:
             raise FspfError(f"region {region_path} does not exist; add it first with `fspf addr`")
-        if region.protection == "not-protected":
-            raise FspfError(f"region {region_path} is not-protected, so its files are not recorded; pick an authenticated or encrypted region")
-        if region.kind == "ephemeral":
-            raise FspfError(f"region {region_path} is ephemeral and starts empty at run time; add files to a kernel region")
+        _require_recordable(region, f"region {region_path}")
         src = Path(src_dir)
         if not src.is_dir():
             raise FspfError(f"source directory {src} does not exist; pass the directory holding the region's files")
@@ -223,14 +220,7 @@ class Fspf:
         return key, tag
 
     def _protected_region(self, path: str) -> Region:
-        region = self.region_for(path)
-        if region is None:
-            raise FspfError(f"{path} is in no region; add a region covering it (at least /) first")
-        if region.protection == "not-protected":
-            raise FspfError(f"{path} is in not-protected region {region.path}; such files are not recorded")
-        if region.kind == "ephemeral":
-            raise FspfError(f"{path} is in ephemeral region {region.path}, which starts empty; use a kernel region")
-        return region
+        return _require_recordable(self.region_for(path), path)
 
 
 def protect_stream(
@@ -321,6 +311,17 @@ def _protect_one(fspf: Fspf, path: str, source: Path, target: Path | None, writt
             fspf.protect_file(path, handle, size, dst)
         written.append(target)
     return size
+
+
+def _require_recordable(region: Region | None, what: str) -> Region:
+    """The region, if files in it are recorded (a protected kernel region)."""
+    if region is None:
+        raise FspfError(f"{what} is in no region; add a region covering it (at least /) first")
+    if region.protection == "not-protected":
+        raise FspfError(f"{what} belongs to not-protected region {region.path}, whose files are not recorded; use an authenticated or encrypted region")
+    if region.kind == "ephemeral":
+        raise FspfError(f"{what} belongs to ephemeral region {region.path}, which starts empty at run time; use a kernel region")
+    return region
 
 
 def _remove(paths: list[Path]) -> None:
