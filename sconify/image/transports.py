@@ -15,7 +15,7 @@ ACCEPTED_COMPRESSIONS = {
     "oci": ("none", "gzip", "zstd"),
     "oci-archive": ("none", "gzip", "zstd"),
     "docker-archive": ("none", "gzip"),  # skopeo refuses zstd in docker-archive
-    "docker-daemon": ("none", "gzip", "zstd"),  # docker load decompresses anyway
+    "docker-daemon": ("none", "gzip"),  # docker load here fails on our zstd layers
 }
 DEFAULT_COMPRESSION = {
     "oci": "zstd",

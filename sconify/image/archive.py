@@ -1,0 +1,232 @@
+"""Single-file transports: ``oci-archive:`` (an OCI layout in a tar) and ``docker-archive:``
+(the ``docker save`` format). Read in place from the tar, written as a deterministic tar."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import BinaryIO
+
+from sconify.atomic import atomic_file
+from sconify.errors import ImageError
+from sconify.image import layers as L
+from sconify.image.model import Image, Layer, WriteResult, canonical_json, make_image
+from sconify.image.oci import (
+    DOCKER_CONFIG,
+    DOCKER_MANIFEST,
+    TarStore,
+    layout_files,
+    layout_members,
+    manifest_descriptor,
+    read_json_file,
+    read_layout,
+    write_result,
+)
+
+DIR_MODE = 0o755
+FILE_MODE = 0o644
+
+
+def _open_store(path: str, source: str) -> TarStore:
+    file = Path(path)
+    if not file.exists():
+        raise ImageError(f"{source}: no such file; check the path of the archive")
+    return TarStore(file, source)
+
+
+def read_oci_archive(path: str, tag: str | None, platform: str | None) -> Image:
+    source = f"oci-archive:{path}"
+    return read_layout(_open_store(path, source), tag, platform, source)
+
+
+def read_docker_archive(path: str, tag: str | None) -> Image:
+    """Read the image tagged ``tag`` (or the only one) from a ``docker save`` archive."""
+    source = f"docker-archive:{path}"
+    store = _open_store(path, source)
+    data = _read_member(store, "manifest.json", f"{source}: manifest.json")
+    try:
+        entries = json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ImageError(f"{source}: manifest.json is not valid JSON ({exc}); re-create the archive") from None
+    if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+        raise ImageError(f"{source}: manifest.json is not a list of images; re-create the archive")
+    entry = _select_entry(entries, tag, source)
+    config_name = entry.get("Config")
+    layer_names = entry.get("Layers")
+    if not isinstance(config_name, str) or not isinstance(layer_names, list):
+        raise ImageError(f"{source}: manifest.json entry lacks Config or Layers; re-create the archive")
+    config_bytes = _read_member(store, _member(config_name), f"{source}: config {config_name}")
+    layers = []
+    for position, name in enumerate(layer_names):
+        what = f"{source}: layer {position} ({name})"
+        if not isinstance(name, str) or store.file_size(_member(name)) is None:
+            raise ImageError(f"{what} is missing from the archive; re-create the archive")
+        opener = store.file_opener(_member(name))
+        digest, size, compression = _hash_blob(opener)
+        media_type = L.DOCKER_LAYER_MEDIA_TYPES[compression]
+        layers.append(Layer(digest, size, "", compression, media_type, opener, what))
+    image = make_image(config_bytes, layers, source)
+    for layer in image.layers:
+        if layer.compression == "none" and layer.digest != layer.diff_id:
+            raise ImageError(
+                f"{layer.source} has digest {layer.digest} but the config lists diff_id {layer.diff_id}; "
+                "the archive is corrupt, re-create it"
+            )
+    return image
+
+
+def _member(name: str) -> str:
+    return "/".join(p for p in name.split("/") if p not in ("", "."))
+
+
+def _read_member(store: TarStore, name: str, what: str) -> bytes:
+    _, value = (None, None)
+    size = store.file_size(name)
+    if size is None:
+        raise ImageError(f"{what} is missing from the archive; re-create the archive")
+    if size > 16 << 20:
+        raise ImageError(f"{what} is {size} bytes, too large for JSON metadata; refusing it")
+    with store.file_opener(name)() as handle:
+        return handle.read()
+
+
+def _select_entry(entries: list[dict], tag: str | None, source: str) -> dict:
+    tags = sorted(t for e in entries for t in (e.get("RepoTags") or []) if isinstance(t, str))
+    if tag is None:
+        if len(entries) == 1:
+            return entries[0]
+        raise ImageError(f"{source}: the archive holds {len(entries)} images; add :NAME:TAG (tags: {', '.join(tags)})")
+    for entry in entries:
+        if tag in (entry.get("RepoTags") or []):
+            return entry
+    raise ImageError(f"{source}: no image tagged {tag!r} (tags: {', '.join(tags) or 'none'}); use one of those")
+
+
+def _hash_blob(opener) -> tuple[str, int, str]:
+    """(digest, size, compression) of a blob: docker archives record no layer digests."""
+    digest = hashlib.sha256()
+    size = 0
+    with opener() as blob:
+        head = blob.read(L.CHUNK_SIZE)
+        compression = L.sniff_compression(head)
+        chunk = head
+        while chunk:
+            digest.update(chunk)
+            size += len(chunk)
+            chunk = blob.read(L.CHUNK_SIZE)
+    return "sha256:" + digest.hexdigest(), size, compression
+
+
+# --- writing -----------------------------------------------------------------------------
+
+
+def _tar_info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarInfo:
+    """A member header with every variable field pinned (reproducible archives)."""
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mtime = 0
+    info.uid = info.gid = 0
+    info.uname = info.gname = ""
+    info.mode = DIR_MODE if directory else FILE_MODE
+    info.type = tarfile.DIRTYPE if directory else tarfile.REGTYPE
+    return info
+
+
+def _add_bytes(archive: tarfile.TarFile, name: str, data: bytes) -> None:
+    archive.addfile(_tar_info(name, len(data)), io.BytesIO(data))
+
+
+def _add_layer(archive: tarfile.TarFile, name: str, layer: Layer) -> None:
+    layer.verify()
+    with layer.open_blob() as blob:
+        archive.addfile(_tar_info(name, layer.size), blob)
+
+
+def _write_tar(path: str, members: list[tuple[str, bytes | Layer | None]]) -> None:
+    """Write members (None = directory) to ``path`` atomically, as a PAX tar."""
+    with atomic_file(path) as handle:
+        with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as archive:
+            for name, item in members:
+                if item is None:
+                    archive.addfile(_tar_info(name, directory=True))
+                elif isinstance(item, bytes):
+                    _add_bytes(archive, name, item)
+                else:
+                    _add_layer(archive, name, item)
+
+
+def write_oci_archive(image: Image, path: str, tag: str | None) -> WriteResult:
+    """Write a one-image OCI layout as a tar file."""
+    reference = f"oci-archive:{path}" + (f":{tag}" if tag else "")
+    _check_output_file(path, reference)
+    members: list[tuple[str, bytes | Layer | None]] = [("blobs", None), ("blobs/sha256", None)]
+    members += list(layout_files(image, tag))
+    _write_tar(path, members)
+    _, _, descriptor = layout_members(image, tag)
+    return write_result(reference, image, descriptor)
+
+
+def docker_manifest(image: Image) -> bytes:
+    """The Docker schema 2 manifest of the image (what ``skopeo inspect`` reports as digest)."""
+    return canonical_json({
+        "schemaVersion": 2,
+        "mediaType": DOCKER_MANIFEST,
+        "config": {"mediaType": DOCKER_CONFIG, "digest": image.config_digest, "size": len(image.config_bytes)},
+        "layers": [
+            {"mediaType": L.DOCKER_LAYER_MEDIA_TYPES[layer.compression], "digest": layer.digest, "size": layer.size}
+            for layer in image.layers
+        ],
+    })
+
+
+def docker_archive_members(
+    image: Image, tag: str | None, allow_zstd: bool = False
+) -> list[tuple[str, bytes | Layer | None]]:
+    """The members of a ``docker load``-able archive: layers, config, manifest.json.
+
+    zstd layers only with ``allow_zstd`` (docker load takes them, skopeo does not).
+    """
+    for layer in image.layers:
+        if layer.compression == "zstd" and not allow_zstd:
+            raise ImageError("docker-archive cannot carry zstd layers; use --compression gzip or none")
+    config_name = image.config_digest.partition(":")[2] + ".json"
+    layer_names = [layer.digest.partition(":")[2] + ".tar" for layer in image.layers]
+    members: list[tuple[str, bytes | Layer | None]] = []
+    seen = set()
+    for name, layer in zip(layer_names, image.layers):
+        if name not in seen:
+            seen.add(name)
+            members.append((name, layer))
+    members.append((config_name, image.config_bytes))
+    manifest = [{"Config": config_name, "RepoTags": [tag] if tag else None, "Layers": layer_names}]
+    members.append(("manifest.json", canonical_json(manifest)))
+    return members
+
+
+def write_docker_archive(image: Image, path: str, tag: str | None) -> WriteResult:
+    """Write a ``docker save``-style archive that ``docker load`` and skopeo accept."""
+    reference = f"docker-archive:{path}" + (f":{tag}" if tag else "")
+    _check_output_file(path, reference)
+    _write_tar(path, docker_archive_members(image, tag))
+    manifest = docker_manifest(image)
+    descriptor = manifest_descriptor(manifest, None)
+    descriptor["mediaType"] = DOCKER_MANIFEST
+    return write_result(reference, image, descriptor)
+
+
+def write_docker_archive_to(image: Image, handle: BinaryIO, tag: str | None) -> None:
+    """Stream a docker archive into an open file (used for ``docker load``)."""
+    with tarfile.open(fileobj=handle, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, item in docker_archive_members(image, tag):
+            if isinstance(item, bytes):
+                _add_bytes(archive, name, item)
+            elif item is not None:
+                _add_layer(archive, name, item)
+
+
+def _check_output_file(path: str, reference: str) -> None:
+    if Path(path).is_dir():
+        raise ImageError(f"{reference}: {path} is a directory; give a file path for the archive")
