@@ -1,0 +1,386 @@
+"""The merged filesystem of an image, read from the layer tar streams, never extracted.
+
+Layers are applied in order as overlayfs would: ``.wh.NAME`` removes NAME from lower layers,
+``.wh..wh..opq`` hides a directory's lower contents. Paths are normalised relative to the
+root; symlinks resolve the way a chroot would, so nothing ever points outside the image.
+The layers come from strangers: names with ``..`` are rejected, absolute names made relative,
+device nodes and FIFOs skipped, hardlinks must point at an existing regular file, and entry
+counts, name lengths and sizes are bounded by ``RootFSLimits``.
+"""
+
+from __future__ import annotations
+
+import collections
+import io
+import tarfile
+from dataclasses import dataclass, field
+from typing import BinaryIO, Iterable, Iterator
+
+from sconify.errors import ImageError
+from sconify.image import layers as L
+from sconify.image.model import Image
+
+WHITEOUT_PREFIX = ".wh."
+OPAQUE_MARKER = ".wh..wh..opq"
+
+
+class PathNotFound(ImageError):
+    """A path does not exist in the image (or a component of it is not a directory)."""
+
+
+@dataclass(frozen=True)
+class RootFSLimits:
+    """Bounds that keep a hostile image from exhausting memory or time."""
+
+    max_entries: int = 2_000_000  # tar members over all layers
+    max_path_length: int = 4096  # bytes of a normalised path, like PATH_MAX
+    max_name_length: int = 255  # bytes of one path component, like NAME_MAX
+    max_total_size: int = 64 << 30  # file bytes over all layers
+    max_symlink_hops: int = 40  # like Linux's MAXSYMLINKS
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One path of the merged view."""
+
+    path: str  # normalised, relative to the root, no leading "/"
+    kind: str  # "file" | "dir" | "symlink" | "hardlink"
+    mode: int  # permission bits, incl. setuid/setgid/sticky
+    uid: int
+    gid: int
+    size: int  # bytes of content (files and hardlinks)
+    mtime: int
+    linkname: str = ""  # symlink target as stored, or the normalised hardlink target
+    layer_index: int = -1  # the layer that put this entry here (-1: implied directory)
+    data_layer: int = -1  # the layer whose tar holds the content
+    data_offset: int = -1  # offset of the content in that uncompressed tar
+
+    @property
+    def is_regular(self) -> bool:
+        return self.kind in ("file", "hardlink")
+
+
+def split_member_name(name: str, limits: RootFSLimits, what: str) -> list[str]:
+    """A tar member name as path components: leading ``/`` and ``.`` dropped, ``..`` refused."""
+    parts = [part for part in name.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        raise ImageError(f"{what}: member name {name[:200]!r} contains '..'; the layer is hostile or corrupt, refusing it")
+    if len(name.encode(errors="surrogateescape")) > limits.max_path_length:
+        raise ImageError(f"{what}: a member name is longer than {limits.max_path_length} bytes; refusing the layer")
+    for part in parts:
+        if len(part.encode(errors="surrogateescape")) > limits.max_name_length:
+            raise ImageError(f"{what}: a member name component is longer than {limits.max_name_length} bytes; refusing the layer")
+    return parts
+
+
+class RootFS:
+    """The merged view of an image's layers: ``entries`` maps normalised paths to Entry."""
+
+    def __init__(self, image: Image, limits: RootFSLimits | None = None) -> None:
+        self.image = image
+        self.limits = limits or RootFSLimits()
+        self.entries: dict[str, Entry] = {"": Entry("", "dir", 0o755, 0, 0, 0, 0)}
+        self.children: dict[str, set[str]] = {"": set()}
+        self.skipped: list[tuple[str, str]] = []  # (path, kind) of device nodes and FIFOs
+        self._member_count = 0
+        self._total_size = 0
+
+    @classmethod
+    def from_image(cls, image: Image, limits: RootFSLimits | None = None) -> "RootFS":
+        """Index every layer once (headers only), applying whiteouts in layer order."""
+        fs = cls(image, limits)
+        for index in range(len(image.layers)):
+            fs._apply_layer(index)
+        return fs
+
+    # --- building ----------------------------------------------------------------------
+
+    def _apply_layer(self, index: int) -> None:
+        layer = self.image.layers[index]
+        what = f"layer {index} ({layer.digest})"
+        members = self._read_members(index, what)
+        for parts, member in members:
+            if parts and parts[-1] == OPAQUE_MARKER:
+                self._clear_lower_children(parts[:-1], index)
+            elif parts and parts[-1].startswith(WHITEOUT_PREFIX):
+                self._whiteout(parts[:-1] + [parts[-1][len(WHITEOUT_PREFIX):]])
+        for parts, member in members:
+            if parts and parts[-1].startswith(WHITEOUT_PREFIX):
+                continue
+            self._add_member(parts, member, index, what)
+
+    def _read_members(self, index: int, what: str) -> list[tuple[list[str], tarfile.TarInfo]]:
+        members = []
+        with self.image.layers[index].open_tar() as stream:
+            try:
+                with tarfile.open(fileobj=stream, mode="r|") as archive:
+                    for member in archive:
+                        self._member_count += 1
+                        if self._member_count > self.limits.max_entries:
+                            raise ImageError(
+                                f"the image has more than {self.limits.max_entries} layer entries; "
+                                "refusing it (raise RootFSLimits.max_entries if it is trusted)"
+                            )
+                        if member.issparse():
+                            raise ImageError(f"{what}: sparse file {member.name[:200]!r} is not supported; re-create the layer")
+                        if member.isreg():
+                            self._total_size += member.size
+                            if self._total_size > self.limits.max_total_size:
+                                raise ImageError(
+                                    f"the image holds more than {self.limits.max_total_size} bytes of files; "
+                                    "refusing it (raise RootFSLimits.max_total_size if it is trusted)"
+                                )
+                        members.append((split_member_name(member.name, self.limits, what), member))
+            except tarfile.TarError as exc:
+                raise ImageError(f"{what} is not a valid tar ({exc}); the image is corrupt, re-create it") from None
+            L.drain(stream)  # reach the end so the diff_id is checked
+        return members
+
+    def _add_member(self, parts: list[str], member: tarfile.TarInfo, index: int, what: str) -> None:
+        if not parts:
+            return  # the root directory itself
+        if member.ischr() or member.isblk() or member.isfifo():
+            kind = "fifo" if member.isfifo() else "device"
+            self.skipped.append(("/".join(parts), kind))
+            return
+        parent = self._make_parent(parts[:-1], index, what)
+        path = f"{parent}/{parts[-1]}" if parent else parts[-1]
+        common = dict(mode=member.mode & 0o7777, uid=member.uid, gid=member.gid, mtime=int(member.mtime),
+                      layer_index=index)
+        if member.isdir():
+            entry = Entry(path, "dir", size=0, **common)
+        elif member.issym():
+            if len(member.linkname.encode(errors="surrogateescape")) > self.limits.max_path_length:
+                raise ImageError(f"{what}: symlink {path!r} has a target longer than {self.limits.max_path_length} bytes; refusing the layer")
+            entry = Entry(path, "symlink", size=0, linkname=member.linkname, **common)
+        elif member.islnk():
+            target = self._hardlink_target(member.linkname, what, path)
+            entry = Entry(path, "hardlink", size=target.size, linkname=target.path,
+                          data_layer=target.data_layer, data_offset=target.data_offset, **common)
+        elif member.isreg():
+            entry = Entry(path, "file", size=member.size, data_layer=index, data_offset=member.offset_data, **common)
+        else:
+            raise ImageError(f"{what}: member {member.name[:200]!r} has unsupported tar type {member.type!r}; re-create the layer")
+        self._put(entry)
+
+    def _put(self, entry: Entry) -> None:
+        old = self.entries.get(entry.path)
+        if old is not None and not (old.kind == "dir" and entry.kind == "dir"):
+            self._remove(entry.path)
+        self.entries[entry.path] = entry
+        parent, _, name = entry.path.rpartition("/")
+        self.children[parent].add(name)
+        if entry.kind == "dir":
+            self.children.setdefault(entry.path, set())
+
+    def _make_parent(self, parts: list[str], index: int, what: str) -> str:
+        """The resolved directory for ``parts``, creating implied directories; chroot-confined."""
+        current = ""
+        for part in parts:
+            candidate = f"{current}/{part}" if current else part
+            entry = self.entries.get(candidate)
+            if entry is None:
+                self._put(Entry(candidate, "dir", 0o755, 0, 0, 0, 0, layer_index=index))
+                current = candidate
+            elif entry.kind == "dir":
+                current = candidate
+            elif entry.kind == "symlink":
+                try:
+                    current = self.resolve(candidate)
+                except PathNotFound:
+                    raise ImageError(f"{what}: an entry lies below dangling symlink {candidate!r}; the layer is corrupt, re-create it") from None
+                if self.entries[current].kind != "dir":
+                    raise ImageError(f"{what}: an entry lies below {candidate!r}, which is not a directory; re-create the layer")
+            else:
+                raise ImageError(f"{what}: an entry lies below {candidate!r}, which is not a directory; re-create the layer")
+        return current
+
+    def _hardlink_target(self, linkname: str, what: str, path: str) -> Entry:
+        parts = split_member_name(linkname, self.limits, what)
+        try:
+            target_path = self.resolve("/".join(parts), follow_final=False)
+        except PathNotFound:
+            target_path = None
+        target = self.entries.get(target_path) if target_path is not None else None
+        if target is None or not target.is_regular:
+            raise ImageError(
+                f"{what}: hardlink {path!r} points to {linkname[:200]!r}, which is not a regular file "
+                "in the image; the layer is hostile or corrupt, refusing it"
+            )
+        return target
+
+    def _whiteout(self, parts: list[str]) -> None:
+        path = self._existing_parent(parts)
+        if path is not None and path in self.entries:
+            self._remove(path)
+
+    def _clear_lower_children(self, parts: list[str], index: int) -> None:
+        path = self._existing_parent(parts + ["x"])
+        directory = path.rpartition("/")[0] if path is not None else None
+        if directory is None or directory not in self.children:
+            return
+        for name in sorted(self.children[directory]):
+            child = f"{directory}/{name}" if directory else name
+            if self.entries[child].layer_index < index:
+                self._remove(child)
+
+    def _existing_parent(self, parts: list[str]) -> str | None:
+        """The path of ``parts`` with its parent resolved, or None when the parent is missing."""
+        if not parts:
+            return None
+        try:
+            parent = self.resolve("/".join(parts[:-1])) if parts[:-1] else ""
+        except PathNotFound:
+            return None
+        if self.entries[parent].kind != "dir":
+            return None
+        return f"{parent}/{parts[-1]}" if parent else parts[-1]
+
+    def _remove(self, path: str) -> None:
+        """Remove ``path`` and, for a directory, everything below it."""
+        stack = [path]
+        while stack:
+            current = stack.pop()
+            self.entries.pop(current, None)
+            for name in self.children.pop(current, ()):
+                stack.append(f"{current}/{name}" if current else name)
+        parent, _, name = path.rpartition("/")
+        self.children.get(parent, set()).discard(name)
+
+    # --- queries -----------------------------------------------------------------------
+
+    def resolve(self, path: str, follow_final: bool = True) -> str:
+        """The normalised path ``path`` leads to, following symlinks as inside a chroot."""
+        pending = collections.deque(path.split("/"))
+        resolved: list[str] = []
+        hops = 0
+        while pending:
+            part = pending.popleft()
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if resolved:
+                    resolved.pop()
+                continue
+            candidate = "/".join([*resolved, part])
+            entry = self.entries.get(candidate)
+            if entry is None:
+                raise PathNotFound(f"{path!r} does not exist in the image ({candidate!r} is missing); check the path")
+            last = not any(p not in ("", ".") for p in pending)
+            if entry.kind == "symlink" and (follow_final or not last):
+                hops += 1
+                if hops > self.limits.max_symlink_hops:
+                    raise ImageError(f"{path!r}: too many levels of symbolic links (a loop?); fix the symlinks in the image")
+                if entry.linkname.startswith("/"):
+                    resolved = []
+                pending.extendleft(reversed(entry.linkname.split("/")))
+                continue
+            if not last and entry.kind != "dir":
+                raise PathNotFound(f"{path!r} does not exist in the image ({candidate!r} is not a directory); check the path")
+            resolved.append(part)
+        return "/".join(resolved)
+
+    def exists(self, path: str) -> bool:
+        try:
+            self.resolve(path)
+        except PathNotFound:
+            return False
+        return True
+
+    def stat(self, path: str, follow_symlinks: bool = True) -> Entry:
+        return self.entries[self.resolve(path, follow_final=follow_symlinks)]
+
+    def listdir(self, path: str = "") -> list[str]:
+        """Sorted names in the directory ``path`` (symlinks followed)."""
+        resolved = self.resolve(path)
+        if self.entries[resolved].kind != "dir":
+            raise PathNotFound(f"{path!r} is not a directory in the image; check the path")
+        return sorted(self.children.get(resolved, ()))
+
+    def walk(self, top: str = "") -> Iterator[tuple[str, list[str], list[str]]]:
+        """Like os.walk, top-down, sorted, not following symlinks: (dirpath, dirnames, filenames)."""
+        start = self.resolve(top)
+        stack = [start]
+        while stack:
+            directory = stack.pop()
+            names = sorted(self.children.get(directory, ()))
+            dirs = [n for n in names if self.entries[f"{directory}/{n}" if directory else n].kind == "dir"]
+            files = [n for n in names if n not in set(dirs)]
+            yield directory, dirs, files
+            stack.extend(f"{directory}/{n}" if directory else n for n in reversed(dirs))
+
+    def read(self, path: str) -> bytes:
+        """The content of one regular file (symlinks followed)."""
+        for _, stream in self.iter_files([path]):
+            return stream.read()
+        raise AssertionError("unreachable")
+
+    def iter_files(self, paths: Iterable[str]) -> Iterator[tuple[Entry, BinaryIO]]:
+        """(entry, content stream) for each path, reading each needed layer once, in layer order.
+
+        Entries come in layer/offset order, not in the order asked. A stream is valid until
+        the next item is taken.
+        """
+        wanted = []
+        for path in paths:
+            entry = self.entries[self.resolve(path)]
+            if not entry.is_regular:
+                raise ImageError(f"{path!r} is a {entry.kind} in the image, not a regular file; check the path")
+            wanted.append(entry)
+        wanted.sort(key=lambda e: (e.data_layer, e.data_offset, e.path))
+        by_layer: dict[int, list[Entry]] = collections.defaultdict(list)
+        for entry in wanted:
+            by_layer[entry.data_layer].append(entry)
+        for index in sorted(by_layer):
+            yield from self._iter_layer(index, by_layer[index])
+
+    def _iter_layer(self, index: int, entries: list[Entry]) -> Iterator[tuple[Entry, BinaryIO]]:
+        layer = self.image.layers[index]
+        stream = layer.open_tar()
+        position = 0
+        try:
+            for entry in entries:
+                if entry.data_offset < position:  # a second path to the same bytes: start over
+                    stream.close()
+                    stream, position = layer.open_tar(), 0
+                _skip(stream, entry.data_offset - position, layer.digest)
+                content = _Window(stream, entry.size, layer.digest)
+                yield entry, io.BufferedReader(content, L.CHUNK_SIZE)  # type: ignore[misc]
+                L.drain(content)
+                position = entry.data_offset + entry.size
+            L.drain(stream)  # reach the end so the diff_id is checked
+        finally:
+            stream.close()
+
+
+def _skip(stream: BinaryIO, count: int, digest: str) -> None:
+    while count > 0:
+        data = stream.read(min(count, L.CHUNK_SIZE))
+        if not data:
+            raise ImageError(f"layer {digest} ended early; the image changed or is corrupt, re-read it")
+        count -= len(data)
+
+
+class _Window(io.RawIOBase):
+    """The next ``size`` bytes of a stream."""
+
+    def __init__(self, stream: BinaryIO, size: int, digest: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._left = size
+        self._digest = digest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        if self._left <= 0:
+            return 0
+        view = memoryview(buffer)
+        data = self._stream.read(min(len(view), self._left))
+        if not data:
+            raise ImageError(f"layer {self._digest} ended early; the image changed or is corrupt, re-read it")
+        n = len(data)
+        view[:n] = data
+        self._left -= n
+        return n
