@@ -725,6 +725,19 @@ def write_layer_tars(spec: ImageSpec, cache: Path, workdir: Path, epoch: int) ->
     return base_path, app_path
 
 
+def image_layout(name: str, cache: Path | None = None, compression: str = DEFAULT_COMPRESSION,
+                 epoch: int | None = None) -> Path:
+    """Where ``build_image`` keeps (or will keep) the OCI layout of demo image ``name``."""
+    epoch = source_date_epoch() if epoch is None else epoch
+    key = build_key(get_spec(name), epoch, compression)
+    return (cache or cache_dir()) / "images" / f"{name}-{key}"
+
+
+def is_built(name: str, cache: Path | None = None, compression: str = DEFAULT_COMPRESSION) -> bool:
+    """Whether ``build_image(name)`` would reuse a cached layout."""
+    return (image_layout(name, cache, compression) / "index.json").is_file()
+
+
 def build_image(name: str, cache: Path | None = None, compression: str = DEFAULT_COMPRESSION,
                 epoch: int | None = None) -> Path:
     """Build (or reuse from the cache) the demo image ``name``; returns its OCI layout dir.
@@ -738,7 +751,7 @@ def build_image(name: str, cache: Path | None = None, compression: str = DEFAULT
     spec = get_spec(name)
     cache = cache or cache_dir()
     epoch = source_date_epoch() if epoch is None else epoch
-    layout = cache / "images" / f"{name}-{build_key(spec, epoch, compression)}"
+    layout = image_layout(name, cache, compression, epoch)
     if (layout / "index.json").is_file():
         return layout
     layout.parent.mkdir(parents=True, exist_ok=True)
