@@ -1,0 +1,46 @@
+"""``sconify copy SRC DST``: copy an image between transports (skopeo reference syntax)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from sconify.image import layers as L
+from sconify.image.reference import DEFAULT_PLATFORM
+from sconify.image.transports import read_image, write_image
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "copy",
+        help="copy an image between oci:, oci-archive:, docker-archive: and docker-daemon:",
+        description="Copy an image; prints the output manifest digest. Layers are copied byte for "
+        "byte unless the output needs another compression.",
+    )
+    parser.add_argument("src", metavar="SRC", help="e.g. oci:DIR:TAG, docker-daemon:NAME:TAG")
+    parser.add_argument("dst", metavar="DST", help="e.g. oci-archive:FILE:TAG, docker-archive:FILE:NAME:TAG")
+    parser.add_argument("--compression", choices=L.COMPRESSIONS, default=None,
+                        help="layer compression of the output (default: keep what the output accepts; "
+                        "new compression zstd for OCI, gzip for docker-archive)")
+    parser.add_argument("--platform", default=None,
+                        help=f"OS/ARCH[/VARIANT] to pick from a multi-platform index (default {DEFAULT_PLATFORM})")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.set_defaults(func=run_copy)
+
+
+def run_copy(args: argparse.Namespace) -> int:
+    image = read_image(args.src, platform=args.platform)
+    result = write_image(image, args.dst, compression=args.compression)
+    if args.json:
+        json.dump({
+            "reference": result.reference,
+            "manifest_digest": result.manifest_digest,
+            "manifest_media_type": result.manifest_media_type,
+            "config_digest": result.config_digest,
+            "layer_digests": list(result.layer_digests),
+        }, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(result.manifest_digest)
+    return 0
