@@ -1,0 +1,200 @@
+"""RootFS: the merged view of an image's layers, built from layer tars these tests write."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from sconify.errors import ImageError
+from sconify.image.model import Image, Layer, canonical_json
+from sconify.image.rootfs import PathNotFound, RootFS, RootFSLimits
+
+
+def member(name: str, kind: str = "file", data: bytes = b"", target: str = "", mode: int | None = None):
+    return (name, kind, data, target, mode)
+
+
+def layer_tar(tmp_path: Path, members: list[tuple], compression: str = "gzip") -> Layer:
+    """A layer from (name, kind, data, target, mode) tuples, written in the order given."""
+    path = tmp_path / f"layer-{len(list(tmp_path.glob('layer-*')))}.tar"
+    with tarfile.open(path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for name, kind, data, target, mode in members:
+            info = tarfile.TarInfo(name)
+            info.type = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE,
+                         "hardlink": tarfile.LNKTYPE, "chr": tarfile.CHRTYPE, "fifo": tarfile.FIFOTYPE}[kind]
+            info.mode = mode if mode is not None else (0o755 if kind == "dir" else 0o644)
+            info.linkname = target
+            info.size = len(data) if kind == "file" else 0
+            tar.addfile(info, io.BytesIO(data) if kind == "file" else None)
+    return Layer.from_tar_file(path, compression)
+
+
+def image_of(*layers: Layer) -> Image:
+    config = {"architecture": "amd64", "os": "linux",
+              "rootfs": {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]}}
+    return Image(canonical_json(config), tuple(layers))
+
+
+def rootfs(tmp_path: Path, *layers: list[tuple], limits: RootFSLimits | None = None) -> RootFS:
+    return RootFS.from_image(image_of(*(layer_tar(tmp_path, m) for m in layers)), limits)
+
+
+def test_files_of_upper_layers_replace_lower_ones_and_paths_are_normalised(tmp_path):
+    fs = rootfs(
+        tmp_path,
+        [member("./etc/", "dir"), member("./etc/os-release", data=b"lower"), member("/usr/bin/tool", data=b"t")],
+        [member("etc/os-release", data=b"upper", mode=0o600)],
+    )
+    assert fs.read("/etc/os-release") == b"upper"
+    assert fs.entries["etc/os-release"].mode == 0o600
+    assert fs.entries["etc/os-release"].layer_index == 1
+    assert fs.read("usr/bin/tool") == b"t"  # the absolute member name was made relative
+    assert fs.entries["usr"].kind == "dir"  # implied parent directory
+
+
+def test_whiteout_removes_a_lower_file_and_a_whole_lower_directory(tmp_path):
+    fs = rootfs(
+        tmp_path,
+        [member("a/keep", data=b"k"), member("a/gone", data=b"g"), member("d/sub/deep", data=b"x")],
+        [member("a/.wh.gone"), member(".wh.d")],
+    )
+    assert fs.listdir("a") == ["keep"]
+    assert not fs.exists("d") and not fs.exists("d/sub/deep")
+    assert not any(".wh." in path for path in fs.entries)
+
+
+def test_whiteout_applies_to_lower_layers_only(tmp_path):
+    fs = rootfs(tmp_path, [member("f", data=b"old")], [member(".wh.f"), member("f", data=b"new")])
+    assert fs.read("f") == b"new"
+
+
+def test_opaque_directory_hides_lower_contents_but_keeps_its_own_layer(tmp_path):
+    fs = rootfs(
+        tmp_path,
+        [member("app/old.py", data=b"o"), member("app/lib/x.py", data=b"x"), member("other", data=b"y")],
+        [member("app/", "dir"), member("app/.wh..wh..opq"), member("app/new.py", data=b"n")],
+    )
+    assert fs.listdir("app") == ["new.py"]
+    assert fs.read("other") == b"y"
+
+
+def test_a_file_replacing_a_directory_removes_the_directory_tree(tmp_path):
+    fs = rootfs(tmp_path, [member("x/y/z", data=b"z")], [member("x", data=b"file now")])
+    assert fs.entries["x"].kind == "file"
+    assert not fs.exists("x/y/z")
+
+
+def test_symlinks_resolve_inside_the_root_like_a_chroot(tmp_path):
+    fs = rootfs(tmp_path, [
+        member("usr/bin/python3.11", data=b"ELF"),
+        member("usr/bin/python3", "symlink", target="python3.11"),
+        member("bin", "symlink", target="usr/bin"),
+        member("escape", "symlink", target="../../../../usr/bin/python3"),
+        member("absolute", "symlink", target="/bin/python3"),
+        member("dangling", "symlink", target="/nowhere"),
+    ])
+    assert fs.resolve("/usr/bin/python3") == "usr/bin/python3.11"
+    assert fs.resolve("/bin/python3") == "usr/bin/python3.11"
+    assert fs.resolve("escape") == "usr/bin/python3.11"  # '..' stops at the root
+    assert fs.resolve("absolute") == "usr/bin/python3.11"
+    assert fs.resolve("/../../bin/../bin/python3") == "usr/bin/python3.11"
+    assert fs.resolve("bin", follow_final=False) == "bin"
+    assert fs.read("/bin/python3") == b"ELF"
+    with pytest.raises(PathNotFound, match="does not exist"):
+        fs.resolve("dangling")
+    with pytest.raises(PathNotFound, match="not a directory"):
+        fs.resolve("usr/bin/python3.11/x")
+
+
+def test_symlink_loops_give_a_clear_error(tmp_path):
+    fs = rootfs(tmp_path, [member("a", "symlink", target="b"), member("b", "symlink", target="/a")])
+    with pytest.raises(ImageError, match="too many levels of symbolic links"):
+        fs.resolve("a")
+
+
+def test_entries_below_a_symlinked_directory_land_in_its_target_inside_the_root(tmp_path):
+    fs = rootfs(
+        tmp_path,
+        [member("usr/lib/", "dir"), member("lib", "symlink", target="/../../usr/lib")],
+        [member("lib/libx.so", data=b"lib")],
+    )
+    assert fs.entries["usr/lib/libx.so"].kind == "file"
+    assert fs.entries["lib"].kind == "symlink"
+    assert fs.read("lib/libx.so") == b"lib"
+
+
+def test_hardlinks_keep_the_bytes_they_were_made_with(tmp_path):
+    fs = rootfs(
+        tmp_path,
+        [member("bin/a", data=b"shared"), member("bin/b", "hardlink", target="bin/a")],
+        [member("bin/c", "hardlink", target="./bin/a"), member("bin/a", data=b"replaced")],
+    )
+    assert fs.entries["bin/b"].kind == "hardlink" and fs.entries["bin/b"].linkname == "bin/a"
+    assert fs.read("bin/b") == b"shared"
+    assert fs.read("bin/c") == b"shared"
+    assert fs.read("bin/a") == b"replaced"
+
+
+@pytest.mark.parametrize("members, message", [
+    ([member("../etc/passwd", data=b"x")], "contains '..'"),
+    ([member("a/../../b", data=b"x")], "contains '..'"),
+    ([member("h", "hardlink", target="/etc/shadow")], "not a regular file"),
+    ([member("d/", "dir"), member("h", "hardlink", target="d")], "not a regular file"),
+    ([member("h", "hardlink", target="../outside")], "contains '..'"),
+    ([member("f", data=b"x"), member("f/g", data=b"y")], "not a directory"),
+    ([member("l", "symlink", target="/missing"), member("l/x", data=b"y")], "dangling symlink"),
+])
+def test_hostile_or_broken_members_are_refused(tmp_path, members, message):
+    with pytest.raises(ImageError, match=message):
+        rootfs(tmp_path, members)
+
+
+def test_device_nodes_and_fifos_are_skipped_and_recorded(tmp_path):
+    fs = rootfs(tmp_path, [member("dev/null", "chr"), member("run/pipe", "fifo"), member("ok", data=b"1")])
+    assert not fs.exists("dev/null") and not fs.exists("run/pipe")
+    assert sorted(fs.skipped) == [("dev/null", "device"), ("run/pipe", "fifo")]
+
+
+@pytest.mark.parametrize("limits, members, message", [
+    (RootFSLimits(max_entries=3), [member(f"f{i}", data=b"") for i in range(4)], "more than 3 layer entries"),
+    (RootFSLimits(max_name_length=10), [member("a/" + "n" * 11, data=b"")], "longer than 10 bytes"),
+    (RootFSLimits(max_path_length=20), [member("a/" * 11 + "f", data=b"")], "longer than 20 bytes"),
+    (RootFSLimits(max_total_size=10), [member("a", data=b"123456"), member("b", data=b"123456")], "more than 10 bytes"),
+    (RootFSLimits(max_symlink_hops=2), [member("c", "symlink", target="b"), member("b", "symlink", target="a"),
+                                        member("a", "symlink", target="x"), member("x/", "dir"), member("c/f", data=b"")],
+     "too many levels of symbolic links"),
+])
+def test_limits_bound_hostile_layers(tmp_path, limits, members, message):
+    with pytest.raises(ImageError, match=message):
+        rootfs(tmp_path, members, limits=limits)
+
+
+def test_iter_files_streams_each_layer_once_in_layer_order(tmp_path):
+    fs = rootfs(
+        tmp_path,
+        [member("z", data=b"Z" * 5000), member("a", data=b"A"), member("m", data=b"M" * 70000)],
+        [member("b", data=b"B"), member("ln", "hardlink", target="z")],
+    )
+    opened = []
+    for layer in fs.image.layers:
+        original = layer.opener
+        object.__setattr__(layer, "opener", lambda original=original, d=layer.digest: (opened.append(d), original())[1])
+    got = [(entry.path, stream.read()) for entry, stream in fs.iter_files(["/b", "m", "a", "z", "ln"])]
+    assert [path for path, _ in got] == ["ln", "z", "a", "m", "b"]
+    assert dict(got) == {"z": b"Z" * 5000, "ln": b"Z" * 5000, "a": b"A", "m": b"M" * 70000, "b": b"B"}
+    # layer 0 is reopened once for the hardlink that shares z's bytes, layer 1 read once
+    assert opened == [fs.image.layers[0].digest, fs.image.layers[0].digest, fs.image.layers[1].digest]
+
+
+def test_iter_files_refuses_directories(tmp_path):
+    fs = rootfs(tmp_path, [member("d/", "dir")])
+    with pytest.raises(ImageError, match="not a regular file"):
+        list(fs.iter_files(["d"]))
+
+
+def test_walk_lists_directories_top_down_without_following_symlinks(tmp_path):
+    fs = rootfs(tmp_path, [member("a/b/f", data=b""), member("a/g", data=b""), member("a/l", "symlink", target="/")])
+    assert list(fs.walk()) == [("", ["a"], []), ("a", ["b"], ["g", "l"]), ("a/b", [], ["f"])]
