@@ -1,0 +1,179 @@
+"""The embedfs archive: deterministic, hashed, compressed, readable one file at a time."""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from embedfs.archive import CHUNK_SIZE, INDEX_RECORD, TRAILER, Archive, ArchiveEntry, pack, pack_directory
+from embedfs.errors import FormatError, InputError, IntegrityError
+
+
+def file_entry(path: str, data: bytes, mode: int = 0o644, uid: int = 0, gid: int = 0) -> ArchiveEntry:
+    return ArchiveEntry(path, "file", mode, uid, gid, len(data), source=data)
+
+
+def packed(entries: list[ArchiveEntry], level: int = 3) -> bytes:
+    out = io.BytesIO()
+    pack(entries, out, level=level)
+    return out.getvalue()
+
+
+SAMPLE = [
+    file_entry("app/main.py", b"print('hello')\n" * 100),
+    file_entry("app/data/blob.bin", os.urandom(CHUNK_SIZE * 2 + 123), mode=0o600, uid=1000, gid=1000),
+    file_entry("app/empty", b""),
+    ArchiveEntry("app/link", "symlink", 0o777, 0, 0, 0, linkname="main.py"),
+]
+
+
+def test_every_member_reads_back_with_its_metadata() -> None:
+    archive = Archive.open(packed(SAMPLE))
+    assert [m.path for m in archive.list()] == sorted(e.path for e in SAMPLE)
+    for entry in SAMPLE:
+        member = archive.stat(entry.path)
+        assert (member.kind, member.mode, member.uid, member.gid) == (entry.kind, entry.mode, entry.uid, entry.gid)
+        if entry.kind == "file":
+            assert archive.read(entry.path) == entry.source
+            assert member.size == entry.size
+        else:
+            assert member.linkname == "main.py"
+    assert archive.verify().file_count == len(SAMPLE)
+
+
+def test_output_is_byte_identical_whatever_the_input_order() -> None:
+    assert packed(SAMPLE) == packed(list(reversed(SAMPLE)))
+
+
+def test_root_hash_names_the_content_not_the_compression() -> None:
+    assert Archive.open(packed(SAMPLE, level=1)).root_hash == Archive.open(packed(SAMPLE, level=19)).root_hash
+
+
+def test_root_hash_covers_metadata() -> None:
+    changed = [file_entry("app/main.py", SAMPLE[0].source, mode=0o755), *SAMPLE[1:]]
+    assert Archive.open(packed(SAMPLE)).root_hash != Archive.open(packed(changed)).root_hash
+
+
+@settings(max_examples=25, deadline=None)
+@given(content=st.binary(min_size=1, max_size=2000), position=st.integers(min_value=0), delta=st.integers(1, 255))
+def test_changing_any_byte_of_any_file_changes_the_root_hash(content: bytes, position: int, delta: int) -> None:
+    position %= len(content)
+    tampered = bytearray(content)
+    tampered[position] = (tampered[position] + delta) % 256
+    original = Archive.open(packed([file_entry("a", content), file_entry("b", b"x")])).root_hash
+    assert Archive.open(packed([file_entry("a", bytes(tampered)), file_entry("b", b"x")])).root_hash != original
+
+
+def test_a_flipped_content_byte_is_caught_and_named() -> None:
+    data = bytearray(packed(SAMPLE))
+    member = Archive.open(bytes(data)).stat("app/data/blob.bin")
+    data[member.data_offset + member.data_length // 2] ^= 0xFF
+    archive = Archive.open(bytes(data))
+    assert archive.read("app/main.py")  # other files stay readable: each is compressed on its own
+    with pytest.raises(IntegrityError) as caught:
+        archive.verify()
+    assert caught.value.path == "app/data/blob.bin"
+    assert "app/data/blob.bin" in str(caught.value)
+
+
+def test_a_changed_index_record_fails_the_root_hash() -> None:
+    data = bytearray(packed(SAMPLE))
+    _magic, index_offset, _size, _count, _root = TRAILER.unpack_from(data, len(data) - TRAILER.size)
+    mode_at = index_offset + struct.calcsize("<BHH")  # mode of the first record
+    data[mode_at] ^= 0o1
+    with pytest.raises(IntegrityError) as caught:
+        Archive.open(bytes(data))
+    assert caught.value.check == "root hash"
+
+
+@pytest.mark.parametrize("damage", ["truncate", "magic", "version", "trailer"])
+def test_damaged_archives_are_refused_with_a_format_error(damage: str) -> None:
+    data = bytearray(packed(SAMPLE))
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "magic":
+        data[0:8] = b"NOTEMBED"
+    elif damage == "version":
+        data[8] = 99
+    else:
+        data[-TRAILER.size] ^= 0xFF
+    with pytest.raises(FormatError):
+        Archive.open(bytes(data))
+
+
+@pytest.mark.parametrize("path", ["/abs", "../up", "a/../b", "a//b", "./a", "a/.", ""])
+def test_unclean_member_paths_are_refused(path: str) -> None:
+    with pytest.raises(InputError):
+        packed([file_entry(path, b"x")])
+
+
+def test_duplicate_paths_are_refused() -> None:
+    with pytest.raises(InputError, match="twice"):
+        packed([file_entry("a", b"1"), file_entry("a", b"2")])
+
+
+def test_a_source_shorter_than_its_size_is_refused() -> None:
+    entry = ArchiveEntry("short", "file", 0o644, 0, 0, 10, source=lambda: io.BytesIO(b"12345"))
+    with pytest.raises(InputError, match="early"):
+        packed([entry])
+
+
+def test_callable_sources_may_be_readers_at_an_offset_of_a_larger_spool(tmp_path) -> None:
+    spool = tmp_path / "spool"
+    spool.write_bytes(b"AAAAbbbbbbCC")
+
+    def reader_at(offset: int):
+        def open_it():
+            handle = open(spool, "rb")
+            handle.seek(offset)
+            return handle
+        return open_it
+
+    archive = Archive.open(packed([ArchiveEntry("b", "file", 0o644, 0, 0, 6, source=reader_at(4))]))
+    assert archive.read("b") == b"bbbbbb"
+
+
+def test_open_accepts_a_path_a_file_object_bytes_and_a_memoryview(tmp_path) -> None:
+    data = packed(SAMPLE)
+    path = tmp_path / "a.efs"
+    path.write_bytes(data)
+    roots = set()
+    with open(path, "rb") as handle:
+        for source in (path, str(path), handle, data, memoryview(data), io.BytesIO(data)):
+            roots.add(Archive.open(source).root_hash)
+    assert len(roots) == 1
+
+
+def test_pack_directory_records_files_and_symlinks_and_refuses_fifos(tmp_path) -> None:
+    src = tmp_path / "src"
+    (src / "pkg").mkdir(parents=True)
+    (src / "pkg" / "mod.py").write_text("x = 1\n")
+    (src / "run.sh").write_text("#!/bin/sh\n")
+    os.chmod(src / "run.sh", 0o755)
+    os.symlink("pkg/mod.py", src / "alias.py")
+    out = io.BytesIO()
+    result = pack_directory(src, out)
+    archive = Archive.open(out.getvalue())
+    assert [m.path for m in archive.list()] == ["alias.py", "pkg/mod.py", "run.sh"]
+    assert archive.stat("run.sh").mode == 0o755
+    assert archive.stat("alias.py").linkname == "pkg/mod.py"
+    assert result.root_hash == archive.root_hash
+    os.mkfifo(src / "pipe")
+    with pytest.raises(InputError, match="pipe"):
+        pack_directory(src, io.BytesIO())
+
+
+def test_extract_writes_every_member(tmp_path) -> None:
+    archive = Archive.open(packed(SAMPLE))
+    assert archive.extract(tmp_path / "out") == len(SAMPLE)
+    assert (tmp_path / "out" / "app" / "main.py").read_bytes() == SAMPLE[0].source
+    assert os.readlink(tmp_path / "out" / "app" / "link") == "main.py"
+
+
+def test_index_records_have_the_documented_size() -> None:
+    assert INDEX_RECORD.size == 73 and TRAILER.size == 64
