@@ -1,0 +1,148 @@
+"""The measurement manifest: every figure an auditor recomputes from the output image.
+
+Schema ``sconify.manifest/v1``, documented field by field in docs/manifest.md. Written as
+sorted-key JSON so the same conversion gives the same bytes. It never holds a key.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from sconify.atomic import atomic_write_bytes
+from sconify.errors import UsageError
+
+MANIFEST_SCHEMA = "sconify.manifest/v1"
+
+# Fields that do not depend on the random keys: equal for the same input and options.
+# The others (the data layer, the output image/config digests, the fspf tag) change with fresh
+# keys unless --deterministic-keys-from is used.
+KEY_DEPENDENT_FIELDS = (
+    "output.manifest_digest",
+    "output.config_digest",
+    "output.diff_ids",
+    "output.layer_digests",
+    "output.data_layer",
+    "fspf.tag",
+)
+
+
+@dataclass
+class ImageFigures:
+    """An image's identity. ``diff_ids`` and ``config_digest`` do not depend on the transport
+    or compression; ``manifest_digest`` and ``layer_digests`` are those of the written form
+    ("" / [] where the transport has no manifest of its own, e.g. the Docker engine)."""
+
+    reference: str
+    config_digest: str
+    diff_ids: list[str]
+    manifest_digest: str = ""
+    layer_digests: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ExecutableFigures:
+    path: str
+    recipe: str
+    original_sha256: str
+    original_size: int
+    sconified_sha256: str
+    sconified_size: int
+
+
+@dataclass
+class EmbedfsFigures:
+    root_hash: str
+    file_count: int
+    archive_size: int
+    files: dict[str, str]  # image path -> sha256 of the content
+
+
+@dataclass
+class MeasurementFigures:
+    mrenclave: str
+    heap_size: int
+    stack_size: int
+    threads: int
+    ssa_frame_size: int
+    layout_version: int
+    enclave_size: int
+
+
+@dataclass
+class FspfFigures:
+    path: str
+    tag: str
+    regions: list[dict]
+    files: dict[str, dict]  # image path -> {"region", "protection", "size"}
+
+
+@dataclass
+class Manifest:
+    input: ImageFigures
+    output: ImageFigures
+    code_layer: str  # diff_id of the layer with the sconified executable and the whiteouts
+    data_layer: str  # diff_id of the layer with the encrypted files and the fspf
+    executable: ExecutableFigures
+    embedfs: EmbedfsFigures
+    measurement: MeasurementFigures
+    fspf: FspfFigures
+    tool_version: str
+    schema: str = MANIFEST_SCHEMA
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        doc = asdict(self)
+        doc["output"]["data_layer"] = doc.pop("data_layer")
+        doc["output"]["code_layer"] = doc.pop("code_layer")
+        doc["tool"] = {"name": "sconify", "version": doc.pop("tool_version")}
+        doc.update(doc.pop("extra"))
+        return doc
+
+    def to_json(self) -> bytes:
+        return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
+
+    def write(self, path: str | os.PathLike) -> None:
+        atomic_write_bytes(path, self.to_json())
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "Manifest":
+        if doc.get("schema") != MANIFEST_SCHEMA:
+            raise UsageError(
+                f"manifest schema is {doc.get('schema')!r}, this sconify reads "
+                f"{MANIFEST_SCHEMA!r}; use the sconify version named in the manifest's tool field"
+            )
+        output = dict(doc["output"])
+        data_layer = output.pop("data_layer")
+        code_layer = output.pop("code_layer")
+        known = {"schema", "input", "output", "executable", "embedfs", "measurement", "fspf", "tool"}
+        return cls(
+            input=ImageFigures(**doc["input"]),
+            output=ImageFigures(**output),
+            code_layer=code_layer,
+            data_layer=data_layer,
+            executable=ExecutableFigures(**doc["executable"]),
+            embedfs=EmbedfsFigures(**doc["embedfs"]),
+            measurement=MeasurementFigures(**doc["measurement"]),
+            fspf=FspfFigures(**doc["fspf"]),
+            tool_version=doc["tool"]["version"],
+            extra={k: v for k, v in doc.items() if k not in known},
+        )
+
+    @classmethod
+    def read(cls, path: str | os.PathLike) -> "Manifest":
+        try:
+            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise UsageError(f"cannot read manifest {path}: {exc.strerror}") from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"manifest {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+        try:
+            return cls.from_dict(doc)
+        except (KeyError, TypeError) as exc:
+            raise UsageError(
+                f"manifest {path} lacks or misnames a field ({exc}); pass the manifest.json "
+                "written by sconify-image"
+            ) from None

@@ -1,0 +1,593 @@
+"""sconify-image: the end-to-end conversion, one function per step of the data flow.
+
+read image -> choose executable, code and data -> spool their bytes -> embedfs pack + inject ->
+measure -> fspf (encrypt/authenticate data) -> code layer + data layer -> new config ->
+write image -> manifest, CAS session, keys file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import os
+import posixpath
+import shlex
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator, Protocol
+
+from embedfs.archive import ArchiveEntry, pack
+from embedfs.elf import inject
+from embedfs.measure import measure_elf
+
+from sconify import __version__
+from sconify.errors import UsageError
+from sconify.fspf import Fspf
+from sconify.image.model import Image, Layer
+from sconify.image.mutate import append_layers, with_config
+from sconify.image.reference import parse_reference
+from sconify.image.rootfs import RootFS
+from sconify.image.transports import read_image, write_image
+from sconify.keys import KeysFile, random_source
+from sconify.libraries import candidate_libraries, library_closure
+from sconify.manifest import (
+    EmbedfsFigures,
+    ExecutableFigures,
+    FspfFigures,
+    ImageFigures,
+    Manifest,
+    MeasurementFigures,
+)
+from sconify.newlayers import TarEntry, missing_parents, source_date_epoch, whiteout_for, write_layer_tar
+from sconify.recipe import Placeholders
+from sconify.select import (
+    Executable,
+    absolute,
+    app_dir,
+    command_of,
+    env_of,
+    find_executable,
+    interpreter_version,
+    rel,
+    select_code,
+    select_data,
+    under,
+)
+from sconify.session import SessionSpec, check_session_name, write_session
+from sconify.spool import Extent, Spool
+
+FSPF_PATH = "/etc/sconify/volume.fspf"
+LABEL_PREFIX = "io.sconify."
+
+
+@dataclass
+class ConvertOptions:
+    source: str
+    destination: str
+    recipe: str | None = None
+    binary: str | None = None
+    fs_dirs: list[str] = field(default_factory=list)
+    fs_files: list[str] = field(default_factory=list)
+    encrypted_dirs: list[str] = field(default_factory=list)
+    authenticated_dirs: list[str] = field(default_factory=list)
+    heap_size: int | None = None
+    stack_size: int | None = None
+    threads: int | None = None
+    session_name: str | None = None
+    manifest_out: str = "manifest.json"
+    session_out: str = "session.yaml"
+    keys_out: str = "keys.json"
+    keep_embedded: bool = False
+    authenticate_root: bool = False
+    inline_keys: bool = False
+    deterministic_keys_from: str | None = None
+    platform: str | None = None
+    compression: str | None = None
+    dry_run: bool = False
+
+
+class Reporter(Protocol):
+    """What the pipeline tells its caller: phases, and progress within a phase."""
+
+    def start(self, phase: str, total: int | None = None) -> None: ...
+
+    def advance(self, amount: int = 1) -> None: ...
+
+    def finish(self, phase: str, seconds: float) -> None: ...
+
+
+class SilentReporter:
+    def start(self, phase: str, total: int | None = None) -> None:
+        pass
+
+    def advance(self, amount: int = 1) -> None:
+        pass
+
+    def finish(self, phase: str, seconds: float) -> None:
+        pass
+
+
+@dataclass
+class Plan:
+    """What a conversion will do, decided before any byte is written."""
+
+    executable: Executable
+    app_dir: str | None
+    code_files: list[str]
+    regions: list[dict]  # {"path", "kind", "protection"} in fspf order
+    data_files: dict[str, list[str]]  # region path -> files (relative) to protect
+    fspf_excluded: set[str] = field(default_factory=set)
+
+
+@dataclass
+class ConvertResult:
+    plan: Plan
+    manifest: Manifest | None = None
+    phases: dict[str, float] = field(default_factory=dict)
+    input_bytes: int = 0  # uncompressed size of the input layers
+    embedded_files: int = 0
+    embedded_bytes: int = 0
+    encrypted_files: int = 0
+    authenticated_files: int = 0
+    removed_files: int = 0
+    written: dict[str, str] = field(default_factory=dict)  # what -> path
+
+
+@contextlib.contextmanager
+def phase(reporter: Reporter, timings: dict[str, float], name: str, total: int | None = None) -> Iterator[None]:
+    reporter.start(name, total)
+    began = time.perf_counter()
+    yield
+    timings[name] = time.perf_counter() - began
+    reporter.finish(name, timings[name])
+
+
+def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> ConvertResult:
+    """Convert ``options.source`` into a confidential image at ``options.destination``."""
+    reporter = reporter or SilentReporter()
+    timings: dict[str, float] = {}
+    check_options(options)
+    with phase(reporter, timings, "read image"):
+        image = read_image(options.source, platform=options.platform)
+        fs = RootFS.from_image(image)
+    with phase(reporter, timings, "select files"):
+        plan = make_plan(image, fs, options)
+    result = ConvertResult(plan=plan, phases=timings)
+    result.input_bytes = sum(entry.size for entry in fs.entries.values() if entry.kind == "file")
+    if options.dry_run:
+        return result
+    random = random_source(options.deterministic_keys_from)
+    with tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool:
+        with phase(reporter, timings, "read files", total=None):
+            recipe = plan.executable.recipe
+            wanted = {p for p in plan.code_files if fs.entries[p].kind != "symlink"}
+            wanted.add(plan.executable.path)
+            for files in plan.data_files.values():
+                wanted.update(files)
+            if recipe.follow_needed:
+                wanted.update(candidate_libraries(fs, recipe.search_path))
+            extents = spool_files(fs, sorted(wanted), spool, reporter)
+            libraries = resolve_libraries(fs, plan, spool, extents, reporter)
+        embedded = sorted(set(plan.code_files) | set(libraries))
+        with phase(reporter, timings, "embed", total=len(embedded)):
+            original_exe = Path(work, "original")
+            spool.copy_to_file(extents[plan.executable.path], str(original_exe))
+            archive_path = Path(work, "code.embedfs")
+            with archive_path.open("wb") as out:
+                packed = pack((archive_entry(fs, spool, extents, p) for p in embedded), out)
+            sconified_exe = Path(work, "sconified")
+            inject(str(original_exe), str(archive_path), str(sconified_exe))
+            reporter.advance(len(embedded))
+        with phase(reporter, timings, "measure"):
+            measurement = measure_elf(str(sconified_exe), **measure_parameters(options))
+        with phase(reporter, timings, "protect data"):
+            fspf, protected = protect_data(fs, plan, spool, extents, random, work, options)
+            fspf_blob = Path(work, "volume.fspf")
+            fspf_key, fspf_tag = fspf.encrypt_to(str(fspf_blob))
+        with phase(reporter, timings, "write layers"):
+            removed = [] if options.keep_embedded else [p for p in plan.code_files]
+            code_layer = build_code_layer(fs, plan.executable, sconified_exe, removed, work, options)
+            data_layer = build_data_layer(fs, protected, spool, fspf_blob, work, options)
+        with phase(reporter, timings, "write image"):
+            appended = append_layers(image, [code_layer, data_layer], history=history_entries(image, plan, len(embedded)))
+            output = with_config(appended, new_config(appended.config, image, options, plan, measurement.mrenclave))
+            written = write_image(output, options.destination, compression=options.compression)
+        with phase(reporter, timings, "write manifest"):
+            manifest = make_manifest(
+                options, image, output, written, plan, original_exe, sconified_exe, packed,
+                measurement, fspf, fspf_tag, code_layer, data_layer,
+            )
+            keys = KeysFile(
+                fspf_path=FSPF_PATH,
+                fspf_key=fspf_key,
+                fspf_tag=fspf_tag,
+                mrenclave=measurement.mrenclave,
+                session_name=session_name(options),
+            )
+            keys.write(options.keys_out)
+            manifest.write(options.manifest_out)
+            write_session(session_spec(options, image, plan, measurement.mrenclave, fspf_tag, fspf_key), options.session_out)
+    result.manifest = manifest
+    result.embedded_files = packed.file_count
+    result.embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
+    result.encrypted_files = sum(1 for p in protected.values() if p.ciphertext is not None)
+    result.authenticated_files = sum(1 for p in protected.values() if p.ciphertext is None)
+    result.removed_files = len(removed)
+    result.written = {
+        "image": written.reference,
+        "manifest": options.manifest_out,
+        "session": options.session_out,
+        "keys": options.keys_out,
+    }
+    return result
+
+
+# --- checks and plan ---------------------------------------------------------------------
+
+
+def check_options(options: ConvertOptions) -> None:
+    source = parse_reference(options.source)
+    destination = parse_reference(options.destination)
+    if (source.transport, os.path.abspath(source.path) if source.transport != "docker-daemon" else source.path, source.tag) == (
+        destination.transport,
+        os.path.abspath(destination.path) if destination.transport != "docker-daemon" else destination.path,
+        destination.tag,
+    ):
+        raise UsageError(
+            f"--to {options.destination} is the input image; sconify never changes its input, "
+            "pass another --to reference"
+        )
+    outputs = {"--manifest-out": options.manifest_out, "--session-out": options.session_out, "--keys-out": options.keys_out}
+    if options.dry_run:
+        return
+    seen: dict[str, str] = {}
+    for option, path in outputs.items():
+        resolved = os.path.abspath(path)
+        if resolved in seen:
+            raise UsageError(f"{option} and {seen[resolved]} name the same file {path}; give each its own path")
+        seen[resolved] = option
+        parent = os.path.dirname(resolved)
+        if not os.path.isdir(parent):
+            raise UsageError(f"{option} {path}: directory {parent} does not exist; create it first")
+        if not os.access(parent, os.W_OK):
+            raise UsageError(f"{option} {path}: directory {parent} is not writable")
+    if options.session_name is not None:
+        check_session_name(options.session_name)
+    for option, value in (("--heap", options.heap_size), ("--stack", options.stack_size), ("--threads", options.threads)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{option} must be positive")
+
+
+def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
+    config = image.config
+    executable = find_executable(fs, config, binary=options.binary, recipe_spec=options.recipe)
+    recipe = executable.recipe.with_extra_code(options.fs_dirs, options.fs_files)
+    application = app_dir(config, fs)
+    placeholders = Placeholders(version=interpreter_version(executable.path, fs), app=application)
+    regions = plan_regions(recipe, options)
+    data_roots = [r["path"] for r in regions if r["path"] != "/"]
+    code_files = select_code(recipe, fs, placeholders, exclude_roots=data_roots)
+    code_files = [p for p in code_files if p != executable.path]
+    if not code_files and not options.fs_dirs and not options.fs_files:
+        raise UsageError(
+            f"recipe {recipe.name} found no code files for {absolute(executable.path)} in the image; "
+            "check --recipe, or add code with --fs-dir DIR / --fs-file FILE"
+        )
+    data_files: dict[str, list[str]] = {}
+    for region in regions:
+        if region["kind"] != "kernel" or region["protection"] == "not-protected":
+            continue
+        option = "--dir" if region["protection"] == "encrypted" else "--authenticated"
+        if region["path"] == "/":
+            continue
+        data_files[region["path"]] = select_data(fs, [region["path"]], option)
+    fspf_excluded = {executable.path, rel(FSPF_PATH)}
+    if not options.keep_embedded:
+        fspf_excluded.update(code_files)
+    if options.authenticate_root:
+        inner = [rel(r["path"]) for r in regions if r["path"] != "/"]
+        data_files["/"] = sorted(
+            path
+            for path, entry in fs.entries.items()
+            if entry.kind in ("file", "hardlink")
+            and path not in fspf_excluded
+            and not any(under(path, root) for root in inner)
+        )
+    return Plan(executable, application, code_files, regions, data_files, fspf_excluded)
+
+
+def plan_regions(recipe, options: ConvertOptions) -> list[dict]:
+    """fspf regions: '/' plus the data directories; explicit options win over the recipe."""
+    regions: dict[str, dict] = {
+        "/": {"path": "/", "kind": "kernel", "protection": "authenticated" if options.authenticate_root else "not-protected"}
+    }
+
+    def add(path: str, kind: str, protection: str, option: str) -> None:
+        normal = absolute(rel(path))
+        if normal == "/":
+            raise UsageError(f"{option} / would protect the whole image; use --authenticate-root for that")
+        existing = regions.get(normal)
+        if existing is not None and existing.get("explicit") and (existing["kind"], existing["protection"]) != (kind, protection):
+            raise UsageError(
+                f"{normal} is given twice with different protection ({existing['option']} and {option}); keep one"
+            )
+        if existing is None or not existing.get("explicit"):
+            regions[normal] = {"path": normal, "kind": kind, "protection": protection, "explicit": option.startswith("--"), "option": option}
+
+    for path in recipe.ephemeral:
+        add(path, "ephemeral", "encrypted", f"recipe {recipe.name} [data] ephemeral")
+    for path in recipe.encrypted:
+        add(path, "kernel", "encrypted", f"recipe {recipe.name} [data] encrypted")
+    for path in recipe.authenticated:
+        add(path, "kernel", "authenticated", f"recipe {recipe.name} [data] authenticated")
+    for path in options.encrypted_dirs:
+        add(path, "kernel", "encrypted", "--dir")
+    for path in options.authenticated_dirs:
+        add(path, "kernel", "authenticated", "--authenticated")
+    return [{k: v for k, v in region.items() if k in ("path", "kind", "protection")} for region in sorted(regions.values(), key=lambda r: r["path"])]
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def spool_files(fs: RootFS, paths: list[str], spool: Spool, reporter: Reporter) -> dict[str, Extent]:
+    """Copy the content of ``paths`` (regular files) into the spool, streaming each layer once."""
+    extents: dict[str, Extent] = {}
+    for entry, stream in fs.iter_files(paths):
+        extents[entry.path] = spool.append_stream(stream, entry.size)
+        reporter.advance(1)
+    missing = [p for p in paths if p not in extents and fs.entries[p].kind != "symlink"]
+    if missing:
+        raise UsageError(f"could not read {absolute(missing[0])} from the image layers; the image is corrupt")
+    return extents
+
+
+def resolve_libraries(fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], reporter: Reporter) -> list[str]:
+    """Shared objects (and the symlinks naming them) that the executable and the embedded
+    code load; read from the spool, spooling any outside the search path on demand."""
+    recipe = plan.executable.recipe
+    if not recipe.follow_needed:
+        return []
+    shared_objects = [p for p in plan.code_files if ".so" in posixpath.basename(p) and fs.entries[p].kind != "symlink"]
+
+    def read(path: str) -> bytes:
+        if path not in extents:
+            extents.update(spool_files(fs, [path], spool, reporter))
+        return spool.read(extents[path])
+
+    closure = library_closure(
+        fs, [plan.executable.path, *shared_objects], read, recipe.search_path, recipe.dlopen
+    )
+    return closure.libraries + closure.links
+
+
+def archive_entry(fs: RootFS, spool: Spool, extents: dict[str, Extent], path: str) -> ArchiveEntry:
+    entry = fs.entries[path]
+    if entry.kind == "symlink":
+        return ArchiveEntry(
+            path=path, kind="symlink", mode=entry.mode, uid=entry.uid, gid=entry.gid,
+            size=0, linkname=entry.linkname, source=None,
+        )
+    extent = extents[path]
+    return ArchiveEntry(
+        path=path, kind="file", mode=entry.mode, uid=entry.uid, gid=entry.gid,
+        size=extent.size, source=lambda: spool.open(extent),
+    )
+
+
+def measure_parameters(options: ConvertOptions) -> dict:
+    from embedfs import measure as M
+
+    return {
+        "heap_size": options.heap_size or M.DEFAULT_HEAP_SIZE,
+        "stack_size": options.stack_size or M.DEFAULT_STACK_SIZE,
+        "threads": options.threads or M.DEFAULT_THREADS,
+    }
+
+
+# --- fspf ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Protected:
+    path: str  # relative
+    region: str
+    size: int
+    ciphertext: Extent | None  # None: authenticated, the file stays as it is
+
+
+def protect_data(fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], random, work: str, options: ConvertOptions) -> tuple[Fspf, dict[str, Protected]]:
+    fspf = Fspf.create(random=random)
+    for region in plan.regions:
+        fspf.add_region(region["path"], kind=region["kind"], protection=region["protection"])
+    protected: dict[str, Protected] = {}
+    for region_path, files in plan.data_files.items():
+        encrypted = next(r for r in plan.regions if r["path"] == region_path)["protection"] == "encrypted"
+        for path in files:
+            if path not in extents:
+                extents.update(spool_files(fs, [path], spool, SilentReporter()))
+            extent = extents[path]
+            with spool.open(extent) as source:
+                if encrypted:
+                    buffer = io.BytesIO() if extent.size < (8 << 20) else tempfile.TemporaryFile(dir=work)
+                    fspf.protect_file(absolute(path), source, extent.size, buffer)
+                    buffer.seek(0)
+                    cipher = spool.append_stream(buffer)
+                    buffer.close()
+                else:
+                    fspf.protect_file(absolute(path), source, extent.size, None)
+                    cipher = None
+            protected[path] = Protected(path, region_path, extent.size, cipher)
+    return fspf, protected
+
+
+# --- layers and config --------------------------------------------------------------------
+
+
+def build_code_layer(fs: RootFS, executable: Executable, sconified: Path, removed: list[str], work: str, options: ConvertOptions) -> Layer:
+    entry = fs.entries[executable.path]
+    size = sconified.stat().st_size
+    entries = [
+        TarEntry(
+            path=executable.path, kind="file", mode=entry.mode, uid=entry.uid, gid=entry.gid,
+            size=size, mtime=getattr(entry, "mtime", 0), open=lambda: sconified.open("rb"),
+        )
+    ]
+    entries += [whiteout_for(path) for path in removed]
+    tar_path = Path(work, "code-layer.tar")
+    with tar_path.open("wb") as out:
+        write_layer_tar(entries, out)
+    return Layer.from_tar_file(tar_path, compression=layer_compression(options))
+
+
+def build_data_layer(fs: RootFS, protected: dict[str, Protected], spool: Spool, fspf_blob: Path, work: str, options: ConvertOptions) -> Layer:
+    epoch = source_date_epoch()
+    fspf_rel = rel(FSPF_PATH)
+    entries = [
+        TarEntry(path=fspf_rel, kind="file", mode=0o644, size=fspf_blob.stat().st_size, mtime=epoch, open=lambda: fspf_blob.open("rb"))
+    ]
+    entries += missing_parents([fspf_rel], lambda p: p in fs.entries, epoch)
+    for item in protected.values():
+        if item.ciphertext is None:
+            continue
+        entry = fs.entries[item.path]
+        entries.append(
+            TarEntry(
+                path=item.path, kind="file", mode=entry.mode, uid=entry.uid, gid=entry.gid,
+                size=item.ciphertext.size, mtime=getattr(entry, "mtime", 0),
+                open=lambda extent=item.ciphertext: spool.open(extent),
+            )
+        )
+    tar_path = Path(work, "data-layer.tar")
+    with tar_path.open("wb") as out:
+        write_layer_tar(entries, out)
+    return Layer.from_tar_file(tar_path, compression=layer_compression(options))
+
+
+def layer_compression(options: ConvertOptions) -> str:
+    """New layers are compressed once, in what the destination transport takes by default."""
+    from sconify.image.transports import DEFAULT_COMPRESSION
+
+    if options.compression:
+        return options.compression
+    transport = parse_reference(options.destination).transport
+    return DEFAULT_COMPRESSION[transport] if transport != "docker-daemon" else "gzip"
+
+
+def session_name(options: ConvertOptions) -> str:
+    if options.session_name:
+        return options.session_name
+    reference = parse_reference(options.destination)
+    base = posixpath.basename((reference.path or "image").rstrip("/")).split(".")[0] or "image"
+    cleaned = "".join(c if c.isalnum() or c in "_.-" else "-" for c in base).strip(".-") or "image"
+    return f"sconify-{cleaned}"[:128]
+
+
+def new_config(config: dict, image: Image, options: ConvertOptions, plan: Plan, mrenclave: str) -> dict:
+    """``config`` with the fspf path in the environment and labels naming what was done."""
+    inner = config.setdefault("config", {})
+    env = [item for item in inner.get("Env") or [] if not item.startswith("SCONE_FSPF=")]
+    env.append(f"SCONE_FSPF={FSPF_PATH}")
+    inner["Env"] = env
+    labels = dict(inner.get("Labels") or {})
+    labels.update(
+        {
+            "org.opencontainers.image.base.digest": image.config_digest,
+            "org.opencontainers.image.base.name": options.source,
+            LABEL_PREFIX + "version": __version__,
+            LABEL_PREFIX + "executable": absolute(plan.executable.path),
+            LABEL_PREFIX + "mrenclave": mrenclave,
+            LABEL_PREFIX + "fspf.path": FSPF_PATH,
+        }
+    )
+    inner["Labels"] = labels
+    return config
+
+
+def history_entries(image: Image, plan: Plan, embedded: int) -> list[dict]:
+    """One history entry per added layer, dated like the input (or SOURCE_DATE_EPOCH)."""
+    epoch = source_date_epoch()
+    created = image.config.get("created") or "1970-01-01T00:00:00Z"
+    if epoch:
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
+    executable = absolute(plan.executable.path)
+    return [
+        {"created": created, "created_by": f"sconify-image {__version__}: embed {embedded} code files into {executable}",
+         "comment": "sconify code layer"},
+        {"created": created, "created_by": f"sconify-image {__version__}: fspf {FSPF_PATH} and protected data",
+         "comment": "sconify data layer"},
+    ]
+
+
+def make_manifest(options, image, output, written, plan, original_exe, sconified_exe, packed, measurement, fspf, fspf_tag, code_layer, data_layer) -> Manifest:
+    files = {}
+    for region_path, paths in plan.data_files.items():
+        protection = next(r for r in plan.regions if r["path"] == region_path)["protection"]
+        for path in paths:
+            files[absolute(path)] = {"region": region_path, "protection": protection, "size": fspf.file(absolute(path)).size if fspf.file(absolute(path)) else 0}
+    return Manifest(
+        input=ImageFigures(reference=options.source, config_digest=image.config_digest, diff_ids=list(image.diff_ids)),
+        output=ImageFigures(
+            reference=options.destination,
+            config_digest=written.config_digest,
+            diff_ids=list(output.diff_ids),
+            manifest_digest=written.manifest_digest,
+            layer_digests=list(written.layer_digests),
+        ),
+        code_layer=code_layer.diff_id,
+        data_layer=data_layer.diff_id,
+        executable=ExecutableFigures(
+            path=absolute(plan.executable.path),
+            recipe=plan.executable.recipe.name,
+            original_sha256=sha256_file(original_exe),
+            original_size=original_exe.stat().st_size,
+            sconified_sha256=sha256_file(sconified_exe),
+            sconified_size=sconified_exe.stat().st_size,
+        ),
+        embedfs=EmbedfsFigures(
+            root_hash=packed.root_hash,
+            file_count=packed.file_count,
+            archive_size=packed.size,
+            files={absolute(p): digest for p, digest in sorted(packed.files.items())},
+        ),
+        measurement=MeasurementFigures(
+            mrenclave=measurement.mrenclave,
+            heap_size=measurement.parameters["heap_size"],
+            stack_size=measurement.parameters["stack_size"],
+            threads=measurement.parameters["threads"],
+            ssa_frame_size=measurement.parameters["ssa_frame_size"],
+            layout_version=measurement.parameters["layout_version"],
+            enclave_size=measurement.enclave_size,
+        ),
+        fspf=FspfFigures(path=FSPF_PATH, tag=fspf_tag.hex(), regions=plan.regions, files=dict(sorted(files.items()))),
+        tool_version=__version__,
+    )
+
+
+def session_spec(options, image, plan, mrenclave, fspf_tag, fspf_key) -> SessionSpec:
+    config = image.config
+    inner = config.get("config") or {}
+    env = env_of(config)
+    return SessionSpec(
+        name=session_name(options),
+        service=plan.executable.recipe.name,
+        image_name=options.destination,
+        mrenclave=mrenclave,
+        command=command_of(config) or [absolute(plan.executable.path)],
+        environment=env,
+        pwd=inner.get("WorkingDir") or "/",
+        fspf_path=FSPF_PATH,
+        fspf_tag=fspf_tag.hex(),
+        fspf_key=fspf_key if options.inline_keys else None,
+    )
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,108 @@
+"""One temporary file that holds many files' contents, read back by offset.
+
+Image layers are streams in layer order, while the embedfs and the new layers are written in
+path order; the spool bridges the two without creating a file per entry (file creation costs
+0.3-0.8 ms each on these machines) and without holding contents in memory.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from typing import BinaryIO
+
+
+@dataclass(frozen=True)
+class Extent:
+    offset: int
+    size: int
+
+
+class BoundedReader(io.RawIOBase):
+    """A read-only view of ``size`` bytes at ``offset`` of a file, with its own position."""
+
+    def __init__(self, fd: int, offset: int, size: int):
+        self._fd = fd
+        self._offset = offset
+        self._size = size
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, min(self._size, base + pos))
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        wanted = min(len(buffer), self._size - self._pos)
+        if wanted <= 0:
+            return 0
+        data = os.pread(self._fd, wanted, self._offset + self._pos)
+        buffer[: len(data)] = data
+        self._pos += len(data)
+        return len(data)
+
+
+class Spool:
+    """Append-only store of byte strings in one unlinked temporary file."""
+
+    def __init__(self, directory: str | None = None):
+        self._file = tempfile.TemporaryFile(prefix="sconify-spool-", dir=directory)
+        self._end = 0
+
+    def __enter__(self) -> "Spool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._file.close()
+
+    @property
+    def size(self) -> int:
+        return self._end
+
+    def append_stream(self, stream: BinaryIO, size: int | None = None) -> Extent:
+        """Copy ``stream`` (all of it, or exactly ``size`` bytes) to the end of the spool."""
+        self._file.seek(self._end)
+        start = self._end
+        if size is None:
+            shutil.copyfileobj(stream, self._file, 1 << 20)
+        else:
+            remaining = size
+            while remaining:
+                chunk = stream.read(min(remaining, 1 << 20))
+                if not chunk:
+                    raise EOFError(f"stream ended {remaining} bytes early")
+                self._file.write(chunk)
+                remaining -= len(chunk)
+        self._file.flush()
+        self._end = self._file.tell()
+        return Extent(start, self._end - start)
+
+    def append_bytes(self, data: bytes) -> Extent:
+        return self.append_stream(io.BytesIO(data), len(data))
+
+    def open(self, extent: Extent) -> BinaryIO:
+        return io.BufferedReader(BoundedReader(self._file.fileno(), extent.offset, extent.size))
+
+    def read(self, extent: Extent) -> bytes:
+        return os.pread(self._file.fileno(), extent.size, extent.offset)
+
+    def copy_to_file(self, extent: Extent, path: str, mode: int = 0o600) -> None:
+        with open(path, "wb") as out:
+            os.fchmod(out.fileno(), mode)
+            with self.open(extent) as source:
+                shutil.copyfileobj(source, out, 1 << 20)
