@@ -5,6 +5,7 @@ from __future__ import annotations
 import hmac
 import os
 import stat
+from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Callable
@@ -143,11 +144,19 @@ class Fspf:
         self._files[path] = record
         return record
 
-    def add_directory(self, region_path: str, src_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None) -> AddResult:
+    def add_directory(
+        self,
+        region_path: str,
+        src_dir: str | os.PathLike,
+        out_dir: str | os.PathLike | None = None,
+        *,
+        workers: int | None = None,
+    ) -> AddResult:
         """addf: record the regular files of `src_dir` that belong to `region_path`.
 
         A file src_dir/REL has the fspf path region_path/REL. Encrypted regions write the
-        ciphertext to out_dir/REL (required). On failure the fspf and out_dir are unchanged.
+        ciphertext to out_dir/REL (required). Files are processed by `workers` threads (file
+        I/O overlaps encryption). On failure the fspf and out_dir are unchanged.
         """
         region_path = fmt.normalise_path(region_path, "region path")
         region = self._regions.get(region_path)
@@ -164,25 +173,19 @@ class Fspf:
             out = Path(out_dir)
             if _same_or_inside(out, src):
                 raise FspfError(f"output directory {out} is inside the source {src}; pick an output outside it so the input stays unchanged")
-        staged = Fspf(list(self._regions.values()), list(self._files.values()), random=self._random)
-        written: list[Path] = []
-        count, total, skipped = 0, 0, []
-        try:
-            for rel in _walk_files(src, skipped):
-                path = fmt.normalise_path(f"{region_path}/{rel}")
-                if staged.region_for(path) != region:
-                    skipped.append(path)
-                    continue
-                total += _protect_one(staged, path, src / rel, None if out is None else out / rel, written)
-                count += 1
-        except OSError as exc:
-            _remove(written)
-            raise FspfError(f"cannot read or write {exc.filename}: {exc.strerror}; check the path and its permissions") from None
-        except BaseException:
-            _remove(written)
-            raise
-        self._files = staged._files
-        return AddResult(count, total, tuple(skipped))
+        jobs, skipped = [], []
+        for rel in _walk_files(src, skipped):
+            path = fmt.normalise_path(f"{region_path}/{rel}")
+            if self.region_for(path) != region:
+                skipped.append(path)
+            elif path in self._files:
+                raise FspfError(f"file {path} is already in the fspf; each file is added once")
+            else:  # keys drawn here, in path order, so a seeded key source gives the same fspf
+                target = None if out is None else out / rel
+                jobs.append((path, src / rel, target, self._random(region.key_length), self._random(16)))
+        records = _protect_files(jobs, region, workers or min(4, os.cpu_count() or 1))
+        self._files.update((r.path, r) for r in records)
+        return AddResult(len(records), sum(r.size for r in records), tuple(skipped))
 
     def to_bytes(self) -> bytes:
         """The plaintext fspf file."""
@@ -232,21 +235,51 @@ def protect_stream(
     key: bytes,
     file_id: bytes,
 ) -> FileRecord:
-    """Read `size` bytes chunk by chunk; seal to `dst` (encrypted) or collect tags (authenticated)."""
+    """Read `size` bytes chunk by chunk; seal to `dst` (encrypted) or collect tags (authenticated).
+
+    Chunks go through two reused buffers, so a file costs no allocation per chunk.
+    """
     cipher = ChunkCipher(key, file_id, path)
-    count = fmt.chunk_count(size, region.chunk_size)
+    chunk_size = region.chunk_size
+    count = fmt.chunk_count(size, chunk_size)
+    encrypted = region.protection == "encrypted"
+    offset = 0 if encrypted else cipher.aad_size
+    buffer = memoryview(bytearray(offset + min(size, chunk_size)))
+    sealed = memoryview(bytearray(min(size, chunk_size) + fmt.TAG_SIZE)) if encrypted else None
     tags = []
     for index in range(count):
-        want = min(region.chunk_size, size - index * region.chunk_size)
-        data = src.read(want)
-        if len(data) != want:
-            raise FspfError(f"{path}: the input ended after {index * region.chunk_size + len(data)} of {size} bytes; the file changed while it was read, retry")
+        want = min(chunk_size, size - index * chunk_size)
+        got = _fill(src, buffer[offset : offset + want])
+        if got != want:
+            raise FspfError(
+                f"{path}: the input ended after {index * chunk_size + got} of {size} bytes; "
+                "the file changed while it was read, retry"
+            )
         final = index == count - 1
-        if region.protection == "encrypted":
-            dst.write(cipher.seal(index, final, data))
+        if encrypted:
+            out = sealed[: want + fmt.TAG_SIZE]
+            cipher.seal_into(index, final, buffer[:want], out)
+            dst.write(out)
         else:
-            tags.append(cipher.mac(index, final, data))
-    return FileRecord(path, size, region.protection, region.chunk_size, file_id, key, tuple(tags))
+            tags.append(cipher.mac_in_place(index, final, buffer[: offset + want]))
+    return FileRecord(path, size, region.protection, chunk_size, file_id, key, tuple(tags))
+
+
+def _fill(src: BinaryIO, view: memoryview) -> int:
+    """Read into `view` until it is full or the input ends; return the bytes read."""
+    filled = 0
+    readinto = getattr(src, "readinto", None)
+    while filled < len(view):
+        if readinto is not None:
+            n = readinto(view[filled:]) or 0
+        else:
+            data = src.read(len(view) - filled)
+            n = len(data)
+            view[filled : filled + n] = data
+        if n == 0:
+            break
+        filled += n
+    return filled
 
 
 def read_fspf_bytes(source: str | os.PathLike | bytes | BinaryIO) -> bytes:
@@ -300,17 +333,29 @@ def _same_or_inside(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
 
 
-def _protect_one(fspf: Fspf, path: str, source: Path, target: Path | None, written: list[Path]) -> int:
+def _protect_files(jobs: list[tuple], region: Region, workers: int) -> list[FileRecord]:
+    """Protect files from disk in parallel; on any failure remove every output written."""
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        futures = [pool.submit(_protect_path, region, *job) for job in jobs]
+        wait(futures)
+    failed = [f.exception() for f in futures if f.exception() is not None]
+    if failed:
+        _remove([job[2] for job, f in zip(jobs, futures) if job[2] is not None and f.exception() is None])
+        exc = failed[0]
+        if isinstance(exc, OSError):
+            raise FspfError(f"cannot read or write {exc.filename}: {exc.strerror}; check the path and its permissions") from None
+        raise exc
+    return [f.result() for f in futures]
+
+
+def _protect_path(region: Region, path: str, source: Path, target: Path | None, key: bytes, file_id: bytes) -> FileRecord:
     """Protect one file from disk; an encrypted one is written atomically to target."""
     with open(source, "rb") as handle:
         size = os.fstat(handle.fileno()).st_size
         if target is None:
-            fspf.protect_file(path, handle, size)
-            return size
+            return protect_stream(path, handle, size, None, region, key, file_id)
         with atomic_file(target, stat.S_IMODE(os.fstat(handle.fileno()).st_mode)) as dst:
-            fspf.protect_file(path, handle, size, dst)
-        written.append(target)
-    return size
+            return protect_stream(path, handle, size, dst, region, key, file_id)
 
 
 def _require_recordable(region: Region | None, what: str) -> Region:
