@@ -387,11 +387,11 @@ class Archive:
 
     def _load_index(self) -> None:
         total = self.source.size
-        if total < HEADER.size + TRAILER.size:
-            raise FormatError(f"input is {total} bytes, too small for an embedfs archive; give an archive built by 'embedfs pack'")
-        magic, version, _flags, chunk_size = HEADER.unpack(self._read_exact(0, HEADER.size, "header"))
-        if magic != MAGIC:
+        if bytes(self.source.read_at(0, len(MAGIC))) != MAGIC:
             raise FormatError("input is not an embedfs archive (bad magic); give an archive built by 'embedfs pack'")
+        if total < HEADER.size + TRAILER.size:
+            raise FormatError(f"embedfs archive is truncated to {total} bytes; rebuild it with 'embedfs pack'")
+        magic, version, _flags, chunk_size = HEADER.unpack(self._read_exact(0, HEADER.size, "header"))
         if version != VERSION:
             raise FormatError(f"embedfs archive version {version} is not supported (this reader knows {VERSION}); upgrade embedfs")
         self.chunk_size = chunk_size
