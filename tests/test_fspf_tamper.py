@@ -213,14 +213,32 @@ def mutate(stored: bytes, mutation: tuple) -> bytes:
     return stored[:start] + patch + stored[start + len(patch) :]
 
 
+class Stream(io.RawIOBase):
+    """A non-seekable stream of bytes, like a tar member read from a compressed layer."""
+
+    def __init__(self, data: bytes) -> None:
+        self._source = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        return self._source.readinto(buffer)
+
+
+def opener_for(stored: bytes, seekable: bool):
+    return lambda path: io.BytesIO(stored) if seekable else Stream(stored)
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     content=st.binary(max_size=700),
     chunk_size=st.sampled_from([16, 64, 100, 256]),
     protection=st.sampled_from(PROTECTIONS),
     mutation=mutations,
+    seekable=st.booleans(),
 )
-def test_random_mutations_are_always_detected(content, chunk_size, protection, mutation):
+def test_random_mutations_are_always_detected(content, chunk_size, protection, mutation, seekable):
     fs = Fspf.create()
     fs.add_region("/", protection=protection, chunk_size=chunk_size)
     out = io.BytesIO()
@@ -230,14 +248,14 @@ def test_random_mutations_are_always_detected(content, chunk_size, protection, m
     data, key, tag = fs.encrypt_bytes()
     if tampered == stored:
         return  # e.g. an overwrite with the same bytes: nothing was changed
-    shield = Shield(data, key, tag, opener=lambda path: io.BytesIO(tampered))
+    shield = Shield(data, key, tag, opener=opener_for(tampered, seekable))
     with pytest.raises(IntegrityError):
         shield.read("/f")
 
 
 @settings(max_examples=150, deadline=None)
-@given(content=st.binary(max_size=2000), chunk_size=st.integers(min_value=16, max_value=600))
-def test_any_content_round_trips(content, chunk_size):
+@given(content=st.binary(max_size=2000), chunk_size=st.integers(min_value=16, max_value=600), seekable=st.booleans())
+def test_any_content_round_trips(content, chunk_size, seekable):
     for protection in PROTECTIONS:
         fs = Fspf.create()
         fs.add_region("/", protection=protection, chunk_size=chunk_size)
@@ -245,4 +263,4 @@ def test_any_content_round_trips(content, chunk_size):
         fs.protect_file("/f", io.BytesIO(content), len(content), out if protection == "encrypted" else None)
         stored = out.getvalue() if protection == "encrypted" else content
         data, key, tag = fs.encrypt_bytes()
-        assert Shield(data, key, tag, opener=lambda path: io.BytesIO(stored)).read("/f") == content
+        assert Shield(data, key, tag, opener=opener_for(stored, seekable)).read("/f") == content

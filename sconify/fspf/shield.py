@@ -76,7 +76,11 @@ class Shield:
         return self._fspf
 
     def open(self, path: str) -> BinaryIO:
-        """A seekable reader of the plaintext; each chunk is checked before it is returned."""
+        """A reader of the plaintext; each chunk is checked before it is returned.
+
+        Seekable when the stored stream is; a non-seekable stream (e.g. a tar member being
+        streamed) is read in order and its length checked at its end.
+        """
         path = fmt.normalise_path(path)
         region = self._fspf.region_for(path)
         if region is None or region.protection == "not-protected":
@@ -159,8 +163,8 @@ class Shield:
         stored = _stored_path(path, region)
         try:
             return self._opener(stored)
-        except FileNotFoundError:
-            raise IntegrityError(path, f"stored file {stored} is missing") from None
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            raise IntegrityError(path, f"stored file {stored} is missing or not a file") from None
         except OSError as exc:
             raise FspfError(f"cannot open {stored}: {exc.strerror}; check the path and permissions") from None
 
@@ -190,7 +194,11 @@ class Shield:
 
 
 class _ChunkReader(io.RawIOBase):
-    """Random-access plaintext of one protected file, checked chunk by chunk."""
+    """Plaintext of one protected file, checked chunk by chunk.
+
+    Random access over a seekable stream; over a non-seekable one (a layer tar being read)
+    chunks are read in order and the stored length is checked as the stream ends.
+    """
 
     def __init__(self, record: FileRecord, stream: BinaryIO) -> None:
         self._record = record
@@ -199,34 +207,44 @@ class _ChunkReader(io.RawIOBase):
         self._count = fmt.chunk_count(record.size, record.chunk_size)
         self._cipher = ChunkCipher(record.key, record.file_id, record.path)
         self._sealed = record.protection == "encrypted"
-        self._check_length()
+        self._stored_chunk = record.chunk_size + (fmt.TAG_SIZE if self._sealed else 0)
+        self._random_access = bool(getattr(stream, "seekable", lambda: False)())
+        self._next = 0  # next chunk of a sequential stream
+        self._cached: tuple[int, bytes] | None = None
+        if self._random_access:
+            self._check_length()
 
     def _check_length(self) -> None:
         expected = fmt.stored_size(self._record.size, self._record.chunk_size, self._record.protection)
         actual = self._stream.seek(0, io.SEEK_END)
         self._stream.seek(0)
         if actual != expected:
-            change = "truncated" if actual < expected else "extended"
-            raise IntegrityError(self._record.path, f"stored size is {actual} bytes, the fspf records {expected} ({change})")
+            self._fail_length(actual, expected)
+
+    def _fail_length(self, actual: int, expected: int, chunk: int | None = None) -> None:
+        change = "truncated" if actual < expected else "extended"
+        raise IntegrityError(self._record.path, f"stored size is {actual} bytes, the fspf records {expected} ({change})", chunk)
 
     def readable(self) -> bool:
         return True
 
     def seekable(self) -> bool:
-        return True
+        return self._random_access
 
     def tell(self) -> int:
         return self._pos
 
     def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        if not self._random_access:
+            raise io.UnsupportedOperation("the stored file is a stream; read it in order")
         base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._record.size}[whence]
         self._pos = max(0, base + offset)
         return self._pos
 
     def readinto(self, buffer) -> int:
         if self._pos >= self._record.size:
-            if self._record.size == 0:
-                self._chunk(0)  # an empty file still has one tagged chunk to check
+            if self._record.size == 0 or not self._random_access:
+                self._chunk(self._count - 1)  # check the last (maybe empty) chunk and the end
             return 0
         index, skip = divmod(self._pos, self._record.chunk_size)
         data = self._chunk(index)[skip : skip + len(buffer)]
@@ -235,20 +253,37 @@ class _ChunkReader(io.RawIOBase):
         return len(data)
 
     def _chunk(self, index: int) -> bytes:
-        size = self._record.chunk_size
-        length = min(size, self._record.size - index * size)
+        if self._cached is not None and self._cached[0] == index:
+            return self._cached[1]
+        length = min(self._record.chunk_size, self._record.size - index * self._record.chunk_size)
+        stored = self._read_stored(index, length + (fmt.TAG_SIZE if self._sealed else 0))
         final = index == self._count - 1
         if self._sealed:
-            self._stream.seek(index * (size + fmt.TAG_SIZE))
-            data = self._cipher.open(index, final, self._stream.read(length + fmt.TAG_SIZE))
+            data = self._cipher.open(index, final, stored)
             if data is None:
                 raise IntegrityError(self._record.path, "AES-GCM tag mismatch (content changed, moved or from another file)", index)
-            return data
-        self._stream.seek(index * size)
-        data = self._stream.read(length)
-        if not hmac.compare_digest(self._cipher.mac(index, final, data), self._record.chunk_tags[index]):
-            raise IntegrityError(self._record.path, "chunk tag mismatch (content changed, moved or from another file)", index)
+        else:
+            data = stored
+            if not hmac.compare_digest(self._cipher.mac(index, final, data), self._record.chunk_tags[index]):
+                raise IntegrityError(self._record.path, "chunk tag mismatch (content changed, moved or from another file)", index)
+        self._cached = (index, data)
         return data
+
+    def _read_stored(self, index: int, length: int) -> bytes:
+        if self._random_access:
+            self._stream.seek(index * self._stored_chunk)
+            return self._stream.read(length)
+        expected = fmt.stored_size(self._record.size, self._record.chunk_size, self._record.protection)
+        if index != self._next:
+            raise io.UnsupportedOperation("the stored file is a stream; read it in order")
+        stored = self._stream.read(length)
+        start = index * self._stored_chunk
+        if len(stored) < length:
+            self._fail_length(start + len(stored), expected, index)
+        self._next += 1
+        if self._next == self._count and self._stream.read(1):
+            self._fail_length(expected + 1, expected, index)  # at least one byte more
+        return stored
 
     def close(self) -> None:
         if not self.closed:
