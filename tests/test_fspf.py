@@ -116,32 +116,6 @@ def test_protect_file_streams_one_file_with_a_random_access_reader(tmp_path):
         assert handle.read() == content[-3:]
 
 
-def test_a_non_seekable_stored_stream_is_read_in_order_and_checked_at_its_end(tmp_path):
-    class Stream(io.RawIOBase):
-        def __init__(self, data: bytes) -> None:
-            self._source = io.BytesIO(data)
-
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, buffer) -> int:
-            return self._source.readinto(buffer)
-
-    fs = Fspf.create()
-    fs.add_region("/", protection="encrypted", chunk_size=1024)
-    content = os.urandom(5000)
-    out = io.BytesIO()
-    fs.protect_file("/f", io.BytesIO(content), len(content), out)
-    data, key, tag = fs.encrypt_bytes()
-    stored = out.getvalue()
-    assert Shield(data, key, tag, opener=lambda p: Stream(stored)).read("/f") == content
-    with pytest.raises(IntegrityError, match="extended"):
-        Shield(data, key, tag, opener=lambda p: Stream(stored + b"!")).read("/f")
-    with pytest.raises(IntegrityError, match="truncated") as caught:
-        Shield(data, key, tag, opener=lambda p: Stream(stored[:-1])).read("/f")
-    assert caught.value.chunk == 4
-
-
 def test_kernel_path_maps_a_region_to_where_its_files_are_stored(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.txt").write_bytes(b"secret")

@@ -230,6 +230,22 @@ def opener_for(stored: bytes, seekable: bool):
     return lambda path: io.BytesIO(stored) if seekable else Stream(stored)
 
 
+def test_a_non_seekable_stored_stream_is_read_in_order_and_checked_at_its_end():
+    fs = Fspf.create()
+    fs.add_region("/", protection="encrypted", chunk_size=1024)
+    content = os.urandom(5000)
+    out = io.BytesIO()
+    fs.protect_file("/f", io.BytesIO(content), len(content), out)
+    data, key, tag = fs.encrypt_bytes()
+    stored = out.getvalue()
+    assert Shield(data, key, tag, opener=lambda p: Stream(stored)).read("/f") == content
+    with pytest.raises(IntegrityError, match="extended"):
+        Shield(data, key, tag, opener=lambda p: Stream(stored + b"!")).read("/f")
+    with pytest.raises(IntegrityError, match="truncated") as caught:
+        Shield(data, key, tag, opener=lambda p: Stream(stored[:-1])).read("/f")
+    assert caught.value.chunk == 4
+
+
 @settings(max_examples=300, deadline=None)
 @given(
     content=st.binary(max_size=700),
