@@ -120,18 +120,16 @@ def read_elf_header(fd: int, name: str) -> ElfHeader:
         raise NotELFError(f"{name} is not an ELF file; give a Linux x86_64 executable")
     if len(raw) < ELF_HEADER.size:
         raise NotELFError(f"{name} is a truncated ELF file ({len(raw)} bytes); give a complete executable")
-    (ident, e_type, e_machine, _version, e_entry, e_phoff, e_shoff, _flags, _ehsize, e_phentsize,
-     e_phnum, e_shentsize, e_shnum, _shstrndx) = ELF_HEADER.unpack(raw)
-    if ident[4] != ELFCLASS64 or ident[5] != ELFDATA2LSB:
+    if raw[4] != ELFCLASS64 or raw[5] != ELFDATA2LSB:
         raise NotELFError(f"{name} is a 32-bit or big-endian ELF; only 64-bit little-endian x86_64 executables are supported")
-    if e_machine != EM_X86_64:
-        raise NotELFError(f"{name} is an ELF for machine {e_machine}, not x86_64 (62); give an x86_64 executable")
-    if e_type not in (ET_EXEC, ET_DYN):
-        raise NotELFError(f"{name} is an ELF of type {e_type}, not an executable; give a program (ET_EXEC or PIE)")
-    if e_phentsize != PROGRAM_HEADER.size or e_phnum == 0 or e_phnum >= 0xFFFF:
+    header = parse_header_bytes(raw, name)
+    if header.e_machine != EM_X86_64:
+        raise NotELFError(f"{name} is an ELF for machine {header.e_machine}, not x86_64 (62); give an x86_64 executable")
+    if header.e_type not in (ET_EXEC, ET_DYN):
+        raise NotELFError(f"{name} is an ELF of type {header.e_type}, not an executable; give a program (ET_EXEC or PIE)")
+    if header.e_phentsize != PROGRAM_HEADER.size or header.e_phnum == 0 or header.e_phnum >= 0xFFFF:
         raise NotELFError(f"{name} has no usable program-header table; give a linked executable")
-    return ElfHeader(e_type, e_machine, e_entry, e_phoff, e_shoff, e_phentsize, e_phnum,
-                     e_shentsize, e_shnum, raw)
+    return header
 
 
 def read_program_headers(fd: int, header: ElfHeader, file_size: int, name: str) -> list[ProgramHeader]:
@@ -406,7 +404,8 @@ def original_of(fd: int, descriptor: Descriptor, size: int, name: str) -> tuple[
 
 
 def parse_header_bytes(raw: bytes, name: str) -> ElfHeader:
-    (ident, e_type, e_machine, _v, e_entry, e_phoff, e_shoff, _f, _eh, e_phentsize, e_phnum,
+    """Decode the 64-byte ELF header (no checks; see read_elf_header)."""
+    (_ident, e_type, e_machine, _v, e_entry, e_phoff, e_shoff, _f, _eh, e_phentsize, e_phnum,
      e_shentsize, e_shnum, _x) = ELF_HEADER.unpack(raw)
     return ElfHeader(e_type, e_machine, e_entry, e_phoff, e_shoff, e_phentsize, e_phnum,
                      e_shentsize, e_shnum, raw)
