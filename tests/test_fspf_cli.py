@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -72,6 +73,12 @@ def test_scone_workflow_builds_a_verifiable_encrypted_fspf(capsys, tree):
     assert key not in out
     code, out, _ = sconify(capsys, "verify", tree / "fspf.pb", key, tag, tree / "image")
     assert code == 0 and "verified 3 files" in out
+    code, out, _ = sconify(capsys, "show", "--json", tree / "fspf.pb", key)
+    shown = json.loads(out)
+    assert code == 0 and shown["tag"] == tag and shown["encrypted"] is True
+    assert [r["path"] for r in shown["regions"]] == ["/", "/app", "/app/data"]
+    assert {f["path"]: f["size"] for f in shown["files"]}["/app/data/db.sqlite"] == 200_000
+    assert key not in out
 
 
 def test_verify_reports_tampering_with_exit_code_1(capsys, tree):

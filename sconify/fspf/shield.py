@@ -36,7 +36,8 @@ class VerifyReport:
 class Shield:
     """Files of a protected tree, read through a trusted fspf.
 
-    The fspf must carry `tag` (the root of trust: an older or different fspf is refused).
+    `fspf_path` is a path, the fspf's bytes or a binary file; `key` is None for a plaintext
+    fspf. The fspf must carry `tag` (the root of trust: an older or different fspf is refused).
     Stored files come from `root` (a directory holding the image's file system) or from
     `opener(stored_path)`. Stored paths are absolute: a kernel region's kernel path plus the
     file's path below the region.
@@ -44,7 +45,7 @@ class Shield:
 
     def __init__(
         self,
-        fspf: str | os.PathLike | bytes | BinaryIO,
+        fspf_path: str | os.PathLike | bytes | BinaryIO,
         key: bytes | str | None,
         tag: bytes | str,
         *,
@@ -58,8 +59,8 @@ class Shield:
         self._tag = _as_bytes(tag, "tag")
         if self._tag is None:
             raise FspfError("a Shield needs the fspf tag (the root of trust); pass the tag printed by `sconify fspf encrypt`")
-        self._fspf_path = Path(fspf) if isinstance(fspf, (str, os.PathLike)) else None
-        data = read_fspf_bytes(fspf)
+        self._fspf_path = Path(fspf_path) if isinstance(fspf_path, (str, os.PathLike)) else None
+        data = read_fspf_bytes(fspf_path)
         check_tag(data, self._tag)
         self._encrypted = fmt.envelope_of(data) == fmt.ENVELOPE_ENCRYPTED
         self._fspf = Fspf.load(data, self._key, random=random)
