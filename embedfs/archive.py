@@ -22,6 +22,7 @@ import io
 import os
 import stat as stat_module
 import struct
+import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -327,9 +328,12 @@ def byte_source(src: str | os.PathLike | BinaryIO | bytes | bytearray | memoryvi
             src.seek(0, os.SEEK_END)
             total = src.tell()
 
+            lock = threading.Lock()
+
             def read_stream(at: int, n: int) -> bytes:
-                src.seek(offset + at)
-                return src.read(n)
+                with lock:  # verify reads on a thread pool
+                    src.seek(offset + at)
+                    return src.read(n)
 
             length = total - offset if size is None else size
             if offset < 0 or offset + length > total:
@@ -360,7 +364,11 @@ class Archive:
         self.members: dict[str, Member] = {}
         self.root_hash = ""
         self.chunk_size = CHUNK_SIZE
-        self._load_index()
+        try:
+            self._load_index()
+        except BaseException:
+            source.close()
+            raise
 
     @classmethod
     def open(cls, src: str | os.PathLike | BinaryIO | bytes | bytearray | memoryview, *,
