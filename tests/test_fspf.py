@@ -324,3 +324,19 @@ def test_a_body_with_lying_counts_is_refused_not_crashed():
             fmt.decode_body(lie + body[4:])
     with pytest.raises(FspfError, match="unexpected bytes"):
         fmt.decode_body(body + b"\0")
+
+
+def test_shield_write_into_an_authenticated_region_of_a_plaintext_fspf(tmp_path):
+    fs = Fspf.create()
+    fs.add_region("/")
+    fs.add_region("/app", protection="authenticated")
+    tag = fs.save(tmp_path / "fspf")
+    (tmp_path / "root").mkdir()
+    shield = Shield(tmp_path / "fspf", None, tag, root=tmp_path / "root")
+    new_tag = shield.write("/app/config.json", b'{"a": 1}')
+    assert (tmp_path / "root" / "app" / "config.json").read_bytes() == b'{"a": 1}'  # stays plaintext
+    fresh = Shield(tmp_path / "fspf", None, new_tag, root=tmp_path / "root")
+    assert fresh.read("/app/config.json") == b'{"a": 1}' and fresh.verify_all().ok
+    (tmp_path / "root" / "app" / "config.json").write_bytes(b'{"a": 2}')
+    with pytest.raises(IntegrityError, match="chunk 0: chunk tag mismatch"):
+        fresh.read("/app/config.json")

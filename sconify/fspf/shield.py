@@ -152,10 +152,9 @@ class Shield:
                     dst.write(data)
         if record is not None:
             files = [f for f in self._fspf.files if f.path != path] + [record]
-            self._fspf = Fspf(list(self._fspf.regions), sorted(files, key=lambda f: f.path), random=self._random)
+            self._fspf = Fspf(list(self._fspf.regions), files, random=self._random)
             if self._encrypted:
-                self._fspf.encrypt_to(self._fspf_path, self._key)
-                self._tag = fmt.tag_of(self._fspf_path.read_bytes())
+                _, self._tag = self._fspf.encrypt_to(self._fspf_path, self._key)
             else:
                 self._tag = self._fspf.save(self._fspf_path)
         return self._tag
