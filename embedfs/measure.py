@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable, Iterable, Iterator
 
-from embedfs.elf import PT_LOAD, open_readonly, read_elf_header, read_program_headers
+from embedfs.elf import PT_LOAD, find_embedded, open_readonly, read_elf_header, read_program_headers
 from embedfs.errors import InputError
 
 PAGE_SIZE = 4096
@@ -82,6 +82,7 @@ class Measurement:
     regions: list[Region]
     page_count: int
     measured_pages: int
+    embedfs: dict | None
     pages_factory: Callable[[], Iterator[Page]] = field(repr=False)
 
     def write_sgxs(self, target: str | os.PathLike | BinaryIO) -> str:
@@ -111,6 +112,7 @@ class Measurement:
             "parameters": dict(self.parameters),
             "page_count": self.page_count,
             "measured_pages": self.measured_pages,
+            "embedfs": None if self.embedfs is None else dict(self.embedfs),
             "regions": [
                 {"name": r.name, "offset": r.offset, "size": r.size, "flags": r.flags, "measured": r.measured}
                 for r in self.regions
@@ -338,5 +340,11 @@ def measure_elf(path: str | os.PathLike, *, heap_size: int = DEFAULT_HEAP_SIZE,
         "ssa_frame_size": ssa_frame_size,
         "layout_version": LAYOUT_VERSION,
     }
+    descriptor = find_embedded(path)
+    embedded = None if descriptor is None else {
+        "offset": descriptor.archive_vaddr - base,  # enclave offset; inside the "image" region
+        "size": descriptor.archive_size,
+        "root_hash": descriptor.root_hash,
+    }
     return Measurement(digest.hexdigest(), enclave_size, ssa_frame_size, parameters, regions,
-                       count, measured, pages)
+                       count, measured, embedded, pages)

@@ -253,6 +253,8 @@ def test_measurement_covers_the_embedfs_segment_and_parameters(c_binaries, archi
     small = dict(heap_size=1 << 20, stack_size=1 << 16, threads=2)
     base = measure_elf(out, **small)
     assert base.regions[0].name == "image" and base.regions[0].size >= result.output_size - result.original_size
+    assert base.embedfs["root_hash"] == result.root_hash and base.embedfs["size"] == result.archive_size
+    assert measure_elf(c_binaries["musl"], **small).embedfs is None
     for change in (dict(heap_size=2 << 20), dict(stack_size=2 << 16), dict(threads=3), dict(ssa_frame_size=2)):
         assert measure_elf(out, **{**small, **change}).mrenclave != base.mrenclave, change
     assert measure_elf(c_binaries["musl"], **small).mrenclave != base.mrenclave
