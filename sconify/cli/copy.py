@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
+from typing import Iterator
+
+from rich.console import Console
 
 from sconify.image import layers as L
 from sconify.image.reference import DEFAULT_PLATFORM
@@ -30,8 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_copy(args: argparse.Namespace) -> int:
-    image = read_image(args.src, platform=args.platform)
-    result = write_image(image, args.dst, compression=args.compression)
+    with progress(f"copying {args.src} to {args.dst}"):
+        image = read_image(args.src, platform=args.platform)
+        result = write_image(image, args.dst, compression=args.compression)
     if args.json:
         json.dump({
             "reference": result.reference,
@@ -44,3 +49,14 @@ def run_copy(args: argparse.Namespace) -> int:
     else:
         print(result.manifest_digest)
     return 0
+
+
+@contextlib.contextmanager
+def progress(message: str) -> Iterator[None]:
+    """A spinner on stderr while the copy runs, only when stderr is a terminal."""
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield
+        return
+    with console.status(message):
+        yield

@@ -83,7 +83,6 @@ def _member(name: str) -> str:
 
 
 def _read_member(store: TarStore, name: str, what: str) -> bytes:
-    _, value = (None, None)
     size = store.file_size(name)
     if size is None:
         raise ImageError(f"{what} is missing from the archive; re-create the archive")
@@ -182,15 +181,13 @@ def docker_manifest(image: Image) -> bytes:
     })
 
 
-def docker_archive_members(
-    image: Image, tag: str | None, allow_zstd: bool = False
-) -> list[tuple[str, bytes | Layer | None]]:
+def docker_archive_members(image: Image, tag: str | None) -> list[tuple[str, bytes | Layer | None]]:
     """The members of a ``docker load``-able archive: layers, config, manifest.json.
 
-    zstd layers only with ``allow_zstd`` (docker load takes them, skopeo does not).
+    No zstd layers: skopeo refuses them here, and docker load 20.10 fails on them.
     """
     for layer in image.layers:
-        if layer.compression == "zstd" and not allow_zstd:
+        if layer.compression == "zstd":
             raise ImageError("docker-archive cannot carry zstd layers; use --compression gzip or none")
     config_name = image.config_digest.partition(":")[2] + ".json"
     layer_names = [layer.digest.partition(":")[2] + ".tar" for layer in image.layers]

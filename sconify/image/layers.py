@@ -154,9 +154,10 @@ class VerifyingReader(io.RawIOBase):
 class _ErrorTranslatingReader(io.RawIOBase):
     """Turn decompressor exceptions into one-line ImageErrors."""
 
-    def __init__(self, raw: BinaryIO, what: str, compression: str) -> None:
+    def __init__(self, raw: BinaryIO, what: str, compression: str, source: BinaryIO) -> None:
         super().__init__()
         self._raw = raw
+        self._source = source
         self._what = what
         self._compression = compression
 
@@ -181,6 +182,7 @@ class _ErrorTranslatingReader(io.RawIOBase):
     def close(self) -> None:
         if not self.closed:
             self._raw.close()
+            self._source.close()
         super().close()
 
 
@@ -196,7 +198,7 @@ def open_decompressed(blob: BinaryIO, compression: str, what: str) -> BinaryIO:
         )
     else:
         raise ImageError(f"{what}: unknown compression {compression!r}")
-    return io.BufferedReader(_ErrorTranslatingReader(inner, what, compression), CHUNK_SIZE)
+    return io.BufferedReader(_ErrorTranslatingReader(inner, what, compression, blob), CHUNK_SIZE)
 
 
 class HashingWriter(io.RawIOBase):

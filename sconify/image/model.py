@@ -71,7 +71,7 @@ class Layer:
     media_type: str
     opener: BlobOpener = field(repr=False, compare=False)
     source: str = field(default="", compare=False)  # names the blob in error messages
-    trusted: bool = field(default=False, compare=False)  # digests computed by us, not read
+    trusted: bool = field(default=False, compare=False)  # digests computed or verified by us
 
     def verify(self) -> None:
         """Read the whole layer once: check blob size, digest and diff_id (ImageError if wrong)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 
 from sconify.errors import ImageError
@@ -15,7 +16,7 @@ ACCEPTED_COMPRESSIONS = {
     "oci": ("none", "gzip", "zstd"),
     "oci-archive": ("none", "gzip", "zstd"),
     "docker-archive": ("none", "gzip"),  # skopeo refuses zstd in docker-archive
-    "docker-daemon": ("none", "gzip"),  # docker load here fails on our zstd layers
+    "docker-daemon": ("none", "gzip"),  # docker load 20.10 here fails on zstd layers
 }
 DEFAULT_COMPRESSION = {
     "oci": "zstd",
@@ -58,7 +59,8 @@ def output_compression(layer: Layer, transport: str, compression: str | None) ->
 
 
 def prepare_layers(image: Image, transport: str, compression: str | None) -> Image:
-    """The image with every layer in its output compression (recompressed only where needed)."""
+    """The image with every layer checked and in its output compression (recompressed only where
+    needed); the layers returned are marked ``trusted`` so writers do not read them again."""
     if compression is not None:
         L.check_compression(compression)
         if compression not in ACCEPTED_COMPRESSIONS[transport]:
@@ -66,7 +68,16 @@ def prepare_layers(image: Image, transport: str, compression: str | None) -> Ima
                 f"{transport} cannot carry {compression} layers; use --compression "
                 + " or ".join(ACCEPTED_COMPRESSIONS[transport])
             )
-    layers = tuple(layer.recompressed(output_compression(layer, transport, compression)) for layer in image.layers)
+    def prepare(layer: Layer) -> Layer:
+        converted = layer.recompressed(output_compression(layer, transport, compression))
+        if converted is layer and not layer.trusted:
+            layer.verify()  # digest and diff_id, before anything is written
+            converted = replace(layer, trusted=True)
+        return converted
+
+    # zlib, zstd and hashlib release the GIL: two layers at a time use both cores.
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        layers = tuple(pool.map(prepare, image.layers))
     return replace(image, layers=layers)
 
 
