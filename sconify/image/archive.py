@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import tarfile
 from pathlib import Path
 from typing import BinaryIO
@@ -13,7 +12,7 @@ from typing import BinaryIO
 from sconify.atomic import atomic_file
 from sconify.errors import ImageError
 from sconify.image import layers as L
-from sconify.image.model import Image, Layer, WriteResult, canonical_json, make_image
+from sconify.image.model import Image, Layer, WriteResult, canonical_json, make_image, parse_json
 from sconify.image.oci import (
     DOCKER_CONFIG,
     DOCKER_MANIFEST,
@@ -23,6 +22,7 @@ from sconify.image.oci import (
     manifest_descriptor,
     read_json_file,
     read_layout,
+    schema2_manifest,
     write_result,
 )
 
@@ -47,10 +47,7 @@ def read_docker_archive(path: str, tag: str | None) -> Image:
     source = f"docker-archive:{path}"
     store = _open_store(path, source)
     data = _read_member(store, "manifest.json", f"{source}: manifest.json")
-    try:
-        entries = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ImageError(f"{source}: manifest.json is not valid JSON ({exc}); re-create the archive") from None
+    entries = parse_json(data, f"{source}: manifest.json")
     if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
         raise ImageError(f"{source}: manifest.json is not a list of images; re-create the archive")
     entry = _select_entry(entries, tag, source)
@@ -169,16 +166,8 @@ def write_oci_archive(image: Image, path: str, tag: str | None) -> WriteResult:
 
 
 def docker_manifest(image: Image) -> bytes:
-    """The Docker schema 2 manifest of the image (what ``skopeo inspect`` reports as digest)."""
-    return canonical_json({
-        "schemaVersion": 2,
-        "mediaType": DOCKER_MANIFEST,
-        "config": {"mediaType": DOCKER_CONFIG, "digest": image.config_digest, "size": len(image.config_bytes)},
-        "layers": [
-            {"mediaType": L.DOCKER_LAYER_MEDIA_TYPES[layer.compression], "digest": layer.digest, "size": layer.size}
-            for layer in image.layers
-        ],
-    })
+    """The Docker schema 2 manifest of the image (reported as the digest of docker outputs)."""
+    return schema2_manifest(image, DOCKER_MANIFEST, DOCKER_CONFIG, L.DOCKER_LAYER_MEDIA_TYPES)
 
 
 def docker_archive_members(image: Image, tag: str | None) -> list[tuple[str, bytes | Layer | None]]:

@@ -174,14 +174,24 @@ class Image:
         return tuple(layer.diff_id for layer in self.layers)
 
 
+def parse_json(data: bytes, what: str) -> Any:
+    """JSON from image metadata; ImageError naming ``what`` when it is not valid."""
+    try:
+        return json.loads(data)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ImageError(f"{what} is not valid JSON ({exc}); re-create the image") from None
+
+
+def parse_json_object(data: bytes, what: str) -> dict:
+    value = parse_json(data, what)
+    if not isinstance(value, dict):
+        raise ImageError(f"{what} is not a JSON object; re-create the image")
+    return value
+
+
 def parse_config(config_bytes: bytes, what: str) -> dict:
     """Parse and sanity-check an image config against nothing but itself."""
-    try:
-        config = json.loads(config_bytes)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ImageError(f"{what} is not valid JSON ({exc.args[0] if exc.args else exc}); re-create the image") from None
-    if not isinstance(config, dict):
-        raise ImageError(f"{what} is not a JSON object; re-create the image")
+    config = parse_json_object(config_bytes, what)
     rootfs = config.get("rootfs")
     diff_ids = rootfs.get("diff_ids") if isinstance(rootfs, dict) else None
     if not isinstance(diff_ids, list):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
+import io
 import os
 import shutil
 import tarfile
@@ -22,6 +22,7 @@ from sconify.image.model import (
     WriteResult,
     canonical_json,
     make_image,
+    parse_json_object,
     slice_opener,
 )
 from sconify.image.reference import DEFAULT_PLATFORM, parse_platform
@@ -98,13 +99,7 @@ def read_json_file(store: BlobStore, name: str, what: str, digest: str | None = 
             raise ImageError(
                 f"{what} has digest {actual}, expected {digest}; the image is corrupt, re-create or re-pull it"
             )
-    try:
-        value = json.loads(data)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ImageError(f"{what} ({name}) is not valid JSON ({exc}); re-create the image") from None
-    if not isinstance(value, dict):
-        raise ImageError(f"{what} ({name}) is not a JSON object; re-create the image")
-    return data, value
+    return data, parse_json_object(data, f"{what} ({name})")
 
 
 def read_layout(store: BlobStore, tag: str | None, platform: str | None, source: str) -> Image:
@@ -241,18 +236,23 @@ def read_oci_dir(path: str, tag: str | None, platform: str | None) -> Image:
 # --- writing -----------------------------------------------------------------------------
 
 
-def oci_manifest(image: Image) -> bytes:
-    """The OCI manifest of an image whose layers are final, as canonical JSON."""
-    manifest = {
+def schema2_manifest(image: Image, media_type: str, config_media_type: str,
+                     layer_media_types: dict[str, str]) -> bytes:
+    """A schema 2 manifest (OCI or Docker flavour) of an image whose layers are final."""
+    return canonical_json({
         "schemaVersion": 2,
-        "mediaType": OCI_MANIFEST,
-        "config": {"mediaType": OCI_CONFIG, "digest": image.config_digest, "size": len(image.config_bytes)},
+        "mediaType": media_type,
+        "config": {"mediaType": config_media_type, "digest": image.config_digest, "size": len(image.config_bytes)},
         "layers": [
-            {"mediaType": L.OCI_LAYER_MEDIA_TYPES[layer.compression], "digest": layer.digest, "size": layer.size}
+            {"mediaType": layer_media_types[layer.compression], "digest": layer.digest, "size": layer.size}
             for layer in image.layers
         ],
-    }
-    return canonical_json(manifest)
+    })
+
+
+def oci_manifest(image: Image) -> bytes:
+    """The OCI manifest of an image whose layers are final, as canonical JSON."""
+    return schema2_manifest(image, OCI_MANIFEST, OCI_CONFIG, L.OCI_LAYER_MEDIA_TYPES)
 
 
 def manifest_descriptor(manifest: bytes, tag: str | None) -> dict:
@@ -297,36 +297,26 @@ def _write_blob_file(path: Path, source: BinaryIO) -> None:
         L.copy_stream(source, handle)
 
 
-def write_blobs(blob_dir: Path, image: Image, manifest: bytes) -> list[Path]:
-    """Write config, layers and manifest blobs that are not there yet; return the created paths."""
-    import io
-
-    created: list[Path] = []
+def write_blobs(blob_dir: Path, image: Image, manifest: bytes, created: list[Path]) -> None:
+    """Write config, layers and manifest blobs that are not there yet, appending each new path
+    to ``created`` (so a caller can take them back on failure)."""
     blob_dir.mkdir(parents=True, exist_ok=True)
-    pending: list[tuple[str, object]] = [
+    pending: list[tuple[str, bytes | Layer]] = [
         ("sha256:" + hashlib.sha256(manifest).hexdigest(), manifest),
         (image.config_digest, image.config_bytes),
     ]
     pending += [(layer.digest, layer) for layer in image.layers]
-    try:
-        for digest, item in pending:
-            path = blob_dir / digest.partition(":")[2]
-            if path.exists():
-                continue
-            if isinstance(item, bytes):
-                _write_blob_file(path, io.BytesIO(item))
-            else:
-                assert isinstance(item, Layer)
-                item.verify()
-                with item.open_blob() as blob:
-                    _write_blob_file(path, blob)
-            created.append(path)
-    except BaseException:
-        for path in created:
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
-        raise
-    return created
+    for digest, item in pending:
+        path = blob_dir / digest.partition(":")[2]
+        if path.exists():
+            continue
+        if isinstance(item, bytes):
+            _write_blob_file(path, io.BytesIO(item))
+        else:
+            item.verify()
+            with item.open_blob() as blob:
+                _write_blob_file(path, blob)
+        created.append(path)
 
 
 def write_oci_dir(image: Image, path: str, tag: str | None) -> WriteResult:
@@ -341,8 +331,9 @@ def write_oci_dir(image: Image, path: str, tag: str | None) -> WriteResult:
             raise ImageError(f"{reference}: {path} is a non-empty directory but not an OCI layout; choose an empty or new directory")
         _, index = read_json_file(store, "index.json", f"{reference}: index.json")
         manifest, index_bytes, descriptor = layout_members(image, tag, index)
-        created = write_blobs(root / "blobs" / "sha256", image, manifest)
+        created: list[Path] = []
         try:
+            write_blobs(root / "blobs" / "sha256", image, manifest, created)
             with atomic_file(root / "index.json") as handle:
                 handle.write(index_bytes)
         except BaseException:
@@ -355,7 +346,7 @@ def write_oci_dir(image: Image, path: str, tag: str | None) -> WriteResult:
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}.", suffix=".tmp", dir=root.parent))
     try:
         manifest, index_bytes, descriptor = layout_members(image, tag)
-        write_blobs(staging / "blobs" / "sha256", image, manifest)
+        write_blobs(staging / "blobs" / "sha256", image, manifest, [])
         (staging / LAYOUT_FILE).write_bytes(canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
         (staging / "index.json").write_bytes(index_bytes)
         os.chmod(staging, 0o755)
