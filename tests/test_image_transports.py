@@ -191,3 +191,55 @@ def test_mutations_return_new_images_and_leave_the_input_alone(tmp_path):
     assert RootFS.from_image(grown).read("extra") == b"x"
     with pytest.raises(ImageError, match="other diff_ids"):
         mutate.with_config(image, grown.config)
+
+
+def test_sconify_copy_prints_the_output_manifest_digest_and_json(tmp_path, capsys):
+    from sconify.cli.main import run
+
+    write_image(small_image(tmp_path, "gzip"), f"oci:{tmp_path / 'src'}:v1")
+    assert run(["copy", f"oci:{tmp_path / 'src'}:v1", f"oci-archive:{tmp_path / 'out.tar'}:v2"]) == 0
+    digest = capsys.readouterr().out.strip()
+    assert digest == write_image(read_image(f"oci:{tmp_path / 'src'}:v1"), f"oci:{tmp_path / 'check'}").manifest_digest
+    assert run(["copy", "--json", "--compression", "none", f"oci-archive:{tmp_path / 'out.tar'}:v2",
+                f"docker-archive:{tmp_path / 'd.tar'}:app:v3"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["reference"] == f"docker-archive:{tmp_path / 'd.tar'}:app:v3"
+    assert report["layer_digests"] == list(read_image(f"oci:{tmp_path / 'src'}:v1").diff_ids)
+
+
+def test_an_existing_empty_directory_becomes_a_layout(tmp_path):
+    (tmp_path / "empty").mkdir()
+    write_image(small_image(tmp_path), f"oci:{tmp_path / 'empty'}:v1")
+    assert read_image(f"oci:{tmp_path / 'empty'}:v1").layers
+
+
+def test_a_non_layout_directory_is_not_overwritten(tmp_path):
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.txt").write_text("mine")
+    with pytest.raises(ImageError, match="not an OCI layout; choose an empty or new directory"):
+        write_image(small_image(tmp_path), f"oci:{tmp_path / 'docs'}")
+    assert [p.name for p in (tmp_path / "docs").iterdir()] == ["notes.txt"]
+
+
+def test_a_digest_that_is_not_sha256_hex_never_becomes_a_file_name(tmp_path):
+    layout = tmp_path / "l"
+    write_image(small_image(tmp_path, "gzip"), f"oci:{layout}:v1")
+    index = json.loads((layout / "index.json").read_bytes())
+    index["manifests"][0]["digest"] = "sha256:../../../../etc/passwd"
+    (layout / "index.json").write_bytes(canonical_json(index))
+    with pytest.raises(ImageError, match="invalid or unsupported digest"):
+        read_image(f"oci:{layout}:v1")
+
+
+def test_docker_archive_tags_select_the_image(tmp_path):
+    image = small_image(tmp_path, "gzip")
+    write_image(image, f"docker-archive:{tmp_path / 'd.tar'}:app:1")
+    assert read_image(f"docker-archive:{tmp_path / 'd.tar'}:app:1").config_bytes == image.config_bytes
+    assert read_image(f"docker-archive:{tmp_path / 'd.tar'}").diff_ids == image.diff_ids
+    with pytest.raises(ImageError, match=r"no image tagged 'app:2' \(tags: app:1\)"):
+        read_image(f"docker-archive:{tmp_path / 'd.tar'}:app:2")
+
+
+def test_a_missing_layer_tar_is_named(tmp_path):
+    with pytest.raises(ImageError, match="does not exist; pass the path of a tar file"):
+        Layer.from_tar_file(tmp_path / "nope.tar")
