@@ -6,6 +6,7 @@ as a docker archive; writing streams a docker archive from a temp file into ``do
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 
 import docker
@@ -18,12 +19,13 @@ from sconify.image.model import Image, WriteResult
 from sconify.image.oci import DOCKER_MANIFEST, manifest_descriptor, write_result
 
 SAVE_CHUNK = 1 << 20
+ENGINE_TIMEOUT = 600  # seconds; docker load on vfs storage is slow for big images
 
 
 def docker_client() -> docker.DockerClient:
     """A client for the engine named by DOCKER_HOST; EnvironmentProblem when it is not running."""
     try:
-        client = docker.from_env()
+        client = docker.from_env(timeout=ENGINE_TIMEOUT)
         client.ping()
     except (docker.errors.DockerException, requests.exceptions.RequestException) as exc:
         raise EnvironmentProblem(
@@ -48,6 +50,8 @@ def read_docker_daemon(name: str, tag: str) -> Image:
     except (docker.errors.APIError, requests.exceptions.RequestException) as exc:
         spool.close()
         raise ImageError(f"docker-daemon:{ref}: docker save failed ({' '.join(str(exc).split())[:200]}); check the engine") from None
+    finally:
+        client.close()
     image = read_docker_archive(spool.name, ref)
     # The layers read from the temp file; keep it alive as long as they are.
     return _holding(image, spool, f"docker-daemon:{ref}")
@@ -75,7 +79,7 @@ def write_docker_daemon(image: Image, name: str, tag: str) -> WriteResult:
     """``docker load`` the image as ``name:tag``; the tag appears only if the load succeeds."""
     client = docker_client()
     ref = f"{name}:{tag}"
-    with tempfile.TemporaryFile(prefix="sconify-load-", suffix=".tar") as spool:
+    with contextlib.closing(client), tempfile.TemporaryFile(prefix="sconify-load-", suffix=".tar") as spool:
         write_docker_archive_to(image, spool, ref)
         spool.flush()
         spool.seek(0)
