@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Protocol
 
-from embedfs.archive import ArchiveEntry, pack
+from embedfs.archive import Archive, ArchiveEntry, pack
 from embedfs.elf import inject
 from embedfs.measure import measure_elf
 
@@ -197,7 +197,7 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
             written = write_image(output, options.destination, compression=options.compression)
         with phase(reporter, timings, "write manifest"):
             manifest = make_manifest(
-                options, image, output, written, plan, original_exe, sconified_exe, packed,
+                options, image, output, written, plan, original_exe, sconified_exe, packed, archive_path,
                 measurement, fspf, fspf_tag, code_layer, data_layer,
             )
             keys = KeysFile(
@@ -522,7 +522,7 @@ def history_entries(image: Image, plan: Plan, embedded: int) -> list[dict]:
     ]
 
 
-def make_manifest(options, image, output, written, plan, original_exe, sconified_exe, packed, measurement, fspf, fspf_tag, code_layer, data_layer) -> Manifest:
+def make_manifest(options, image, output, written, plan, original_exe, sconified_exe, packed, archive_path, measurement, fspf, fspf_tag, code_layer, data_layer) -> Manifest:
     files = {}
     for region_path, paths in plan.data_files.items():
         protection = next(r for r in plan.regions if r["path"] == region_path)["protection"]
@@ -551,7 +551,7 @@ def make_manifest(options, image, output, written, plan, original_exe, sconified
             root_hash=packed.root_hash,
             file_count=packed.file_count,
             archive_size=packed.size,
-            files={absolute(p): digest for p, digest in sorted(packed.files.items())},
+            files=embedded_hashes(archive_path),
         ),
         measurement=MeasurementFigures(
             mrenclave=measurement.mrenclave,
@@ -583,6 +583,12 @@ def session_spec(options, image, plan, mrenclave, fspf_tag, fspf_key) -> Session
         fspf_tag=fspf_tag.hex(),
         fspf_key=fspf_key if options.inline_keys else None,
     )
+
+
+def embedded_hashes(archive_path: Path) -> dict[str, str]:
+    """Image path -> SHA-256 of every member (a symlink's hash is that of its target string)."""
+    with Archive.open(archive_path) as archive:
+        return {absolute(member.path): member.sha256 for member in archive.list()}
 
 
 def sha256_file(path: Path) -> str:

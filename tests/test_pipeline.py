@@ -1,0 +1,390 @@
+"""sconify-image end to end, on the real Debian-built Python and Node.js images.
+
+Each conversion runs once per session (module fixtures) and the tests read its outputs: the
+image (through our reader, skopeo, umoci and the Docker engine), the manifest, the session and
+the keys file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import yaml
+
+from embedfs.archive import Archive
+from embedfs.elf import open_embedded
+from embedfs.measure import measure_elf
+from sconify.fspf import Shield
+from sconify.image.rootfs import RootFS
+from sconify.image.transports import read_image, write_image
+from sconify.keys import KeysFile
+from sconify.manifest import KEY_DEPENDENT_FIELDS, Manifest
+from sconify.pipeline import FSPF_PATH, ConvertOptions, sconify_image
+
+
+@dataclass
+class Converted:
+    ref: str
+    manifest: Manifest
+    keys: KeysFile
+    session: dict
+    workdir: Path
+    source: str
+
+
+def sconify_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "sconify", "image", *args],
+        capture_output=True, text=True, cwd=cwd, timeout=600, check=False,
+    )
+
+
+def convert(tmp: Path, source: str, name: str, *extra: str) -> Converted:
+    tmp.mkdir(parents=True, exist_ok=True)
+    ref = f"oci:{tmp / 'out'}:{name}"
+    result = sconify_cli(
+        "--from", source, "--to", ref, *extra,
+        "--manifest-out", str(tmp / "manifest.json"),
+        "--session-out", str(tmp / "session.yaml"),
+        "--keys-out", str(tmp / "keys.json"),
+    )
+    assert result.returncode == 0, result.stderr
+    return Converted(
+        ref=ref,
+        manifest=Manifest.read(tmp / "manifest.json"),
+        keys=KeysFile.read(tmp / "keys.json"),
+        session=yaml.safe_load((tmp / "session.yaml").read_text()),
+        workdir=tmp,
+        source=source,
+    )
+
+
+@pytest.fixture(scope="module")
+def python_converted(python_image, tmp_path_factory) -> Converted:
+    return convert(tmp_path_factory.mktemp("py"), f"oci:{python_image}:latest", "python", "--dir", "/app/data")
+
+
+@pytest.fixture(scope="module")
+def node_converted(node_image, tmp_path_factory) -> Converted:
+    tmp = tmp_path_factory.mktemp("node")
+    archive = tmp / "input.tar"
+    write_image(read_image(f"oci:{node_image}:latest"), f"oci-archive:{archive}:node")
+    return convert(tmp, f"oci-archive:{archive}:node", "node", "--dir", "/app/data", "--authenticated", "/etc/sconify-demo")
+
+
+def file_bytes(fs: RootFS, path: str) -> bytes:
+    return fs.read(path.lstrip("/"))
+
+
+def extract_executable(converted: Converted, tmp: Path) -> Path:
+    fs = RootFS.from_image(read_image(converted.ref))
+    target = tmp / "exe"
+    target.write_bytes(file_bytes(fs, converted.manifest.executable.path))
+    return target
+
+
+# --- the Python service -------------------------------------------------------------------
+
+
+def test_python_executable_carries_the_embedded_code_and_its_measurement(python_converted, tmp_path):
+    m = python_converted.manifest
+    assert m.executable.path == "/usr/bin/python3.11"
+    assert m.executable.recipe == "python"
+    exe = extract_executable(python_converted, tmp_path)
+    import hashlib
+
+    assert hashlib.sha256(exe.read_bytes()).hexdigest() == m.executable.sconified_sha256
+    archive = open_embedded(exe)
+    assert archive.root_hash == m.embedfs.root_hash
+    archive.verify()
+    names = {"/" + member.path for member in archive.list()}
+    assert "/usr/lib/python3.11/json/__init__.py" in names
+    assert "/app/main.py" in names and "/app/service/store.py" in names
+    assert any(name.startswith("/usr/lib/python3.11/lib-dynload/_sqlite3") for name in names)
+    # libraries the extension modules need, found through DT_NEEDED
+    assert any("libsqlite3.so" in name for name in names)
+    assert not any(name.startswith("/app/data") for name in names), "data must not be embedded"
+    assert not any("/test/" in name for name in names)
+    assert names == set(m.embedfs.files)
+    params = m.measurement
+    again = measure_elf(exe, heap_size=params.heap_size, stack_size=params.stack_size, threads=params.threads)
+    assert again.mrenclave == m.measurement.mrenclave
+
+
+def test_python_embedded_code_is_gone_from_the_rootfs_and_data_is_ciphertext(python_converted, python_image):
+    out = RootFS.from_image(read_image(python_converted.ref))
+    original = RootFS.from_image(read_image(f"oci:{python_image}:latest"))
+    assert not out.exists("usr/lib/python3.11/json/__init__.py")
+    assert not out.exists("app/main.py")
+    # shared libraries stay where the dynamic loader needs them (and are measured in the embedfs)
+    assert out.exists("usr/lib/x86_64-linux-gnu/libsqlite3.so.0")
+    for path in python_converted.manifest.fspf.files:
+        stored = file_bytes(out, path)
+        plain = file_bytes(original, path)
+        assert stored != plain
+        if len(plain) >= 64:
+            assert plain[:64] not in stored, f"{path} leaks plaintext"
+    assert out.exists(FSPF_PATH.lstrip("/"))
+
+
+def test_python_shield_reads_the_data_back_with_the_keys_file(python_converted, python_image, tmp_path):
+    out = RootFS.from_image(read_image(python_converted.ref))
+    original = RootFS.from_image(read_image(f"oci:{python_image}:latest"))
+    fspf_file = tmp_path / "volume.fspf"
+    fspf_file.write_bytes(file_bytes(out, FSPF_PATH))
+    keys = python_converted.keys
+    import io
+
+    shield = Shield(fspf_file, keys.fspf_key, keys.fspf_tag, opener=lambda p: io.BytesIO(file_bytes(out, p)))
+    files = python_converted.manifest.fspf.files
+    assert set(files) >= {"/app/data/readings.csv", "/app/data/blob.bin", "/app/data/config.json"}
+    for path in files:
+        assert shield.read(path) == file_bytes(original, path)
+
+
+def test_python_manifest_session_and_keys_agree(python_converted):
+    m, keys, session = python_converted.manifest, python_converted.keys, python_converted.session
+    assert keys.fspf_tag.hex() == m.fspf.tag
+    assert keys.mrenclave == m.measurement.mrenclave
+    service = session["services"][0]
+    assert service["mrenclaves"] == [m.measurement.mrenclave]
+    assert service["fspf_path"] == FSPF_PATH and service["fspf_tag"] == m.fspf.tag
+    assert service["command"] == "python3 /app/main.py" and service["pwd"] == "/app"
+    assert service["fspf_key"].startswith("$$SCONE::")
+    assert stat.S_IMODE((python_converted.workdir / "keys.json").stat().st_mode) == 0o600
+    regions = {r["path"]: (r["kind"], r["protection"]) for r in m.fspf.regions}
+    assert regions == {"/": ("kernel", "not-protected"), "/app/data": ("kernel", "encrypted"), "/tmp": ("ephemeral", "encrypted")}
+
+
+def test_no_key_reaches_the_image_manifest_or_session(python_converted):
+    key = python_converted.keys.fspf_key
+    needles = [key, key.hex().encode()]
+    texts = [(python_converted.workdir / n).read_bytes() for n in ("manifest.json", "session.yaml")]
+    layout = Path(python_converted.ref.split(":")[1])
+    texts += [blob.read_bytes() for blob in (layout / "blobs" / "sha256").iterdir()]
+    for text in texts:
+        for needle in needles:
+            assert needle not in text
+
+
+def test_python_output_is_accepted_by_skopeo_and_umoci(python_converted, tmp_path):
+    layout = python_converted.ref.split(":")[1]
+    inspect = subprocess.run(["skopeo", "inspect", f"oci:{layout}:python"], capture_output=True, text=True, check=False)
+    assert inspect.returncode == 0, inspect.stderr
+    assert json.loads(inspect.stdout)["Labels"]["io.sconify.mrenclave"] == python_converted.manifest.measurement.mrenclave
+    # umoci 0.4.7 does not read zstd layers: give it a gzip copy made by skopeo, the oracle
+    gz = tmp_path / "gz"
+    copy = subprocess.run(
+        ["skopeo", "copy", "--dest-compress-format", "gzip", f"oci:{layout}:python", f"oci:{gz}:python"],
+        capture_output=True, text=True, check=False,
+    )
+    assert copy.returncode == 0, copy.stderr
+    unpack = subprocess.run(
+        ["umoci", "unpack", "--rootless", "--image", f"{gz}:python", str(tmp_path / "bundle")],
+        capture_output=True, text=True, check=False,
+    )
+    assert unpack.returncode == 0, unpack.stderr
+    rootfs = tmp_path / "bundle" / "rootfs"
+    assert (rootfs / "usr/bin/python3.11").is_file()
+    assert not (rootfs / "app/main.py").exists()
+    assert (rootfs / FSPF_PATH.lstrip("/")).is_file()
+
+
+def test_python_output_runs_in_docker(python_converted, run_in_docker):
+    out = run_in_docker(python_converted.ref, ["python3", "--version"])
+    assert out.startswith("Python 3.11")
+
+
+def test_keep_embedded_output_runs_the_app(python_image, tmp_path, run_in_docker, python_converted):
+    kept = convert(tmp_path, f"oci:{python_image}:latest", "kept", "--keep-embedded")
+    report = json.loads(run_in_docker(kept.ref))  # the image's own CMD: python3 /app/main.py
+    assert report["rows"] > 0 and report["openssl"].startswith("OpenSSL")
+    # the same code is embedded either way, so the measurement does not change
+    assert kept.manifest.embedfs.root_hash == python_converted.manifest.embedfs.root_hash
+    assert kept.manifest.measurement.mrenclave == python_converted.manifest.measurement.mrenclave
+
+
+# --- the Node.js service ------------------------------------------------------------------
+
+
+def test_node_from_oci_archive_embeds_node_modules_and_libnode(node_converted, tmp_path):
+    m = node_converted.manifest
+    assert m.executable.recipe == "node"
+    assert m.executable.path.startswith("/usr/bin/node")
+    names = set(m.embedfs.files)
+    assert "/app/index.js" in names
+    assert any(n.startswith("/app/node_modules/ms/") for n in names)
+    assert any("libnode.so" in n for n in names), "Debian's node keeps its engine in libnode"
+    exe = extract_executable(node_converted, tmp_path)
+    open_embedded(exe).verify()
+    regions = {r["path"]: r["protection"] for r in m.fspf.regions}
+    assert regions["/etc/sconify-demo"] == "authenticated"
+    protections = {f["protection"] for f in m.fspf.files.values()}
+    assert protections == {"encrypted", "authenticated"}
+
+
+def test_node_output_runs_in_docker(node_converted, run_in_docker):
+    # Debian's node loads some builtins from /usr/share/nodejs, which is now embedded code:
+    # without a runtime that serves the embedfs, only what needs no code file runs.
+    out = run_in_docker(node_converted.ref, ["node", "--version"])
+    assert out.startswith("v18.")
+
+
+def test_node_authenticated_files_stay_plaintext_and_verify(node_converted, node_image, tmp_path):
+    out = RootFS.from_image(read_image(node_converted.ref))
+    original = RootFS.from_image(read_image(f"oci:{node_image}:latest"))
+    fspf_file = tmp_path / "volume.fspf"
+    fspf_file.write_bytes(file_bytes(out, FSPF_PATH))
+    import io
+
+    keys = node_converted.keys
+    shield = Shield(fspf_file, keys.fspf_key, keys.fspf_tag, opener=lambda p: io.BytesIO(file_bytes(out, p)))
+    for path, info in node_converted.manifest.fspf.files.items():
+        if info["protection"] == "authenticated":
+            assert file_bytes(out, path) == file_bytes(original, path)
+        assert shield.read(path) == file_bytes(original, path)
+
+
+@pytest.mark.docker
+def test_node_from_docker_daemon_to_docker_daemon(node_image, docker_client, tmp_path):
+    write_image(read_image(f"oci:{node_image}:latest"), "docker-daemon:sconify-test/node-in:1")
+    try:
+        result = sconify_cli(
+            "--from", "docker-daemon:sconify-test/node-in:1", "--to", "docker-daemon:sconify-test/node-out:1",
+            "--dir", "/app/data", cwd=tmp_path,
+        )
+        assert result.returncode == 0, result.stderr
+        manifest = Manifest.read(tmp_path / "manifest.json")
+        out = docker_client.containers.run("sconify-test/node-out:1", ["node", "--version"], remove=True, network_disabled=True)
+        assert out.decode().startswith("v18.")
+        labels = docker_client.images.get("sconify-test/node-out:1").labels
+        assert labels["io.sconify.mrenclave"] == manifest.measurement.mrenclave
+    finally:
+        for name in ("sconify-test/node-in:1", "sconify-test/node-out:1"):
+            try:
+                docker_client.images.remove(name, force=True)
+            except Exception:  # not created: nothing to remove
+                pass
+
+
+def test_python_from_docker_archive(python_image, tmp_path):
+    archive = tmp_path / "in.tar"
+    write_image(read_image(f"oci:{python_image}:latest"), f"docker-archive:{archive}:demo/python:1")
+    converted = convert(tmp_path / "conv", f"docker-archive:{archive}", "py", "--dir", "/app/data")
+    assert converted.manifest.executable.path == "/usr/bin/python3.11"
+
+
+# --- reproducibility ----------------------------------------------------------------------
+
+
+def run_api(source: str, tmp: Path, **options) -> Manifest:
+    tmp.mkdir(parents=True, exist_ok=True)
+    result = sconify_image(
+        ConvertOptions(
+            source=source, destination=f"oci:{tmp / 'out'}:x",
+            manifest_out=str(tmp / "m.json"), session_out=str(tmp / "s.yaml"), keys_out=str(tmp / "k.json"),
+            encrypted_dirs=["/app/data"], **options,
+        )
+    )
+    return result.manifest
+
+
+def drop_key_dependent(doc: dict) -> dict:
+    doc = json.loads(json.dumps(doc))
+    for dotted in KEY_DEPENDENT_FIELDS:
+        section, name = dotted.split(".")
+        doc[section].pop(name, None)
+    doc["output"].pop("reference")
+    return doc
+
+
+def test_same_input_twice_gives_the_same_measurement_and_stable_fields(python_image, tmp_path):
+    source = f"oci:{python_image}:latest"
+    first, second = run_api(source, tmp_path / "a"), run_api(source, tmp_path / "b")
+    assert first.measurement.mrenclave == second.measurement.mrenclave
+    assert first.code_layer == second.code_layer
+    assert first.fspf.tag != second.fspf.tag, "fresh keys give a fresh fspf"
+    assert drop_key_dependent(first.to_dict()) == drop_key_dependent(second.to_dict())
+
+
+def test_deterministic_keys_give_identical_images(python_image, tmp_path):
+    seed = tmp_path / "seed.bin"
+    seed.write_bytes(bytes(range(32)))
+    source = f"oci:{python_image}:latest"
+    first = run_api(source, tmp_path / "a", deterministic_keys_from=str(seed))
+    second = run_api(source, tmp_path / "b", deterministic_keys_from=str(seed))
+    assert first.output.manifest_digest == second.output.manifest_digest
+    assert (tmp_path / "a" / "m.json").read_bytes().replace(b"/a/", b"/b/") == (tmp_path / "b" / "m.json").read_bytes()
+    assert (tmp_path / "a" / "k.json").read_bytes() == (tmp_path / "b" / "k.json").read_bytes()
+
+
+def test_measurement_parameters_change_mrenclave(python_image, tmp_path):
+    source = f"oci:{python_image}:latest"
+    base = run_api(source, tmp_path / "a", dry_run=False)
+    bigger = run_api(source, tmp_path / "b", heap_size=128 << 20, threads=4)
+    assert bigger.measurement.heap_size == 128 << 20 and bigger.measurement.threads == 4
+    assert bigger.measurement.mrenclave != base.measurement.mrenclave
+    assert bigger.embedfs.root_hash == base.embedfs.root_hash
+
+
+# --- bad input ----------------------------------------------------------------------------
+
+
+def one_line_error(result: subprocess.CompletedProcess) -> str:
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+    return lines[0]
+
+
+def test_script_entrypoint_is_refused_naming_the_interpreter(python_image, tmp_path):
+    from sconify.image.mutate import with_config
+
+    image = read_image(f"oci:{python_image}:latest")
+    config = image.config
+    config["config"]["Entrypoint"] = ["/usr/bin/py3compile"]
+    config["config"]["Cmd"] = []
+    write_image(with_config(image, config), f"oci:{tmp_path / 'script'}:s")
+    line = one_line_error(sconify_cli("--from", f"oci:{tmp_path / 'script'}:s", "--to", f"oci:{tmp_path / 'o'}:o", cwd=tmp_path))
+    assert "script" in line and "--binary" in line and "python3" in line
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, expected",
+    [
+        (["--dir", "/no/such/dir"], "--dir /no/such/dir is not a directory in the image"),
+        (["--recipe", "cobol"], "recipe 'cobol'"),
+        (["--binary", "/usr/bin/nothing"], "--binary /usr/bin/nothing does not exist"),
+        (["--heap", "lots"], "is not a size"),
+    ],
+)
+def test_bad_options_give_one_line_and_no_output(python_image, tmp_path, extra, expected):
+    result = sconify_cli("--from", f"oci:{python_image}:latest", "--to", f"oci:{tmp_path / 'o'}:o", *extra, cwd=tmp_path)
+    line = one_line_error(result)
+    assert expected in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_output_equal_to_input_is_refused(python_image, tmp_path):
+    before = sorted(p.stat().st_mtime_ns for p in Path(python_image).rglob("*"))
+    line = one_line_error(sconify_cli("--from", f"oci:{python_image}:latest", "--to", f"oci:{python_image}:latest", cwd=tmp_path))
+    assert "never changes its input" in line
+    assert sorted(p.stat().st_mtime_ns for p in Path(python_image).rglob("*")) == before
+
+
+def test_dry_run_writes_nothing_and_json_reports_the_plan(python_image, tmp_path):
+    result = sconify_cli("--from", f"oci:{python_image}:latest", "--to", f"oci:{tmp_path / 'o'}:o",
+                         "--dir", "/app/data", "--dry-run", "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    plan = json.loads(result.stdout)
+    assert plan["executable"] == "/usr/bin/python3.11" and plan["code_files"] > 300
+    assert plan["data_files"]["/app/data"] >= 3
+    assert list(tmp_path.iterdir()) == []
