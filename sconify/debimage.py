@@ -5,7 +5,8 @@ on: a Python image (the Debian ``python3`` closure plus an app under ``/app``) a
 (the Debian ``nodejs`` closure plus an app with a ``node_modules`` tree). Each is an OCI layout
 with two layers: the base layer (package closure, minimal ``/etc``, ``/tmp``) and the app layer,
 which carries symlinks, a hardlink, a whiteout of a base file and an opaque directory, so that
-later steps meet real layer semantics.
+later steps meet real layer semantics. A third, one-layer image ``tool-base`` (the Python closure
+plus venv) is a registry-free base for sconify's own Dockerfile.
 
 Steps, one function each: ``download_debs`` (``apt-get download`` of pinned versions into the
 cache), ``read_deb`` (the .deb's data tar streamed through ``dpkg-deb --fsys-tarfile``, nothing
@@ -156,6 +157,18 @@ node-xtend 4.0.2-3
 nodejs 18.20.4+dfsg-1~deb12u3
 zlib1g 1:1.2.13.dfsg-1
 """)
+
+# The Python closure plus venv/ensurepip and libstdc++ (lief's extension needs it): a base image
+# for sconify's own Dockerfile. ca-certificates is left out (it pulls debconf; the build is offline).
+TOOL_BASE_PACKAGES = tuple(sorted(PYTHON_PACKAGES + _pins("""
+libstdc++6 12.2.0-14+deb12u1
+python3-distutils 3.11.2-3
+python3-lib2to3 3.11.2-3
+python3-pip-whl 23.0.1+dfsg-1
+python3-setuptools-whl 66.1.1-1+deb12u2
+python3-venv 3.11.2-1+b1
+python3.11-venv 3.11.2-6+deb12u9
+"""), key=lambda p: p.name))
 
 NODE_MODULES = (
     NpmPackage("debug", "4.3.4", "sha512-PRWFHuSU3eDtQJPvnNY7Jcket1j0t5OuOsFzPPzsekD52Zl8qUfFIPEiswXqIvHWGVHOgX+7G/vCNNhehwxfkQ==", "node_modules/debug"),
@@ -471,17 +484,21 @@ DEMO_DEFAULTS_BASE = '{"greeting": "hello from the base layer", "layer": "base"}
 DEMO_DEFAULTS_APP = '{"greeting": "hello from the app layer", "layer": "app"}\n'
 
 
-def base_extras() -> list[LayerEntry]:
-    """Files a minimal image needs besides the packages, and the directory the app layer replaces."""
-    return [
+def base_extras(for_app: bool) -> list[LayerEntry]:
+    """Files a minimal image needs besides the packages (and the directory an app layer replaces)."""
+    extras = [
         regular_file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
         regular_file("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
         regular_file("etc/hostname", "sconify-demo\n"),
         directory("root", 0o700),
         directory("tmp", 0o1777),
-        regular_file("etc/sconify-demo/defaults.json", DEMO_DEFAULTS_BASE),
-        regular_file("etc/sconify-demo/legacy.conf", "# replaced by the app layer's opaque directory\n"),
     ]
+    if for_app:
+        extras += [
+            regular_file("etc/sconify-demo/defaults.json", DEMO_DEFAULTS_BASE),
+            regular_file("etc/sconify-demo/legacy.conf", "# replaced by the app layer's opaque directory\n"),
+        ]
+    return extras
 
 
 def common_app_entries(name: str) -> list[LayerEntry]:
@@ -653,14 +670,16 @@ class ImageSpec:
     packages: tuple[DebPackage, ...]
     npm_packages: tuple[NpmPackage, ...]
     cmd: tuple[str, ...]
+    app: str = ""  # "python" | "node" | "" (no app layer)
     env: tuple[str, ...] = ("PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG=C.UTF-8")
     workdir: str = "/app"
     labels: dict[str, str] = field(default_factory=dict)
 
 
 IMAGE_SPECS = {
-    "python": ImageSpec("python", PYTHON_PACKAGES, (), ("python3", "/app/main.py")),
-    "node": ImageSpec("node", NODE_PACKAGES, NODE_MODULES, ("node", "/app/index.js")),
+    "python": ImageSpec("python", PYTHON_PACKAGES, (), ("python3", "/app/main.py"), app="python"),
+    "node": ImageSpec("node", NODE_PACKAGES, NODE_MODULES, ("node", "/app/index.js"), app="node"),
+    "tool-base": ImageSpec("tool-base", TOOL_BASE_PACKAGES, (), ("python3",), workdir="/"),
 }
 
 
@@ -681,7 +700,7 @@ def build_key(spec: ImageSpec, epoch: int, compression: str) -> str:
         "builder": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
         "spec": [spec.name, [[p.name, p.version] for p in spec.packages],
                  [[p.name, p.version, p.integrity, p.install_path] for p in spec.npm_packages],
-                 list(spec.cmd), list(spec.env), spec.workdir],
+                 list(spec.cmd), spec.app, list(spec.env), spec.workdir],
         "epoch": epoch,
         "compression": compression,
     }
@@ -706,23 +725,25 @@ def image_config(spec: ImageSpec, epoch: int) -> dict:
 
 def layer_history(spec: ImageSpec, epoch: int) -> list[dict]:
     created = datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-    return [
-        {"created": created, "created_by": f"sconify debimage: Debian bookworm {spec.packages[0].name}.. closure ({len(spec.packages)} packages)"},
-        {"created": created, "created_by": f"sconify debimage: {spec.name} demo app under /app"},
-    ]
+    history = [{"created": created, "created_by": f"sconify debimage: Debian bookworm packages ({len(spec.packages)})"}]
+    if spec.app:
+        history.append({"created": created, "created_by": f"sconify debimage: {spec.app} demo app under /app"})
+    return history
 
 
-def write_layer_tars(spec: ImageSpec, cache: Path, workdir: Path, epoch: int) -> tuple[Path, Path]:
-    """Write the base and app layer tars of ``spec`` into ``workdir``."""
+def write_layer_tars(spec: ImageSpec, cache: Path, workdir: Path, epoch: int) -> list[Path]:
+    """Write the base layer tar and, if the spec has an app, the app layer tar into ``workdir``."""
     debs = download_debs(spec.packages, cache / "debs")
     tarballs = fetch_npm(spec.npm_packages, cache / "npm") if spec.npm_packages else []
-    base_path, app_path = workdir / "base.tar", workdir / "app.tar"
-    with base_path.open("wb") as out:
-        write_layer_tar(base_layer_entries(debs, epoch, base_extras()), out, epoch)
-    app = python_app_entries() if spec.name == "python" else node_app_entries(tarballs)
-    with app_path.open("wb") as out:
-        write_layer_tar(app, out, epoch)
-    return base_path, app_path
+    paths = [workdir / "base.tar"]
+    with paths[0].open("wb") as out:
+        write_layer_tar(base_layer_entries(debs, epoch, base_extras(bool(spec.app))), out, epoch)
+    if spec.app:
+        paths.append(workdir / "app.tar")
+        app = python_app_entries() if spec.app == "python" else node_app_entries(tarballs)
+        with paths[1].open("wb") as out:
+            write_layer_tar(app, out, epoch)
+    return paths
 
 
 def image_layout(name: str, cache: Path | None = None, compression: str = DEFAULT_COMPRESSION,
@@ -756,9 +777,8 @@ def build_image(name: str, cache: Path | None = None, compression: str = DEFAULT
         return layout
     layout.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=layout.parent, prefix=f".{name}-build-") as tmp:
-        base_tar, app_tar = write_layer_tars(spec, cache, Path(tmp), epoch)
-        layers = [Layer.from_tar_file(base_tar, compression=compression),
-                  Layer.from_tar_file(app_tar, compression=compression)]
+        tars = write_layer_tars(spec, cache, Path(tmp), epoch)
+        layers = [Layer.from_tar_file(tar, compression=compression) for tar in tars]
         config = image_config(spec, epoch)
         config["rootfs"] = {"type": "layers", "diff_ids": [layer.diff_id for layer in layers]}
         config["history"] = layer_history(spec, epoch)

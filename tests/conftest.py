@@ -8,8 +8,8 @@ from ``sconify.debimage``, built once into the cache (``$SCONIFY_CACHE`` or
 engine is started with ``../shared/tools/start-dockerd``. A missing engine fails the test.
 
 ``run_in_docker(image, cmd)``: loads an image (an ``oci:``/``oci-archive:``/``docker-archive:``
-reference, or a docker-archive tar path) into the engine once and returns the stdout of
-``cmd`` run in a fresh, network-less container.
+reference, or a docker-archive tar path) into the engine once per session, under a tag of its
+own, and returns the stdout of ``cmd`` run in a fresh, network-less container.
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ import os
 import re
 import subprocess
 import tempfile
+import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -76,27 +77,40 @@ def docker_client() -> Iterator["docker.DockerClient"]:  # noqa: F821
 
 @pytest.fixture(scope="session")
 def run_in_docker(docker_client) -> Iterator[RunInDocker]:
-    """``run_in_docker(image, cmd, **run_kwargs) -> stdout`` in a fresh container without network."""
+    """``run_in_docker(image, cmd, **run_kwargs) -> stdout`` in a fresh container without network.
+
+    Each image is loaded once per session under a tag of its own, and only that tag is removed at
+    the end: the engine is shared, and the same image may be loaded by someone else.
+    """
+    import docker
+
     from sconify.image.transports import read_image, write_image
 
-    loaded: dict[str, str] = {}
+    session = uuid.uuid4().hex[:12]
+    tags: dict[str, str] = {}
+
+    def load_archive(path: Path) -> str:
+        with path.open("rb") as handle:
+            return docker_client.images.load(handle)[0].id
 
     def load(image: str | os.PathLike) -> str:
         key = str(image)
-        if key not in loaded:
-            if isinstance(image, os.PathLike) or key.startswith("/"):
-                archive_path = Path(image)
-                with archive_path.open("rb") as handle:
-                    images = docker_client.images.load(handle)
-                loaded[key] = images[0].id
-            else:
-                with tempfile.TemporaryDirectory(prefix="sconify-docker-") as tmp:
-                    archive = Path(tmp) / "image.tar"
-                    write_image(read_image(key), f"docker-archive:{archive}")
-                    with archive.open("rb") as handle:
-                        images = docker_client.images.load(handle)
-                loaded[key] = images[0].id
-        return loaded[key]
+        tag = tags.setdefault(key, f"sconify-test-{session}:{len(tags)}")
+        try:
+            docker_client.images.get(tag)
+            return tag
+        except docker.errors.ImageNotFound:
+            pass
+        if isinstance(image, os.PathLike) or key.startswith("/"):
+            image_id = load_archive(Path(image))
+        else:
+            with tempfile.TemporaryDirectory(prefix="sconify-docker-") as tmp:
+                archive = Path(tmp) / "image.tar"
+                write_image(read_image(key), f"docker-archive:{archive}")
+                image_id = load_archive(archive)
+        repository, _, version = tag.partition(":")
+        docker_client.images.get(image_id).tag(repository, version)
+        return tag
 
     def run(image: str | os.PathLike, cmd: list[str] | str | None = None, **kwargs) -> str:
         output = docker_client.containers.run(
@@ -105,8 +119,8 @@ def run_in_docker(docker_client) -> Iterator[RunInDocker]:
         return output.decode()
 
     yield run
-    for image_id in loaded.values():
+    for tag in tags.values():
         try:
-            docker_client.images.remove(image_id, force=True)
-        except Exception:  # already removed by a test; nothing to clean up
-            pass
+            docker_client.images.remove(tag)  # untags; the image goes when no one else tags it
+        except docker.errors.APIError:
+            pass  # already gone, or still used by a container someone else runs

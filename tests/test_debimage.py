@@ -6,11 +6,15 @@ import hashlib
 import io
 import json
 import shutil
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
+import docker
 import pytest
 
+import sconify
 from sconify import debimage
 from sconify.cli.main import run as sconify_main
 from sconify.errors import EnvironmentProblem, UsageError
@@ -199,3 +203,41 @@ def test_source_date_epoch_must_be_a_number(monkeypatch):
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "yesterday")
     with pytest.raises(UsageError, match="SOURCE_DATE_EPOCH"):
         debimage.source_date_epoch()
+
+
+# ----------------------------------------------------------------------------- packaging
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    readme = (REPO_ROOT / "README.md").read_text()
+    ci_script = (REPO_ROOT / ".ci" / "run").read_text()
+    test_command = ci_script.strip().splitlines()[-1]
+    assert "pytest" in test_command
+    assert f"\n{test_command}\n" in readme
+
+
+@pytest.mark.slow
+@pytest.mark.docker
+def test_dockerfile_builds_an_image_that_runs_sconify_offline(docker_client, tmp_path):
+    """The Dockerfile on the Debian-package tool base, from wheels, with no network in the build."""
+    from sconify.image.transports import read_image, write_image
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(REPO_ROOT), "-w", str(tmp_path / "wheels")], check=True)
+    for name in ("Dockerfile", ".dockerignore"):
+        shutil.copy(REPO_ROOT / name, tmp_path / name)
+    base = debimage.build_image("tool-base")
+    write_image(read_image(f"oci:{base}:latest"), "docker-daemon:sconify-test-tool-base:latest")
+    try:
+        docker_client.images.build(path=str(tmp_path), tag="sconify-test-tool:latest", network_mode="none",
+                                   buildargs={"BASE_IMAGE": "sconify-test-tool-base:latest"}, rm=True, forcerm=True)
+        out = docker_client.containers.run("sconify-test-tool:latest", ["--version"], remove=True, network_disabled=True)
+        assert out.decode().split() == ["sconify", sconify.__version__]
+    finally:
+        for tag in ("sconify-test-tool:latest", "sconify-test-tool-base:latest"):
+            try:
+                docker_client.images.remove(tag, force=True)
+            except docker.errors.ImageNotFound:
+                pass

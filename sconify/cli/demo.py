@@ -17,7 +17,7 @@ from sconify import debimage
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "demo",
-        help="write a demo image built from pinned Debian packages (python or node)",
+        help="write a demo image built from pinned Debian packages (python, node, tool-base)",
         description="Write a demo image built from pinned Debian (bookworm) and npm packages.",
     )
     parser.add_argument("name", choices=debimage.image_names(), help="which demo image")
