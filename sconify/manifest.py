@@ -58,6 +58,7 @@ class EmbedfsFigures:
     file_count: int
     archive_size: int
     files: dict[str, str]  # image path -> sha256 of the content
+    removed: list[str] = field(default_factory=list)  # embedded paths whited out of the rootfs
 
 
 @dataclass

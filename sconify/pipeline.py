@@ -193,11 +193,11 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
             data_layer = build_data_layer(fs, protected, spool, fspf_blob, work, options)
         with phase(reporter, timings, "write image"):
             appended = append_layers(image, [code_layer, data_layer], history=history_entries(image, plan, len(embedded)))
-            output = with_config(appended, new_config(appended.config, image, options, plan, measurement.mrenclave))
+            output = with_config(appended, new_config(appended.config, image, options, plan, measurement, packed.root_hash))
             written = write_image(output, options.destination, compression=options.compression)
         with phase(reporter, timings, "write manifest"):
             manifest = make_manifest(
-                options, image, output, written, plan, original_exe, sconified_exe, packed, archive_path,
+                options, image, output, written, plan, original_exe, sconified_exe, packed, archive_path, removed,
                 measurement, fspf, fspf_tag, code_layer, data_layer,
             )
             keys = KeysFile(
@@ -486,7 +486,7 @@ def session_name(options: ConvertOptions) -> str:
     return f"sconify-{cleaned}"[:128]
 
 
-def new_config(config: dict, image: Image, options: ConvertOptions, plan: Plan, mrenclave: str) -> dict:
+def new_config(config: dict, image: Image, options: ConvertOptions, plan: Plan, measurement, root_hash: str) -> dict:
     """``config`` with the fspf path in the environment and labels naming what was done."""
     inner = config.setdefault("config", {})
     env = [item for item in inner.get("Env") or [] if not item.startswith("SCONE_FSPF=")]
@@ -499,7 +499,11 @@ def new_config(config: dict, image: Image, options: ConvertOptions, plan: Plan, 
             "org.opencontainers.image.base.name": options.source,
             LABEL_PREFIX + "version": __version__,
             LABEL_PREFIX + "executable": absolute(plan.executable.path),
-            LABEL_PREFIX + "mrenclave": mrenclave,
+            LABEL_PREFIX + "mrenclave": measurement.mrenclave,
+            LABEL_PREFIX + "heap-size": str(measurement.parameters["heap_size"]),
+            LABEL_PREFIX + "stack-size": str(measurement.parameters["stack_size"]),
+            LABEL_PREFIX + "threads": str(measurement.parameters["threads"]),
+            LABEL_PREFIX + "embedfs.root-hash": root_hash,
             LABEL_PREFIX + "fspf.path": FSPF_PATH,
         }
     )
@@ -522,7 +526,7 @@ def history_entries(image: Image, plan: Plan, embedded: int) -> list[dict]:
     ]
 
 
-def make_manifest(options, image, output, written, plan, original_exe, sconified_exe, packed, archive_path, measurement, fspf, fspf_tag, code_layer, data_layer) -> Manifest:
+def make_manifest(options, image, output, written, plan, original_exe, sconified_exe, packed, archive_path, removed, measurement, fspf, fspf_tag, code_layer, data_layer) -> Manifest:
     files = {}
     for region_path, paths in plan.data_files.items():
         protection = next(r for r in plan.regions if r["path"] == region_path)["protection"]
@@ -552,6 +556,7 @@ def make_manifest(options, image, output, written, plan, original_exe, sconified
             file_count=packed.file_count,
             archive_size=packed.size,
             files=embedded_hashes(archive_path),
+            removed=[absolute(p) for p in removed],
         ),
         measurement=MeasurementFigures(
             mrenclave=measurement.mrenclave,

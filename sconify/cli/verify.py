@@ -1,0 +1,161 @@
+"""Auditor commands: ``sconify verify``, ``measure``, ``diff`` and ``sign``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from embedfs import measure as M
+from sconify.cli.output import console, parse_size
+from sconify.errors import EXIT_MISMATCH
+from sconify.image.rootfs import RootFS
+from sconify.image.transports import read_image
+from sconify.keys import KeysFile
+from sconify.manifest import Manifest
+from sconify.select import find_executable
+from sconify.verify import LABEL_PREFIX, VerifyReport, check_signature, copy_out, diff_images, image_labels, sign_manifest, verify_image
+
+
+def register(subparsers) -> None:
+    verify = subparsers.add_parser(
+        "verify",
+        help="recompute every figure of a manifest from the image alone",
+        description="Exit 0 when every check passes, 1 when a figure differs, 2 when the image or a file cannot be read.",
+    )
+    verify.add_argument("reference", metavar="REF", help="the sconified image (oci:, oci-archive:, docker-archive:, docker-daemon:)")
+    verify.add_argument("--manifest", required=True, metavar="FILE", help="manifest.json written by sconify-image")
+    verify.add_argument("--keys", metavar="FILE", help="keys.json: also check every protected file through the fspf shield")
+    verify.add_argument("--sgxs", metavar="FILE", help="write the SGX record stream (its SHA-256 is the MRENCLAVE)")
+    verify.add_argument("--signer", metavar="PUB.pem", help="require a valid Ed25519 signature of the manifest by this key")
+    verify.add_argument("--signature", metavar="FILE", help="the signature file (default: MANIFEST.sig)")
+    verify.add_argument("--platform", help="platform to pick from a multi-platform image")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    verify.set_defaults(func=run_verify)
+
+    measure = subparsers.add_parser(
+        "measure",
+        help="print the MRENCLAVE of an image's executable (what SCONE_HASH=1 prints)",
+        description="Measure the executable (with its embedfs) as an enclave; parameters default to the image's labels.",
+    )
+    measure.add_argument("reference", metavar="REF")
+    measure.add_argument("--binary", metavar="PATH", help="the executable inside the image (default: label, then ENTRYPOINT/CMD)")
+    measure.add_argument("--heap", dest="heap_size", type=parse_size, metavar="SIZE")
+    measure.add_argument("--stack", dest="stack_size", type=parse_size, metavar="SIZE")
+    measure.add_argument("--threads", type=int, metavar="N")
+    measure.add_argument("--sgxs", metavar="FILE", help="write the SGX record stream")
+    measure.add_argument("--platform")
+    measure.add_argument("--json", action="store_true")
+    measure.set_defaults(func=run_measure)
+
+    diff = subparsers.add_parser(
+        "diff",
+        help="what differs between two sconified images: embedded files, measurement, protected files",
+        description="Exit 0 when the images agree, 1 when they differ.",
+    )
+    diff.add_argument("reference_a", metavar="REF_A")
+    diff.add_argument("reference_b", metavar="REF_B")
+    diff.add_argument("--platform")
+    diff.add_argument("--json", action="store_true")
+    diff.set_defaults(func=run_diff)
+
+    sign = subparsers.add_parser(
+        "sign",
+        help="sign a manifest with an Ed25519 key",
+        description="Create a key with `openssl genpkey -algorithm ed25519 -out key.pem` and give auditors "
+        "`openssl pkey -in key.pem -pubout -out signer.pem`.",
+    )
+    sign.add_argument("manifest", metavar="MANIFEST")
+    sign.add_argument("--key", required=True, metavar="KEY.pem", help="Ed25519 private key (PEM, unencrypted)")
+    sign.add_argument("-o", "--output", metavar="FILE", help="signature file (default: MANIFEST.sig)")
+    sign.set_defaults(func=run_sign)
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    manifest = Manifest.read(args.manifest)
+    keys = KeysFile.read(args.keys) if args.keys else None
+    report = verify_image(args.reference, manifest, keys=keys, sgxs_out=args.sgxs, platform=args.platform)
+    if args.signer:
+        check_signature(report, args.manifest, args.signature or f"{args.manifest}.sig", args.signer)
+    if args.json:
+        json.dump(report.to_dict(), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print_report(report)
+    return 0 if report.ok else EXIT_MISMATCH
+
+
+def print_report(report: VerifyReport) -> None:
+    from rich.table import Table
+
+    table = Table(title=f"sconify verify {report.reference}")
+    table.add_column("check")
+    table.add_column("result")
+    table.add_column("detail", overflow="fold")
+    for check in report.checks:
+        table.add_row(check.name, "[green]ok[/green]" if check.ok else "[bold red]FAIL[/bold red]", check.detail)
+    console().print(table)
+    failed = sum(not c.ok for c in report.checks)
+    console().print(f"{len(report.checks) - failed} checks passed, {failed} failed")
+
+
+def run_measure(args: argparse.Namespace) -> int:
+    image = read_image(args.reference, platform=args.platform)
+    labels = image_labels(image)
+    fs = RootFS.from_image(image)
+    if args.binary or not labels.get(LABEL_PREFIX + "executable"):
+        path = "/" + find_executable(fs, image.config, binary=args.binary, recipe_spec=None if args.binary else None).path
+    else:
+        path = labels[LABEL_PREFIX + "executable"]
+
+    def parameter(value, label: str, default: int) -> int:
+        if value is not None:
+            return value
+        return int(labels.get(LABEL_PREFIX + label, default))
+
+    params = {
+        "heap_size": parameter(args.heap_size, "heap-size", M.DEFAULT_HEAP_SIZE),
+        "stack_size": parameter(args.stack_size, "stack-size", M.DEFAULT_STACK_SIZE),
+        "threads": parameter(args.threads, "threads", M.DEFAULT_THREADS),
+    }
+    with tempfile.TemporaryDirectory(prefix="sconify-measure-") as work:
+        exe = Path(work, "executable")
+        copy_out(fs, fs.resolve(path), exe)
+        measurement = M.measure_elf(exe, **params)
+        if args.sgxs:
+            measurement.write_sgxs(args.sgxs)
+    if args.json:
+        json.dump({"executable": path, "mrenclave": measurement.mrenclave, "enclave_size": measurement.enclave_size,
+                   **params}, sys.stdout, indent=2, sort_keys=True)
+        sys.stdout.write("\n")
+    else:
+        print(f"MRENCLAVE {measurement.mrenclave} {path} heap={params['heap_size']} stack={params['stack_size']} threads={params['threads']}")
+    return 0
+
+
+def run_diff(args: argparse.Namespace) -> int:
+    lines = diff_images(args.reference_a, args.reference_b, platform=args.platform)
+    if args.json:
+        json.dump({"same": not lines, "differences": [{"what": w, "detail": d} for w, d in lines]}, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    elif not lines:
+        print("the images agree: same executable, measurement, embedded files and protected paths")
+    else:
+        from rich.table import Table
+
+        table = Table(title=f"{args.reference_a} -> {args.reference_b}")
+        table.add_column("what")
+        table.add_column("detail", overflow="fold")
+        for what, detail in lines:
+            table.add_row(what, detail)
+        console().print(table)
+    return 0 if not lines else EXIT_MISMATCH
+
+
+def run_sign(args: argparse.Namespace) -> int:
+    output = args.output or f"{args.manifest}.sig"
+    public = sign_manifest(args.manifest, args.key, output)
+    print(f"signed {args.manifest} -> {output} (ed25519 public key {public})")
+    return 0

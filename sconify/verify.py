@@ -1,0 +1,466 @@
+"""Auditing a sconified image: recompute every figure of its manifest from the image alone.
+
+``verify_image`` reads the output image (any transport), and checks, each as a named ``Check``:
+image identity (config digest, diff_ids, reused input layers, labels), the executable's SHA-256,
+its embedfs (root hash, every member hash, the original executable underneath), MRENCLAVE (from
+the manifest's parameters), that embedded files are gone from the rootfs, the fspf tag and,
+given the keys, every protected file through the shield. Nothing here trusts the machine that
+built the image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from embedfs.elf import find_embedded, open_embedded, restore_original
+from embedfs.errors import EmbedfsError
+from embedfs.measure import measure_elf
+from sconify.atomic import atomic_write_bytes
+from sconify.errors import UsageError
+from sconify.fspf import Shield
+from sconify.fspf.errors import FspfError
+from sconify.fspf.format import tag_of
+from sconify.image.model import Image
+from sconify.image.rootfs import RootFS
+from sconify.image.transports import read_image
+from sconify.keys import KeysFile
+from sconify.manifest import Manifest
+from sconify.select import absolute, is_regular, iter_tree, rel, try_resolve
+from sconify.spool import Spool
+
+SIGNATURE_SCHEMA = "sconify.signature/v1"
+LABEL_PREFIX = "io.sconify."
+MAX_DIFFERENCES_SHOWN = 5
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str = ""  # for a failure: what differs; for a pass: what was checked
+
+
+@dataclass
+class VerifyReport:
+    reference: str
+    checks: list[Check] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return all(check.ok for check in self.checks)
+
+    def add(self, name: str, ok: bool, detail: str = "") -> Check:
+        check = Check(name, ok, detail)
+        self.checks.append(check)
+        return check
+
+    def to_dict(self) -> dict:
+        return {
+            "reference": self.reference,
+            "ok": self.ok,
+            "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
+        }
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def differences(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
+    """Human lines for keys missing, added or with another value."""
+    lines = []
+    for key in sorted(set(expected) | set(actual)):
+        if key not in actual:
+            lines.append(f"{key} missing")
+        elif key not in expected:
+            lines.append(f"{key} added")
+        elif expected[key] != actual[key]:
+            lines.append(f"{key} differs")
+    return lines
+
+
+def summarise(lines: list[str]) -> str:
+    shown = "; ".join(lines[:MAX_DIFFERENCES_SHOWN])
+    more = len(lines) - MAX_DIFFERENCES_SHOWN
+    return shown + (f"; and {more} more" if more > 0 else "")
+
+
+def copy_out(fs: RootFS, path: str, target: Path) -> None:
+    for _entry, stream in fs.iter_files([path]):
+        with target.open("wb") as out:
+            for chunk in iter(lambda: stream.read(1 << 20), b""):
+                out.write(chunk)
+        return
+
+
+def verify_image(
+    reference: str,
+    manifest: Manifest,
+    *,
+    keys: KeysFile | None = None,
+    sgxs_out: str | None = None,
+    platform: str | None = None,
+) -> VerifyReport:
+    """Recompute every figure of ``manifest`` from the image at ``reference``."""
+    report = VerifyReport(reference)
+    image = read_image(reference, platform=platform)
+    check_identity(report, image, manifest)
+    fs = RootFS.from_image(image)  # reads every layer: digests and diff_ids are checked
+    with tempfile.TemporaryDirectory(prefix="sconify-verify-") as work:
+        exe = Path(work, "executable")
+        exe_path = try_resolve(fs, manifest.executable.path)
+        if exe_path is None or not is_regular(fs.entries[exe_path]):
+            report.add("executable", False, f"{manifest.executable.path} is not a file in the image")
+            return report
+        copy_out(fs, exe_path, exe)
+        check_executable(report, exe, manifest, Path(work))
+        check_measurement(report, exe, manifest, sgxs_out)
+        check_removed(report, fs, manifest)
+        check_fspf(report, fs, manifest, keys)
+    return report
+
+
+def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> None:
+    out = manifest.output
+    report.add(
+        "image config digest",
+        image.config_digest == out.config_digest,
+        image.config_digest if image.config_digest == out.config_digest
+        else f"image has {image.config_digest}, manifest records {out.config_digest}",
+    )
+    diff_ids = list(image.diff_ids)
+    if diff_ids == out.diff_ids:
+        report.add("layer diff_ids", True, f"{len(diff_ids)} layers")
+    else:
+        changed = [
+            f"layer {i}: image {a[:19]}..., manifest {b[:19]}..."
+            for i, (a, b) in enumerate(zip(diff_ids, out.diff_ids)) if a != b
+        ]
+        if len(diff_ids) != len(out.diff_ids):
+            changed.insert(0, f"image has {len(diff_ids)} layers, manifest {len(out.diff_ids)}")
+        report.add("layer diff_ids", False, summarise(changed))
+    base = manifest.input.diff_ids
+    report.add(
+        "input layers reused byte for byte",
+        diff_ids[: len(base)] == base,
+        f"{len(base)} input layers" if diff_ids[: len(base)] == base else "the image's lower layers are not the input's",
+    )
+    layer_digests = [layer.digest for layer in image.layers]
+    if out.layer_digests and len(layer_digests) == len(out.layer_digests) and all(
+        layer.compression == "zstd" for layer in image.layers[-2:]
+    ):
+        report.add(
+            "layer blob digests",
+            layer_digests == out.layer_digests,
+            "as written" if layer_digests == out.layer_digests
+            else summarise([f"layer {i} blob differs" for i, (a, b) in enumerate(zip(layer_digests, out.layer_digests)) if a != b]),
+        )
+    labels = (image.config.get("config") or {}).get("Labels") or {}
+    label = labels.get(LABEL_PREFIX + "mrenclave")
+    report.add(
+        "config label io.sconify.mrenclave",
+        label == manifest.measurement.mrenclave,
+        "matches the manifest" if label == manifest.measurement.mrenclave else f"label is {label!r}",
+    )
+
+
+def check_executable(report: VerifyReport, exe: Path, manifest: Manifest, work: Path) -> None:
+    actual = sha256_file(exe)
+    expected = manifest.executable.sconified_sha256
+    report.add(
+        f"executable {manifest.executable.path} sha256",
+        actual == expected,
+        actual if actual == expected else f"image has {actual}, manifest records {expected}",
+    )
+    if find_embedded(exe) is None:
+        report.add("embedfs present", False, f"{manifest.executable.path} carries no embedfs")
+        return
+    try:
+        archive = open_embedded(exe)
+    except EmbedfsError as exc:
+        report.add("embedfs root hash", False, str(exc))
+        return
+    with archive:
+        report.add(
+            "embedfs root hash",
+            archive.root_hash == manifest.embedfs.root_hash,
+            archive.root_hash if archive.root_hash == manifest.embedfs.root_hash
+            else f"image has {archive.root_hash}, manifest records {manifest.embedfs.root_hash}",
+        )
+        try:
+            verified = archive.verify()
+            report.add("embedfs file hashes", True, f"{verified.file_count} files, {verified.content_bytes} bytes")
+        except EmbedfsError as exc:
+            report.add("embedfs file hashes", False, str(exc))
+        actual_files = {absolute(m.path): m.sha256 for m in archive.list()}
+    lines = differences(manifest.embedfs.files, actual_files)
+    report.add(
+        "embedded files match the manifest",
+        not lines,
+        f"{len(actual_files)} files" if not lines else summarise(lines),
+    )
+    original = work / "original"
+    try:
+        restore_original(exe, original)
+        actual_original = sha256_file(original)
+        expected_original = manifest.executable.original_sha256
+        report.add(
+            "original executable under the embedfs",
+            actual_original == expected_original,
+            actual_original if actual_original == expected_original
+            else f"restored {actual_original}, manifest records {expected_original}",
+        )
+    except EmbedfsError as exc:
+        report.add("original executable under the embedfs", False, str(exc))
+
+
+def check_measurement(report: VerifyReport, exe: Path, manifest: Manifest, sgxs_out: str | None) -> None:
+    params = manifest.measurement
+    measurement = measure_elf(
+        exe, heap_size=params.heap_size, stack_size=params.stack_size, threads=params.threads,
+        ssa_frame_size=params.ssa_frame_size,
+    )
+    described = f"heap {params.heap_size}, stack {params.stack_size}, {params.threads} threads"
+    report.add(
+        "MRENCLAVE",
+        measurement.mrenclave == params.mrenclave,
+        f"{measurement.mrenclave} ({described})" if measurement.mrenclave == params.mrenclave
+        else f"recomputed {measurement.mrenclave} with the manifest's parameters ({described}), "
+        f"manifest records {params.mrenclave}",
+    )
+    if measurement.enclave_size != params.enclave_size:
+        report.add("enclave size", False, f"recomputed {measurement.enclave_size}, manifest records {params.enclave_size}")
+    if sgxs_out:
+        measurement.write_sgxs(sgxs_out)
+
+
+def check_removed(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
+    present = [path for path in manifest.embedfs.removed if rel(path) in fs.entries]
+    report.add(
+        "embedded files absent from the rootfs",
+        not present,
+        f"{len(manifest.embedfs.removed)} files" if not present else summarise([f"{p} still present" for p in present]),
+    )
+
+
+def check_fspf(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysFile | None) -> None:
+    fspf_path = try_resolve(fs, manifest.fspf.path)
+    if fspf_path is None or not is_regular(fs.entries[fspf_path]):
+        report.add("fspf tag", False, f"{manifest.fspf.path} is not a file in the image")
+        return
+    data = fs.read(fspf_path)
+    try:
+        tag = tag_of(data).hex()
+    except FspfError as exc:
+        report.add("fspf tag", False, str(exc))
+        return
+    report.add(
+        "fspf tag",
+        tag == manifest.fspf.tag,
+        tag if tag == manifest.fspf.tag
+        else f"image has {tag}, manifest records {manifest.fspf.tag} (an older or different fspf)",
+    )
+    if keys is None:
+        return
+    if keys.fspf_tag.hex() != manifest.fspf.tag:
+        report.add("keys file", False, "the keys file is for another fspf (its tag differs from the manifest's)")
+        return
+    protected_roots = [rel(r["path"]) for r in manifest.fspf.regions if r["protection"] != "not-protected" and r["kind"] == "kernel"]
+    present = sorted(
+        path
+        for root in protected_roots
+        if (resolved := try_resolve(fs, "/" + root)) is not None and fs.entries[resolved].kind == "dir"
+        for path, entry in iter_tree(fs, resolved)
+        if is_regular(entry) and path != fspf_path
+    )
+    if "" in protected_roots:
+        present = sorted(
+            path for path, entry in fs.entries.items() if is_regular(entry) and path != fspf_path
+        )
+    with Spool() as spool:
+        extents = {entry.path: spool.append_stream(stream, entry.size) for entry, stream in fs.iter_files(present)}
+
+        def opener(path: str):
+            extent = extents.get(rel(path))
+            if extent is None:
+                raise FileNotFoundError(path)
+            return spool.open(extent)
+
+        try:
+            shield = Shield(data, keys.fspf_key, keys.fspf_tag, opener=opener)
+            result = shield.verify_all(present=[absolute(p) for p in present])
+        except FspfError as exc:
+            report.add("protected files", False, str(exc))
+            return
+    problems = [str(problem) for problem in result.problems]
+    report.add(
+        "protected files (through the shield)",
+        result.ok,
+        f"{result.files} files, {result.bytes} bytes" if result.ok else summarise(problems),
+    )
+    recorded = set(manifest.fspf.files)
+    listed = {absolute(p) for p in present} & recorded
+    if recorded - listed:
+        report.add("protected files present", False, summarise([f"{p} missing" for p in sorted(recorded - listed)]))
+
+
+# --- signatures ---------------------------------------------------------------------------
+
+
+def load_private_key(path: str) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
+    except OSError as exc:
+        raise UsageError(f"cannot read signing key {path}: {exc.strerror}") from None
+    except (ValueError, TypeError):
+        raise UsageError(
+            f"{path} is not an unencrypted PEM private key; create one with "
+            "`openssl genpkey -algorithm ed25519 -out key.pem`"
+        ) from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise UsageError(f"{path} is not an Ed25519 key; create one with `openssl genpkey -algorithm ed25519 -out key.pem`")
+    return key
+
+
+def load_public_key(path: str) -> Ed25519PublicKey:
+    try:
+        key = serialization.load_pem_public_key(Path(path).read_bytes())
+    except OSError as exc:
+        raise UsageError(f"cannot read signer key {path}: {exc.strerror}") from None
+    except ValueError:
+        raise UsageError(
+            f"{path} is not a PEM public key; export it with `openssl pkey -in key.pem -pubout -out signer.pem`"
+        ) from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise UsageError(f"{path} is not an Ed25519 public key")
+    return key
+
+
+def raw_public(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def sign_manifest(manifest_path: str, key_path: str, signature_path: str) -> str:
+    """Sign the exact bytes of the manifest; returns the signer's public key (hex)."""
+    key = load_private_key(key_path)
+    try:
+        data = Path(manifest_path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"cannot read manifest {manifest_path}: {exc.strerror}") from None
+    Manifest.from_dict(json.loads(data))  # only sign something that is a manifest
+    public = raw_public(key.public_key()).hex()
+    doc = {
+        "schema": SIGNATURE_SCHEMA,
+        "algorithm": "ed25519",
+        "manifest_sha256": hashlib.sha256(data).hexdigest(),
+        "public_key": public,
+        "signature": key.sign(data).hex(),
+    }
+    atomic_write_bytes(signature_path, (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode())
+    return public
+
+
+def check_signature(report: VerifyReport, manifest_path: str, signature_path: str, signer_path: str) -> None:
+    signer = load_public_key(signer_path)
+    data = Path(manifest_path).read_bytes()
+    try:
+        doc = json.loads(Path(signature_path).read_text())
+        signature = bytes.fromhex(doc["signature"])
+        claimed = bytes.fromhex(doc["public_key"])
+    except OSError as exc:
+        report.add("manifest signature", False, f"cannot read {signature_path}: {exc.strerror}")
+        return
+    except (ValueError, KeyError, TypeError):
+        report.add("manifest signature", False, f"{signature_path} is not a sconify signature file")
+        return
+    if claimed != raw_public(signer):
+        report.add("manifest signature", False, f"signed by another key ({claimed.hex()[:16]}...), not by {signer_path}")
+        return
+    try:
+        signer.verify(signature, data)
+    except InvalidSignature:
+        report.add("manifest signature", False, "the signature does not match the manifest's bytes (manifest or signature changed)")
+        return
+    report.add("manifest signature", True, f"ed25519 by {claimed.hex()[:16]}...")
+
+
+# --- measure and diff ---------------------------------------------------------------------
+
+
+def image_labels(image: Image) -> dict[str, str]:
+    return dict((image.config.get("config") or {}).get("Labels") or {})
+
+
+@dataclass
+class SconifiedImage:
+    """What an image says about itself without a manifest: labels, executable, embedfs."""
+
+    reference: str
+    labels: dict[str, str]
+    executable: str
+    members: dict[str, str]  # path -> sha256
+    mrenclave_label: str
+    protected_paths: list[str]  # paths the data layer writes (ciphertext), fspf excluded
+
+
+def open_sconified(reference: str, work: Path, platform: str | None = None) -> SconifiedImage:
+    image = read_image(reference, platform=platform)
+    labels = image_labels(image)
+    executable = labels.get(LABEL_PREFIX + "executable")
+    if not executable:
+        raise UsageError(f"{reference} carries no {LABEL_PREFIX}executable label: it was not written by sconify-image")
+    fs = RootFS.from_image(image)
+    exe_path = try_resolve(fs, executable)
+    if exe_path is None or not is_regular(fs.entries[exe_path]):
+        raise UsageError(f"{reference}: the labelled executable {executable} is missing from the image")
+    target = work / f"exe-{len(list(work.iterdir()))}"
+    copy_out(fs, exe_path, target)
+    try:
+        with open_embedded(target) as archive:
+            members = {absolute(m.path): m.sha256 for m in archive.list()}
+    except EmbedfsError as exc:
+        raise UsageError(f"{reference}: {exc}") from None
+    fspf = labels.get(LABEL_PREFIX + "fspf.path", "")
+    data_layer = len(image.layers) - 1
+    protected = sorted(
+        absolute(path) for path, entry in fs.entries.items()
+        if entry.layer_index == data_layer and is_regular(entry) and absolute(path) != fspf
+    )
+    return SconifiedImage(reference, labels, executable, members, labels.get(LABEL_PREFIX + "mrenclave", ""), protected)
+
+
+def diff_images(ref_a: str, ref_b: str, platform: str | None = None) -> list[tuple[str, str]]:
+    """(what, how it differs) lines between two sconified images; empty when they agree."""
+    with tempfile.TemporaryDirectory(prefix="sconify-diff-") as work:
+        a = open_sconified(ref_a, Path(work), platform)
+        b = open_sconified(ref_b, Path(work), platform)
+    lines: list[tuple[str, str]] = []
+    if a.executable != b.executable:
+        lines.append(("executable", f"{a.executable} -> {b.executable}"))
+    for name in ("mrenclave", "heap-size", "stack-size", "threads", "embedfs.root-hash", "version"):
+        va, vb = a.labels.get(LABEL_PREFIX + name), b.labels.get(LABEL_PREFIX + name)
+        if va != vb:
+            lines.append((name, f"{va} -> {vb}"))
+    for path in sorted(set(a.members) | set(b.members)):
+        if path not in b.members:
+            lines.append(("embedded file removed", path))
+        elif path not in a.members:
+            lines.append(("embedded file added", path))
+        elif a.members[path] != b.members[path]:
+            lines.append(("embedded file changed", path))
+    for path in sorted(set(a.protected_paths) ^ set(b.protected_paths)):
+        lines.append(("protected file " + ("removed" if path in a.protected_paths else "added"), path))
+    return lines
