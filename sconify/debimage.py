@@ -34,7 +34,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Iterable, Iterator
+from typing import IO, Iterable
 
 from sconify.errors import EnvironmentProblem, UsageError
 
@@ -366,36 +366,48 @@ def unavailable_message(packages: list[DebPackage], apt_output: str) -> str:
 def read_deb(deb_path: Path, mtime_limit: int) -> list[LayerEntry]:
     """The entries of a .deb's data tar, streamed through ``dpkg-deb --fsys-tarfile``."""
     dpkg_deb = require_tool("dpkg-deb", "building the demo images needs dpkg (apt-get install dpkg)")
+    with subprocess.Popen([dpkg_deb, "--fsys-tarfile", str(deb_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        assert proc.stdout is not None and proc.stderr is not None
+        try:
+            entries = data_tar_entries(proc.stdout, f"{deb_path.name}:", mtime_limit)
+        except (tarfile.TarError, KeyError):
+            entries = None
+        proc.stdout.close()
+        stderr = proc.stderr.read().decode(errors="replace")
+    if proc.wait() != 0 or entries is None:
+        raise UsageError(f"{deb_path} is not a readable Debian package ({' '.join(stderr.split())}); delete it from the cache and rerun")
+    return entries
+
+
+def data_tar_entries(stream: IO[bytes], group_prefix: str, mtime_limit: int) -> list[LayerEntry]:
+    """Layer entries of a Debian data tar; hardlinks become files sharing a ``link_group``."""
     entries: list[LayerEntry] = []
     file_data: dict[str, bytes] = {}
-    with subprocess.Popen([dpkg_deb, "--fsys-tarfile", str(deb_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
-        assert proc.stdout is not None
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                path = normalise_member_name(member.name)
-                skipped = not path or path.startswith(SKIPPED_PREFIXES) or is_skipped_doc(path)
-                if skipped:
-                    if member.isfile():  # kept only as a possible hardlink target
-                        file_data[path] = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    continue
-                mtime = min(int(member.mtime), mtime_limit)
-                if member.isdir():
-                    entries.append(LayerEntry(path, "dir", member.mode, mtime=mtime))
-                elif member.issym():
-                    entries.append(LayerEntry(path, "symlink", 0o777, linkname=member.linkname, mtime=mtime))
-                elif member.islnk():
-                    target = normalise_member_name(member.linkname)
-                    entries.append(LayerEntry(path, "file", member.mode, file_data[target], mtime=mtime, link_group=target))
-                elif member.isfile():
-                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    file_data[path] = data
-                    entries.append(LayerEntry(path, "file", member.mode, data, mtime=mtime))
-                # device nodes and fifos do not occur in these packages; they are dropped
-        stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-    if proc.returncode != 0:
-        raise UsageError(f"{deb_path} is not a readable Debian package ({stderr.strip()}); delete it from the cache and rerun")
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            path = normalise_member_name(member.name)
+            skipped = not path or path.startswith(SKIPPED_PREFIXES) or is_skipped_doc(path)
+            if skipped:
+                if member.isfile():  # kept only as a possible hardlink target
+                    file_data[path] = tar.extractfile(member).read()  # type: ignore[union-attr]
+                continue
+            mtime = min(int(member.mtime), mtime_limit)
+            if member.isdir():
+                entries.append(LayerEntry(path, "dir", member.mode, mtime=mtime))
+            elif member.issym():
+                entries.append(LayerEntry(path, "symlink", 0o777, linkname=member.linkname, mtime=mtime))
+            elif member.islnk():
+                target = normalise_member_name(member.linkname)
+                entries.append(LayerEntry(path, "file", member.mode, file_data[target], mtime=mtime,
+                                          link_group=group_prefix + target))
+            elif member.isfile():
+                data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                file_data[path] = data
+                entries.append(LayerEntry(path, "file", member.mode, data, mtime=mtime))
+            # device nodes and fifos do not occur in these packages; they are dropped
     linked = {e.link_group for e in entries if e.link_group}
-    return [replace(e, link_group=e.path) if e.path in linked and not e.link_group else e for e in entries]
+    return [replace(e, link_group=group_prefix + e.path) if group_prefix + e.path in linked and not e.link_group else e
+            for e in entries]
 
 
 def is_skipped_doc(path: str) -> bool:
@@ -791,8 +803,3 @@ def build_image(name: str, cache: Path | None = None, compression: str = DEFAULT
         raise EnvironmentProblem(f"could not store the demo image in {layout}; check that {cache} is writable or set SCONIFY_CACHE")
     return layout
 
-
-def iter_layer_members(tar_path: Path) -> Iterator[tarfile.TarInfo]:
-    """Headers of an uncompressed layer tar (for inspection and tests)."""
-    with tarfile.open(tar_path, mode="r:") as tar:
-        yield from tar

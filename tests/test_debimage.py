@@ -89,6 +89,7 @@ def test_base_layer_is_the_debian_closure_with_its_symlinks(python_image):
     assert base["usr/bin/pydoc3.11"].isfile()  # deleted again by the app layer
     assert base["etc/sconify-demo/legacy.conf"].isfile()  # hidden by the app layer's opaque dir
     assert base["tmp"].isdir() and base["tmp"].mode == 0o1777
+    assert base["usr/bin/perl5.36.0"].islnk() and base["usr/bin/perl5.36.0"].linkname == "usr/bin/perl"  # Debian's own hardlink
     assert sum(1 for m in base.values() if m.issym()) > 50
 
 
@@ -241,3 +242,10 @@ def test_dockerfile_builds_an_image_that_runs_sconify_offline(docker_client, tmp
                 docker_client.images.remove(tag, force=True)
             except docker.errors.ImageNotFound:
                 pass
+
+
+def test_a_corrupt_cached_package_is_named_with_the_fix(tmp_path):
+    broken = tmp_path / "python3_3.11.2-1+b1_amd64.deb"
+    broken.write_bytes(b"!<arch>\nnot really a package")
+    with pytest.raises(UsageError, match=r"python3_3\.11\.2-1\+b1_amd64\.deb is not a readable Debian package.*delete it"):
+        debimage.read_deb(broken, debimage.DEFAULT_EPOCH)
