@@ -1,0 +1,275 @@
+"""sconify verify / measure / diff / sign: an auditor recomputes every figure from the image.
+
+A clean conversion of each real image verifies; then each single change an attacker (or a
+broken build) could make is caught, and the failing check names what differs.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+import subprocess
+import sys
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from embedfs.archive import ArchiveEntry, pack
+from embedfs.elf import inject, open_embedded, restore_original
+from sconify.image.model import Layer, canonical_json, make_image
+from sconify.image.mutate import append_layers
+from sconify.image.rootfs import RootFS
+from sconify.image.transports import read_image, write_image
+from sconify.manifest import Manifest
+from sconify.pipeline import FSPF_PATH, ConvertOptions, sconify_image
+
+
+@dataclass
+class Output:
+    ref: str
+    manifest_path: Path
+    keys_path: Path
+    tmp: Path
+
+    @property
+    def manifest(self) -> Manifest:
+        return Manifest.read(self.manifest_path)
+
+
+def convert(source: str, tmp: Path) -> Output:
+    tmp.mkdir(parents=True, exist_ok=True)
+    ref = f"oci:{tmp / 'out'}:v"
+    sconify_image(
+        ConvertOptions(
+            source=source, destination=ref, encrypted_dirs=["/app/data"], authenticated_dirs=["/etc/sconify-demo"],
+            manifest_out=str(tmp / "manifest.json"), session_out=str(tmp / "session.yaml"), keys_out=str(tmp / "keys.json"),
+        )
+    )
+    return Output(ref, tmp / "manifest.json", tmp / "keys.json", tmp)
+
+
+@pytest.fixture(scope="module")
+def python_out(python_image, tmp_path_factory) -> Output:
+    return convert(f"oci:{python_image}:latest", tmp_path_factory.mktemp("verify-py"))
+
+
+@pytest.fixture(scope="module")
+def node_out(node_image, tmp_path_factory) -> Output:
+    return convert(f"oci:{node_image}:latest", tmp_path_factory.mktemp("verify-node"))
+
+
+def sconify(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "sconify", *args], capture_output=True, text=True, timeout=600, check=False)
+
+
+def verify(ref: str, manifest: Path, *extra: str) -> tuple[int, dict]:
+    result = sconify("verify", ref, "--manifest", str(manifest), "--json", *extra)
+    assert "Traceback" not in result.stderr, result.stderr
+    if result.returncode == 2:
+        pytest.fail(f"verify could not read its input: {result.stderr}")
+    return result.returncode, json.loads(result.stdout)
+
+
+def failed(report: dict) -> dict[str, str]:
+    return {check["name"]: check["detail"] for check in report["checks"] if not check["ok"]}
+
+
+def with_files(out: Output, files: dict[str, bytes], tmp: Path, name: str) -> str:
+    """The output image with one more layer that replaces ``files`` (a tampered copy)."""
+    image = read_image(out.ref)
+    fs = RootFS.from_image(image)
+    tar_path = tmp / f"{name}.tar"
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        for path, data in sorted(files.items()):
+            entry = fs.entries.get(path.lstrip("/"))
+            info = tarfile.TarInfo(path.lstrip("/"))
+            info.size, info.mode = len(data), entry.mode if entry else 0o644
+            tar.addfile(info, io.BytesIO(data))
+    ref = f"oci:{tmp / (name + '-image')}:t"
+    write_image(append_layers(image, [Layer.from_tar_file(tar_path, "zstd")]), ref)
+    return ref
+
+
+def read_file(ref: str, path: str) -> bytes:
+    return RootFS.from_image(read_image(ref)).read(path.lstrip("/"))
+
+
+# --- clean outputs ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["python_out", "node_out"])
+def test_clean_output_verifies_with_and_without_keys(which, request, tmp_path):
+    out = request.getfixturevalue(which)
+    code, report = verify(out.ref, out.manifest_path)
+    assert code == 0, failed(report)
+    code, report = verify(out.ref, out.manifest_path, "--keys", str(out.keys_path), "--sgxs", str(tmp_path / "enclave.sgxs"))
+    assert code == 0, failed(report)
+    names = {check["name"] for check in report["checks"]}
+    assert {"MRENCLAVE", "embedfs root hash", "fspf tag", "protected files (through the shield)"} <= names
+    import hashlib
+
+    assert hashlib.sha256((tmp_path / "enclave.sgxs").read_bytes()).hexdigest() == out.manifest.measurement.mrenclave
+
+
+def test_verify_reads_the_image_through_another_transport(python_out, tmp_path):
+    archive = tmp_path / "out.tar"
+    write_image(read_image(python_out.ref), f"docker-archive:{archive}:audit/python:1")
+    code, report = verify(f"docker-archive:{archive}", python_out.manifest_path, "--keys", str(python_out.keys_path))
+    assert code == 0, failed(report)
+
+
+# --- single changes, each caught and named ------------------------------------------------
+
+
+def test_one_byte_in_one_embedded_file_is_named(python_out, tmp_path):
+    manifest = python_out.manifest
+    exe = tmp_path / "exe"
+    exe.write_bytes(read_file(python_out.ref, manifest.executable.path))
+    victim = "usr/lib/python3.11/json/decoder.py"
+    with open_embedded(exe) as archive:
+        entries = []
+        for member in archive.list():
+            if member.kind == "symlink":
+                entries.append(ArchiveEntry(member.path, "symlink", member.mode, member.uid, member.gid, 0, member.linkname))
+                continue
+            data = bytearray(archive.read(member.path))
+            if member.path == victim:
+                data[100] ^= 0x01
+            entries.append(ArchiveEntry(member.path, "file", member.mode, member.uid, member.gid, len(data), source=bytes(data)))
+    with (tmp_path / "evil.embedfs").open("wb") as handle:
+        pack(entries, handle)
+    restore_original(exe, tmp_path / "orig")
+    inject(tmp_path / "orig", tmp_path / "evil.embedfs", tmp_path / "evil")
+    ref = with_files(python_out, {manifest.executable.path: (tmp_path / "evil").read_bytes()}, tmp_path, "evil")
+    code, report = verify(ref, python_out.manifest_path)
+    assert code == 1
+    problems = failed(report)
+    assert "/" + victim in problems["embedded files match the manifest"]
+    assert "MRENCLAVE" in problems and "embedfs root hash" in problems
+
+
+def test_heap_size_changed_in_the_manifest_is_caught(python_out, tmp_path):
+    doc = json.loads(python_out.manifest_path.read_text())
+    doc["measurement"]["heap_size"] *= 2
+    tampered = tmp_path / "manifest.json"
+    tampered.write_text(json.dumps(doc))
+    code, report = verify(python_out.ref, tampered)
+    assert code == 1
+    problems = failed(report)
+    assert {"MRENCLAVE"} <= set(problems) <= {"MRENCLAVE", "enclave size"}
+    assert f"heap {doc['measurement']['heap_size']}" in problems["MRENCLAVE"]
+
+
+def test_file_added_to_an_authenticated_region_is_named(python_out, tmp_path):
+    ref = with_files(python_out, {"/etc/sconify-demo/extra.json": b"{}"}, tmp_path, "added")
+    code, report = verify(ref, python_out.manifest_path, "--keys", str(python_out.keys_path))
+    assert code == 1
+    assert "/etc/sconify-demo/extra.json" in failed(report)["protected files (through the shield)"]
+
+
+def test_one_byte_in_an_encrypted_file_is_named(node_out, tmp_path):
+    path = "/app/data/readings.csv"
+    data = bytearray(read_file(node_out.ref, path))
+    data[len(data) // 2] ^= 0x80
+    ref = with_files(node_out, {path: bytes(data)}, tmp_path, "flip")
+    code, report = verify(ref, node_out.manifest_path, "--keys", str(node_out.keys_path))
+    assert code == 1
+    problems = failed(report)
+    assert path in problems["protected files (through the shield)"]
+    assert "layer diff_ids" in problems  # the image itself changed too
+
+
+def test_rolled_back_fspf_is_caught(python_image, python_out, tmp_path):
+    older = convert(f"oci:{python_image}:latest", tmp_path / "older")
+    old_fspf = read_file(older.ref, FSPF_PATH)
+    ref = with_files(python_out, {FSPF_PATH: old_fspf}, tmp_path, "rollback")
+    code, report = verify(ref, python_out.manifest_path, "--keys", str(python_out.keys_path))
+    assert code == 1
+    problems = failed(report)
+    assert "older or different fspf" in problems["fspf tag"]
+
+
+def test_swapped_layer_is_named(python_image, python_out, tmp_path):
+    other = convert(f"oci:{python_image}:latest", tmp_path / "other")
+    mine, theirs = read_image(python_out.ref), read_image(other.ref)
+    config = mine.config
+    config["rootfs"]["diff_ids"][-1] = theirs.layers[-1].diff_id
+    swapped = make_image(canonical_json(config), mine.layers[:-1] + theirs.layers[-1:], "swapped")
+    ref = f"oci:{tmp_path / 'swapped'}:s"
+    write_image(swapped, ref)
+    code, report = verify(ref, python_out.manifest_path)
+    assert code == 1
+    problems = failed(report)
+    assert "layer 3" in problems["layer diff_ids"]
+    assert "fspf tag" in problems
+
+
+def test_manifest_signature(python_out, tmp_path):
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "key.pem").write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    (tmp_path / "signer.pem").write_bytes(
+        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    other = Ed25519PrivateKey.generate()
+    (tmp_path / "other.pem").write_bytes(
+        other.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    manifest = tmp_path / "manifest.json"
+    shutil.copy(python_out.manifest_path, manifest)
+    signed = sconify("sign", str(manifest), "--key", str(tmp_path / "key.pem"))
+    assert signed.returncode == 0, signed.stderr
+    code, report = verify(python_out.ref, manifest, "--signer", str(tmp_path / "signer.pem"))
+    assert code == 0, failed(report)
+    code, report = verify(python_out.ref, manifest, "--signer", str(tmp_path / "other.pem"))
+    assert code == 1 and "signed by another key" in failed(report)["manifest signature"]
+    doc = json.loads(manifest.read_text())
+    doc["tool"]["version"] = "9.9.9"
+    manifest.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    code, report = verify(python_out.ref, manifest, "--signer", str(tmp_path / "signer.pem"))
+    assert code == 1 and "does not match" in failed(report)["manifest signature"]
+
+
+# --- measure and diff ---------------------------------------------------------------------
+
+
+def test_measure_prints_the_manifest_mrenclave_without_the_manifest(python_out):
+    result = sconify("measure", python_out.ref, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["mrenclave"] == python_out.manifest.measurement.mrenclave
+    changed = sconify("measure", python_out.ref, "--threads", "2", "--json")
+    assert json.loads(changed.stdout)["mrenclave"] != python_out.manifest.measurement.mrenclave
+
+
+def test_diff_names_what_changed_between_two_conversions(python_image, python_out, tmp_path):
+    same = sconify("diff", python_out.ref, python_out.ref)
+    assert same.returncode == 0 and "agree" in same.stdout
+    bigger = tmp_path / "bigger"
+    bigger.mkdir()
+    sconify_image(
+        ConvertOptions(
+            source=f"oci:{python_image}:latest", destination=f"oci:{bigger / 'out'}:v", encrypted_dirs=["/app/data"],
+            heap_size=256 << 20, fs_files=["/etc/sconify-demo/defaults.json"],
+            manifest_out=str(bigger / "m.json"), session_out=str(bigger / "s.yaml"), keys_out=str(bigger / "k.json"),
+        )
+    )
+    result = sconify("diff", python_out.ref, f"oci:{bigger / 'out'}:v", "--json")
+    assert result.returncode == 1
+    found = {(d["what"], d["detail"]) for d in json.loads(result.stdout)["differences"]}
+    whats = {what for what, _ in found}
+    assert {"mrenclave", "heap-size", "embedfs.root-hash"} <= whats
+    assert ("embedded file added", "/etc/sconify-demo/defaults.json") in found
+
+
+def test_unreadable_inputs_exit_2_with_one_line(python_out, tmp_path):
+    missing = sconify("verify", f"oci:{tmp_path / 'nothing'}:x", "--manifest", str(python_out.manifest_path))
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    (tmp_path / "bad.json").write_text("{not json")
+    bad = sconify("verify", python_out.ref, "--manifest", str(tmp_path / "bad.json"))
+    assert bad.returncode == 2 and "not JSON" in bad.stderr and "Traceback" not in bad.stderr
