@@ -1,0 +1,463 @@
+"""sconify benchmarks: one command builds the inputs, runs every case and prints medians.
+
+    python bench/run.py                 # full run: 3 repetitions, synthetic images 0.25-2 GB
+    python bench/run.py --quick         # 1 repetition, small synthetic images (a few minutes)
+    python bench/run.py --only python --only embedfs --repeat 5 --json results.json
+
+Each of our figures sits next to a baseline measured in the same run on the same input:
+`skopeo copy` to an OCI layout with zstd, and a bare Python pass that only decompresses,
+re-tars and recompresses the layers (bench/repack.py). Wall time, CPU time (user+sys) and peak
+RSS come from os.wait4 on each child process. Inputs are cached in $SCONIFY_BENCH_CACHE
+(default ~/.cache/sconify/bench); outputs go to a temporary directory removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+
+from measure import CommandFailed, Summary, repeat  # noqa: E402
+from synth import cache_dir, uncompressed_rootfs_bytes  # noqa: E402
+
+GROUPS = ("python", "node", "synth", "scaling", "embedfs", "fspf")
+FULL_SIZES = (0.25, 0.5, 1.0, 2.0)
+QUICK_SIZES = (0.05, 0.1)
+MAIN_SIZE = 1.0  # the size the synthetic targets are about
+RSS_LIMIT_MB = 600
+
+
+@dataclass
+class Row:
+    """One line of the result table: our figure next to a baseline, and the target if any."""
+
+    case: str
+    ours: str  # what we ran
+    wall: float
+    cpu: float
+    peak_rss_mb: float
+    mb_per_s: float | None = None
+    baseline: str | None = None
+    baseline_wall: float | None = None
+    ratio: float | None = None  # ours / baseline wall time
+    target: str | None = None
+    met: bool | None = None
+
+
+@dataclass
+class Report:
+    rows: list[Row] = field(default_factory=list)
+    scaling: dict = field(default_factory=dict)
+    machine: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    work: Path
+    repeat: int
+    report: Report
+    sconify_outputs: dict[str, tuple[str, Path, float]] = field(default_factory=dict)  # case -> (ref, manifest, wall)
+
+
+# --- commands ------------------------------------------------------------------------------
+
+
+def sconify_argv(source: str, destination: str, outdir: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable, "-m", "sconify", "image", "--from", source, "--to", destination, *extra, "--json",
+        "--manifest-out", str(outdir / "manifest.json"), "--session-out", str(outdir / "session.yaml"),
+        "--keys-out", str(outdir / "keys.json"),
+    ]
+
+
+def skopeo_argv(source: str, destination: str) -> list[str]:
+    return ["skopeo", "copy", "--quiet", "--dest-compress-format", "zstd", source, destination]
+
+
+def fresh(*paths: Path):
+    """A before-each hook that removes ``paths`` so every run writes a new output."""
+    def clear() -> None:
+        for path in paths:
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+    return clear
+
+
+def verify_available() -> bool:
+    try:
+        import sconify.verify  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+# --- image cases ---------------------------------------------------------------------------
+
+
+def image_case(ctx: Context, name: str, layout: Path, data_args: list[str], targets: dict) -> Summary:
+    """sconify-image, skopeo copy (zstd) and the bare repack pass on one OCI layout."""
+    source = f"oci:{layout}:latest"
+    rootfs = uncompressed_rootfs_bytes(layout)
+    outdir = ctx.work / name
+    outdir.mkdir(parents=True, exist_ok=True)
+    out_image = outdir / "image"
+    ours = repeat(sconify_argv(source, f"oci:{out_image}:bench", outdir, *data_args), ctx.repeat,
+                  before_each=fresh(out_image))
+    mb_s = rootfs / 1e6 / ours.wall
+    skopeo_out = outdir / "skopeo"
+    skopeo = repeat(skopeo_argv(source, f"oci:{skopeo_out}:bench"), ctx.repeat, before_each=fresh(skopeo_out))
+    repack_out = outdir / "repack"
+    bare = repeat([sys.executable, str(BENCH / "repack.py"), str(layout), str(repack_out)], ctx.repeat,
+                  before_each=fresh(repack_out))
+    label = f"{name} ({rootfs / 1e6:.0f} MB rootfs)"
+    rows = ctx.report.rows
+    ratio = ours.wall / skopeo.wall
+    row = Row(label, "sconify-image", ours.wall, ours.cpu, ours.peak_rss_mb, mb_s,
+              "skopeo copy zstd", skopeo.wall, ratio)
+    if "skopeo_ratio" in targets:
+        row.target, row.met = f"<= {targets['skopeo_ratio']}x skopeo", ratio <= targets["skopeo_ratio"]
+    rows.append(row)
+    rows.append(Row(label, "sconify-image", ours.wall, ours.cpu, ours.peak_rss_mb, mb_s,
+                    "bare repack (Python)", bare.wall, ours.wall / bare.wall))
+    rows.append(Row(label, "  skopeo copy zstd", skopeo.wall, skopeo.cpu, skopeo.peak_rss_mb, rootfs / 1e6 / skopeo.wall))
+    rows.append(Row(label, "  bare repack", bare.wall, bare.cpu, bare.peak_rss_mb, rootfs / 1e6 / bare.wall))
+    if "mb_per_s" in targets:
+        rows.append(Row(label, "sconify-image MB/s", ours.wall, ours.cpu, ours.peak_rss_mb, mb_s,
+                        target=f">= {targets['mb_per_s']} MB/s", met=mb_s >= targets["mb_per_s"]))
+    rows.append(Row(label, "sconify-image RSS", ours.wall, ours.cpu, ours.peak_rss_mb, mb_s,
+                    target=f"< {RSS_LIMIT_MB} MB", met=ours.peak_rss_mb < RSS_LIMIT_MB))
+    ctx.sconify_outputs[name] = (f"oci:{out_image}:bench", outdir, ours.wall)
+    verify_case(ctx, name)
+    return ours
+
+
+def verify_case(ctx: Context, name: str) -> None:
+    """`sconify verify` of the output just written; target: at least 2x faster than sconify."""
+    if not verify_available():
+        if "verify" not in " ".join(ctx.report.notes):
+            ctx.report.notes.append("sconify verify is not in this tree yet: verify cases skipped")
+        return
+    ref, outdir, sconify_wall = ctx.sconify_outputs[name]
+    argv = [sys.executable, "-m", "sconify", "verify", ref, "--manifest", str(outdir / "manifest.json"),
+            "--keys", str(outdir / "keys.json")]
+    result = repeat(argv, ctx.repeat)
+    speedup = sconify_wall / result.wall
+    ctx.report.rows.append(Row(ctx.report.rows[-1].case, "sconify verify", result.wall, result.cpu, result.peak_rss_mb,
+                               None, "sconify-image", sconify_wall, result.wall / sconify_wall,
+                               ">= 2x faster than sconify", speedup >= 2))
+
+
+def python_case(ctx: Context) -> None:
+    image_case(ctx, "python fixture", demo_layout("python"), ["--dir", "/app/data"], {"skopeo_ratio": 1.5})
+
+
+def node_case(ctx: Context) -> None:
+    image_case(ctx, "node fixture", demo_layout("node"), ["--dir", "/app/data"], {})
+
+
+def build_in_child(code: str) -> Path:
+    """Run input-building ``code`` in a child that prints a path.
+
+    Inputs are built in a child so the runner stays small: on Linux a child's ru_maxrss starts
+    from the RSS of the process that forked it, so a big runner would inflate every figure.
+    """
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=BENCH)
+    if done.returncode != 0:
+        lines = done.stderr.strip().splitlines()
+        raise CommandFailed(f"building bench inputs failed: {lines[-1] if lines else done.returncode}")
+    return Path(done.stdout.strip().splitlines()[-1])
+
+
+def demo_layout(name: str) -> Path:
+    return build_in_child(f"from sconify import debimage; print(debimage.build_image({name!r}))")
+
+
+def synth_layout(size_gb: float, compression: str) -> Path:
+    began = time.perf_counter()
+    layout = build_in_child(
+        "from sconify import debimage; from synth import synthetic_image, uncompressed_rootfs_bytes; "
+        f"layout = synthetic_image({int(size_gb * (1 << 30))}, debimage.build_image('python'), {compression!r}); "
+        "uncompressed_rootfs_bytes(layout); print(layout)"
+    )
+    seconds = time.perf_counter() - began
+    if seconds > 1:
+        print(f"  generated synthetic {size_gb} GB image in {seconds:.0f} s: {layout}", file=sys.stderr)
+    return layout
+
+
+def synth_case(ctx: Context, size_gb: float, compression: str) -> None:
+    image_case(ctx, f"synthetic {size_gb:g} GB", synth_layout(size_gb, compression), ["--dir", "/app/data"],
+               {"mb_per_s": 100})
+
+
+def scaling_case(ctx: Context, sizes: list[float], compression: str) -> None:
+    """sconify-image over the synthetic sizes; least-squares slope of wall time per GB."""
+    points = []
+    for size in sizes:
+        layout = synth_layout(size, compression)
+        rootfs = uncompressed_rootfs_bytes(layout)
+        outdir = ctx.work / f"scale-{size:g}"
+        outdir.mkdir(parents=True, exist_ok=True)
+        out_image = outdir / "image"
+        summary = repeat(sconify_argv(f"oci:{layout}:latest", f"oci:{out_image}:bench", outdir, "--dir", "/app/data"),
+                         ctx.repeat, before_each=fresh(out_image))
+        shutil.rmtree(out_image, ignore_errors=True)
+        points.append((rootfs / 1e9, summary))
+        ctx.report.rows.append(Row(f"scaling {size:g} GB ({rootfs / 1e6:.0f} MB rootfs)", "sconify-image", summary.wall,
+                                   summary.cpu, summary.peak_rss_mb, rootfs / 1e6 / summary.wall,
+                                   target=f"< {RSS_LIMIT_MB} MB RSS", met=summary.peak_rss_mb < RSS_LIMIT_MB))
+    if len(points) >= 2:
+        xs = [x for x, _ in points]
+        ys = [s.wall for _, s in points]
+        slope, intercept, r2 = least_squares(xs, ys)
+        worst = max(abs(y - (slope * x + intercept)) / y for x, y in zip(xs, ys))
+        ctx.report.scaling = {
+            "points": [{"rootfs_gb": x, **s.as_dict()} for x, s in points],
+            "seconds_per_gb": slope,
+            "intercept_s": intercept,
+            "r2": r2,
+            "worst_relative_residual": worst,
+            "linear": r2 >= 0.98,
+        }
+
+
+def least_squares(xs: list[float], ys: list[float]) -> tuple[float, float, float]:
+    """Slope, intercept and R^2 of the line through (xs, ys)."""
+    n = len(xs)
+    mean_x, mean_y = sum(xs) / n, sum(ys) / n
+    sxx = sum((x - mean_x) ** 2 for x in xs)
+    sxy = sum((x - mean_x) * (y - mean_y) for x, y in zip(xs, ys))
+    slope = sxy / sxx
+    intercept = mean_y - slope * mean_x
+    total = sum((y - mean_y) ** 2 for y in ys)
+    residual = sum((y - (slope * x + intercept)) ** 2 for x, y in zip(xs, ys))
+    return slope, intercept, 1 - residual / total if total else 1.0
+
+
+# --- embedfs and fspf -------------------------------------------------------------------------
+
+
+def cached_directory(name: str, fill) -> Path:
+    """``cache_dir()/name``, filled once by ``fill(staging_dir)`` and renamed into place."""
+    directory = cache_dir() / name
+    if directory.is_dir():
+        return directory
+    staged = directory.with_name(f".{name}.tmp{os.getpid()}")
+    shutil.rmtree(staged, ignore_errors=True)
+    staged.mkdir(parents=True)
+    fill(staged)
+    os.rename(staged, directory)
+    return directory
+
+
+def embedfs_inputs(size_mb: int) -> Path:
+    """A directory of ``size_mb`` MB to pack: 2,000 small .py files and 8 MB incompressible blobs."""
+    import hashlib
+
+    def fill(staged: Path) -> None:
+        text = b"def handler(event):\n    return {'status': 200, 'body': event}\n" * 64
+        for index in range(2000):
+            path = staged / "app" / f"pkg{index // 100}" / f"mod{index}.py"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(text)
+        (staged / "app" / "data").mkdir(parents=True)
+        for index in range(size_mb // 8):
+            (staged / "app" / "data" / f"blob{index:03d}.bin").write_bytes(
+                hashlib.shake_256(str(index).encode()).digest(8 << 20))
+
+    return cached_directory(f"embedfs-{size_mb}M", fill)
+
+
+def fspf_inputs(size_mb: int) -> Path:
+    """``size_mb`` MB of incompressible data in 64 files."""
+
+    def fill(staged: Path) -> None:
+        block = random_block()
+        per_file = (size_mb << 20) // 64
+        for index in range(64):
+            with open(staged / f"file-{index:04d}.bin", "wb") as handle:
+                for offset in range(0, per_file, len(block)):
+                    handle.write(block[: min(len(block), per_file - offset)])
+
+    return cached_directory(f"fspf-{size_mb}M", fill)
+
+
+def random_block() -> bytes:
+    import random
+
+    return random.Random(7).randbytes(1 << 20)
+
+
+def embedfs_case(ctx: Context, size_mb: int, binary: str) -> None:
+    """embedfs pack + inject into node, measure and verify, each next to a plain-tool baseline."""
+    source = embedfs_inputs(size_mb)
+    work = ctx.work / "embedfs"
+    work.mkdir(parents=True, exist_ok=True)
+    archive, injected = work / "app.efs", work / "node.efs"
+    ours = repeat(["sh", "-c", 'embedfs pack "$1" "$2" >/dev/null && embedfs inject "$3" "$2" -o "$4" >/dev/null',
+                   "sh", str(source), str(archive), binary, str(injected)], ctx.repeat, before_each=fresh(archive, injected))
+    tarball = work / "app.tar.zst"
+    base = repeat(["sh", "-c", 'tar -C "$1" -cf - . | zstd -q -3 -T2 -o "$2" && cat "$3" "$2" > "$4"',
+                   "sh", str(source), str(tarball), binary, str(work / "cat.out")], ctx.repeat,
+                  before_each=fresh(tarball, work / "cat.out"))
+    label = f"embedfs {size_mb} MB into node"
+    rows = ctx.report.rows
+    rows.append(Row(label, "embedfs pack + inject", ours.wall, ours.cpu, ours.peak_rss_mb, size_mb * 1.048576 / ours.wall,
+                    "tar | zstd -T2; cat", base.wall, ours.wall / base.wall,
+                    f"< {RSS_LIMIT_MB} MB RSS", ours.peak_rss_mb < RSS_LIMIT_MB))
+    size = injected.stat().st_size / 1e6
+    measured = repeat(["embedfs", "measure", str(injected), "--json"], ctx.repeat)
+    sha = repeat(["sha256sum", str(injected)], ctx.repeat)
+    rows.append(Row(f"measure {size:.0f} MB binary", "embedfs measure", measured.wall, measured.cpu, measured.peak_rss_mb,
+                    size / measured.wall, "sha256sum", sha.wall, measured.wall / sha.wall))
+    verified = repeat(["embedfs", "verify", str(injected)], ctx.repeat)
+    unzstd = repeat(["sh", "-c", 'zstd -q -d -c "$1" | sha256sum', "sh", str(tarball)], ctx.repeat)
+    rows.append(Row(f"verify {size:.0f} MB binary", "embedfs verify", verified.wall, verified.cpu, verified.peak_rss_mb,
+                    size / verified.wall, "zstd -d | sha256sum", unzstd.wall, verified.wall / unzstd.wall))
+
+
+def fspf_case(ctx: Context, size_mb: int) -> None:
+    """`sconify fspf addf` of ``size_mb`` MB, encrypted and authenticated, next to `cp -r`."""
+    source = fspf_inputs(size_mb)
+    work = ctx.work / "fspf"
+    work.mkdir(parents=True, exist_ok=True)
+    volume, encrypted, copied = work / "volume.fspf", work / "encrypted", work / "copy"
+    rows = ctx.report.rows
+    label = f"fspf addf {size_mb} MB"
+    copy = repeat(["cp", "-r", str(source), str(copied)], ctx.repeat, before_each=fresh(copied))
+    sha = repeat(["sh", "-c", 'cat "$1"/* | sha256sum', "sh", str(source)], ctx.repeat)
+    for protection, out, baseline, name in (("encrypted", encrypted, copy, "cp -r"),
+                                            ("authenticated", None, sha, "cat | sha256sum")):
+        def prepare(protection=protection, out=out) -> None:
+            fresh(volume, *([out] if out else []))()
+            for step in (["create", str(volume)], ["addr", str(volume), "/", "--kernel", "/", "--not-protected"],
+                         ["addr", str(volume), "/data", "--kernel", "/data", f"--{protection}"]):
+                subprocess.run([sys.executable, "-m", "sconify", "fspf", *step], check=True, capture_output=True)
+
+        argv = [sys.executable, "-m", "sconify", "fspf", "addf", str(volume), "/data", str(source)] + ([str(out)] if out else [])
+        result = repeat(argv, ctx.repeat, before_each=prepare)
+        rows.append(Row(label, f"sconify fspf addf {protection}", result.wall, result.cpu, result.peak_rss_mb,
+                        size_mb * 1.048576 / result.wall, name, baseline.wall, result.wall / baseline.wall))
+
+
+# --- output ----------------------------------------------------------------------------------
+
+
+def format_table(report: Report) -> str:
+    header = ("case", "ours", "s", "cpu s", "RSS MB", "MB/s", "baseline", "base s", "ratio", "target", "met?")
+    lines = []
+    for row in report.rows:
+        lines.append((
+            row.case, row.ours, f"{row.wall:.2f}", f"{row.cpu:.2f}", f"{row.peak_rss_mb:.0f}",
+            f"{row.mb_per_s:.0f}" if row.mb_per_s is not None else "",
+            row.baseline or "", f"{row.baseline_wall:.2f}" if row.baseline_wall is not None else "",
+            f"{row.ratio:.2f}x" if row.ratio is not None else "", row.target or "",
+            "" if row.met is None else ("yes" if row.met else "NO"),
+        ))
+    widths = [max(len(str(cell)) for cell in column) for column in zip(header, *lines)]
+    out = [" | ".join(cell.ljust(width) for cell, width in zip(header, widths))]
+    out.append("-+-".join("-" * width for width in widths))
+    out += [" | ".join(cell.ljust(width) for cell, width in zip(line, widths)) for line in lines]
+    if report.scaling:
+        s = report.scaling
+        out.append("")
+        out.append(f"scaling: {s['seconds_per_gb']:.1f} s per GB of rootfs (intercept {s['intercept_s']:.1f} s), "
+                   f"R^2 {s['r2']:.3f}, worst residual {s['worst_relative_residual']:.0%}: "
+                   + ("linear" if s["linear"] else "NOT linear"))
+    for note in report.notes:
+        out.append(f"note: {note}")
+    return "\n".join(out)
+
+
+def machine() -> dict:
+    import platform
+
+    return {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
+            "load_before": os.getloadavg()[0]}
+
+
+def runner_rss_mb() -> float:
+    """The runner's own peak RSS: the floor under every child's ru_maxrss (see build_in_child)."""
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# --- main ------------------------------------------------------------------------------------
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0],
+                                     epilog="groups: " + ", ".join(GROUPS))
+    parser.add_argument("--quick", action="store_true", help="1 repetition, synthetic sizes 0.05/0.1 GB, 50 MB embedfs/fspf")
+    parser.add_argument("--repeat", type=int, default=None, help="runs per case (default 3, 1 with --quick)")
+    parser.add_argument("--sizes", type=float, nargs="+", default=None, metavar="GB",
+                        help="synthetic image sizes for the scaling case (default 0.25 0.5 1 2)")
+    parser.add_argument("--only", action="append", choices=GROUPS, help="run only these groups (repeatable)")
+    parser.add_argument("--synth-compression", choices=("gzip", "zstd"), default="gzip",
+                        help="layer compression of the synthetic input (default gzip, as most registries serve)")
+    parser.add_argument("--node", default="/usr/bin/node", help="node binary for the embedfs case")
+    parser.add_argument("--json", type=Path, help="also write the table as JSON to this file")
+    parser.add_argument("--workdir", type=Path, default=None, help="where outputs go (default: a temporary directory)")
+    args = parser.parse_args(argv)
+    repeats = args.repeat or (1 if args.quick else 3)
+    sizes = args.sizes or (QUICK_SIZES if args.quick else FULL_SIZES)
+    main_size = sizes[-1] if args.quick else MAIN_SIZE
+    blob_mb = 50 if args.quick else 200
+    fspf_mb = 50 if args.quick else 1024
+    groups = args.only or list(GROUPS)
+    if "embedfs" in groups and not os.path.exists(args.node):
+        parser.error(f"--node {args.node} does not exist; pass a node binary or leave out the embedfs group")
+    if any(g in groups for g in ("python", "node", "synth")) and not shutil.which("skopeo"):
+        parser.error("skopeo is not installed (the baseline); apt-get install skopeo")
+    report = Report(machine=machine())
+    work = Path(tempfile.mkdtemp(prefix="sconify-bench-", dir=args.workdir))
+    ctx = Context(work=work, repeat=repeats, report=report)
+    began = time.perf_counter()
+    try:
+        for group in GROUPS:
+            if group not in groups:
+                continue
+            print(f"running {group} ({repeats}x)...", file=sys.stderr)
+            if group == "python":
+                python_case(ctx)
+            elif group == "node":
+                node_case(ctx)
+            elif group == "synth":
+                synth_case(ctx, main_size, args.synth_compression)
+            elif group == "scaling":
+                scaling_case(ctx, list(sizes), args.synth_compression)
+            elif group == "embedfs":
+                embedfs_case(ctx, blob_mb, args.node)
+            elif group == "fspf":
+                fspf_case(ctx, fspf_mb)
+    except CommandFailed as exc:
+        print(f"bench: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    report.machine["seconds"] = round(time.perf_counter() - began, 1)
+    report.machine["load_after"] = os.getloadavg()[0]
+    report.notes.append(f"runner peak RSS {runner_rss_mb():.0f} MB (a floor under the children's RSS figures); "
+                        f"load average {report.machine['load_before']:.1f} before, {report.machine['load_after']:.1f} after")
+    print(format_table(report))
+    if args.json:
+        args.json.write_text(json.dumps(asdict(report), indent=2, sort_keys=True) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
