@@ -388,3 +388,25 @@ def test_dry_run_writes_nothing_and_json_reports_the_plan(python_image, tmp_path
     assert plan["executable"] == "/usr/bin/python3.11" and plan["code_files"] > 300
     assert plan["data_files"]["/app/data"] >= 3
     assert list(tmp_path.iterdir()) == []
+
+
+def test_authenticate_root_and_inline_keys(python_image, tmp_path):
+    from sconify.verify import verify_image
+
+    converted = convert(tmp_path, f"oci:{python_image}:latest", "root", "--dir", "/app/data",
+                        "--authenticate-root", "--inline-keys", "--name", "audited-python")
+    m = converted.manifest
+    regions = {r["path"]: r["protection"] for r in m.fspf.regions}
+    assert regions["/"] == "authenticated" and regions["/app/data"] == "encrypted"
+    authenticated = [p for p, f in m.fspf.files.items() if f["protection"] == "authenticated"]
+    assert "/etc/group" in authenticated and "/bin/tar" in authenticated
+    assert "/usr/bin/python3.11" not in m.fspf.files, "the executable is measured, not shielded"
+    assert not set(m.fspf.files) & set(m.embedfs.removed), "embedded files are gone from the rootfs"
+    assert "/usr/lib/python3.11/test/__init__.py" in authenticated, "files the recipe excludes stay, shielded"
+    service = converted.session["services"][0]
+    assert converted.session["name"] == "audited-python"
+    assert service["fspf_key"] == converted.keys.fspf_key.hex()
+    assert "secrets" not in converted.session
+    assert stat.S_IMODE((tmp_path / "session.yaml").stat().st_mode) == 0o600
+    report = verify_image(converted.ref, m, keys=converted.keys)
+    assert report.ok, [c for c in report.checks if not c.ok]
