@@ -279,17 +279,19 @@ def check_fspf(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysF
         report.add("keys file", False, "the keys file is for another fspf (its tag differs from the manifest's)")
         return
     protected_roots = [rel(r["path"]) for r in manifest.fspf.regions if r["protection"] != "not-protected" and r["kind"] == "kernel"]
-    present = sorted(
-        path
-        for root in protected_roots
-        if (resolved := try_resolve(fs, "/" + root)) is not None and fs.entries[resolved].kind == "dir"
-        for path, entry in iter_tree(fs, resolved)
-        if is_regular(entry) and path != fspf_path
-    )
+    # Outside the shield by construction: the fspf itself and the executable (it is measured).
+    unshielded = {fspf_path, rel(manifest.executable.path)}
     if "" in protected_roots:
-        present = sorted(
-            path for path, entry in fs.entries.items() if is_regular(entry) and path != fspf_path
+        candidates = (path for path, entry in fs.entries.items() if is_regular(entry))
+    else:
+        candidates = (
+            path
+            for root in protected_roots
+            if (resolved := try_resolve(fs, "/" + root)) is not None and fs.entries[resolved].kind == "dir"
+            for path, entry in iter_tree(fs, resolved)
+            if is_regular(entry)
         )
+    present = sorted(set(candidates) - unshielded)
     with Spool() as spool:
         extents = {entry.path: spool.append_stream(stream, entry.size) for entry, stream in fs.iter_files(present)}
 
