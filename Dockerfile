@@ -6,13 +6,13 @@
 #                                     --build-arg BASE_IMAGE=sconify-tool-base:latest
 # The build needs no network: sconify and its dependencies come as wheels in the build context,
 #   pip wheel . -w wheels/
-# Every RUN is in exec form, so the base image needs no shell.
+# The one RUN is in exec form (the base image needs no shell) and makes the venv and installs
+# into it in one step: with the vfs storage driver every extra step copies the whole rootfs.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
 COPY wheels/ /tmp/sconify-wheels/
-RUN ["python3", "-m", "venv", "/opt/sconify"]
-RUN ["/opt/sconify/bin/python", "-m", "pip", "install", "--no-index", "--no-cache-dir", "--find-links", "/tmp/sconify-wheels", "sconify"]
+RUN ["python3", "-c", "import subprocess, venv; venv.create('/opt/sconify', with_pip=True); subprocess.run(['/opt/sconify/bin/python', '-m', 'pip', 'install', '--no-index', '--no-cache-dir', '--find-links', '/tmp/sconify-wheels', 'sconify'], check=True)"]
 
 ENV PATH=/opt/sconify/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ENTRYPOINT ["/opt/sconify/bin/sconify"]
