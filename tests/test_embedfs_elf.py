@@ -66,17 +66,28 @@ def c_binaries(tmp_path_factory) -> dict[str, Path]:
     return built
 
 
-@pytest.fixture(scope="session")
-def debian_python() -> Path:
-    """Debian bookworm's python3.11 (the lead will point this at the fixture image's binary)."""
-    return Path("/usr/bin/python3.11")
+def unpack_rootfs(layout: Path, into: Path) -> Path:
+    """The fixture image's root filesystem, unpacked by umoci (an independent OCI reader)."""
+    subprocess.run(["umoci", "unpack", "--image", f"{layout}:latest", str(into)], check=True, capture_output=True)
+    return into / "rootfs"
 
 
 @pytest.fixture(scope="session")
-def debian_node() -> Path:
-    """Debian's node (the lead will point this at the fixture image's binary)."""
-    return Path("/usr/bin/node")
+def python_rootfs(python_image, tmp_path_factory) -> Path:
+    """Root filesystem of the Debian-built Python image: its python3.11 runs chrooted in it."""
+    return unpack_rootfs(python_image, tmp_path_factory.mktemp("python-bundle") / "bundle")
 
+
+@pytest.fixture(scope="session")
+def node_rootfs(node_image, tmp_path_factory) -> Path:
+    """Root filesystem of the Debian-built Node.js image (node 18 with its libnode)."""
+    return unpack_rootfs(node_image, tmp_path_factory.mktemp("node-bundle") / "bundle")
+
+
+def run_chrooted(rootfs: Path, argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    chroot = shutil.which("chroot") or "/usr/sbin/chroot"
+    return subprocess.run([chroot, str(rootfs), *argv], capture_output=True, text=True, timeout=120,
+                          env=env or {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8"})
 
 def sample_entries(marker: bytes = b"") -> list[ArchiveEntry]:
     files = {
@@ -131,12 +142,13 @@ def test_lief_sees_the_new_read_only_segment_and_note(variant, c_binaries, archi
     assert len(notes) == 1 and notes[0].original_type == NT_EMBEDFS
 
 
-def test_debian_python_still_runs_and_reads_its_archive_from_memory(debian_python, archive_file, tmp_path) -> None:
-    out = tmp_path / "python3.11"
-    result = inject(debian_python, archive_file, out)
-    # the injected interpreter imports embedfs (and zstandard) from this checkout's environment
-    paths = {str(Path(embedfs.__file__).parent.parent), str(Path(zstandard.__file__).parent.parent)}
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(sorted(paths))}
+def test_debian_python_still_runs_and_reads_its_archive_from_memory(python_rootfs, archive_file) -> None:
+    out = python_rootfs / "usr/bin/python3.11-embedfs"
+    result = inject(python_rootfs / "usr/bin/python3.11", archive_file, out)
+    # the injected interpreter imports embedfs (and zstandard) copied from this checkout's environment
+    site = python_rootfs / "opt/embedfs-test"
+    for package in (embedfs, zstandard):
+        shutil.copytree(Path(package.__file__).parent, site / package.__name__, dirs_exist_ok=True)
     script = (
         "import json, ssl, sqlite3\n"
         "from embedfs.runtime import open_self\n"
@@ -145,7 +157,8 @@ def test_debian_python_still_runs_and_reads_its_archive_from_memory(debian_pytho
         "print(archive.root_hash)\n"
         "print(archive.read('app/main.py').decode(), end='')\n"
     )
-    run = subprocess.run([out, "-c", script], capture_output=True, text=True, env=env, timeout=60)
+    env = {"PATH": "/usr/bin:/bin", "LANG": "C.UTF-8", "PYTHONPATH": "/opt/embedfs-test"}
+    run = run_chrooted(python_rootfs, ["/usr/bin/python3.11-embedfs", "-c", script], env)
     assert run.returncode == 0, run.stderr
     assert run.stdout.splitlines() == [result.root_hash, "print('hello from the archive')"]
 
@@ -156,10 +169,12 @@ def test_open_self_refuses_a_process_without_an_archive() -> None:
     assert run.returncode == 1 and "carries no embedfs archive" in run.stderr
 
 
-def test_debian_node_still_runs(debian_node, archive_file, tmp_path) -> None:
-    out = tmp_path / "node"
-    inject(debian_node, archive_file, out)
-    run = subprocess.run([out, "-e", "console.log(1 + 1)"], capture_output=True, text=True, timeout=60)
+def test_debian_node_still_runs(node_rootfs, archive_file) -> None:
+    node = (node_rootfs / "usr/bin/node").resolve()
+    assert node.is_relative_to(node_rootfs.resolve()), "the fixture's node must be inside its rootfs"
+    out = node_rootfs / "usr/bin/node-embedfs"
+    inject(node, archive_file, out)
+    run = run_chrooted(node_rootfs, ["/usr/bin/node-embedfs", "-e", "console.log(require('assert') && 1 + 1)"])
     assert (run.returncode, run.stdout) == (0, "2\n"), run.stderr
     assert open_embedded(out).read("app/current") == b"main.py"
 
