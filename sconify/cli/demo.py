@@ -55,5 +55,6 @@ def run_demo(args: argparse.Namespace) -> int:
     else:
         print(f"wrote demo {args.name} image to {result.reference}")
         print(f"  manifest {result.manifest_digest}")
-        print(f"  {len(result.layer_digests)} layers, {summary['debian_packages']} Debian packages, {summary['seconds']} s")
+        layers = len(result.layer_digests)
+        print(f"  {layers} layer{'s' if layers != 1 else ''}, {summary['debian_packages']} Debian packages, {summary['seconds']} s")
     return 0
