@@ -13,11 +13,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Callable
 
-import lief
-
 from sconify.select import absolute, is_regular, try_resolve
-
-lief.logging.disable()
 
 
 @dataclass
@@ -27,7 +23,10 @@ class LibraryClosure:
     missing: list[str] = field(default_factory=list)  # sonames nobody provides
 
 
-def _parser_config() -> lief.ELF.ParserConfig:
+def _parser_config():
+    import lief  # imported on first use: it costs about a second
+
+    lief.logging.disable()
     config = lief.ELF.ParserConfig()
     config.parse_relocations = False
     config.parse_dyn_symbols = False
@@ -47,6 +46,8 @@ class DynamicInfo:
 
 def dynamic_dependencies(data: bytes) -> DynamicInfo:
     """What an ELF image asks the dynamic loader for; empty for non-ELF or static files."""
+    import lief
+
     binary = lief.ELF.parse(io.BytesIO(data), _parser_config())
     if binary is None:
         return DynamicInfo([], [], "")
