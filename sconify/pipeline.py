@@ -87,6 +87,7 @@ class ConvertOptions:
     platform: str | None = None
     compression: str | None = None
     dry_run: bool = False
+    force: bool = False  # overwrite an existing keys file
 
 
 class Reporter(Protocol):
@@ -228,17 +229,24 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
 # --- checks and plan ---------------------------------------------------------------------
 
 
+def same_image_location(a: str, b: str) -> bool:
+    """Whether writing reference ``b`` would overwrite image ``a`` (an archive file is
+    rewritten whole, whatever its tag; a layout or the engine only at the same tag)."""
+    first, second = parse_reference(a), parse_reference(b)
+    if first.transport == "docker-daemon" or second.transport == "docker-daemon":
+        return (first.transport, first.path, first.tag or "latest") == (second.transport, second.path, second.tag or "latest")
+    if os.path.abspath(first.path) != os.path.abspath(second.path):
+        return False
+    if first.transport in ("oci-archive", "docker-archive") or second.transport in ("oci-archive", "docker-archive"):
+        return True
+    return first.tag == second.tag
+
+
 def check_options(options: ConvertOptions) -> None:
-    source = parse_reference(options.source)
-    destination = parse_reference(options.destination)
-    if (source.transport, os.path.abspath(source.path) if source.transport != "docker-daemon" else source.path, source.tag) == (
-        destination.transport,
-        os.path.abspath(destination.path) if destination.transport != "docker-daemon" else destination.path,
-        destination.tag,
-    ):
+    if same_image_location(options.source, options.destination):
         raise UsageError(
-            f"--to {options.destination} is the input image; sconify never changes its input, "
-            "pass another --to reference"
+            f"--to {options.destination} would overwrite the input image; sconify never changes its "
+            "input, pass another --to reference"
         )
     outputs = {"--manifest-out": options.manifest_out, "--session-out": options.session_out, "--keys-out": options.keys_out}
     if options.dry_run:
@@ -254,6 +262,11 @@ def check_options(options: ConvertOptions) -> None:
             raise UsageError(f"{option} {path}: directory {parent} does not exist; create it first")
         if not os.access(parent, os.W_OK):
             raise UsageError(f"{option} {path}: directory {parent} is not writable")
+    if os.path.exists(options.keys_out) and not options.force:
+        raise UsageError(
+            f"--keys-out {options.keys_out} exists and may hold the only keys of an earlier image; "
+            "pass another --keys-out, move it away, or pass --force to overwrite it"
+        )
     if options.session_name is not None:
         check_session_name(options.session_name)
     for option, value in (("--heap", options.heap_size), ("--stack", options.stack_size), ("--threads", options.threads)):

@@ -56,6 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--inline-keys", action="store_true", help="write the fspf key into the session instead of a secret reference")
     out.add_argument("--deterministic-keys-from", metavar="FILE",
                      help="derive every key from this secret seed file (reproducible CI builds)")
+    out.add_argument("--force", action="store_true", help="overwrite an existing keys file")
     out.add_argument("--dry-run", action="store_true", help="show what would be embedded and protected; write nothing")
     out.add_argument("--json", action="store_true", help="print a JSON summary on stdout instead of the table")
 
