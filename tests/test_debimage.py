@@ -222,9 +222,13 @@ def test_ci_runs_exactly_the_readme_test_command():
 
 @pytest.mark.slow
 @pytest.mark.docker
-def test_dockerfile_builds_an_image_that_runs_sconify_offline(docker_client, tmp_path):
-    """The Dockerfile on the Debian-package tool base, from wheels, with no network in the build."""
+def test_dockerfile_builds_an_image_that_converts_a_mounted_oci_archive(docker_client, python_image, tmp_path):
+    """The Dockerfile on the Debian-package tool base, from wheels, with no network in the build;
+    the tool image then converts the Python demo given as an oci-archive in a mounted directory."""
     from sconify.image.transports import read_image, write_image
+    from sconify.keys import KeysFile
+    from sconify.manifest import Manifest
+    from sconify.verify import verify_image
 
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(REPO_ROOT), "-w", str(tmp_path / "wheels")], check=True)
     for name in ("Dockerfile", ".dockerignore"):
@@ -236,6 +240,20 @@ def test_dockerfile_builds_an_image_that_runs_sconify_offline(docker_client, tmp
                                    buildargs={"BASE_IMAGE": "sconify-test-tool-base:latest"}, rm=True, forcerm=True)
         out = docker_client.containers.run("sconify-test-tool:latest", ["--version"], remove=True, network_disabled=True)
         assert out.decode().split() == ["sconify", sconify.__version__]
+        io_dir = tmp_path / "io"
+        io_dir.mkdir()
+        write_image(read_image(f"oci:{python_image}:latest"), f"oci-archive:{io_dir / 'in.tar'}:demo")
+        summary = docker_client.containers.run(
+            "sconify-test-tool:latest",
+            ["image", "--from", "oci-archive:/io/in.tar:demo", "--to", "oci-archive:/io/out.tar:sconified",
+             "--dir", "/app/data", "--manifest-out", "/io/manifest.json", "--session-out", "/io/session.yaml",
+             "--keys-out", "/io/keys.json", "--json"],
+            remove=True, network_disabled=True, volumes={str(io_dir): {"bind": "/io", "mode": "rw"}},
+        )
+        manifest = Manifest.read(io_dir / "manifest.json")
+        assert json.loads(summary)["mrenclave"] == manifest.measurement.mrenclave
+        report = verify_image(f"oci-archive:{io_dir / 'out.tar'}:sconified", manifest, keys=KeysFile.read(io_dir / "keys.json"))
+        assert report.ok, [c for c in report.checks if not c.ok]
     finally:
         for tag in ("sconify-test-tool:latest", "sconify-test-tool-base:latest"):
             try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from sconify.cli.output import PhaseProgress, console, human_size, parse_size
 from sconify.pipeline import ConvertOptions, ConvertResult, sconify_image
@@ -50,9 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     measure.add_argument("--threads", type=int, metavar="N", help="number of enclave threads (TCS)")
     out = parser.add_argument_group("outputs")
     out.add_argument("--name", dest="session_name", help="CAS session name (default: sconify-<output name>)")
-    out.add_argument("--manifest-out", default="manifest.json", metavar="FILE", help="measurement manifest (default manifest.json)")
-    out.add_argument("--session-out", default="session.yaml", metavar="FILE", help="CAS session (default session.yaml)")
-    out.add_argument("--keys-out", default="keys.json", metavar="FILE", help="fspf key and tag, mode 0600 (default keys.json)")
+    out.add_argument("--out-dir", metavar="DIR", help="write manifest.json, session.yaml and keys.json into DIR (created)")
+    out.add_argument("--manifest-out", metavar="FILE", help="measurement manifest (default OUT_DIR/manifest.json)")
+    out.add_argument("--session-out", metavar="FILE", help="CAS session (default OUT_DIR/session.yaml)")
+    out.add_argument("--keys-out", metavar="FILE", help="fspf key and tag, mode 0600 (default OUT_DIR/keys.json)")
     out.add_argument("--inline-keys", action="store_true", help="write the fspf key into the session instead of a secret reference")
     out.add_argument("--deterministic-keys-from", metavar="FILE",
                      help="derive every key from this secret seed file (reproducible CI builds)")
@@ -61,7 +63,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--json", action="store_true", help="print a JSON summary on stdout instead of the table")
 
 
+def output_paths(args: argparse.Namespace) -> None:
+    """Fill --manifest-out/--session-out/--keys-out from --out-dir (default: the current dir)."""
+    directory = Path(args.out_dir or ".")
+    if args.out_dir and not args.dry_run:
+        directory.mkdir(parents=True, exist_ok=True)
+    for name, default in (("manifest_out", "manifest.json"), ("session_out", "session.yaml"), ("keys_out", "keys.json")):
+        if getattr(args, name) is None:
+            setattr(args, name, str(directory / default))
+
+
 def run(args: argparse.Namespace) -> int:
+    output_paths(args)
     options = ConvertOptions(**{
         name: getattr(args, name)
         for name in ConvertOptions.__dataclass_fields__
