@@ -162,15 +162,9 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
         return result
     random = random_source(options.deterministic_keys_from)
     with tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool:
-        with phase(reporter, timings, "read files", total=None):
-            recipe = plan.executable.recipe
-            wanted = {p for p in plan.code_files if fs.entries[p].kind != "symlink"}
-            wanted.add(plan.executable.path)
-            for files in plan.data_files.values():
-                wanted.update(files)
-            if recipe.follow_needed:
-                wanted.update(candidate_libraries(fs, recipe.search_path))
-            extents = spool_files(fs, sorted(wanted), spool, reporter)
+        wanted = files_to_read(fs, plan)
+        with phase(reporter, timings, "read files", total=len(wanted)):
+            extents = spool_files(fs, wanted, spool, reporter)
             libraries = resolve_libraries(fs, plan, spool, extents, reporter)
         embedded = sorted(set(plan.code_files) | set(libraries))
         with phase(reporter, timings, "embed", total=len(embedded)):
@@ -344,6 +338,18 @@ def plan_regions(recipe, options: ConvertOptions) -> list[dict]:
 
 
 # --- reading ------------------------------------------------------------------------------
+
+
+def files_to_read(fs: RootFS, plan: Plan) -> list[str]:
+    """Code, data, the executable and every library the closure may need: one pass reads all."""
+    recipe = plan.executable.recipe
+    wanted = {p for p in plan.code_files if fs.entries[p].kind != "symlink"}
+    wanted.add(plan.executable.path)
+    for files in plan.data_files.values():
+        wanted.update(files)
+    if recipe.follow_needed:
+        wanted.update(candidate_libraries(fs, recipe.search_path))
+    return sorted(wanted)
 
 
 def spool_files(fs: RootFS, paths: list[str], spool: Spool, reporter: Reporter) -> dict[str, Extent]:
