@@ -13,6 +13,7 @@ import zlib
 from typing import BinaryIO, Callable
 
 import zstandard
+from dataclasses import dataclass
 
 from sconify.errors import ImageError
 
@@ -39,6 +40,25 @@ _COMPRESSION_BY_MEDIA_TYPE = {
     **{media_type: kind for kind, media_type in OCI_LAYER_MEDIA_TYPES.items()},
     **{media_type: kind for kind, media_type in DOCKER_LAYER_MEDIA_TYPES.items()},
 }
+
+
+
+@dataclass(frozen=True)
+class LayerLimits:
+    """Bounds on how far one layer blob may expand when decompressed (decompression bombs).
+
+    A layer tar may hold at most ``max_layer_size`` bytes, and at most ``max_expansion`` times
+    its stored size once it is past ``expansion_allowance`` bytes.
+    """
+
+    max_layer_size: int = 64 << 30  # uncompressed bytes of one layer tar
+    max_expansion: int = 100  # uncompressed / stored bytes; real layers compress 2-20x
+    expansion_allowance: int = 256 << 20  # bytes any layer may expand to, whatever its ratio
+
+    def bound(self, stored_size: int) -> int:
+        """The most uncompressed bytes a layer stored in ``stored_size`` bytes may hold."""
+        return min(self.max_layer_size, max(self.expansion_allowance, self.max_expansion * stored_size))
+
 
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _GZIP_MAGIC = b"\x1f\x8b"
@@ -184,6 +204,49 @@ class _ErrorTranslatingReader(io.RawIOBase):
             self._raw.close()
             self._source.close()
         super().close()
+
+
+class BoundedReader(io.RawIOBase):
+    """Raise ImageError once more than ``limit`` bytes come out of a stream."""
+
+    def __init__(self, raw: BinaryIO, limit: int, error: Callable[[], ImageError]) -> None:
+        super().__init__()
+        self._raw = raw
+        self._left = limit
+        self._error = error
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        view = memoryview(buffer)
+        # Ask for one byte more than allowed so the excess is seen without reading far past it.
+        data = self._raw.read(min(len(view), self._left + 1))
+        n = len(data)
+        if n > self._left:
+            raise self._error()
+        view[:n] = data
+        self._left -= n
+        return n
+
+    def close(self) -> None:
+        if not self.closed:
+            self._raw.close()
+        super().close()
+
+
+def bound_decompressed(tar: BinaryIO, stored_size: int, limits: LayerLimits, what: str) -> BinaryIO:
+    """``tar`` (a decompressed layer) failing with ImageError past ``limits.bound(stored_size)``."""
+    limit = limits.bound(stored_size)
+
+    def error() -> ImageError:
+        return ImageError(
+            f"{what} expands to more than {limit} bytes from {stored_size} stored bytes "
+            "(a decompression bomb?); refusing it - if the image is trusted, raise the bound "
+            "(LayerLimits / --max-layer-size, --max-expansion; see docs/security.md)"
+        )
+
+    return io.BufferedReader(BoundedReader(tar, limit, error), CHUNK_SIZE)  # type: ignore[return-value]
 
 
 def open_decompressed(blob: BinaryIO, compression: str, what: str) -> BinaryIO:

@@ -72,6 +72,7 @@ class Layer:
     opener: BlobOpener = field(repr=False, compare=False)
     source: str = field(default="", compare=False)  # names the blob in error messages
     trusted: bool = field(default=False, compare=False)  # digests computed or verified by us
+    limits: L.LayerLimits = field(default_factory=L.LayerLimits, compare=False, repr=False)
 
     def verify(self) -> None:
         """Read the whole layer once: check blob size, digest and diff_id (ImageError if wrong)."""
@@ -92,9 +93,16 @@ class Layer:
         return io.BufferedReader(reader, L.CHUNK_SIZE)  # type: ignore[return-value]
 
     def open_tar(self) -> BinaryIO:
-        """The uncompressed tar; diff_id (and the blob digest) checked at the end."""
+        """The uncompressed tar; diff_id (and the blob digest) checked at the end, size bounded
+        by ``limits`` (a decompression bomb stops with ImageError long before it fills memory)."""
+        what = f"layer blob {self.digest}"
+        if self.compression == "none" and self.size > self.limits.max_layer_size:
+            raise ImageError(
+                f"{what} is {self.size} bytes, more than the {self.limits.max_layer_size} a layer may hold; "
+                "refusing it - if the image is trusted, raise --max-layer-size (see docs/security.md)"
+            )
         blob = self.open_blob()
-        tar = L.open_decompressed(blob, self.compression, f"layer blob {self.digest}")
+        tar = L.open_decompressed(blob, self.compression, what)
         if tar is blob:
             # Uncompressed: the blob digest is the diff_id, already checked by open_blob.
             if self.digest != self.diff_id:
@@ -103,6 +111,7 @@ class Layer:
                     "the image config is corrupt, re-create the image"
                 )
             return blob
+        tar = L.bound_decompressed(tar, self.size, self.limits, what)
         reader = L.VerifyingReader(
             tar, self.diff_id, f"layer {self.digest} (diff_id)", on_eof=lambda: L.drain(blob)
         )
@@ -139,7 +148,8 @@ class Layer:
         spool.flush()
         opener = slice_opener(spool.name, 0, size, keep=spool)
         media_type = L.OCI_LAYER_MEDIA_TYPES[compression]
-        return Layer(digest, size, diff_id, compression, media_type, opener, self.source, trusted=True)
+        return Layer(digest, size, diff_id, compression, media_type, opener, self.source, trusted=True,
+                     limits=self.limits)
 
 
 class _NullWriter(io.RawIOBase):

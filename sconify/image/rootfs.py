@@ -32,11 +32,63 @@ class PathNotFound(ImageError):
 class RootFSLimits:
     """Bounds that keep a hostile image from exhausting memory or time."""
 
-    max_entries: int = 2_000_000  # tar members over all layers
+    max_entries: int = 300_000  # tar members over all layers (big real images: ~100k)
+    max_names_size: int = 64 << 20  # bytes of member names and link targets over all layers
     max_path_length: int = 4096  # bytes of a normalised path, like PATH_MAX
     max_name_length: int = 255  # bytes of one path component, like NAME_MAX
     max_total_size: int = 64 << 30  # file bytes over all layers
     max_symlink_hops: int = 40  # like Linux's MAXSYMLINKS
+
+
+# tar headers that carry data read whole into memory by tarfile (PAX and GNU long names)
+MAX_EXTENDED_HEADER = 1 << 20
+
+
+class HostileHeader(Exception):
+    """A tar header refused while tarfile parses it (re-raised as ImageError naming the layer)."""
+
+
+class BoundedTarInfo(tarfile.TarInfo):
+    """tarfile's TarInfo, refusing sparse members and giant extended headers before their data
+    is read: tarfile would read a PAX or GNU long-name header of any size into memory, and
+    expand sparse maps of any length. (tarfile offers no public hook for this.)"""
+
+    def _proc_member(self, tarfile_: tarfile.TarFile):  # type: ignore[override]
+        if self.size < 0:
+            raise HostileHeader(f"member {self.name[:200]!r} has a negative size; the layer is hostile or corrupt, refusing it")
+        if self.type in EXTENDED_HEADER_TYPES and self.size > MAX_EXTENDED_HEADER:
+            raise HostileHeader(
+                f"a tar extended header is {self.size} bytes, more than {MAX_EXTENDED_HEADER}; "
+                "the layer is hostile or corrupt, refusing it"
+            )
+        return super()._proc_member(tarfile_)
+
+    def _proc_sparse(self, tarfile_: tarfile.TarFile):  # type: ignore[override]
+        raise HostileHeader(f"sparse file {self.name[:200]!r} is not supported; re-create the layer without sparse files")
+
+    def _refuse_pax_sparse(self, next_: tarfile.TarInfo, *args) -> None:
+        raise HostileHeader(f"sparse file {next_.name[:200]!r} is not supported; re-create the layer without sparse files")
+
+    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_pax_sparse
+
+
+EXTENDED_HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
+                         tarfile.SOLARIS_XHDTYPE)
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """What the merge keeps of one tar header."""
+
+    parts: tuple[str, ...]  # normalised name components
+    kind: str  # "file" | "dir" | "symlink" | "hardlink" | "device" | "fifo"
+    mode: int
+    uid: int
+    gid: int
+    size: int
+    mtime: int
+    linkname: str
+    offset_data: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +135,7 @@ class RootFS:
         self.children: dict[str, set[str]] = {"": set()}
         self.skipped: list[tuple[str, str]] = []  # (path, kind) of device nodes and FIFOs
         self._member_count = 0
+        self._names_size = 0
         self._total_size = 0
 
     @classmethod
@@ -99,68 +152,98 @@ class RootFS:
         layer = self.image.layers[index]
         what = f"layer {index} ({layer.digest})"
         members = self._read_members(index, what)
-        for parts, member in members:
+        for member in members:
+            parts = list(member.parts)
             if parts and parts[-1] == OPAQUE_MARKER:
                 self._clear_lower_children(parts[:-1], index)
             elif parts and parts[-1].startswith(WHITEOUT_PREFIX):
                 self._whiteout(parts[:-1] + [parts[-1][len(WHITEOUT_PREFIX):]])
-        for parts, member in members:
-            if parts and parts[-1].startswith(WHITEOUT_PREFIX):
+        for member in members:
+            if member.parts and member.parts[-1].startswith(WHITEOUT_PREFIX):
                 continue
-            self._add_member(parts, member, index, what)
+            self._add_member(member, index, what)
 
-    def _read_members(self, index: int, what: str) -> list[tuple[list[str], tarfile.TarInfo]]:
-        members = []
+    def _read_members(self, index: int, what: str) -> list[Member]:
+        """One compact record per tar member (TarInfo objects are dropped as soon as read)."""
+        members: list[Member] = []
         with self.image.layers[index].open_tar() as stream:
             try:
-                with tarfile.open(fileobj=stream, mode="r|") as archive:
-                    for member in archive:
-                        self._member_count += 1
-                        if self._member_count > self.limits.max_entries:
-                            raise ImageError(
-                                f"the image has more than {self.limits.max_entries} layer entries; "
-                                "refusing it (raise RootFSLimits.max_entries if it is trusted)"
-                            )
-                        if member.issparse():
-                            raise ImageError(f"{what}: sparse file {member.name[:200]!r} is not supported; re-create the layer")
-                        if member.isreg():
-                            self._total_size += member.size
-                            if self._total_size > self.limits.max_total_size:
-                                raise ImageError(
-                                    f"the image holds more than {self.limits.max_total_size} bytes of files; "
-                                    "refusing it (raise RootFSLimits.max_total_size if it is trusted)"
-                                )
-                        members.append((split_member_name(member.name, self.limits, what), member))
+                with tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as archive:
+                    for info in archive:
+                        archive.members.clear()  # tarfile keeps every TarInfo otherwise
+                        members.append(self._member(info, what))
+            except HostileHeader as exc:
+                raise ImageError(f"{what}: {exc}") from None
             except tarfile.TarError as exc:
                 raise ImageError(f"{what} is not a valid tar ({exc}); the image is corrupt, re-create it") from None
             L.drain(stream)  # reach the end so the diff_id is checked
         return members
 
-    def _add_member(self, parts: list[str], member: tarfile.TarInfo, index: int, what: str) -> None:
+    def _member(self, info: tarfile.TarInfo, what: str) -> Member:
+        """Check one tar header against the limits and keep what the merge needs."""
+        self._member_count += 1
+        if self._member_count > self.limits.max_entries:
+            raise ImageError(
+                f"the image has more than {self.limits.max_entries} layer entries; refusing it - "
+                "if the image is trusted, raise --max-entries (RootFSLimits.max_entries, see docs/security.md)"
+            )
+        self._names_size += len(info.name) + len(info.linkname)
+        if self._names_size > self.limits.max_names_size:
+            raise ImageError(
+                f"the image's member names take more than {self.limits.max_names_size} bytes; refusing it - "
+                "if the image is trusted, raise RootFSLimits.max_names_size (see docs/security.md)"
+            )
+        if info.size < 0:
+            raise ImageError(f"{what}: member {info.name[:200]!r} has a negative size; the layer is hostile or corrupt, refusing it")
+        if info.isreg():
+            self._total_size += info.size
+            if self._total_size > self.limits.max_total_size:
+                raise ImageError(
+                    f"the image holds more than {self.limits.max_total_size} bytes of files; refusing it - "
+                    "if the image is trusted, raise RootFSLimits.max_total_size (see docs/security.md)"
+                )
+        parts = tuple(split_member_name(info.name, self.limits, what))
+        if info.isdir():
+            kind = "dir"
+        elif info.issym():
+            kind = "symlink"
+        elif info.islnk():
+            kind = "hardlink"
+        elif info.isreg():
+            kind = "file"
+        elif info.ischr() or info.isblk():
+            kind = "device"
+        elif info.isfifo():
+            kind = "fifo"
+        else:
+            raise ImageError(f"{what}: member {info.name[:200]!r} has unsupported tar type {info.type!r}; re-create the layer")
+        if kind in ("symlink", "hardlink") and len(info.linkname.encode(errors="surrogateescape")) > self.limits.max_path_length:
+            raise ImageError(
+                f"{what}: link {info.name[:200]!r} has a target longer than {self.limits.max_path_length} bytes; refusing the layer"
+            )
+        return Member(parts, kind, info.mode & 0o7777, info.uid, info.gid, info.size if kind == "file" else 0,
+                      int(info.mtime), info.linkname, info.offset_data)
+
+    def _add_member(self, member: Member, index: int, what: str) -> None:
+        parts = list(member.parts)
         if not parts:
             return  # the root directory itself
-        if member.ischr() or member.isblk() or member.isfifo():
-            kind = "fifo" if member.isfifo() else "device"
-            self.skipped.append(("/".join(parts), kind))
+        if member.kind in ("device", "fifo"):
+            self.skipped.append(("/".join(parts), member.kind))
             return
         parent = self._make_parent(parts[:-1], index, what)
         path = f"{parent}/{parts[-1]}" if parent else parts[-1]
-        common = dict(mode=member.mode & 0o7777, uid=member.uid, gid=member.gid, mtime=int(member.mtime),
-                      layer_index=index)
-        if member.isdir():
+        common = dict(mode=member.mode, uid=member.uid, gid=member.gid, mtime=member.mtime, layer_index=index)
+        if member.kind == "dir":
             entry = Entry(path, "dir", size=0, **common)
-        elif member.issym():
-            if len(member.linkname.encode(errors="surrogateescape")) > self.limits.max_path_length:
-                raise ImageError(f"{what}: symlink {path!r} has a target longer than {self.limits.max_path_length} bytes; refusing the layer")
+        elif member.kind == "symlink":
             entry = Entry(path, "symlink", size=0, linkname=member.linkname, **common)
-        elif member.islnk():
+        elif member.kind == "hardlink":
             target = self._hardlink_target(member.linkname, what, path)
             entry = Entry(path, "hardlink", size=target.size, linkname=target.path,
                           data_layer=target.data_layer, data_offset=target.data_offset, **common)
-        elif member.isreg():
-            entry = Entry(path, "file", size=member.size, data_layer=index, data_offset=member.offset_data, **common)
         else:
-            raise ImageError(f"{what}: member {member.name[:200]!r} has unsupported tar type {member.type!r}; re-create the layer")
+            entry = Entry(path, "file", size=member.size, data_layer=index, data_offset=member.offset_data, **common)
         self._put(entry)
 
     def _put(self, entry: Entry) -> None:

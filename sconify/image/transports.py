@@ -26,9 +26,18 @@ DEFAULT_COMPRESSION = {
 }
 
 
-def read_image(ref: str, platform: str | None = None) -> Image:
-    """Open the image at ``ref`` (layers stay streams; ``platform`` picks from an index)."""
-    reference = parse_reference(ref)
+def read_image(ref: str, platform: str | None = None, limits: L.LayerLimits | None = None) -> Image:
+    """Open the image at ``ref`` (layers stay streams; ``platform`` picks from an index).
+
+    Every layer carries ``limits`` (default ``LayerLimits()``): how far it may decompress.
+    """
+    image = _read(parse_reference(ref), platform)
+    if limits is None:
+        return image
+    return replace(image, layers=tuple(replace(layer, limits=limits) for layer in image.layers))
+
+
+def _read(reference: Reference, platform: str | None) -> Image:
     if reference.transport == "oci":
         from sconify.image.oci import read_oci_dir
 
