@@ -79,7 +79,12 @@ def sconify_argv(source: str, destination: str, outdir: Path, *extra: str) -> li
         sys.executable, "-m", "sconify", "image", "--from", source, "--to", destination, *extra, "--json",
         "--manifest-out", str(outdir / "manifest.json"), "--session-out", str(outdir / "session.yaml"),
         "--keys-out", str(outdir / "keys.json"),
-    ]
+    ]  # the same order as sconify_side_outputs
+
+
+def sconify_side_outputs(outdir: Path) -> list[Path]:
+    """What sconify-image writes beside the image (it refuses to overwrite the keys file)."""
+    return [outdir / "manifest.json", outdir / "session.yaml", outdir / "keys.json"]
 
 
 def skopeo_argv(source: str, destination: str) -> list[str]:
@@ -112,11 +117,11 @@ def image_case(ctx: Context, name: str, layout: Path, data_args: list[str], targ
     """sconify-image, skopeo copy (zstd) and the bare repack pass on one OCI layout."""
     source = f"oci:{layout}:latest"
     rootfs = uncompressed_rootfs_bytes(layout)
-    outdir = ctx.work / name
+    outdir = ctx.work / name.replace(" ", "-")
     outdir.mkdir(parents=True, exist_ok=True)
     out_image = outdir / "image"
     ours = repeat(sconify_argv(source, f"oci:{out_image}:bench", outdir, *data_args), ctx.repeat,
-                  before_each=fresh(out_image))
+                  before_each=fresh(out_image, *sconify_side_outputs(outdir)))
     mb_s = rootfs / 1e6 / ours.wall
     skopeo_out = outdir / "skopeo"
     skopeo = repeat(skopeo_argv(source, f"oci:{skopeo_out}:bench"), ctx.repeat, before_each=fresh(skopeo_out))
@@ -217,7 +222,7 @@ def scaling_case(ctx: Context, sizes: list[float], compression: str) -> None:
             outdir.mkdir(parents=True, exist_ok=True)
             out_image = outdir / "image"
             summary = repeat(sconify_argv(f"oci:{layout}:latest", f"oci:{out_image}:bench", outdir, "--dir", "/app/data"),
-                             ctx.repeat, before_each=fresh(out_image))
+                             ctx.repeat, before_each=fresh(out_image, *sconify_side_outputs(outdir)))
             shutil.rmtree(outdir, ignore_errors=True)
         points.append((rootfs / 1e9, summary))
         ctx.report.rows.append(Row(f"scaling {size:g} GB ({rootfs / 1e6:.0f} MB rootfs)", "sconify-image", summary.wall,
