@@ -174,6 +174,15 @@ def many_entries(layout: Path, canary: Path) -> Path:
     return H.write_layout(layout, [H.many_entries_layer(1_000_000)])
 
 
+def symlink_component_bomb() -> list[Member]:
+    """Three chained symlinks of 1,600 components each ('a/..' repeated): cheap to store, costly
+    to walk."""
+    detour = "/".join(["a/.."] * 800)
+    return [Member("a", "dir"), Member("s1", "symlink", linkname=f"{detour}/a"),
+            Member("s2", "symlink", linkname=f"{detour}/s1"), Member("s3", "symlink", linkname=f"{detour}/s2"),
+            Member("s3/x", data=b"x")]
+
+
 BOMB = r"expands to more than \d+ bytes .*decompression bomb"
 CASES = {
     "dotdot-name": Case(single_layer([Member("../../etc/cron.d/evil", data=b"* * * * * root sh\n")]), r"contains '\.\.'"),
@@ -195,6 +204,10 @@ CASES = {
     "long-name-component": Case(single_layer([Member("srv/" + "n" * 300, data=b"x")]), r"component is longer than 255 bytes"),
     "long-path": Case(single_layer([Member("/".join(["d" * 200] * 25), data=b"x")]), r"longer than 4096 bytes"),
     "long-symlink-target": Case(single_layer([Member("srv/link", "symlink", linkname="t/" * 3000)]), r"target longer than 4096 bytes"),
+    "deep-nesting": Case(single_layer([Member("/".join(["d"] * 200) + "/f", data=b"x")]), r"nested deeper than 128 directories"),
+    "symlink-loop": Case(single_layer([Member("loop-a", "symlink", linkname="loop-b"), Member("loop-b", "symlink", linkname="/loop-a"),
+                                       Member("loop-a/x", data=b"x")]), r"too many levels of symbolic links"),
+    "symlink-component-bomb": Case(single_layer(symlink_component_bomb()), r"visits more than 4096 path components"),
     "giant-pax-header": Case(single_layer(H.oversized_pax_header_tar(2 << 20)), r"extended header is \d+ bytes"),
     "manifest-missing-blob": Case(missing_blob, r"layer 0 blob sha256:[0-9a-f]{64} is missing", copy_error=r"is missing"),
     "config-diff-id-mismatch": Case(wrong_diff_id, r"diff_id.*expected sha256:[0-9a-f]{64}", copy_error=r"diff_id"),

@@ -38,6 +38,8 @@ class RootFSLimits:
     max_name_length: int = 255  # bytes of one path component, like NAME_MAX
     max_total_size: int = 64 << 30  # file bytes over all layers
     max_symlink_hops: int = 40  # like Linux's MAXSYMLINKS
+    max_depth: int = 128  # directory levels of a member name (deep node_modules: ~60)
+    max_resolve_steps: int = 4096  # path components one symlink resolution may visit
 
 
 # tar headers that carry data read whole into memory by tarfile (PAX and GNU long names)
@@ -119,6 +121,8 @@ def split_member_name(name: str, limits: RootFSLimits, what: str) -> list[str]:
         raise ImageError(f"{what}: member name {name[:200]!r} contains '..'; the layer is hostile or corrupt, refusing it")
     if len(name.encode(errors="surrogateescape")) > limits.max_path_length:
         raise ImageError(f"{what}: a member name is longer than {limits.max_path_length} bytes; refusing the layer")
+    if len(parts) > limits.max_depth:
+        raise ImageError(f"{what}: member name {name[:100]!r}... is nested deeper than {limits.max_depth} directories; refusing the layer")
     for part in parts:
         if len(part.encode(errors="surrogateescape")) > limits.max_name_length:
             raise ImageError(f"{what}: a member name component is longer than {limits.max_name_length} bytes; refusing the layer")
@@ -134,6 +138,7 @@ class RootFS:
         self.entries: dict[str, Entry] = {"": Entry("", "dir", 0o755, 0, 0, 0, 0)}
         self.children: dict[str, set[str]] = {"": set()}
         self.skipped: list[tuple[str, str]] = []  # (path, kind) of device nodes and FIFOs
+        self._parents: dict[tuple[str, ...], str] = {}  # member parent -> resolved dir, until a removal
         self._member_count = 0
         self._names_size = 0
         self._total_size = 0
@@ -258,6 +263,13 @@ class RootFS:
 
     def _make_parent(self, parts: list[str], index: int, what: str) -> str:
         """The resolved directory for ``parts``, creating implied directories; chroot-confined."""
+        key = tuple(parts)
+        resolved = self._parents.get(key)
+        if resolved is None:
+            resolved = self._parents[key] = self._walk_parent(parts, index, what)
+        return resolved
+
+    def _walk_parent(self, parts: list[str], index: int, what: str) -> str:
         current = ""
         for part in parts:
             candidate = f"{current}/{part}" if current else part
@@ -272,6 +284,8 @@ class RootFS:
                     current = self.resolve(candidate)
                 except PathNotFound:
                     raise ImageError(f"{what}: an entry lies below dangling symlink {candidate!r}; the layer is corrupt, re-create it") from None
+                except ImageError as exc:
+                    raise ImageError(f"{what}: an entry lies below symlink {candidate!r}, which does not resolve: {exc}, refusing the layer") from None
                 if self.entries[current].kind != "dir":
                     raise ImageError(f"{what}: an entry lies below {candidate!r}, which is not a directory; re-create the layer")
             else:
@@ -321,6 +335,7 @@ class RootFS:
 
     def _remove(self, path: str) -> None:
         """Remove ``path`` and, for a directory, everything below it."""
+        self._parents.clear()  # a resolved parent may have gone
         stack = [path]
         while stack:
             current = stack.pop()
@@ -336,9 +351,15 @@ class RootFS:
         """The normalised path ``path`` leads to, following symlinks as inside a chroot."""
         pending = collections.deque(path.split("/"))
         resolved: list[str] = []
-        hops = 0
+        hops = steps = 0
         while pending:
             part = pending.popleft()
+            steps += 1
+            if steps > self.limits.max_resolve_steps:
+                raise ImageError(
+                    f"{path[:200]!r}: resolving it visits more than {self.limits.max_resolve_steps} path components; "
+                    "fix the symlinks in the image"
+                )
             if part in ("", "."):
                 continue
             if part == "..":
