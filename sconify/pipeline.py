@@ -8,11 +8,9 @@ write image -> manifest, CAS session, keys file.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import io
 import os
 import posixpath
-import shlex
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -31,6 +29,7 @@ from sconify.image.mutate import append_layers, with_config
 from sconify.image.reference import parse_reference
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
+from sconify.hashing import sha256_file
 from sconify.keys import KeysFile, random_source
 from sconify.libraries import candidate_libraries, library_closure
 from sconify.manifest import (
@@ -138,7 +137,9 @@ class ConvertResult:
 
 
 @contextlib.contextmanager
-def phase(reporter: Reporter, timings: dict[str, float], name: str, total: int | None = None) -> Iterator[None]:
+def phase(
+    reporter: Reporter, timings: dict[str, float], name: str, total: int | None = None
+) -> Iterator[None]:
     reporter.start(name, total)
     began = time.perf_counter()
     yield
@@ -187,13 +188,30 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
             code_layer = build_code_layer(fs, plan.executable, sconified_exe, removed, work, options)
             data_layer = build_data_layer(fs, protected, spool, fspf_blob, work, options)
         with phase(reporter, timings, "write image"):
-            appended = append_layers(image, [code_layer, data_layer], history=history_entries(image, plan, len(embedded)))
-            output = with_config(appended, new_config(appended.config, image, options, plan, measurement, packed.root_hash))
+            appended = append_layers(
+                image, [code_layer, data_layer], history=history_entries(image, plan, len(embedded))
+            )
+            output = with_config(
+                appended, new_config(appended.config, image, options, plan, measurement, packed.root_hash)
+            )
             written = write_image(output, options.destination, compression=options.compression)
         with phase(reporter, timings, "write manifest"):
             manifest = make_manifest(
-                options, image, output, written, plan, original_exe, sconified_exe, packed, archive_path, removed,
-                measurement, fspf, fspf_tag, code_layer, data_layer,
+                options,
+                image,
+                output,
+                written,
+                plan,
+                original_exe,
+                sconified_exe,
+                packed,
+                archive_path,
+                removed,
+                measurement,
+                fspf,
+                fspf_tag,
+                code_layer,
+                data_layer,
             )
             keys = KeysFile(
                 fspf_path=FSPF_PATH,
@@ -204,7 +222,10 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
             )
             keys.write(options.keys_out)
             manifest.write(options.manifest_out)
-            write_session(session_spec(options, image, plan, measurement.mrenclave, fspf_tag, fspf_key), options.session_out)
+            write_session(
+                session_spec(options, image, plan, measurement.mrenclave, fspf_tag, fspf_key),
+                options.session_out,
+            )
     result.manifest = manifest
     result.embedded_files = packed.file_count
     result.embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
@@ -228,10 +249,17 @@ def same_image_location(a: str, b: str) -> bool:
     rewritten whole, whatever its tag; a layout or the engine only at the same tag)."""
     first, second = parse_reference(a), parse_reference(b)
     if first.transport == "docker-daemon" or second.transport == "docker-daemon":
-        return (first.transport, first.path, first.tag or "latest") == (second.transport, second.path, second.tag or "latest")
+        return (first.transport, first.path, first.tag or "latest") == (
+            second.transport,
+            second.path,
+            second.tag or "latest",
+        )
     if os.path.abspath(first.path) != os.path.abspath(second.path):
         return False
-    if first.transport in ("oci-archive", "docker-archive") or second.transport in ("oci-archive", "docker-archive"):
+    if first.transport in ("oci-archive", "docker-archive") or second.transport in (
+        "oci-archive",
+        "docker-archive",
+    ):
         return True
     return first.tag == second.tag
 
@@ -242,14 +270,20 @@ def check_options(options: ConvertOptions) -> None:
             f"--to {options.destination} would overwrite the input image; sconify never changes its "
             "input, pass another --to reference"
         )
-    outputs = {"--manifest-out": options.manifest_out, "--session-out": options.session_out, "--keys-out": options.keys_out}
+    outputs = {
+        "--manifest-out": options.manifest_out,
+        "--session-out": options.session_out,
+        "--keys-out": options.keys_out,
+    }
     if options.dry_run:
         return
     seen: dict[str, str] = {}
     for option, path in outputs.items():
         resolved = os.path.abspath(path)
         if resolved in seen:
-            raise UsageError(f"{option} and {seen[resolved]} name the same file {path}; give each its own path")
+            raise UsageError(
+                f"{option} and {seen[resolved]} name the same file {path}; give each its own path"
+            )
         seen[resolved] = option
         parent = os.path.dirname(resolved)
         if not os.path.isdir(parent):
@@ -263,7 +297,11 @@ def check_options(options: ConvertOptions) -> None:
         )
     if options.session_name is not None:
         check_session_name(options.session_name)
-    for option, value in (("--heap", options.heap_size), ("--stack", options.stack_size), ("--threads", options.threads)):
+    for option, value in (
+        ("--heap", options.heap_size),
+        ("--stack", options.stack_size),
+        ("--threads", options.threads),
+    ):
         if value is not None and value <= 0:
             raise UsageError(f"{option} must be positive")
 
@@ -309,7 +347,11 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
 def plan_regions(recipe, options: ConvertOptions) -> list[dict]:
     """fspf regions: '/' plus the data directories; explicit options win over the recipe."""
     regions: dict[str, dict] = {
-        "/": {"path": "/", "kind": "kernel", "protection": "authenticated" if options.authenticate_root else "not-protected"}
+        "/": {
+            "path": "/",
+            "kind": "kernel",
+            "protection": "authenticated" if options.authenticate_root else "not-protected",
+        }
     }
 
     def add(path: str, kind: str, protection: str, option: str) -> None:
@@ -317,12 +359,22 @@ def plan_regions(recipe, options: ConvertOptions) -> list[dict]:
         if normal == "/":
             raise UsageError(f"{option} / would protect the whole image; use --authenticate-root for that")
         existing = regions.get(normal)
-        if existing is not None and existing.get("explicit") and (existing["kind"], existing["protection"]) != (kind, protection):
+        if (
+            existing is not None
+            and existing.get("explicit")
+            and (existing["kind"], existing["protection"]) != (kind, protection)
+        ):
             raise UsageError(
                 f"{normal} is given twice with different protection ({existing['option']} and {option}); keep one"
             )
         if existing is None or not existing.get("explicit"):
-            regions[normal] = {"path": normal, "kind": kind, "protection": protection, "explicit": option.startswith("--"), "option": option}
+            regions[normal] = {
+                "path": normal,
+                "kind": kind,
+                "protection": protection,
+                "explicit": option.startswith("--"),
+                "option": option,
+            }
 
     for path in recipe.ephemeral:
         add(path, "ephemeral", "encrypted", f"recipe {recipe.name} [data] ephemeral")
@@ -334,7 +386,10 @@ def plan_regions(recipe, options: ConvertOptions) -> list[dict]:
         add(path, "kernel", "encrypted", "--dir")
     for path in options.authenticated_dirs:
         add(path, "kernel", "authenticated", "--authenticated")
-    return [{k: v for k, v in region.items() if k in ("path", "kind", "protection")} for region in sorted(regions.values(), key=lambda r: r["path"])]
+    return [
+        {k: v for k, v in region.items() if k in ("path", "kind", "protection")}
+        for region in sorted(regions.values(), key=lambda r: r["path"])
+    ]
 
 
 # --- reading ------------------------------------------------------------------------------
@@ -364,13 +419,17 @@ def spool_files(fs: RootFS, paths: list[str], spool: Spool, reporter: Reporter) 
     return extents
 
 
-def resolve_libraries(fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], reporter: Reporter) -> list[str]:
+def resolve_libraries(
+    fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], reporter: Reporter
+) -> list[str]:
     """Shared objects (and the symlinks naming them) that the executable and the embedded
     code load; read from the spool, spooling any outside the search path on demand."""
     recipe = plan.executable.recipe
     if not recipe.follow_needed:
         return []
-    shared_objects = [p for p in plan.code_files if ".so" in posixpath.basename(p) and fs.entries[p].kind != "symlink"]
+    shared_objects = [
+        p for p in plan.code_files if ".so" in posixpath.basename(p) and fs.entries[p].kind != "symlink"
+    ]
 
     def read(path: str) -> bytes:
         if path not in extents:
@@ -387,13 +446,24 @@ def archive_entry(fs: RootFS, spool: Spool, extents: dict[str, Extent], path: st
     entry = fs.entries[path]
     if entry.kind == "symlink":
         return ArchiveEntry(
-            path=path, kind="symlink", mode=entry.mode, uid=entry.uid, gid=entry.gid,
-            size=0, linkname=entry.linkname, source=None,
+            path=path,
+            kind="symlink",
+            mode=entry.mode,
+            uid=entry.uid,
+            gid=entry.gid,
+            size=0,
+            linkname=entry.linkname,
+            source=None,
         )
     extent = extents[path]
     return ArchiveEntry(
-        path=path, kind="file", mode=entry.mode, uid=entry.uid, gid=entry.gid,
-        size=extent.size, source=lambda: spool.open(extent),
+        path=path,
+        kind="file",
+        mode=entry.mode,
+        uid=entry.uid,
+        gid=entry.gid,
+        size=extent.size,
+        source=lambda: spool.open(extent),
     )
 
 
@@ -418,7 +488,15 @@ class Protected:
     ciphertext: Extent | None  # None: authenticated, the file stays as it is
 
 
-def protect_data(fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], random, work: str, options: ConvertOptions) -> tuple[Fspf, dict[str, Protected]]:
+def protect_data(
+    fs: RootFS,
+    plan: Plan,
+    spool: Spool,
+    extents: dict[str, Extent],
+    random,
+    work: str,
+    options: ConvertOptions,
+) -> tuple[Fspf, dict[str, Protected]]:
     fspf = Fspf.create(random=random)
     for region in plan.regions:
         fspf.add_region(region["path"], kind=region["kind"], protection=region["protection"])
@@ -446,13 +524,26 @@ def protect_data(fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent
 # --- layers and config --------------------------------------------------------------------
 
 
-def build_code_layer(fs: RootFS, executable: Executable, sconified: Path, removed: list[str], work: str, options: ConvertOptions) -> Layer:
+def build_code_layer(
+    fs: RootFS,
+    executable: Executable,
+    sconified: Path,
+    removed: list[str],
+    work: str,
+    options: ConvertOptions,
+) -> Layer:
     entry = fs.entries[executable.path]
     size = sconified.stat().st_size
     entries = [
         TarEntry(
-            path=executable.path, kind="file", mode=entry.mode, uid=entry.uid, gid=entry.gid,
-            size=size, mtime=getattr(entry, "mtime", 0), open=lambda: sconified.open("rb"),
+            path=executable.path,
+            kind="file",
+            mode=entry.mode,
+            uid=entry.uid,
+            gid=entry.gid,
+            size=size,
+            mtime=getattr(entry, "mtime", 0),
+            open=lambda: sconified.open("rb"),
         )
     ]
     entries += [whiteout_for(path) for path in removed]
@@ -462,11 +553,25 @@ def build_code_layer(fs: RootFS, executable: Executable, sconified: Path, remove
     return Layer.from_tar_file(tar_path, compression=layer_compression(options))
 
 
-def build_data_layer(fs: RootFS, protected: dict[str, Protected], spool: Spool, fspf_blob: Path, work: str, options: ConvertOptions) -> Layer:
+def build_data_layer(
+    fs: RootFS,
+    protected: dict[str, Protected],
+    spool: Spool,
+    fspf_blob: Path,
+    work: str,
+    options: ConvertOptions,
+) -> Layer:
     epoch = source_date_epoch()
     fspf_rel = rel(FSPF_PATH)
     entries = [
-        TarEntry(path=fspf_rel, kind="file", mode=0o644, size=fspf_blob.stat().st_size, mtime=epoch, open=lambda: fspf_blob.open("rb"))
+        TarEntry(
+            path=fspf_rel,
+            kind="file",
+            mode=0o644,
+            size=fspf_blob.stat().st_size,
+            mtime=epoch,
+            open=lambda: fspf_blob.open("rb"),
+        )
     ]
     entries += missing_parents([fspf_rel], lambda p: p in fs.entries, epoch)
     for item in protected.values():
@@ -475,8 +580,13 @@ def build_data_layer(fs: RootFS, protected: dict[str, Protected], spool: Spool, 
         entry = fs.entries[item.path]
         entries.append(
             TarEntry(
-                path=item.path, kind="file", mode=entry.mode, uid=entry.uid, gid=entry.gid,
-                size=item.ciphertext.size, mtime=getattr(entry, "mtime", 0),
+                path=item.path,
+                kind="file",
+                mode=entry.mode,
+                uid=entry.uid,
+                gid=entry.gid,
+                size=item.ciphertext.size,
+                mtime=getattr(entry, "mtime", 0),
                 open=lambda extent=item.ciphertext: spool.open(extent),
             )
         )
@@ -505,7 +615,9 @@ def session_name(options: ConvertOptions) -> str:
     return f"sconify-{cleaned}"[:128]
 
 
-def new_config(config: dict, image: Image, options: ConvertOptions, plan: Plan, measurement, root_hash: str) -> dict:
+def new_config(
+    config: dict, image: Image, options: ConvertOptions, plan: Plan, measurement, root_hash: str
+) -> dict:
     """``config`` with the fspf path in the environment and labels naming what was done."""
     inner = config.setdefault("config", {})
     env = [item for item in inner.get("Env") or [] if not item.startswith("SCONE_FSPF=")]
@@ -538,21 +650,49 @@ def history_entries(image: Image, plan: Plan, embedded: int) -> list[dict]:
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(epoch))
     executable = absolute(plan.executable.path)
     return [
-        {"created": created, "created_by": f"sconify-image {__version__}: embed {embedded} code files into {executable}",
-         "comment": "sconify code layer"},
-        {"created": created, "created_by": f"sconify-image {__version__}: fspf {FSPF_PATH} and protected data",
-         "comment": "sconify data layer"},
+        {
+            "created": created,
+            "created_by": f"sconify-image {__version__}: embed {embedded} code files into {executable}",
+            "comment": "sconify code layer",
+        },
+        {
+            "created": created,
+            "created_by": f"sconify-image {__version__}: fspf {FSPF_PATH} and protected data",
+            "comment": "sconify data layer",
+        },
     ]
 
 
-def make_manifest(options, image, output, written, plan, original_exe, sconified_exe, packed, archive_path, removed, measurement, fspf, fspf_tag, code_layer, data_layer) -> Manifest:
+def make_manifest(
+    options,
+    image,
+    output,
+    written,
+    plan,
+    original_exe,
+    sconified_exe,
+    packed,
+    archive_path,
+    removed,
+    measurement,
+    fspf,
+    fspf_tag,
+    code_layer,
+    data_layer,
+) -> Manifest:
     files = {}
     for region_path, paths in plan.data_files.items():
         protection = next(r for r in plan.regions if r["path"] == region_path)["protection"]
         for path in paths:
-            files[absolute(path)] = {"region": region_path, "protection": protection, "size": fspf.file(absolute(path)).size if fspf.file(absolute(path)) else 0}
+            files[absolute(path)] = {
+                "region": region_path,
+                "protection": protection,
+                "size": fspf.file(absolute(path)).size if fspf.file(absolute(path)) else 0,
+            }
     return Manifest(
-        input=ImageFigures(reference=options.source, config_digest=image.config_digest, diff_ids=list(image.diff_ids)),
+        input=ImageFigures(
+            reference=options.source, config_digest=image.config_digest, diff_ids=list(image.diff_ids)
+        ),
         output=ImageFigures(
             reference=options.destination,
             config_digest=written.config_digest,
@@ -586,7 +726,9 @@ def make_manifest(options, image, output, written, plan, original_exe, sconified
             layout_version=measurement.parameters["layout_version"],
             enclave_size=measurement.enclave_size,
         ),
-        fspf=FspfFigures(path=FSPF_PATH, tag=fspf_tag.hex(), regions=plan.regions, files=dict(sorted(files.items()))),
+        fspf=FspfFigures(
+            path=FSPF_PATH, tag=fspf_tag.hex(), regions=plan.regions, files=dict(sorted(files.items()))
+        ),
         tool_version=__version__,
     )
 
@@ -613,11 +755,3 @@ def embedded_hashes(archive_path: Path) -> dict[str, str]:
     """Image path -> SHA-256 of every member (a symlink's hash is that of its target string)."""
     with Archive.open(archive_path) as archive:
         return {absolute(member.path): member.sha256 for member in archive.list()}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()

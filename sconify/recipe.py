@@ -51,9 +51,7 @@ class Recipe:
 
     def with_extra_code(self, dirs: list[str], files: list[str]) -> "Recipe":
         """The recipe plus ``--fs-dir`` directories (all files) and ``--fs-file`` files."""
-        extra = tuple(CodeRule(paths=(d,)) for d in dirs) + tuple(
-            CodeRule(paths=(f,)) for f in files
-        )
+        extra = tuple(CodeRule(paths=(d,)) for d in dirs) + tuple(CodeRule(paths=(f,)) for f in files)
         return replace(self, code=self.code + extra)
 
 
@@ -169,9 +167,7 @@ class Selection:
 
 
 def excluded(relative: str, patterns: tuple[str, ...]) -> bool:
-    return any(
-        fnmatch.fnmatchcase(part, pattern) for part in relative.split("/") for pattern in patterns
-    )
+    return any(fnmatch.fnmatchcase(part, pattern) for part in relative.split("/") for pattern in patterns)
 
 
 def has_extension(path: str, extensions: tuple[str, ...]) -> bool:
@@ -208,7 +204,7 @@ def _str(doc: dict, key: str, where: str) -> str:
 def _strs(doc: dict, key: str, where: str) -> tuple[str, ...]:
     value = doc.get(key, [])
     if not isinstance(value, list) or not all(isinstance(item, str) for item in value):
-        raise UsageError(f"{where}: {key} must be a list of strings, e.g. {key} = [\"...\"]")
+        raise UsageError(f'{where}: {key} must be a list of strings, e.g. {key} = ["..."]')
     return tuple(value)
 
 

@@ -18,8 +18,25 @@ from sconify.recipe import Placeholders, Recipe, builtin_recipes, excluded, has_
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ELF_MAGIC = b"\x7fELF"
 # Directories that are never an application directory, even if WORKDIR names them.
-NOT_APP_DIRS = {"", "bin", "sbin", "usr", "usr/bin", "usr/sbin", "usr/local", "usr/local/bin",
-                "usr/lib", "lib", "etc", "var", "tmp", "root", "opt", "srv", "home"}
+NOT_APP_DIRS = {
+    "",
+    "bin",
+    "sbin",
+    "usr",
+    "usr/bin",
+    "usr/sbin",
+    "usr/local",
+    "usr/local/bin",
+    "usr/lib",
+    "lib",
+    "etc",
+    "var",
+    "tmp",
+    "root",
+    "opt",
+    "srv",
+    "home",
+}
 
 
 def rel(path: str) -> str:

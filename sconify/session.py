@@ -84,14 +84,10 @@ def session_document(spec: SessionSpec) -> dict:
 
 
 def render_session(spec: SessionSpec) -> bytes:
-    header = (
-        "# CAS session written by sconify-image. "
-        + (
-            "The fspf key is INLINE: keep this file as secret as the keys file.\n"
-            if spec.fspf_key is not None
-            else f"Supply the secret {spec.key_secret_name!r} (the fspf_key of the keys file) "
-            "when uploading.\n"
-        )
+    header = "# CAS session written by sconify-image. " + (
+        "The fspf key is INLINE: keep this file as secret as the keys file.\n"
+        if spec.fspf_key is not None
+        else f"Supply the secret {spec.key_secret_name!r} (the fspf_key of the keys file) when uploading.\n"
     )
     body = yaml.safe_dump(session_document(spec), sort_keys=False, default_flow_style=False)
     return (header + body).encode()

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ from sconify.fspf.format import tag_of
 from sconify.image.model import Image
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
+from sconify.hashing import sha256_file
 from sconify.keys import KeysFile
 from sconify.manifest import Manifest
 from sconify.select import absolute, is_regular, iter_tree, rel, try_resolve
@@ -69,14 +69,6 @@ class VerifyReport:
             "ok": self.ok,
             "checks": [{"name": c.name, "ok": c.ok, "detail": c.detail} for c in self.checks],
         }
-
-
-def sha256_file(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def differences(expected: dict[str, str], actual: dict[str, str]) -> list[str]:
@@ -138,7 +130,8 @@ def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> No
     report.add(
         "image config digest",
         image.config_digest == out.config_digest,
-        image.config_digest if image.config_digest == out.config_digest
+        image.config_digest
+        if image.config_digest == out.config_digest
         else f"image has {image.config_digest}, manifest records {out.config_digest}",
     )
     diff_ids = list(image.diff_ids)
@@ -147,7 +140,8 @@ def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> No
     else:
         changed = [
             f"layer {i}: image {a[:19]}..., manifest {b[:19]}..."
-            for i, (a, b) in enumerate(zip(diff_ids, out.diff_ids)) if a != b
+            for i, (a, b) in enumerate(zip(diff_ids, out.diff_ids))
+            if a != b
         ]
         if len(diff_ids) != len(out.diff_ids):
             changed.insert(0, f"image has {len(diff_ids)} layers, manifest {len(out.diff_ids)}")
@@ -156,17 +150,28 @@ def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> No
     report.add(
         "input layers reused byte for byte",
         diff_ids[: len(base)] == base,
-        f"{len(base)} input layers" if diff_ids[: len(base)] == base else "the image's lower layers are not the input's",
+        f"{len(base)} input layers"
+        if diff_ids[: len(base)] == base
+        else "the image's lower layers are not the input's",
     )
     layer_digests = [layer.digest for layer in image.layers]
-    if out.layer_digests and len(layer_digests) == len(out.layer_digests) and all(
-        layer.compression == "zstd" for layer in image.layers[-2:]
+    if (
+        out.layer_digests
+        and len(layer_digests) == len(out.layer_digests)
+        and all(layer.compression == "zstd" for layer in image.layers[-2:])
     ):
         report.add(
             "layer blob digests",
             layer_digests == out.layer_digests,
-            "as written" if layer_digests == out.layer_digests
-            else summarise([f"layer {i} blob differs" for i, (a, b) in enumerate(zip(layer_digests, out.layer_digests)) if a != b]),
+            "as written"
+            if layer_digests == out.layer_digests
+            else summarise(
+                [
+                    f"layer {i} blob differs"
+                    for i, (a, b) in enumerate(zip(layer_digests, out.layer_digests))
+                    if a != b
+                ]
+            ),
         )
     labels = (image.config.get("config") or {}).get("Labels") or {}
     label = labels.get(LABEL_PREFIX + "mrenclave")
@@ -197,12 +202,15 @@ def check_executable(report: VerifyReport, exe: Path, manifest: Manifest, work: 
         report.add(
             "embedfs root hash",
             archive.root_hash == manifest.embedfs.root_hash,
-            archive.root_hash if archive.root_hash == manifest.embedfs.root_hash
+            archive.root_hash
+            if archive.root_hash == manifest.embedfs.root_hash
             else f"image has {archive.root_hash}, manifest records {manifest.embedfs.root_hash}",
         )
         try:
             verified = archive.verify()
-            report.add("embedfs file hashes", True, f"{verified.file_count} files, {verified.content_bytes} bytes")
+            report.add(
+                "embedfs file hashes", True, f"{verified.file_count} files, {verified.content_bytes} bytes"
+            )
         except EmbedfsError as exc:
             report.add("embedfs file hashes", False, str(exc))
         actual_files = {absolute(m.path): m.sha256 for m in archive.list()}
@@ -220,7 +228,8 @@ def check_executable(report: VerifyReport, exe: Path, manifest: Manifest, work: 
         report.add(
             "original executable under the embedfs",
             actual_original == expected_original,
-            actual_original if actual_original == expected_original
+            actual_original
+            if actual_original == expected_original
             else f"restored {actual_original}, manifest records {expected_original}",
         )
     except EmbedfsError as exc:
@@ -230,19 +239,27 @@ def check_executable(report: VerifyReport, exe: Path, manifest: Manifest, work: 
 def check_measurement(report: VerifyReport, exe: Path, manifest: Manifest, sgxs_out: str | None) -> None:
     params = manifest.measurement
     measurement = measure_elf(
-        exe, heap_size=params.heap_size, stack_size=params.stack_size, threads=params.threads,
+        exe,
+        heap_size=params.heap_size,
+        stack_size=params.stack_size,
+        threads=params.threads,
         ssa_frame_size=params.ssa_frame_size,
     )
     described = f"heap {params.heap_size}, stack {params.stack_size}, {params.threads} threads"
     report.add(
         "MRENCLAVE",
         measurement.mrenclave == params.mrenclave,
-        f"{measurement.mrenclave} ({described})" if measurement.mrenclave == params.mrenclave
+        f"{measurement.mrenclave} ({described})"
+        if measurement.mrenclave == params.mrenclave
         else f"recomputed {measurement.mrenclave} with the manifest's parameters ({described}), "
         f"manifest records {params.mrenclave}",
     )
     if measurement.enclave_size != params.enclave_size:
-        report.add("enclave size", False, f"recomputed {measurement.enclave_size}, manifest records {params.enclave_size}")
+        report.add(
+            "enclave size",
+            False,
+            f"recomputed {measurement.enclave_size}, manifest records {params.enclave_size}",
+        )
     if sgxs_out:
         measurement.write_sgxs(sgxs_out)
 
@@ -252,7 +269,9 @@ def check_removed(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
     report.add(
         "embedded files absent from the rootfs",
         not present,
-        f"{len(manifest.embedfs.removed)} files" if not present else summarise([f"{p} still present" for p in present]),
+        f"{len(manifest.embedfs.removed)} files"
+        if not present
+        else summarise([f"{p} still present" for p in present]),
     )
 
 
@@ -270,15 +289,22 @@ def check_fspf(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysF
     report.add(
         "fspf tag",
         tag == manifest.fspf.tag,
-        tag if tag == manifest.fspf.tag
+        tag
+        if tag == manifest.fspf.tag
         else f"image has {tag}, manifest records {manifest.fspf.tag} (an older or different fspf)",
     )
     if keys is None:
         return
     if keys.fspf_tag.hex() != manifest.fspf.tag:
-        report.add("keys file", False, "the keys file is for another fspf (its tag differs from the manifest's)")
+        report.add(
+            "keys file", False, "the keys file is for another fspf (its tag differs from the manifest's)"
+        )
         return
-    protected_roots = [rel(r["path"]) for r in manifest.fspf.regions if r["protection"] != "not-protected" and r["kind"] == "kernel"]
+    protected_roots = [
+        rel(r["path"])
+        for r in manifest.fspf.regions
+        if r["protection"] != "not-protected" and r["kind"] == "kernel"
+    ]
     # Outside the shield by construction: the fspf itself and the executable (it is measured).
     unshielded = {fspf_path, rel(manifest.executable.path)}
     if "" in protected_roots:
@@ -293,7 +319,9 @@ def check_fspf(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysF
         )
     present = sorted(set(candidates) - unshielded)
     with Spool() as spool:
-        extents = {entry.path: spool.append_stream(stream, entry.size) for entry, stream in fs.iter_files(present)}
+        extents = {
+            entry.path: spool.append_stream(stream, entry.size) for entry, stream in fs.iter_files(present)
+        }
 
         def opener(path: str):
             extent = extents.get(rel(path))
@@ -316,7 +344,9 @@ def check_fspf(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysF
     recorded = set(manifest.fspf.files)
     listed = {absolute(p) for p in present} & recorded
     if recorded - listed:
-        report.add("protected files present", False, summarise([f"{p} missing" for p in sorted(recorded - listed)]))
+        report.add(
+            "protected files present", False, summarise([f"{p} missing" for p in sorted(recorded - listed)])
+        )
 
 
 # --- signatures ---------------------------------------------------------------------------
@@ -333,7 +363,9 @@ def load_private_key(path: str) -> Ed25519PrivateKey:
             "`openssl genpkey -algorithm ed25519 -out key.pem`"
         ) from None
     if not isinstance(key, Ed25519PrivateKey):
-        raise UsageError(f"{path} is not an Ed25519 key; create one with `openssl genpkey -algorithm ed25519 -out key.pem`")
+        raise UsageError(
+            f"{path} is not an Ed25519 key; create one with `openssl genpkey -algorithm ed25519 -out key.pem`"
+        )
     return key
 
 
@@ -389,12 +421,20 @@ def check_signature(report: VerifyReport, manifest_path: str, signature_path: st
         report.add("manifest signature", False, f"{signature_path} is not a sconify signature file")
         return
     if claimed != raw_public(signer):
-        report.add("manifest signature", False, f"signed by another key ({claimed.hex()[:16]}...), not by {signer_path}")
+        report.add(
+            "manifest signature",
+            False,
+            f"signed by another key ({claimed.hex()[:16]}...), not by {signer_path}",
+        )
         return
     try:
         signer.verify(signature, data)
     except InvalidSignature:
-        report.add("manifest signature", False, "the signature does not match the manifest's bytes (manifest or signature changed)")
+        report.add(
+            "manifest signature",
+            False,
+            "the signature does not match the manifest's bytes (manifest or signature changed)",
+        )
         return
     report.add("manifest signature", True, f"ed25519 by {claimed.hex()[:16]}...")
 
@@ -423,7 +463,9 @@ def open_sconified(reference: str, work: Path, platform: str | None = None) -> S
     labels = image_labels(image)
     executable = labels.get(LABEL_PREFIX + "executable")
     if not executable:
-        raise UsageError(f"{reference} carries no {LABEL_PREFIX}executable label: it was not written by sconify-image")
+        raise UsageError(
+            f"{reference} carries no {LABEL_PREFIX}executable label: it was not written by sconify-image"
+        )
     fs = RootFS.from_image(image)
     exe_path = try_resolve(fs, executable)
     if exe_path is None or not is_regular(fs.entries[exe_path]):
@@ -438,10 +480,13 @@ def open_sconified(reference: str, work: Path, platform: str | None = None) -> S
     fspf = labels.get(LABEL_PREFIX + "fspf.path", "")
     data_layer = len(image.layers) - 1
     protected = sorted(
-        absolute(path) for path, entry in fs.entries.items()
+        absolute(path)
+        for path, entry in fs.entries.items()
         if entry.layer_index == data_layer and is_regular(entry) and absolute(path) != fspf
     )
-    return SconifiedImage(reference, labels, executable, members, labels.get(LABEL_PREFIX + "mrenclave", ""), protected)
+    return SconifiedImage(
+        reference, labels, executable, members, labels.get(LABEL_PREFIX + "mrenclave", ""), protected
+    )
 
 
 def diff_images(ref_a: str, ref_b: str, platform: str | None = None) -> list[tuple[str, str]]:

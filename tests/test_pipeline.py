@@ -7,8 +7,8 @@ the keys file.
 
 from __future__ import annotations
 
+import io
 import json
-import os
 import stat
 import subprocess
 import sys
@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import yaml
 
-from embedfs.archive import Archive
 from embedfs.elf import open_embedded
 from embedfs.measure import measure_elf
 from sconify.fspf import Shield
@@ -42,7 +41,11 @@ class Converted:
 def sconify_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "sconify", "image", *args],
-        capture_output=True, text=True, cwd=cwd, timeout=600, check=False,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        check=False,
     )
 
 
@@ -50,10 +53,17 @@ def convert(tmp: Path, source: str, name: str, *extra: str) -> Converted:
     tmp.mkdir(parents=True, exist_ok=True)
     ref = f"oci:{tmp / 'out'}:{name}"
     result = sconify_cli(
-        "--from", source, "--to", ref, *extra,
-        "--manifest-out", str(tmp / "manifest.json"),
-        "--session-out", str(tmp / "session.yaml"),
-        "--keys-out", str(tmp / "keys.json"),
+        "--from",
+        source,
+        "--to",
+        ref,
+        *extra,
+        "--manifest-out",
+        str(tmp / "manifest.json"),
+        "--session-out",
+        str(tmp / "session.yaml"),
+        "--keys-out",
+        str(tmp / "keys.json"),
     )
     assert result.returncode == 0, result.stderr
     return Converted(
@@ -68,7 +78,9 @@ def convert(tmp: Path, source: str, name: str, *extra: str) -> Converted:
 
 @pytest.fixture(scope="module")
 def python_converted(python_image, tmp_path_factory) -> Converted:
-    return convert(tmp_path_factory.mktemp("py"), f"oci:{python_image}:latest", "python", "--dir", "/app/data")
+    return convert(
+        tmp_path_factory.mktemp("py"), f"oci:{python_image}:latest", "python", "--dir", "/app/data"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -76,11 +88,31 @@ def node_converted(node_image, tmp_path_factory) -> Converted:
     tmp = tmp_path_factory.mktemp("node")
     archive = tmp / "input.tar"
     write_image(read_image(f"oci:{node_image}:latest"), f"oci-archive:{archive}:node")
-    return convert(tmp, f"oci-archive:{archive}:node", "node", "--dir", "/app/data", "--authenticated", "/etc/sconify-demo")
+    return convert(
+        tmp,
+        f"oci-archive:{archive}:node",
+        "node",
+        "--dir",
+        "/app/data",
+        "--authenticated",
+        "/etc/sconify-demo",
+    )
 
 
 def file_bytes(fs: RootFS, path: str) -> bytes:
     return fs.read(path.lstrip("/"))
+
+
+def shield_of(converted: Converted) -> Shield:
+    """The fspf shield over the output image, opened with the keys file."""
+    out = RootFS.from_image(read_image(converted.ref))
+    keys = converted.keys
+    return Shield(
+        file_bytes(out, FSPF_PATH),
+        keys.fspf_key,
+        keys.fspf_tag,
+        opener=lambda p: io.BytesIO(file_bytes(out, p)),
+    )
 
 
 def extract_executable(converted: Converted, tmp: Path) -> Path:
@@ -134,15 +166,9 @@ def test_python_embedded_code_is_gone_from_the_rootfs_and_data_is_ciphertext(pyt
     assert out.exists(FSPF_PATH.lstrip("/"))
 
 
-def test_python_shield_reads_the_data_back_with_the_keys_file(python_converted, python_image, tmp_path):
-    out = RootFS.from_image(read_image(python_converted.ref))
+def test_python_shield_reads_the_data_back_with_the_keys_file(python_converted, python_image):
+    shield = shield_of(python_converted)
     original = RootFS.from_image(read_image(f"oci:{python_image}:latest"))
-    fspf_file = tmp_path / "volume.fspf"
-    fspf_file.write_bytes(file_bytes(out, FSPF_PATH))
-    keys = python_converted.keys
-    import io
-
-    shield = Shield(fspf_file, keys.fspf_key, keys.fspf_tag, opener=lambda p: io.BytesIO(file_bytes(out, p)))
     files = python_converted.manifest.fspf.files
     assert set(files) >= {"/app/data/readings.csv", "/app/data/blob.bin", "/app/data/config.json"}
     for path in files:
@@ -160,7 +186,11 @@ def test_python_manifest_session_and_keys_agree(python_converted):
     assert service["fspf_key"].startswith("$$SCONE::")
     assert stat.S_IMODE((python_converted.workdir / "keys.json").stat().st_mode) == 0o600
     regions = {r["path"]: (r["kind"], r["protection"]) for r in m.fspf.regions}
-    assert regions == {"/": ("kernel", "not-protected"), "/app/data": ("kernel", "encrypted"), "/tmp": ("ephemeral", "encrypted")}
+    assert regions == {
+        "/": ("kernel", "not-protected"),
+        "/app/data": ("kernel", "encrypted"),
+        "/tmp": ("ephemeral", "encrypted"),
+    }
 
 
 def test_no_key_reaches_the_image_manifest_or_session(python_converted):
@@ -176,19 +206,28 @@ def test_no_key_reaches_the_image_manifest_or_session(python_converted):
 
 def test_python_output_is_accepted_by_skopeo_and_umoci(python_converted, tmp_path):
     layout = python_converted.ref.split(":")[1]
-    inspect = subprocess.run(["skopeo", "inspect", f"oci:{layout}:python"], capture_output=True, text=True, check=False)
+    inspect = subprocess.run(
+        ["skopeo", "inspect", f"oci:{layout}:python"], capture_output=True, text=True, check=False
+    )
     assert inspect.returncode == 0, inspect.stderr
-    assert json.loads(inspect.stdout)["Labels"]["io.sconify.mrenclave"] == python_converted.manifest.measurement.mrenclave
+    assert (
+        json.loads(inspect.stdout)["Labels"]["io.sconify.mrenclave"]
+        == python_converted.manifest.measurement.mrenclave
+    )
     # umoci 0.4.7 does not read zstd layers: give it a gzip copy made by skopeo, the oracle
     gz = tmp_path / "gz"
     copy = subprocess.run(
         ["skopeo", "copy", "--dest-compress-format", "gzip", f"oci:{layout}:python", f"oci:{gz}:python"],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert copy.returncode == 0, copy.stderr
     unpack = subprocess.run(
         ["umoci", "unpack", "--rootless", "--image", f"{gz}:python", str(tmp_path / "bundle")],
-        capture_output=True, text=True, check=False,
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert unpack.returncode == 0, unpack.stderr
     rootfs = tmp_path / "bundle" / "rootfs"
@@ -237,15 +276,10 @@ def test_node_output_runs_in_docker(node_converted, run_in_docker):
     assert out.startswith("v18.")
 
 
-def test_node_authenticated_files_stay_plaintext_and_verify(node_converted, node_image, tmp_path):
+def test_node_authenticated_files_stay_plaintext_and_verify(node_converted, node_image):
     out = RootFS.from_image(read_image(node_converted.ref))
     original = RootFS.from_image(read_image(f"oci:{node_image}:latest"))
-    fspf_file = tmp_path / "volume.fspf"
-    fspf_file.write_bytes(file_bytes(out, FSPF_PATH))
-    import io
-
-    keys = node_converted.keys
-    shield = Shield(fspf_file, keys.fspf_key, keys.fspf_tag, opener=lambda p: io.BytesIO(file_bytes(out, p)))
+    shield = shield_of(node_converted)
     for path, info in node_converted.manifest.fspf.files.items():
         if info["protection"] == "authenticated":
             assert file_bytes(out, path) == file_bytes(original, path)
@@ -257,12 +291,19 @@ def test_node_from_docker_daemon_to_docker_daemon(node_image, docker_client, tmp
     write_image(read_image(f"oci:{node_image}:latest"), "docker-daemon:sconify-test/node-in:1")
     try:
         result = sconify_cli(
-            "--from", "docker-daemon:sconify-test/node-in:1", "--to", "docker-daemon:sconify-test/node-out:1",
-            "--dir", "/app/data", cwd=tmp_path,
+            "--from",
+            "docker-daemon:sconify-test/node-in:1",
+            "--to",
+            "docker-daemon:sconify-test/node-out:1",
+            "--dir",
+            "/app/data",
+            cwd=tmp_path,
         )
         assert result.returncode == 0, result.stderr
         manifest = Manifest.read(tmp_path / "manifest.json")
-        out = docker_client.containers.run("sconify-test/node-out:1", ["node", "--version"], remove=True, network_disabled=True)
+        out = docker_client.containers.run(
+            "sconify-test/node-out:1", ["node", "--version"], remove=True, network_disabled=True
+        )
         assert out.decode().startswith("v18.")
         labels = docker_client.images.get("sconify-test/node-out:1").labels
         assert labels["io.sconify.mrenclave"] == manifest.measurement.mrenclave
@@ -288,9 +329,13 @@ def run_api(source: str, tmp: Path, **options) -> Manifest:
     tmp.mkdir(parents=True, exist_ok=True)
     result = sconify_image(
         ConvertOptions(
-            source=source, destination=f"oci:{tmp / 'out'}:x",
-            manifest_out=str(tmp / "m.json"), session_out=str(tmp / "s.yaml"), keys_out=str(tmp / "k.json"),
-            encrypted_dirs=["/app/data"], **options,
+            source=source,
+            destination=f"oci:{tmp / 'out'}:x",
+            manifest_out=str(tmp / "m.json"),
+            session_out=str(tmp / "s.yaml"),
+            keys_out=str(tmp / "k.json"),
+            encrypted_dirs=["/app/data"],
+            **options,
         )
     )
     return result.manifest
@@ -321,7 +366,9 @@ def test_deterministic_keys_give_identical_images(python_image, tmp_path):
     first = run_api(source, tmp_path / "a", deterministic_keys_from=str(seed))
     second = run_api(source, tmp_path / "b", deterministic_keys_from=str(seed))
     assert first.output.manifest_digest == second.output.manifest_digest
-    assert (tmp_path / "a" / "m.json").read_bytes().replace(b"/a/", b"/b/") == (tmp_path / "b" / "m.json").read_bytes()
+    assert (tmp_path / "a" / "m.json").read_bytes().replace(b"/a/", b"/b/") == (
+        tmp_path / "b" / "m.json"
+    ).read_bytes()
     assert (tmp_path / "a" / "k.json").read_bytes() == (tmp_path / "b" / "k.json").read_bytes()
 
 
@@ -352,7 +399,9 @@ def test_script_entrypoint_is_refused_naming_the_interpreter(python_image, tmp_p
     config["config"]["Entrypoint"] = ["/usr/bin/py3compile"]
     config["config"]["Cmd"] = []
     write_image(with_config(image, config), f"oci:{tmp_path / 'script'}:s")
-    line = one_line_error(sconify_cli("--from", f"oci:{tmp_path / 'script'}:s", "--to", f"oci:{tmp_path / 'o'}:o", cwd=tmp_path))
+    line = one_line_error(
+        sconify_cli("--from", f"oci:{tmp_path / 'script'}:s", "--to", f"oci:{tmp_path / 'o'}:o", cwd=tmp_path)
+    )
     assert "script" in line and "--binary" in line and "python3" in line
     assert not (tmp_path / "o").exists()
 
@@ -367,7 +416,9 @@ def test_script_entrypoint_is_refused_naming_the_interpreter(python_image, tmp_p
     ],
 )
 def test_bad_options_give_one_line_and_no_output(python_image, tmp_path, extra, expected):
-    result = sconify_cli("--from", f"oci:{python_image}:latest", "--to", f"oci:{tmp_path / 'o'}:o", *extra, cwd=tmp_path)
+    result = sconify_cli(
+        "--from", f"oci:{python_image}:latest", "--to", f"oci:{tmp_path / 'o'}:o", *extra, cwd=tmp_path
+    )
     line = one_line_error(result)
     assert expected in line
     assert sorted(p.name for p in tmp_path.iterdir()) == []
@@ -375,14 +426,27 @@ def test_bad_options_give_one_line_and_no_output(python_image, tmp_path, extra, 
 
 def test_output_equal_to_input_is_refused(python_image, tmp_path):
     before = sorted(p.stat().st_mtime_ns for p in Path(python_image).rglob("*"))
-    line = one_line_error(sconify_cli("--from", f"oci:{python_image}:latest", "--to", f"oci:{python_image}:latest", cwd=tmp_path))
+    line = one_line_error(
+        sconify_cli(
+            "--from", f"oci:{python_image}:latest", "--to", f"oci:{python_image}:latest", cwd=tmp_path
+        )
+    )
     assert "would overwrite the input image" in line
     assert sorted(p.stat().st_mtime_ns for p in Path(python_image).rglob("*")) == before
 
 
 def test_dry_run_writes_nothing_and_json_reports_the_plan(python_image, tmp_path):
-    result = sconify_cli("--from", f"oci:{python_image}:latest", "--to", f"oci:{tmp_path / 'o'}:o",
-                         "--dir", "/app/data", "--dry-run", "--json", cwd=tmp_path)
+    result = sconify_cli(
+        "--from",
+        f"oci:{python_image}:latest",
+        "--to",
+        f"oci:{tmp_path / 'o'}:o",
+        "--dir",
+        "/app/data",
+        "--dry-run",
+        "--json",
+        cwd=tmp_path,
+    )
     assert result.returncode == 0, result.stderr
     plan = json.loads(result.stdout)
     assert plan["executable"] == "/usr/bin/python3.11" and plan["code_files"] > 300
@@ -393,8 +457,17 @@ def test_dry_run_writes_nothing_and_json_reports_the_plan(python_image, tmp_path
 def test_authenticate_root_and_inline_keys(python_image, tmp_path):
     from sconify.verify import verify_image
 
-    converted = convert(tmp_path, f"oci:{python_image}:latest", "root", "--dir", "/app/data",
-                        "--authenticate-root", "--inline-keys", "--name", "audited-python")
+    converted = convert(
+        tmp_path,
+        f"oci:{python_image}:latest",
+        "root",
+        "--dir",
+        "/app/data",
+        "--authenticate-root",
+        "--inline-keys",
+        "--name",
+        "audited-python",
+    )
     m = converted.manifest
     regions = {r["path"]: r["protection"] for r in m.fspf.regions}
     assert regions["/"] == "authenticated" and regions["/app/data"] == "encrypted"

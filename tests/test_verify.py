@@ -46,8 +46,13 @@ def convert(source: str, tmp: Path) -> Output:
     ref = f"oci:{tmp / 'out'}:v"
     sconify_image(
         ConvertOptions(
-            source=source, destination=ref, encrypted_dirs=["/app/data"], authenticated_dirs=["/etc/sconify-demo"],
-            manifest_out=str(tmp / "manifest.json"), session_out=str(tmp / "session.yaml"), keys_out=str(tmp / "keys.json"),
+            source=source,
+            destination=ref,
+            encrypted_dirs=["/app/data"],
+            authenticated_dirs=["/etc/sconify-demo"],
+            manifest_out=str(tmp / "manifest.json"),
+            session_out=str(tmp / "session.yaml"),
+            keys_out=str(tmp / "keys.json"),
         )
     )
     return Output(ref, tmp / "manifest.json", tmp / "keys.json", tmp)
@@ -64,7 +69,9 @@ def node_out(node_image, tmp_path_factory) -> Output:
 
 
 def sconify(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sconify", *args], capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "sconify", *args], capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 def verify(ref: str, manifest: Path, *extra: str) -> tuple[int, dict]:
@@ -107,19 +114,26 @@ def test_clean_output_verifies_with_and_without_keys(which, request, tmp_path):
     out = request.getfixturevalue(which)
     code, report = verify(out.ref, out.manifest_path)
     assert code == 0, failed(report)
-    code, report = verify(out.ref, out.manifest_path, "--keys", str(out.keys_path), "--sgxs", str(tmp_path / "enclave.sgxs"))
+    code, report = verify(
+        out.ref, out.manifest_path, "--keys", str(out.keys_path), "--sgxs", str(tmp_path / "enclave.sgxs")
+    )
     assert code == 0, failed(report)
     names = {check["name"] for check in report["checks"]}
     assert {"MRENCLAVE", "embedfs root hash", "fspf tag", "protected files (through the shield)"} <= names
     import hashlib
 
-    assert hashlib.sha256((tmp_path / "enclave.sgxs").read_bytes()).hexdigest() == out.manifest.measurement.mrenclave
+    assert (
+        hashlib.sha256((tmp_path / "enclave.sgxs").read_bytes()).hexdigest()
+        == out.manifest.measurement.mrenclave
+    )
 
 
 def test_verify_reads_the_image_through_another_transport(python_out, tmp_path):
     archive = tmp_path / "out.tar"
     write_image(read_image(python_out.ref), f"docker-archive:{archive}:audit/python:1")
-    code, report = verify(f"docker-archive:{archive}", python_out.manifest_path, "--keys", str(python_out.keys_path))
+    code, report = verify(
+        f"docker-archive:{archive}", python_out.manifest_path, "--keys", str(python_out.keys_path)
+    )
     assert code == 0, failed(report)
 
 
@@ -135,17 +149,27 @@ def test_one_byte_in_one_embedded_file_is_named(python_out, tmp_path):
         entries = []
         for member in archive.list():
             if member.kind == "symlink":
-                entries.append(ArchiveEntry(member.path, "symlink", member.mode, member.uid, member.gid, 0, member.linkname))
+                entries.append(
+                    ArchiveEntry(
+                        member.path, "symlink", member.mode, member.uid, member.gid, 0, member.linkname
+                    )
+                )
                 continue
             data = bytearray(archive.read(member.path))
             if member.path == victim:
                 data[100] ^= 0x01
-            entries.append(ArchiveEntry(member.path, "file", member.mode, member.uid, member.gid, len(data), source=bytes(data)))
+            entries.append(
+                ArchiveEntry(
+                    member.path, "file", member.mode, member.uid, member.gid, len(data), source=bytes(data)
+                )
+            )
     with (tmp_path / "evil.embedfs").open("wb") as handle:
         pack(entries, handle)
     restore_original(exe, tmp_path / "orig")
     inject(tmp_path / "orig", tmp_path / "evil.embedfs", tmp_path / "evil")
-    ref = with_files(python_out, {manifest.executable.path: (tmp_path / "evil").read_bytes()}, tmp_path, "evil")
+    ref = with_files(
+        python_out, {manifest.executable.path: (tmp_path / "evil").read_bytes()}, tmp_path, "evil"
+    )
     code, report = verify(ref, python_out.manifest_path)
     assert code == 1
     problems = failed(report)
@@ -212,14 +236,20 @@ def test_swapped_layer_is_named(python_image, python_out, tmp_path):
 def test_manifest_signature(python_out, tmp_path):
     key = Ed25519PrivateKey.generate()
     (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+        key.private_bytes(
+            serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+        )
     )
     (tmp_path / "signer.pem").write_bytes(
-        key.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     other = Ed25519PrivateKey.generate()
     (tmp_path / "other.pem").write_bytes(
-        other.public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        other.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
     )
     manifest = tmp_path / "manifest.json"
     shutil.copy(python_out.manifest_path, manifest)
@@ -254,9 +284,14 @@ def test_diff_names_what_changed_between_two_conversions(python_image, python_ou
     bigger.mkdir()
     sconify_image(
         ConvertOptions(
-            source=f"oci:{python_image}:latest", destination=f"oci:{bigger / 'out'}:v", encrypted_dirs=["/app/data"],
-            heap_size=256 << 20, fs_files=["/etc/sconify-demo/defaults.json"],
-            manifest_out=str(bigger / "m.json"), session_out=str(bigger / "s.yaml"), keys_out=str(bigger / "k.json"),
+            source=f"oci:{python_image}:latest",
+            destination=f"oci:{bigger / 'out'}:v",
+            encrypted_dirs=["/app/data"],
+            heap_size=256 << 20,
+            fs_files=["/etc/sconify-demo/defaults.json"],
+            manifest_out=str(bigger / "m.json"),
+            session_out=str(bigger / "s.yaml"),
+            keys_out=str(bigger / "k.json"),
         )
     )
     result = sconify("diff", python_out.ref, f"oci:{bigger / 'out'}:v", "--json")

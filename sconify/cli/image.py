@@ -27,40 +27,109 @@ def register(subparsers) -> None:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     io_group = parser.add_argument_group("images")
-    io_group.add_argument("--from", dest="source", required=True, metavar="REF",
-                          help="input image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:TAG], docker-daemon:NAME:TAG")
-    io_group.add_argument("--to", dest="destination", required=True, metavar="REF", help="output image reference (same syntax)")
-    io_group.add_argument("--platform", help="platform to pick from a multi-platform input (default linux/amd64)")
-    io_group.add_argument("--compression", choices=["gzip", "zstd", "none"],
-                          help="compression of the output layers (default: zstd for OCI, gzip for docker-archive)")
+    io_group.add_argument(
+        "--from",
+        dest="source",
+        required=True,
+        metavar="REF",
+        help="input image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:TAG], docker-daemon:NAME:TAG",
+    )
+    io_group.add_argument(
+        "--to", dest="destination", required=True, metavar="REF", help="output image reference (same syntax)"
+    )
+    io_group.add_argument(
+        "--platform", help="platform to pick from a multi-platform input (default linux/amd64)"
+    )
+    io_group.add_argument(
+        "--compression",
+        choices=["gzip", "zstd", "none"],
+        help="compression of the output layers (default: zstd for OCI, gzip for docker-archive)",
+    )
     code = parser.add_argument_group("code (embedded into the executable and measured)")
-    code.add_argument("--recipe", help="python, node or a recipe FILE.toml (default: chosen from the executable)")
-    code.add_argument("--binary", metavar="PATH", help="the service's executable inside the image (default: from ENTRYPOINT/CMD)")
-    code.add_argument("--fs-dir", action="append", default=[], metavar="DIR", help="also embed every file under DIR (repeatable)")
-    code.add_argument("--fs-file", action="append", default=[], metavar="FILE", help="also embed FILE (repeatable)")
-    code.add_argument("--keep-embedded", action="store_true", help="keep embedded files in the image's filesystem too")
+    code.add_argument(
+        "--recipe", help="python, node or a recipe FILE.toml (default: chosen from the executable)"
+    )
+    code.add_argument(
+        "--binary",
+        metavar="PATH",
+        help="the service's executable inside the image (default: from ENTRYPOINT/CMD)",
+    )
+    code.add_argument(
+        "--fs-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also embed every file under DIR (repeatable)",
+    )
+    code.add_argument(
+        "--fs-file", action="append", default=[], metavar="FILE", help="also embed FILE (repeatable)"
+    )
+    code.add_argument(
+        "--keep-embedded", action="store_true", help="keep embedded files in the image's filesystem too"
+    )
     data = parser.add_argument_group("data (fspf regions)")
-    data.add_argument("--dir", dest="encrypted_dirs", action="append", default=[], metavar="DIR",
-                      help="encrypt the files under DIR (repeatable)")
-    data.add_argument("--authenticated", dest="authenticated_dirs", action="append", default=[], metavar="DIR",
-                      help="authenticate the files under DIR (repeatable)")
-    data.add_argument("--authenticate-root", action="store_true", help="authenticate every other file of the image ('/' region)")
+    data.add_argument(
+        "--dir",
+        dest="encrypted_dirs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="encrypt the files under DIR (repeatable)",
+    )
+    data.add_argument(
+        "--authenticated",
+        dest="authenticated_dirs",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="authenticate the files under DIR (repeatable)",
+    )
+    data.add_argument(
+        "--authenticate-root",
+        action="store_true",
+        help="authenticate every other file of the image ('/' region)",
+    )
     measure = parser.add_argument_group("measurement")
-    measure.add_argument("--heap", dest="heap_size", type=parse_size, metavar="SIZE", help="enclave heap size, e.g. 64M (changes MRENCLAVE)")
-    measure.add_argument("--stack", dest="stack_size", type=parse_size, metavar="SIZE", help="stack size per thread, e.g. 256K")
+    measure.add_argument(
+        "--heap",
+        dest="heap_size",
+        type=parse_size,
+        metavar="SIZE",
+        help="enclave heap size, e.g. 64M (changes MRENCLAVE)",
+    )
+    measure.add_argument(
+        "--stack", dest="stack_size", type=parse_size, metavar="SIZE", help="stack size per thread, e.g. 256K"
+    )
     measure.add_argument("--threads", type=int, metavar="N", help="number of enclave threads (TCS)")
     out = parser.add_argument_group("outputs")
     out.add_argument("--name", dest="session_name", help="CAS session name (default: sconify-<output name>)")
-    out.add_argument("--out-dir", metavar="DIR", help="write manifest.json, session.yaml and keys.json into DIR (created)")
-    out.add_argument("--manifest-out", metavar="FILE", help="measurement manifest (default OUT_DIR/manifest.json)")
+    out.add_argument(
+        "--out-dir", metavar="DIR", help="write manifest.json, session.yaml and keys.json into DIR (created)"
+    )
+    out.add_argument(
+        "--manifest-out", metavar="FILE", help="measurement manifest (default OUT_DIR/manifest.json)"
+    )
     out.add_argument("--session-out", metavar="FILE", help="CAS session (default OUT_DIR/session.yaml)")
-    out.add_argument("--keys-out", metavar="FILE", help="fspf key and tag, mode 0600 (default OUT_DIR/keys.json)")
-    out.add_argument("--inline-keys", action="store_true", help="write the fspf key into the session instead of a secret reference")
-    out.add_argument("--deterministic-keys-from", metavar="FILE",
-                     help="derive every key from this secret seed file (reproducible CI builds)")
+    out.add_argument(
+        "--keys-out", metavar="FILE", help="fspf key and tag, mode 0600 (default OUT_DIR/keys.json)"
+    )
+    out.add_argument(
+        "--inline-keys",
+        action="store_true",
+        help="write the fspf key into the session instead of a secret reference",
+    )
+    out.add_argument(
+        "--deterministic-keys-from",
+        metavar="FILE",
+        help="derive every key from this secret seed file (reproducible CI builds)",
+    )
     out.add_argument("--force", action="store_true", help="overwrite an existing keys file")
-    out.add_argument("--dry-run", action="store_true", help="show what would be embedded and protected; write nothing")
-    out.add_argument("--json", action="store_true", help="print a JSON summary on stdout instead of the table")
+    out.add_argument(
+        "--dry-run", action="store_true", help="show what would be embedded and protected; write nothing"
+    )
+    out.add_argument(
+        "--json", action="store_true", help="print a JSON summary on stdout instead of the table"
+    )
 
 
 def output_paths(args: argparse.Namespace) -> None:
@@ -68,18 +137,20 @@ def output_paths(args: argparse.Namespace) -> None:
     directory = Path(args.out_dir or ".")
     if args.out_dir and not args.dry_run:
         directory.mkdir(parents=True, exist_ok=True)
-    for name, default in (("manifest_out", "manifest.json"), ("session_out", "session.yaml"), ("keys_out", "keys.json")):
+    for name, default in (
+        ("manifest_out", "manifest.json"),
+        ("session_out", "session.yaml"),
+        ("keys_out", "keys.json"),
+    ):
         if getattr(args, name) is None:
             setattr(args, name, str(directory / default))
 
 
 def run(args: argparse.Namespace) -> int:
     output_paths(args)
-    options = ConvertOptions(**{
-        name: getattr(args, name)
-        for name in ConvertOptions.__dataclass_fields__
-        if hasattr(args, name)
-    })
+    options = ConvertOptions(
+        **{name: getattr(args, name) for name in ConvertOptions.__dataclass_fields__ if hasattr(args, name)}
+    )
     with PhaseProgress(enabled=not args.json) as progress:
         result = sconify_image(options, progress)
     if args.json:
@@ -112,10 +183,16 @@ def summary(result: ConvertResult) -> dict:
                     "stack_size": m.measurement.stack_size,
                     "threads": m.measurement.threads,
                 },
-                "output": {"reference": m.output.reference, "manifest_digest": m.output.manifest_digest,
-                           "config_digest": m.output.config_digest},
-                "embedfs": {"root_hash": m.embedfs.root_hash, "file_count": m.embedfs.file_count,
-                            "archive_size": m.embedfs.archive_size},
+                "output": {
+                    "reference": m.output.reference,
+                    "manifest_digest": m.output.manifest_digest,
+                    "config_digest": m.output.config_digest,
+                },
+                "embedfs": {
+                    "root_hash": m.embedfs.root_hash,
+                    "file_count": m.embedfs.file_count,
+                    "archive_size": m.embedfs.archive_size,
+                },
                 "fspf": {"path": m.fspf.path, "tag": m.fspf.tag},
                 "encrypted_files": result.encrypted_files,
                 "authenticated_files": result.authenticated_files,
@@ -130,29 +207,50 @@ def print_table(result: ConvertResult, *, dry_run: bool) -> None:
     from rich.table import Table
 
     plan = result.plan
-    table = Table(title="sconify-image (dry run: nothing written)" if dry_run else "sconify-image", show_header=False)
+    table = Table(
+        title="sconify-image (dry run: nothing written)" if dry_run else "sconify-image", show_header=False
+    )
     table.add_column("what", style="bold")
     table.add_column("value", overflow="fold")
-    table.add_row("executable", f"/{plan.executable.path} (recipe {plan.executable.recipe.name}, from {plan.executable.requested})")
+    table.add_row(
+        "executable",
+        f"/{plan.executable.path} (recipe {plan.executable.recipe.name}, from {plan.executable.requested})",
+    )
     table.add_row("application dir", plan.app_dir or "-")
     table.add_row("input rootfs", human_size(result.input_bytes))
     for region in plan.regions:
         count = len(plan.data_files.get(region["path"], []))
-        table.add_row(f"region {region['path']}", f"{region['kind']}, {region['protection']}" + (f", {count} files" if count else ""))
+        table.add_row(
+            f"region {region['path']}",
+            f"{region['kind']}, {region['protection']}" + (f", {count} files" if count else ""),
+        )
     if dry_run or result.manifest is None:
         table.add_row("code files", str(len(plan.code_files)))
     else:
         m = result.manifest
-        table.add_row("embedded", f"{m.embedfs.file_count} files, {human_size(result.embedded_bytes)} -> "
-                      f"{human_size(m.embedfs.archive_size)} embedfs (root {m.embedfs.root_hash[:16]}...)")
+        table.add_row(
+            "embedded",
+            f"{m.embedfs.file_count} files, {human_size(result.embedded_bytes)} -> "
+            f"{human_size(m.embedfs.archive_size)} embedfs (root {m.embedfs.root_hash[:16]}...)",
+        )
         table.add_row("removed from rootfs", str(result.removed_files))
-        table.add_row("encrypted / authenticated", f"{result.encrypted_files} / {result.authenticated_files} files")
-        table.add_row("executable size", f"{human_size(m.executable.original_size)} -> {human_size(m.executable.sconified_size)}")
-        table.add_row("measurement", f"heap {human_size(m.measurement.heap_size)}, stack {human_size(m.measurement.stack_size)}, "
-                      f"{m.measurement.threads} threads, enclave {human_size(m.measurement.enclave_size)}")
+        table.add_row(
+            "encrypted / authenticated", f"{result.encrypted_files} / {result.authenticated_files} files"
+        )
+        table.add_row(
+            "executable size",
+            f"{human_size(m.executable.original_size)} -> {human_size(m.executable.sconified_size)}",
+        )
+        table.add_row(
+            "measurement",
+            f"heap {human_size(m.measurement.heap_size)}, stack {human_size(m.measurement.stack_size)}, "
+            f"{m.measurement.threads} threads, enclave {human_size(m.measurement.enclave_size)}",
+        )
         table.add_row("MRENCLAVE", m.measurement.mrenclave)
         table.add_row("fspf", f"{m.fspf.path} tag {m.fspf.tag}")
-        table.add_row("output image", f"{m.output.reference} {m.output.manifest_digest or m.output.config_digest}")
+        table.add_row(
+            "output image", f"{m.output.reference} {m.output.manifest_digest or m.output.config_digest}"
+        )
         for what, path in result.written.items():
             if what != "image":
                 table.add_row(f"{what} file", path)

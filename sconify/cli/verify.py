@@ -16,7 +16,16 @@ from sconify.image.transports import read_image
 from sconify.keys import KeysFile
 from sconify.manifest import Manifest
 from sconify.select import find_executable
-from sconify.verify import LABEL_PREFIX, VerifyReport, check_signature, copy_out, diff_images, image_labels, sign_manifest, verify_image
+from sconify.verify import (
+    LABEL_PREFIX,
+    VerifyReport,
+    check_signature,
+    copy_out,
+    diff_images,
+    image_labels,
+    sign_manifest,
+    verify_image,
+)
 
 
 def register(subparsers) -> None:
@@ -25,11 +34,23 @@ def register(subparsers) -> None:
         help="recompute every figure of a manifest from the image alone",
         description="Exit 0 when every check passes, 1 when a figure differs, 2 when the image or a file cannot be read.",
     )
-    verify.add_argument("reference", metavar="REF", help="the sconified image (oci:, oci-archive:, docker-archive:, docker-daemon:)")
-    verify.add_argument("--manifest", required=True, metavar="FILE", help="manifest.json written by sconify-image")
-    verify.add_argument("--keys", metavar="FILE", help="keys.json: also check every protected file through the fspf shield")
-    verify.add_argument("--sgxs", metavar="FILE", help="write the SGX record stream (its SHA-256 is the MRENCLAVE)")
-    verify.add_argument("--signer", metavar="PUB.pem", help="require a valid Ed25519 signature of the manifest by this key")
+    verify.add_argument(
+        "reference",
+        metavar="REF",
+        help="the sconified image (oci:, oci-archive:, docker-archive:, docker-daemon:)",
+    )
+    verify.add_argument(
+        "--manifest", required=True, metavar="FILE", help="manifest.json written by sconify-image"
+    )
+    verify.add_argument(
+        "--keys", metavar="FILE", help="keys.json: also check every protected file through the fspf shield"
+    )
+    verify.add_argument(
+        "--sgxs", metavar="FILE", help="write the SGX record stream (its SHA-256 is the MRENCLAVE)"
+    )
+    verify.add_argument(
+        "--signer", metavar="PUB.pem", help="require a valid Ed25519 signature of the manifest by this key"
+    )
     verify.add_argument("--signature", metavar="FILE", help="the signature file (default: MANIFEST.sig)")
     verify.add_argument("--platform", help="platform to pick from a multi-platform image")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -41,7 +62,11 @@ def register(subparsers) -> None:
         description="Measure the executable (with its embedfs) as an enclave; parameters default to the image's labels.",
     )
     measure.add_argument("reference", metavar="REF")
-    measure.add_argument("--binary", metavar="PATH", help="the executable inside the image (default: label, then ENTRYPOINT/CMD)")
+    measure.add_argument(
+        "--binary",
+        metavar="PATH",
+        help="the executable inside the image (default: label, then ENTRYPOINT/CMD)",
+    )
     measure.add_argument("--heap", dest="heap_size", type=parse_size, metavar="SIZE")
     measure.add_argument("--stack", dest="stack_size", type=parse_size, metavar="SIZE")
     measure.add_argument("--threads", type=int, metavar="N")
@@ -68,7 +93,9 @@ def register(subparsers) -> None:
         "`openssl pkey -in key.pem -pubout -out signer.pem`.",
     )
     sign.add_argument("manifest", metavar="MANIFEST")
-    sign.add_argument("--key", required=True, metavar="KEY.pem", help="Ed25519 private key (PEM, unencrypted)")
+    sign.add_argument(
+        "--key", required=True, metavar="KEY.pem", help="Ed25519 private key (PEM, unencrypted)"
+    )
     sign.add_argument("-o", "--output", metavar="FILE", help="signature file (default: MANIFEST.sig)")
     sign.set_defaults(func=run_sign)
 
@@ -95,7 +122,9 @@ def print_report(report: VerifyReport) -> None:
     table.add_column("result")
     table.add_column("detail", overflow="fold")
     for check in report.checks:
-        table.add_row(check.name, "[green]ok[/green]" if check.ok else "[bold red]FAIL[/bold red]", check.detail)
+        table.add_row(
+            check.name, "[green]ok[/green]" if check.ok else "[bold red]FAIL[/bold red]", check.detail
+        )
     console().print(table)
     failed = sum(not c.ok for c in report.checks)
     console().print(f"{len(report.checks) - failed} checks passed, {failed} failed")
@@ -106,7 +135,12 @@ def run_measure(args: argparse.Namespace) -> int:
     labels = image_labels(image)
     fs = RootFS.from_image(image)
     if args.binary or not labels.get(LABEL_PREFIX + "executable"):
-        path = "/" + find_executable(fs, image.config, binary=args.binary, recipe_spec=None if args.binary else None).path
+        path = (
+            "/"
+            + find_executable(
+                fs, image.config, binary=args.binary, recipe_spec=None if args.binary else None
+            ).path
+        )
     else:
         path = labels[LABEL_PREFIX + "executable"]
 
@@ -127,18 +161,33 @@ def run_measure(args: argparse.Namespace) -> int:
         if args.sgxs:
             measurement.write_sgxs(args.sgxs)
     if args.json:
-        json.dump({"executable": path, "mrenclave": measurement.mrenclave, "enclave_size": measurement.enclave_size,
-                   **params}, sys.stdout, indent=2, sort_keys=True)
+        json.dump(
+            {
+                "executable": path,
+                "mrenclave": measurement.mrenclave,
+                "enclave_size": measurement.enclave_size,
+                **params,
+            },
+            sys.stdout,
+            indent=2,
+            sort_keys=True,
+        )
         sys.stdout.write("\n")
     else:
-        print(f"MRENCLAVE {measurement.mrenclave} {path} heap={params['heap_size']} stack={params['stack_size']} threads={params['threads']}")
+        print(
+            f"MRENCLAVE {measurement.mrenclave} {path} heap={params['heap_size']} stack={params['stack_size']} threads={params['threads']}"
+        )
     return 0
 
 
 def run_diff(args: argparse.Namespace) -> int:
     lines = diff_images(args.reference_a, args.reference_b, platform=args.platform)
     if args.json:
-        json.dump({"same": not lines, "differences": [{"what": w, "detail": d} for w, d in lines]}, sys.stdout, indent=2)
+        json.dump(
+            {"same": not lines, "differences": [{"what": w, "detail": d} for w, d in lines]},
+            sys.stdout,
+            indent=2,
+        )
         sys.stdout.write("\n")
     elif not lines:
         print("the images agree: same executable, measurement, embedded files and protected paths")
