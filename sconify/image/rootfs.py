@@ -33,7 +33,7 @@ class RootFSLimits:
     """Bounds that keep a hostile image from exhausting memory or time."""
 
     max_entries: int = 300_000  # tar members over all layers (big real images: ~100k)
-    max_names_size: int = 64 << 20  # bytes of member names and link targets over all layers
+    max_names_size: int = 32 << 20  # bytes of member names and link targets over all layers
     max_path_length: int = 4096  # bytes of a normalised path, like PATH_MAX
     max_name_length: int = 255  # bytes of one path component, like NAME_MAX
     max_total_size: int = 64 << 30  # file bytes over all layers
