@@ -282,3 +282,27 @@ def blob_path(layout: Path, digest: str) -> Path:
 
 def manifest_of(layout: Path) -> dict:
     return read_base(layout)[0]
+
+
+# --- archives -------------------------------------------------------------------------------
+
+
+def archive_of(path: Path, files: Iterable[tuple[str, bytes]], head: bytes = b"", extra: Iterable[Member] = ()) -> Path:
+    """A tar file of (name, bytes) members and ``extra`` members, after raw bytes ``head``."""
+    body = tar_of([*(Member(name, data=data) for name, data in files), *extra])
+    path.write_bytes(head + body)
+    return path
+
+
+def layout_files(layout: Path) -> list[tuple[str, bytes]]:
+    """(name, bytes) of every file of a layout, for packing it into an oci-archive."""
+    return [(str(p.relative_to(layout)), p.read_bytes()) for p in sorted(layout.rglob("*")) if p.is_file()]
+
+
+def docker_archive(path: Path, layer_names: list[str], members: Iterable[tuple[str, bytes]] = ()) -> Path:
+    """A ``docker save``-style archive whose manifest.json lists ``layer_names`` as given."""
+    config = {"architecture": "amd64", "os": "linux",
+              "rootfs": {"type": "layers", "diff_ids": [sha256(b"layer")] * len(layer_names)}}
+    manifest = [{"Config": "config.json", "RepoTags": ["hostile:latest"], "Layers": layer_names}]
+    return archive_of(path, [("config.json", json.dumps(config).encode()),
+                             ("manifest.json", json.dumps(manifest).encode()), *members])

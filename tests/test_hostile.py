@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -127,51 +128,79 @@ class Case:
     """A hostile image that must be refused: by the reader (``error``) and, where copying must
     read the layer contents too, by ``sconify copy`` (``copy_error``; None: copied byte for byte)."""
 
-    build: Callable[[Path, Path], Path]  # (layout path, canary dir) -> layout
+    build: Callable[[Path, Path], str]  # (input path, canary dir) -> image reference
     error: str  # regex the one-line error must match (problem)
     copy_error: str | None = None
     fix: str = r"re-create|refusing|pass|raise|use"  # the line must say what to do
 
 
+def oci(layout: Path) -> str:
+    return f"oci:{layout}:latest"
+
+
 def single_layer(members_or_tar: list[Member] | bytes, compression: str = "gzip") -> Callable[[Path, Path], Path]:
     def build(layout: Path, canary: Path) -> Path:
         tar = members_or_tar if isinstance(members_or_tar, bytes) else H.tar_of(members_or_tar)
-        return H.write_layout(layout, [H.layer_blob(tar, compression)])
+        return oci(H.write_layout(layout, [H.layer_blob(tar, compression)]))
     return build
 
 
-def canary_escape(layout: Path, canary: Path) -> Path:
+def canary_escape(layout: Path, canary: Path) -> str:
     """``var/run`` -> the canary's absolute host path, then a file below it."""
-    return H.write_layout(layout, [H.layer_blob(H.tar_of([
+    return oci(H.write_layout(layout, [H.layer_blob(H.tar_of([
         Member("var/run", "symlink", linkname=str(canary)),
         Member("var/run/pwned", data=b"written through a symlink\n"),
-    ]))])
+    ]))]))
 
 
-def missing_blob(layout: Path, canary: Path) -> Path:
-    H.write_layout(layout, [H.layer_blob(H.tar_of([Member("etc/motd", data=b"hi\n")]))])
+MOTD_LAYER = [Member("etc/motd", data=b"hi\n")]
+
+
+def missing_blob(layout: Path, canary: Path) -> str:
+    H.write_layout(layout, [H.layer_blob(H.tar_of(MOTD_LAYER))])
     H.blob_path(layout, H.manifest_of(layout)["layers"][0]["digest"]).unlink()
-    return layout
+    return oci(layout)
 
 
-def wrong_diff_id(layout: Path, canary: Path) -> Path:
-    blob = H.layer_blob(H.tar_of([Member("etc/motd", data=b"hi\n")]))
-    return H.write_layout(layout, [H.LayerBlob(blob.data, blob.compression, H.sha256(b"another layer"))])
+def wrong_diff_id(layout: Path, canary: Path) -> str:
+    blob = H.layer_blob(H.tar_of(MOTD_LAYER))
+    return oci(H.write_layout(layout, [H.LayerBlob(blob.data, blob.compression, H.sha256(b"another layer"))]))
 
 
-def other_platform(layout: Path, canary: Path) -> Path:
-    return H.write_layout(layout, [H.layer_blob(H.tar_of([Member("etc/motd", data=b"hi\n")]))],
-                          platform={"os": "linux", "architecture": "riscv64"})
+def other_platform(layout: Path, canary: Path) -> str:
+    return oci(H.write_layout(layout, [H.layer_blob(H.tar_of(MOTD_LAYER))], platform={"os": "linux", "architecture": "riscv64"}))
 
 
-def bomb(compression: str) -> Callable[[Path, Path], Path]:
-    def build(layout: Path, canary: Path) -> Path:
-        return H.write_layout(layout, [H.bomb_layer(compression)])
+def bomb(compression: str) -> Callable[[Path, Path], str]:
+    def build(layout: Path, canary: Path) -> str:
+        return oci(H.write_layout(layout, [H.bomb_layer(compression)]))
     return build
 
 
-def many_entries(layout: Path, canary: Path) -> Path:
-    return H.write_layout(layout, [H.many_entries_layer(1_000_000)])
+def many_entries(layout: Path, canary: Path) -> str:
+    return oci(H.write_layout(layout, [H.many_entries_layer(1_000_000)]))
+
+
+def docker_archive_layer_outside(path: Path, canary: Path) -> str:
+    """manifest.json names a layer outside the archive: looked up inside it, never on disk."""
+    (canary.parent / "outside.tar").write_bytes(H.tar_of(MOTD_LAYER))
+    return f"docker-archive:{H.docker_archive(path, ['../outside.tar'])}"
+
+
+def oci_archive_giant_pax(path: Path, canary: Path) -> str:
+    """A valid layout packed after a 2 MiB PAX header."""
+    layout = H.write_layout(path.parent / "layout", [H.layer_blob(H.tar_of(MOTD_LAYER))])
+    head = H.oversized_pax_header_tar(2 << 20)[:-3 * H.BLOCK]  # the PAX header and its file, no end blocks
+    return f"oci-archive:{H.archive_of(path, H.layout_files(layout), head=head)}"
+
+
+def oci_archive_symlinked_blob(path: Path, canary: Path) -> str:
+    """The layer blob is a symlink member pointing at a host file."""
+    layout = H.write_layout(path.parent / "layout", [H.layer_blob(H.tar_of(MOTD_LAYER))])
+    layer = H.blob_path(layout, H.manifest_of(layout)["layers"][0]["digest"])
+    name = str(layer.relative_to(layout))
+    files = [(n, d) for n, d in H.layout_files(layout) if n != name]
+    return f"oci-archive:{H.archive_of(path, files, extra=[Member(name, 'symlink', linkname='/etc/passwd')])}"
 
 
 def symlink_component_bomb() -> list[Member]:
@@ -211,6 +240,10 @@ CASES = {
     "giant-pax-header": Case(single_layer(H.oversized_pax_header_tar(2 << 20)), r"extended header is \d+ bytes"),
     "manifest-missing-blob": Case(missing_blob, r"layer 0 blob sha256:[0-9a-f]{64} is missing", copy_error=r"is missing"),
     "config-diff-id-mismatch": Case(wrong_diff_id, r"diff_id.*expected sha256:[0-9a-f]{64}", copy_error=r"diff_id"),
+    "docker-archive-layer-outside": Case(docker_archive_layer_outside, r"layer 0 \(\.\./outside\.tar\) is missing from the archive",
+                                         copy_error=r"is missing from the archive"),
+    "oci-archive-giant-pax-header": Case(oci_archive_giant_pax, r"extended header is \d+ bytes", copy_error=r"extended header"),
+    "oci-archive-symlinked-blob": Case(oci_archive_symlinked_blob, r"layer 0 blob sha256:[0-9a-f]{64} is missing", copy_error=r"is missing"),
     "index-without-platform": Case(other_platform, r"no image for platform linux/amd64 \(available: linux/riscv64\)",
                                    copy_error=r"no image for platform"),
 }
@@ -220,9 +253,9 @@ CASES = {
 def test_hostile_image_is_refused_with_one_line_and_no_output(name, tmp_path):
     case = CASES[name]
     box = Sandbox(tmp_path)
-    layout = case.build(tmp_path / "in", box.canary)
-    before = tree_digest(layout)
-    source = f"oci:{layout}:latest"
+    source = case.build(tmp_path / "in", box.canary)
+    source_path = tmp_path / "in"
+    before = tree_digest(tmp_path)
 
     with pytest.raises(ImageError) as raised:
         fs = RootFS.from_image(read_image(source))
@@ -239,10 +272,11 @@ def test_hostile_image_is_refused_with_one_line_and_no_output(name, tmp_path):
     if case.copy_error is None:
         copied = box.run("copy", source, f"oci:{box.work / 'copy'}:x")
         assert copied.returncode == 0, copied.stderr
-        assert layer_digests(box.work / "copy") == layer_digests(layout), "layers are copied byte for byte"
+        assert layer_digests(box.work / "copy") == layer_digests(source_path), "layers are copied byte for byte"
+        shutil.rmtree(box.work / "copy")
     else:
         box.refused(case.copy_error, "copy", source, f"oci:{box.work / 'copy'}:x")
-    assert tree_digest(layout) == before, "the input changed"
+    assert tree_digest(tmp_path) == before, "the input (or anything beside it) changed"
 
 
 def layer_digests(layout: Path) -> list[str]:

@@ -26,6 +26,7 @@ from sconify.image.model import (
     slice_opener,
 )
 from sconify.image.reference import DEFAULT_PLATFORM, parse_platform
+from sconify.image.tarbounds import BoundedTarInfo, HostileHeader
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -380,13 +381,15 @@ class TarStore:
         self.path = path
         self.members: dict[str, tuple[int, int]] = {}
         try:
-            with tarfile.open(path, "r:") as archive:
+            with tarfile.open(path, "r:", tarinfo=BoundedTarInfo) as archive:
                 for count, member in enumerate(archive):
                     if count >= self.MAX_MEMBERS:
                         raise ImageError(f"{source}: more than {self.MAX_MEMBERS} archive members; refusing it")
                     if member.isreg():
                         name = _normal_member_name(member.name)
                         self.members[name] = (member.offset_data, member.size)
+        except HostileHeader as exc:
+            raise ImageError(f"{source}: {exc}") from None
         except (tarfile.TarError, EOFError) as exc:
             raise ImageError(f"{source}: not a readable tar archive ({exc}); check the file") from None
         except IsADirectoryError:

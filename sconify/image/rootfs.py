@@ -19,6 +19,7 @@ from typing import BinaryIO, Iterable, Iterator
 from sconify.errors import ImageError
 from sconify.image import layers as L
 from sconify.image.model import Image
+from sconify.image.tarbounds import BoundedTarInfo, HostileHeader
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -40,42 +41,6 @@ class RootFSLimits:
     max_symlink_hops: int = 40  # like Linux's MAXSYMLINKS
     max_depth: int = 128  # directory levels of a member name (deep node_modules: ~60)
     max_resolve_steps: int = 4096  # path components one symlink resolution may visit
-
-
-# tar headers that carry data read whole into memory by tarfile (PAX and GNU long names)
-MAX_EXTENDED_HEADER = 1 << 20
-
-
-class HostileHeader(Exception):
-    """A tar header refused while tarfile parses it (re-raised as ImageError naming the layer)."""
-
-
-class BoundedTarInfo(tarfile.TarInfo):
-    """tarfile's TarInfo, refusing sparse members and giant extended headers before their data
-    is read: tarfile would read a PAX or GNU long-name header of any size into memory, and
-    expand sparse maps of any length. (tarfile offers no public hook for this.)"""
-
-    def _proc_member(self, tarfile_: tarfile.TarFile):  # type: ignore[override]
-        if self.size < 0:
-            raise HostileHeader(f"member {self.name[:200]!r} has a negative size; the layer is hostile or corrupt, refusing it")
-        if self.type in EXTENDED_HEADER_TYPES and self.size > MAX_EXTENDED_HEADER:
-            raise HostileHeader(
-                f"a tar extended header is {self.size} bytes, more than {MAX_EXTENDED_HEADER}; "
-                "the layer is hostile or corrupt, refusing it"
-            )
-        return super()._proc_member(tarfile_)
-
-    def _proc_sparse(self, tarfile_: tarfile.TarFile):  # type: ignore[override]
-        raise HostileHeader(f"sparse file {self.name[:200]!r} is not supported; re-create the layer without sparse files")
-
-    def _refuse_pax_sparse(self, next_: tarfile.TarInfo, *args) -> None:
-        raise HostileHeader(f"sparse file {next_.name[:200]!r} is not supported; re-create the layer without sparse files")
-
-    _proc_gnusparse_00 = _proc_gnusparse_01 = _proc_gnusparse_10 = _refuse_pax_sparse
-
-
-EXTENDED_HEADER_TYPES = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK, tarfile.XHDTYPE, tarfile.XGLTYPE,
-                         tarfile.SOLARIS_XHDTYPE)
 
 
 @dataclass(frozen=True, slots=True)
