@@ -233,7 +233,7 @@ CASES = {
     "long-name-component": Case(single_layer([Member("srv/" + "n" * 300, data=b"x")]), r"component is longer than 255 bytes"),
     "long-path": Case(single_layer([Member("/".join(["d" * 200] * 25), data=b"x")]), r"longer than 4096 bytes"),
     "long-symlink-target": Case(single_layer([Member("srv/link", "symlink", linkname="t/" * 3000)]), r"target longer than 4096 bytes"),
-    "deep-nesting": Case(single_layer([Member("/".join(["d"] * 200) + "/f", data=b"x")]), r"nested deeper than 128 directories"),
+    "deep-nesting": Case(single_layer([Member("/".join(["d"] * 200) + "/f", data=b"x")]), r"more than 128 path components"),
     "symlink-loop": Case(single_layer([Member("loop-a", "symlink", linkname="loop-b"), Member("loop-b", "symlink", linkname="/loop-a"),
                                        Member("loop-a/x", data=b"x")]), r"too many levels of symbolic links"),
     "symlink-component-bomb": Case(single_layer(symlink_component_bomb()), r"visits more than 4096 path components"),
@@ -392,3 +392,34 @@ def test_non_utf8_name_in_a_data_dir_is_protected_or_refused_with_one_line():
         fspf.protect_file(name, io.BytesIO(b"x"), 1, io.BytesIO())
     except FspfError as exc:
         assert "\n" not in str(exc) and "UTF-8" in str(exc)
+
+
+# --- the bounds are options ---------------------------------------------------------------
+
+
+def zeros_image(tmp_path: Path, size: int) -> str:
+    tar = H.tar_of([Member("var/zeros", data=bytes(size)), *(Member(f"etc/f{n}", data=b"x") for n in range(20))])
+    return oci(H.write_layout(tmp_path / "zeros", [H.layer_blob(tar, "zstd")]))
+
+
+def test_layer_limits_are_options_of_read_image(tmp_path):
+    from sconify.image.layers import LayerLimits
+
+    source = zeros_image(tmp_path, 4 << 20)  # 4 MiB of zeros in a few hundred bytes
+    assert RootFS.from_image(read_image(source)).stat("var/zeros").size == 4 << 20
+    strict = LayerLimits(expansion_allowance=1 << 20, max_expansion=10)
+    with pytest.raises(ImageError, match=r"expands to more than 1048576 bytes"):
+        RootFS.from_image(read_image(source, limits=strict))
+    with pytest.raises(ImageError, match=r"more than 65536 bytes"):
+        read_image(source, limits=LayerLimits(max_layer_size=1 << 16)).layers[0].verify()
+
+
+def test_rootfs_limits_are_options_of_from_image(tmp_path):
+    from sconify.image.rootfs import RootFSLimits
+
+    image = read_image(zeros_image(tmp_path, 10))
+    assert len(RootFS.from_image(image).listdir("etc")) == 20
+    with pytest.raises(ImageError, match=r"more than 10 layer entries; refusing it - if the image is trusted, raise --max-entries"):
+        RootFS.from_image(image, RootFSLimits(max_entries=10))
+    with pytest.raises(ImageError, match=r"more than 1 path components"):
+        RootFS.from_image(image, RootFSLimits(max_depth=1))

@@ -39,7 +39,7 @@ class RootFSLimits:
     max_name_length: int = 255  # bytes of one path component, like NAME_MAX
     max_total_size: int = 64 << 30  # file bytes over all layers
     max_symlink_hops: int = 40  # like Linux's MAXSYMLINKS
-    max_depth: int = 128  # directory levels of a member name (deep node_modules: ~60)
+    max_depth: int = 128  # components of one member name (deep node_modules: ~60)
     max_resolve_steps: int = 4096  # path components one symlink resolution may visit
 
 
@@ -87,7 +87,7 @@ def split_member_name(name: str, limits: RootFSLimits, what: str) -> list[str]:
     if len(name.encode(errors="surrogateescape")) > limits.max_path_length:
         raise ImageError(f"{what}: a member name is longer than {limits.max_path_length} bytes; refusing the layer")
     if len(parts) > limits.max_depth:
-        raise ImageError(f"{what}: member name {name[:100]!r}... is nested deeper than {limits.max_depth} directories; refusing the layer")
+        raise ImageError(f"{what}: member name {name[:100]!r} has more than {limits.max_depth} path components; refusing the layer")
     for part in parts:
         if len(part.encode(errors="surrogateescape")) > limits.max_name_length:
             raise ImageError(f"{what}: a member name component is longer than {limits.max_name_length} bytes; refusing the layer")
