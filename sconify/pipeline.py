@@ -13,7 +13,7 @@ import os
 import posixpath
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Iterator, Protocol
 
@@ -155,6 +155,9 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
     with phase(reporter, timings, "read image"):
         image = read_image(options.source, platform=options.platform)
         fs = RootFS.from_image(image)
+        # RootFS read every layer to its end, checking blob digest and diff_id: the writer
+        # need not read them a second time before copying them.
+        image = replace(image, layers=tuple(replace(layer, trusted=True) for layer in image.layers))
     with phase(reporter, timings, "select files"):
         plan = make_plan(image, fs, options)
     result = ConvertResult(plan=plan, phases=timings)
