@@ -27,7 +27,8 @@ from sconify.fspf import Fspf
 from sconify.image.model import Image, Layer
 from sconify.image.mutate import append_layers, with_config
 from sconify.image.reference import parse_reference
-from sconify.image.rootfs import RootFS
+from sconify.image.layers import LayerLimits
+from sconify.image.rootfs import RootFS, RootFSLimits
 from sconify.image.transports import read_image, write_image
 from sconify.hashing import sha256_file
 from sconify.keys import KeysFile, random_source
@@ -86,6 +87,9 @@ class ConvertOptions:
     platform: str | None = None
     compression: str | None = None
     dry_run: bool = False
+    max_layer_size: int | None = None  # LayerLimits bounds for untrusted input (docs/security.md)
+    max_expansion: int | None = None
+    max_entries: int | None = None  # RootFSLimits.max_entries
     force: bool = False  # overwrite an existing keys file
 
 
@@ -153,8 +157,8 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
     timings: dict[str, float] = {}
     check_options(options)
     with phase(reporter, timings, "read image"):
-        image = read_image(options.source, platform=options.platform)
-        fs = RootFS.from_image(image)
+        image = read_image(options.source, platform=options.platform, limits=layer_limits(options))
+        fs = RootFS.from_image(image, rootfs_limits(options))
         # RootFS read every layer to its end, checking blob digest and diff_id: the writer
         # need not read them a second time before copying them.
         image = replace(image, layers=tuple(replace(layer, trusted=True) for layer in image.layers))
@@ -268,6 +272,9 @@ def same_image_location(a: str, b: str) -> bool:
 
 
 def check_options(options: ConvertOptions) -> None:
+    layer_limits(options)  # refuses bounds that are not positive
+    if options.max_entries is not None and options.max_entries <= 0:
+        raise UsageError("--max-entries must be positive")
     if same_image_location(options.source, options.destination):
         raise UsageError(
             f"--to {options.destination} would overwrite the input image; sconify never changes its "
@@ -307,6 +314,14 @@ def check_options(options: ConvertOptions) -> None:
     ):
         if value is not None and value <= 0:
             raise UsageError(f"{option} must be positive")
+
+
+def layer_limits(options: ConvertOptions) -> LayerLimits:
+    return LayerLimits.from_options(options.max_layer_size, options.max_expansion)
+
+
+def rootfs_limits(options: ConvertOptions) -> RootFSLimits:
+    return RootFSLimits() if options.max_entries is None else RootFSLimits(max_entries=options.max_entries)
 
 
 def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:

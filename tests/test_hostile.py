@@ -381,9 +381,6 @@ def test_hostile_but_convertible_image_converts_safely_end_to_end(safe_hostile_i
     assert tree_digest(layout) == before, "the input changed"
 
 
-@pytest.mark.xfail(strict=True, raises=UnicodeEncodeError,
-                   reason="fspf.format.normalise_path encodes names strictly: a non-UTF-8 name in a data "
-                          "dir is an internal error (exit 70); fix proposed to the lead")
 def test_non_utf8_name_in_a_data_dir_is_protected_or_refused_with_one_line():
     fspf = Fspf.create()
     fspf.add_region("/", kind="kernel", protection="encrypted")

@@ -10,6 +10,7 @@ from typing import Iterator
 
 from rich.console import Console
 
+from sconify.cli.output import parse_size
 from sconify.image import layers as L
 from sconify.image.reference import DEFAULT_PLATFORM
 from sconify.image.transports import read_image, write_image
@@ -29,13 +30,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "new compression zstd for OCI, gzip for docker-archive)")
     parser.add_argument("--platform", default=None,
                         help=f"OS/ARCH[/VARIANT] to pick from a multi-platform index (default {DEFAULT_PLATFORM})")
+    parser.add_argument("--max-layer-size", type=parse_size, metavar="SIZE",
+                        help="largest uncompressed layer (default 64G; docs/security.md)")
+    parser.add_argument("--max-expansion", type=int, metavar="N",
+                        help="largest uncompressed/stored ratio of a layer past 256M (default 100)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
     parser.set_defaults(func=run_copy)
 
 
 def run_copy(args: argparse.Namespace) -> int:
     with progress(f"copying {args.src} to {args.dst}"):
-        image = read_image(args.src, platform=args.platform)
+        image = read_image(args.src, platform=args.platform,
+                           limits=L.LayerLimits.from_options(args.max_layer_size, args.max_expansion))
         result = write_image(image, args.dst, compression=args.compression)
     if args.json:
         json.dump({

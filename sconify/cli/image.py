@@ -45,6 +45,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["gzip", "zstd", "none"],
         help="compression of the output layers (default: zstd for OCI, gzip for docker-archive)",
     )
+    bounds = parser.add_argument_group("bounds for untrusted input (docs/security.md)")
+    bounds.add_argument("--max-layer-size", type=parse_size, metavar="SIZE", help="largest uncompressed layer (default 64G)")
+    bounds.add_argument("--max-expansion", type=int, metavar="N",
+                        help="largest uncompressed/stored ratio of a layer past 256M (default 100)")
+    bounds.add_argument("--max-entries", type=int, metavar="N", help="most tar entries over all layers (default 300000)")
     code = parser.add_argument_group("code (embedded into the executable and measured)")
     code.add_argument(
         "--recipe", help="python, node or a recipe FILE.toml (default: chosen from the executable)"

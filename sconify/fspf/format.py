@@ -226,7 +226,14 @@ def normalise_path(path: str, what: str = "path") -> str:
     if any("\0" in p for p in parts):
         raise FspfError(f"{what} {path!r} contains a NUL byte; remove it")
     normal = "/" + "/".join(parts)
-    if len(normal.encode()) > MAX_PATH_BYTES:
+    try:
+        encoded = normal.encode()
+    except UnicodeEncodeError:
+        raise FspfError(
+            f"{what} {path.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8 (fspf paths are UTF-8); "
+            "rename the file"
+        ) from None
+    if len(encoded) > MAX_PATH_BYTES:
         raise FspfError(f"{what} is longer than {MAX_PATH_BYTES} bytes; shorten it")
     return normal
 

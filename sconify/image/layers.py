@@ -15,7 +15,7 @@ from typing import BinaryIO, Callable
 import zstandard
 from dataclasses import dataclass
 
-from sconify.errors import ImageError
+from sconify.errors import ImageError, UsageError
 
 CHUNK_SIZE = 1 << 20
 
@@ -58,6 +58,15 @@ class LayerLimits:
     def bound(self, stored_size: int) -> int:
         """The most uncompressed bytes a layer stored in ``stored_size`` bytes may hold."""
         return min(self.max_layer_size, max(self.expansion_allowance, self.max_expansion * stored_size))
+
+    @classmethod
+    def from_options(cls, max_layer_size: int | None = None, max_expansion: int | None = None) -> "LayerLimits":
+        """The default bounds with those given (``--max-layer-size``, ``--max-expansion``) replaced."""
+        asked = {"max_layer_size": max_layer_size, "max_expansion": max_expansion}
+        for name, value in asked.items():
+            if value is not None and value <= 0:
+                raise UsageError(f"--{name.replace('_', '-')} must be positive")
+        return cls(**{name: value for name, value in asked.items() if value is not None})
 
 
 _DIGEST_RE = re.compile(r"sha256:[0-9a-f]{64}")
