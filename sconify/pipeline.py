@@ -709,7 +709,11 @@ def make_manifest(
             }
     return Manifest(
         input=ImageFigures(
-            reference=options.source, config_digest=image.config_digest, diff_ids=list(image.diff_ids)
+            reference=options.source,
+            config_digest=image.config_digest,
+            diff_ids=list(image.diff_ids),
+            manifest_digest=image.manifest_digest,
+            layer_digests=[layer.digest for layer in image.layers],
         ),
         output=ImageFigures(
             reference=options.destination,

@@ -167,6 +167,9 @@ class Image:
     config_bytes: bytes
     layers: tuple[Layer, ...]
     source: str = field(default="", compare=False)
+    # Digest of the manifest this image was read from ("" for a changed image, or where the
+    # transport stores none, e.g. docker-archive and the Docker engine).
+    manifest_digest: str = field(default="", compare=False)
 
     @property
     def config(self) -> dict:

@@ -19,7 +19,7 @@ def append_layers(image: Image, layers: Iterable[Layer], history: list[dict] | N
     config["rootfs"]["diff_ids"] = [*config["rootfs"].get("diff_ids", []), *(l.diff_id for l in new_layers)]
     entries = history if history is not None else [{"created_by": "sconify"} for _ in new_layers]
     config["history"] = [*config.get("history", []), *entries]
-    return replace(image, config_bytes=canonical_json(config), layers=image.layers + new_layers)
+    return replace(image, config_bytes=canonical_json(config), layers=image.layers + new_layers, manifest_digest="")
 
 
 def with_config(image: Image, config: dict) -> Image:
@@ -31,4 +31,4 @@ def with_config(image: Image, config: dict) -> Image:
             "new image config lists other diff_ids than the image's layers; "
             "keep rootfs.diff_ids as they are, or use append_layers"
         )
-    return replace(image, config_bytes=config_bytes)
+    return replace(image, config_bytes=config_bytes, manifest_digest="")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+from dataclasses import replace
 import io
 import os
 import shutil
@@ -223,7 +224,7 @@ def read_manifest(store: BlobStore, descriptor: dict, source: str) -> Image:
                 "the blob is truncated or wrong, re-create or re-pull the image"
             )
         layers.append(Layer(digest, size, "", compression, media_type, store.file_opener(name), what))
-    return make_image(config_bytes, layers, source)
+    return replace(make_image(config_bytes, layers, source), manifest_digest=descriptor["digest"])
 
 
 def read_oci_dir(path: str, tag: str | None, platform: str | None) -> Image:
