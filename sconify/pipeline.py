@@ -158,7 +158,7 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
     check_options(options)
     with phase(reporter, timings, "read image"):
         image = read_image(options.source, platform=options.platform, limits=layer_limits(options))
-        fs = RootFS.from_image(image, rootfs_limits(options))
+        fs = RootFS.from_image(image, rootfs_limits(options), cache_gzip_layers=not options.dry_run)
         # RootFS read every layer to its end, checking blob digest and diff_id: the writer
         # need not read them a second time before copying them.
         image = replace(image, layers=tuple(replace(layer, trusted=True) for layer in image.layers))
@@ -169,7 +169,7 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
     if options.dry_run:
         return result
     random = random_source(options.deterministic_keys_from)
-    with tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool:
+    with fs, tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool:
         wanted = files_to_read(fs, plan)
         with phase(reporter, timings, "read files", total=len(wanted)):
             extents = spool_files(fs, wanted, spool, reporter)

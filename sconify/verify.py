@@ -110,8 +110,9 @@ def verify_image(
     report = VerifyReport(reference)
     image = read_image(reference, platform=platform)
     check_identity(report, image, manifest)
-    fs = RootFS.from_image(image)  # reads every layer: digests and diff_ids are checked
-    with tempfile.TemporaryDirectory(prefix="sconify-verify-") as work:
+    # reads every layer: digests and diff_ids are checked
+    fs = RootFS.from_image(image, cache_gzip_layers=True)
+    with fs, tempfile.TemporaryDirectory(prefix="sconify-verify-") as work:
         exe = Path(work, "executable")
         exe_path = try_resolve(fs, manifest.executable.path)
         if exe_path is None or not is_regular(fs.entries[exe_path]):

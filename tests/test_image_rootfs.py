@@ -198,3 +198,20 @@ def test_iter_files_refuses_directories(tmp_path):
 def test_walk_lists_directories_top_down_without_following_symlinks(tmp_path):
     fs = rootfs(tmp_path, [member("a/b/f", data=b""), member("a/g", data=b""), member("a/l", "symlink", target="/")])
     assert list(fs.walk()) == [("", ["a"], []), ("a", ["b"], ["g", "l"]), ("a/b", [], ["f"])]
+
+
+def test_cached_gzip_layers_give_the_same_bytes_as_a_second_inflate(python_image):
+    """cache_gzip_layers keeps the tars the index pass inflated; reads are then preads of them."""
+    from sconify.image.transports import read_image
+
+    image = read_image(f"oci:{python_image}:latest")
+    assert {layer.compression for layer in image.layers} == {"gzip"}
+    paths = ["usr/bin/python3.11", "app/main.py", "app/data/readings.csv", "app/data/readings-latest.csv",
+             "usr/lib/python3.11/json/decoder.py"]
+    plain = RootFS.from_image(image)
+    expected = {entry.path: stream.read() for entry, stream in plain.iter_files(paths)}
+    with RootFS.from_image(image, cache_gzip_layers=True) as cached:
+        assert sorted(cached._layer_cache) == list(range(len(image.layers)))
+        assert {entry.path: stream.read() for entry, stream in cached.iter_files(paths)} == expected
+        assert cached.read("etc/sconify-demo/defaults.json") == plain.read("etc/sconify-demo/defaults.json")
+    assert cached._layer_cache == {}
