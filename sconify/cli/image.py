@@ -7,8 +7,12 @@ import json
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 from sconify.cli.output import PhaseProgress, console, human_size, parse_size
-from sconify.pipeline import ConvertOptions, ConvertResult, sconify_image
+
+if TYPE_CHECKING:
+    from sconify.pipeline import ConvertResult
 
 
 def register(subparsers) -> None:
@@ -152,6 +156,8 @@ def output_paths(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from sconify.pipeline import ConvertOptions, sconify_image  # heavy: imported when it runs
+
     output_paths(args)
     options = ConvertOptions(
         **{name: getattr(args, name) for name in ConvertOptions.__dataclass_fields__ if hasattr(args, name)}
