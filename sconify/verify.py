@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -110,8 +110,20 @@ def verify_image(
     report = VerifyReport(reference)
     image = read_image(reference, platform=platform)
     check_identity(report, image, manifest)
-    # reads every layer: digests and diff_ids are checked
-    fs = RootFS.from_image(image, cache_gzip_layers=True)
+    base = len(manifest.input.diff_ids)
+    added_layers_only = (
+        len(image.layers) == len(manifest.output.diff_ids) == base + 2
+        and not (keys is not None and shields_lower_layers(manifest))
+    )
+    if added_layers_only:
+        # The input's layers hold nothing sconify computed: check their digests and diff_ids
+        # (inflate and hash, no tar parsing) and index only the two layers sconify added.
+        for layer in image.layers[:base]:
+            layer.verify()
+        report.add("input layers' blobs and diff_ids", True, f"{base} layers read and hashed")
+        fs = RootFS.from_image(replace(image, layers=image.layers[base:]), cache_gzip_layers=True)
+    else:
+        fs = RootFS.from_image(image, cache_gzip_layers=True)  # every layer: digests, diff_ids
     with fs, tempfile.TemporaryDirectory(prefix="sconify-verify-") as work:
         exe = Path(work, "executable")
         exe_path = try_resolve(fs, manifest.executable.path)
@@ -121,9 +133,14 @@ def verify_image(
         copy_out(fs, exe_path, exe)
         check_executable(report, exe, manifest, Path(work))
         check_measurement(report, exe, manifest, sgxs_out)
-        check_removed(report, fs, manifest)
+        check_removed(report, fs, manifest, whiteouts_needed=added_layers_only)
         check_fspf(report, fs, manifest, keys)
     return report
+
+
+def shields_lower_layers(manifest: Manifest) -> bool:
+    """Whether the fspf protects files that stay in the input's layers (authenticated ones)."""
+    return any(r["protection"] == "authenticated" for r in manifest.fspf.regions)
 
 
 def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> None:
@@ -265,14 +282,16 @@ def check_measurement(report: VerifyReport, exe: Path, manifest: Manifest, sgxs_
         measurement.write_sgxs(sgxs_out)
 
 
-def check_removed(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
-    present = [path for path in manifest.embedfs.removed if rel(path) in fs.entries]
+def check_removed(report: VerifyReport, fs: RootFS, manifest: Manifest, *, whiteouts_needed: bool) -> None:
+    """Embedded files must be gone: absent from the view and, when the view holds only the
+    layers sconify added, named by a whiteout there."""
+    problems = [f"{p} still present" for p in manifest.embedfs.removed if rel(p) in fs.entries]
+    if whiteouts_needed:
+        problems += [f"{p} not whited out" for p in manifest.embedfs.removed if rel(p) not in fs.whiteouts]
     report.add(
         "embedded files absent from the rootfs",
-        not present,
-        f"{len(manifest.embedfs.removed)} files"
-        if not present
-        else summarise([f"{p} still present" for p in present]),
+        not problems,
+        f"{len(manifest.embedfs.removed)} files" if not problems else summarise(problems),
     )
 
 

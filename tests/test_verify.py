@@ -308,3 +308,27 @@ def test_unreadable_inputs_exit_2_with_one_line(python_out, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     bad = sconify("verify", python_out.ref, "--manifest", str(tmp_path / "bad.json"))
     assert bad.returncode == 2 and "not JSON" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_a_code_layer_without_one_whiteout_is_named(python_out, tmp_path):
+    """verify indexes only the layers sconify added when it can; a whiteout missing there is caught."""
+    image = read_image(python_out.ref)
+    base = len(python_out.manifest.input.diff_ids)
+    victim = "usr/lib/python3.11/json/.wh.decoder.py"
+    rebuilt = tmp_path / "code.tar"
+    with image.layers[base].open_tar() as stream, tarfile.open(fileobj=stream, mode="r|") as source, \
+            tarfile.open(rebuilt, "w", format=tarfile.PAX_FORMAT) as target:
+        for info in source:
+            if info.name != victim:
+                target.addfile(info, source.extractfile(info) if info.isreg() else None)
+    layer = Layer.from_tar_file(rebuilt, "zstd")
+    config = image.config
+    config["rootfs"]["diff_ids"][base] = layer.diff_id
+    layers = image.layers[:base] + (layer,) + image.layers[base + 1:]
+    ref = f"oci:{tmp_path / 'nowhiteout'}:t"
+    write_image(make_image(canonical_json(config), layers, "no-whiteout"), ref)
+    code, report = verify(ref, python_out.manifest_path)
+    assert code == 1
+    problems = failed(report)
+    assert "/usr/lib/python3.11/json/decoder.py not whited out" in problems["embedded files absent from the rootfs"]
+    assert "layer 2" in problems["layer diff_ids"]

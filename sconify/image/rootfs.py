@@ -110,6 +110,7 @@ class RootFS:
         self.entries: dict[str, Entry] = {"": Entry("", "dir", 0o755, 0, 0, 0, 0)}
         self.children: dict[str, set[str]] = {"": set()}
         self.skipped: list[tuple[str, str]] = []  # (path, kind) of device nodes and FIFOs
+        self.whiteouts: set[str] = set()  # paths a whiteout entry named, as written in the layer
         self._parents: dict[tuple[str, ...], str] = {}  # member parent -> resolved dir, until a removal
         self._member_count = 0
         self._names_size = 0
@@ -302,6 +303,7 @@ class RootFS:
         return target
 
     def _whiteout(self, parts: list[str]) -> None:
+        self.whiteouts.add("/".join(parts))
         path = self._existing_parent(parts)
         if path is not None and path in self.entries:
             self._remove(path)
