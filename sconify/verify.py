@@ -10,6 +10,7 @@ built the image.
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import json
 import tempfile
@@ -115,27 +116,44 @@ def verify_image(
         len(image.layers) == len(manifest.output.diff_ids) == base + 2
         and not (keys is not None and shields_lower_layers(manifest))
     )
-    if added_layers_only:
-        # The input's layers hold nothing sconify computed: check their digests and diff_ids
-        # (inflate and hash, no tar parsing) and index only the two layers sconify added.
-        for layer in image.layers[:base]:
-            layer.verify()
-        report.add("input layers' blobs and diff_ids", True, f"{base} layers read and hashed")
-        fs = RootFS.from_image(replace(image, layers=image.layers[base:]), cache_gzip_layers=True)
-    else:
-        fs = RootFS.from_image(image, cache_gzip_layers=True)  # every layer: digests, diff_ids
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
+        if added_layers_only:
+            # The input's layers hold nothing sconify computed: check their digests and diff_ids
+            # (inflate and hash, no tar parsing; zlib and zstd release the GIL, so on the second
+            # core) and index only the two layers sconify added.
+            lower = background.submit(lambda: [layer.verify() for layer in image.layers[:base]])
+            fs = RootFS.from_image(replace(image, layers=image.layers[base:]), cache_gzip_layers=True)
+        else:
+            lower = None
+            fs = RootFS.from_image(image, cache_gzip_layers=True)  # every layer: digests, diff_ids
+        check_contents(report, fs, manifest, keys, sgxs_out, whiteouts_needed=added_layers_only)
+        if lower is not None:
+            lower.result()  # an ImageError (corrupt input layer) propagates: could not read
+            report.add("input layers' blobs and diff_ids", True, f"{base} layers read and hashed")
+    return report
+
+
+def check_contents(
+    report: VerifyReport,
+    fs: RootFS,
+    manifest: Manifest,
+    keys: KeysFile | None,
+    sgxs_out: str | None,
+    *,
+    whiteouts_needed: bool,
+) -> None:
+    """Every check that reads files: executable, embedfs, MRENCLAVE, whiteouts, fspf."""
     with fs, tempfile.TemporaryDirectory(prefix="sconify-verify-") as work:
         exe = Path(work, "executable")
         exe_path = try_resolve(fs, manifest.executable.path)
         if exe_path is None or not is_regular(fs.entries[exe_path]):
             report.add("executable", False, f"{manifest.executable.path} is not a file in the image")
-            return report
+            return
         copy_out(fs, exe_path, exe)
         check_executable(report, exe, manifest, Path(work))
         check_measurement(report, exe, manifest, sgxs_out)
-        check_removed(report, fs, manifest, whiteouts_needed=added_layers_only)
+        check_removed(report, fs, manifest, whiteouts_needed=whiteouts_needed)
         check_fspf(report, fs, manifest, keys)
-    return report
 
 
 def shields_lower_layers(manifest: Manifest) -> bool:
