@@ -27,10 +27,14 @@ RandomSource = Callable[[int], bytes]
 
 
 class DeterministicRandom:
-    """A byte source derived from a seed: call n gives HKDF(seed, info="sconify key n")."""
+    """A byte source derived from a seed and what is being built: call n gives
+    HKDF(seed, info = context | n). The context (the input image's config digest, which covers
+    every layer, and the regions) makes other inputs get other keys, so one key never encrypts
+    two different plaintexts under the same nonces."""
 
-    def __init__(self, seed: bytes):
+    def __init__(self, seed: bytes, context: bytes):
         self._seed = seed
+        self._context = context
         self._counter = 0
 
     def __call__(self, length: int) -> bytes:
@@ -38,12 +42,13 @@ class DeterministicRandom:
         return HKDF(
             algorithm=hashes.SHA256(),
             length=length,
-            salt=b"sconify deterministic keys v1",
-            info=b"sconify key %d" % self._counter,
+            salt=b"sconify deterministic keys v2",
+            info=self._context + b"|sconify key %d" % self._counter,
         ).derive(self._seed)
 
 
-def random_source(seed_file: str | None) -> RandomSource:
+def random_source(seed_file: str | None, context: bytes = b"") -> RandomSource:
+    """os.urandom, or keys derived from the secret seed file and the build ``context``."""
     if seed_file is None:
         return os.urandom
     path = Path(seed_file)
@@ -59,7 +64,7 @@ def random_source(seed_file: str | None) -> RandomSource:
             f"--deterministic-keys-from {seed_file} holds {len(seed)} bytes; it needs at least "
             f"{MIN_SEED_BYTES} secret random bytes (head -c 32 /dev/urandom > {seed_file})"
         )
-    return DeterministicRandom(seed)
+    return DeterministicRandom(seed, context)
 
 
 @dataclass(frozen=True)

@@ -135,15 +135,37 @@ class Manifest:
     @classmethod
     def read(cls, path: str | os.PathLike) -> "Manifest":
         try:
-            doc = json.loads(Path(path).read_text(encoding="utf-8"))
+            data = Path(path).read_bytes()
         except OSError as exc:
             raise UsageError(f"cannot read manifest {path}: {exc.strerror}") from None
-        except json.JSONDecodeError as exc:
-            raise UsageError(f"manifest {path} is not JSON ({exc.msg} at line {exc.lineno})") from None
+        return cls.parse(data, str(path))
+
+    @classmethod
+    def parse(cls, data: bytes, where: str) -> "Manifest":
+        """A manifest from its bytes, or a one-line UsageError saying what is wrong with them."""
         try:
-            return cls.from_dict(doc)
-        except (KeyError, TypeError) as exc:
+            doc = json.loads(data.decode("utf-8"))
+        except UnicodeDecodeError:
             raise UsageError(
-                f"manifest {path} lacks or misnames a field ({exc}); pass the manifest.json "
+                f"manifest {where} is not UTF-8 text; pass the manifest.json written by sconify-image"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise UsageError(f"manifest {where} is not JSON ({exc.msg} at line {exc.lineno})") from None
+        if not isinstance(doc, dict):
+            raise UsageError(
+                f"manifest {where} is not a JSON object; pass the manifest.json written by sconify-image"
+            )
+        try:
+            manifest = cls.from_dict(doc)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise UsageError(
+                f"manifest {where} lacks or misnames a field ({exc}); pass the manifest.json "
                 "written by sconify-image"
             ) from None
+        numbers = vars(manifest.measurement) | {"file_count": manifest.embedfs.file_count}
+        for name, value in numbers.items():
+            if name != "mrenclave" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
+                raise UsageError(
+                    f"manifest {where}: {name} must be a non-negative whole number, not {value!r}"
+                )
+        return manifest

@@ -24,7 +24,7 @@ from embedfs.measure import measure_elf
 from sconify import __version__
 from sconify.errors import UsageError
 from sconify.fspf import Fspf
-from sconify.image.model import Image, Layer
+from sconify.image.model import Image, Layer, canonical_json
 from sconify.image.mutate import append_layers, with_config
 from sconify.image.reference import parse_reference
 from sconify.image.layers import LayerLimits
@@ -53,8 +53,9 @@ from sconify.select import (
     interpreter_version,
     rel,
     select_code,
+    region_of,
     select_data,
-    under,
+    try_resolve,
 )
 from sconify.session import SessionSpec, check_session_name, write_session
 from sconify.spool import Extent, Spool
@@ -123,7 +124,6 @@ class Plan:
     code_files: list[str]
     regions: list[dict]  # {"path", "kind", "protection"} in fspf order
     data_files: dict[str, list[str]]  # region path -> files (relative) to protect
-    fspf_excluded: set[str] = field(default_factory=set)
 
 
 @dataclass
@@ -162,116 +162,125 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
         # RootFS read every layer to its end, checking blob digest and diff_id: the writer
         # need not read them a second time before copying them.
         image = replace(image, layers=tuple(replace(layer, trusted=True) for layer in image.layers))
-    with phase(reporter, timings, "select files"):
-        plan = make_plan(image, fs, options)
-    result = ConvertResult(plan=plan, phases=timings)
-    result.input_bytes = sum(entry.size for entry in fs.entries.values() if entry.kind == "file")
-    if options.dry_run:
+    with fs:  # the cached layer tars go as soon as the conversion ends, however it ends
+        with phase(reporter, timings, "select files"):
+            plan = make_plan(image, fs, options)
+        result = ConvertResult(plan=plan, phases=timings)
+        result.input_bytes = sum(entry.size for entry in fs.entries.values() if entry.kind == "file")
+        if options.dry_run:
+            return result
+        random = random_source(options.deterministic_keys_from, key_context(image, plan))
+        with tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool:
+            wanted = files_to_read(fs, plan)
+            with phase(reporter, timings, "read files", total=len(wanted)):
+                extents = spool_files(fs, wanted, spool, reporter)
+                libraries = resolve_libraries(fs, plan, spool, extents, reporter)
+            embedded = sorted(set(plan.code_files) | set(libraries))
+            with phase(reporter, timings, "embed", total=len(embedded)):
+                original_exe = Path(work, "original")
+                spool.copy_to_file(extents[plan.executable.path], str(original_exe))
+                archive_path = Path(work, "code.embedfs")
+                with archive_path.open("wb") as out:
+                    packed = pack((archive_entry(fs, spool, extents, p) for p in embedded), out)
+                sconified_exe = Path(work, "sconified")
+                inject(str(original_exe), str(archive_path), str(sconified_exe))
+                reporter.advance(len(embedded))
+            with phase(reporter, timings, "measure"):
+                measurement = measure_elf(str(sconified_exe), **measure_parameters(options))
+            with phase(reporter, timings, "protect data"):
+                fspf, protected = protect_data(fs, plan, spool, extents, random, work, options)
+                fspf_blob = Path(work, "volume.fspf")
+                fspf_key, fspf_tag = fspf.encrypt_to(str(fspf_blob))
+            with phase(reporter, timings, "write layers"):
+                removed = [] if options.keep_embedded else list(plan.code_files)
+                code_layer = build_code_layer(fs, plan.executable, sconified_exe, removed, work, options)
+                data_layer = build_data_layer(fs, protected, spool, fspf_blob, work, options)
+            with phase(reporter, timings, "write image"):
+                appended = append_layers(
+                    image, [code_layer, data_layer], history=history_entries(image, plan, len(embedded))
+                )
+                output = with_config(
+                    appended, new_config(appended.config, image, options, plan, measurement, packed.root_hash)
+                )
+                written = write_image(output, options.destination, compression=options.compression)
+            with phase(reporter, timings, "write manifest"):
+                manifest = make_manifest(
+                    options,
+                    image,
+                    output,
+                    written,
+                    plan,
+                    original_exe,
+                    sconified_exe,
+                    packed,
+                    archive_path,
+                    removed,
+                    measurement,
+                    fspf,
+                    fspf_tag,
+                    code_layer,
+                    data_layer,
+                )
+                keys = KeysFile(
+                    fspf_path=FSPF_PATH,
+                    fspf_key=fspf_key,
+                    fspf_tag=fspf_tag,
+                    mrenclave=measurement.mrenclave,
+                    session_name=session_name(options),
+                )
+                keys.write(options.keys_out)
+                manifest.write(options.manifest_out)
+                write_session(
+                    session_spec(options, image, plan, measurement.mrenclave, fspf_tag, fspf_key),
+                    options.session_out,
+                )
+        result.manifest = manifest
+        result.embedded_files = packed.file_count
+        result.embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
+        result.encrypted_files = sum(1 for p in protected.values() if p.ciphertext is not None)
+        result.authenticated_files = sum(1 for p in protected.values() if p.ciphertext is None)
+        result.removed_files = len(removed)
+        result.written = {
+            "image": written.reference,
+            "manifest": options.manifest_out,
+            "session": options.session_out,
+            "keys": options.keys_out,
+        }
         return result
-    random = random_source(options.deterministic_keys_from)
-    with fs, tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool:
-        wanted = files_to_read(fs, plan)
-        with phase(reporter, timings, "read files", total=len(wanted)):
-            extents = spool_files(fs, wanted, spool, reporter)
-            libraries = resolve_libraries(fs, plan, spool, extents, reporter)
-        embedded = sorted(set(plan.code_files) | set(libraries))
-        with phase(reporter, timings, "embed", total=len(embedded)):
-            original_exe = Path(work, "original")
-            spool.copy_to_file(extents[plan.executable.path], str(original_exe))
-            archive_path = Path(work, "code.embedfs")
-            with archive_path.open("wb") as out:
-                packed = pack((archive_entry(fs, spool, extents, p) for p in embedded), out)
-            sconified_exe = Path(work, "sconified")
-            inject(str(original_exe), str(archive_path), str(sconified_exe))
-            reporter.advance(len(embedded))
-        with phase(reporter, timings, "measure"):
-            measurement = measure_elf(str(sconified_exe), **measure_parameters(options))
-        with phase(reporter, timings, "protect data"):
-            fspf, protected = protect_data(fs, plan, spool, extents, random, work, options)
-            fspf_blob = Path(work, "volume.fspf")
-            fspf_key, fspf_tag = fspf.encrypt_to(str(fspf_blob))
-        with phase(reporter, timings, "write layers"):
-            removed = [] if options.keep_embedded else [p for p in plan.code_files]
-            code_layer = build_code_layer(fs, plan.executable, sconified_exe, removed, work, options)
-            data_layer = build_data_layer(fs, protected, spool, fspf_blob, work, options)
-        with phase(reporter, timings, "write image"):
-            appended = append_layers(
-                image, [code_layer, data_layer], history=history_entries(image, plan, len(embedded))
-            )
-            output = with_config(
-                appended, new_config(appended.config, image, options, plan, measurement, packed.root_hash)
-            )
-            written = write_image(output, options.destination, compression=options.compression)
-        with phase(reporter, timings, "write manifest"):
-            manifest = make_manifest(
-                options,
-                image,
-                output,
-                written,
-                plan,
-                original_exe,
-                sconified_exe,
-                packed,
-                archive_path,
-                removed,
-                measurement,
-                fspf,
-                fspf_tag,
-                code_layer,
-                data_layer,
-            )
-            keys = KeysFile(
-                fspf_path=FSPF_PATH,
-                fspf_key=fspf_key,
-                fspf_tag=fspf_tag,
-                mrenclave=measurement.mrenclave,
-                session_name=session_name(options),
-            )
-            keys.write(options.keys_out)
-            manifest.write(options.manifest_out)
-            write_session(
-                session_spec(options, image, plan, measurement.mrenclave, fspf_tag, fspf_key),
-                options.session_out,
-            )
-    result.manifest = manifest
-    result.embedded_files = packed.file_count
-    result.embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
-    result.encrypted_files = sum(1 for p in protected.values() if p.ciphertext is not None)
-    result.authenticated_files = sum(1 for p in protected.values() if p.ciphertext is None)
-    result.removed_files = len(removed)
-    result.written = {
-        "image": written.reference,
-        "manifest": options.manifest_out,
-        "session": options.session_out,
-        "keys": options.keys_out,
-    }
-    return result
 
 
 # --- checks and plan ---------------------------------------------------------------------
 
 
 def same_image_location(a: str, b: str) -> bool:
-    """Whether writing reference ``b`` would overwrite image ``a`` (an archive file is
-    rewritten whole, whatever its tag; a layout or the engine only at the same tag)."""
+    """Whether writing reference ``b`` could overwrite or disturb image ``a``: an archive file is
+    rewritten whole whatever its tag; a layout at the same tag, or untagged on either side (an
+    untagged reference only reads a layout that holds one image); the engine at the same name."""
     first, second = parse_reference(a), parse_reference(b)
     if first.transport == "docker-daemon" or second.transport == "docker-daemon":
-        return (first.transport, first.path, first.tag or "latest") == (
-            second.transport,
-            second.path,
-            second.tag or "latest",
-        )
-    if os.path.abspath(first.path) != os.path.abspath(second.path):
+        return first.transport == second.transport and docker_name(first) == docker_name(second)
+    if os.path.realpath(first.path) != os.path.realpath(second.path):
         return False
-    if first.transport in ("oci-archive", "docker-archive") or second.transport in (
-        "oci-archive",
-        "docker-archive",
-    ):
+    if "archive" in first.transport or "archive" in second.transport:
         return True
-    return first.tag == second.tag
+    return not first.tag or not second.tag or first.tag == second.tag
+
+
+def docker_name(reference) -> str:
+    """``name:tag`` as the engine stores it (docker.io/ and library/ implied, tag latest)."""
+    name = reference.path.removeprefix("docker.io/")
+    if "/" not in name:
+        name = "library/" + name
+    return f"{name}:{reference.tag or 'latest'}"
+
+
+MAX_HEAP_SIZE = 64 << 30  # bounds that keep a typo (64T) from measuring for hours
+MAX_STACK_SIZE = 1 << 30
+MAX_THREADS = 1024
 
 
 def check_options(options: ConvertOptions) -> None:
+    """Everything about the options that can be checked before reading the image."""
     layer_limits(options)  # refuses bounds that are not positive
     if options.max_entries is not None and options.max_entries <= 0:
         raise UsageError("--max-entries must be positive")
@@ -280,40 +289,54 @@ def check_options(options: ConvertOptions) -> None:
             f"--to {options.destination} would overwrite the input image; sconify never changes its "
             "input, pass another --to reference"
         )
-    outputs = {
-        "--manifest-out": options.manifest_out,
-        "--session-out": options.session_out,
-        "--keys-out": options.keys_out,
-    }
-    if options.dry_run:
-        return
+    if options.session_name is not None:
+        check_session_name(options.session_name)
+    check_measurement_parameters(options)
+    if not options.dry_run:
+        check_output_paths(options)
+
+
+def check_measurement_parameters(options: ConvertOptions) -> None:
+    for option, value, most in (
+        ("--heap", options.heap_size, MAX_HEAP_SIZE),
+        ("--stack", options.stack_size, MAX_STACK_SIZE),
+    ):
+        if value is not None and (value <= 0 or value % 4096 or value > most):
+            raise UsageError(
+                f"{option} {value} must be a positive multiple of 4 KiB of at most {most >> 20} MiB, e.g. 64M"
+            )
+    if options.threads is not None and not 1 <= options.threads <= MAX_THREADS:
+        raise UsageError(f"--threads must be between 1 and {MAX_THREADS}")
+
+
+def check_output_paths(options: ConvertOptions) -> None:
+    """Each output is a new or regular file in a directory that exists or can be created."""
     seen: dict[str, str] = {}
-    for option, path in outputs.items():
-        resolved = os.path.abspath(path)
+    for option, path in (
+        ("--manifest-out", options.manifest_out),
+        ("--session-out", options.session_out),
+        ("--keys-out", options.keys_out),
+    ):
+        resolved = os.path.realpath(path)
         if resolved in seen:
             raise UsageError(
                 f"{option} and {seen[resolved]} name the same file {path}; give each its own path"
             )
         seen[resolved] = option
-        parent = os.path.dirname(resolved)
-        if not os.path.isdir(parent):
-            raise UsageError(f"{option} {path}: directory {parent} does not exist; create it first")
-        if not os.access(parent, os.W_OK):
-            raise UsageError(f"{option} {path}: directory {parent} is not writable")
+        if os.path.exists(resolved) and not os.path.isfile(resolved):
+            raise UsageError(f"{option} {path} exists and is not a regular file; choose another path")
+        ancestor = os.path.dirname(resolved)
+        while not os.path.exists(ancestor):
+            ancestor = os.path.dirname(ancestor)
+        if not os.path.isdir(ancestor):
+            raise UsageError(f"{option} {path}: {ancestor} is not a directory; choose another path")
+        if not os.access(ancestor, os.W_OK):
+            raise UsageError(f"{option} {path}: directory {ancestor} is not writable")
     if os.path.exists(options.keys_out) and not options.force:
         raise UsageError(
             f"--keys-out {options.keys_out} exists and may hold the only keys of an earlier image; "
             "pass another --keys-out, move it away, or pass --force to overwrite it"
         )
-    if options.session_name is not None:
-        check_session_name(options.session_name)
-    for option, value in (
-        ("--heap", options.heap_size),
-        ("--stack", options.stack_size),
-        ("--threads", options.threads),
-    ):
-        if value is not None and value <= 0:
-            raise UsageError(f"{option} must be positive")
 
 
 def layer_limits(options: ConvertOptions) -> LayerLimits:
@@ -327,43 +350,62 @@ def rootfs_limits(options: ConvertOptions) -> RootFSLimits:
 def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
     config = image.config
     executable = find_executable(fs, config, binary=options.binary, recipe_spec=options.recipe)
+    check_extra_code(fs, options)
     recipe = executable.recipe.with_extra_code(options.fs_dirs, options.fs_files)
     application = app_dir(config, fs)
     placeholders = Placeholders(version=interpreter_version(executable.path, fs), app=application)
-    regions = plan_regions(recipe, options)
-    data_roots = [r["path"] for r in regions if r["path"] != "/"]
-    code_files = select_code(recipe, fs, placeholders, exclude_roots=data_roots)
-    code_files = [p for p in code_files if p != executable.path]
+    regions = plan_regions(recipe, options, fs)
+    data_roots = {rel(r["path"]): r for r in regions if r["path"] != "/"}
+    code_files = [
+        p
+        for p in select_code(recipe, fs, placeholders, exclude_roots=list(data_roots))
+        if p != executable.path
+    ]
+    for path in code_files:
+        if (region := region_of(path, regions))["path"] != "/":
+            raise UsageError(
+                f"{absolute(path)} is both code (--fs-file/--fs-dir or the recipe) and data (region "
+                f"{region['path']}); a file is one or the other: drop it from one of them"
+            )
     if not code_files and not options.fs_dirs and not options.fs_files:
         raise UsageError(
             f"recipe {recipe.name} found no code files for {absolute(executable.path)} in the image; "
             "check --recipe, or add code with --fs-dir DIR / --fs-file FILE"
         )
+    region = region_of(executable.path, regions)
+    if region["path"] != "/" and region["protection"] != "not-protected":
+        raise UsageError(
+            f"the executable {absolute(executable.path)} lies in the {region['protection']} region "
+            f"{region['path']}; it is measured, not shielded: protect a directory that does not hold it"
+        )
+    fspf_excluded = {executable.path, rel(FSPF_PATH)}
+    if not options.keep_embedded:
+        fspf_excluded.update(code_files)
     data_files: dict[str, list[str]] = {}
     for region in regions:
         if region["kind"] != "kernel" or region["protection"] == "not-protected":
             continue
-        option = "--dir" if region["protection"] == "encrypted" else "--authenticated"
         if region["path"] == "/":
-            continue
-        data_files[region["path"]] = select_data(fs, [region["path"]], option)
-    fspf_excluded = {executable.path, rel(FSPF_PATH)}
-    if not options.keep_embedded:
-        fspf_excluded.update(code_files)
-    if options.authenticate_root:
-        inner = [rel(r["path"]) for r in regions if r["path"] != "/"]
-        data_files["/"] = sorted(
-            path
-            for path, entry in fs.entries.items()
-            if entry.kind in ("file", "hardlink")
-            and path not in fspf_excluded
-            and not any(under(path, root) for root in inner)
+            candidates = [p for p, entry in fs.entries.items() if entry.kind in ("file", "hardlink")]
+        else:
+            option = "--dir" if region["protection"] == "encrypted" else "--authenticated"
+            candidates = select_data(fs, [region["path"]], option)
+        data_files[region["path"]] = sorted(
+            p for p in candidates if p not in fspf_excluded and region_of(p, regions) is region
         )
-    return Plan(executable, application, code_files, regions, data_files, fspf_excluded)
+    return Plan(executable, application, code_files, regions, data_files)
 
 
-def plan_regions(recipe, options: ConvertOptions) -> list[dict]:
-    """fspf regions: '/' plus the data directories; explicit options win over the recipe."""
+def check_extra_code(fs: RootFS, options: ConvertOptions) -> None:
+    for option, paths in (("--fs-dir", options.fs_dirs), ("--fs-file", options.fs_files)):
+        for path in paths:
+            if try_resolve(fs, path) is None:
+                raise UsageError(f"{option} {path} does not exist in the image; pass a path inside the image")
+
+
+def plan_regions(recipe, options: ConvertOptions, fs: RootFS) -> list[dict]:
+    """fspf regions: '/' plus the data directories (resolved through the image's symlinks, as
+    the files under them are); explicit options win over the recipe. '/' comes first."""
     regions: dict[str, dict] = {
         "/": {
             "path": "/",
@@ -373,7 +415,8 @@ def plan_regions(recipe, options: ConvertOptions) -> list[dict]:
     }
 
     def add(path: str, kind: str, protection: str, option: str) -> None:
-        normal = absolute(rel(path))
+        resolved = try_resolve(fs, path)
+        normal = absolute(resolved if resolved is not None else rel(path))
         if normal == "/":
             raise UsageError(f"{option} / would protect the whole image; use --authenticate-root for that")
         existing = regions.get(normal)
@@ -411,6 +454,12 @@ def plan_regions(recipe, options: ConvertOptions) -> list[dict]:
 
 
 # --- reading ------------------------------------------------------------------------------
+
+
+def key_context(image: Image, plan: Plan) -> bytes:
+    """What deterministic keys are derived for: the input (its config digest covers every
+    layer's diff_id) and the regions."""
+    return canonical_json({"input": image.config_digest, "regions": plan.regions})
 
 
 def files_to_read(fs: RootFS, plan: Plan) -> list[str]:
@@ -642,10 +691,12 @@ def new_config(
     env.append(f"SCONE_FSPF={FSPF_PATH}")
     inner["Env"] = env
     labels = dict(inner.get("Labels") or {})
+    labels.pop("org.opencontainers.image.base.name", None)  # a local path would leak; we have none
+    if image.manifest_digest:
+        labels["org.opencontainers.image.base.digest"] = image.manifest_digest
     labels.update(
         {
-            "org.opencontainers.image.base.digest": image.config_digest,
-            "org.opencontainers.image.base.name": options.source,
+            LABEL_PREFIX + "base.config-digest": image.config_digest,
             LABEL_PREFIX + "version": __version__,
             LABEL_PREFIX + "executable": absolute(plan.executable.path),
             LABEL_PREFIX + "mrenclave": measurement.mrenclave,

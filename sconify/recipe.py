@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import fnmatch
 import posixpath
+import re
 import tomllib
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sconify.errors import UsageError
 
 BUILTIN_RECIPES = ("python", "node")
+RECIPE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,12 @@ def load_recipe(spec: str) -> Recipe:
             f"recipe {spec!r} is neither a built-in recipe ({', '.join(BUILTIN_RECIPES)}) nor a "
             "readable .toml file; pass --recipe python, --recipe node or --recipe PATH.toml"
         )
-    return parse_recipe(path.read_text(encoding="utf-8"), source=str(path))
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise UsageError(f"cannot read recipe {spec}: {reason}; pass a readable UTF-8 .toml file") from None
+    return parse_recipe(text, source=str(path))
 
 
 def builtin_recipe_dir() -> Path:
@@ -122,13 +129,20 @@ def parse_recipe(text: str, *, source: str) -> Recipe:
     name = doc.get("name", base.name)
     if not isinstance(name, str) or not name:
         raise UsageError(f"{source} has no 'name'; add name = \"...\" to the recipe")
+    if not RECIPE_NAME.fullmatch(name):
+        raise UsageError(
+            f"{source}: name {name!r} must be letters, digits, '_' or '-' (it names the CAS service)"
+        )
+    follow_needed = libraries.get("follow_needed", base.follow_needed)
+    if not isinstance(follow_needed, bool):
+        raise UsageError(f"{source} [libraries]: follow_needed must be true or false, not {follow_needed!r}")
     return Recipe(
         name=name,
         description=doc.get("description", base.description),
         match=_strs(executable, "match", source) or base.match,
         candidates=_abs_paths(_strs(executable, "candidates", source), source) or base.candidates,
         code=base.code + tuple(rules),
-        follow_needed=bool(libraries.get("follow_needed", base.follow_needed)),
+        follow_needed=follow_needed,
         search_path=_abs_paths(_strs(libraries, "search_path", source), source) or base.search_path,
         dlopen=base.dlopen + _strs(libraries, "dlopen", source),
         encrypted=base.encrypted + _abs_paths(_strs(data, "encrypted", source), source),
@@ -156,14 +170,6 @@ class Placeholders:
                 return None
             path = path.replace("{app}", self.app)
         return posixpath.normpath(path)
-
-
-@dataclass
-class Selection:
-    """Code files chosen by a recipe: image paths (relative to the root) and the rule roots."""
-
-    files: list[str] = field(default_factory=list)
-    roots: list[str] = field(default_factory=list)
 
 
 def excluded(relative: str, patterns: tuple[str, ...]) -> bool:

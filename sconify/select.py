@@ -95,18 +95,34 @@ def env_of(config: dict) -> dict[str, str]:
     return env
 
 
-def lookup_in_path(fs, name: str, path_var: str) -> str | None:
-    """The image path of command ``name`` as execvp would find it, resolved, or None."""
+def lookup_in_path(fs, name: str, path_var: str, workdir: str = "/") -> str | None:
+    """The image path of command ``name`` as execvp would find it from ``workdir``, resolved."""
     if "/" in name:
         candidates = [name]
     else:
         candidates = [posixpath.join(d or ".", name) for d in path_var.split(":")]
     for candidate in candidates:
-        target = try_resolve(fs, absolute(candidate))
+        target = try_resolve(fs, posixpath.join(workdir, candidate))
         entry = fs.entries.get(target) if target is not None else None
         if entry is not None and is_regular(entry):
             return target
     return None
+
+
+def find_binary(fs, config: dict, binary: str) -> str:
+    """The resolved image path of ``--binary`` (through PATH and WORKDIR), an ELF file."""
+    found = lookup_in_path(fs, binary, env_of(config).get("PATH", DEFAULT_PATH), workdir_of(config))
+    if found is None:
+        raise UsageError(
+            f"--binary {binary} does not exist in the image (or is not a regular file); "
+            "pass the path of the interpreter inside the image, e.g. /usr/bin/python3.11"
+        )
+    check_elf(fs, found, f"--binary {binary}")
+    return found
+
+
+def workdir_of(config: dict) -> str:
+    return (config.get("config") or {}).get("WorkingDir") or "/"
 
 
 def find_executable(fs, config: dict, *, binary: str | None, recipe_spec: str | None) -> Executable:
@@ -117,19 +133,14 @@ def find_executable(fs, config: dict, *, binary: str | None, recipe_spec: str | 
     """
     recipe = load_recipe(recipe_spec) if recipe_spec else None
     path_var = env_of(config).get("PATH", DEFAULT_PATH)
+    workdir = workdir_of(config)
     command = command_of(config)
     if binary:
-        found = lookup_in_path(fs, binary, path_var)
-        if found is None:
-            raise UsageError(
-                f"--binary {binary} does not exist in the image (or is not a regular file); "
-                "pass the path of the interpreter inside the image, e.g. /usr/bin/python3.11"
-            )
-        requested = f"--binary {binary}"
+        found, requested = find_binary(fs, config, binary), f"--binary {binary}"
     else:
         found, requested = None, ""
         if command:
-            found = lookup_in_path(fs, command[0], path_var)
+            found = lookup_in_path(fs, command[0], path_var, workdir)
             requested = f"ENTRYPOINT/CMD {command[0]}"
             if found is None and recipe is None:
                 raise UsageError(
@@ -138,7 +149,7 @@ def find_executable(fs, config: dict, *, binary: str | None, recipe_spec: str | 
                 )
         if recipe is not None and (found is None or not recipe.matches_executable(found)):
             for candidate in recipe.candidates:
-                hit = lookup_in_path(fs, candidate, path_var)
+                hit = lookup_in_path(fs, candidate, path_var, workdir)
                 if hit is not None:
                     found, requested = hit, f"recipe {recipe.name} candidate {candidate}"
                     break
@@ -218,6 +229,16 @@ def app_dir(config: dict, fs) -> str | None:
 
 def under(path: str, root: str) -> bool:
     return root == "" or path == root or path.startswith(root + "/")
+
+
+def region_of(path: str, regions: list[dict]) -> dict:
+    """The fspf region (``{"path", "kind", "protection"}``) a relative image path belongs to:
+    the longest whole-component prefix; '/' not-protected when no region covers it."""
+    best = None
+    for region in regions:
+        if under(path, rel(region["path"])) and (best is None or len(region["path"]) > len(best["path"])):
+            best = region
+    return best or {"path": "/", "kind": "kernel", "protection": "not-protected"}
 
 
 def select_code(recipe: Recipe, fs, placeholders: Placeholders, exclude_roots: list[str]) -> list[str]:

@@ -35,7 +35,7 @@ from sconify.image.transports import read_image
 from sconify.hashing import sha256_file
 from sconify.keys import KeysFile
 from sconify.manifest import Manifest
-from sconify.select import absolute, is_regular, iter_tree, rel, try_resolve
+from sconify.select import absolute, is_regular, iter_tree, region_of, rel, try_resolve
 from sconify.spool import Spool
 
 SIGNATURE_SCHEMA = "sconify.signature/v1"
@@ -112,10 +112,9 @@ def verify_image(
     image = read_image(reference, platform=platform)
     check_identity(report, image, manifest)
     base = len(manifest.input.diff_ids)
-    added_layers_only = (
-        len(image.layers) == len(manifest.output.diff_ids) == base + 2
-        and not (keys is not None and shields_lower_layers(manifest))
-    )
+    # With keys, the shield must see every file of the merged view under a protected region
+    # (plaintext left in a lower layer would otherwise go unnoticed): index all layers.
+    added_layers_only = keys is None and len(image.layers) == len(manifest.output.diff_ids) == base + 2
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
         if added_layers_only:
             # The input's layers hold nothing sconify computed: check their digests and diff_ids
@@ -226,7 +225,12 @@ def check_executable(report: VerifyReport, exe: Path, manifest: Manifest, work: 
         actual == expected,
         actual if actual == expected else f"image has {actual}, manifest records {expected}",
     )
-    if find_embedded(exe) is None:
+    try:
+        descriptor = find_embedded(exe)
+    except EmbedfsError as exc:
+        report.add("embedfs present", False, f"{manifest.executable.path}: {exc}")
+        return
+    if descriptor is None:
         report.add("embedfs present", False, f"{manifest.executable.path} carries no embedfs")
         return
     try:
@@ -274,13 +278,17 @@ def check_executable(report: VerifyReport, exe: Path, manifest: Manifest, work: 
 
 def check_measurement(report: VerifyReport, exe: Path, manifest: Manifest, sgxs_out: str | None) -> None:
     params = manifest.measurement
-    measurement = measure_elf(
-        exe,
-        heap_size=params.heap_size,
-        stack_size=params.stack_size,
-        threads=params.threads,
-        ssa_frame_size=params.ssa_frame_size,
-    )
+    try:
+        measurement = measure_elf(
+            exe,
+            heap_size=params.heap_size,
+            stack_size=params.stack_size,
+            threads=params.threads,
+            ssa_frame_size=params.ssa_frame_size,
+        )
+    except EmbedfsError as exc:
+        report.add("MRENCLAVE", False, f"cannot measure {manifest.executable.path}: {exc}")
+        return
     described = f"heap {params.heap_size}, stack {params.stack_size}, {params.threads} threads"
     report.add(
         "MRENCLAVE",
@@ -355,7 +363,11 @@ def check_fspf(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysF
             for path, entry in iter_tree(fs, resolved)
             if is_regular(entry)
         )
-    present = sorted(set(candidates) - unshielded)
+    present = sorted(
+        path
+        for path in set(candidates) - unshielded
+        if region_of(path, manifest.fspf.regions)["kind"] == "kernel"
+    )
     with Spool() as spool:
         extents = {
             entry.path: spool.append_stream(stream, entry.size) for entry, stream in fs.iter_files(present)
@@ -432,7 +444,7 @@ def sign_manifest(manifest_path: str, key_path: str, signature_path: str) -> str
         data = Path(manifest_path).read_bytes()
     except OSError as exc:
         raise UsageError(f"cannot read manifest {manifest_path}: {exc.strerror}") from None
-    Manifest.from_dict(json.loads(data))  # only sign something that is a manifest
+    Manifest.parse(data, manifest_path)  # only sign something that is a manifest
     public = raw_public(key.public_key()).hex()
     doc = {
         "schema": SIGNATURE_SCHEMA,

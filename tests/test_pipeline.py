@@ -413,6 +413,11 @@ def test_script_entrypoint_is_refused_naming_the_interpreter(python_image, tmp_p
         (["--recipe", "cobol"], "recipe 'cobol'"),
         (["--binary", "/usr/bin/nothing"], "--binary /usr/bin/nothing does not exist"),
         (["--heap", "lots"], "is not a size"),
+        (["--heap", "64T"], "must be a positive multiple of 4 KiB of at most"),
+        (["--threads", "100000"], "--threads must be between 1 and"),
+        (["--fs-dir", "/nope"], "--fs-dir /nope does not exist in the image"),
+        (["--fs-file", "/app/data/config.json", "--dir", "/app/data"], "is both code"),
+        (["--dir", "/usr/bin"], "the executable /usr/bin/python3.11 lies in the encrypted region /usr/bin"),
     ],
 )
 def test_bad_options_give_one_line_and_no_output(python_image, tmp_path, extra, expected):
@@ -483,3 +488,29 @@ def test_authenticate_root_and_inline_keys(python_image, tmp_path):
     assert stat.S_IMODE((tmp_path / "session.yaml").stat().st_mode) == 0o600
     report = verify_image(converted.ref, m, keys=converted.keys)
     assert report.ok, [c for c in report.checks if not c.ok]
+
+
+def test_fs_file_and_fs_dir_reach_the_plan(python_image, tmp_path):
+    base = sconify_cli("--from", f"oci:{python_image}:latest", "--to", f"oci:{tmp_path / 'o'}:o",
+                       "--dry-run", "--json", cwd=tmp_path)
+    more = sconify_cli("--from", f"oci:{python_image}:latest", "--to", f"oci:{tmp_path / 'o'}:o",
+                       "--fs-file", "/etc/sconify-demo/defaults.json", "--fs-dir", "/etc/dpkg",
+                       "--dry-run", "--json", cwd=tmp_path)
+    assert base.returncode == more.returncode == 0, more.stderr
+    assert json.loads(more.stdout)["code_files"] > json.loads(base.stdout)["code_files"] + 1
+
+
+def test_out_dir_that_is_a_file_is_refused(python_image, tmp_path):
+    (tmp_path / "taken").write_text("")
+    line = one_line_error(sconify_cli("--from", f"oci:{python_image}:latest", "--to", f"oci:{tmp_path / 'o'}:o",
+                                      "--out-dir", str(tmp_path / "taken"), cwd=tmp_path))
+    assert "is not a directory" in line
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["taken"]
+
+
+def test_deterministic_keys_depend_on_what_is_built():
+    from sconify.keys import DeterministicRandom
+
+    seed = bytes(range(32))
+    assert DeterministicRandom(seed, b"input A")(32) == DeterministicRandom(seed, b"input A")(32)
+    assert DeterministicRandom(seed, b"input A")(32) != DeterministicRandom(seed, b"input B")(32)

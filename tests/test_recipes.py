@@ -100,3 +100,11 @@ def test_missing_data_dir_is_refused(python_fs):
     with pytest.raises(UsageError, match="--dir /nope is not a directory in the image"):
         select_data(fs, ["/nope"], "--dir")
     assert len(select_data(fs, ["/app/data"], "--dir")) >= 3
+
+
+def test_a_relative_command_is_found_from_workdir(python_fs):
+    image, fs = python_fs
+    config = image.config
+    config["config"].update({"Entrypoint": None, "Cmd": ["./bin/python3.11", "-V"], "WorkingDir": "/usr"})
+    exe = find_executable(fs, config, binary=None, recipe_spec=None)
+    assert exe.path == "usr/bin/python3.11"

@@ -305,6 +305,9 @@ def test_diff_names_what_changed_between_two_conversions(python_image, python_ou
 def test_unreadable_inputs_exit_2_with_one_line(python_out, tmp_path):
     missing = sconify("verify", f"oci:{tmp_path / 'nothing'}:x", "--manifest", str(python_out.manifest_path))
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    (tmp_path / "list.json").write_text("[1]")
+    listed = sconify("verify", python_out.ref, "--manifest", str(tmp_path / "list.json"))
+    assert listed.returncode == 2 and "not a JSON object" in listed.stderr
     (tmp_path / "bad.json").write_text("{not json")
     bad = sconify("verify", python_out.ref, "--manifest", str(tmp_path / "bad.json"))
     assert bad.returncode == 2 and "not JSON" in bad.stderr and "Traceback" not in bad.stderr

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sconify.cli.output import PhaseProgress, console, human_size, parse_size
+from sconify.errors import UsageError
 
 if TYPE_CHECKING:
     from sconify.pipeline import ConvertResult
@@ -50,10 +51,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compression of the output layers (default: zstd for OCI, gzip for docker-archive)",
     )
     bounds = parser.add_argument_group("bounds for untrusted input (docs/security.md)")
-    bounds.add_argument("--max-layer-size", type=parse_size, metavar="SIZE", help="largest uncompressed layer (default 64G)")
-    bounds.add_argument("--max-expansion", type=int, metavar="N",
-                        help="largest uncompressed/stored ratio of a layer past 256M (default 100)")
-    bounds.add_argument("--max-entries", type=int, metavar="N", help="most tar entries over all layers (default 300000)")
+    bounds.add_argument(
+        "--max-layer-size", type=parse_size, metavar="SIZE", help="largest uncompressed layer (default 64G)"
+    )
+    bounds.add_argument(
+        "--max-expansion",
+        type=int,
+        metavar="N",
+        help="largest uncompressed/stored ratio of a layer past 256M (default 100)",
+    )
+    bounds.add_argument(
+        "--max-entries", type=int, metavar="N", help="most tar entries over all layers (default 300000)"
+    )
     code = parser.add_argument_group("code (embedded into the executable and measured)")
     code.add_argument(
         "--recipe", help="python, node or a recipe FILE.toml (default: chosen from the executable)"
@@ -65,13 +74,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     code.add_argument(
         "--fs-dir",
+        dest="fs_dirs",
         action="append",
         default=[],
         metavar="DIR",
         help="also embed every file under DIR (repeatable)",
     )
     code.add_argument(
-        "--fs-file", action="append", default=[], metavar="FILE", help="also embed FILE (repeatable)"
+        "--fs-file",
+        dest="fs_files",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="also embed FILE (repeatable)",
     )
     code.add_argument(
         "--keep-embedded", action="store_true", help="keep embedded files in the image's filesystem too"
@@ -144,8 +159,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def output_paths(args: argparse.Namespace) -> None:
     """Fill --manifest-out/--session-out/--keys-out from --out-dir (default: the current dir)."""
     directory = Path(args.out_dir or ".")
-    if args.out_dir and not args.dry_run:
-        directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise UsageError(f"--out-dir {args.out_dir} exists and is not a directory; choose another path")
     for name, default in (
         ("manifest_out", "manifest.json"),
         ("session_out", "session.yaml"),
@@ -159,9 +174,9 @@ def run(args: argparse.Namespace) -> int:
     from sconify.pipeline import ConvertOptions, sconify_image  # heavy: imported when it runs
 
     output_paths(args)
-    options = ConvertOptions(
-        **{name: getattr(args, name) for name in ConvertOptions.__dataclass_fields__ if hasattr(args, name)}
-    )
+    # Every ConvertOptions field is an option of this parser: one renamed on either side fails
+    # here, loudly, instead of being dropped.
+    options = ConvertOptions(**{name: getattr(args, name) for name in ConvertOptions.__dataclass_fields__})
     with PhaseProgress(enabled=not args.json) as progress:
         result = sconify_image(options, progress)
     if args.json:

@@ -10,12 +10,12 @@ from pathlib import Path
 
 from embedfs import measure as M
 from sconify.cli.output import console, parse_size
-from sconify.errors import EXIT_MISMATCH
+from sconify.errors import EXIT_MISMATCH, UsageError
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
 from sconify.keys import KeysFile
 from sconify.manifest import Manifest
-from sconify.select import find_executable
+from sconify.select import find_binary, find_executable
 from sconify.verify import (
     LABEL_PREFIX,
     VerifyReport,
@@ -103,9 +103,11 @@ def register(subparsers) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     manifest = Manifest.read(args.manifest)
     keys = KeysFile.read(args.keys) if args.keys else None
+    signed = VerifyReport(args.reference)
+    if args.signer:  # cheap, and a bad signer file should fail before the image is read
+        check_signature(signed, args.manifest, args.signature or f"{args.manifest}.sig", args.signer)
     report = verify_image(args.reference, manifest, keys=keys, sgxs_out=args.sgxs, platform=args.platform)
-    if args.signer:
-        check_signature(report, args.manifest, args.signature or f"{args.manifest}.sig", args.signer)
+    report.checks[:0] = signed.checks
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
         sys.stdout.write("\n")
@@ -134,20 +136,23 @@ def run_measure(args: argparse.Namespace) -> int:
     image = read_image(args.reference, platform=args.platform)
     labels = image_labels(image)
     fs = RootFS.from_image(image)
-    if args.binary or not labels.get(LABEL_PREFIX + "executable"):
-        path = (
-            "/"
-            + find_executable(
-                fs, image.config, binary=args.binary, recipe_spec=None if args.binary else None
-            ).path
-        )
-    else:
+    if args.binary:
+        path = "/" + find_binary(fs, image.config, args.binary)
+    elif labels.get(LABEL_PREFIX + "executable"):
         path = labels[LABEL_PREFIX + "executable"]
+    else:
+        path = "/" + find_executable(fs, image.config, binary=None, recipe_spec=None).path
 
     def parameter(value, label: str, default: int) -> int:
         if value is not None:
             return value
-        return int(labels.get(LABEL_PREFIX + label, default))
+        text = labels.get(LABEL_PREFIX + label, str(default))
+        if not text.isdigit():
+            raise UsageError(
+                f"the image's {LABEL_PREFIX}{label} label {text[:40]!r} is not a number; "
+                f"pass --{label.split('-')[0]} explicitly"
+            )
+        return int(text)
 
     params = {
         "heap_size": parameter(args.heap_size, "heap-size", M.DEFAULT_HEAP_SIZE),
