@@ -15,6 +15,7 @@ from sconify.atomic import atomic_write_bytes
 from sconify.errors import UsageError
 
 MANIFEST_SCHEMA = "sconify.manifest/v1"
+LABEL_PREFIX = "io.sconify."  # image config labels sconify-image writes (measure/diff read them)
 
 # Fields that do not depend on the random keys: equal for the same input and options.
 # The others (the data layer, the output image/config digests, the fspf tag) change with fresh

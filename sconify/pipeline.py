@@ -34,6 +34,7 @@ from sconify.hashing import sha256_file
 from sconify.keys import KeysFile, random_source
 from sconify.libraries import candidate_libraries, library_closure
 from sconify.manifest import (
+    LABEL_PREFIX,
     EmbedfsFigures,
     ExecutableFigures,
     FspfFigures,
@@ -61,7 +62,6 @@ from sconify.session import SessionSpec, check_session_name, write_session
 from sconify.spool import Extent, Spool
 
 FSPF_PATH = "/etc/sconify/volume.fspf"
-LABEL_PREFIX = "io.sconify."
 
 
 @dataclass
@@ -124,6 +124,10 @@ class Plan:
     code_files: list[str]
     regions: list[dict]  # {"path", "kind", "protection"} in fspf order
     data_files: dict[str, list[str]]  # region path -> files (relative) to protect
+
+    def region(self, path: str) -> dict:
+        """The region whose path is ``path``."""
+        return next(r for r in self.regions if r["path"] == path)
 
 
 @dataclass
@@ -216,7 +220,7 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
                     archive_path,
                     removed,
                     measurement,
-                    fspf,
+                    protected,
                     fspf_tag,
                     code_layer,
                     data_layer,
@@ -475,14 +479,24 @@ def files_to_read(fs: RootFS, plan: Plan) -> list[str]:
 
 
 def spool_files(fs: RootFS, paths: list[str], spool: Spool, reporter: Reporter) -> dict[str, Extent]:
-    """Copy the content of ``paths`` (regular files) into the spool, streaming each layer once."""
+    """Copy the content of ``paths`` (regular files) into the spool, streaming each layer once;
+    hardlinked paths share the bytes of one copy."""
+    first_of: dict[tuple[int, int], str] = {}
+    for path in paths:
+        entry = fs.entries[path]
+        first_of.setdefault((entry.data_layer, entry.data_offset), path)
     extents: dict[str, Extent] = {}
-    for entry, stream in fs.iter_files(paths):
+    for entry, stream in fs.iter_files(sorted(set(first_of.values()))):
         extents[entry.path] = spool.append_stream(stream, entry.size)
         reporter.advance(1)
-    missing = [p for p in paths if p not in extents and fs.entries[p].kind != "symlink"]
-    if missing:
-        raise UsageError(f"could not read {absolute(missing[0])} from the image layers; the image is corrupt")
+    for path in paths:
+        entry = fs.entries[path]
+        source = first_of[(entry.data_layer, entry.data_offset)]
+        if source not in extents:
+            raise UsageError(f"could not read {absolute(path)} from the image layers; the image is corrupt")
+        if path != source:
+            extents[path] = extents[source]
+            reporter.advance(1)
     return extents
 
 
@@ -569,7 +583,7 @@ def protect_data(
         fspf.add_region(region["path"], kind=region["kind"], protection=region["protection"])
     protected: dict[str, Protected] = {}
     for region_path, files in plan.data_files.items():
-        encrypted = next(r for r in plan.regions if r["path"] == region_path)["protection"] == "encrypted"
+        encrypted = plan.region(region_path)["protection"] == "encrypted"
         for path in files:
             if path not in extents:
                 extents.update(spool_files(fs, [path], spool, SilentReporter()))
@@ -744,20 +758,19 @@ def make_manifest(
     archive_path,
     removed,
     measurement,
-    fspf,
+    protected,
     fspf_tag,
     code_layer,
     data_layer,
 ) -> Manifest:
-    files = {}
-    for region_path, paths in plan.data_files.items():
-        protection = next(r for r in plan.regions if r["path"] == region_path)["protection"]
-        for path in paths:
-            files[absolute(path)] = {
-                "region": region_path,
-                "protection": protection,
-                "size": fspf.file(absolute(path)).size if fspf.file(absolute(path)) else 0,
-            }
+    files = {
+        absolute(item.path): {
+            "region": item.region,
+            "protection": plan.region(item.region)["protection"],
+            "size": item.size,
+        }
+        for item in protected.values()
+    }
     return Manifest(
         input=ImageFigures(
             reference=options.source,

@@ -34,12 +34,11 @@ from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
 from sconify.hashing import sha256_file
 from sconify.keys import KeysFile
-from sconify.manifest import Manifest
+from sconify.manifest import LABEL_PREFIX, Manifest
 from sconify.select import absolute, is_regular, iter_tree, region_of, rel, try_resolve
 from sconify.spool import Spool
 
 SIGNATURE_SCHEMA = "sconify.signature/v1"
-LABEL_PREFIX = "io.sconify."
 MAX_DIFFERENCES_SHOWN = 5
 
 

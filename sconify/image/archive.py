@@ -20,7 +20,6 @@ from sconify.image.oci import (
     layout_files,
     layout_members,
     manifest_descriptor,
-    read_json_file,
     read_layout,
     schema2_manifest,
     write_result,
