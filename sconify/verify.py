@@ -151,6 +151,8 @@ def check_contents(
         check_executable(report, exe, manifest, Path(work))
         check_measurement(report, exe, manifest, sgxs_out)
         check_removed(report, fs, manifest, whiteouts_needed=whiteouts_needed)
+        if whiteouts_needed:  # the view holds just the layers sconify added
+            check_added_layers(report, fs, manifest)
         check_fspf(report, fs, manifest, keys)
 
 
@@ -317,6 +319,28 @@ def check_removed(report: VerifyReport, fs: RootFS, manifest: Manifest, *, white
         "embedded files absent from the rootfs",
         not problems,
         f"{len(manifest.embedfs.removed)} files" if not problems else summarise(problems),
+    )
+
+
+def check_added_layers(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
+    """The two layers sconify added hold the executable, the fspf, the ciphertexts and the
+    whiteouts of the embedded files: nothing else."""
+    expected = {rel(manifest.executable.path), rel(manifest.fspf.path)} | {
+        rel(path) for path, info in manifest.fspf.files.items() if info["protection"] == "encrypted"
+    }
+    problems = [
+        f"{absolute(p)} added"
+        for p, entry in sorted(fs.entries.items())
+        if entry.kind != "dir" and p not in expected
+    ]
+    problems += [
+        f"whiteout of {absolute(p)}"
+        for p in sorted(fs.whiteouts - {rel(p) for p in manifest.embedfs.removed})
+    ]
+    report.add(
+        "added layers hold only what the manifest lists",
+        not problems,
+        f"{len(expected)} files, {len(fs.whiteouts)} whiteouts" if not problems else summarise(problems),
     )
 
 

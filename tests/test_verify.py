@@ -313,25 +313,43 @@ def test_unreadable_inputs_exit_2_with_one_line(python_out, tmp_path):
     assert bad.returncode == 2 and "not JSON" in bad.stderr and "Traceback" not in bad.stderr
 
 
-def test_a_code_layer_without_one_whiteout_is_named(python_out, tmp_path):
-    """verify indexes only the layers sconify added when it can; a whiteout missing there is caught."""
-    image = read_image(python_out.ref)
-    base = len(python_out.manifest.input.diff_ids)
-    victim = "usr/lib/python3.11/json/.wh.decoder.py"
-    rebuilt = tmp_path / "code.tar"
-    with image.layers[base].open_tar() as stream, tarfile.open(fileobj=stream, mode="r|") as source, \
+def rewrite_layer(out: Output, tmp_path: Path, index: int, *, drop: str = "", add: dict | None = None) -> str:
+    """The output image with layer ``index`` rewritten: one member dropped and/or files added
+    (config diff_ids updated, so only sconify's own content checks can tell)."""
+    image = read_image(out.ref)
+    rebuilt = tmp_path / f"layer{index}.tar"
+    with image.layers[index].open_tar() as stream, tarfile.open(fileobj=stream, mode="r|") as source, \
             tarfile.open(rebuilt, "w", format=tarfile.PAX_FORMAT) as target:
         for info in source:
-            if info.name != victim:
+            if info.name != drop:
                 target.addfile(info, source.extractfile(info) if info.isreg() else None)
+        for name, data in (add or {}).items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            target.addfile(info, io.BytesIO(data))
     layer = Layer.from_tar_file(rebuilt, "zstd")
     config = image.config
-    config["rootfs"]["diff_ids"][base] = layer.diff_id
-    layers = image.layers[:base] + (layer,) + image.layers[base + 1:]
-    ref = f"oci:{tmp_path / 'nowhiteout'}:t"
-    write_image(make_image(canonical_json(config), layers, "no-whiteout"), ref)
+    config["rootfs"]["diff_ids"][index] = layer.diff_id
+    layers = image.layers[:index] + (layer,) + image.layers[index + 1:]
+    ref = f"oci:{tmp_path / f'rewritten{index}'}:t"
+    write_image(make_image(canonical_json(config), layers, "rewritten"), ref)
+    return ref
+
+
+def test_a_code_layer_without_one_whiteout_is_named(python_out, tmp_path):
+    """verify indexes only the layers sconify added when it can; a whiteout missing there is caught."""
+    base = len(python_out.manifest.input.diff_ids)
+    ref = rewrite_layer(python_out, tmp_path, base, drop="usr/lib/python3.11/json/.wh.decoder.py")
     code, report = verify(ref, python_out.manifest_path)
     assert code == 1
     problems = failed(report)
     assert "/usr/lib/python3.11/json/decoder.py not whited out" in problems["embedded files absent from the rootfs"]
     assert "layer 2" in problems["layer diff_ids"]
+
+
+def test_a_file_slipped_into_the_data_layer_is_named(python_out, tmp_path):
+    base = len(python_out.manifest.input.diff_ids)
+    ref = rewrite_layer(python_out, tmp_path, base + 1, add={"app/backdoor.py": b"print('hi')\n"})
+    code, report = verify(ref, python_out.manifest_path)
+    assert code == 1
+    assert "/app/backdoor.py added" in failed(report)["added layers hold only what the manifest lists"]
