@@ -188,6 +188,9 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
                     packed = pack((archive_entry(fs, spool, extents, p) for p in embedded), out)
                 sconified_exe = Path(work, "sconified")
                 inject(str(original_exe), str(archive_path), str(sconified_exe))
+                removed = [] if options.keep_embedded else list(plan.code_files)
+                executable = executable_figures(plan, original_exe, sconified_exe)
+                embedfs = embedfs_figures(packed, archive_path, removed)
                 reporter.advance(len(embedded))
             with phase(reporter, timings, "measure"):
                 measurement = measure_elf(str(sconified_exe), **measure_parameters(options))
@@ -196,7 +199,6 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
                 fspf_blob = Path(work, "volume.fspf")
                 fspf_key, fspf_tag = fspf.encrypt_to(str(fspf_blob))
             with phase(reporter, timings, "write layers"):
-                removed = [] if options.keep_embedded else list(plan.code_files)
                 code_layer = build_code_layer(fs, plan.executable, sconified_exe, removed, work, options)
                 data_layer = build_data_layer(fs, protected, spool, fspf_blob, work, options)
             with phase(reporter, timings, "write image"):
@@ -208,22 +210,16 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
                 )
                 written = write_image(output, options.destination, compression=options.compression)
             with phase(reporter, timings, "write manifest"):
-                manifest = make_manifest(
-                    options,
-                    image,
-                    output,
-                    written,
-                    plan,
-                    original_exe,
-                    sconified_exe,
-                    packed,
-                    archive_path,
-                    removed,
-                    measurement,
-                    protected,
-                    fspf_tag,
-                    code_layer,
-                    data_layer,
+                manifest = Manifest(
+                    input=image_figures(options.source, image),
+                    output=image_figures(options.destination, output, written),
+                    code_layer=code_layer.diff_id,
+                    data_layer=data_layer.diff_id,
+                    executable=executable,
+                    embedfs=embedfs,
+                    measurement=measurement_figures(measurement),
+                    fspf=fspf_figures(plan, protected, fspf_tag),
+                    tool_version=__version__,
                 )
                 keys = KeysFile(
                     fspf_path=FSPF_PATH,
@@ -746,23 +742,41 @@ def history_entries(image: Image, plan: Plan, embedded: int) -> list[dict]:
     ]
 
 
-def make_manifest(
-    options,
-    image,
-    output,
-    written,
-    plan,
-    original_exe,
-    sconified_exe,
-    packed,
-    archive_path,
-    removed,
-    measurement,
-    protected,
-    fspf_tag,
-    code_layer,
-    data_layer,
-) -> Manifest:
+def executable_figures(plan: Plan, original: Path, sconified: Path) -> ExecutableFigures:
+    return ExecutableFigures(
+        path=absolute(plan.executable.path),
+        recipe=plan.executable.recipe.name,
+        original_sha256=sha256_file(original),
+        original_size=original.stat().st_size,
+        sconified_sha256=sha256_file(sconified),
+        sconified_size=sconified.stat().st_size,
+    )
+
+
+def embedfs_figures(packed, archive_path: Path, removed: list[str]) -> EmbedfsFigures:
+    return EmbedfsFigures(
+        root_hash=packed.root_hash,
+        file_count=packed.file_count,
+        archive_size=packed.size,
+        files=embedded_hashes(archive_path),
+        removed=[absolute(p) for p in removed],
+    )
+
+
+def measurement_figures(measurement) -> MeasurementFigures:
+    parameters = measurement.parameters
+    return MeasurementFigures(
+        mrenclave=measurement.mrenclave,
+        heap_size=parameters["heap_size"],
+        stack_size=parameters["stack_size"],
+        threads=parameters["threads"],
+        ssa_frame_size=parameters["ssa_frame_size"],
+        layout_version=parameters["layout_version"],
+        enclave_size=measurement.enclave_size,
+    )
+
+
+def fspf_figures(plan: Plan, protected: dict[str, "Protected"], tag: bytes) -> FspfFigures:
     files = {
         absolute(item.path): {
             "region": item.region,
@@ -771,51 +785,17 @@ def make_manifest(
         }
         for item in protected.values()
     }
-    return Manifest(
-        input=ImageFigures(
-            reference=options.source,
-            config_digest=image.config_digest,
-            diff_ids=list(image.diff_ids),
-            manifest_digest=image.manifest_digest,
-            layer_digests=[layer.digest for layer in image.layers],
-        ),
-        output=ImageFigures(
-            reference=options.destination,
-            config_digest=written.config_digest,
-            diff_ids=list(output.diff_ids),
-            manifest_digest=written.manifest_digest,
-            layer_digests=list(written.layer_digests),
-        ),
-        code_layer=code_layer.diff_id,
-        data_layer=data_layer.diff_id,
-        executable=ExecutableFigures(
-            path=absolute(plan.executable.path),
-            recipe=plan.executable.recipe.name,
-            original_sha256=sha256_file(original_exe),
-            original_size=original_exe.stat().st_size,
-            sconified_sha256=sha256_file(sconified_exe),
-            sconified_size=sconified_exe.stat().st_size,
-        ),
-        embedfs=EmbedfsFigures(
-            root_hash=packed.root_hash,
-            file_count=packed.file_count,
-            archive_size=packed.size,
-            files=embedded_hashes(archive_path),
-            removed=[absolute(p) for p in removed],
-        ),
-        measurement=MeasurementFigures(
-            mrenclave=measurement.mrenclave,
-            heap_size=measurement.parameters["heap_size"],
-            stack_size=measurement.parameters["stack_size"],
-            threads=measurement.parameters["threads"],
-            ssa_frame_size=measurement.parameters["ssa_frame_size"],
-            layout_version=measurement.parameters["layout_version"],
-            enclave_size=measurement.enclave_size,
-        ),
-        fspf=FspfFigures(
-            path=FSPF_PATH, tag=fspf_tag.hex(), regions=plan.regions, files=dict(sorted(files.items()))
-        ),
-        tool_version=__version__,
+    return FspfFigures(path=FSPF_PATH, tag=tag.hex(), regions=plan.regions, files=dict(sorted(files.items())))
+
+
+def image_figures(reference: str, image: Image, written=None) -> ImageFigures:
+    """The identity of the input (``written`` None) or of the output as written."""
+    return ImageFigures(
+        reference=reference,
+        config_digest=written.config_digest if written else image.config_digest,
+        diff_ids=list(image.diff_ids),
+        manifest_digest=written.manifest_digest if written else image.manifest_digest,
+        layer_digests=list(written.layer_digests) if written else [layer.digest for layer in image.layers],
     )
 
 
