@@ -281,8 +281,9 @@ def copy_range(src_fd: int, dst_fd: int, offset: int, length: int) -> None:
         done += n
 
 
-def validate_with_lief(path: str | os.PathLike, name: str) -> None:
-    """Have lief parse the ELF structure (without symbols or relocations); refuse what it rejects."""
+def structure_parser_config(*, notes: bool = True):
+    """A lief ParserConfig for the ELF structure only: no symbols, relocations or overlay
+    (and no notes unless asked). lief is imported here, on first use: it costs about a second."""
     import lief
 
     config = lief.ELF.ParserConfig()
@@ -291,6 +292,15 @@ def validate_with_lief(path: str | os.PathLike, name: str) -> None:
     config.parse_relocations = False
     config.parse_symbol_versions = False
     config.parse_overlay = False
+    config.parse_notes = notes
+    return config
+
+
+def validate_with_lief(path: str | os.PathLike, name: str) -> None:
+    """Have lief parse the ELF structure (without symbols or relocations); refuse what it rejects."""
+    import lief
+
+    config = structure_parser_config()
     lief.logging.disable()
     try:
         binary = lief.ELF.parse(str(path), config)

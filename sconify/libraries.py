@@ -13,6 +13,7 @@ import posixpath
 from dataclasses import dataclass, field
 from typing import Callable
 
+from embedfs.elf import structure_parser_config
 from sconify.select import absolute, is_regular, try_resolve
 
 
@@ -21,20 +22,6 @@ class LibraryClosure:
     libraries: list[str] = field(default_factory=list)  # regular files (relative paths), sorted
     links: list[str] = field(default_factory=list)  # symlinks the loader follows to them, sorted
     missing: list[str] = field(default_factory=list)  # sonames nobody provides
-
-
-def _parser_config():
-    import lief  # imported on first use: it costs about a second
-
-    lief.logging.disable()
-    config = lief.ELF.ParserConfig()
-    config.parse_relocations = False
-    config.parse_dyn_symbols = False
-    config.parse_symtab_symbols = False
-    config.parse_symbol_versions = False
-    config.parse_notes = False
-    config.parse_overlay = False
-    return config
 
 
 @dataclass(frozen=True)
@@ -48,7 +35,8 @@ def dynamic_dependencies(data: bytes) -> DynamicInfo:
     """What an ELF image asks the dynamic loader for; empty for non-ELF or static files."""
     import lief
 
-    binary = lief.ELF.parse(io.BytesIO(data), _parser_config())
+    lief.logging.disable()
+    binary = lief.ELF.parse(io.BytesIO(data), structure_parser_config(notes=False))
     if binary is None:
         return DynamicInfo([], [], "")
     runpaths: list[str] = []

@@ -141,6 +141,7 @@ class ConvertResult:
     encrypted_files: int = 0
     authenticated_files: int = 0
     removed_files: int = 0
+    missing_libraries: list[str] = field(default_factory=list)  # DT_NEEDED sonames not in the image
     written: dict[str, str] = field(default_factory=dict)  # what -> path
 
 
@@ -178,7 +179,7 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
             wanted = files_to_read(fs, plan)
             with phase(reporter, timings, "read files", total=len(wanted)):
                 extents = spool_files(fs, wanted, spool, reporter)
-                libraries = resolve_libraries(fs, plan, spool, extents, reporter)
+                libraries, result.missing_libraries = resolve_libraries(fs, plan, spool, extents, reporter)
             embedded = sorted(set(plan.code_files) | set(libraries))
             with phase(reporter, timings, "embed", total=len(embedded)):
                 original_exe = Path(work, "original")
@@ -498,12 +499,13 @@ def spool_files(fs: RootFS, paths: list[str], spool: Spool, reporter: Reporter) 
 
 def resolve_libraries(
     fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], reporter: Reporter
-) -> list[str]:
+) -> tuple[list[str], list[str]]:
     """Shared objects (and the symlinks naming them) that the executable and the embedded
-    code load; read from the spool, spooling any outside the search path on demand."""
+    code load, read from the spool (spooling any outside the search path on demand), and the
+    sonames no file in the image provides."""
     recipe = plan.executable.recipe
     if not recipe.follow_needed:
-        return []
+        return [], []
     shared_objects = [
         p for p in plan.code_files if ".so" in posixpath.basename(p) and fs.entries[p].kind != "symlink"
     ]
@@ -516,7 +518,7 @@ def resolve_libraries(
     closure = library_closure(
         fs, [plan.executable.path, *shared_objects], read, recipe.search_path, recipe.dlopen
     )
-    return closure.libraries + closure.links
+    return closure.libraries + closure.links, closure.missing
 
 
 def archive_entry(fs: RootFS, spool: Spool, extents: dict[str, Extent], path: str) -> ArchiveEntry:

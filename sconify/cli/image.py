@@ -223,6 +223,7 @@ def summary(result: ConvertResult) -> dict:
                 "encrypted_files": result.encrypted_files,
                 "authenticated_files": result.authenticated_files,
                 "removed_files": result.removed_files,
+                "missing_libraries": result.missing_libraries,
                 "written": result.written,
             }
         )
@@ -260,6 +261,8 @@ def print_table(result: ConvertResult, *, dry_run: bool) -> None:
             f"{human_size(m.embedfs.archive_size)} embedfs (root {m.embedfs.root_hash[:16]}...)",
         )
         table.add_row("removed from rootfs", str(result.removed_files))
+        if result.missing_libraries:
+            table.add_row("not in the image", "needed but missing: " + ", ".join(result.missing_libraries))
         table.add_row(
             "encrypted / authenticated", f"{result.encrypted_files} / {result.authenticated_files} files"
         )
