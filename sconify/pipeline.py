@@ -20,19 +20,18 @@ from typing import Iterator, Protocol
 from embedfs.archive import Archive, ArchiveEntry, pack
 from embedfs.elf import inject
 from embedfs.measure import measure_elf
-
 from sconify import __version__
 from sconify.errors import UsageError
 from sconify.fspf import Fspf
+from sconify.hashing import sha256_file
+from sconify.image.layers import LayerLimits
 from sconify.image.model import Image, Layer, canonical_json
 from sconify.image.mutate import append_layers, with_config
 from sconify.image.reference import parse_reference
-from sconify.image.layers import LayerLimits
 from sconify.image.rootfs import RootFS, RootFSLimits
 from sconify.image.transports import read_image, write_image
-from sconify.hashing import sha256_file
 from sconify.keys import KeysFile, random_source
-from sconify.libraries import candidate_libraries, library_closure
+from sconify.libraries import ElfWorker, candidate_libraries, library_closure
 from sconify.manifest import (
     LABEL_PREFIX,
     EmbedfsFigures,
@@ -52,9 +51,9 @@ from sconify.select import (
     env_of,
     find_executable,
     interpreter_version,
+    region_of,
     rel,
     select_code,
-    region_of,
     select_data,
     try_resolve,
 )
@@ -161,9 +160,17 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
     reporter = reporter or SilentReporter()
     timings: dict[str, float] = {}
     check_options(options)
+    with contextlib.ExitStack() as cleanup:
+        # lief loads in a helper process while the image is read (see ElfWorker).
+        elf = None if options.dry_run else cleanup.enter_context(ElfWorker())
+        return convert(options, reporter, timings, elf)
+
+
+def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, float], elf: ElfWorker | None
+            ) -> ConvertResult:
     with phase(reporter, timings, "read image"):
         image = read_image(options.source, platform=options.platform, limits=layer_limits(options))
-        fs = RootFS.from_image(image, rootfs_limits(options), cache_gzip_layers=not options.dry_run)
+        fs = RootFS.from_image(image, rootfs_limits(options), cache_layers=not options.dry_run)
         # RootFS read every layer to its end, checking blob digest and diff_id: the writer
         # need not read them a second time before copying them.
         image = replace(image, layers=tuple(replace(layer, trusted=True) for layer in image.layers))
@@ -179,7 +186,7 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
             wanted = files_to_read(fs, plan)
             with phase(reporter, timings, "read files", total=len(wanted)):
                 extents = spool_files(fs, wanted, spool, reporter)
-                libraries, result.missing_libraries = resolve_libraries(fs, plan, spool, extents, reporter)
+                libraries, result.missing_libraries = resolve_libraries(fs, plan, spool, extents, reporter, elf)
             embedded = sorted(set(plan.code_files) | set(libraries))
             with phase(reporter, timings, "embed", total=len(embedded)):
                 original_exe = Path(work, "original")
@@ -188,7 +195,8 @@ def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> 
                 with archive_path.open("wb") as out:
                     packed = pack((archive_entry(fs, spool, extents, p) for p in embedded), out)
                 sconified_exe = Path(work, "sconified")
-                inject(str(original_exe), str(archive_path), str(sconified_exe))
+                elf.validate(str(original_exe), absolute(plan.executable.path))
+                inject(str(original_exe), str(archive_path), str(sconified_exe), validate=False)
                 removed = [] if options.keep_embedded else list(plan.code_files)
                 executable = executable_figures(plan, original_exe, sconified_exe)
                 embedfs = embedfs_figures(packed, archive_path, removed)
@@ -476,14 +484,23 @@ def files_to_read(fs: RootFS, plan: Plan) -> list[str]:
 
 
 def spool_files(fs: RootFS, paths: list[str], spool: Spool, reporter: Reporter) -> dict[str, Extent]:
-    """Copy the content of ``paths`` (regular files) into the spool, streaming each layer once;
-    hardlinked paths share the bytes of one copy."""
+    """Where the content of ``paths`` (regular files) is: in a layer tar RootFS cached, or else
+    copied into the spool, streaming each layer once; hardlinked paths share one extent."""
     first_of: dict[tuple[int, int], str] = {}
     for path in paths:
         entry = fs.entries[path]
         first_of.setdefault((entry.data_layer, entry.data_offset), path)
     extents: dict[str, Extent] = {}
-    for entry, stream in fs.iter_files(sorted(set(first_of.values()))):
+    uncached = []
+    for path in sorted(set(first_of.values())):
+        cached = fs.cached_content(path)
+        if cached is None:
+            uncached.append(path)
+        else:  # the layer tar RootFS kept: point into it, nothing to copy
+            fd, offset, size = cached
+            extents[path] = Extent(offset, size, fd)
+            reporter.advance(1)
+    for entry, stream in fs.iter_files(uncached):
         extents[entry.path] = spool.append_stream(stream, entry.size)
         reporter.advance(1)
     for path in paths:
@@ -498,7 +515,7 @@ def spool_files(fs: RootFS, paths: list[str], spool: Spool, reporter: Reporter) 
 
 
 def resolve_libraries(
-    fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], reporter: Reporter
+    fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], reporter: Reporter, elf: ElfWorker
 ) -> tuple[list[str], list[str]]:
     """Shared objects (and the symlinks naming them) that the executable and the embedded
     code load, read from the spool (spooling any outside the search path on demand), and the
@@ -516,7 +533,8 @@ def resolve_libraries(
         return spool.read(extents[path])
 
     closure = library_closure(
-        fs, [plan.executable.path, *shared_objects], read, recipe.search_path, recipe.dlopen
+        fs, [plan.executable.path, *shared_objects], read, recipe.search_path, recipe.dlopen,
+        parse=elf.dynamic_dependencies,
     )
     return closure.libraries + closure.links, closure.missing
 

@@ -19,9 +19,10 @@ from typing import BinaryIO, Iterable, Iterator
 
 from sconify.errors import ImageError
 from sconify.image import layers as L
+from sconify.image.layerread import BackgroundTar
 from sconify.image.model import Image
-from sconify.spool import BoundedReader
 from sconify.image.tarbounds import BoundedTarInfo, HostileHeader
+from sconify.spool import BoundedReader
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
@@ -99,13 +100,12 @@ def split_member_name(name: str, limits: RootFSLimits, what: str) -> list[str]:
 class RootFS:
     """The merged view of an image's layers: ``entries`` maps normalised paths to Entry."""
 
-    def __init__(self, image: Image, limits: RootFSLimits | None = None, cache_gzip_layers: bool = False) -> None:
+    def __init__(self, image: Image, limits: RootFSLimits | None = None, cache_layers: bool = False) -> None:
         self.image = image
         self.limits = limits or RootFSLimits()
-        # gzip inflates at ~0.3 GB/s here, slower than writing a temp file: with this set, the
-        # index pass keeps each gzip layer's tar in an unlinked temp file and file reads become
-        # preads of it instead of a second inflate (zstd layers, at ~1.3 GB/s, are re-read).
-        self.cache_gzip_layers = cache_gzip_layers
+        # With this set, the index pass also writes each layer's tar to an unlinked temp file (on
+        # the inflating thread) and file reads become preads of it instead of a second inflate.
+        self.cache_layers = cache_layers
         self._layer_cache: dict[int, BinaryIO] = {}
         self.entries: dict[str, Entry] = {"": Entry("", "dir", 0o755, 0, 0, 0, 0)}
         self.children: dict[str, set[str]] = {"": set()}
@@ -118,10 +118,14 @@ class RootFS:
 
     @classmethod
     def from_image(
-        cls, image: Image, limits: RootFSLimits | None = None, cache_gzip_layers: bool = False
+        cls, image: Image, limits: RootFSLimits | None = None, cache_layers: bool = False,
+        cache_gzip_layers: bool = False,
     ) -> "RootFS":
-        """Index every layer once (headers only), applying whiteouts in layer order."""
-        fs = cls(image, limits, cache_gzip_layers)
+        """Index every layer once (headers only), applying whiteouts in layer order.
+
+        ``cache_layers`` keeps every layer's tar in a temp file for later reads by offset
+        (``cache_gzip_layers`` is its earlier name)."""
+        fs = cls(image, limits, cache_layers or cache_gzip_layers)
         try:
             for index in range(len(image.layers)):
                 fs._apply_layer(index)
@@ -160,24 +164,27 @@ class RootFS:
             self._add_member(member, index, what)
 
     def _read_members(self, index: int, what: str) -> list[Member]:
-        """One compact record per tar member (TarInfo objects are dropped as soon as read)."""
+        """One compact record per tar member (TarInfo objects are dropped as soon as read).
+
+        The layer is inflated and checked on a background thread (``BackgroundTar``) while
+        tarfile's random-access mode parses the headers here, seeking over member data."""
         members: list[Member] = []
-        stream = self.image.layers[index].open_tar()
-        if self.cache_gzip_layers and self.image.layers[index].compression == "gzip":
-            cache = tempfile.TemporaryFile(prefix="sconify-layer-")
-            self._layer_cache[index] = cache
-            stream = io.BufferedReader(_Tee(stream, cache), L.CHUNK_SIZE)  # type: ignore[assignment]
-        with stream:
+        tee = None
+        if self.cache_layers:
+            tee = tempfile.TemporaryFile(prefix="sconify-layer-")
+            self._layer_cache[index] = tee
+        with BackgroundTar(self.image.layers[index], tee.fileno() if tee else None) as stream:
             try:
-                with tarfile.open(fileobj=stream, mode="r|", tarinfo=BoundedTarInfo) as archive:
+                with tarfile.open(fileobj=stream, mode="r:", tarinfo=BoundedTarInfo) as archive:
                     for info in archive:
                         archive.members.clear()  # tarfile keeps every TarInfo otherwise
                         members.append(self._member(info, what))
             except HostileHeader as exc:
                 raise ImageError(f"{what}: {exc}") from None
             except tarfile.TarError as exc:
+                stream.finish()  # a corrupt blob explains a broken tar better than tarfile can
                 raise ImageError(f"{what} is not a valid tar ({exc}); the image is corrupt, re-create it") from None
-            L.drain(stream)  # reach the end so the diff_id is checked
+            stream.finish()  # reach the end so the blob digest and diff_id are checked
         return members
 
     def _member(self, info: tarfile.TarInfo, what: str) -> Member:
@@ -435,6 +442,16 @@ class RootFS:
         for index in sorted(by_layer):
             yield from self._iter_layer(index, by_layer[index])
 
+    def cached_content(self, path: str) -> tuple[int, int, int] | None:
+        """``(fd, offset, size)`` of a regular file's bytes in a cached layer tar, or None when
+        its layer is not cached. The fd stays open until ``close``; read it with ``os.pread``
+        (thread-safe, unlike a shared file position)."""
+        entry = self.entries[self.resolve(path)]
+        if not entry.is_regular:
+            raise ImageError(f"{path!r} is a {entry.kind} in the image, not a regular file; check the path")
+        cache = self._layer_cache.get(entry.data_layer)
+        return None if cache is None else (cache.fileno(), entry.data_offset, entry.size)
+
     def _iter_layer(self, index: int, entries: list[Entry]) -> Iterator[tuple[Entry, BinaryIO]]:
         cache = self._layer_cache.get(index)
         if cache is not None:  # inflated once by the index pass (and checked): read by offset
@@ -491,26 +508,3 @@ class _Window(io.RawIOBase):
         view[:n] = data
         self._left -= n
         return n
-
-
-class _Tee(io.RawIOBase):
-    """Reads through ``stream`` and appends every byte read to ``sink``."""
-
-    def __init__(self, stream: BinaryIO, sink: BinaryIO) -> None:
-        super().__init__()
-        self._stream, self._sink = stream, sink
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        count = self._stream.readinto(buffer)
-        if count:
-            self._sink.write(memoryview(buffer)[:count])
-        return count
-
-    def close(self) -> None:
-        if not self.closed:
-            self._sink.flush()
-            self._stream.close()
-        super().close()
