@@ -446,7 +446,9 @@ class RootFS:
         """``(fd, offset, size)`` of a regular file's bytes in a cached layer tar, or None when
         its layer is not cached. The fd stays open until ``close``; read it with ``os.pread``
         (thread-safe, unlike a shared file position)."""
-        entry = self.entries[self.resolve(path)]
+        entry = self.entries.get(path)  # keys are resolved paths: no walk needed for them
+        if entry is None or entry.kind == "symlink":
+            entry = self.entries[self.resolve(path)]
         if not entry.is_regular:
             raise ImageError(f"{path!r} is a {entry.kind} in the image, not a regular file; check the path")
         cache = self._layer_cache.get(entry.data_layer)
