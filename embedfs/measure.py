@@ -13,11 +13,14 @@ Two levels:
 from __future__ import annotations
 
 import hashlib
-import mmap
 import os
 import struct
+import sys
+from array import array
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Iterable, Iterator
+from itertools import chain, pairwise, repeat
+from typing import BinaryIO
 
 from embedfs.elf import PT_LOAD, find_embedded, open_readonly, read_elf_header, read_program_headers
 from embedfs.errors import InputError
@@ -33,9 +36,17 @@ PT_SECS = 0x000
 PT_TCS = 0x100
 PT_REG = 0x200
 
+ECREATE_TAG = b"ECREATE\x00"
+EADD_TAG = b"EADD\x00\x00\x00\x00"
+EEXTEND_TAG = b"EEXTEND\x00"
 ECREATE_RECORD = struct.Struct("<8sIQ44x")
 EADD_RECORD = struct.Struct("<8sQQ40x")
 EEXTEND_HEADER = struct.Struct("<8sQ48x")
+EEXTENDS_PER_PAGE = PAGE_SIZE // EEXTEND_CHUNK  # 16
+# Everything one measured page adds to the stream, packed in one call: its EADD, then 16 times
+# an EEXTEND header and the 256 data bytes it covers (5184 bytes in all).
+MEASURED_PAGE_RECORDS = struct.Struct(EADD_RECORD.format + (EEXTEND_HEADER.format[1:] + "256s") * EEXTENDS_PER_PAGE)
+PAGE_CHUNKS = struct.Struct("256s" * EEXTENDS_PER_PAGE)  # a page cut into its EEXTEND chunks
 
 # Defaults, in the spirit of SCONE's SCONE_HEAP / SCONE_STACK / thread count; reused by the
 # pipeline and written into the manifest.
@@ -47,6 +58,8 @@ SSA_FRAMES_PER_THREAD = 2  # TCS.NSSA
 LAYOUT_VERSION = 1
 
 ZERO_PAGE = bytes(PAGE_SIZE)
+BLOCK_PAGES = 32  # pages of file content per os.preadv: 512 data slots, half of Linux's IOV_MAX
+PIECE_PAGES = 256  # other runs are yielded in pieces of at most this many pages
 
 
 @dataclass(frozen=True)
@@ -83,14 +96,14 @@ class Measurement:
     page_count: int
     measured_pages: int
     embedfs: dict | None
-    pages_factory: Callable[[], Iterator[Page]] = field(repr=False)
+    records_factory: Callable[[], Iterator[bytes | memoryview]] = field(repr=False)
 
     def write_sgxs(self, target: str | os.PathLike | BinaryIO) -> str:
         """Write the record stream as an .sgxs file; return its SHA-256 (equal to mrenclave)."""
         digest = hashlib.sha256()
 
         def emit(handle: BinaryIO) -> None:
-            for chunk in record_stream(self.pages_factory(), self.enclave_size, self.ssa_frame_size):
+            for chunk in self.records_factory():
                 digest.update(chunk)
                 handle.write(chunk)
 
@@ -130,27 +143,29 @@ def check_enclave_size(enclave_size: int) -> None:
 
 
 def ecreate_record(enclave_size: int, ssa_frame_size: int) -> bytes:
-    return ECREATE_RECORD.pack(b"ECREATE\x00", ssa_frame_size, enclave_size)
+    return ECREATE_RECORD.pack(ECREATE_TAG, ssa_frame_size, enclave_size)
 
 
 def eadd_record(offset: int, flags: int) -> bytes:
-    return EADD_RECORD.pack(b"EADD\x00\x00\x00\x00", offset, flags)
+    return EADD_RECORD.pack(EADD_TAG, offset, flags)
 
 
-def eextend_records(offset: int, data: bytes | memoryview) -> bytes:
-    """The 16 EEXTEND records (64-byte header + 256 data bytes each) of one 4 KiB page."""
-    parts = []
-    for at in range(0, PAGE_SIZE, EEXTEND_CHUNK):
-        parts.append(EEXTEND_HEADER.pack(b"EEXTEND\x00", offset + at))
-        parts.append(data[at:at + EEXTEND_CHUNK])
-    return b"".join(parts)
+def measured_page_records(offset: int, flags: int, data: bytes | memoryview) -> bytes:
+    """The EADD and the 16 EEXTEND records (64-byte header + 256 data bytes each) of one page."""
+    chunk_offsets = range(offset, offset + PAGE_SIZE, EEXTEND_CHUNK)
+    eextends = chain.from_iterable(zip(repeat(EEXTEND_TAG), chunk_offsets, PAGE_CHUNKS.unpack(data)))
+    return MEASURED_PAGE_RECORDS.pack(EADD_TAG, offset, flags, *eextends)
+
+
+def check_stream_parameters(enclave_size: int, ssa_frame_size: int) -> None:
+    check_enclave_size(enclave_size)
+    if ssa_frame_size < 1:
+        raise InputError(f"SSA frame size {ssa_frame_size} must be at least 1 page")
 
 
 def record_stream(pages: Iterable[Page], enclave_size: int, ssa_frame_size: int) -> Iterator[bytes]:
     """Yield the ECREATE/EADD/EEXTEND record stream for ``pages`` in order, in ~1 MiB pieces."""
-    check_enclave_size(enclave_size)
-    if ssa_frame_size < 1:
-        raise InputError(f"SSA frame size {ssa_frame_size} must be at least 1 page")
+    check_stream_parameters(enclave_size, ssa_frame_size)
     seen: set[int] = set()
     buffer = [ecreate_record(enclave_size, ssa_frame_size)]
     buffered = 0
@@ -161,13 +176,14 @@ def record_stream(pages: Iterable[Page], enclave_size: int, ssa_frame_size: int)
         if page.offset in seen:
             raise InputError(f"page offset {page.offset:#x} is added twice; EADD each page once")
         seen.add(page.offset)
-        buffer.append(eadd_record(page.offset, page.flags))
         if page.measured:
             data = ZERO_PAGE if page.data is None else page.data
             if len(data) != PAGE_SIZE:
                 raise InputError(f"page {page.offset:#x} has {len(data)} bytes; give exactly 4096")
-            buffer.append(eextend_records(page.offset, data))
+            buffer.append(measured_page_records(page.offset, page.flags, data))
             buffered += PAGE_SIZE
+        else:
+            buffer.append(eadd_record(page.offset, page.flags))
         if buffered >= 1 << 20:
             yield b"".join(buffer)
             buffer, buffered = [], 0
@@ -258,39 +274,167 @@ def plan_enclave(segments: list[Segment], entry: int, *, heap_size: int, stack_s
     return regions, base, enclave_size
 
 
-def image_pages(segments: list[Segment], base: int, mapped: bytes | memoryview | mmap.mmap) -> Iterator[Page]:
+@dataclass(frozen=True)
+class PageRun:
+    """``count`` consecutive enclave pages from ``offset`` with the same SECINFO flags and the
+    same kind of content: pages of the executable from ``file_offset``, or the single page
+    ``data``, or zeros (neither given). Unmeasured pages have no content."""
+
+    offset: int
+    count: int
+    flags: int
+    measured: bool
+    file_offset: int | None = None
+    data: bytes | None = None
+
+
+def image_runs(segments: list[Segment], base: int, fd: int) -> list[PageRun]:
     """Pages of the loaded ELF image: each page's content is what the loader maps there
-    (file bytes, zeros past p_filesz); permissions are the union of segments sharing a page."""
-    spans: dict[int, int] = {}
+    (file bytes, zeros past p_filesz); permissions are the union of segments sharing a page.
+
+    The image is cut at every page where a segment's memory or file bytes begin or end and
+    where its file bytes begin and stop covering whole pages. Between two cuts all pages are
+    alike, so a run that lies inside one segment's file bytes is read straight from the file;
+    pages that hold the edge of a segment's file bytes, or bytes of several, are composed."""
+    cuts: set[int] = set()
     for s in segments:
-        first = (s.vaddr - base) // PAGE_SIZE
-        last = (s.vaddr - base + s.memsz + PAGE_SIZE - 1) // PAGE_SIZE
-        for index in range(first, last):
-            spans[index] = spans.get(index, 0) | s.perms
-    for index in sorted(spans):
-        page_start = base + index * PAGE_SIZE
-        content = bytearray(PAGE_SIZE)
-        for s in segments:
-            lo = max(page_start, s.vaddr)
-            hi = min(page_start + PAGE_SIZE, s.vaddr + s.filesz)
-            if lo < hi:
-                at = s.offset + lo - s.vaddr
-                content[lo - page_start:hi - page_start] = mapped[at:at + hi - lo]
-        yield Page(index * PAGE_SIZE, PT_REG | spans[index], bytes(content), True)
+        start = s.vaddr - base
+        cuts.update((start // PAGE_SIZE, -(-(start + s.memsz) // PAGE_SIZE)))
+        if s.filesz:
+            end = start + s.filesz
+            cuts.update((-(-start // PAGE_SIZE), end // PAGE_SIZE, -(-end // PAGE_SIZE)))
+    runs = []
+    for first, last in pairwise(sorted(cuts)):
+        lo = base + first * PAGE_SIZE  # the vaddr range of the first page of the run
+        hi = lo + PAGE_SIZE
+        mapped = [s for s in segments if s.vaddr < hi and lo < s.vaddr + s.memsz]
+        if not mapped:
+            continue  # a gap between segments: not part of the enclave
+        flags = PT_REG
+        for s in mapped:
+            flags |= s.perms
+        offset, count = first * PAGE_SIZE, last - first
+        loaded = [s for s in segments if s.vaddr < hi and lo < s.vaddr + s.filesz]
+        if not loaded:
+            runs.append(PageRun(offset, count, flags, True))
+        elif len(loaded) == 1 and loaded[0].vaddr <= lo and hi <= loaded[0].vaddr + loaded[0].filesz:
+            runs.append(PageRun(offset, count, flags, True, file_offset=loaded[0].offset + lo - loaded[0].vaddr))
+        else:
+            for index in range(first, last):
+                data = composed_page(segments, base + index * PAGE_SIZE, fd)
+                runs.append(PageRun(index * PAGE_SIZE, 1, flags, True, data=data))
+    return runs
 
 
-def layout_pages(segments: list[Segment], base: int, regions: list[Region], entry: int,
-                 mapped: bytes | memoryview | mmap.mmap, ssa_frame_size: int) -> Iterator[Page]:
-    """Every page of the layout, in offset order."""
-    yield from image_pages(segments, base, mapped)
+def composed_page(segments: list[Segment], page_start: int, fd: int) -> bytes:
+    """The content of the page at vaddr ``page_start``: each segment's file bytes in turn
+    (later segments win), zeros elsewhere."""
+    content = bytearray(PAGE_SIZE)
+    for s in segments:
+        lo = max(page_start, s.vaddr)
+        hi = min(page_start + PAGE_SIZE, s.vaddr + s.filesz)
+        if lo < hi:
+            data = os.pread(fd, hi - lo, s.offset + lo - s.vaddr)
+            if len(data) != hi - lo:
+                raise InputError("the executable was truncated while being measured; measure it again")
+            content[lo - page_start:hi - page_start] = data
+    return bytes(content)
+
+
+def layout_runs(segments: list[Segment], base: int, regions: list[Region], entry: int,
+                fd: int) -> list[PageRun]:
+    """Every page of the layout, in offset order, as runs."""
+    runs = image_runs(segments, base, fd)
     for region in regions[1:]:
         if region.name.startswith("tcs["):
             ssa = next(r for r in regions if r.offset == region.offset + PAGE_SIZE)
             data = tcs_page(ssa.offset, SSA_FRAMES_PER_THREAD, entry - base, region.offset)
-            yield Page(region.offset, region.flags, data, True)
+            runs.append(PageRun(region.offset, 1, region.flags, True, data=data))
+        else:
+            runs.append(PageRun(region.offset, region.size // PAGE_SIZE, region.flags, region.measured))
+    return runs
+
+
+def le_words(values: Iterable[int]) -> array:
+    """64-bit little-endian words, as an array that can be copied into a buffer's words."""
+    words = array("Q", values)
+    if sys.byteorder == "big":
+        words.byteswap()
+    return words
+
+
+class FilePageRecords:
+    """Builds the records of measured pages read from a file, BLOCK_PAGES pages at a time, in
+    one reusable buffer (5184 bytes a page).
+
+    Done page by page, Python work per 256-byte EEXTEND chunk dominates measuring. Here the
+    tags and zero fields are written once; for each block one ``os.preadv`` scatters the file
+    bytes straight into the 16 data slots of every page, and the page offsets, flags and
+    chunk offsets are set as strided columns of 64-bit words, one slice assignment each."""
+
+    WORDS_PER_PAGE = MEASURED_PAGE_RECORDS.size // 8
+    EADD_OFFSET_WORD = 1
+    EADD_FLAGS_WORD = 2
+    # word of the offset field of EEXTEND k: after the EADD (64 bytes) and k records (320 bytes)
+    EEXTEND_OFFSET_WORDS = tuple((EADD_RECORD.size + k * (EEXTEND_HEADER.size + EEXTEND_CHUNK) + 8) // 8
+                                 for k in range(EEXTENDS_PER_PAGE))
+
+    def __init__(self) -> None:
+        self.buffer = bytearray(measured_page_records(0, 0, ZERO_PAGE) * BLOCK_PAGES)
+        self.view = memoryview(self.buffer)
+        self.words = self.view.cast("Q")
+        page_size = MEASURED_PAGE_RECORDS.size
+        self.data_slots = [
+            self.view[at:at + EEXTEND_CHUNK]
+            for page in range(BLOCK_PAGES)
+            for k in range(EEXTENDS_PER_PAGE)
+            for at in [page * page_size + EADD_RECORD.size + k * (EEXTEND_HEADER.size + EEXTEND_CHUNK)
+                       + EEXTEND_HEADER.size]
+        ]
+
+    def records(self, fd: int, run: PageRun) -> Iterator[memoryview]:
+        """The records of ``run``, a block at a time. Each block is a view of the one buffer:
+        use it before asking for the next."""
+        assert run.file_offset is not None
+        stride = self.WORDS_PER_PAGE
+        for first in range(0, run.count, BLOCK_PAGES):
+            pages = min(BLOCK_PAGES, run.count - first)
+            size = pages * PAGE_SIZE
+            if os.preadv(fd, self.data_slots[:pages * EEXTENDS_PER_PAGE], run.file_offset + first * PAGE_SIZE) != size:
+                raise InputError("the executable was truncated while being measured; measure it again")
+            at = run.offset + first * PAGE_SIZE
+            words = self.words[:pages * stride]
+            words[self.EADD_OFFSET_WORD::stride] = le_words(range(at, at + size, PAGE_SIZE))
+            words[self.EADD_FLAGS_WORD::stride] = le_words(repeat(run.flags, pages))
+            for k, word in enumerate(self.EEXTEND_OFFSET_WORDS):
+                chunk_at = at + k * EEXTEND_CHUNK
+                words[word::stride] = le_words(range(chunk_at, chunk_at + size, PAGE_SIZE))
+            yield self.view[:pages * MEASURED_PAGE_RECORDS.size]
+
+
+def run_records(runs: list[PageRun], fd: int, enclave_size: int,
+                ssa_frame_size: int) -> Iterator[bytes | memoryview]:
+    """The record stream of ``runs`` (in offset order; file content read from ``fd``): the same
+    bytes ``record_stream`` gives for the same pages one by one. Use each piece before asking
+    for the next (some are views of a reused buffer)."""
+    check_stream_parameters(enclave_size, ssa_frame_size)
+    yield ecreate_record(enclave_size, ssa_frame_size)
+    from_file = FilePageRecords()
+    end = 0
+    for run in runs:
+        if run.offset % PAGE_SIZE or run.offset < end or run.offset + run.count * PAGE_SIZE > enclave_size:
+            raise InputError(f"pages at {run.offset:#x} overlap others or lie outside the enclave; fix the layout")
+        end = run.offset + run.count * PAGE_SIZE
+        if run.measured and run.file_offset is not None:
+            yield from from_file.records(fd, run)
             continue
-        for at in range(region.offset, region.offset + region.size, PAGE_SIZE):
-            yield Page(at, region.flags, None, region.measured)
+        for piece in range(run.offset, end, PIECE_PAGES * PAGE_SIZE):  # bounded memory per piece
+            offsets = range(piece, min(end, piece + PIECE_PAGES * PAGE_SIZE), PAGE_SIZE)
+            if not run.measured:
+                yield b"".join(map(EADD_RECORD.pack, repeat(EADD_TAG), offsets, repeat(run.flags)))
+            else:
+                data = ZERO_PAGE if run.data is None else run.data
+                yield b"".join(measured_page_records(at, run.flags, data) for at in offsets)
 
 
 def read_segments(path: str | os.PathLike) -> tuple[list[Segment], int, int]:
@@ -317,22 +461,24 @@ def measure_elf(path: str | os.PathLike, *, heap_size: int = DEFAULT_HEAP_SIZE,
                                                stack_size=stack_size, threads=threads,
                                                ssa_frame_size=ssa_frame_size)
 
-    def pages() -> Iterator[Page]:
-        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
-            yield from layout_pages(segments, base, regions, entry, mapped, ssa_frame_size)
+    fd = open_readonly(path)
+    try:
+        runs = layout_runs(segments, base, regions, entry, fd)
+    finally:
+        os.close(fd)
+
+    def records() -> Iterator[bytes | memoryview]:
+        fd = open_readonly(path)
+        try:
+            yield from run_records(runs, fd, enclave_size, ssa_frame_size)
+        finally:
+            os.close(fd)
 
     digest = hashlib.sha256()
-    count = measured = 0
-
-    def counted() -> Iterator[Page]:
-        nonlocal count, measured
-        for page in pages():
-            count += 1
-            measured += page.measured
-            yield page
-
-    for chunk in record_stream(counted(), enclave_size, ssa_frame_size):
+    for chunk in records():
         digest.update(chunk)
+    count = sum(run.count for run in runs)
+    measured = sum(run.count for run in runs if run.measured)
     parameters = {
         "heap_size": heap_size,
         "stack_size": stack_size,
@@ -347,4 +493,4 @@ def measure_elf(path: str | os.PathLike, *, heap_size: int = DEFAULT_HEAP_SIZE,
         "root_hash": descriptor.root_hash,
     }
     return Measurement(digest.hexdigest(), enclave_size, ssa_frame_size, parameters, regions,
-                       count, measured, embedded, pages)
+                       count, measured, embedded, records)

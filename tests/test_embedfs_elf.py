@@ -20,7 +20,8 @@ from embedfs.archive import Archive, ArchiveEntry, pack
 from embedfs.elf import (NT_EMBEDFS, AlreadyEmbeddedError, extract_archive, find_embedded, inject,
                          open_embedded, restore_original)
 from embedfs.errors import IntegrityError, NotELFError
-from embedfs.measure import measure_elf
+from embedfs.measure import (PT_REG, SSA_FRAMES_PER_THREAD, Page, measure_elf, mrenclave_of_pages, plan_enclave,
+                             read_segments, tcs_page)
 
 HELLO_C = r"""
 #include <stdio.h>
@@ -279,3 +280,43 @@ def test_measurement_covers_the_embedfs_segment_and_parameters(c_binaries, archi
 
 def test_find_embedded_returns_none_for_a_plain_executable(c_binaries) -> None:
     assert find_embedded(c_binaries["pie"]) is None
+
+
+def documented_pages(path: Path, heap_size: int, stack_size: int, threads: int) -> tuple[list[Page], int]:
+    """The enclave pages of docs/measurement.md built one by one, and the enclave size."""
+    segments, entry, _ = read_segments(path)
+    regions, base, size = plan_enclave(segments, entry, heap_size=heap_size, stack_size=stack_size,
+                                       threads=threads, ssa_frame_size=1)
+    file = path.read_bytes()
+    flags: dict[int, int] = {}
+    for s in segments:
+        for index in range((s.vaddr - base) // 4096, (s.vaddr - base + s.memsz + 4095) // 4096):
+            flags[index] = flags.get(index, 0) | s.perms
+    pages = []
+    for index in sorted(flags):
+        start = base + index * 4096
+        content = bytearray(4096)
+        for s in segments:
+            lo, hi = max(start, s.vaddr), min(start + 4096, s.vaddr + s.filesz)
+            if lo < hi:
+                content[lo - start:hi - start] = file[s.offset + lo - s.vaddr:s.offset + hi - s.vaddr]
+        pages.append(Page(index * 4096, PT_REG | flags[index], bytes(content)))
+    for region in regions[1:]:
+        if region.name.startswith("tcs["):
+            tcs = tcs_page(region.offset + 4096, SSA_FRAMES_PER_THREAD, entry - base, region.offset)
+            pages.append(Page(region.offset, region.flags, tcs))
+        else:
+            pages += [Page(at, region.flags, None, region.measured)
+                      for at in range(region.offset, region.offset + region.size, 4096)]
+    return pages, size
+
+
+def test_measure_elf_equals_the_page_by_page_definition(c_binaries, archive_file, tmp_path) -> None:
+    """measure_elf reads whole runs of pages at once; on every kind of executable, with and
+    without an archive, it must give the MRENCLAVE of the documented pages one by one."""
+    inject(c_binaries["static-pie"], archive_file, tmp_path / "with-archive")
+    for path in [*c_binaries.values(), tmp_path / "with-archive"]:
+        pages, size = documented_pages(path, heap_size=1 << 20, stack_size=1 << 16, threads=2)
+        measured = measure_elf(path, heap_size=1 << 20, stack_size=1 << 16, threads=2)
+        assert measured.mrenclave == mrenclave_of_pages(pages, size, 1), path.name
+        assert (measured.page_count, measured.measured_pages) == (len(pages), sum(p.measured for p in pages))

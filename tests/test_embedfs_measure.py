@@ -19,12 +19,15 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from embedfs.errors import InputError
-from embedfs.measure import (PT_REG, PT_TCS, SECINFO_R, SECINFO_W, SECINFO_X, Page, mrenclave_of_pages,
-                             parse_size, record_stream)
+from embedfs.measure import (PT_REG, PT_TCS, SECINFO_R, SECINFO_W, SECINFO_X, Page, Segment, image_runs,
+                             mrenclave_of_pages, parse_size, record_stream, run_records)
 
 ECREATE_TAG = 0x0045544145524345
 EADD_TAG = 0x0000000044444145
@@ -124,3 +127,49 @@ def test_sizes_accept_suffixes(text, value) -> None:
 def test_bad_sizes_are_refused() -> None:
     with pytest.raises(InputError, match="64M"):
         parse_size("lots")
+
+
+def reference_image_pages(segments: list[Segment], base: int, file: bytes) -> list[Page]:
+    """The image pages exactly as docs/measurement.md defines them, one page at a time: every
+    page a segment's memory touches, flags the union of their permissions, content the file
+    bytes of each segment in turn (later ones win) up to p_filesz, zeros elsewhere."""
+    flags: dict[int, int] = {}
+    for s in segments:
+        for index in range((s.vaddr - base) // 4096, (s.vaddr - base + s.memsz + 4095) // 4096):
+            flags[index] = flags.get(index, 0) | s.perms
+    pages = []
+    for index in sorted(flags):
+        start = base + index * 4096
+        content = bytearray(4096)
+        for s in segments:
+            lo, hi = max(start, s.vaddr), min(start + 4096, s.vaddr + s.filesz)
+            if lo < hi:
+                content[lo - start:hi - start] = file[s.offset + lo - s.vaddr:s.offset + hi - s.vaddr]
+        pages.append(Page(index * 4096, PT_REG | flags[index], bytes(content)))
+    return pages
+
+
+segment_shapes = st.lists(
+    st.tuples(st.integers(0, 40), st.integers(0, 4095), st.integers(1, 5 * 4096), st.integers(0, 6 * 4096),
+              st.integers(0, 5 * 4096), st.integers(0, 7)),
+    min_size=1, max_size=4)
+
+
+@settings(max_examples=100, deadline=None)
+@given(shapes=segment_shapes)
+def test_runs_of_the_image_give_the_records_of_its_pages_one_by_one(tmp_path_factory, shapes) -> None:
+    """measure_elf builds the image as runs (whole runs read from the file at once); for any
+    segments, overlapping, unaligned, with p_filesz below or above p_memsz, the record stream
+    must be the one the page-by-page definition gives."""
+    file = bytes((i * 131 + 7) % 251 for i in range(12 * 4096))
+    segments = [Segment(offset, 0x400000 + page * 4096 + skew, min(filesz, len(file) - offset), memsz, perms)
+                for page, skew, memsz, filesz, offset, perms in shapes]
+    base = min(s.vaddr for s in segments) // 4096 * 4096
+    path = tmp_path_factory.mktemp("runs") / "image"
+    path.write_bytes(file)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        stream = b"".join(bytes(piece) for piece in run_records(image_runs(segments, base, fd), fd, 1 << 20, 1))
+    finally:
+        os.close(fd)
+    assert stream == b"".join(record_stream(reference_image_pages(segments, base, file), 1 << 20, 1))
