@@ -177,3 +177,58 @@ def test_extract_writes_every_member(tmp_path) -> None:
 
 def test_index_records_have_the_documented_size() -> None:
     assert INDEX_RECORD.size == 73 and TRAILER.size == 64
+
+
+def mixed_entries() -> list[ArchiveEntry]:
+    """Many small files, empty files and symlinks around files of one chunk and of several."""
+    entries = [file_entry(f"src/m{i:04d}.py", b"x = %d\n" % i * (i % 97)) for i in range(600)]
+    entries += [ArchiveEntry(f"src/l{i}", "symlink", 0o777, 0, 0, 0, linkname=f"m{i:04d}.py") for i in range(0, 600, 50)]
+    for size in (CHUNK_SIZE, CHUNK_SIZE + 1, 3 * CHUNK_SIZE + 5):
+        entries.append(file_entry(f"src/m0300-{size}.bin", bytes(range(256)) * (size // 256) + b"z" * (size % 256)))
+    return entries
+
+
+def test_the_bytes_do_not_depend_on_batching_or_look_ahead(monkeypatch) -> None:
+    """Small files are packed in runs on worker threads and written through a bounded look-ahead;
+    none of that may show in the output."""
+    import embedfs.archive as archive_module
+
+    reference = packed(mixed_entries())
+    for name, value in (("BATCH_BYTES", 1), ("BATCH_MEMBERS", 1), ("PENDING_BYTES", 0), ("PENDING_SLOTS", 1)):
+        monkeypatch.setattr(archive_module, name, value)
+    assert packed(mixed_entries()) == reference
+    archive = Archive.open(reference)
+    for entry in mixed_entries():
+        if entry.kind == "file":
+            assert archive.read(entry.path) == entry.source
+
+
+def test_a_large_file_is_streamed_not_read_whole() -> None:
+    """Output starts before the source of a large file has been read to its end: at most the
+    look-ahead (a few chunks) is held."""
+    size = 48 * CHUNK_SIZE
+    delivered = 0
+
+    class Counting(io.RawIOBase):
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer) -> int:
+            nonlocal delivered
+            n = min(len(buffer), size - delivered)
+            buffer[:n] = bytes(n)
+            delivered += n
+            return n
+
+    read_at_first_data_write = []
+
+    class Out(io.BytesIO):
+        def write(self, data) -> int:
+            if self.tell() > 0 and not read_at_first_data_write:  # the header comes first
+                read_at_first_data_write.append(delivered)
+            return super().write(data)
+
+    out = Out()
+    pack([ArchiveEntry("big", "file", 0o644, 0, 0, size, source=Counting)], out)
+    assert read_at_first_data_write[0] <= 12 * CHUNK_SIZE
+    assert Archive.open(out.getvalue()).read("big") == bytes(size)
