@@ -5,12 +5,17 @@ same bytes as a baseline, and LIEF's own writer (add a segment, write) if it fin
 timeout. Also checks that two injections are byte-identical and the result still runs.
 
     python bench/bench_embedfs.py [--binary /usr/bin/node] [--size-mb 200] [--lief-timeout 120]
+
+With ``--pack-only``: wall and CPU time of ``pack`` for many small source files and for one
+200 MB file, read the way the pipeline reads them (os.pread on one shared spool file), and of
+``measure_elf`` on ``--binary``.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import resource
@@ -69,6 +74,93 @@ def deterministic_stream(seed: bytes, size: int):
     return io.BytesIO(hashlib.shake_256(seed).digest(size))
 
 
+def python_like_text(rng, size: int) -> bytes:
+    """Reproducible text that compresses about like Python source (3-4x with zstd -3)."""
+    words = ["self", "return", "value", "data", "result", "config", "items", "index", "name", "None"]
+    lines, total = [], 0
+    while total < size:
+        name, other = rng.choice(words), rng.choice(words)
+        line = f"    def {name}_{rng.randrange(10000)}(self, {other}):  # {rng.randrange(1 << 30):x}\n"
+        line += f"        return {other}.{rng.choice(words)}({rng.randrange(100)}, {name}={rng.random():.6f})\n"
+        lines.append(line)
+        total += len(line)
+    return "".join(lines).encode()[:size]
+
+
+class SpoolReader(io.RawIOBase):
+    """``size`` bytes at ``offset`` of a shared fd, read with os.pread (as the pipeline's spool)."""
+
+    def __init__(self, fd: int, offset: int, size: int):
+        self.fd, self.offset, self.size, self.pos = fd, offset, size, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        data = os.pread(self.fd, min(len(buffer), self.size - self.pos), self.offset + self.pos)
+        buffer[:len(data)] = data
+        self.pos += len(data)
+        return len(data)
+
+
+def spooled_entries(spool: Path, sizes: dict[str, int], seed: int):
+    """Write the contents of ``sizes`` into one spool file; entries read back from it."""
+    import random
+
+    from embedfs.archive import ArchiveEntry
+
+    rng = random.Random(seed)
+    extents, offset = {}, 0
+    with open(spool, "wb") as out:
+        for path, size in sizes.items():
+            out.write(python_like_text(rng, size))
+            extents[path] = (offset, size)
+            offset += size
+    fd = os.open(spool, os.O_RDONLY)
+    return fd, [ArchiveEntry(path, "file", 0o644, 0, 0, size,
+                             source=lambda at=at, size=size: SpoolReader(fd, at, size))
+                for path, (at, size) in extents.items()]
+
+
+def time_pack(entries) -> dict:
+    from embedfs.archive import pack
+
+    start, cpu = time.perf_counter(), time.process_time()
+    with open(os.devnull, "wb") as out:
+        result = pack(entries, out)
+    return {"seconds": time.perf_counter() - start, "cpu": time.process_time() - cpu, "bytes": result.size,
+            "root": result.root_hash}
+
+
+def bench_pack(work: Path, binary: str) -> None:
+    """pack: 9,000 source files of 2-20 KB, and one 200 MB file; measure_elf of ``binary``."""
+    import random
+
+    from embedfs.measure import measure_elf
+
+    rng = random.Random(1)
+    small = {f"app/pkg{i // 100:03d}/mod{i:05d}.py": rng.randrange(2000, 20000) for i in range(9000)}
+    cases = [("9,000 small files", small, 2), ("one 200 MB file", {"app/big.py": 200 << 20}, 3)]
+    print(f"{'case':24} {'MB':>6} {'wall s':>7} {'CPU s':>7}  (best of 3; root hash)")
+    for name, sizes, seed in cases:
+        fd, entries = spooled_entries(work / "spool", sizes, seed)
+        try:
+            runs = [time_pack(entries) for _ in range(3)]
+        finally:
+            os.close(fd)
+        assert len({r["root"] for r in runs}) == 1
+        best = min(runs, key=lambda r: r["seconds"])
+        print(f"{name:24} {sum(sizes.values()) / 1e6:6.0f} {best['seconds']:7.2f} {min(r['cpu'] for r in runs):7.2f}"
+              f"  {best['root'][:16]}")
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        measured = measure_elf(binary)
+        times.append(time.perf_counter() - start)
+    print(f"{'measure_elf':24} {Path(binary).stat().st_size / 1e6:6.0f} {min(times):7.2f}"
+          f"{'':8}  {measured.mrenclave[:16]} ({measured.measured_pages} measured pages)")
+
+
 def run_child(code: str, *args: str, timeout: float) -> dict | None:
     try:
         done = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True, timeout=timeout)
@@ -101,10 +193,14 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=200)
     parser.add_argument("--lief-timeout", type=float, default=120)
     parser.add_argument("--skip-lief", action="store_true")
+    parser.add_argument("--pack-only", action="store_true", help="time pack and measure_elf only")
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(dir=os.environ.get("BENCH_TMP")) as tmp:
         work = Path(tmp)
+        if args.pack_only:
+            bench_pack(work, args.binary)
+            return
         archive = work / "app.efs"
         start = time.perf_counter()
         make_archive(archive, args.size_mb)
