@@ -5,10 +5,10 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO
 
 from sconify.errors import ImageError
 from sconify.image import layers as L
@@ -118,38 +118,38 @@ class Layer:
         return io.BufferedReader(reader, L.CHUNK_SIZE)  # type: ignore[return-value]
 
     @classmethod
-    def from_tar_file(cls, path: str | os.PathLike, compression: str = "zstd") -> "Layer":
-        """A layer from an uncompressed tar file, compressed once into a private temp file."""
+    def from_tar_file(
+        cls, path: str | os.PathLike, compression: str = "zstd", directory: str | os.PathLike | None = None
+    ) -> Layer:
+        """A layer from an uncompressed tar file, compressed once into a private temp blob in
+        ``directory`` (default: the system temp directory); see layerwriter.LayerWriter."""
+        from sconify.image.layerwriter import layer_from_tar_stream
+
         L.check_compression(compression)
         path = Path(path)
         if not path.is_file():
             raise ImageError(f"layer tar {path} does not exist; pass the path of a tar file")
-        media_type = L.OCI_LAYER_MEDIA_TYPES[compression]
         if compression == "none":
+            # The tar file is the blob: hash it where it is, no copy.
             with path.open("rb") as source:
                 diff_id, digest, size = L.compress_stream(source, _NullWriter(), "none")
             opener = slice_opener(path, 0, size)
+            media_type = L.OCI_LAYER_MEDIA_TYPES[compression]
             return cls(digest, size, diff_id, "none", media_type, opener, str(path), trusted=True)
-        spool = tempfile.NamedTemporaryFile(prefix="sconify-layer-", suffix=".blob")
         with path.open("rb") as source:
-            diff_id, digest, size = L.compress_stream(source, spool, compression)
-        spool.flush()
-        opener = slice_opener(spool.name, 0, size, keep=spool)
-        return cls(digest, size, diff_id, compression, media_type, opener, str(path), trusted=True)
+            return layer_from_tar_stream(source, compression, directory, str(path))
 
-    def recompressed(self, compression: str) -> "Layer":
-        """This layer with another compression (a new temp blob), or itself if it already has it."""
+    def recompressed(self, compression: str, directory: str | os.PathLike | None = None) -> Layer:
+        """This layer with another compression (a new temp blob in ``directory``), or itself if
+        it already has it."""
+        from sconify.image.layerwriter import layer_from_tar_stream
+
         L.check_compression(compression)
         if compression == self.compression:
             return self
-        spool = tempfile.NamedTemporaryFile(prefix="sconify-layer-", suffix=".blob")
         with self.open_tar() as tar:
-            diff_id, digest, size = L.compress_stream(tar, spool, compression)
-        spool.flush()
-        opener = slice_opener(spool.name, 0, size, keep=spool)
-        media_type = L.OCI_LAYER_MEDIA_TYPES[compression]
-        return Layer(digest, size, diff_id, compression, media_type, opener, self.source, trusted=True,
-                     limits=self.limits)
+            layer = layer_from_tar_stream(tar, compression, directory, self.source)
+        return replace(layer, limits=self.limits)
 
 
 class _NullWriter(io.RawIOBase):

@@ -1,0 +1,145 @@
+"""Writing layers and images fast: LayerWriter (one pass, two cores) and kernel-side blob copies."""
+
+from __future__ import annotations
+
+import errno
+import gc
+import hashlib
+import io
+import tarfile
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from sconify.image import layers as L
+from sconify.image.layerwriter import LayerWriter
+from sconify.image.model import Image, Layer, canonical_json
+from sconify.image.rootfs import RootFS
+
+FILE_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
+
+
+def some_files(seed: int = 0) -> dict[str, bytes]:
+    """Text that compresses, bytes that do not, and an empty file: several MiB in all."""
+    noise = hashlib.shake_256(str(seed).encode()).digest(3 << 20)
+    text = b"".join(b"line %d of a python module\n" % i for i in range(120_000))
+    return {"app/code.py": text, "app/data/blob": noise, "app/empty": b""}
+
+
+def write_tar(stream, files: dict[str, bytes]) -> None:
+    with tarfile.open(fileobj=stream, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in sorted(files.items()):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+
+
+def tar_bytes(files: dict[str, bytes]) -> bytes:
+    out = io.BytesIO()
+    write_tar(out, files)
+    return out.getvalue()
+
+
+def one_layer_image(layer: Layer) -> Image:
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}}
+    return Image(canonical_json(config), (layer,))
+
+
+def ref(transport: str, path: Path) -> str:
+    return f"{transport}:{path}" + (":x" if transport == "oci" else ".tar:x")
+
+
+# --- LayerWriter ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("compression", L.COMPRESSIONS)
+def test_layer_writer_gives_the_bytes_and_digests_of_compress_stream(tmp_path, compression):
+    files = some_files()
+    expected_blob = io.BytesIO()
+    diff_id, digest, size = L.compress_stream(io.BytesIO(tar_bytes(files)), expected_blob, compression)
+    with LayerWriter(compression, directory=tmp_path, source="test layer") as writer:
+        write_tar(writer.stream, files)
+    layer = writer.layer
+    assert (layer.diff_id, layer.digest, layer.size) == (diff_id, digest, size)
+    assert layer.trusted and layer.compression == compression
+    assert layer.media_type == L.OCI_LAYER_MEDIA_TYPES[compression]
+    with layer.opener() as blob:
+        assert blob.read() == expected_blob.getvalue()
+    # and it reads back as a layer whose digests check out
+    untrusted = replace(layer, trusted=False)
+    untrusted.verify()
+    assert RootFS.from_image(one_layer_image(untrusted)).read("app/code.py") == files["app/code.py"]
+
+
+def test_zstd_layer_digest_does_not_depend_on_the_thread_count(tmp_path, monkeypatch):
+    files = some_files()
+    digests = set()
+    for threads in (1, 2, 3):
+        monkeypatch.setattr(L, "ZSTD_THREADS", threads)
+        with LayerWriter("zstd", directory=tmp_path) as writer:
+            write_tar(writer.stream, files)
+        digests.add(writer.layer.digest)
+    assert len(digests) == 1
+
+
+def test_the_temp_blob_lives_in_the_directory_asked_and_goes_with_the_layer(tmp_path):
+    with LayerWriter("zstd", directory=tmp_path) as writer:
+        write_tar(writer.stream, some_files())
+    layer = writer.layer
+    blobs = list(tmp_path.iterdir())
+    assert len(blobs) == 1 and blobs[0].stat().st_size == layer.size
+    del writer, layer
+    gc.collect()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_layer_that_outlives_its_directory_goes_quietly(tmp_path, capsys):
+    work = tmp_path / "work"
+    work.mkdir()
+    with LayerWriter("gzip", directory=work) as writer:
+        write_tar(writer.stream, {"a": b"a"})
+    layer = writer.layer
+    for blob in work.iterdir():
+        blob.unlink()
+    work.rmdir()
+    del writer, layer
+    gc.collect()
+    assert capsys.readouterr().err == ""
+
+
+def test_a_failure_while_writing_leaves_no_layer_and_no_temp_blob(tmp_path):
+    with pytest.raises(RuntimeError, match="producer failed"), LayerWriter("zstd", directory=tmp_path) as writer:
+        writer.stream.write(b"x" * (5 << 20))
+        raise RuntimeError("producer failed")
+    assert list(tmp_path.iterdir()) == []
+    with pytest.raises(RuntimeError, match="once its with block has ended"):
+        _ = writer.layer
+
+
+def test_a_failure_of_the_compressing_thread_reaches_the_producer(tmp_path, monkeypatch):
+    from sconify.image import layerwriter
+
+    def broken(self, chunk):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(layerwriter._CompressingPipe, "write", broken)
+    with pytest.raises(OSError, match="No space left"), LayerWriter("zstd", directory=tmp_path) as writer:
+        for _ in range(64):  # more than the queue holds: the producer must not block forever
+            writer.stream.write(b"y" * L.CHUNK_SIZE)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_from_tar_file_goes_through_the_layer_writer(tmp_path, compression):
+    files = some_files(1)
+    tar = tmp_path / "layer.tar"
+    tar.write_bytes(tar_bytes(files))
+    work = tmp_path / "work"
+    work.mkdir()
+    layer = Layer.from_tar_file(tar, compression, directory=work)
+    with LayerWriter(compression, directory=tmp_path) as writer:
+        write_tar(writer.stream, files)
+    assert (layer.digest, layer.diff_id) == (writer.layer.digest, writer.layer.diff_id)
+    # uncompressed, the tar file itself is the blob; compressed, the blob is in ``work``
+    assert len(list(work.iterdir())) == (0 if compression == "none" else 1)
