@@ -6,16 +6,21 @@ import errno
 import gc
 import hashlib
 import io
+import os
 import tarfile
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
+from sconify.errors import ImageError
 from sconify.image import layers as L
+from sconify.image import model
+from sconify.image.archive import _write_tar
 from sconify.image.layerwriter import LayerWriter
 from sconify.image.model import Image, Layer, canonical_json
 from sconify.image.rootfs import RootFS
+from sconify.image.transports import read_image, write_image
 
 FILE_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 
@@ -143,3 +148,97 @@ def test_from_tar_file_goes_through_the_layer_writer(tmp_path, compression):
     assert (layer.digest, layer.diff_id) == (writer.layer.digest, writer.layer.diff_id)
     # uncompressed, the tar file itself is the blob; compressed, the blob is in ``work``
     assert len(list(work.iterdir())) == (0 if compression == "none" else 1)
+
+
+# --- copying blobs --------------------------------------------------------------------------
+
+
+def written_layer(tmp_path: Path, compression: str = "gzip") -> Layer:
+    with LayerWriter(compression, directory=tmp_path) as writer:
+        write_tar(writer.stream, some_files(2))
+    return writer.layer
+
+
+@pytest.mark.parametrize("transport", FILE_TRANSPORTS)
+def test_trusted_file_backed_blobs_are_copied_in_the_kernel(tmp_path, monkeypatch, transport):
+    copies = []
+    original = model.FileRange.copy_to
+    monkeypatch.setattr(model.FileRange, "copy_to", lambda self, fd: (copies.append(self), original(self, fd)))
+    layer = written_layer(tmp_path)
+    write_image(one_layer_image(layer), ref(transport, tmp_path / "out"))
+    assert [c.size for c in copies] == [layer.size]
+    back = read_image(ref(transport, tmp_path / "out"))
+    assert back.layers[0].digest == layer.digest
+    back.layers[0].verify()
+
+
+def test_an_output_blob_is_a_copy_not_a_link_of_the_input(tmp_path):
+    layer = written_layer(tmp_path)
+    write_image(one_layer_image(layer), f"oci:{tmp_path / 'a'}:x")
+    copied = read_image(f"oci:{tmp_path / 'a'}:x")
+    write_image(copied, f"oci:{tmp_path / 'b'}:x")
+    blob_a = tmp_path / "a" / "blobs" / "sha256" / layer.digest[7:]
+    blob_b = tmp_path / "b" / "blobs" / "sha256" / layer.digest[7:]
+    assert blob_b.stat().st_nlink == 1 and not os.path.samefile(blob_a, blob_b)
+    with blob_a.open("r+b") as handle:  # the input changed in place afterwards
+        handle.write(b"\0\0\0\0")
+    assert hashlib.sha256(blob_b.read_bytes()).hexdigest() == layer.digest[7:]
+
+
+@pytest.mark.parametrize("refused", ["copy_file_range", "both"])
+def test_the_copy_falls_back_when_the_kernel_refuses(tmp_path, monkeypatch, refused):
+    def no(*args):
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "copy_file_range", no)
+    if refused == "both":
+        monkeypatch.setattr(os, "sendfile", lambda *args: (_ for _ in ()).throw(OSError(errno.EINVAL, "Invalid")))
+    layer = written_layer(tmp_path)
+    out = tmp_path / "out.blob"
+    with out.open("wb") as handle:
+        handle.write(b"head")
+        layer.copy_blob(handle)
+        handle.write(b"tail")
+    with layer.opener() as blob:
+        assert out.read_bytes() == b"head" + blob.read() + b"tail"
+
+
+def test_a_blob_shortened_after_it_was_checked_is_an_error(tmp_path):
+    layer = written_layer(tmp_path)
+    os.truncate(layer.file_range.path, layer.size - 100)
+    with pytest.raises(ImageError, match="100 bytes short"):
+        write_image(one_layer_image(layer), f"oci:{tmp_path / 'out'}:x")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_trusted_blob_in_memory_is_copied_without_hashing_and_its_length_checked(tmp_path):
+    blob = tar_bytes({"a": b"a"})
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    layer = Layer(digest, len(blob), digest, "none", L.OCI_LAYER_MEDIA_TYPES["none"],
+                  lambda: io.BytesIO(blob), "memory", trusted=True)
+    out = io.BytesIO()
+    layer.copy_blob(out)
+    assert out.getvalue() == blob
+    short = replace(layer, opener=lambda: io.BytesIO(blob[:-1]))
+    with pytest.raises(ImageError, match="expected"):
+        short.copy_blob(io.BytesIO())
+
+
+def test_archives_are_the_bytes_tarfile_writes(tmp_path):
+    layer = written_layer(tmp_path)
+    members = [("blobs", None), ("blobs/sha256", None), ("x.json", b'{"a":1}'), ("blob", layer)]
+    _write_tar(str(tmp_path / "fast.tar"), members)
+    expected = io.BytesIO()
+    with tarfile.open(fileobj=expected, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for name, item in members:
+            info = tarfile.TarInfo(name)
+            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
+            if item is None:
+                info.type, info.mode = tarfile.DIRTYPE, 0o755
+                archive.addfile(info)
+                continue
+            info.mode = 0o644
+            data = item if isinstance(item, bytes) else layer.opener().read()
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+    assert (tmp_path / "fast.tar").read_bytes() == expected.getvalue()

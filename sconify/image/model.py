@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -50,14 +51,97 @@ class FileSlice(io.RawIOBase):
         super().close()
 
 
+@dataclass(frozen=True)
+class FileRange:
+    """Bytes ``[offset, offset+size)`` of a file on disk: where a file-backed blob is stored.
+
+    Writers use it to copy a blob kernel-side (``copy_to``) instead of through Python buffers.
+    """
+
+    path: str
+    offset: int
+    size: int
+
+    def open(self) -> BinaryIO:
+        return io.BufferedReader(FileSlice(self.path, self.offset, self.size), L.CHUNK_SIZE)  # type: ignore[return-value]
+
+    def copy_to(self, out_fd: int) -> None:
+        """Append the range to ``out_fd`` at its current position, without passing the bytes
+        through Python: ``copy_file_range`` (a reflink or an in-kernel copy), else ``sendfile``,
+        else a pread/write loop. ImageError if the file is shorter than the range."""
+        with open(self.path, "rb", buffering=0) as source:
+            done = _kernel_copy(source.fileno(), out_fd, self.offset, self.size)
+            if done < self.size:
+                done += _loop_copy(source.fileno(), out_fd, self.offset + done, self.size - done)
+        if done != self.size:
+            raise ImageError(
+                f"{self.path} ends {self.size - done} bytes short of the blob stored at offset "
+                f"{self.offset} ({self.size} bytes); was it changed? re-create or re-pull the image"
+            )
+
+
+# copy_file_range/sendfile refuse some pairs of files (another filesystem on older kernels,
+# special files, a kernel without the call): those errors fall back to the next way of copying.
+_NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF}
+
+
+def _kernel_copy(in_fd: int, out_fd: int, offset: int, size: int) -> int:
+    """Copy up to ``size`` bytes from ``in_fd`` at ``offset`` to ``out_fd`` in the kernel; the
+    bytes copied (fewer at end of file, or where neither call works on these files)."""
+    done = 0
+    use_copy_file_range = hasattr(os, "copy_file_range")
+    while done < size:
+        want = min(size - done, 1 << 30)
+        try:
+            if use_copy_file_range:
+                # offset_dst None: write at, and advance, out_fd's own file position.
+                n = os.copy_file_range(in_fd, out_fd, want, offset + done)  # type: ignore[attr-defined]
+            else:
+                n = os.sendfile(out_fd, in_fd, offset + done, want)
+        except OSError as exc:
+            if exc.errno not in _NO_KERNEL_COPY:
+                raise
+            if use_copy_file_range:
+                use_copy_file_range = False  # try sendfile from where we are
+                continue
+            return done
+        if n == 0:
+            if use_copy_file_range and done == 0:
+                # Some filesystems answer 0 instead of an error; sendfile tells EOF for sure.
+                use_copy_file_range = False
+                continue
+            return done
+        done += n
+    return done
+
+
+def _loop_copy(in_fd: int, out_fd: int, offset: int, size: int) -> int:
+    done = 0
+    while done < size:
+        data = os.pread(in_fd, min(size - done, L.CHUNK_SIZE), offset + done)
+        if not data:
+            break
+        view = memoryview(data)
+        while view:
+            view = view[os.write(out_fd, view):]
+        done += len(data)
+    return done
+
+
+class SliceOpener:
+    """A BlobOpener for a FileRange; ``keep`` is held so a temp file outlives the Layer."""
+
+    def __init__(self, path: str | os.PathLike, offset: int, size: int, keep: object = None) -> None:
+        self.range = FileRange(os.fspath(path), offset, size)
+        self._keep = keep
+
+    def __call__(self) -> BinaryIO:
+        return self.range.open()
+
+
 def slice_opener(path: str | os.PathLike, offset: int, size: int, keep: object = None) -> BlobOpener:
     """An opener for a window of a file. ``keep`` is held so a temp file outlives the Layer."""
-
-    def open_slice() -> BinaryIO:
-        _ = keep
-        return io.BufferedReader(FileSlice(path, offset, size), L.CHUNK_SIZE)  # type: ignore[return-value]
-
-    return open_slice
+    return SliceOpener(path, offset, size, keep)
 
 
 @dataclass(frozen=True)
@@ -81,15 +165,50 @@ class Layer:
         with self.open_tar() as tar:
             L.drain(tar)
 
-    def open_blob(self) -> BinaryIO:
-        """The stored bytes; size and digest are checked when the stream reaches its end."""
+    @property
+    def file_range(self) -> FileRange | None:
+        """Where the stored blob lies on disk, when it is a byte range of a file (else None)."""
+        found = getattr(self.opener, "range", None)
+        return found if isinstance(found, FileRange) and found.size == self.size else None
+
+    def copy_blob(self, target: BinaryIO) -> None:
+        """Append the stored blob to ``target``.
+
+        An untrusted layer is verified first and hashed again while copied. A trusted one
+        (its digests computed or checked by us already) is copied as it is: kernel-side when it
+        is a byte range of a file and ``target`` is a file, else through Python buffers; only
+        its length is checked.
+        """
+        if not self.trusted:
+            self.verify()
+            with self.open_blob() as blob:
+                L.copy_stream(blob, target)
+            return
+        where = self.file_range
+        out_fd = _file_descriptor(target)
+        if where is not None and out_fd is not None:
+            target.flush()  # what tarfile or a caller buffered goes before the blob
+            where.copy_to(out_fd)
+            return
+        with self._open_raw() as blob:
+            copied = L.copy_stream(blob, target)
+        if copied != self.size:
+            raise ImageError(
+                f"layer blob {self.digest} ({self.source}) has {copied} bytes, expected {self.size}; "
+                "was it changed? re-create or re-pull the image"
+            )
+
+    def _open_raw(self) -> BinaryIO:
         try:
-            raw = self.opener()
+            return self.opener()
         except FileNotFoundError:
             raise ImageError(
                 f"layer blob {self.digest} ({self.source}) is missing; re-create or re-pull the image"
             ) from None
-        reader = L.VerifyingReader(raw, self.digest, f"layer blob {self.digest}", size=self.size)
+
+    def open_blob(self) -> BinaryIO:
+        """The stored bytes; size and digest are checked when the stream reaches its end."""
+        reader = L.VerifyingReader(self._open_raw(), self.digest, f"layer blob {self.digest}", size=self.size)
         return io.BufferedReader(reader, L.CHUNK_SIZE)  # type: ignore[return-value]
 
     def open_tar(self) -> BinaryIO:
@@ -150,6 +269,14 @@ class Layer:
         with self.open_tar() as tar:
             layer = layer_from_tar_stream(tar, compression, directory, self.source)
         return replace(layer, limits=self.limits)
+
+
+def _file_descriptor(target: BinaryIO) -> int | None:
+    """The descriptor of a real file behind ``target`` (None for in-memory streams)."""
+    try:
+        return target.fileno()
+    except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+        return None
 
 
 class _NullWriter(io.RawIOBase):

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-from dataclasses import replace
-import io
 import os
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
-from typing import BinaryIO, Iterable, Protocol
+from typing import Protocol
 
 from sconify.atomic import atomic_file
 from sconify.errors import ImageError
@@ -294,11 +294,6 @@ def write_result(reference: str, image: Image, descriptor: dict) -> WriteResult:
     )
 
 
-def _write_blob_file(path: Path, source: BinaryIO) -> None:
-    with atomic_file(path) as handle:
-        L.copy_stream(source, handle)
-
-
 def write_blobs(blob_dir: Path, image: Image, manifest: bytes, created: list[Path]) -> None:
     """Write config, layers and manifest blobs that are not there yet, appending each new path
     to ``created`` (so a caller can take them back on failure)."""
@@ -312,12 +307,11 @@ def write_blobs(blob_dir: Path, image: Image, manifest: bytes, created: list[Pat
         path = blob_dir / digest.partition(":")[2]
         if path.exists():
             continue
-        if isinstance(item, bytes):
-            _write_blob_file(path, io.BytesIO(item))
-        else:
-            item.verify()
-            with item.open_blob() as blob:
-                _write_blob_file(path, blob)
+        with atomic_file(path) as handle:
+            if isinstance(item, bytes):
+                handle.write(item)
+            else:
+                item.copy_blob(handle)  # kernel-side for trusted file-backed layers
         created.append(path)
 
 
