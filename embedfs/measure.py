@@ -375,22 +375,20 @@ class FilePageRecords:
     WORDS_PER_PAGE = MEASURED_PAGE_RECORDS.size // 8
     EADD_OFFSET_WORD = 1
     EADD_FLAGS_WORD = 2
-    # word of the offset field of EEXTEND k: after the EADD (64 bytes) and k records (320 bytes)
-    EEXTEND_OFFSET_WORDS = tuple((EADD_RECORD.size + k * (EEXTEND_HEADER.size + EEXTEND_CHUNK) + 8) // 8
-                                 for k in range(EEXTENDS_PER_PAGE))
+    # where each EEXTEND (320 bytes) of a page starts in its records: after the EADD (64 bytes)
+    EEXTEND_STARTS = tuple(range(EADD_RECORD.size, MEASURED_PAGE_RECORDS.size, EEXTEND_HEADER.size + EEXTEND_CHUNK))
+    EEXTEND_OFFSET_WORDS = tuple((start + 8) // 8 for start in EEXTEND_STARTS)  # after the tag
 
     def __init__(self) -> None:
         self.buffer = bytearray(measured_page_records(0, 0, ZERO_PAGE) * BLOCK_PAGES)
         self.view = memoryview(self.buffer)
         self.words = self.view.cast("Q")
-        page_size = MEASURED_PAGE_RECORDS.size
-        self.data_slots = [
-            self.view[at:at + EEXTEND_CHUNK]
-            for page in range(BLOCK_PAGES)
-            for k in range(EEXTENDS_PER_PAGE)
-            for at in [page * page_size + EADD_RECORD.size + k * (EEXTEND_HEADER.size + EEXTEND_CHUNK)
-                       + EEXTEND_HEADER.size]
-        ]
+        # the 256 data bytes of every EEXTEND, in stream order: the targets of os.preadv
+        self.data_slots = []
+        for page in range(BLOCK_PAGES):
+            for start in self.EEXTEND_STARTS:
+                at = page * MEASURED_PAGE_RECORDS.size + start + EEXTEND_HEADER.size
+                self.data_slots.append(self.view[at:at + EEXTEND_CHUNK])
 
     def records(self, fd: int, run: PageRun) -> Iterator[memoryview]:
         """The records of ``run``, a block at a time. Each block is a view of the one buffer:
