@@ -8,16 +8,12 @@ caller decides where bytes live (the conversion spool).
 
 from __future__ import annotations
 
-import concurrent.futures
 import io
-import multiprocessing
 import posixpath
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from typing import Callable
 
-from embedfs.elf import structure_parser_config, validate_with_lief
-from sconify.errors import ImageError
+from embedfs.elf import structure_parser_config
 from sconify.select import absolute, is_regular, try_resolve
 
 
@@ -51,51 +47,6 @@ def dynamic_dependencies(data: bytes) -> DynamicInfo:
             runpaths.extend(entry.paths)
     interpreter = binary.interpreter if binary.has_interpreter else ""
     return DynamicInfo(list(binary.libraries), runpaths, interpreter)
-
-
-class ElfWorker:
-    """LIEF in a helper process.
-
-    Importing lief costs about 0.5 s of CPU with the GIL held, a third of a small conversion.
-    Started first thing, the helper imports it on the second core while this process reads the
-    image; the parses that follow are quick round trips. The helper is spawned (not forked), so
-    the threads this process runs do not matter, and a crash of lief on a hostile file becomes
-    a one-line error instead of killing the conversion.
-    """
-
-    def __init__(self) -> None:
-        self._pool = concurrent.futures.ProcessPoolExecutor(
-            max_workers=1, mp_context=multiprocessing.get_context("spawn"), initializer=_import_lief
-        )
-        self._pool.submit(int)  # start the process and its import now
-
-    def __enter__(self) -> "ElfWorker":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-    def _call(self, what: str, function, *args):
-        try:
-            return self._pool.submit(function, *args).result()
-        except BrokenProcessPool:
-            raise ImageError(f"the ELF parser (lief) crashed on {what}; the file is corrupt or hostile") from None
-
-    def dynamic_dependencies(self, data: bytes, what: str = "an ELF file") -> DynamicInfo:
-        return self._call(what, dynamic_dependencies, data)
-
-    def validate(self, path: str, name: str) -> None:
-        """``embedfs.elf.validate_with_lief`` in the helper (NotELFError if lief refuses it)."""
-        self._call(name, validate_with_lief, path, name)
-
-
-def _import_lief() -> None:
-    import lief
-
-    lief.logging.disable()
 
 
 def link_chain(fs, path: str) -> list[str]:
@@ -149,7 +100,7 @@ def library_closure(
     """Every shared object reachable from ``start`` (image paths), excluding ``start`` itself.
 
     ``parse(data, what)`` reads an ELF file's dynamic section (default: lief in this process;
-    the pipeline passes ``ElfWorker.dynamic_dependencies``)."""
+    the pipeline passes ``sconify.elfworker.ElfWorker.dynamic_dependencies``)."""
     parse = parse or (lambda data, what: dynamic_dependencies(data))
     closure = LibraryClosure()
     seen = set(start)

@@ -5,14 +5,17 @@
 * the **data layer**: the encrypted files (replacing their plaintext) and the encrypted fspf; it
   changes with fresh keys.
 
-Entries are sorted by path, owners and modes are kept as recorded, and times are clamped to
-SOURCE_DATE_EPOCH (0 when unset), so the same inputs give the same bytes.
+Entries come in a fixed order (sorted by path, or the order the caller fixes), owners and modes
+are kept as recorded, and times are clamped to SOURCE_DATE_EPOCH (0 when unset), so the same
+inputs give the same bytes. ``LayerTar`` writes straight to a stream (the layer's compressor):
+contents are streamed from a reader or produced by a writer callback (ciphertext), never staged.
 """
 
 from __future__ import annotations
 
 import os
 import posixpath
+import shutil
 import tarfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
@@ -35,6 +38,8 @@ class TarEntry:
     size: int = 0
     mtime: int = 0
     open: Callable[[], BinaryIO] | None = field(default=None, compare=False)
+    # Instead of ``open``: writes exactly ``size`` bytes of content to the stream it is given.
+    write: Callable[[BinaryIO], object] | None = field(default=None, compare=False)
 
 
 def whiteout_for(path: str) -> TarEntry:
@@ -54,35 +59,71 @@ def missing_parents(paths: list[str], exists: Callable[[str], bool], mtime: int)
     return [TarEntry(path=p, kind="dir", mode=0o755, mtime=mtime) for p in sorted(parents)]
 
 
+class LayerTar:
+    """A PAX tar written entry by entry to ``out`` (``close`` writes the end-of-archive blocks)."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = _Counting(out)
+        self._clamp = source_date_epoch()
+        self.paths: set[str] = set()  # entries written so far
+
+    def add(self, entry: TarEntry) -> None:
+        if entry.path in self.paths:
+            raise ValueError(f"layer entry {entry.path!r} written twice")
+        self.paths.add(entry.path)
+        info = tarfile.TarInfo(entry.path)
+        info.uid, info.gid = entry.uid, entry.gid
+        info.uname = info.gname = ""
+        info.mtime = min(entry.mtime, self._clamp) if self._clamp else entry.mtime
+        info.mode = entry.mode
+        if entry.kind == "dir":
+            info.type = tarfile.DIRTYPE
+        elif entry.kind == "whiteout":
+            info.type = tarfile.REGTYPE
+            info.mode = 0o644
+            info.mtime = 0
+        elif entry.kind == "file":
+            info.type = tarfile.REGTYPE
+            info.size = entry.size
+        else:
+            raise ValueError(f"unknown layer entry kind {entry.kind!r}")
+        self._out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        if entry.kind != "file":
+            return
+        start = self._out.count
+        if entry.write is not None:
+            entry.write(self._out)
+        else:
+            assert entry.open is not None, entry.path
+            with entry.open() as stream:
+                shutil.copyfileobj(stream, self._out, 1 << 20)
+        if self._out.count - start != entry.size:
+            raise ValueError(f"layer entry {entry.path!r}: {self._out.count - start} bytes written, {entry.size} declared")
+        self._out.write(bytes(-entry.size % tarfile.BLOCKSIZE))
+
+    def close(self) -> None:
+        """Two zero blocks end the archive; pad to a whole record, as tar does."""
+        self._out.write(bytes(2 * tarfile.BLOCKSIZE))
+        self._out.write(bytes(-self._out.count % tarfile.RECORDSIZE))
+
+
+class _Counting:
+    """The bytes written through to a stream, counted."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+        self.count = 0
+
+    def write(self, data) -> int:
+        self._out.write(data)
+        self.count += len(data)
+        return len(data)
+
+
 def write_layer_tar(entries: list[TarEntry], out: BinaryIO) -> int:
     """Write ``entries`` sorted by path as a PAX tar to ``out``; returns the entry count."""
-    clamp = source_date_epoch()
-    paths = [entry.path for entry in entries]
-    if len(set(paths)) != len(paths):
-        duplicate = next(p for p in paths if paths.count(p) > 1)
-        raise ValueError(f"layer entry {duplicate!r} written twice")
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for entry in sorted(entries, key=lambda e: e.path):
-            info = tarfile.TarInfo(entry.path)
-            info.uid, info.gid = entry.uid, entry.gid
-            info.uname = info.gname = ""
-            info.mtime = min(entry.mtime, clamp) if clamp else entry.mtime
-            if entry.kind == "dir":
-                info.type = tarfile.DIRTYPE
-                info.mode = entry.mode
-                tar.addfile(info)
-            elif entry.kind == "whiteout":
-                info.type = tarfile.REGTYPE
-                info.mode = 0o644
-                info.mtime = 0
-                tar.addfile(info)
-            elif entry.kind == "file":
-                info.type = tarfile.REGTYPE
-                info.mode = entry.mode
-                info.size = entry.size
-                assert entry.open is not None, entry.path
-                with entry.open() as stream:
-                    tar.addfile(info, stream)
-            else:
-                raise ValueError(f"unknown layer entry kind {entry.kind!r}")
+    tar = LayerTar(out)
+    for entry in sorted(entries, key=lambda e: e.path):
+        tar.add(entry)
+    tar.close()
     return len(entries)

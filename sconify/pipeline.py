@@ -15,23 +15,25 @@ import tempfile
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import BinaryIO, Iterator, Protocol
 
 from embedfs.archive import Archive, ArchiveEntry, pack
 from embedfs.elf import inject
 from embedfs.measure import measure_elf
 from sconify import __version__
+from sconify.elfworker import ElfWorker
 from sconify.errors import UsageError
 from sconify.fspf import Fspf
 from sconify.hashing import sha256_file
 from sconify.image.layers import LayerLimits
+from sconify.image.layerwriter import LayerWriter
 from sconify.image.model import Image, Layer, canonical_json
 from sconify.image.mutate import append_layers, with_config
 from sconify.image.reference import parse_reference
 from sconify.image.rootfs import RootFS, RootFSLimits
 from sconify.image.transports import read_image, write_image
 from sconify.keys import KeysFile, random_source
-from sconify.libraries import ElfWorker, candidate_libraries, library_closure
+from sconify.libraries import candidate_libraries, library_closure
 from sconify.manifest import (
     LABEL_PREFIX,
     EmbedfsFigures,
@@ -41,7 +43,14 @@ from sconify.manifest import (
     Manifest,
     MeasurementFigures,
 )
-from sconify.newlayers import TarEntry, missing_parents, source_date_epoch, whiteout_for, write_layer_tar
+from sconify.newlayers import (
+    LayerTar,
+    TarEntry,
+    missing_parents,
+    source_date_epoch,
+    whiteout_for,
+    write_layer_tar,
+)
 from sconify.recipe import Placeholders
 from sconify.select import (
     Executable,
@@ -204,12 +213,10 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             with phase(reporter, timings, "measure"):
                 measurement = measure_elf(str(sconified_exe), **measure_parameters(options))
             with phase(reporter, timings, "protect data"):
-                fspf, protected = protect_data(fs, plan, spool, extents, random, work, options)
-                fspf_blob = Path(work, "volume.fspf")
-                fspf_key, fspf_tag = fspf.encrypt_to(str(fspf_blob))
+                data = write_data_layer(fs, plan, spool, extents, random, work, options)
+                data_layer, protected, fspf_key, fspf_tag = data.layer, data.protected, data.fspf_key, data.fspf_tag
             with phase(reporter, timings, "write layers"):
                 code_layer = build_code_layer(fs, plan.executable, sconified_exe, removed, work, options)
-                data_layer = build_data_layer(fs, protected, spool, fspf_blob, work, options)
             with phase(reporter, timings, "write image"):
                 appended = append_layers(
                     image, [code_layer, data_layer], history=history_entries(image, plan, len(embedded))
@@ -246,8 +253,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
         result.manifest = manifest
         result.embedded_files = packed.file_count
         result.embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
-        result.encrypted_files = sum(1 for p in protected.values() if p.ciphertext is not None)
-        result.authenticated_files = sum(1 for p in protected.values() if p.ciphertext is None)
+        result.encrypted_files = sum(1 for p in protected.values() if p.encrypted)
+        result.authenticated_files = sum(1 for p in protected.values() if not p.encrypted)
         result.removed_files = len(removed)
         result.written = {
             "image": written.reference,
@@ -582,40 +589,65 @@ class Protected:
     path: str  # relative
     region: str
     size: int
-    ciphertext: Extent | None  # None: authenticated, the file stays as it is
+    encrypted: bool  # False: authenticated, the file stays as it is
 
 
-def protect_data(
-    fs: RootFS,
-    plan: Plan,
-    spool: Spool,
-    extents: dict[str, Extent],
-    random,
-    work: str,
-    options: ConvertOptions,
-) -> tuple[Fspf, dict[str, Protected]]:
+@dataclass
+class DataLayer:
+    layer: Layer
+    fspf_key: bytes
+    fspf_tag: bytes
+    protected: dict[str, Protected]
+
+
+def write_data_layer(
+    fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], random, work: str, options: ConvertOptions
+) -> DataLayer:
+    """Protect the data files and write the data layer in one pass: each encrypted file is
+    encrypted from the image straight into the layer (no staging of ciphertext), authenticated
+    files are hashed in place; the encrypted fspf, complete only then, is the last entry."""
     fspf = Fspf.create(random=random)
     for region in plan.regions:
         fspf.add_region(region["path"], kind=region["kind"], protection=region["protection"])
     protected: dict[str, Protected] = {}
-    for region_path, files in plan.data_files.items():
-        encrypted = plan.region(region_path)["protection"] == "encrypted"
-        for path in files:
-            if path not in extents:
-                extents.update(spool_files(fs, [path], spool, SilentReporter()))
-            extent = extents[path]
+    epoch = source_date_epoch()
+
+    def encrypt(path: str, extent: Extent):
+        def write(sink: BinaryIO) -> None:
             with spool.open(extent) as source:
+                fspf.protect_file(absolute(path), source, extent.size, sink)
+        return write
+
+    with LayerWriter(layer_compression(options), directory=work, source="data layer") as writer:
+        tar = LayerTar(writer.stream)
+        # Files are protected region by region, each region's files in order: keys drawn from a
+        # seeded --deterministic-keys-from source come out the same for the same input.
+        for region_path, files in plan.data_files.items():
+            encrypted = plan.region(region_path)["protection"] == "encrypted"
+            for path in files:
+                if path not in extents:
+                    extents.update(spool_files(fs, [path], spool, SilentReporter()))
+                extent = extents[path]
                 if encrypted:
-                    buffer = io.BytesIO() if extent.size < (8 << 20) else tempfile.TemporaryFile(dir=work)
-                    fspf.protect_file(absolute(path), source, extent.size, buffer)
-                    buffer.seek(0)
-                    cipher = spool.append_stream(buffer)
-                    buffer.close()
+                    entry = fs.entries[path]
+                    tar.add(TarEntry(
+                        path=path, kind="file", mode=entry.mode, uid=entry.uid, gid=entry.gid,
+                        size=fspf.stored_size(absolute(path), extent.size), mtime=entry.mtime,
+                        write=encrypt(path, extent),
+                    ))
                 else:
-                    fspf.protect_file(absolute(path), source, extent.size, None)
-                    cipher = None
-            protected[path] = Protected(path, region_path, extent.size, cipher)
-    return fspf, protected
+                    with spool.open(extent) as source:
+                        fspf.protect_file(absolute(path), source, extent.size, None)
+                protected[path] = Protected(path, region_path, extent.size, encrypted)
+        sealed = io.BytesIO()
+        fspf_key, fspf_tag = fspf.encrypt_to(sealed)
+        fspf_rel = rel(FSPF_PATH)
+        for parent in missing_parents([fspf_rel], lambda p: p in fs.entries or p in tar.paths, epoch):
+            tar.add(parent)
+        tar.add(TarEntry(path=fspf_rel, kind="file", mode=0o644, size=len(sealed.getvalue()), mtime=epoch,
+                         write=lambda sink: sink.write(sealed.getvalue())))
+        tar.close()
+    return DataLayer(writer.layer, fspf_key, fspf_tag, protected)
 
 
 # --- layers and config --------------------------------------------------------------------
@@ -644,53 +676,9 @@ def build_code_layer(
         )
     ]
     entries += [whiteout_for(path) for path in removed]
-    tar_path = Path(work, "code-layer.tar")
-    with tar_path.open("wb") as out:
-        write_layer_tar(entries, out)
-    return Layer.from_tar_file(tar_path, compression=layer_compression(options))
-
-
-def build_data_layer(
-    fs: RootFS,
-    protected: dict[str, Protected],
-    spool: Spool,
-    fspf_blob: Path,
-    work: str,
-    options: ConvertOptions,
-) -> Layer:
-    epoch = source_date_epoch()
-    fspf_rel = rel(FSPF_PATH)
-    entries = [
-        TarEntry(
-            path=fspf_rel,
-            kind="file",
-            mode=0o644,
-            size=fspf_blob.stat().st_size,
-            mtime=epoch,
-            open=lambda: fspf_blob.open("rb"),
-        )
-    ]
-    entries += missing_parents([fspf_rel], lambda p: p in fs.entries, epoch)
-    for item in protected.values():
-        if item.ciphertext is None:
-            continue
-        entry = fs.entries[item.path]
-        entries.append(
-            TarEntry(
-                path=item.path,
-                kind="file",
-                mode=entry.mode,
-                uid=entry.uid,
-                gid=entry.gid,
-                size=item.ciphertext.size,
-                mtime=getattr(entry, "mtime", 0),
-                open=lambda extent=item.ciphertext: spool.open(extent),
-            )
-        )
-    tar_path = Path(work, "data-layer.tar")
-    with tar_path.open("wb") as out:
-        write_layer_tar(entries, out)
-    return Layer.from_tar_file(tar_path, compression=layer_compression(options))
+    with LayerWriter(layer_compression(options), directory=work, source="code layer") as writer:
+        write_layer_tar(entries, writer.stream)
+    return writer.layer
 
 
 def layer_compression(options: ConvertOptions) -> str:
