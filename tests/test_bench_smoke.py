@@ -30,6 +30,9 @@ def test_quick_python_bench_measures_sconify_next_to_its_baselines(python_image,
     assert ours["ratio"] == pytest.approx(ours["wall"] / ours["baseline_wall"])
     assert ours["target"] == "<= 1.5x skopeo" and isinstance(ours["met"], bool)
     assert rows[("  bare repack", None)]["wall"] > 0
+    for label in ("sconify verify", "sconify verify --keys"):  # the auditor's run and the data owner's
+        verify = rows[(label, "sconify-image")]
+        assert verify["wall"] > 0 and verify["target"] == ">= 2x faster than sconify"
     assert list(tmp_path.iterdir()) == [results], "the runner leaves no outputs behind"
 
 
