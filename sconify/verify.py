@@ -11,32 +11,38 @@ built the image.
 from __future__ import annotations
 
 import concurrent.futures
+import errno
 import hashlib
+import io
 import json
+import os
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from typing import TYPE_CHECKING, BinaryIO
 
 from embedfs.elf import find_embedded, open_embedded, restore_original
 from embedfs.errors import EmbedfsError
 from embedfs.measure import measure_elf
 from sconify.atomic import atomic_write_bytes
-from sconify.errors import UsageError
+from sconify.errors import ImageError, UsageError
 from sconify.fspf import Shield
-from sconify.fspf.errors import FspfError
+from sconify.fspf.errors import FspfError, IntegrityError
 from sconify.fspf.format import tag_of
-from sconify.image.model import Image
+from sconify.fspf.shield import VerifyReport as ShieldReport
+from sconify.hashing import sha256_file
+from sconify.image.model import Image, Layer
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
-from sconify.hashing import sha256_file
-from sconify.keys import KeysFile
 from sconify.manifest import LABEL_PREFIX, Manifest
 from sconify.select import absolute, is_regular, iter_tree, region_of, rel, try_resolve
-from sconify.spool import Spool
+
+if TYPE_CHECKING:  # signatures and keys are optional: their crypto loads when they are used
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+    from sconify.keys import KeysFile
 
 SIGNATURE_SCHEMA = "sconify.signature/v1"
 MAX_DIFFERENCES_SHOWN = 5
@@ -91,11 +97,47 @@ def summarise(lines: list[str]) -> str:
 
 
 def copy_out(fs: RootFS, path: str, target: Path) -> None:
+    """Write the content of the regular file ``path`` of the image to ``target``."""
+    if copy_cached(fs, path, target):
+        return
     for _entry, stream in fs.iter_files([path]):
         with target.open("wb") as out:
-            for chunk in iter(lambda: stream.read(1 << 20), b""):
-                out.write(chunk)
-        return
+            shutil.copyfileobj(stream, out, 1 << 20)
+
+
+def copy_cached(fs: RootFS, path: str, target: Path) -> bool:
+    """Write the file ``path`` to ``target`` in the kernel when RootFS keeps its layer's tar
+    in a temp file; False (nothing written) when it does not or the kernel cannot copy it."""
+    cached = fs.cached_content(path)
+    if cached is None:
+        return False
+    with target.open("wb") as out:
+        return kernel_copy(*cached, out.fileno())
+
+
+def kernel_copy(fd: int, offset: int, size: int, out_fd: int) -> bool:
+    """Copy ``size`` bytes at ``offset`` of ``fd`` to ``out_fd`` with copy_file_range; False
+    (nothing written) where the kernel cannot copy between these files."""
+    done = 0
+    while done < size:
+        try:
+            copied = os.copy_file_range(fd, out_fd, size - done, offset + done)
+        except OSError as exc:
+            if done or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+                raise
+            return False
+        if not copied:
+            raise ImageError(f"a cached layer tar ended {size - done} bytes early; re-run verify")
+        done += copied
+    return True
+
+
+def checks_of(function: Callable[..., None], *args: object) -> list[Check]:
+    """The checks ``function(report, *args)`` adds, collected on their own (so independent
+    checks can run on another thread and still be reported in a fixed order)."""
+    part = VerifyReport("")
+    function(part, *args)
+    return part.checks
 
 
 def verify_image(
@@ -106,7 +148,13 @@ def verify_image(
     sgxs_out: str | None = None,
     platform: str | None = None,
 ) -> VerifyReport:
-    """Recompute every figure of ``manifest`` from the image at ``reference``."""
+    """Recompute every figure of ``manifest`` from the image at ``reference``.
+
+    The layers are indexed once (RootFS keeps their tars, so each file is then read once from
+    them), and independent checks overlap on the two cores: the input's blobs and the
+    executable (digest, embedfs, MRENCLAVE) on worker threads, the fspf and the protected
+    files on this one. SHA-256, zstd and AES-GCM release the GIL.
+    """
     report = VerifyReport(reference)
     image = read_image(reference, platform=platform)
     check_identity(report, image, manifest)
@@ -114,21 +162,45 @@ def verify_image(
     # With keys, the shield must see every file of the merged view under a protected region
     # (plaintext left in a lower layer would otherwise go unnoticed): index all layers.
     added_layers_only = keys is None and len(image.layers) == len(manifest.output.diff_ids) == base + 2
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as background:
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sconify-verify") as pool:
         if added_layers_only:
-            # The input's layers hold nothing sconify computed: check their digests and diff_ids
-            # (inflate and hash, no tar parsing; zlib and zstd release the GIL, so on the second
-            # core) and index only the two layers sconify added.
-            lower = background.submit(lambda: [layer.verify() for layer in image.layers[:base]])
-            fs = RootFS.from_image(replace(image, layers=image.layers[base:]), cache_gzip_layers=True)
+            # The input's layers hold nothing sconify computed: index only the two layers
+            # sconify added (both cores: tar headers here, inflating on RootFS's thread), then
+            # hash the input's blobs on a worker, alongside the checks of the executable.
+            fs = RootFS.from_image(replace(image, layers=image.layers[base:]), cache_layers=True)
+            lower = pool.submit(checks_of, check_input_blobs, image.layers[:base], manifest)
         else:
             lower = None
-            fs = RootFS.from_image(image, cache_gzip_layers=True)  # every layer: digests, diff_ids
-        check_contents(report, fs, manifest, keys, sgxs_out, whiteouts_needed=added_layers_only)
+            # Every layer: digests, diff_ids, and the headers the shield's check of "every file
+            # under a protected region" needs. Keeping the tars costs little (RootFS writes
+            # them on its inflating thread) and saves inflating the data layer again.
+            fs = RootFS.from_image(image, cache_layers=True)
+        check_contents(report, fs, manifest, keys, sgxs_out, pool, whiteouts_needed=added_layers_only)
         if lower is not None:
-            lower.result()  # an ImageError (corrupt input layer) propagates: could not read
-            report.add("input layers' blobs and diff_ids", True, f"{base} layers read and hashed")
+            report.checks += lower.result()  # an ImageError (corrupt input blob) propagates: could not read
     return report
+
+
+def check_input_blobs(report: VerifyReport, layers: tuple[Layer, ...], manifest: Manifest) -> None:
+    """The input's layers, reused as they were: each blob is read once and its SHA-256 checked.
+
+    A blob whose digest is the one the manifest records for that input layer is the input's own,
+    byte for byte, so its diff_id is the input's (which ``check_identity`` compares); it is not
+    inflated. Any other blob (e.g. recompressed for the destination) is inflated and its diff_id
+    recomputed. Raises ImageError when a blob is missing, truncated or differs from its digest.
+    """
+    recorded = manifest.input.layer_digests
+    inflated = 0
+    for index, layer in enumerate(layers):
+        if index < len(recorded) and layer.digest == recorded[index]:
+            with layer.open_blob() as blob:  # size and digest checked at the end
+                while blob.read(1 << 20):
+                    pass
+        else:
+            layer.verify()
+            inflated += 1
+    how = f"{len(layers)} layers: blob digests as recorded for the input"
+    report.add("input layers' blobs", True, how + (f"; {inflated} inflated for their diff_ids" if inflated else ""))
 
 
 def check_contents(
@@ -137,10 +209,17 @@ def check_contents(
     manifest: Manifest,
     keys: KeysFile | None,
     sgxs_out: str | None,
+    pool: concurrent.futures.Executor,
     *,
     whiteouts_needed: bool,
 ) -> None:
-    """Every check that reads files: executable, embedfs, MRENCLAVE, whiteouts, fspf."""
+    """Every check that reads files: executable, embedfs, MRENCLAVE, whiteouts, fspf and, with
+    keys, every protected file.
+
+    The layers' tars were kept by the index pass, so each file is read once from them. The
+    executable's checks run on workers (SHA-256 and zstd release the GIL) while this thread
+    reads the fspf and the protected files through the shield (AES-GCM releases it too).
+    """
     with fs, tempfile.TemporaryDirectory(prefix="sconify-verify-") as work:
         exe = Path(work, "executable")
         exe_path = try_resolve(fs, manifest.executable.path)
@@ -148,12 +227,19 @@ def check_contents(
             report.add("executable", False, f"{manifest.executable.path} is not a file in the image")
             return
         copy_out(fs, exe_path, exe)
-        check_executable(report, exe, manifest, Path(work))
-        check_measurement(report, exe, manifest, sgxs_out)
-        check_removed(report, fs, manifest, whiteouts_needed=whiteouts_needed)
+        executable_checks = [
+            pool.submit(checks_of, check_executable_digest, exe, manifest),
+            pool.submit(checks_of, check_embedfs, exe, manifest, Path(work)),
+            pool.submit(checks_of, check_measurement, exe, manifest, sgxs_out),
+        ]
+        here = VerifyReport("")
+        check_removed(here, fs, manifest, whiteouts_needed=whiteouts_needed)
         if whiteouts_needed:  # the view holds just the layers sconify added
-            check_added_layers(report, fs, manifest)
-        check_fspf(report, fs, manifest, keys)
+            check_added_layers(here, fs, manifest)
+        check_fspf(here, fs, manifest, keys)
+        for future in executable_checks:
+            report.checks += future.result()
+        report.checks += here.checks
 
 
 def shields_lower_layers(manifest: Manifest) -> bool:
@@ -218,7 +304,7 @@ def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> No
     )
 
 
-def check_executable(report: VerifyReport, exe: Path, manifest: Manifest, work: Path) -> None:
+def check_executable_digest(report: VerifyReport, exe: Path, manifest: Manifest) -> None:
     actual = sha256_file(exe)
     expected = manifest.executable.sconified_sha256
     report.add(
@@ -226,6 +312,10 @@ def check_executable(report: VerifyReport, exe: Path, manifest: Manifest, work: 
         actual == expected,
         actual if actual == expected else f"image has {actual}, manifest records {expected}",
     )
+
+
+def check_embedfs(report: VerifyReport, exe: Path, manifest: Manifest, work: Path) -> None:
+    """The embedfs in the executable (root hash, every member) and the original underneath."""
     try:
         descriptor = find_embedded(exe)
     except EmbedfsError as exc:
@@ -369,45 +459,12 @@ def check_fspf(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysF
             "keys file", False, "the keys file is for another fspf (its tag differs from the manifest's)"
         )
         return
-    protected_roots = [
-        rel(r["path"])
-        for r in manifest.fspf.regions
-        if r["protection"] != "not-protected" and r["kind"] == "kernel"
-    ]
-    # Outside the shield by construction: the fspf itself and the executable (it is measured).
-    unshielded = {fspf_path, rel(manifest.executable.path)}
-    if "" in protected_roots:
-        candidates = (path for path, entry in fs.entries.items() if is_regular(entry))
-    else:
-        candidates = (
-            path
-            for root in protected_roots
-            if (resolved := try_resolve(fs, "/" + root)) is not None and fs.entries[resolved].kind == "dir"
-            for path, entry in iter_tree(fs, resolved)
-            if is_regular(entry)
-        )
-    present = sorted(
-        path
-        for path in set(candidates) - unshielded
-        if region_of(path, manifest.fspf.regions)["kind"] == "kernel"
-    )
-    with Spool() as spool:
-        extents = {
-            entry.path: spool.append_stream(stream, entry.size) for entry, stream in fs.iter_files(present)
-        }
-
-        def opener(path: str):
-            extent = extents.get(rel(path))
-            if extent is None:
-                raise FileNotFoundError(path)
-            return spool.open(extent)
-
-        try:
-            shield = Shield(data, keys.fspf_key, keys.fspf_tag, opener=opener)
-            result = shield.verify_all(present=[absolute(p) for p in present])
-        except FspfError as exc:
-            report.add("protected files", False, str(exc))
-            return
+    present = protected_paths(fs, manifest, fspf_path)
+    try:
+        result = shield_files(data, keys, fs, present)
+    except FspfError as exc:
+        report.add("protected files", False, str(exc))
+        return
     problems = [str(problem) for problem in result.problems]
     report.add(
         "protected files (through the shield)",
@@ -422,10 +479,115 @@ def check_fspf(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysF
         )
 
 
+def protected_paths(fs: RootFS, manifest: Manifest, fspf_path: str) -> list[str]:
+    """The regular files of the image under the fspf's protected kernel regions (each must be
+    recorded in the fspf), sorted. The fspf itself and the executable (it is measured) are
+    outside the shield by construction."""
+    protected_roots = [
+        rel(r["path"])
+        for r in manifest.fspf.regions
+        if r["protection"] != "not-protected" and r["kind"] == "kernel"
+    ]
+    unshielded = {fspf_path, rel(manifest.executable.path)}
+    if "" in protected_roots:
+        candidates = (path for path, entry in fs.entries.items() if is_regular(entry))
+    else:
+        candidates = (
+            path
+            for root in protected_roots
+            if (resolved := try_resolve(fs, "/" + root)) is not None and fs.entries[resolved].kind == "dir"
+            for path, entry in iter_tree(fs, resolved)
+            if is_regular(entry)
+        )
+    return sorted(
+        path
+        for path in set(candidates) - unshielded
+        if region_of(path, manifest.fspf.regions)["kind"] == "kernel"
+    )
+
+
+class BorrowedStream(io.RawIOBase):
+    """A stream lent to a reader that closes what it is given: closing this one leaves the
+    stream open (its owner, e.g. ``RootFS.iter_files``, may still read it to its end)."""
+
+    def __init__(self, stream: BinaryIO) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def readable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return self._stream.seekable()
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        return self._stream.readinto(buffer)
+
+
+def shield_files(fspf: bytes, keys: KeysFile, fs: RootFS, present: list[str]) -> ShieldReport:
+    """``Shield.verify_all(present)`` with each file read as ``fs.iter_files`` streams it (in
+    layer order, each layer once, nothing copied): every recorded file through the shield, then
+    the files present in protected regions that the fspf lacks. Stored paths are image paths.
+    FspfError when the fspf does not open with the keys."""
+    lent: dict[str, BinaryIO] = {}
+
+    def opener(stored: str) -> BinaryIO:
+        stream = lent.pop(stored, None)
+        if stream is None:
+            raise FileNotFoundError(stored)
+        return BorrowedStream(stream)  # type: ignore[return-value]
+
+    def read_through(path: str) -> IntegrityError | None:
+        try:
+            with shield.open(path) as handle:
+                while handle.read(1 << 20):
+                    pass
+        except IntegrityError as exc:
+            return exc
+        finally:
+            lent.pop(path, None)
+        return None
+
+    shield = Shield(fspf, keys.fspf_key, keys.fspf_tag, opener=opener)
+    records = shield.fspf
+    found: dict[str, IntegrityError | None] = {}
+    for entry, stream in fs.iter_files([p for p in present if records.file(absolute(p)) is not None]):
+        path = absolute(entry.path)
+        lent[path] = stream
+        found[path] = read_through(path)
+    problems = []
+    checked = 0
+    for record in records.files:
+        # A recorded file not streamed is missing: the opener says so, the shield names it.
+        problem = found[record.path] if record.path in found else read_through(record.path)
+        if problem is None:
+            checked += record.size
+        else:
+            problems.append(problem)
+    for path in (absolute(p) for p in present):
+        region = records.region_for(path)
+        if region is not None and region.protection != "not-protected" and records.file(path) is None:
+            problems.append(
+                IntegrityError(
+                    path, f"present but not recorded in {region.protection} region {region.path} (a file was added)"
+                )
+            )
+    return ShieldReport(len(records.files), checked, tuple(problems))
+
+
 # --- signatures ---------------------------------------------------------------------------
 
 
 def load_private_key(path: str) -> Ed25519PrivateKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     try:
         key = serialization.load_pem_private_key(Path(path).read_bytes(), password=None)
     except OSError as exc:
@@ -443,6 +605,9 @@ def load_private_key(path: str) -> Ed25519PrivateKey:
 
 
 def load_public_key(path: str) -> Ed25519PublicKey:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     try:
         key = serialization.load_pem_public_key(Path(path).read_bytes())
     except OSError as exc:
@@ -457,6 +622,8 @@ def load_public_key(path: str) -> Ed25519PublicKey:
 
 
 def raw_public(key: Ed25519PublicKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
     return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
@@ -481,6 +648,8 @@ def sign_manifest(manifest_path: str, key_path: str, signature_path: str) -> str
 
 
 def check_signature(report: VerifyReport, manifest_path: str, signature_path: str, signer_path: str) -> None:
+    from cryptography.exceptions import InvalidSignature
+
     signer = load_public_key(signer_path)
     data = Path(manifest_path).read_bytes()
     try:

@@ -135,6 +135,38 @@ def test_verify_reads_the_image_through_another_transport(python_out, tmp_path):
         f"docker-archive:{archive}", python_out.manifest_path, "--keys", str(python_out.keys_path)
     )
     assert code == 0, failed(report)
+    code, report = verify(f"docker-archive:{archive}", python_out.manifest_path)
+    assert code == 0, failed(report)
+
+
+def test_input_blobs_without_recorded_digests_are_inflated(python_out, tmp_path):
+    """Without keys an input blob is only hashed when it is the one the manifest records for
+    the input (its diff_id is then the input's); any other is inflated for its diff_id (e.g.
+    an input read from the Docker engine, which has no blob digests)."""
+    details = {check["name"]: check["detail"] for check in verify(python_out.ref, python_out.manifest_path)[1]["checks"]}
+    assert "inflated" not in details["input layers' blobs"]
+    doc = json.loads(python_out.manifest_path.read_text())
+    doc["input"]["layer_digests"] = []
+    manifest = tmp_path / "manifest.json"
+    manifest.write_text(json.dumps(doc))
+    code, report = verify(python_out.ref, manifest)
+    assert code == 0, failed(report)
+    details = {check["name"]: check["detail"] for check in report["checks"]}
+    assert "2 inflated for their diff_ids" in details["input layers' blobs"]
+
+
+def test_a_corrupt_input_blob_is_named_without_keys(python_out, tmp_path):
+    """Without keys the input's layers are not indexed, but every byte of their blobs is hashed."""
+    layout = tmp_path / "layout"
+    shutil.copytree(python_out.ref.split(":")[1], layout)
+    digest = read_image(python_out.ref).layers[0].digest
+    blob = layout / "blobs" / "sha256" / digest.split(":")[1]
+    data = bytearray(blob.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    blob.write_bytes(bytes(data))
+    result = sconify("verify", f"oci:{layout}:v", "--manifest", str(python_out.manifest_path))
+    assert result.returncode == 2, result.stdout
+    assert digest in result.stderr and "Traceback" not in result.stderr
 
 
 # --- single changes, each caught and named ------------------------------------------------
@@ -194,6 +226,22 @@ def test_file_added_to_an_authenticated_region_is_named(python_out, tmp_path):
     code, report = verify(ref, python_out.manifest_path, "--keys", str(python_out.keys_path))
     assert code == 1
     assert "/etc/sconify-demo/extra.json" in failed(report)["protected files (through the shield)"]
+
+
+def test_an_encrypted_file_whited_out_is_named_missing(python_out, tmp_path):
+    """A recorded file the layers never stream (here: deleted by a whiteout) is missing."""
+    image = read_image(python_out.ref)
+    tar_path = tmp_path / "whiteout.tar"
+    with tarfile.open(tar_path, "w", format=tarfile.PAX_FORMAT) as tar:
+        tar.addfile(tarfile.TarInfo("app/data/.wh.config.json"))
+    ref = f"oci:{tmp_path / 'whiteout-image'}:t"
+    write_image(append_layers(image, [Layer.from_tar_file(tar_path, "zstd")]), ref)
+    code, report = verify(ref, python_out.manifest_path, "--keys", str(python_out.keys_path))
+    assert code == 1
+    problems = failed(report)
+    assert "/app/data/config.json" in problems["protected files (through the shield)"]
+    assert "missing" in problems["protected files (through the shield)"]
+    assert "/app/data/config.json missing" in problems["protected files present"]
 
 
 def test_one_byte_in_an_encrypted_file_is_named(node_out, tmp_path):
