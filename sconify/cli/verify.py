@@ -1,31 +1,27 @@
-"""Auditor commands: ``sconify verify``, ``measure``, ``diff`` and ``sign``."""
+"""Auditor commands: ``sconify verify``, ``measure``, ``diff`` and ``sign``.
+
+Each command imports what it needs when it runs (``sconify verify --json`` never loads rich,
+the keys' crypto or the signature code unless asked): start-up is part of every audit.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
-import tempfile
-from pathlib import Path
+from typing import TYPE_CHECKING
 
-from embedfs import measure as M
-from sconify.cli.output import console, parse_size
 from sconify.errors import EXIT_MISMATCH, UsageError
-from sconify.image.rootfs import RootFS
-from sconify.image.transports import read_image
-from sconify.keys import KeysFile
-from sconify.manifest import Manifest
-from sconify.select import find_binary, find_executable
-from sconify.verify import (
-    LABEL_PREFIX,
-    VerifyReport,
-    check_signature,
-    copy_out,
-    diff_images,
-    image_labels,
-    sign_manifest,
-    verify_image,
-)
+
+if TYPE_CHECKING:
+    from sconify.verify import VerifyReport
+
+
+def size(text: str) -> int:
+    """A size argument such as 64M (argparse names the type ``size`` in its errors)."""
+    from sconify.cli.output import parse_size
+
+    return parse_size(text)
 
 
 def register(subparsers) -> None:
@@ -67,8 +63,8 @@ def register(subparsers) -> None:
         metavar="PATH",
         help="the executable inside the image (default: label, then ENTRYPOINT/CMD)",
     )
-    measure.add_argument("--heap", dest="heap_size", type=parse_size, metavar="SIZE")
-    measure.add_argument("--stack", dest="stack_size", type=parse_size, metavar="SIZE")
+    measure.add_argument("--heap", dest="heap_size", type=size, metavar="SIZE")
+    measure.add_argument("--stack", dest="stack_size", type=size, metavar="SIZE")
     measure.add_argument("--threads", type=int, metavar="N")
     measure.add_argument("--sgxs", metavar="FILE", help="write the SGX record stream")
     measure.add_argument("--platform")
@@ -101,10 +97,19 @@ def register(subparsers) -> None:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from sconify.manifest import Manifest
+    from sconify.verify import VerifyReport, verify_image
+
     manifest = Manifest.read(args.manifest)
-    keys = KeysFile.read(args.keys) if args.keys else None
+    keys = None
+    if args.keys:
+        from sconify.keys import KeysFile
+
+        keys = KeysFile.read(args.keys)
     signed = VerifyReport(args.reference)
     if args.signer:  # cheap, and a bad signer file should fail before the image is read
+        from sconify.verify import check_signature
+
         check_signature(signed, args.manifest, args.signature or f"{args.manifest}.sig", args.signer)
     report = verify_image(args.reference, manifest, keys=keys, sgxs_out=args.sgxs, platform=args.platform)
     report.checks[:0] = signed.checks
@@ -118,6 +123,8 @@ def run_verify(args: argparse.Namespace) -> int:
 
 def print_report(report: VerifyReport) -> None:
     from rich.table import Table
+
+    from sconify.cli.output import console
 
     table = Table(title=f"sconify verify {report.reference}")
     table.add_column("check")
@@ -133,6 +140,15 @@ def print_report(report: VerifyReport) -> None:
 
 
 def run_measure(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from embedfs import measure as M
+    from sconify.image.rootfs import RootFS
+    from sconify.image.transports import read_image
+    from sconify.select import find_binary, find_executable
+    from sconify.verify import LABEL_PREFIX, copy_out, image_labels
+
     image = read_image(args.reference, platform=args.platform)
     labels = image_labels(image)
     fs = RootFS.from_image(image)
@@ -186,6 +202,8 @@ def run_measure(args: argparse.Namespace) -> int:
 
 
 def run_diff(args: argparse.Namespace) -> int:
+    from sconify.verify import diff_images
+
     lines = diff_images(args.reference_a, args.reference_b, platform=args.platform)
     if args.json:
         json.dump(
@@ -199,6 +217,8 @@ def run_diff(args: argparse.Namespace) -> int:
     else:
         from rich.table import Table
 
+        from sconify.cli.output import console
+
         table = Table(title=f"{args.reference_a} -> {args.reference_b}")
         table.add_column("what")
         table.add_column("detail", overflow="fold")
@@ -209,6 +229,8 @@ def run_diff(args: argparse.Namespace) -> int:
 
 
 def run_sign(args: argparse.Namespace) -> int:
+    from sconify.verify import sign_manifest
+
     output = args.output or f"{args.manifest}.sig"
     public = sign_manifest(args.manifest, args.key, output)
     print(f"signed {args.manifest} -> {output} (ed25519 public key {public})")
