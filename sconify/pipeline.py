@@ -164,14 +164,20 @@ def phase(
     reporter.finish(name, timings[name])
 
 
-def sconify_image(options: ConvertOptions, reporter: Reporter | None = None) -> ConvertResult:
-    """Convert ``options.source`` into a confidential image at ``options.destination``."""
+def sconify_image(
+    options: ConvertOptions, reporter: Reporter | None = None, elf: ElfWorker | None = None
+) -> ConvertResult:
+    """Convert ``options.source`` into a confidential image at ``options.destination``.
+
+    ``elf``: a running lief helper to use (the CLI starts one before its own imports); by
+    default one is started here and stopped at the end."""
     reporter = reporter or SilentReporter()
     timings: dict[str, float] = {}
     check_options(options)
     with contextlib.ExitStack() as cleanup:
-        # lief loads in a helper process while the image is read (see ElfWorker).
-        elf = None if options.dry_run else cleanup.enter_context(ElfWorker())
+        # lief loads in a helper process while the image is read (see sconify.elfworker).
+        if elf is None and not options.dry_run:
+            elf = cleanup.enter_context(ElfWorker())
         return convert(options, reporter, timings, elf)
 
 

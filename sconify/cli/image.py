@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -171,14 +172,19 @@ def output_paths(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sconify.pipeline import ConvertOptions, sconify_image  # heavy: imported when it runs
+    from sconify.elfworker import ElfWorker
 
-    output_paths(args)
-    # Every ConvertOptions field is an option of this parser: one renamed on either side fails
-    # here, loudly, instead of being dropped.
-    options = ConvertOptions(**{name: getattr(args, name) for name in ConvertOptions.__dataclass_fields__})
-    with PhaseProgress(enabled=not args.json) as progress:
-        result = sconify_image(options, progress)
+    # lief's helper process starts first, so its import overlaps ours (sconify.elfworker).
+    with contextlib.ExitStack() as cleanup:
+        elf = None if args.dry_run else cleanup.enter_context(ElfWorker())
+        from sconify.pipeline import ConvertOptions, sconify_image  # heavy: imported when it runs
+
+        output_paths(args)
+        # Every ConvertOptions field is an option of this parser: one renamed on either side fails
+        # here, loudly, instead of being dropped.
+        options = ConvertOptions(**{name: getattr(args, name) for name in ConvertOptions.__dataclass_fields__})
+        with PhaseProgress(enabled=not args.json) as progress:
+            result = sconify_image(options, progress, elf=elf)
     if args.json:
         json.dump(summary(result), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
