@@ -624,7 +624,10 @@ def write_data_layer(
                 fspf.protect_file(absolute(path), source, extent.size, sink)
         return write
 
-    with LayerWriter(layer_compression(options), directory=work, source="data layer") as writer:
+    # Ciphertext does not compress (zstd saves well under 1 % on it): unless a compression is
+    # asked for, the data layer is a plain tar, which spares compressing and hashing it twice.
+    compression = options.compression or "none"
+    with LayerWriter(compression, directory=work, source="data layer") as writer:
         tar = LayerTar(writer.stream)
         # Files are protected region by region, each region's files in order: keys drawn from a
         # seeded --deterministic-keys-from source come out the same for the same input.
@@ -653,7 +656,7 @@ def write_data_layer(
         tar.add(TarEntry(path=fspf_rel, kind="file", mode=0o644, size=len(sealed.getvalue()), mtime=epoch,
                          write=lambda sink: sink.write(sealed.getvalue())))
         tar.close()
-    return DataLayer(writer.layer, fspf_key, fspf_tag, protected)
+    return DataLayer(replace(writer.layer, compressible=False), fspf_key, fspf_tag, protected)
 
 
 # --- layers and config --------------------------------------------------------------------

@@ -164,12 +164,29 @@ def test_trusted_file_backed_blobs_are_copied_in_the_kernel(tmp_path, monkeypatc
     copies = []
     original = model.FileRange.copy_to
     monkeypatch.setattr(model.FileRange, "copy_to", lambda self, fd: (copies.append(self), original(self, fd)))
-    layer = written_layer(tmp_path)
+    written = written_layer(tmp_path)
+    blob = written.file_range
+    layer = replace(written, opener=model.slice_opener(blob.path, 0, blob.size))  # not private: copied
     write_image(one_layer_image(layer), ref(transport, tmp_path / "out"))
     assert [c.size for c in copies] == [layer.size]
     back = read_image(ref(transport, tmp_path / "out"))
     assert back.layers[0].digest == layer.digest
     back.layers[0].verify()
+
+
+def test_a_new_layers_private_blob_is_linked_into_an_oci_layout(tmp_path, monkeypatch):
+    """LayerWriter's temp blob is sconify's alone: an OCI layout takes it by a hard link (no
+    copy), readable by all as other blobs; it survives the temp file's removal."""
+    copies = []
+    monkeypatch.setattr(model.FileRange, "copy_to", lambda self, fd: copies.append(self))
+    (tmp_path / "work").mkdir()
+    layer = written_layer(tmp_path / "work")
+    write_image(one_layer_image(layer), f"oci:{tmp_path / 'out'}:x")
+    output = tmp_path / "out" / "blobs" / "sha256" / layer.digest[7:]
+    assert copies == [] and os.path.samefile(output, layer.file_range.path)
+    assert output.stat().st_mode & 0o777 == 0o644
+    os.unlink(layer.file_range.path)
+    assert hashlib.sha256(output.read_bytes()).hexdigest() == layer.digest[7:]
 
 
 def test_an_output_blob_is_a_copy_not_a_link_of_the_input(tmp_path):

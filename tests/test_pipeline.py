@@ -166,6 +166,15 @@ def test_python_embedded_code_is_gone_from_the_rootfs_and_data_is_ciphertext(pyt
     assert out.exists(FSPF_PATH.lstrip("/"))
 
 
+def test_new_layers_code_compressed_data_plain_tar_unless_asked(python_converted, python_image, tmp_path):
+    """Ciphertext does not compress: the data layer is a plain tar (no CPU spent on it), the
+    code layer takes the output's compression; --compression applies to every layer."""
+    layers = read_image(python_converted.ref).layers
+    assert [layer.compression for layer in layers[-2:]] == ["zstd", "none"]
+    converted = convert(tmp_path, f"oci:{python_image}:latest", "gz", "--dir", "/app/data", "--compression", "gzip")
+    assert {layer.compression for layer in read_image(converted.ref).layers} == {"gzip"}
+
+
 def test_python_shield_reads_the_data_back_with_the_keys_file(python_converted, python_image):
     shield = shield_of(python_converted)
     original = RootFS.from_image(read_image(f"oci:{python_image}:latest"))

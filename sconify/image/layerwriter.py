@@ -129,7 +129,7 @@ class LayerWriter:
         diff_id = "sha256:" + self._diff_hash.hexdigest()
         digest = digest or diff_id
         media_type = L.OCI_LAYER_MEDIA_TYPES[self.compression]
-        opener = slice_opener(self._blob.path, 0, size, keep=self._blob)
+        opener = slice_opener(self._blob.path, 0, size, keep=self._blob, private=True)
         self._layer = Layer(digest, size, diff_id, self.compression, media_type, opener, self.source,
                             trusted=True)
 

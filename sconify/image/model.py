@@ -61,6 +61,9 @@ class FileRange:
     path: str
     offset: int
     size: int
+    # The whole file is a temp blob sconify wrote for this layer alone (LayerWriter): nothing
+    # else changes it, so a writer may hard-link it into the output instead of copying.
+    private: bool = False
 
     def open(self) -> BinaryIO:
         return io.BufferedReader(FileSlice(self.path, self.offset, self.size), L.CHUNK_SIZE)  # type: ignore[return-value]
@@ -131,17 +134,20 @@ def _loop_copy(in_fd: int, out_fd: int, offset: int, size: int) -> int:
 class SliceOpener:
     """A BlobOpener for a FileRange; ``keep`` is held so a temp file outlives the Layer."""
 
-    def __init__(self, path: str | os.PathLike, offset: int, size: int, keep: object = None) -> None:
-        self.range = FileRange(os.fspath(path), offset, size)
+    def __init__(self, path: str | os.PathLike, offset: int, size: int, keep: object = None,
+                 private: bool = False) -> None:
+        self.range = FileRange(os.fspath(path), offset, size, private)
         self._keep = keep
 
     def __call__(self) -> BinaryIO:
         return self.range.open()
 
 
-def slice_opener(path: str | os.PathLike, offset: int, size: int, keep: object = None) -> BlobOpener:
-    """An opener for a window of a file. ``keep`` is held so a temp file outlives the Layer."""
-    return SliceOpener(path, offset, size, keep)
+def slice_opener(path: str | os.PathLike, offset: int, size: int, keep: object = None,
+                 private: bool = False) -> BlobOpener:
+    """An opener for a window of a file. ``keep`` is held so a temp file outlives the Layer;
+    ``private``: see FileRange."""
+    return SliceOpener(path, offset, size, keep, private)
 
 
 @dataclass(frozen=True)
@@ -157,6 +163,9 @@ class Layer:
     source: str = field(default="", compare=False)  # names the blob in error messages
     trusted: bool = field(default=False, compare=False)  # digests computed or verified by us
     limits: L.LayerLimits = field(default_factory=L.LayerLimits, compare=False, repr=False)
+    # False: the content does not compress (ciphertext), so an uncompressed layer stays
+    # uncompressed in the output unless a compression is asked for.
+    compressible: bool = field(default=True, compare=False)
 
     def verify(self) -> None:
         """Read the whole layer once: check blob size, digest and diff_id (ImageError if wrong)."""

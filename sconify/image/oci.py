@@ -307,12 +307,42 @@ def write_blobs(blob_dir: Path, image: Image, manifest: bytes, created: list[Pat
         path = blob_dir / digest.partition(":")[2]
         if path.exists():
             continue
+        if isinstance(item, Layer) and item.trusted and link_private_blob(item, path):
+            created.append(path)
+            continue
         with atomic_file(path) as handle:
             if isinstance(item, bytes):
                 handle.write(item)
             else:
                 item.copy_blob(handle)  # kernel-side for trusted file-backed layers
         created.append(path)
+
+
+def link_private_blob(layer: Layer, path: Path) -> bool:
+    """Hard-link the temp blob sconify wrote for ``layer`` (a new layer) to ``path``, atomically;
+    False where that cannot be done (another filesystem, not a whole private file), so the caller
+    copies. Input blobs are never linked: a later change of the input would change the output."""
+    blob = layer.file_range
+    if blob is None or not blob.private or blob.offset != 0 or os.path.getsize(blob.path) != blob.size:
+        return False
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.link")
+    try:
+        os.link(blob.path, temporary)
+    except OSError:
+        return False
+    try:
+        os.chmod(temporary, 0o644)  # as atomic_file leaves blobs (the temp blob is 0600)
+        fd = os.open(temporary, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(temporary, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(temporary)
+        raise
+    return True
 
 
 def write_oci_dir(image: Image, path: str, tag: str | None) -> WriteResult:

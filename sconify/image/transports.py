@@ -60,7 +60,7 @@ def output_compression(layer: Layer, transport: str, compression: str | None) ->
     if compression is not None:
         return L.check_compression(compression)
     default = DEFAULT_COMPRESSION[transport]
-    if layer.compression == "none" and default != "none":
+    if layer.compression == "none" and default != "none" and layer.compressible:
         return default
     if layer.compression in ACCEPTED_COMPRESSIONS[transport]:
         return layer.compression
