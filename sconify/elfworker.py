@@ -34,6 +34,7 @@ class ElfWorker:
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
         )
+        self._proc_readable: bool | None = None  # whether the helper can open /proc/OUR_PID/fd/N
 
     def __enter__(self) -> ElfWorker:
         return self
@@ -67,6 +68,18 @@ class ElfWorker:
         """``sconify.libraries.dynamic_dependencies`` in the helper."""
         return self._call(what, "dynamic_dependencies", data)
 
+    def dynamic_dependencies_at(self, fd: int, offset: int, size: int, what: str = "an ELF file"):
+        """The same for ``size`` bytes at ``offset`` of our open file ``fd``: the helper reads
+        them itself through /proc (no copy through the pipe), or is sent them where it cannot."""
+        if self._proc_readable is not False:
+            try:
+                info = self._call(what, "dynamic_dependencies_in", f"/proc/{os.getpid()}/fd/{fd}", offset, size)
+                self._proc_readable = True
+                return info
+            except OSError:
+                self._proc_readable = False  # e.g. no /proc, or a hardened one: send bytes
+        return self.dynamic_dependencies(os.pread(fd, size, offset), what)
+
     def validate(self, path: str, name: str) -> None:
         """``embedfs.elf.validate_with_lief`` in the helper (NotELFError if lief refuses it)."""
         self._call(name, "validate", os.fspath(path), name)
@@ -94,10 +107,11 @@ def serve() -> None:
     import lief
 
     from embedfs.elf import validate_with_lief
-    from sconify.libraries import dynamic_dependencies
+    from sconify.libraries import dynamic_dependencies, dynamic_dependencies_in
 
     lief.logging.disable()
-    functions = {"dynamic_dependencies": dynamic_dependencies, "validate": validate_with_lief}
+    functions = {"dynamic_dependencies": dynamic_dependencies, "dynamic_dependencies_in": dynamic_dependencies_in,
+                 "validate": validate_with_lief}
     requests, replies = sys.stdin.buffer, sys.stdout.buffer
     while True:
         try:

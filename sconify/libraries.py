@@ -9,6 +9,7 @@ caller decides where bytes live (the conversion spool).
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 from dataclasses import dataclass, field
 from typing import Callable
@@ -47,6 +48,12 @@ def dynamic_dependencies(data: bytes) -> DynamicInfo:
             runpaths.extend(entry.paths)
     interpreter = binary.interpreter if binary.has_interpreter else ""
     return DynamicInfo(list(binary.libraries), runpaths, interpreter)
+
+
+def dynamic_dependencies_in(path: str, offset: int, size: int) -> DynamicInfo:
+    """``dynamic_dependencies`` of the ``size`` bytes at ``offset`` of the file ``path``."""
+    with open(path, "rb") as handle:
+        return dynamic_dependencies(os.pread(handle.fileno(), size, offset))
 
 
 def link_chain(fs, path: str) -> list[str]:
@@ -92,16 +99,14 @@ def candidate_libraries(fs, search_path: tuple[str, ...]) -> list[str]:
 def library_closure(
     fs,
     start: list[str],
-    read: Callable[[str], bytes],
+    dynamic_info: Callable[[str], DynamicInfo],
     search_path: tuple[str, ...],
     dlopen: tuple[str, ...],
-    parse: Callable[[bytes, str], DynamicInfo] | None = None,
 ) -> LibraryClosure:
     """Every shared object reachable from ``start`` (image paths), excluding ``start`` itself.
 
-    ``parse(data, what)`` reads an ELF file's dynamic section (default: lief in this process;
-    the pipeline passes ``sconify.elfworker.ElfWorker.dynamic_dependencies``)."""
-    parse = parse or (lambda data, what: dynamic_dependencies(data))
+    ``dynamic_info(path)`` tells what the ELF file at an image path asks the loader for, e.g.
+    ``dynamic_dependencies`` of its bytes (the pipeline has lief's helper process read them)."""
     closure = LibraryClosure()
     seen = set(start)
     links: set[str] = set()
@@ -121,7 +126,7 @@ def library_closure(
         add(find_library(fs, soname, list(search_path)), soname)
     while queue:
         path = queue.pop()
-        info = parse(read(path), absolute(path))
+        info = dynamic_info(path)
         origin = posixpath.dirname(absolute(path))
         directories = [
             p.replace("$ORIGIN", origin).replace("${ORIGIN}", origin) for p in info.runpaths

@@ -540,14 +540,14 @@ def resolve_libraries(
         p for p in plan.code_files if ".so" in posixpath.basename(p) and fs.entries[p].kind != "symlink"
     ]
 
-    def read(path: str) -> bytes:
+    def dynamic_info(path: str):
         if path not in extents:
             extents.update(spool_files(fs, [path], spool, reporter))
-        return spool.read(extents[path])
+        extent = extents[path]
+        return elf.dynamic_dependencies_at(spool.fileno(extent), extent.offset, extent.size, absolute(path))
 
     closure = library_closure(
-        fs, [plan.executable.path, *shared_objects], read, recipe.search_path, recipe.dlopen,
-        parse=elf.dynamic_dependencies,
+        fs, [plan.executable.path, *shared_objects], dynamic_info, recipe.search_path, recipe.dlopen
     )
     return closure.libraries + closure.links, closure.missing
 

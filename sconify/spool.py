@@ -100,15 +100,16 @@ class Spool:
     def append_bytes(self, data: bytes) -> Extent:
         return self.append_stream(io.BytesIO(data), len(data))
 
-    def _fd(self, extent: Extent) -> int:
+    def fileno(self, extent: Extent) -> int:
+        """The open file that holds ``extent`` (the spool's, or the one the extent names)."""
         return self._file.fileno() if extent.fd is None else extent.fd
 
     def open(self, extent: Extent) -> BinaryIO:
         """A reader of its own (pread-based: readers may be used from several threads)."""
-        return io.BufferedReader(BoundedReader(self._fd(extent), extent.offset, extent.size))
+        return io.BufferedReader(BoundedReader(self.fileno(extent), extent.offset, extent.size))
 
     def read(self, extent: Extent) -> bytes:
-        return os.pread(self._fd(extent), extent.size, extent.offset)
+        return os.pread(self.fileno(extent), extent.size, extent.offset)
 
     def copy_to_file(self, extent: Extent, path: str, mode: int = 0o600) -> None:
         with open(path, "wb") as out:
@@ -116,7 +117,7 @@ class Spool:
             done = 0
             try:  # in the kernel, without passing the bytes through Python
                 while done < extent.size:
-                    copied = os.copy_file_range(self._fd(extent), out.fileno(), extent.size - done,
+                    copied = os.copy_file_range(self.fileno(extent), out.fileno(), extent.size - done,
                                                 extent.offset + done)
                     if not copied:
                         raise EOFError(f"spool extent ended {extent.size - done} bytes early")

@@ -30,3 +30,15 @@ def test_a_helper_that_died_is_one_line():
         worker._process.wait()
         with pytest.raises(ImageError, match="the ELF parser \\(lief\\) crashed on /usr/lib/x.so"):
             worker.dynamic_dependencies(b"\x7fELF", "/usr/lib/x.so")
+
+
+def test_reads_a_range_of_our_open_file_itself_or_is_sent_it(tmp_path):
+    data = Path(sys.executable).resolve().read_bytes()
+    holder = tmp_path / "spool"
+    holder.write_bytes(b"x" * 1000 + data + b"y" * 10)
+    with ElfWorker() as worker, holder.open("rb") as handle:
+        expected = dynamic_dependencies(data)
+        assert worker.dynamic_dependencies_at(handle.fileno(), 1000, len(data)) == expected
+        assert worker._proc_readable is True  # read through /proc/PID/fd, nothing sent
+        worker._proc_readable = False  # as where /proc cannot be read: the bytes are sent
+        assert worker.dynamic_dependencies_at(handle.fileno(), 1000, len(data)) == expected
