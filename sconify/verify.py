@@ -157,7 +157,7 @@ def verify_image(
     """
     report = VerifyReport(reference)
     image = read_image(reference, platform=platform)
-    check_identity(report, image, manifest)
+    check_identity(report, image, manifest, reference)
     base = len(manifest.input.diff_ids)
     # With keys, the shield must see every file of the merged view under a protected region
     # (plaintext left in a lower layer would otherwise go unnoticed): index all layers.
@@ -247,7 +247,12 @@ def shields_lower_layers(manifest: Manifest) -> bool:
     return any(r["protection"] == "authenticated" for r in manifest.fspf.regions)
 
 
-def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> None:
+# Transports that store every compression as it is: an image copied between them keeps its
+# layer blobs (and their digests); docker-archive and the engine recompress zstd layers.
+BLOB_KEEPING_TRANSPORTS = ("oci", "oci-archive")
+
+
+def check_identity(report: VerifyReport, image: Image, manifest: Manifest, reference: str) -> None:
     out = manifest.output
     report.add(
         "image config digest",
@@ -277,11 +282,11 @@ def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> No
         else "the image's lower layers are not the input's",
     )
     layer_digests = [layer.digest for layer in image.layers]
-    if (
-        out.layer_digests
-        and len(layer_digests) == len(out.layer_digests)
-        and all(layer.compression == "zstd" for layer in image.layers[-2:])
-    ):
+    stored_as_written = (
+        reference.partition(":")[0] in BLOB_KEEPING_TRANSPORTS
+        and out.reference.partition(":")[0] in BLOB_KEEPING_TRANSPORTS
+    )
+    if out.layer_digests and len(layer_digests) == len(out.layer_digests) and stored_as_written:
         report.add(
             "layer blob digests",
             layer_digests == out.layer_digests,

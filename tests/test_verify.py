@@ -114,6 +114,8 @@ def test_clean_output_verifies_with_and_without_keys(which, request, tmp_path):
     out = request.getfixturevalue(which)
     code, report = verify(out.ref, out.manifest_path)
     assert code == 0, failed(report)
+    # Read where it was written (an OCI layout): every blob, the data layer's plain tar too.
+    assert {"layer blob digests", "input layers' blobs"} <= {check["name"] for check in report["checks"]}
     code, report = verify(
         out.ref, out.manifest_path, "--keys", str(out.keys_path), "--sgxs", str(tmp_path / "enclave.sgxs")
     )
