@@ -14,6 +14,7 @@ Protocol (both ways): an 8-byte big-endian length, then a pickle. Requests are
 
 from __future__ import annotations
 
+import atexit
 import os
 import pickle
 import struct
@@ -83,6 +84,25 @@ class ElfWorker:
     def validate(self, path: str, name: str) -> None:
         """``embedfs.elf.validate_with_lief`` in the helper (NotELFError if lief refuses it)."""
         self._call(name, "validate", os.fspath(path), name)
+
+
+_prestarted: ElfWorker | None = None
+
+
+def prestart() -> None:
+    """Start a helper now, for the conversion to take with ``take_prestarted``: the
+    ``sconify-image`` entry point calls this before its own imports, so lief loads meanwhile.
+    A helper nobody took is stopped at exit."""
+    global _prestarted
+    if _prestarted is None:
+        _prestarted = ElfWorker()
+        atexit.register(_prestarted.close)
+
+
+def take_prestarted() -> ElfWorker | None:
+    global _prestarted
+    worker, _prestarted = _prestarted, None
+    return worker
 
 
 def _send(stream: BinaryIO, value: object) -> None:
