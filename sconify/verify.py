@@ -167,14 +167,14 @@ def verify_image(
             # The input's layers hold nothing sconify computed: index only the two layers
             # sconify added (both cores: tar headers here, inflating on RootFS's thread), then
             # hash the input's blobs on a worker, alongside the checks of the executable.
-            fs = RootFS.from_image(replace(image, layers=image.layers[base:]), cache_layers=True)
             lower = pool.submit(checks_of, check_input_blobs, image.layers[:base], manifest)
+            fs = RootFS.from_image(replace(image, layers=image.layers[base:]), cache_layers=True)
         else:
             lower = None
             # Every layer: digests, diff_ids, and the headers the shield's check of "every file
-            # under a protected region" needs. Keeping the tars costs little (RootFS writes
-            # them on its inflating thread) and saves inflating the data layer again.
-            fs = RootFS.from_image(image, cache_layers=True)
+            # under a protected region" needs. The tars of the layers sconify added are kept
+            # (files are read from them, not inflated again); the input's only give names.
+            fs = RootFS.from_image(image, cache_layers=range(base, len(image.layers)))
         check_contents(report, fs, manifest, keys, sgxs_out, pool, whiteouts_needed=added_layers_only)
         if lower is not None:
             report.checks += lower.result()  # an ImageError (corrupt input blob) propagates: could not read

@@ -210,7 +210,7 @@ def test_cached_gzip_layers_give_the_same_bytes_as_a_second_inflate(python_image
              "usr/lib/python3.11/json/decoder.py"]
     plain = RootFS.from_image(image)
     expected = {entry.path: stream.read() for entry, stream in plain.iter_files(paths)}
-    with RootFS.from_image(image, cache_gzip_layers=True) as cached:
+    with RootFS.from_image(image, cache_layers=True) as cached:
         assert sorted(cached._layer_cache) == list(range(len(image.layers)))
         assert {entry.path: stream.read() for entry, stream in cached.iter_files(paths)} == expected
         assert cached.read("etc/sconify-demo/defaults.json") == plain.read("etc/sconify-demo/defaults.json")

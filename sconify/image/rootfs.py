@@ -15,7 +15,8 @@ import io
 import tarfile
 import tempfile
 from dataclasses import dataclass
-from typing import BinaryIO, Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
+from typing import BinaryIO
 
 from sconify.errors import ImageError
 from sconify.image import layers as L
@@ -100,7 +101,8 @@ def split_member_name(name: str, limits: RootFSLimits, what: str) -> list[str]:
 class RootFS:
     """The merged view of an image's layers: ``entries`` maps normalised paths to Entry."""
 
-    def __init__(self, image: Image, limits: RootFSLimits | None = None, cache_layers: bool = False) -> None:
+    def __init__(self, image: Image, limits: RootFSLimits | None = None,
+                 cache_layers: bool | Collection[int] = False) -> None:
         self.image = image
         self.limits = limits or RootFSLimits()
         # With this set, the index pass also writes each layer's tar to an unlinked temp file (on
@@ -118,14 +120,13 @@ class RootFS:
 
     @classmethod
     def from_image(
-        cls, image: Image, limits: RootFSLimits | None = None, cache_layers: bool = False,
-        cache_gzip_layers: bool = False,
+        cls, image: Image, limits: RootFSLimits | None = None, cache_layers: bool | Collection[int] = False,
     ) -> "RootFS":
         """Index every layer once (headers only), applying whiteouts in layer order.
 
-        ``cache_layers`` keeps every layer's tar in a temp file for later reads by offset
-        (``cache_gzip_layers`` is its earlier name)."""
-        fs = cls(image, limits, cache_layers or cache_gzip_layers)
+        ``cache_layers`` keeps the tar of every layer (True) or of the layers at these indexes
+        in a temp file, for later reads by offset instead of a second inflate."""
+        fs = cls(image, limits, cache_layers)
         try:
             for index in range(len(image.layers)):
                 fs._apply_layer(index)
@@ -170,7 +171,7 @@ class RootFS:
         tarfile's random-access mode parses the headers here, seeking over member data."""
         members: list[Member] = []
         tee = None
-        if self.cache_layers:
+        if self.cache_layers is True or (self.cache_layers and index in self.cache_layers):
             tee = tempfile.TemporaryFile(prefix="sconify-layer-")
             self._layer_cache[index] = tee
         with BackgroundTar(self.image.layers[index], tee.fileno() if tee else None) as stream:
