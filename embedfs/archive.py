@@ -61,6 +61,8 @@ PENDING_SLOTS = 16
 # writer) is paid per run rather than per file.
 BATCH_BYTES = CHUNK_SIZE
 BATCH_MEMBERS = 256
+# Compressed bytes read, and content bytes decompressed, per step when a large file is verified.
+STREAM_PIECE = CHUNK_SIZE
 
 
 Source = bytes | Callable[[], BinaryIO] | None
@@ -506,6 +508,93 @@ def _has_fileno(stream: BinaryIO) -> bool:
     return True
 
 
+class ThreadDecompressors(threading.local):
+    """One decompressor per thread, built when the thread first uses it.
+
+    Like ``ThreadCompressors``: a ZstdDecompressor must not be used by two threads at once, and
+    building one per file cost more than decompressing a typical small file. Every
+    ``stream_reader`` starts a fresh decompression, so reuse does not change the output.
+    """
+
+    def __init__(self) -> None:
+        self.decompressor = zstandard.ZstdDecompressor()
+
+
+class RangeReader:
+    """A file's zstd frames as a stream read a piece at a time (for ``stream_reader``)."""
+
+    def __init__(self, archive: "Archive", member: Member):
+        self.archive = archive
+        self.member = member
+        self.position = 0
+
+    def read(self, count: int) -> bytes | memoryview:
+        count = min(count, self.member.data_length - self.position)
+        if count <= 0:
+            return b""
+        data = self.archive.source.read_at(self.member.data_offset + self.position, count)
+        if len(data) != count:
+            raise FormatError(f"embedfs archive is truncated: {self.member.path} at {self.member.data_offset} "
+                              "is cut short; rebuild it")
+        self.position += count
+        return data
+
+
+def check_content(member: Member, length: int, sha256: str) -> None:
+    """Raise IntegrityError if a file's content (``length`` bytes, hashing to ``sha256``) is not
+    what the index records."""
+    if length != member.size:
+        raise IntegrityError(f"{member.path}: content is {length} bytes, index says {member.size}; the archive was modified",
+                             path=member.path, check="file size")
+    if sha256 != member.sha256:
+        raise IntegrityError(f"{member.path}: content does not match its SHA-256; the archive was modified",
+                             path=member.path, check="file sha256")
+
+
+def zstd_frame_error(member: Member, exc: zstandard.ZstdError) -> IntegrityError:
+    return IntegrityError(f"{member.path}: compressed content is corrupt ({exc}); the archive was modified",
+                          path=member.path, check="zstd frame")
+
+
+def is_streamed(member: Member) -> bool:
+    """A file verified piece by piece rather than held whole: more than one chunk of content
+    or of frames, or frames for an empty file (whose content ``read`` does not bound)."""
+    return member.size > CHUNK_SIZE or member.data_length > CHUNK_SIZE or (member.size == 0 and member.data_length > 0)
+
+
+def run_data_end(run: list[Member]) -> int:
+    """Where the frames of a run of files end."""
+    return max(m.data_offset + m.data_length for m in run)
+
+
+def iter_verify_runs(files: list[Member]) -> Iterator[list[Member]]:
+    """Group files, in index order, into runs whose frames lie back to back (one read each) of up
+    to BATCH_BYTES of frames or BATCH_MEMBERS files, and single streamed files."""
+    run: list[Member] = []
+    run_bytes = 0
+    run_end = 0
+    for member in files:
+        if is_streamed(member):
+            if run:
+                yield run
+                run, run_bytes = [], 0
+            yield [member]
+            continue
+        if run and member.data_length and member.data_offset != run_end:
+            yield run
+            run, run_bytes = [], 0
+        if not run:
+            run_end = member.data_offset
+        run.append(member)
+        run_bytes += member.data_length
+        run_end = max(run_end, member.data_offset + member.data_length)
+        if run_bytes >= BATCH_BYTES or len(run) >= BATCH_MEMBERS:
+            yield run
+            run, run_bytes = [], 0
+    if run:
+        yield run
+
+
 class Archive:
     """Random-access reader: list, stat, read one file, verify everything."""
 
@@ -514,6 +603,7 @@ class Archive:
         self.members: dict[str, Member] = {}
         self.root_hash = ""
         self.chunk_size = CHUNK_SIZE
+        self._decompressors = ThreadDecompressors()
         try:
             self._load_index()
         except BaseException:
@@ -609,36 +699,81 @@ class Archive:
         if member.kind == "symlink":
             return member.linkname.encode("utf-8", "surrogateescape")
         data = self._decompress(member)
-        if len(data) != member.size:
-            raise IntegrityError(f"{member.path}: content is {len(data)} bytes, index says {member.size}; the archive was modified",
-                                 path=member.path, check="file size")
-        if hashlib.sha256(data).hexdigest() != member.sha256:
-            raise IntegrityError(f"{member.path}: content does not match its SHA-256; the archive was modified",
-                                 path=member.path, check="file sha256")
+        check_content(member, len(data), hashlib.sha256(data).hexdigest())
         return data
 
     def _decompress(self, member: Member) -> bytes:
         if member.data_length == 0:
             return b""
         raw = self._read_exact(member.data_offset, member.data_length, member.path)
-        reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(raw), read_across_frames=True)
+        return self._decompress_frames(member, raw)
+
+    def _decompress_frames(self, member: Member, raw: bytes | memoryview) -> bytes:
+        """The content of a file from its zstd frames ``raw``: at most one byte more than the
+        index says (enough to tell that it is too long), all of it for an empty file."""
+        reader = self._decompressors.decompressor.stream_reader(raw, read_across_frames=True)
         try:
             return reader.read(member.size + 1) if member.size else reader.read()
         except zstandard.ZstdError as exc:
-            raise IntegrityError(f"{member.path}: compressed content is corrupt ({exc}); the archive was modified",
-                                 path=member.path, check="zstd frame") from None
+            raise zstd_frame_error(member, exc) from None
 
     def verify(self) -> VerifyResult:
-        """Check every member's content against its hash (the index was checked on open)."""
-        members = [m for m in self.members.values() if m.kind == "file"]
+        """Check every member's content against its hash (the index was checked on open).
 
-        def check(member: Member) -> int:
-            self.read(member.path)
-            return member.size
-
-        with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1))) as pool:
-            total = sum(pool.map(check, members))
+        Small files are checked on a thread pool in runs, each run's frames read at once; a
+        large file is streamed, one piece at a time, so memory stays at a few MiB whatever the
+        file sizes. The first failing file in path order is the one named, as when each file is
+        read on its own.
+        """
+        files = [m for m in self.members.values() if m.kind == "file"]
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=max(1, min(4, os.cpu_count() or 1)))
+        try:
+            total = sum(pool.map(self._verify_run, iter_verify_runs(files)))
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
         return VerifyResult(root_hash=self.root_hash, file_count=len(self.members), content_bytes=total)
+
+    def _verify_run(self, run: list[Member]) -> int:
+        """Check a run of files (on a worker thread); return their content bytes."""
+        if len(run) == 1 and is_streamed(run[0]):
+            self._verify_streamed(run[0])
+            return run[0].size
+        start = run[0].data_offset
+        length = run_data_end(run) - start
+        raw = self.source.read_at(start, length) if length else b""
+        if len(raw) != length:  # cut short: read each file alone, to name the first that is
+            for member in run:
+                self.read(member.path)
+            return sum(m.size for m in run)
+        view = memoryview(raw)
+        for member in run:
+            if member.data_length == 0:
+                data = b""
+            else:
+                at = member.data_offset - start
+                data = self._decompress_frames(member, view[at:at + member.data_length])
+            check_content(member, len(data), hashlib.sha256(data).hexdigest())
+        return sum(m.size for m in run)
+
+    def _verify_streamed(self, member: Member) -> None:
+        """Check one large file a piece at a time: the same checks as ``read`` without holding it."""
+        frames = RangeReader(self, member)
+        reader = self._decompressors.decompressor.stream_reader(frames, read_size=STREAM_PIECE,
+                                                                read_across_frames=True)
+        # as ``_decompress_frames``: at most one byte more than the index says, all for size 0
+        limit = member.size + 1 if member.size else None
+        hasher = hashlib.sha256()
+        length = 0
+        try:
+            while limit is None or length < limit:
+                piece = reader.read(STREAM_PIECE if limit is None else min(STREAM_PIECE, limit - length))
+                if not piece:
+                    break
+                hasher.update(piece)
+                length += len(piece)
+        except zstandard.ZstdError as exc:
+            raise zstd_frame_error(member, exc) from None
+        check_content(member, length, hasher.hexdigest())
 
     def extract(self, dest: str | os.PathLike) -> int:
         """Write every member below ``dest`` (which must be empty or absent); return the count."""

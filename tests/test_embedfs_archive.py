@@ -232,3 +232,61 @@ def test_a_large_file_is_streamed_not_read_whole() -> None:
     pack([ArchiveEntry("big", "file", 0o644, 0, 0, size, source=Counting)], out)
     assert read_at_first_data_write[0] <= 12 * CHUNK_SIZE
     assert Archive.open(out.getvalue()).read("big") == bytes(size)
+
+
+class CountingReads:
+    """An archive's bytes, recording the length of every read verify makes."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+        self.reads: list[int] = []
+
+    def archive(self) -> Archive:
+        from embedfs.archive import ByteSource
+
+        def read_at(at: int, n: int) -> bytes:
+            self.reads.append(n)
+            return self.data[at:at + n]
+
+        return Archive(ByteSource(read_at, len(self.data)))
+
+
+def test_verify_reads_small_files_in_runs_and_names_a_corrupted_one() -> None:
+    """Small files are checked in runs, one read per run; one changed byte in one of them is
+    still named, and of two damaged files the first in path order is, as ``read`` would."""
+    entries = [file_entry(f"src/m{i:04d}.py", f"# module {i}\n".encode() * (i % 40 + 1)) for i in range(900)]
+    data = bytearray(packed(entries))
+    reference = Archive.open(bytes(data))
+    counting = CountingReads(bytes(data))
+    assert counting.archive().verify().file_count == 900
+    assert len(counting.reads) < 900 // 50  # index, header, trailer, and a few runs
+
+    for name in ("src/m0417.py", "src/m0655.py"):
+        member = reference.stat(name)
+        data[member.data_offset + member.data_length // 2] ^= 0x01
+    tampered = Archive.open(bytes(data))
+    with pytest.raises(IntegrityError) as caught:
+        tampered.verify()
+    assert caught.value.path == "src/m0417.py"
+    with pytest.raises(IntegrityError) as alone:
+        tampered.read("src/m0417.py")
+    assert str(caught.value) == str(alone.value) and caught.value.check == alone.value.check
+    assert tampered.read("src/m0416.py") == entries[416].source
+
+
+def test_verify_streams_a_large_file() -> None:
+    """A file of many chunks is decompressed and hashed a piece at a time, not held whole."""
+    import tracemalloc
+
+    size = 64 * CHUNK_SIZE
+    counting = CountingReads(packed([file_entry("big", bytes(size)), file_entry("small", b"x")]))
+    archive = counting.archive()
+    tracemalloc.start()
+    try:
+        result = archive.verify()
+        _current, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert result.content_bytes == size + 1
+    assert peak < 8 * CHUNK_SIZE
+    assert max(counting.reads) <= CHUNK_SIZE
