@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
 from sconify.atomic import atomic_write_bytes
@@ -96,7 +96,7 @@ class Manifest:
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        doc = asdict(self)
+        doc = _plain(self)
         doc["output"]["data_layer"] = doc.pop("data_layer")
         doc["output"]["code_layer"] = doc.pop("code_layer")
         doc["tool"] = {"name": "sconify", "version": doc.pop("tool_version")}
@@ -170,3 +170,12 @@ class Manifest:
                     f"manifest {where}: {name} must be a non-negative whole number, not {value!r}"
                 )
         return manifest
+
+
+def _plain(value):
+    """A dataclass as a dict, nested dataclasses too; other values as they are. Unlike
+    dataclasses.asdict it does not deep-copy the lists and dicts (tens of thousands of file
+    entries in a big image): the result is for json.dumps, read only."""
+    if is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    return value

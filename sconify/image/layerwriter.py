@@ -103,9 +103,11 @@ class LayerWriter:
     def _put(self, chunk: bytes) -> None:
         if self._failure is not None:
             raise self._failure
-        # The diff_id is hashed here, in the producer's thread, so that the two SHA-256s (this
-        # one and the compressed bytes' one, in the background thread) run on both cores.
-        self._diff_hash.update(chunk)
+        # A compressed layer's diff_id is hashed here, in the producer's thread, so that the two
+        # SHA-256s (this one and the compressed bytes' one, in the background thread) run on
+        # both cores; an uncompressed layer's only hash is taken in the background thread.
+        if self.compression != "none":
+            self._diff_hash.update(chunk)
         self._queue.put(chunk)
 
     def _stop(self) -> None:
@@ -141,6 +143,8 @@ class LayerWriter:
             if self._failure is not None or self._aborted:
                 continue
             try:
+                if self.compression == "none":
+                    self._diff_hash.update(chunk)
                 self._pipe.write(chunk)
             except Exception as exc:  # noqa: BLE001 - reported to the producer on its next write
                 self._failure = exc
@@ -171,7 +175,7 @@ class _CompressingPipe:
         self._out = L.HashingWriter(target)
         self._sink: BinaryIO
         if compression == "none":
-            # The blob is the tar: its digest is the diff_id, hashed by the producer already.
+            # The blob is the tar: its digest is the diff_id (hashed by LayerWriter._pump).
             self._out = _CountingWriter(target)  # type: ignore[assignment]
             self._sink = self._out  # type: ignore[assignment]
         elif compression == "gzip":
