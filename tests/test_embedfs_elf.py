@@ -20,8 +20,10 @@ from embedfs.archive import Archive, ArchiveEntry, pack
 from embedfs.elf import (NT_EMBEDFS, AlreadyEmbeddedError, extract_archive, find_embedded, inject,
                          open_embedded, restore_original)
 from embedfs.errors import IntegrityError, NotELFError
-from embedfs.measure import (PT_REG, SSA_FRAMES_PER_THREAD, Page, measure_elf, mrenclave_of_pages, plan_enclave,
+from embedfs.measure import (SSA_FRAMES_PER_THREAD, Page, measure_elf, mrenclave_of_pages, plan_enclave,
                              read_segments, tcs_page)
+
+from test_embedfs_measure import reference_image_pages  # the page-by-page definition
 
 HELLO_C = r"""
 #include <stdio.h>
@@ -287,20 +289,7 @@ def documented_pages(path: Path, heap_size: int, stack_size: int, threads: int) 
     segments, entry, _ = read_segments(path)
     regions, base, size = plan_enclave(segments, entry, heap_size=heap_size, stack_size=stack_size,
                                        threads=threads, ssa_frame_size=1)
-    file = path.read_bytes()
-    flags: dict[int, int] = {}
-    for s in segments:
-        for index in range((s.vaddr - base) // 4096, (s.vaddr - base + s.memsz + 4095) // 4096):
-            flags[index] = flags.get(index, 0) | s.perms
-    pages = []
-    for index in sorted(flags):
-        start = base + index * 4096
-        content = bytearray(4096)
-        for s in segments:
-            lo, hi = max(start, s.vaddr), min(start + 4096, s.vaddr + s.filesz)
-            if lo < hi:
-                content[lo - start:hi - start] = file[s.offset + lo - s.vaddr:s.offset + hi - s.vaddr]
-        pages.append(Page(index * 4096, PT_REG | flags[index], bytes(content)))
+    pages = reference_image_pages(segments, base, path.read_bytes())
     for region in regions[1:]:
         if region.name.startswith("tcs["):
             tcs = tcs_page(region.offset + 4096, SSA_FRAMES_PER_THREAD, entry - base, region.offset)
