@@ -99,6 +99,7 @@ def test_writing_the_same_image_twice_gives_identical_blobs(fixture_image, tmp_p
         blobs = tmp_path / name / "blobs" / "sha256"
         digests.append(sorted(hashlib.sha256(p.read_bytes()).hexdigest() for p in blobs.iterdir()))
         assert digests[-1] == sorted(p.name for p in blobs.iterdir())
+        assert {d.removeprefix("sha256:") for d in result.layer_digests} <= set(digests[-1])
     assert digests[0] == digests[1]
     archives = [write_image(image, f"docker-archive:{tmp_path / n}.tar:x:y", compression="none") for n in "ab"]
     assert (tmp_path / "a.tar").read_bytes() == (tmp_path / "b.tar").read_bytes()
