@@ -66,11 +66,15 @@ class LayerTar:
         self._out = _Counting(out)
         self._clamp = source_date_epoch()
         self.paths: set[str] = set()  # entries written so far
+        self._whiteout_template: bytes | None = None
 
     def add(self, entry: TarEntry) -> None:
         if entry.path in self.paths:
             raise ValueError(f"layer entry {entry.path!r} written twice")
         self.paths.add(entry.path)
+        if entry.kind == "whiteout" and (header := self._whiteout_header(entry)) is not None:
+            self._out.write(header)
+            return
         info = tarfile.TarInfo(entry.path)
         info.uid, info.gid = entry.uid, entry.gid
         info.uname = info.gname = ""
@@ -100,6 +104,26 @@ class LayerTar:
         if self._out.count - start != entry.size:
             raise ValueError(f"layer entry {entry.path!r}: {self._out.count - start} bytes written, {entry.size} declared")
         self._out.write(bytes(-entry.size % tarfile.BLOCKSIZE))
+
+    def _whiteout_header(self, entry: TarEntry) -> bytes | None:
+        """The header of a whiteout with a short ASCII name, built from tarfile's header of the
+        same whiteout under another name: the code layer holds one whiteout per embedded file
+        (35,000 for the 1 GB benchmark image), and ``TarInfo.tobuf`` costs ~45 us each, this
+        ~3 us. None for names tarfile would split or extend (it writes those itself); a test
+        checks the bytes equal tobuf's."""
+        name = entry.path.encode("utf-8", "surrogateescape")
+        if len(name) >= tarfile.LENGTH_NAME or not name.isascii() or entry.uid or entry.gid:
+            return None
+        if self._whiteout_template is None:
+            info = tarfile.TarInfo("x")
+            info.uname = info.gname = ""
+            info.type, info.mode, info.mtime = tarfile.REGTYPE, 0o644, 0
+            self._whiteout_template = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+        header = bytearray(self._whiteout_template)
+        header[:tarfile.LENGTH_NAME] = name.ljust(tarfile.LENGTH_NAME, b"\0")
+        header[148:156] = b" " * 8  # the checksum is summed with its own field as spaces
+        header[148:155] = b"%06o\0" % sum(header)  # tarfile's form: 6 octal digits, NUL, space
+        return bytes(header)
 
     def close(self) -> None:
         """Two zero blocks end the archive; pad to a whole record, as tar does."""
