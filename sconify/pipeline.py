@@ -11,6 +11,7 @@ import contextlib
 import io
 import os
 import posixpath
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field, replace
@@ -178,7 +179,23 @@ def sconify_image(
         # lief loads in a helper process while the image is read (see sconify.elfworker).
         if elf is None and not options.dry_run:
             elf = cleanup.enter_context(ElfWorker())
+        cleanup.enter_context(short_gil_switches())
         return convert(options, reporter, timings, elf)
+
+
+@contextlib.contextmanager
+def short_gil_switches(interval: float = 0.0002) -> Iterator[None]:
+    """While converting, hand the GIL over every 0.2 ms instead of 5 ms. The inflating,
+    compressing and hashing threads run C code without the GIL but need it for a few bytecodes
+    between calls; with the default interval they wait up to 5 ms each time behind the main
+    thread's tar parsing (measured on the 360 MB image: read phase 1.95 -> 1.87 s, total
+    4.45 -> 4.3 s, medians of 4 alternating runs)."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
 
 
 def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, float], elf: ElfWorker | None
