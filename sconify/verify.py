@@ -33,6 +33,7 @@ from sconify.fspf.errors import FspfError, IntegrityError
 from sconify.fspf.format import tag_of
 from sconify.fspf.shield import VerifyReport as ShieldReport
 from sconify.hashing import sha256_file
+from sconify.image.layerread import short_gil_switches
 from sconify.image.model import Image, Layer
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
@@ -162,7 +163,8 @@ def verify_image(
     # With keys, the shield must see every file of the merged view under a protected region
     # (plaintext left in a lower layer would otherwise go unnoticed): index all layers.
     added_layers_only = keys is None and len(image.layers) == len(manifest.output.diff_ids) == base + 2
-    with concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sconify-verify") as pool:
+    with short_gil_switches(), \
+            concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sconify-verify") as pool:
         if added_layers_only:
             # The input's layers hold nothing sconify computed: index only the two layers
             # sconify added (both cores: tar headers here, inflating on RootFS's thread), then

@@ -17,12 +17,15 @@ every check has run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
 import queue
+import sys
 import threading
 import zlib
+from collections.abc import Iterator
 from typing import BinaryIO
 
 import zstandard
@@ -266,3 +269,17 @@ def _write_all(fd: int, data: bytes) -> None:
         written = os.write(fd, view)
         view = view[written:]
 
+
+@contextlib.contextmanager
+def short_gil_switches(interval: float = 0.0002) -> Iterator[None]:
+    """While converting or verifying, hand the GIL over every 0.2 ms instead of 5 ms. The inflating,
+    compressing and hashing threads run C code without the GIL but need it for a few bytecodes
+    between calls; with the default interval they wait up to 5 ms each time behind the main
+    thread's tar parsing (measured on the 360 MB image: read phase 1.95 -> 1.87 s, total
+    4.45 -> 4.3 s, medians of 4 alternating runs)."""
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(interval)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(previous)
