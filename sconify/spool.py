@@ -7,13 +7,14 @@ path order; the spool bridges the two without creating a file per entry (file cr
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO
+
+from sconify.image.model import copy_range
 
 
 @dataclass(frozen=True)
@@ -114,16 +115,6 @@ class Spool:
     def copy_to_file(self, extent: Extent, path: str, mode: int = 0o600) -> None:
         with open(path, "wb") as out:
             os.fchmod(out.fileno(), mode)
-            done = 0
-            try:  # in the kernel, without passing the bytes through Python
-                while done < extent.size:
-                    copied = os.copy_file_range(self.fileno(extent), out.fileno(), extent.size - done,
-                                                extent.offset + done)
-                    if not copied:
-                        raise EOFError(f"spool extent ended {extent.size - done} bytes early")
-                    done += copied
-            except OSError as exc:
-                if exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP) or done:
-                    raise
-                with self.open(extent) as source:
-                    shutil.copyfileobj(source, out, 1 << 20)
+            done = copy_range(self.fileno(extent), out.fileno(), extent.offset, extent.size)
+            if done != extent.size:
+                raise EOFError(f"spool extent ended {extent.size - done} bytes early")

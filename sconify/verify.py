@@ -11,11 +11,9 @@ built the image.
 from __future__ import annotations
 
 import concurrent.futures
-import errno
 import hashlib
 import io
 import json
-import os
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -34,7 +32,7 @@ from sconify.fspf.format import tag_of
 from sconify.fspf.shield import VerifyReport as ShieldReport
 from sconify.hashing import sha256_file
 from sconify.image.layerread import short_gil_switches
-from sconify.image.model import Image, Layer
+from sconify.image.model import Image, Layer, copy_range
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
 from sconify.manifest import LABEL_PREFIX, Manifest
@@ -107,29 +105,16 @@ def copy_out(fs: RootFS, path: str, target: Path) -> None:
 
 
 def copy_cached(fs: RootFS, path: str, target: Path) -> bool:
-    """Write the file ``path`` to ``target`` in the kernel when RootFS keeps its layer's tar
-    in a temp file; False (nothing written) when it does not or the kernel cannot copy it."""
+    """Write the file ``path`` to ``target`` from the layer tar RootFS keeps in a temp file
+    (in the kernel where it can); False (nothing written) when its layer is not kept."""
     cached = fs.cached_content(path)
     if cached is None:
         return False
+    fd, offset, size = cached
     with target.open("wb") as out:
-        return kernel_copy(*cached, out.fileno())
-
-
-def kernel_copy(fd: int, offset: int, size: int, out_fd: int) -> bool:
-    """Copy ``size`` bytes at ``offset`` of ``fd`` to ``out_fd`` with copy_file_range; False
-    (nothing written) where the kernel cannot copy between these files."""
-    done = 0
-    while done < size:
-        try:
-            copied = os.copy_file_range(fd, out_fd, size - done, offset + done)
-        except OSError as exc:
-            if done or exc.errno not in (errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
-                raise
-            return False
-        if not copied:
-            raise ImageError(f"a cached layer tar ended {size - done} bytes early; re-run verify")
-        done += copied
+        done = copy_range(fd, out.fileno(), offset, size)
+    if done != size:
+        raise ImageError(f"a cached layer tar ended {size - done} bytes early; re-run verify")
     return True
 
 

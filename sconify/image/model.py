@@ -73,9 +73,7 @@ class FileRange:
         through Python: ``copy_file_range`` (a reflink or an in-kernel copy), else ``sendfile``,
         else a pread/write loop. ImageError if the file is shorter than the range."""
         with open(self.path, "rb", buffering=0) as source:
-            done = _kernel_copy(source.fileno(), out_fd, self.offset, self.size)
-            if done < self.size:
-                done += _loop_copy(source.fileno(), out_fd, self.offset + done, self.size - done)
+            done = copy_range(source.fileno(), out_fd, self.offset, self.size)
         if done != self.size:
             raise ImageError(
                 f"{self.path} ends {self.size - done} bytes short of the blob stored at offset "
@@ -86,6 +84,16 @@ class FileRange:
 # copy_file_range/sendfile refuse some pairs of files (another filesystem on older kernels,
 # special files, a kernel without the call): those errors fall back to the next way of copying.
 _NO_KERNEL_COPY = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EBADF}
+
+
+def copy_range(in_fd: int, out_fd: int, offset: int, size: int) -> int:
+    """Append ``size`` bytes at ``offset`` of ``in_fd`` to ``out_fd`` (at its file position)
+    without passing them through Python where the kernel can (``copy_file_range``, else
+    ``sendfile``), else by a pread/write loop; the bytes copied (fewer only at end of file)."""
+    done = _kernel_copy(in_fd, out_fd, offset, size)
+    if done < size:
+        done += _loop_copy(in_fd, out_fd, offset + done, size - done)
+    return done
 
 
 def _kernel_copy(in_fd: int, out_fd: int, offset: int, size: int) -> int:
