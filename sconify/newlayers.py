@@ -20,6 +20,8 @@ import tarfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
 
+from sconify.image.archive import TarWriter
+
 WHITEOUT_PREFIX = ".wh."
 
 
@@ -63,7 +65,7 @@ class LayerTar:
     """A PAX tar written entry by entry to ``out`` (``close`` writes the end-of-archive blocks)."""
 
     def __init__(self, out: BinaryIO) -> None:
-        self._out = _Counting(out)
+        self._out = TarWriter(out)
         self._clamp = source_date_epoch()
         self.paths: set[str] = set()  # entries written so far
         self._whiteout_template: bytes | None = None
@@ -91,19 +93,19 @@ class LayerTar:
             info.size = entry.size
         else:
             raise ValueError(f"unknown layer entry kind {entry.kind!r}")
-        self._out.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self._out.add_header(info)
         if entry.kind != "file":
             return
-        start = self._out.count
+        start = self._out.offset
         if entry.write is not None:
             entry.write(self._out)
         else:
             assert entry.open is not None, entry.path
             with entry.open() as stream:
                 shutil.copyfileobj(stream, self._out, 1 << 20)
-        if self._out.count - start != entry.size:
-            raise ValueError(f"layer entry {entry.path!r}: {self._out.count - start} bytes written, {entry.size} declared")
-        self._out.write(bytes(-entry.size % tarfile.BLOCKSIZE))
+        if self._out.offset - start != entry.size:
+            raise ValueError(f"layer entry {entry.path!r}: {self._out.offset - start} bytes written, {entry.size} declared")
+        self._out.pad()
 
     def _whiteout_header(self, entry: TarEntry) -> bytes | None:
         """The header of a whiteout with a short ASCII name, built from tarfile's header of the
@@ -127,21 +129,7 @@ class LayerTar:
 
     def close(self) -> None:
         """Two zero blocks end the archive; pad to a whole record, as tar does."""
-        self._out.write(bytes(2 * tarfile.BLOCKSIZE))
-        self._out.write(bytes(-self._out.count % tarfile.RECORDSIZE))
-
-
-class _Counting:
-    """The bytes written through to a stream, counted."""
-
-    def __init__(self, out: BinaryIO) -> None:
-        self._out = out
-        self.count = 0
-
-    def write(self, data) -> int:
-        self._out.write(data)
-        self.count += len(data)
-        return len(data)
+        self._out.finish()
 
 
 def write_layer_tar(entries: list[TarEntry], out: BinaryIO) -> int:

@@ -129,39 +129,48 @@ def _tar_info(name: str, size: int = 0, directory: bool = False) -> tarfile.TarI
     return info
 
 
-class _TarWriter:
-    """A PAX tar written member by member, the same bytes as ``tarfile`` writes.
+class TarWriter:
+    """A PAX tar written member by member to a stream, the same bytes as ``tarfile`` writes.
 
-    Headers come from ``TarInfo.tobuf``; a trusted file-backed layer's data is then copied
-    kernel-side (``Layer.copy_blob``) instead of through ``tarfile``'s 16 KiB Python loop.
+    Headers come from ``TarInfo.tobuf`` (``add_header``); the caller then writes the member's
+    data (``write``), or hands the stream on and accounts for it (``wrote``), and ``pad``s it.
+    A trusted file-backed layer's data is copied kernel-side (``Layer.copy_blob``) instead of
+    through ``tarfile``'s 16 KiB Python loop. ``offset`` is the bytes written so far.
     """
 
     def __init__(self, handle: BinaryIO) -> None:
-        self._handle = handle
-        self._offset = 0
+        self.handle = handle
+        self.offset = 0
 
-    def _write(self, data: bytes) -> None:
-        self._handle.write(data)
-        self._offset += len(data)
+    def write(self, data) -> int:
+        self.handle.write(data)
+        self.offset += len(data)
+        return len(data)
 
-    def _pad(self) -> None:
-        remainder = self._offset % tarfile.BLOCKSIZE
-        if remainder:
-            self._write(tarfile.NUL * (tarfile.BLOCKSIZE - remainder))
+    def wrote(self, count: int) -> None:
+        """``count`` bytes went to ``handle`` directly."""
+        self.offset += count
+
+    def add_header(self, info: tarfile.TarInfo) -> None:
+        self.write(info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+
+    def pad(self) -> None:
+        """Zeros up to the next 512-byte block, after a member's data."""
+        self.write(tarfile.NUL * (-self.offset % tarfile.BLOCKSIZE))
 
     def add_directory(self, name: str) -> None:
-        self._write(_tar_info(name, directory=True).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
+        self.add_header(_tar_info(name, directory=True))
 
     def add_bytes(self, name: str, data: bytes) -> None:
-        self._write(_tar_info(name, len(data)).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-        self._write(data)
-        self._pad()
+        self.add_header(_tar_info(name, len(data)))
+        self.write(data)
+        self.pad()
 
     def add_layer(self, name: str, layer: Layer) -> None:
-        self._write(_tar_info(name, layer.size).tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape"))
-        layer.copy_blob(self._handle)
-        self._offset += layer.size
-        self._pad()
+        self.add_header(_tar_info(name, layer.size))
+        layer.copy_blob(self.handle)
+        self.wrote(layer.size)
+        self.pad()
 
     def add(self, name: str, item: bytes | Layer | None) -> None:
         """A member: None is a directory, bytes a small file, a Layer its stored blob."""
@@ -174,10 +183,8 @@ class _TarWriter:
 
     def finish(self) -> None:
         """The end-of-archive marker, padded to a whole record (as ``TarFile.close`` does)."""
-        self._write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
-        remainder = self._offset % tarfile.RECORDSIZE
-        if remainder:
-            self._write(tarfile.NUL * (tarfile.RECORDSIZE - remainder))
+        self.write(tarfile.NUL * (2 * tarfile.BLOCKSIZE))
+        self.write(tarfile.NUL * (-self.offset % tarfile.RECORDSIZE))
 
 
 def _write_tar(path: str, members: list[tuple[str, bytes | Layer | None]]) -> None:
@@ -187,7 +194,7 @@ def _write_tar(path: str, members: list[tuple[str, bytes | Layer | None]]) -> No
 
 
 def _write_tar_to(handle: BinaryIO, members: list[tuple[str, bytes | Layer | None]]) -> None:
-    archive = _TarWriter(handle)
+    archive = TarWriter(handle)
     for name, item in members:
         archive.add(name, item)
     archive.finish()
