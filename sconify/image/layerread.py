@@ -83,19 +83,11 @@ class BackgroundTar(io.RawIOBase):
         self._base = 0  # tar offset of _chunk[0]
         self._ended = False
         self._error: BaseException | None = None
-        raw = self._open_raw()  # a missing blob fails here, in the caller's thread
+        raw = layer.open_raw()  # a missing blob fails here, in the caller's thread
         self._thread = threading.Thread(target=self._produce, args=(raw,), name="sconify-inflate", daemon=True)
         self._thread.start()
 
     # --- background thread ------------------------------------------------------------
-
-    def _open_raw(self) -> BinaryIO:
-        try:
-            return self._layer.opener()
-        except FileNotFoundError:
-            raise ImageError(
-                f"layer blob {self._layer.digest} ({self._layer.source}) is missing; re-create or re-pull the image"
-            ) from None
 
     def _produce(self, raw: BinaryIO) -> None:
         try:
@@ -113,10 +105,7 @@ class BackgroundTar(io.RawIOBase):
         compression = layer.compression
         if compression == "none":
             if layer.size > layer.limits.max_layer_size:
-                raise ImageError(
-                    f"{self._what} is {layer.size} bytes, more than the {layer.limits.max_layer_size} a layer "
-                    "may hold; refusing it - if the image is trusted, raise --max-layer-size (see docs/security.md)"
-                )
+                raise L.too_large(self._what, layer.size, layer.limits)
             stream: BinaryIO = source  # type: ignore[assignment]
         elif compression == "gzip":
             stream = igzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[assignment]
@@ -131,24 +120,14 @@ class BackgroundTar(io.RawIOBase):
             except (OSError, EOFError, zlib.error, isal_zlib.error, zstandard.ZstdError) as exc:
                 if isinstance(exc, ImageError):
                     raise
-                raise ImageError(
-                    f"{self._what} is not valid {compression} data ({' '.join(str(exc).split())}); "
-                    "the image is corrupt, re-create or re-pull it"
-                ) from None
+                raise L.not_valid_data(self._what, compression, exc) from None
             if not chunk:
                 break
             total += len(chunk)
             if compression != "none" and total > limit:
-                raise ImageError(
-                    f"{self._what} expands to more than {limit} bytes from {layer.size} stored bytes "
-                    "(a decompression bomb?); refusing it - if the image is trusted, raise the bound "
-                    "(LayerLimits / --max-layer-size, --max-expansion; see docs/security.md)"
-                )
+                raise L.expansion_refused(self._what, limit, layer.size)
             if source.count > layer.size:
-                raise ImageError(
-                    f"{self._what} is longer than its recorded size {layer.size}; "
-                    "the image is corrupt, re-create or re-pull it"
-                )
+                raise L.longer_than_recorded(self._what, layer.size)
             diff.update(chunk)
             if self._tee_fd is not None:
                 _write_all(self._tee_fd, chunk)
@@ -157,28 +136,18 @@ class BackgroundTar(io.RawIOBase):
             return
         while source.read(L.CHUNK_SIZE):  # bytes after the compressed stream still count
             pass
-        if source.count != layer.size:
-            raise ImageError(
-                f"{self._what} is {'truncated' if source.count < layer.size else 'longer than recorded'} "
-                f"({source.count} of {layer.size} bytes); the image is corrupt, re-create or re-pull it"
-            )
+        if source.count > layer.size:
+            raise L.longer_than_recorded(self._what, layer.size)
+        if source.count < layer.size:
+            raise L.truncated(self._what, source.count, layer.size)
         digest = "sha256:" + source.hash.hexdigest()
         if digest != layer.digest:
-            raise ImageError(
-                f"{self._what} has digest {digest}, expected {layer.digest}; "
-                "the image is corrupt, re-create or re-pull it"
-            )
+            raise L.digest_mismatch(self._what, digest, layer.digest)
         diff_id = "sha256:" + diff.hexdigest()
         if diff_id != layer.diff_id:
             if compression == "none":
-                raise ImageError(
-                    f"uncompressed layer {layer.digest} does not match its diff_id {layer.diff_id}; "
-                    "the image config is corrupt, re-create the image"
-                )
-            raise ImageError(
-                f"layer {layer.digest} (diff_id) has digest {diff_id}, expected {layer.diff_id}; "
-                "the image is corrupt, re-create or re-pull it"
-            )
+                raise L.uncompressed_diff_id_mismatch(layer.digest, layer.diff_id)
+            raise L.digest_mismatch(f"layer {layer.digest} (diff_id)", diff_id, layer.diff_id)
 
     def _put(self, item: object) -> None:
         while not self._cancel.is_set():

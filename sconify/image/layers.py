@@ -112,6 +112,50 @@ def check_compression(compression: str) -> str:
     return compression
 
 
+# The errors of reading a layer blob, one wording for every reader (these streams, and
+# layerread.BackgroundTar).
+_CORRUPT = "the image is corrupt, re-create or re-pull it"
+
+
+def longer_than_recorded(what: str, size: int) -> ImageError:
+    return ImageError(f"{what} is longer than its recorded size {size}; {_CORRUPT}")
+
+
+def truncated(what: str, count: int, size: int) -> ImageError:
+    return ImageError(f"{what} is truncated ({count} of {size} bytes); {_CORRUPT}")
+
+
+def digest_mismatch(what: str, actual: str, expected: str) -> ImageError:
+    return ImageError(f"{what} has digest {actual}, expected {expected}; {_CORRUPT}")
+
+
+def not_valid_data(what: str, compression: str, exc: BaseException) -> ImageError:
+    return ImageError(f"{what} is not valid {compression} data ({' '.join(str(exc).split())}); {_CORRUPT}")
+
+
+def expansion_refused(what: str, limit: int, stored_size: int) -> ImageError:
+    return ImageError(
+        f"{what} expands to more than {limit} bytes from {stored_size} stored bytes "
+        "(a decompression bomb?); refusing it - if the image is trusted, raise the bound "
+        "(LayerLimits / --max-layer-size, --max-expansion; see docs/security.md)"
+    )
+
+
+def too_large(what: str, size: int, limits: LayerLimits) -> ImageError:
+    """An uncompressed layer over ``limits.max_layer_size``."""
+    return ImageError(
+        f"{what} is {size} bytes, more than the {limits.max_layer_size} a layer may hold; "
+        "refusing it - if the image is trusted, raise --max-layer-size (see docs/security.md)"
+    )
+
+
+def uncompressed_diff_id_mismatch(digest: str, diff_id: str) -> ImageError:
+    return ImageError(
+        f"uncompressed layer {digest} does not match its diff_id {diff_id}; "
+        "the image config is corrupt, re-create the image"
+    )
+
+
 class VerifyingReader(io.RawIOBase):
     """Read a stream and check its SHA-256 (and size, when known) when the end is reached.
 
@@ -152,25 +196,16 @@ class VerifyingReader(io.RawIOBase):
         self._hash.update(data)
         self._count += n
         if self._size is not None and self._count > self._size:
-            raise ImageError(
-                f"{self._what} is longer than its recorded size {self._size}; "
-                "the image is corrupt, re-create or re-pull it"
-            )
+            raise longer_than_recorded(self._what, self._size)
         return n
 
     def _finish(self) -> None:
         self._done = True
         if self._size is not None and self._count != self._size:
-            raise ImageError(
-                f"{self._what} is truncated ({self._count} of {self._size} bytes); "
-                "the image is corrupt, re-create or re-pull it"
-            )
+            raise truncated(self._what, self._count, self._size)
         actual = "sha256:" + self._hash.hexdigest()
         if actual != self._digest:
-            raise ImageError(
-                f"{self._what} has digest {actual}, expected {self._digest}; "
-                "the image is corrupt, re-create or re-pull it"
-            )
+            raise digest_mismatch(self._what, actual, self._digest)
         if self._on_eof is not None:
             self._on_eof()
 
@@ -200,10 +235,7 @@ class _ErrorTranslatingReader(io.RawIOBase):
         except (OSError, EOFError, zlib.error, zstandard.ZstdError) as exc:
             if isinstance(exc, ImageError):
                 raise
-            raise ImageError(
-                f"{self._what} is not valid {self._compression} data ({' '.join(str(exc).split())}); "
-                "the image is corrupt, re-create or re-pull it"
-            ) from None
+            raise not_valid_data(self._what, self._compression, exc) from None
         n = len(data)
         view[:n] = data
         return n
@@ -248,14 +280,9 @@ def bound_decompressed(tar: BinaryIO, stored_size: int, limits: LayerLimits, wha
     """``tar`` (a decompressed layer) failing with ImageError past ``limits.bound(stored_size)``."""
     limit = limits.bound(stored_size)
 
-    def error() -> ImageError:
-        return ImageError(
-            f"{what} expands to more than {limit} bytes from {stored_size} stored bytes "
-            "(a decompression bomb?); refusing it - if the image is trusted, raise the bound "
-            "(LayerLimits / --max-layer-size, --max-expansion; see docs/security.md)"
-        )
-
-    return io.BufferedReader(BoundedReader(tar, limit, error), CHUNK_SIZE)  # type: ignore[return-value]
+    return io.BufferedReader(
+        BoundedReader(tar, limit, lambda: expansion_refused(what, limit, stored_size)), CHUNK_SIZE
+    )  # type: ignore[return-value]
 
 
 def open_decompressed(blob: BinaryIO, compression: str, what: str) -> BinaryIO:

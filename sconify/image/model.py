@@ -207,7 +207,7 @@ class Layer:
             target.flush()  # what tarfile or a caller buffered goes before the blob
             where.copy_to(out_fd)
             return
-        with self._open_raw() as blob:
+        with self.open_raw() as blob:
             copied = L.copy_stream(blob, target)
         if copied != self.size:
             raise ImageError(
@@ -215,7 +215,8 @@ class Layer:
                 "was it changed? re-create or re-pull the image"
             )
 
-    def _open_raw(self) -> BinaryIO:
+    def open_raw(self) -> BinaryIO:
+        """The stored bytes as they are, unchecked (ImageError naming the blob if it is missing)."""
         try:
             return self.opener()
         except FileNotFoundError:
@@ -225,7 +226,7 @@ class Layer:
 
     def open_blob(self) -> BinaryIO:
         """The stored bytes; size and digest are checked when the stream reaches its end."""
-        reader = L.VerifyingReader(self._open_raw(), self.digest, f"layer blob {self.digest}", size=self.size)
+        reader = L.VerifyingReader(self.open_raw(), self.digest, f"layer blob {self.digest}", size=self.size)
         return io.BufferedReader(reader, L.CHUNK_SIZE)  # type: ignore[return-value]
 
     def open_tar(self) -> BinaryIO:
@@ -233,19 +234,13 @@ class Layer:
         by ``limits`` (a decompression bomb stops with ImageError long before it fills memory)."""
         what = f"layer blob {self.digest}"
         if self.compression == "none" and self.size > self.limits.max_layer_size:
-            raise ImageError(
-                f"{what} is {self.size} bytes, more than the {self.limits.max_layer_size} a layer may hold; "
-                "refusing it - if the image is trusted, raise --max-layer-size (see docs/security.md)"
-            )
+            raise L.too_large(what, self.size, self.limits)
         blob = self.open_blob()
         tar = L.open_decompressed(blob, self.compression, what)
         if tar is blob:
             # Uncompressed: the blob digest is the diff_id, already checked by open_blob.
             if self.digest != self.diff_id:
-                raise ImageError(
-                    f"uncompressed layer {self.digest} does not match its diff_id {self.diff_id}; "
-                    "the image config is corrupt, re-create the image"
-                )
+                raise L.uncompressed_diff_id_mismatch(self.digest, self.diff_id)
             return blob
         tar = L.bound_decompressed(tar, self.size, self.limits, what)
         reader = L.VerifyingReader(
