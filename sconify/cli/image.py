@@ -172,18 +172,14 @@ def output_paths(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sconify.elfworker import ElfWorker, take_prestarted
+    from sconify.elfworker import take_prestarted
 
-    # lief's helper process starts first (at the entry point, see main.run), so its import
-    # overlaps ours (sconify.elfworker).
+    # lief's helper process was started at the entry point (main.run), so its import overlaps
+    # ours (sconify.elfworker); without one, sconify_image starts its own when it needs it.
     with contextlib.ExitStack() as cleanup:
         elf = take_prestarted()
         if elf is not None:
             cleanup.enter_context(elf)
-        if elf is None and not args.dry_run:
-            elf = cleanup.enter_context(ElfWorker())
-        elif args.dry_run:
-            elf = None
         from sconify.pipeline import ConvertOptions, sconify_image  # heavy: imported when it runs
 
         output_paths(args)
