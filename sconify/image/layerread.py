@@ -38,37 +38,54 @@ QUEUE_CHUNKS = 8  # chunks of CHUNK_SIZE in flight between the threads (bounds m
 _END = object()
 
 
-class _HashingSource(io.RawIOBase):
-    """The stored blob, hashed and counted as the decompressor reads it."""
+class _QueuedBlob(io.RawIOBase):
+    """The stored blob as the inflating thread reads it: chunks handed over by the blob thread.
+    An error the blob thread found (digest, size) is raised by the read that reaches it."""
 
-    def __init__(self, raw: BinaryIO) -> None:
+    def __init__(self, tar: "BackgroundTar") -> None:
         super().__init__()
-        self._raw = raw
-        self.hash = hashlib.sha256()
-        self.count = 0
+        self._tar = tar
+        self._chunk = b""
+        self._at = 0
+        self._ended = False
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        data = self._raw.read(len(buffer))
-        n = len(data)
-        buffer[:n] = data
-        self.hash.update(data)
-        self.count += n
-        return n
+    def read(self, size: int = -1) -> bytes:  # type: ignore[override]
+        if self._at == len(self._chunk):
+            if self._ended:
+                return b""
+            item = self._tar._take(self._tar._blob_queue)
+            if item is _END or item is None:  # None: cancelled
+                self._ended = True
+                return b""
+            if isinstance(item, BaseException):
+                self._ended = True
+                raise item
+            self._chunk, self._at = item, 0
+        if self._at == 0 and (size is None or size < 0 or size >= len(self._chunk)):
+            self._at = len(self._chunk)
+            return self._chunk  # the whole chunk, no copy
+        size = len(self._chunk) - self._at if size is None or size < 0 else size
+        data = self._chunk[self._at:self._at + size]
+        self._at += len(data)
+        return data
 
-    def close(self) -> None:
-        if not self.closed:
-            self._raw.close()
-        super().close()
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self.read(len(buffer))
+        buffer[:len(data)] = data
+        return len(data)
 
 
 class BackgroundTar(io.RawIOBase):
-    """The uncompressed tar of ``layer``, inflated and checked on a background thread.
+    """The uncompressed tar of ``layer``, inflated and checked on background threads.
 
-    With ``tee_fd`` the thread also appends the tar to that file, so file contents can later be
-    read by offset (``pread``) instead of inflating the layer a second time.
+    Three threads, so the checks do not queue behind the inflating: one reads the blob and
+    takes its digest, one inflates, one takes the diff_id (and with ``tee_fd`` appends the tar to
+    that file, so file contents can later be read by offset instead of inflating the layer a
+    second time). The inflating thread hands its chunks both to the caller and to the checking
+    thread, and reports every error, its own or the other threads', to the caller.
     """
 
     def __init__(self, layer, tee_fd: int | None = None) -> None:
@@ -76,32 +93,86 @@ class BackgroundTar(io.RawIOBase):
         self._layer = layer
         self._what = f"layer blob {layer.digest}"
         self._tee_fd = tee_fd
-        self._queue: queue.Queue = queue.Queue(QUEUE_CHUNKS)
+        self._queue: queue.Queue = queue.Queue(QUEUE_CHUNKS)  # inflated chunks -> caller
+        self._blob_queue: queue.Queue = queue.Queue(QUEUE_CHUNKS)  # stored chunks -> inflating thread
+        self._check_queue: queue.Queue = queue.Queue(QUEUE_CHUNKS)  # inflated chunks -> checking thread
         self._cancel = threading.Event()
         self._chunk = b""
         self._at = 0  # position in _chunk
         self._base = 0  # tar offset of _chunk[0]
         self._ended = False
         self._error: BaseException | None = None
+        self._check_error: BaseException | None = None
+        self._diff_id = ""
         raw = layer.open_raw()  # a missing blob fails here, in the caller's thread
-        self._thread = threading.Thread(target=self._produce, args=(raw,), name="sconify-inflate", daemon=True)
-        self._thread.start()
+        self._threads = [
+            threading.Thread(target=self._read_blob, args=(raw,), name="sconify-blob", daemon=True),
+            threading.Thread(target=self._check, name="sconify-diff-id", daemon=True),
+            threading.Thread(target=self._produce, name="sconify-inflate", daemon=True),
+        ]
+        for thread in self._threads:
+            thread.start()
 
-    # --- background thread ------------------------------------------------------------
+    # --- background threads -----------------------------------------------------------
 
-    def _produce(self, raw: BinaryIO) -> None:
+    def _read_blob(self, raw: BinaryIO) -> None:
+        """The blob thread: read the stored bytes, count them and check their digest."""
+        layer = self._layer
         try:
-            self._inflate(raw)
-        except BaseException as exc:  # noqa: BLE001 - handed to the reader, raised there
-            self._put(exc)
+            digest = hashlib.sha256()
+            count = 0
+            while not self._cancel.is_set():
+                chunk = raw.read(L.CHUNK_SIZE)
+                if not chunk:
+                    break
+                count += len(chunk)
+                if count > layer.size:
+                    raise L.longer_than_recorded(self._what, layer.size)
+                digest.update(chunk)
+                self._put(self._blob_queue, chunk)
+            if self._cancel.is_set():
+                return
+            if count < layer.size:
+                raise L.truncated(self._what, count, layer.size)
+            actual = "sha256:" + digest.hexdigest()
+            if actual != layer.digest:
+                raise L.digest_mismatch(self._what, actual, layer.digest)
+        except BaseException as exc:  # noqa: BLE001 - raised by the inflating thread's next read
+            self._put(self._blob_queue, exc)
         else:
-            self._put(_END)
+            self._put(self._blob_queue, _END)
         finally:
             raw.close()
 
-    def _inflate(self, raw: BinaryIO) -> None:
+    def _check(self) -> None:
+        """The checking thread: the diff_id of the inflated bytes, and the cache copy."""
+        diff = hashlib.sha256() if self._layer.compression != "none" else None
+        failed = False
+        while (item := self._take(self._check_queue)) is not _END and item is not None:
+            if failed:
+                continue  # keep taking, so the inflating thread is never blocked on a dead consumer
+            try:
+                if diff is not None:
+                    diff.update(item)
+                if self._tee_fd is not None:
+                    _write_all(self._tee_fd, item)
+            except BaseException as exc:  # noqa: BLE001 - e.g. no space left for the cache copy
+                self._check_error, failed = exc, True
+        if diff is not None:
+            self._diff_id = "sha256:" + diff.hexdigest()
+
+    def _produce(self) -> None:
+        try:
+            self._inflate()
+        except BaseException as exc:  # noqa: BLE001 - handed to the reader, raised there
+            self._put(self._check_queue, _END)
+            self._put(self._queue, exc)
+        else:
+            self._put(self._queue, _END)
+
+    def _inflate(self) -> None:
         layer = self._layer
-        source = _HashingSource(raw)
+        source = _QueuedBlob(self)
         compression = layer.compression
         if compression == "none":
             if layer.size > layer.limits.max_layer_size:
@@ -112,7 +183,6 @@ class BackgroundTar(io.RawIOBase):
         else:
             stream = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
         limit = layer.limits.bound(layer.size)
-        diff = hashlib.sha256()
         total = 0
         while not self._cancel.is_set():
             try:
@@ -126,36 +196,40 @@ class BackgroundTar(io.RawIOBase):
             total += len(chunk)
             if compression != "none" and total > limit:
                 raise L.expansion_refused(self._what, limit, layer.size)
-            if source.count > layer.size:
-                raise L.longer_than_recorded(self._what, layer.size)
-            diff.update(chunk)
-            if self._tee_fd is not None:
-                _write_all(self._tee_fd, chunk)
-            self._put(chunk)
+            if self._check_error is not None:
+                raise self._check_error
+            self._put(self._check_queue, chunk)
+            self._put(self._queue, chunk)
         if self._cancel.is_set():
             return
         while source.read(L.CHUNK_SIZE):  # bytes after the compressed stream still count
-            pass
-        if source.count > layer.size:
-            raise L.longer_than_recorded(self._what, layer.size)
-        if source.count < layer.size:
-            raise L.truncated(self._what, source.count, layer.size)
-        digest = "sha256:" + source.hash.hexdigest()
-        if digest != layer.digest:
-            raise L.digest_mismatch(self._what, digest, layer.digest)
-        diff_id = "sha256:" + diff.hexdigest()
-        if diff_id != layer.diff_id:
-            if compression == "none":
+            pass  # (and the blob thread's size and digest errors are raised here)
+        self._put(self._check_queue, _END)
+        self._threads[1].join()
+        if self._check_error is not None:
+            raise self._check_error
+        if compression == "none":  # the diff_id is the blob digest, just checked
+            if layer.diff_id != layer.digest:
                 raise L.uncompressed_diff_id_mismatch(layer.digest, layer.diff_id)
-            raise L.digest_mismatch(f"layer {layer.digest} (diff_id)", diff_id, layer.diff_id)
+        elif self._diff_id != layer.diff_id:
+            raise L.digest_mismatch(f"layer {layer.digest} (diff_id)", self._diff_id, layer.diff_id)
 
-    def _put(self, item: object) -> None:
+    def _put(self, target: queue.Queue, item: object) -> None:
         while not self._cancel.is_set():
             try:
-                self._queue.put(item, timeout=0.1)
+                target.put(item, timeout=0.1)
                 return
             except queue.Full:
                 continue
+
+    def _take(self, source: queue.Queue) -> object:
+        """The next item of a queue between the threads; None once the reader has closed."""
+        while not self._cancel.is_set():
+            try:
+                return source.get(timeout=0.1)
+            except queue.Empty:
+                continue
+        return None
 
     # --- reader side ------------------------------------------------------------------
 
@@ -223,12 +297,14 @@ class BackgroundTar(io.RawIOBase):
             raise self._error
         while self._next_chunk():
             pass
-        self._thread.join()
+        for thread in self._threads:
+            thread.join()
 
     def close(self) -> None:
         if not self.closed:
-            self._cancel.set()  # the thread stops at its next chunk (a full queue is polled)
-            self._thread.join()
+            self._cancel.set()  # the threads stop at their next chunk (queues are polled)
+            for thread in self._threads:
+                thread.join()
         super().close()
 
 
