@@ -4,10 +4,19 @@ tarfile reads a PAX extended header or a GNU long name of any size whole into me
 expands sparse maps of any length, before the caller sees the member. ``BoundedTarInfo``
 (passed as ``tarfile.open(..., tarinfo=BoundedTarInfo)``) refuses those headers first. tarfile
 offers no public hook for this, so it overrides the per-type processing methods.
+
+It also decodes the common header faster: tarfile's ``TarInfo.frombuf`` spends about 20 us per
+header in pure-Python field decoding (two 504-item checksum tuples, 13 string slices), which was
+the largest cost of indexing a layer of 50,000 files. ``BoundedTarInfo.frombuf`` decodes the
+fields with one ``struct`` call and checks the unsigned checksum with one ``sum``; any header it
+does not recognise as plain (base-256 numbers, blank or odd number fields, signed-checksum
+headers, old GNU sparse entries, empty or end blocks) goes to tarfile's own ``frombuf``, so the
+result is tarfile's in every case.
 """
 
 from __future__ import annotations
 
+import struct
 import tarfile
 
 MAX_EXTENDED_HEADER = 1 << 20  # bytes of one PAX header or GNU long name/link
@@ -20,9 +29,50 @@ class HostileHeader(Exception):
     the layer or archive."""
 
 
+_HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")  # the ustar/GNU header fields
+_CHECKSUM_BLANKS = 8 * ord(" ")  # the checksum field counts as eight spaces
+
+
+def _number(field: bytes) -> int:
+    """An octal number field as tarfile's ``nti`` reads it (up to a NUL; blank is 0); ValueError
+    where tarfile's decoding could differ (base-256, non-ASCII), which then decides."""
+    end = field.find(b"\0")
+    digits = field if end < 0 else field[:end]
+    return int(digits, 8) if digits.strip() else 0
+
+
 class BoundedTarInfo(tarfile.TarInfo):
     """tarfile's TarInfo, refusing negative sizes, sparse members and extended headers over
     ``MAX_EXTENDED_HEADER`` before their data is read."""
+
+    @classmethod
+    def frombuf(cls, buf, encoding, errors):  # type: ignore[override]
+        """tarfile's ``TarInfo.frombuf``, with a fast path for plain headers (module docstring)."""
+        if len(buf) != tarfile.BLOCKSIZE or buf[156:157] == tarfile.GNUTYPE_SPARSE:
+            return super().frombuf(buf, encoding, errors)
+        (name, mode, uid, gid, size, mtime, chksum, type_, linkname, _magic, _version, uname, gname,
+         devmajor, devminor, prefix) = _HEADER.unpack_from(buf)
+        try:
+            numbers = [_number(field) for field in (chksum, mode, uid, gid, size, mtime, devmajor, devminor)]
+        except ValueError:
+            return super().frombuf(buf, encoding, errors)
+        if sum(buf) - sum(buf[148:156]) + _CHECKSUM_BLANKS != numbers[0]:
+            return super().frombuf(buf, encoding, errors)  # a signed checksum, a bad one, an end block
+        obj = cls()
+        obj.chksum, obj.mode, obj.uid, obj.gid, obj.size, obj.mtime, obj.devmajor, obj.devminor = numbers
+        obj.type = type_
+        obj.name = tarfile.nts(name, encoding, errors)
+        obj.linkname = tarfile.nts(linkname, encoding, errors)
+        obj.uname = tarfile.nts(uname, encoding, errors)
+        obj.gname = tarfile.nts(gname, encoding, errors)
+        prefix = tarfile.nts(prefix, encoding, errors)
+        if type_ == tarfile.AREGTYPE and obj.name.endswith("/"):  # old V7 directories
+            obj.type = tarfile.DIRTYPE
+        if obj.type == tarfile.DIRTYPE:
+            obj.name = obj.name.rstrip("/")
+        if prefix and obj.type not in tarfile.GNU_TYPES:
+            obj.name = prefix + "/" + obj.name
+        return obj
 
     def _proc_member(self, tarfile_: tarfile.TarFile):  # type: ignore[override]
         if self.size < 0:
