@@ -30,6 +30,7 @@ from sconify.image.layers import LayerLimits
 from sconify.image.layerwriter import LayerWriter
 from sconify.image.model import Image, Layer, canonical_json
 from sconify.image.mutate import append_layers, with_config
+from sconify.image.prefetch import BlobPrefetch, same_filesystem
 from sconify.image.reference import parse_reference
 from sconify.image.rootfs import RootFS, RootFSLimits
 from sconify.image.transports import read_image, write_image
@@ -199,7 +200,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
         if options.dry_run:
             return result
         random = random_source(options.deterministic_keys_from, key_context(image, plan))
-        with tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool:
+        with tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool, \
+                prefetch_input_blobs(image, options.destination, work) as prefetch:
             wanted = files_to_read(fs, plan)
             with phase(reporter, timings, "read files", total=len(wanted)):
                 extents = spool_files(fs, wanted, spool, reporter)
@@ -226,8 +228,9 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             with phase(reporter, timings, "write layers"):
                 code_layer = build_code_layer(fs, plan.executable, sconified_exe, removed, work, options)
             with phase(reporter, timings, "write image"):
+                reused = image if prefetch is None else replace(image, layers=prefetch.layers(image.layers))
                 appended = append_layers(
-                    image, [code_layer, data_layer], history=history_entries(image, plan, len(embedded))
+                    reused, [code_layer, data_layer], history=history_entries(image, plan, len(embedded))
                 )
                 output = with_config(
                     appended, new_config(appended.config, image, options, plan, measurement, packed.root_hash)
@@ -271,6 +274,17 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             "keys": options.keys_out,
         }
         return result
+
+
+def prefetch_input_blobs(image: Image, destination: str, work: str):
+    """A BlobPrefetch of the input blobs when ``destination`` is an OCI layout the copies can be
+    linked into (see sconify.image.prefetch), else a context of None."""
+    reference = parse_reference(destination)
+    if reference.transport != "oci" or not same_filesystem(work, reference.path):
+        return contextlib.nullcontext(None)
+    held = Path(reference.path, "blobs", "sha256")
+    present = [layer.digest for layer in image.layers if (held / layer.digest.partition(":")[2]).exists()]
+    return BlobPrefetch(image.layers, work, skip=present)
 
 
 # --- checks and plan ---------------------------------------------------------------------

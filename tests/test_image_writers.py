@@ -18,9 +18,12 @@ from sconify.image import layers as L
 from sconify.image import model
 from sconify.image.archive import _write_tar
 from sconify.image.layerwriter import LayerWriter
+from sconify.image import prefetch as prefetch_module
 from sconify.image.model import Image, Layer, canonical_json
+from sconify.image.prefetch import BlobPrefetch, same_filesystem
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
+from sconify.pipeline import prefetch_input_blobs
 
 FILE_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 
@@ -200,6 +203,63 @@ def test_an_output_blob_is_a_copy_not_a_link_of_the_input(tmp_path):
     with blob_a.open("r+b") as handle:  # the input changed in place afterwards
         handle.write(b"\0\0\0\0")
     assert hashlib.sha256(blob_b.read_bytes()).hexdigest() == layer.digest[7:]
+
+
+def input_layout(tmp_path: Path) -> tuple[Image, Path]:
+    """An image read from an OCI layout (its blob a plain input file, trusted once read), and
+    the path of that blob."""
+    layer = written_layer(tmp_path)
+    write_image(one_layer_image(layer), f"oci:{tmp_path / 'in'}:x")
+    image = read_image(f"oci:{tmp_path / 'in'}:x")
+    image = replace(image, layers=tuple(replace(each, trusted=True) for each in image.layers))
+    return image, tmp_path / "in" / "blobs" / "sha256" / layer.digest[7:]
+
+
+def test_input_blobs_copied_ahead_are_linked_into_the_layout_never_the_input(tmp_path, monkeypatch):
+    """BlobPrefetch copies the input blob while the conversion runs; the layout writer links
+    that private copy (no copy at write time), and the input stays a file of its own."""
+    image, input_blob = input_layout(tmp_path)
+    links = input_blob.stat().st_nlink
+    (tmp_path / "work").mkdir()
+    with BlobPrefetch(image.layers, str(tmp_path / "work")) as prefetch:
+        layers = prefetch.layers(image.layers)
+        copies = []
+        monkeypatch.setattr(model.FileRange, "copy_to", lambda self, fd: copies.append(self))
+        write_image(replace(image, layers=layers), f"oci:{tmp_path / 'out'}:x")
+    output = tmp_path / "out" / "blobs" / "sha256" / image.layers[0].digest[7:]
+    assert copies == [] and os.path.samefile(output, layers[0].file_range.path)
+    assert not os.path.samefile(output, input_blob) and input_blob.stat().st_nlink == links
+    with input_blob.open("r+b") as handle:  # the input changed in place afterwards
+        handle.write(b"\0\0\0\0")
+    assert hashlib.sha256(output.read_bytes()).hexdigest() == image.layers[0].digest[7:]
+
+
+def test_a_failed_copy_ahead_leaves_the_copy_to_the_writer(tmp_path, monkeypatch):
+    image, _ = input_layout(tmp_path)
+    (tmp_path / "work").mkdir()
+    monkeypatch.setattr(prefetch_module, "copy_range", lambda *args: 0)  # as if the input shrank
+    with BlobPrefetch(image.layers, str(tmp_path / "work")) as prefetch:
+        assert prefetch.layers(image.layers) == image.layers
+        assert prefetch.layers(image.layers)[0].opener is image.layers[0].opener
+    write_image(image, f"oci:{tmp_path / 'out'}:x")
+    read_image(f"oci:{tmp_path / 'out'}:x").layers[0].verify()
+
+
+def test_input_blobs_are_copied_ahead_only_where_a_link_can_take_them(tmp_path):
+    """Only for an OCI layout on the temp directory's filesystem, and only blobs it lacks."""
+    image, _ = input_layout(tmp_path)
+    (tmp_path / "work").mkdir()
+    work = str(tmp_path / "work")
+    for destination in (f"oci-archive:{tmp_path / 'out.tar'}", f"docker-archive:{tmp_path / 'out.tar'}",
+                        "docker-daemon:sconify-test:x"):
+        with prefetch_input_blobs(image, destination, work) as prefetch:
+            assert prefetch is None
+    with prefetch_input_blobs(image, f"oci:{tmp_path / 'in'}:y", work) as prefetch:  # holds the blob
+        assert prefetch.layers(image.layers) == image.layers and os.listdir(work) == []
+    with prefetch_input_blobs(image, f"oci:{tmp_path / 'new' / 'layout'}:y", work) as prefetch:
+        assert prefetch.layers(image.layers)[0].file_range.private
+    assert same_filesystem(work, str(tmp_path / "not" / "yet"))
+    assert not same_filesystem(work, "/proc/sconify")
 
 
 @pytest.mark.parametrize("refused", ["copy_file_range", "both"])

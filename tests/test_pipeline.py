@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import stat
 import subprocess
 import sys
@@ -173,6 +174,17 @@ def test_new_layers_code_compressed_data_plain_tar_unless_asked(python_converted
     assert [layer.compression for layer in layers[-2:]] == ["zstd", "none"]
     converted = convert(tmp_path, f"oci:{python_image}:latest", "gz", "--dir", "/app/data", "--compression", "gzip")
     assert {layer.compression for layer in read_image(converted.ref).layers} == {"gzip"}
+
+
+def test_input_blobs_in_the_output_layout_are_copies_not_links(python_converted, python_image):
+    """The input blobs reach the output layout through private copies made during the
+    conversion (sconify.image.prefetch): the output holds the only link to each, the input's
+    blobs keep theirs."""
+    output = Path(python_converted.ref.split(":")[1]) / "blobs" / "sha256"
+    for layer in read_image(f"oci:{python_image}:latest").layers:
+        name = layer.digest[7:]
+        assert (output / name).stat().st_nlink == 1
+        assert not os.path.samefile(output / name, Path(python_image) / "blobs" / "sha256" / name)
 
 
 def test_python_shield_reads_the_data_back_with_the_keys_file(python_converted, python_image):

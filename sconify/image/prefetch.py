@@ -1,0 +1,94 @@
+"""Copies of the input blobs an output layout will hold, made on a thread while the conversion
+runs.
+
+sconify-image puts its two new layers on top of the input layers, unchanged. Writing an OCI
+layout then copies every input blob (about 0.4 s of kernel copying and 0.4 s of waiting for
+fsync per GB here), a cost that waited until the new layers were done. ``BlobPrefetch`` copies
+them into private temp files beside the conversion's other temp files as soon as the image has
+been read and checked, while the CPU-bound phases run; the layout writer then hard-links these
+copies like the new layers' own temp blobs (``oci.link_private_blob``).
+
+The copies are made only where a link can take them (the temp directory and the destination on
+one filesystem) and for blobs the destination does not hold yet. Any error leaves the writer to
+copy as it always did, and to report what is wrong in its own words.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from collections.abc import Iterable
+from dataclasses import replace
+
+from sconify.image.model import Layer, copy_range, slice_opener
+
+
+class BlobPrefetch:
+    """Copies ``layers``' file-backed blobs into ``directory`` on a thread (``with``: stopped and
+    waited for on leaving); ``layers()`` waits and hands out the layers backed by the copies."""
+
+    def __init__(self, layers: Iterable[Layer], directory: str, skip: Iterable[str] = ()) -> None:
+        skipped = set(skip)
+        self._layers = [layer for layer in layers if layer.file_range is not None and layer.digest not in skipped]
+        self._directory = directory
+        self._copies: dict[str, str] = {}  # digest -> path of a complete, synced copy
+        self._cancel = threading.Event()
+        self._failed = False
+        self._thread = threading.Thread(target=self._run, name="sconify-prefetch", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            for layer in self._layers:
+                if self._cancel.is_set():
+                    return
+                if layer.digest not in self._copies:
+                    self._copies[layer.digest] = self._copy(layer)
+        except Exception:  # noqa: BLE001 - the writer copies instead, and reports the problem itself
+            self._failed = True
+
+    def _copy(self, layer: Layer) -> str:
+        where = layer.file_range
+        assert where is not None
+        path = os.path.join(self._directory, "input-" + layer.digest.partition(":")[2])
+        with open(where.path, "rb", buffering=0) as source, open(path, "xb", buffering=0) as copy:
+            os.fchmod(copy.fileno(), 0o600)
+            if copy_range(source.fileno(), copy.fileno(), where.offset, where.size) != where.size:
+                raise OSError(f"{where.path} is shorter than its blob")
+            os.fsync(copy.fileno())  # the writer's fsync of the link then finds nothing to write
+        return path
+
+    def layers(self, layers: Iterable[Layer]) -> tuple[Layer, ...]:
+        """``layers``, each input blob copied ahead now backed by its copy (a private blob)."""
+        self._thread.join()
+        copies = {} if self._failed else self._copies
+        return tuple(
+            replace(layer, opener=slice_opener(copies[layer.digest], 0, layer.size, private=True))
+            if layer.digest in copies else layer
+            for layer in layers
+        )
+
+    def close(self) -> None:
+        """Stop copying (the copy under way ends first); the copies go with the temp directory."""
+        self._cancel.set()
+        self._thread.join()
+
+    def __enter__(self) -> "BlobPrefetch":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def same_filesystem(directory: str, destination: str) -> bool:
+    """Whether ``directory`` and where ``destination`` will be created share a filesystem."""
+    ancestor = os.path.abspath(destination)
+    while not os.path.exists(ancestor):
+        parent = os.path.dirname(ancestor)
+        if parent == ancestor:
+            return False
+        ancestor = parent
+    with contextlib.suppress(OSError):
+        return os.stat(ancestor).st_dev == os.stat(directory).st_dev
+    return False
