@@ -100,12 +100,12 @@ class Member:
 
 @dataclass(frozen=True)
 class PackResult:
-    """What ``pack`` wrote: the root hash, member count, archive bytes and per-file hashes."""
+    """What ``pack`` wrote: the root hash, member count, archive bytes and per-member hashes."""
 
     root_hash: str
     file_count: int
     size: int
-    files: dict[str, str]
+    files: dict[str, str]  # path -> SHA-256 of every member (a symlink's: of its target string)
 
 
 @dataclass(frozen=True)
@@ -349,8 +349,7 @@ def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT
             index.extend(member.path + link)
             root.update(canonical_record(kind, entry.mode, entry.uid, entry.gid, member.size, member.digest,
                                          member.path, link))
-            if kind == KIND_FILE:
-                files[entry.path] = member.digest.hex()
+            files[entry.path] = member.digest.hex()
             member_start = data_end
 
     compressors = ThreadCompressors(level)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import struct
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -360,6 +361,24 @@ def inject(binary: str | os.PathLike, archive: str | os.PathLike, out: str | os.
     (unless ``replace``, which first restores the original file from the descriptor). The input
     is never changed; ``out`` appears only when complete.
     """
+    with Archive.open(archive) as arc:  # a valid archive, before anything is written
+        root_hash = arc.root_hash
+    archive_size = os.stat(archive).st_size
+
+    def append(dst: BinaryIO) -> tuple[int, str]:
+        with open(archive, "rb") as arc_file:
+            copy_range(arc_file.fileno(), dst.fileno(), 0, archive_size)
+        return archive_size, root_hash
+
+    return inject_with(binary, append, out, replace=replace, validate=validate)
+
+
+def inject_with(binary: str | os.PathLike, append_archive: Callable[[BinaryIO], tuple[int, str]],
+                out: str | os.PathLike, *, replace: bool = False, validate: bool = True) -> InjectResult:
+    """``inject`` for an archive written straight into ``out``: ``append_archive(dst)`` writes the
+    archive at dst's position (the page after the original bytes) and returns its size and root
+    hash, e.g. ``embedfs.archive.pack``'s. The same bytes as packing to a file and injecting that,
+    without writing the archive twice."""
     name = str(binary)
     if Path(out).resolve() == Path(binary).resolve():
         raise InputError(f"output {out} is the input executable; write to another path")
@@ -377,20 +396,20 @@ def inject(binary: str | os.PathLike, archive: str | os.PathLike, out: str | os.
             header, phdrs, original_size = original_of(fd, existing, size, name)
         if validate:
             validate_with_lief(binary, name)
-        with Archive.open(archive) as arc:
-            root_hash = arc.root_hash
-        archive_size = os.stat(archive).st_size
-        new_header, tail, descriptor, phdr_offset = plan_layout(header, phdrs, original_size,
-                                                                archive_size, root_hash)
         mode = os.fstat(fd).st_mode & 0o7777
-        with open(archive, "rb") as arc_file, AtomicOutput(out, mode) as dst:
+        with AtomicOutput(out, mode) as dst:
             copy_range(fd, dst.fileno(), 0, original_size)
+            os.lseek(dst.fileno(), 0, os.SEEK_END)
+            dst.write(bytes(align_up(original_size, PAGE_SIZE) - original_size))
+            dst.flush()
+            archive_size, root_hash = append_archive(dst)
+            dst.flush()
+            new_header, tail, descriptor, phdr_offset = plan_layout(header, phdrs, original_size,
+                                                                    archive_size, root_hash)
             os.pwrite(dst.fileno(), new_header, 0)
             os.lseek(dst.fileno(), 0, os.SEEK_END)
-            dst.write(bytes(descriptor.archive_offset - original_size))
-            dst.flush()
-            copy_range(arc_file.fileno(), dst.fileno(), 0, archive_size)
-            os.lseek(dst.fileno(), 0, os.SEEK_END)
+            if dst.tell() != descriptor.archive_offset + archive_size:
+                raise InputError(f"the archive written into {out} is not the {archive_size} bytes it was said to be")
             dst.write(tail)
             dst.flush()
             output_size = dst.tell()

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
-from embedfs.archive import Archive, ArchiveEntry, pack
-from embedfs.elf import inject
+from embedfs.archive import ArchiveEntry, PackResult, pack
+from embedfs.elf import inject_with
 from embedfs.measure import measure_elf
 from sconify import __version__
 from sconify.elfworker import ElfWorker
@@ -210,15 +210,12 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             with phase(reporter, timings, "embed", total=len(embedded)):
                 original_exe = Path(work, "original")
                 spool.copy_to_file(extents[plan.executable.path], str(original_exe))
-                archive_path = Path(work, "code.embedfs")
-                with archive_path.open("wb") as out:
-                    packed = pack((archive_entry(fs, spool, extents, p) for p in embedded), out)
                 sconified_exe = Path(work, "sconified")
                 elf.validate(str(original_exe), absolute(plan.executable.path))
-                inject(str(original_exe), str(archive_path), str(sconified_exe), validate=False)
+                packed = pack_into(sconified_exe, original_exe, [archive_entry(fs, spool, extents, p) for p in embedded])
                 removed = [] if options.keep_embedded else list(plan.code_files)
                 executable = executable_figures(plan, original_exe, sconified_exe)
-                embedfs = embedfs_figures(packed, archive_path, removed)
+                embedfs = embedfs_figures(packed, removed)
                 reporter.advance(len(embedded))
             with phase(reporter, timings, "measure"):
                 measurement = measure_elf(str(sconified_exe), **measure_parameters(options))
@@ -568,6 +565,19 @@ def resolve_libraries(
     return closure.libraries + closure.links, closure.missing
 
 
+def pack_into(sconified: Path, original: Path, entries: list[ArchiveEntry]) -> PackResult:
+    """Pack ``entries`` straight into ``sconified``, the original executable with its embedfs
+    archive appended (no archive file between them)."""
+    packed: list[PackResult] = []
+
+    def append(out: BinaryIO) -> tuple[int, str]:
+        packed.append(pack(entries, out))
+        return packed[0].size, packed[0].root_hash
+
+    inject_with(str(original), append, str(sconified), validate=False)  # lief validated it already
+    return packed[0]
+
+
 def archive_entry(fs: RootFS, spool: Spool, extents: dict[str, Extent], path: str) -> ArchiveEntry:
     entry = fs.entries[path]
     if entry.kind == "symlink":
@@ -786,12 +796,12 @@ def executable_figures(plan: Plan, original: Path, sconified: Path) -> Executabl
     )
 
 
-def embedfs_figures(packed, archive_path: Path, removed: list[str]) -> EmbedfsFigures:
+def embedfs_figures(packed, removed: list[str]) -> EmbedfsFigures:
     return EmbedfsFigures(
         root_hash=packed.root_hash,
         file_count=packed.file_count,
         archive_size=packed.size,
-        files=embedded_hashes(archive_path),
+        files={absolute(path): sha256 for path, sha256 in packed.files.items()},
         removed=[absolute(p) for p in removed],
     )
 
@@ -848,9 +858,3 @@ def session_spec(options, image, plan, mrenclave, fspf_tag, fspf_key) -> Session
         fspf_tag=fspf_tag.hex(),
         fspf_key=fspf_key if options.inline_keys else None,
     )
-
-
-def embedded_hashes(archive_path: Path) -> dict[str, str]:
-    """Image path -> SHA-256 of every member (a symlink's hash is that of its target string)."""
-    with Archive.open(archive_path) as archive:
-        return {absolute(member.path): member.sha256 for member in archive.list()}

@@ -18,8 +18,8 @@ import zstandard
 import embedfs
 from embedfs.archive import Archive, ArchiveEntry, pack
 from embedfs.elf import (NT_EMBEDFS, AlreadyEmbeddedError, extract_archive, find_embedded, inject,
-                         open_embedded, restore_original)
-from embedfs.errors import IntegrityError, NotELFError
+                         inject_with, open_embedded, restore_original)
+from embedfs.errors import InputError, IntegrityError, NotELFError
 from embedfs.measure import (SSA_FRAMES_PER_THREAD, Page, measure_elf, mrenclave_of_pages, plan_enclave,
                              read_segments, tcs_page)
 
@@ -185,6 +185,27 @@ def test_injection_is_deterministic(c_binaries, archive_file, tmp_path) -> None:
     inject(c_binaries["pie"], archive_file, tmp_path / "one")
     inject(c_binaries["pie"], archive_file, tmp_path / "two")
     assert (tmp_path / "one").read_bytes() == (tmp_path / "two").read_bytes()
+
+
+def test_packing_straight_into_the_executable_gives_the_bytes_of_inject(c_binaries, archive_file, tmp_path) -> None:
+    """inject_with (the pipeline's way: pack writes into the output) == pack to a file + inject."""
+    inject(c_binaries["pie"], archive_file, tmp_path / "injected")
+    packed = []
+
+    def append(out) -> tuple[int, str]:
+        packed.append(pack(sample_entries(), out))
+        return packed[0].size, packed[0].root_hash
+
+    result = inject_with(c_binaries["pie"], append, tmp_path / "packed-in")
+    assert (tmp_path / "packed-in").read_bytes() == (tmp_path / "injected").read_bytes()
+    assert result.root_hash == Archive.open(archive_file).root_hash and result.archive_size == packed[0].size
+
+    def lying(out) -> tuple[int, str]:  # a size that is not what was written
+        return pack(sample_entries(), out).size + 1, packed[0].root_hash
+
+    with pytest.raises(InputError, match="not the .* bytes"):
+        inject_with(c_binaries["pie"], lying, tmp_path / "lied")
+    assert not (tmp_path / "lied").exists()
 
 
 def test_the_original_is_recoverable_byte_for_byte(c_binaries, archive_file, tmp_path) -> None:
