@@ -26,6 +26,16 @@ from sconify.image.tarbounds import BoundedTarInfo, HostileHeader
 from sconify.spool import BoundedReader
 
 WHITEOUT_PREFIX = ".wh."
+# tar member types as the merge names them (tarfile's isreg/isdir/... in one lookup)
+MEMBER_KINDS = {
+    **dict.fromkeys(tarfile.REGULAR_TYPES, "file"),
+    tarfile.DIRTYPE: "dir",
+    tarfile.SYMTYPE: "symlink",
+    tarfile.LNKTYPE: "hardlink",
+    tarfile.CHRTYPE: "device",
+    tarfile.BLKTYPE: "device",
+    tarfile.FIFOTYPE: "fifo",
+}
 OPAQUE_MARKER = ".wh..wh..opq"
 
 
@@ -204,7 +214,8 @@ class RootFS:
             )
         if info.size < 0:
             raise ImageError(f"{what}: member {info.name[:200]!r} has a negative size; the layer is hostile or corrupt, refusing it")
-        if info.isreg():
+        kind = MEMBER_KINDS.get(info.type)
+        if kind == "file":
             self._total_size += info.size
             if self._total_size > self.limits.max_total_size:
                 raise ImageError(
@@ -212,19 +223,7 @@ class RootFS:
                     "if the image is trusted, raise RootFSLimits.max_total_size (see docs/security.md)"
                 )
         parts = tuple(split_member_name(info.name, self.limits, what))
-        if info.isdir():
-            kind = "dir"
-        elif info.issym():
-            kind = "symlink"
-        elif info.islnk():
-            kind = "hardlink"
-        elif info.isreg():
-            kind = "file"
-        elif info.ischr() or info.isblk():
-            kind = "device"
-        elif info.isfifo():
-            kind = "fifo"
-        else:
+        if kind is None:
             raise ImageError(f"{what}: member {info.name[:200]!r} has unsupported tar type {info.type!r}; re-create the layer")
         if kind in ("symlink", "hardlink") and len(info.linkname.encode(errors="surrogateescape")) > self.limits.max_path_length:
             raise ImageError(

@@ -33,14 +33,6 @@ _HEADER = struct.Struct("100s8s8s8s12s12s8sc100s6s2s32s32s8s8s155s")  # the usta
 _CHECKSUM_BLANKS = 8 * ord(" ")  # the checksum field counts as eight spaces
 
 
-def _number(field: bytes) -> int:
-    """An octal number field as tarfile's ``nti`` reads it (up to a NUL; blank is 0); ValueError
-    where tarfile's decoding could differ (base-256, non-ASCII), which then decides."""
-    end = field.find(b"\0")
-    digits = field if end < 0 else field[:end]
-    return int(digits, 8) if digits.strip() else 0
-
-
 class BoundedTarInfo(tarfile.TarInfo):
     """tarfile's TarInfo, refusing negative sizes, sparse members and extended headers over
     ``MAX_EXTENDED_HEADER`` before their data is read."""
@@ -53,7 +45,10 @@ class BoundedTarInfo(tarfile.TarInfo):
         (name, mode, uid, gid, size, mtime, chksum, type_, linkname, _magic, _version, uname, gname,
          devmajor, devminor, prefix) = _HEADER.unpack_from(buf)
         try:
-            numbers = [_number(field) for field in (chksum, mode, uid, gid, size, mtime, devmajor, devminor)]
+            # tarfile's nti: up to a NUL, blank is 0. Trailing NULs and spaces are cut here; a
+            # field int() refuses so (base-256, a NUL inside, non-ASCII) goes to tarfile.
+            numbers = [int(field.rstrip(b"\0 ") or b"0", 8)
+                       for field in (chksum, mode, uid, gid, size, mtime, devmajor, devminor)]
         except ValueError:
             return super().frombuf(buf, encoding, errors)
         if sum(buf) - sum(buf[148:156]) + _CHECKSUM_BLANKS != numbers[0]:
