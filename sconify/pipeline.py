@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
 
 from embedfs.archive import ArchiveEntry, PackResult, pack
-from embedfs.elf import inject_with
+from embedfs.elf import InjectResult, inject_with
 from embedfs.measure import measure_elf
 from sconify import __version__
 from sconify.elfworker import ElfWorker
@@ -212,7 +212,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 spool.copy_to_file(extents[plan.executable.path], str(original_exe))
                 sconified_exe = Path(work, "sconified")
                 elf.validate(str(original_exe), absolute(plan.executable.path))
-                packed = pack_into(sconified_exe, original_exe, [archive_entry(fs, spool, extents, p) for p in embedded])
+                packed, injected = pack_into(sconified_exe, original_exe,
+                                             [archive_entry(fs, spool, extents, p) for p in embedded])
                 removed = [] if options.keep_embedded else list(plan.code_files)
                 executable = executable_figures(plan, original_exe, sconified_exe)
                 embedfs = embedfs_figures(packed, removed)
@@ -223,7 +224,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 data = write_data_layer(fs, plan, spool, extents, random, work, options)
                 data_layer, protected, fspf_key, fspf_tag = data.layer, data.protected, data.fspf_key, data.fspf_tag
             with phase(reporter, timings, "write layers"):
-                code_layer = build_code_layer(fs, plan.executable, sconified_exe, removed, work, options)
+                code_layer = build_code_layer(fs, plan.executable, sconified_exe, injected, removed, work,
+                                              options)
             with phase(reporter, timings, "write image"):
                 reused = image if prefetch is None else replace(image, layers=prefetch.layers(image.layers))
                 appended = append_layers(
@@ -565,7 +567,9 @@ def resolve_libraries(
     return closure.libraries + closure.links, closure.missing
 
 
-def pack_into(sconified: Path, original: Path, entries: list[ArchiveEntry]) -> PackResult:
+def pack_into(
+    sconified: Path, original: Path, entries: list[ArchiveEntry]
+) -> tuple[PackResult, InjectResult]:
     """Pack ``entries`` straight into ``sconified``, the original executable with its embedfs
     archive appended (no archive file between them)."""
     packed: list[PackResult] = []
@@ -574,8 +578,8 @@ def pack_into(sconified: Path, original: Path, entries: list[ArchiveEntry]) -> P
         packed.append(pack(entries, out))
         return packed[0].size, packed[0].root_hash
 
-    inject_with(str(original), append, str(sconified), validate=False)  # lief validated it already
-    return packed[0]
+    injected = inject_with(str(original), append, str(sconified), validate=False)  # lief validated it
+    return packed[0], injected
 
 
 def archive_entry(fs: RootFS, spool: Spool, extents: dict[str, Extent], path: str) -> ArchiveEntry:
@@ -692,28 +696,46 @@ def build_code_layer(
     fs: RootFS,
     executable: Executable,
     sconified: Path,
+    embedded: InjectResult,
     removed: list[str],
     work: str,
     options: ConvertOptions,
 ) -> Layer:
     entry = fs.entries[executable.path]
-    size = sconified.stat().st_size
-    entries = [
-        TarEntry(
-            path=executable.path,
-            kind="file",
-            mode=entry.mode,
-            uid=entry.uid,
-            gid=entry.gid,
-            size=size,
-            mtime=getattr(entry, "mtime", 0),
-            open=lambda: sconified.open("rb"),
-        )
-    ]
-    entries += [whiteout_for(path) for path in removed]
     with LayerWriter(layer_compression(options), directory=work, source="code layer") as writer:
+
+        def write_executable(sink: BinaryIO) -> None:
+            # The embedfs archive is zstd frames already: the layer compresses it at a fast level.
+            with sconified.open("rb") as source:
+                copy_exactly(source, sink, embedded.archive_offset)
+                with writer.incompressible():
+                    copy_exactly(source, sink, embedded.archive_size)
+                copy_exactly(source, sink, embedded.output_size - embedded.archive_offset - embedded.archive_size)
+
+        entries = [
+            TarEntry(
+                path=executable.path,
+                kind="file",
+                mode=entry.mode,
+                uid=entry.uid,
+                gid=entry.gid,
+                size=embedded.output_size,
+                mtime=getattr(entry, "mtime", 0),
+                write=write_executable,
+            )
+        ]
+        entries += [whiteout_for(path) for path in removed]
         write_layer_tar(entries, writer.stream)
     return writer.layer
+
+
+def copy_exactly(source: BinaryIO, sink: BinaryIO, count: int) -> None:
+    while count:
+        chunk = source.read(min(count, 1 << 20))
+        if not chunk:
+            raise UsageError(f"{source.name} ended {count} bytes early while writing the code layer")
+        sink.write(chunk)
+        count -= len(chunk)
 
 
 def layer_compression(options: ConvertOptions) -> str:

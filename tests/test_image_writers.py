@@ -9,20 +9,23 @@ import io
 import os
 import tarfile
 from dataclasses import replace
+from functools import partial
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from sconify.errors import ImageError
 from sconify.image import layers as L
 from sconify.image import model
+from sconify.image import prefetch as prefetch_module
 from sconify.image.archive import _write_tar
 from sconify.image.layerwriter import LayerWriter
-from sconify.image import prefetch as prefetch_module
 from sconify.image.model import Image, Layer, canonical_json
 from sconify.image.prefetch import BlobPrefetch, same_filesystem
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
+from sconify.newlayers import TarEntry, write_layer_tar
 from sconify.pipeline import prefetch_input_blobs
 
 FILE_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
@@ -88,6 +91,59 @@ def test_zstd_layer_digest_does_not_depend_on_the_thread_count(tmp_path, monkeyp
         with LayerWriter("zstd", directory=tmp_path) as writer:
             write_tar(writer.stream, files)
         digests.add(writer.layer.digest)
+    assert len(digests) == 1
+
+
+def marked_layer(tmp_path: Path, compression: str) -> tuple[Layer, bytes]:
+    """A layer (and its tar) whose noise file is written inside ``incompressible``, as the code
+    layer writes the embedfs archive inside the executable."""
+    files = some_files()
+    with LayerWriter(compression, directory=tmp_path) as writer:
+
+        def noise(sink) -> None:
+            with writer.incompressible():
+                sink.write(files["app/data/blob"])
+
+        def entries(marked: bool) -> list[TarEntry]:
+            def plain(sink, data: bytes):
+                sink.write(data)
+            return [TarEntry(path=name, kind="file", mode=0o644, size=len(data), mtime=0,
+                             write=noise if marked and name == "app/data/blob" else partial(plain, data=data))
+                    for name, data in files.items()]
+
+        write_layer_tar(entries(marked=True), writer.stream)
+    tar = io.BytesIO()
+    write_layer_tar(entries(marked=False), tar)
+    return writer.layer, tar.getvalue()
+
+
+def zstd_frames(stored: bytes) -> int:
+    count = 0
+    while stored:
+        decompressor = zstandard.ZstdDecompressor().decompressobj()
+        decompressor.decompress(stored)
+        stored, count = decompressor.unused_data, count + 1
+    return count
+
+
+@pytest.mark.parametrize("compression", L.COMPRESSIONS)
+def test_an_incompressible_run_is_a_zstd_frame_of_its_own_at_the_fast_level(tmp_path, monkeypatch, compression):
+    """The layer reads back to the same tar; with zstd the run is a frame of its own (three in
+    all) and the digest the same for every thread count; gzip and none ignore the marks."""
+    layer, tar = marked_layer(tmp_path, compression)
+    plain_diff_id, plain_digest, _ = L.compress_stream(io.BytesIO(tar), io.BytesIO(), compression)
+    assert layer.diff_id == plain_diff_id
+    replace(layer, trusted=False).verify()
+    with layer.opener() as blob:
+        stored = blob.read()
+    if compression != "zstd":
+        assert layer.digest == plain_digest
+        return
+    assert layer.digest != plain_digest and zstd_frames(stored) == 3
+    digests = {layer.digest}
+    for threads in (1, 3):
+        monkeypatch.setattr(L, "ZSTD_THREADS", threads)
+        digests.add(marked_layer(tmp_path, compression)[0].digest)
     assert len(digests) == 1
 
 

@@ -30,6 +30,7 @@ from sconify.image.model import Layer, slice_opener
 
 QUEUE_CHUNKS = 8  # chunks of up to L.CHUNK_SIZE waiting for the background thread
 _END = None  # queued after the last chunk
+_FAST, _NORMAL = object(), object()  # queued where an incompressible run begins and ends
 
 
 class LayerWriter:
@@ -44,7 +45,7 @@ class LayerWriter:
 
     ``compression`` is "zstd", "gzip" or "none"; the output is byte for byte what
     ``layers.compress_stream`` gives for the same tar, so layer digests do not depend on the
-    writer used. ``directory`` holds the temp blob (default: the system temp directory); the
+    writer used, unless the producer marks a run that does not compress (``incompressible``). ``directory`` holds the temp blob (default: the system temp directory); the
     blob is deleted when the last Layer that refers to it is garbage-collected, or at once if
     the ``with`` block fails. The blob is file-backed, so image writers copy it kernel-side.
     """
@@ -74,7 +75,7 @@ class LayerWriter:
         self._file = os.fdopen(fd, "wb")  # buffered: it completes partial writes
         self._pipe = _CompressingPipe(self._file, self.compression)
         self._diff_hash = hashlib.sha256()
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUE_CHUNKS)
+        self._queue: queue.Queue[bytes | object | None] = queue.Queue(maxsize=QUEUE_CHUNKS)
         self._failure: Exception | None = None
         self._aborted = False
         self._thread = threading.Thread(target=self._pump, name="sconify-layer-writer", daemon=True)
@@ -99,6 +100,18 @@ class LayerWriter:
                 self._blob.remove()
 
     # --- the producer's side (caller's thread) -------------------------------------------
+
+    @contextlib.contextmanager
+    def incompressible(self):
+        """Bytes written to ``stream`` inside this block do not compress (e.g. an embedfs archive,
+        zstd frames already): with zstd they form a frame of their own at ZSTD_FAST_LEVEL, the
+        same size as the pinned level there for a third of the CPU. The frames break at the same
+        tar offsets for the same writes, so the blob stays deterministic. gzip and none ignore it."""
+        self.stream.flush()
+        self._queue.put(_FAST)
+        yield
+        self.stream.flush()
+        self._queue.put(_NORMAL)
 
     def _put(self, chunk: bytes) -> None:
         if self._failure is not None:
@@ -143,6 +156,9 @@ class LayerWriter:
             if self._failure is not None or self._aborted:
                 continue
             try:
+                if chunk is _FAST or chunk is _NORMAL:
+                    self._pipe.new_frame(fast=chunk is _FAST)
+                    continue
                 if self.compression == "none":
                     self._diff_hash.update(chunk)
                 self._pipe.write(chunk)
@@ -188,13 +204,23 @@ class _CompressingPipe:
             # count nor on how the input is cut into writes (checked with 1, 2, 3 and 8 threads
             # and 16 KiB to 7 MiB writes, zstandard 0.25); threads=0 gives other bytes. Level,
             # thread count, checksum and no content size are the pins of layers.py.
-            compressor = zstandard.ZstdCompressor(
-                level=L.ZSTD_LEVEL, threads=L.ZSTD_THREADS, write_checksum=True, write_content_size=False
-            )
-            self._sink = compressor.stream_writer(self._out, closefd=False)  # type: ignore[assignment]
+            self._sink = self._zstd_writer(L.ZSTD_LEVEL)  # type: ignore[assignment]
+        self._compression = compression
+
+    def _zstd_writer(self, level: int):
+        compressor = zstandard.ZstdCompressor(
+            level=level, threads=L.ZSTD_THREADS, write_checksum=True, write_content_size=False
+        )
+        return compressor.stream_writer(self._out, closefd=False)
 
     def write(self, chunk: bytes) -> None:
         self._sink.write(chunk)
+
+    def new_frame(self, fast: bool) -> None:
+        """zstd: end the frame and go on in a new one, at the fast level or the pinned one."""
+        if self._compression == "zstd":
+            self._sink.flush(zstandard.FLUSH_FRAME)
+            self._sink = self._zstd_writer(L.ZSTD_FAST_LEVEL if fast else L.ZSTD_LEVEL)
 
     def close(self) -> tuple[str | None, int]:
         """End the compressed stream; (digest, size) of what was written (digest None when
