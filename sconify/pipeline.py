@@ -11,8 +11,10 @@ import contextlib
 import io
 import os
 import posixpath
+import re
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import BinaryIO, Iterator, Protocol
@@ -53,8 +55,9 @@ from sconify.newlayers import (
     whiteout_for,
     write_layer_tar,
 )
-from sconify.recipe import Placeholders
+from sconify.recipe import Placeholders, builtin_recipes, load_recipe
 from sconify.select import (
+    DEFAULT_PATH,
     Executable,
     absolute,
     app_dir,
@@ -67,6 +70,7 @@ from sconify.select import (
     select_code,
     select_data,
     try_resolve,
+    workdir_of,
 )
 from sconify.session import SessionSpec, check_session_name, write_session
 from sconify.spool import Extent, Spool
@@ -188,7 +192,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             ) -> ConvertResult:
     with phase(reporter, timings, "read image"):
         image = read_image(options.source, platform=options.platform, limits=layer_limits(options))
-        fs = RootFS.from_image(image, rootfs_limits(options), cache_layers=not options.dry_run)
+        fs = RootFS.from_image(image, rootfs_limits(options), cache_layers=not options.dry_run,
+                               keep=contents_to_keep(image.config, options))
         # RootFS read every layer to its end, checking blob digest and diff_id: the writer
         # need not read them a second time before copying them.
         image = replace(image, layers=tuple(replace(layer, trusted=True) for layer in image.layers))
@@ -431,6 +436,59 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
             p for p in candidates if p not in fspf_excluded and region_of(p, regions) is region
         )
     return Plan(executable, application, code_files, regions, data_files)
+
+
+MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # /X is a link to /usr/X on most bases
+
+
+def contents_to_keep(config: dict, options: ConvertOptions) -> Callable[[str], bool] | None:
+    """A guess, made before the layers are read, of the files whose contents the conversion may
+    read: the recipe's code (the recipe of the command the config or --binary names, or
+    --recipe), the data regions, the library search path, PATH and the command's own files.
+    The index pass keeps only these in its temp tars (the rest of an image is often most of
+    its bytes). A file guessed wrong is read by a second pass over its layer: slower, the same
+    result. None (keep everything) when there is no guess to make, or everything is read
+    (--authenticate-root)."""
+    if options.authenticate_root:
+        return None
+    command = command_of(config)
+    recipe = load_recipe(options.recipe) if options.recipe else None
+    if recipe is None:
+        name = options.binary or (command[0] if command else "")
+        recipe = next((r for r in builtin_recipes() if name and r.matches_executable(name)), None)
+        if recipe is None:
+            return None
+    recipe = recipe.with_extra_code(options.fs_dirs, options.fs_files)
+    workdir = workdir_of(config)
+    apps = {workdir} | {posixpath.dirname(posixpath.join(workdir, arg)) for arg in command[1:] if not arg.startswith("-")}
+    apps = {rel(app) for app in apps} - {""}
+    trees = [*options.encrypted_dirs, *options.authenticated_dirs, *recipe.encrypted, *recipe.authenticated]
+    files = [*filter(None, [options.binary]), *recipe.candidates,
+             *(posixpath.join(workdir, arg) for arg in command if not arg.startswith("-"))]
+    directories = [*env_of(config).get("PATH", DEFAULT_PATH).split(":"), *recipe.search_path]
+    by_extension: list[tuple[str, tuple[str, ...]]] = []
+    for rule in recipe.code:
+        for pattern in rule.paths:
+            for app in apps if "{app}" in pattern else [""]:
+                root = Placeholders(version="*", app="/" + app).expand(pattern)
+                if rule.extensions:
+                    by_extension.append((root, rule.extensions))
+                else:
+                    trees.append(root)
+
+    def pattern(path: str) -> str:
+        """``path`` (absolute or relative, '*' a wildcard within a component) as a regex of
+        member paths, also under /usr for a merged-usr directory."""
+        parts = [re.escape(part).replace(r"\*", "[^/]*") for part in rel(posixpath.normpath("/" + path)).split("/")]
+        body = "/".join(parts)
+        return f"(?:usr/)?{body}" if parts[0] in MERGED_USR else body
+
+    alternatives = [f"{pattern(t)}(?:/.*)?" for t in trees if rel(t)]
+    alternatives += [f"{pattern(d)}/[^/]+" for d in directories if rel(d)]
+    alternatives += [pattern(f) for f in files if rel(f)]
+    alternatives += [f"{pattern(root)}/.*(?:{'|'.join(re.escape(e) for e in exts)})(?:\\.[0-9.]+)?"
+                     for root, exts in by_extension]
+    return re.compile("|".join(alternatives)).fullmatch if alternatives else None
 
 
 def check_extra_code(fs: RootFS, options: ConvertOptions) -> None:

@@ -215,3 +215,40 @@ def test_cached_gzip_layers_give_the_same_bytes_as_a_second_inflate(python_image
         assert {entry.path: stream.read() for entry, stream in cached.iter_files(paths)} == expected
         assert cached.read("etc/sconify-demo/defaults.json") == plain.read("etc/sconify-demo/defaults.json")
     assert cached._layer_cache == {}
+
+
+def test_kept_files_are_read_from_the_kept_tars_the_others_by_a_pass_over_their_layer(python_image):
+    """With ``keep``, the index pass writes only the accepted files' bytes into its temp tars
+    (at their offsets: the rest are holes). Kept files are preads of them; the others come from
+    a second pass over the layer, byte for byte the same, and a hardlink follows its target."""
+    import os
+    import random
+
+    from sconify.image.transports import read_image
+
+    image = read_image(f"oci:{python_image}:latest")
+    plain = RootFS.from_image(image, cache_layers=True)  # every file kept: the expected bytes
+    files = sorted(path for path, entry in plain.entries.items() if entry.is_regular)
+    random.Random(7).shuffle(files)
+    keep_set = set(files[: len(files) // 2]) | {"usr/bin/python3.11"}  # 6 MB: spans several chunks
+    asked = []
+
+    def keep(path: str) -> bool:
+        asked.append(path)
+        return path in keep_set
+
+    with RootFS.from_image(image, cache_layers=True, keep=keep) as fs:
+        assert "usr/bin/python3.11" in asked and "usr/lib/python3.11" not in asked  # regular files only
+        for path in files[:400] + files[-400:] + ["usr/bin/python3.11"]:
+            entry = fs.entries[path]
+            where = fs.cached_content(path)
+            held = fs.entries[entry.linkname] if entry.kind == "hardlink" else entry
+            if held.path in keep_set or entry.size == 0:
+                assert where is not None
+                fd, offset, size = where
+                assert os.pread(fd, size, offset) == plain.read(path)
+            else:
+                assert where is None
+        sample = files[:300] + files[-300:]
+        assert {e.path: s.read() for e, s in fs.iter_files(sample)} == {e.path: s.read() for e, s in plain.iter_files(sample)}
+    plain.close()

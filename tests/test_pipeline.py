@@ -21,12 +21,13 @@ import yaml
 
 from embedfs.elf import open_embedded
 from embedfs.measure import measure_elf
+from sconify import pipeline
 from sconify.fspf import Shield
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
 from sconify.keys import KeysFile
 from sconify.manifest import KEY_DEPENDENT_FIELDS, Manifest
-from sconify.pipeline import FSPF_PATH, ConvertOptions, sconify_image
+from sconify.pipeline import FSPF_PATH, ConvertOptions, contents_to_keep, sconify_image
 
 
 @dataclass
@@ -391,6 +392,48 @@ def test_deterministic_keys_give_identical_images(python_image, tmp_path):
         tmp_path / "b" / "m.json"
     ).read_bytes()
     assert (tmp_path / "a" / "k.json").read_bytes() == (tmp_path / "b" / "k.json").read_bytes()
+
+
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_the_index_pass_keeps_what_the_conversion_may_read(kind, python_image, node_image):
+    """contents_to_keep guesses from the config and options which files' bytes the kept layer
+    tars need: the recipe's code, data regions, libraries, PATH, the command's files."""
+    image = read_image(f"oci:{python_image if kind == 'python' else node_image}:latest")
+    keep = contents_to_keep(image.config, ConvertOptions(source="s", destination="d", encrypted_dirs=["/srv/secret"]))
+    common = ["srv/secret/key.pem", "usr/lib/x86_64-linux-gnu/libc.so.6", "lib/x86_64-linux-gnu/libm.so.6",
+              "usr/bin/" + ("python3.11" if kind == "python" else "node"), "app/" + ("main.py" if kind == "python" else "index.js")]
+    wanted = {"python": ["usr/lib/python3.11/json/decoder.py", "usr/lib/python3/dist-packages/yaml/__init__.py",
+                         "usr/local/lib/python3.11/site-packages/mod.cpython-311-x86_64-linux-gnu.so"],
+              "node": ["app/node_modules/left-pad/index.js", "app/package.json", "usr/share/nodejs/acorn/dist/acorn.js"]}[kind]
+    unwanted = ["usr/share/doc/libc6/copyright", "etc/passwd", "var/lib/dpkg/status", "app/static/logo.png",
+                "app/README.md"]
+    assert all(keep(path) for path in common + wanted), [p for p in common + wanted if not keep(p)]
+    assert not any(keep(path) for path in unwanted), [p for p in unwanted if keep(p)]
+
+
+def test_no_guess_when_everything_is_read_or_the_command_is_unknown(python_image):
+    config = read_image(f"oci:{python_image}:latest").config
+    assert contents_to_keep(config, ConvertOptions(source="s", destination="d", authenticate_root=True)) is None
+    assert contents_to_keep({"config": {"Cmd": ["/start.sh"]}}, ConvertOptions(source="s", destination="d")) is None
+    assert contents_to_keep({"config": {"Cmd": ["/start.sh"]}}, ConvertOptions(source="s", destination="d", binary="node"))
+
+
+def test_a_wrong_guess_costs_time_not_correctness(python_image, tmp_path, monkeypatch):
+    """Files the index pass did not keep are read by a second pass over their layer: a guess
+    that keeps nothing gives the same measurement and embedded files, and the output verifies."""
+    source = f"oci:{python_image}:latest"
+    seed = tmp_path / "seed.bin"
+    seed.write_bytes(bytes(range(32)))
+    guessed = run_api(source, tmp_path / "guessed", deterministic_keys_from=str(seed))
+    monkeypatch.setattr(pipeline, "contents_to_keep", lambda config, options: lambda path: False)
+    wrong = run_api(source, tmp_path / "wrong", deterministic_keys_from=str(seed))
+    assert wrong.output.manifest_digest == guessed.output.manifest_digest
+    assert wrong.measurement.mrenclave == guessed.measurement.mrenclave
+    out = tmp_path / "wrong"
+    result = subprocess.run(
+        [sys.executable, "-m", "sconify", "verify", f"oci:{out / 'out'}:x", "--manifest", str(out / "m.json"),
+         "--keys", str(out / "k.json")], capture_output=True, text=True, timeout=600, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_measurement_parameters_change_mrenclave(python_image, tmp_path):

@@ -17,6 +17,7 @@ every check has run.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import hashlib
 import io
@@ -88,11 +89,16 @@ class BackgroundTar(io.RawIOBase):
     thread, and reports every error, its own or the other threads', to the caller.
     """
 
-    def __init__(self, layer, tee_fd: int | None = None) -> None:
+    def __init__(self, layer, tee_fd: int | None = None, selective: bool = False) -> None:
+        """``selective``: only the byte ranges the caller ``keep``s go to ``tee_fd``, each at
+        its offset in the tar (the rest of the file stays a hole): written from the chunks the
+        caller has read past, on a thread of their own."""
         super().__init__()
         self._layer = layer
         self._what = f"layer blob {layer.digest}"
-        self._tee_fd = tee_fd
+        self._tee_fd = tee_fd if not selective else None  # the diff_id thread copies everything
+        self._kept: collections.deque[tuple[int, int]] = collections.deque()  # [start, end), tar order
+        self._cache_queue: queue.Queue | None = queue.Queue(QUEUE_CHUNKS) if selective and tee_fd is not None else None
         self._queue: queue.Queue = queue.Queue(QUEUE_CHUNKS)  # inflated chunks -> caller
         self._blob_queue: queue.Queue = queue.Queue(QUEUE_CHUNKS)  # stored chunks -> inflating thread
         self._check_queue: queue.Queue = queue.Queue(QUEUE_CHUNKS)  # inflated chunks -> checking thread
@@ -110,6 +116,9 @@ class BackgroundTar(io.RawIOBase):
             threading.Thread(target=self._check, name="sconify-diff-id", daemon=True),
             threading.Thread(target=self._produce, name="sconify-inflate", daemon=True),
         ]
+        if self._cache_queue is not None:
+            self._threads.append(threading.Thread(target=self._write_kept, args=(tee_fd,), name="sconify-cache",
+                                                  daemon=True))
         for thread in self._threads:
             thread.start()
 
@@ -160,6 +169,20 @@ class BackgroundTar(io.RawIOBase):
                 self._check_error, failed = exc, True
         if diff is not None:
             self._diff_id = "sha256:" + diff.hexdigest()
+
+    def _write_kept(self, fd: int) -> None:
+        """The cache thread (selective): write each kept slice at its tar offset."""
+        failed = False
+        while (item := self._take(self._cache_queue)) is not _END and item is not None:
+            if failed:
+                continue
+            try:
+                for offset, piece in item:
+                    while piece:
+                        written = os.pwrite(fd, piece, offset)
+                        piece, offset = piece[written:], offset + written
+            except BaseException as exc:  # noqa: BLE001 - e.g. no space left: raised by finish
+                self._check_error, failed = exc, True
 
     def _produce(self) -> None:
         try:
@@ -238,18 +261,43 @@ class BackgroundTar(io.RawIOBase):
         if self._ended:
             return False
         item = self._queue.get()
-        if item is _END:
-            self._ended = True
-            self._base += len(self._chunk)
-            self._chunk, self._at = b"", 0
-            return False
         if isinstance(item, BaseException):
             self._ended = True
             self._error = item
             raise item
+        self._retire()
         self._base += len(self._chunk)
+        if item is _END:
+            self._ended = True
+            self._chunk, self._at = b"", 0
+            if self._cache_queue is not None:
+                self._put(self._cache_queue, _END)
+            return False
         self._chunk, self._at = item, 0
         return True
+
+    def keep(self, offset: int, size: int) -> None:
+        """Selective caching: keep bytes [offset, offset+size) of the tar (a member's data, whose
+        header was just read: none of it is behind the read position yet)."""
+        if self._cache_queue is not None and size > 0:
+            self._kept.append((offset, offset + size))
+
+    def _retire(self) -> None:
+        """The current chunk is left behind: hand the kept slices in it to the cache thread.
+        Every range in it is known by now (a member's data follows its header)."""
+        if self._cache_queue is None or not self._chunk:
+            return
+        start, end = self._base, self._base + len(self._chunk)
+        view = memoryview(self._chunk)
+        pieces = []
+        while self._kept and self._kept[0][0] < end:
+            low, high = self._kept[0]
+            pieces.append((max(low, start), view[max(low, start) - start:min(high, end) - start]))
+            if high > end:
+                break  # the rest of that range is in the next chunks
+            self._kept.popleft()
+        if pieces:
+            self._put(self._cache_queue, pieces)
 
     def readable(self) -> bool:
         return True
@@ -299,6 +347,8 @@ class BackgroundTar(io.RawIOBase):
             pass
         for thread in self._threads:
             thread.join()
+        if self._check_error is not None:  # the cache thread's
+            raise self._check_error
 
     def close(self) -> None:
         if not self.closed:

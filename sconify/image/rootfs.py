@@ -14,8 +14,8 @@ import collections
 import io
 import tarfile
 import tempfile
+from collections.abc import Callable, Collection, Iterable, Iterator
 from dataclasses import dataclass
-from collections.abc import Collection, Iterable, Iterator
 from typing import BinaryIO
 
 from sconify.errors import ImageError
@@ -115,13 +115,18 @@ class RootFS:
     """The merged view of an image's layers: ``entries`` maps normalised paths to Entry."""
 
     def __init__(self, image: Image, limits: RootFSLimits | None = None,
-                 cache_layers: bool | Collection[int] = False) -> None:
+                 cache_layers: bool | Collection[int] = False, keep: Callable[[str], bool] | None = None) -> None:
         self.image = image
         self.limits = limits or RootFSLimits()
         # With this set, the index pass also writes each layer's tar to an unlinked temp file (on
-        # the inflating thread) and file reads become preads of it instead of a second inflate.
+        # a background thread) and file reads become preads of it instead of a second inflate.
         self.cache_layers = cache_layers
+        # With this too, only the contents of regular files whose member path (as in the tar,
+        # no leading "/") passes ``keep`` are written there; the others are read by a pass over
+        # their layer if ever asked for.
+        self._keep = keep
         self._layer_cache: dict[int, BinaryIO] = {}
+        self._kept: dict[int, set[int]] = {}  # layer -> data offsets of the files kept (with ``keep``)
         self.entries: dict[str, Entry] = {"": Entry("", "dir", 0o755, 0, 0, 0, 0)}
         self.children: dict[str, set[str]] = {"": set()}
         self.skipped: list[tuple[str, str]] = []  # (path, kind) of device nodes and FIFOs
@@ -134,12 +139,14 @@ class RootFS:
     @classmethod
     def from_image(
         cls, image: Image, limits: RootFSLimits | None = None, cache_layers: bool | Collection[int] = False,
+        keep: Callable[[str], bool] | None = None,
     ) -> "RootFS":
         """Index every layer once (headers only), applying whiteouts in layer order.
 
         ``cache_layers`` keeps the tar of every layer (True) or of the layers at these indexes
-        in a temp file, for later reads by offset instead of a second inflate."""
-        fs = cls(image, limits, cache_layers)
+        in a temp file, for later reads by offset instead of a second inflate; ``keep`` limits
+        that to the regular files whose member path it accepts (a guess of what will be read)."""
+        fs = cls(image, limits, cache_layers, keep)
         try:
             for index in range(len(image.layers)):
                 fs._apply_layer(index)
@@ -187,12 +194,18 @@ class RootFS:
         if self.cache_layers is True or (self.cache_layers and index in self.cache_layers):
             tee = tempfile.TemporaryFile(prefix="sconify-layer-")
             self._layer_cache[index] = tee
-        with BackgroundTar(self.image.layers[index], tee.fileno() if tee else None) as stream:
+        keep = self._keep if tee is not None else None
+        kept = self._kept[index] = set() if keep is not None else None
+        with BackgroundTar(self.image.layers[index], tee.fileno() if tee else None, selective=keep is not None) as stream:
             try:
                 with tarfile.open(fileobj=stream, mode="r:", tarinfo=BoundedTarInfo) as archive:
                     for info in archive:
                         archive.members.clear()  # tarfile keeps every TarInfo otherwise
-                        members.append(self._member(info, what))
+                        member = self._member(info, what)
+                        members.append(member)
+                        if keep is not None and member.kind == "file" and member.size and keep("/".join(member.parts)):
+                            kept.add(member.offset_data)  # its data follows: not read past yet
+                            stream.keep(member.offset_data, member.size)
             except HostileHeader as exc:
                 raise ImageError(f"{what}: {exc}") from None
             except tarfile.TarError as exc:
@@ -454,16 +467,30 @@ class RootFS:
             entry = self.entries[self.resolve(path)]
         if not entry.is_regular:
             raise ImageError(f"{path!r} is a {entry.kind} in the image, not a regular file; check the path")
-        cache = self._layer_cache.get(entry.data_layer)
+        cache = self._cache_of(entry)
         return None if cache is None else (cache.fileno(), entry.data_offset, entry.size)
 
+    def _cache_of(self, entry: Entry) -> BinaryIO | None:
+        """The kept tar holding ``entry``'s content, or None (layer not kept, or file not kept)."""
+        cache = self._layer_cache.get(entry.data_layer)
+        kept = self._kept.get(entry.data_layer)
+        if cache is None or (kept is not None and entry.size and entry.data_offset not in kept):
+            return None
+        return cache
+
     def _iter_layer(self, index: int, entries: list[Entry]) -> Iterator[tuple[Entry, BinaryIO]]:
-        cache = self._layer_cache.get(index)
-        if cache is not None:  # inflated once by the index pass (and checked): read by offset
+        if index in self._layer_cache:  # inflated once by the index pass (and checked): read by offset
+            streamed = []
             for entry in entries:
+                cache = self._cache_of(entry)
+                if cache is None:
+                    streamed.append(entry)
+                    continue
                 window = BoundedReader(cache.fileno(), entry.data_offset, entry.size)
                 yield entry, io.BufferedReader(window, L.CHUNK_SIZE)  # type: ignore[misc]
-            return
+            entries = streamed  # files the index pass did not keep: one pass over the layer
+            if not entries:
+                return
         layer = self.image.layers[index]
         stream = layer.open_tar()
         position = 0
