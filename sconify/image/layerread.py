@@ -82,11 +82,12 @@ class _QueuedBlob(io.RawIOBase):
 class BackgroundTar(io.RawIOBase):
     """The uncompressed tar of ``layer``, inflated and checked on background threads.
 
-    Three threads, so the checks do not queue behind the inflating: one reads the blob and
-    takes its digest, one inflates, one takes the diff_id (and with ``tee_fd`` appends the tar to
-    that file, so file contents can later be read by offset instead of inflating the layer a
-    second time). The inflating thread hands its chunks both to the caller and to the checking
-    thread, and reports every error, its own or the other threads', to the caller.
+    A thread per task, so the checks do not queue behind the inflating: one reads the blob and
+    takes its digest, one inflates, one takes the diff_id and with ``tee_fd`` appends the tar to
+    that file (so file contents can later be read by offset instead of inflating the layer a
+    second time); in ``selective`` mode a fourth writes only the kept ranges instead. The
+    inflating thread hands its chunks both to the caller and to the checking thread, and reports
+    every error, its own or the blob thread's, to the caller; ``finish`` raises the others'.
     """
 
     def __init__(self, layer, tee_fd: int | None = None, selective: bool = False) -> None:
@@ -96,7 +97,7 @@ class BackgroundTar(io.RawIOBase):
         super().__init__()
         self._layer = layer
         self._what = f"layer blob {layer.digest}"
-        self._tee_fd = tee_fd if not selective else None  # the diff_id thread copies everything
+        self._tee_fd = tee_fd if not selective else None  # for the diff_id thread: the whole tar
         self._kept: collections.deque[tuple[int, int]] = collections.deque()  # [start, end), tar order
         self._cache_queue: queue.Queue | None = queue.Queue(QUEUE_CHUNKS) if selective and tee_fd is not None else None
         self._queue: queue.Queue = queue.Queue(QUEUE_CHUNKS)  # inflated chunks -> caller
