@@ -533,10 +533,7 @@ class RangeReader:
         count = min(count, self.member.data_length - self.position)
         if count <= 0:
             return b""
-        data = self.archive.source.read_at(self.member.data_offset + self.position, count)
-        if len(data) != count:
-            raise FormatError(f"embedfs archive is truncated: {self.member.path} at {self.member.data_offset} "
-                              "is cut short; rebuild it")
+        data = self.archive._read_exact(self.member.data_offset + self.position, count, self.member.path)
         self.position += count
         return data
 
@@ -699,15 +696,14 @@ class Archive:
         member = self.stat(path)
         if member.kind == "symlink":
             return member.linkname.encode("utf-8", "surrogateescape")
-        data = self._decompress(member)
+        raw = self._read_exact(member.data_offset, member.data_length, member.path) if member.data_length else b""
+        return self._checked(member, raw)
+
+    def _checked(self, member: Member, raw: bytes | memoryview) -> bytes:
+        """A file's content from its zstd frames ``raw``, checked against its size and SHA-256."""
+        data = self._decompress_frames(member, raw) if member.data_length else b""
         check_content(member, len(data), hashlib.sha256(data).hexdigest())
         return data
-
-    def _decompress(self, member: Member) -> bytes:
-        if member.data_length == 0:
-            return b""
-        raw = self._read_exact(member.data_offset, member.data_length, member.path)
-        return self._decompress_frames(member, raw)
 
     def _decompress_frames(self, member: Member, raw: bytes | memoryview) -> bytes:
         """The content of a file from its zstd frames ``raw``: at most one byte more than the
@@ -748,12 +744,8 @@ class Archive:
             return sum(m.size for m in run)
         view = memoryview(raw)
         for member in run:
-            if member.data_length == 0:
-                data = b""
-            else:
-                at = member.data_offset - start
-                data = self._decompress_frames(member, view[at:at + member.data_length])
-            check_content(member, len(data), hashlib.sha256(data).hexdigest())
+            at = member.data_offset - start
+            self._checked(member, view[at:at + member.data_length])
         return sum(m.size for m in run)
 
     def _verify_streamed(self, member: Member) -> None:
