@@ -31,6 +31,7 @@ from sconify.fspf.errors import FspfError, IntegrityError
 from sconify.fspf.format import tag_of
 from sconify.fspf.shield import VerifyReport as ShieldReport
 from sconify.hashing import sha256_file
+from sconify.image import layers as L
 from sconify.image.layerread import short_gil_switches
 from sconify.image.model import Image, Layer, copy_range
 from sconify.image.rootfs import RootFS
@@ -143,7 +144,7 @@ def verify_image(
     """
     report = VerifyReport(reference)
     image = read_image(reference, platform=platform)
-    check_identity(report, image, manifest, reference)
+    check_identity(report, image, manifest)
     base = len(manifest.input.diff_ids)
     # With keys, the shield must see every file of the merged view under a protected region
     # (plaintext left in a lower layer would otherwise go unnoticed): index all layers.
@@ -181,8 +182,7 @@ def check_input_blobs(report: VerifyReport, layers: tuple[Layer, ...], manifest:
     for index, layer in enumerate(layers):
         if index < len(recorded) and layer.digest == recorded[index]:
             with layer.open_blob() as blob:  # size and digest checked at the end
-                while blob.read(1 << 20):
-                    pass
+                L.drain(blob)
         else:
             layer.verify()
             inflated += 1
@@ -239,7 +239,7 @@ def shields_lower_layers(manifest: Manifest) -> bool:
 BLOB_KEEPING_TRANSPORTS = ("oci", "oci-archive")
 
 
-def check_identity(report: VerifyReport, image: Image, manifest: Manifest, reference: str) -> None:
+def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> None:
     out = manifest.output
     report.add(
         "image config digest",
@@ -270,7 +270,7 @@ def check_identity(report: VerifyReport, image: Image, manifest: Manifest, refer
     )
     layer_digests = [layer.digest for layer in image.layers]
     stored_as_written = (
-        reference.partition(":")[0] in BLOB_KEEPING_TRANSPORTS
+        report.reference.partition(":")[0] in BLOB_KEEPING_TRANSPORTS
         and out.reference.partition(":")[0] in BLOB_KEEPING_TRANSPORTS
     )
     if out.layer_digests and len(layer_digests) == len(out.layer_digests) and stored_as_written:
@@ -537,14 +537,9 @@ def shield_files(fspf: bytes, keys: KeysFile, fs: RootFS, present: list[str]) ->
 
     def read_through(path: str) -> IntegrityError | None:
         try:
-            with shield.open(path) as handle:
-                while handle.read(1 << 20):
-                    pass
-        except IntegrityError as exc:
-            return exc
+            return shield.check_file(path)
         finally:
             lent.pop(path, None)
-        return None
 
     shield = Shield(fspf, keys.fspf_key, keys.fspf_tag, opener=opener)
     records = shield.fspf
@@ -562,14 +557,7 @@ def shield_files(fspf: bytes, keys: KeysFile, fs: RootFS, present: list[str]) ->
             checked += record.size
         else:
             problems.append(problem)
-    for path in (absolute(p) for p in present):
-        region = records.region_for(path)
-        if region is not None and region.protection != "not-protected" and records.file(path) is None:
-            problems.append(
-                IntegrityError(
-                    path, f"present but not recorded in {region.protection} region {region.path} (a file was added)"
-                )
-            )
+    problems += shield.added_files(absolute(p) for p in present)
     return ShieldReport(len(records.files), checked, tuple(problems))
 
 

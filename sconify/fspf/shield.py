@@ -113,20 +113,35 @@ class Shield:
         problems: list[IntegrityError] = []
         checked = 0
         for record in self._fspf.files:
-            try:
-                with self.open(record.path) as handle:
-                    while handle.read(1 << 20):
-                        pass
+            problem = self.check_file(record.path)
+            if problem is None:
                 checked += record.size
-            except IntegrityError as exc:
-                problems.append(exc)
+            else:
+                problems.append(problem)
         if present is None and self._root is not None:
             present = self._present_files()
-        for path in sorted(present or ()):
+        problems += self.added_files(sorted(present or ()))
+        return VerifyReport(len(self._fspf.files), checked, tuple(problems))
+
+    def check_file(self, path: str) -> IntegrityError | None:
+        """Read one recorded file through the shield to its end: the IntegrityError found, or None."""
+        try:
+            with self.open(path) as handle:
+                while handle.read(1 << 20):
+                    pass
+        except IntegrityError as exc:
+            return exc
+        return None
+
+    def added_files(self, present: Iterable[str]) -> list[IntegrityError]:
+        """One IntegrityError for each of the stored ``present`` paths (in their order) that lies
+        in a protected region but is not recorded in the fspf."""
+        problems = []
+        for path in present:
             region = self._fspf.region_for(path)
             if region is not None and region.protection != "not-protected" and self._fspf.file(path) is None:
                 problems.append(IntegrityError(path, f"present but not recorded in {region.protection} region {region.path} (a file was added)"))
-        return VerifyReport(len(self._fspf.files), checked, tuple(problems))
+        return problems
 
     def write(self, path: str, data: bytes) -> bytes:
         """Replace or add a file (root-backed shields); re-encrypt the fspf; return the new tag.
