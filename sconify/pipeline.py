@@ -32,6 +32,7 @@ from sconify.image.layers import LayerLimits
 from sconify.image.layerwriter import LayerWriter
 from sconify.image.model import Image, Layer, canonical_json
 from sconify.image.mutate import append_layers, with_config
+from sconify.image.oci import blob_name
 from sconify.image.prefetch import BlobPrefetch, same_filesystem
 from sconify.image.reference import parse_reference
 from sconify.image.rootfs import RootFS, RootFSLimits
@@ -286,8 +287,7 @@ def prefetch_input_blobs(image: Image, destination: str, work: str):
     reference = parse_reference(destination)
     if reference.transport != "oci" or not same_filesystem(work, reference.path):
         return contextlib.nullcontext(None)
-    held = Path(reference.path, "blobs", "sha256")
-    present = [layer.digest for layer in image.layers if (held / layer.digest.partition(":")[2]).exists()]
+    present = [layer.digest for layer in image.layers if Path(reference.path, blob_name(layer.digest)).exists()]
     return BlobPrefetch(image.layers, work, skip=present)
 
 

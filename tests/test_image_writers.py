@@ -18,7 +18,6 @@ import zstandard
 from sconify.errors import ImageError
 from sconify.image import layers as L
 from sconify.image import model
-from sconify.image import prefetch as prefetch_module
 from sconify.image.archive import _write_tar
 from sconify.image.layerwriter import LayerWriter
 from sconify.image.model import Image, Layer, canonical_json
@@ -293,10 +292,11 @@ def test_input_blobs_copied_ahead_are_linked_into_the_layout_never_the_input(tmp
 def test_a_failed_copy_ahead_leaves_the_copy_to_the_writer(tmp_path, monkeypatch):
     image, _ = input_layout(tmp_path)
     (tmp_path / "work").mkdir()
-    monkeypatch.setattr(prefetch_module, "copy_range", lambda *args: 0)  # as if the input shrank
-    with BlobPrefetch(image.layers, str(tmp_path / "work")) as prefetch:
-        assert prefetch.layers(image.layers) == image.layers
-        assert prefetch.layers(image.layers)[0].opener is image.layers[0].opener
+    with monkeypatch.context() as patch:
+        patch.setattr(model, "copy_range", lambda *args: 0)  # as if the input shrank
+        with BlobPrefetch(image.layers, str(tmp_path / "work")) as prefetch:
+            assert prefetch.layers(image.layers) == image.layers
+            assert prefetch.layers(image.layers)[0].opener is image.layers[0].opener
     write_image(image, f"oci:{tmp_path / 'out'}:x")
     read_image(f"oci:{tmp_path / 'out'}:x").layers[0].verify()
 

@@ -157,32 +157,36 @@ class BackgroundTar(io.RawIOBase):
     def _check(self) -> None:
         """The checking thread: the diff_id of the inflated bytes, and the cache copy."""
         diff = hashlib.sha256() if self._layer.compression != "none" else None
-        failed = False
-        while (item := self._take(self._check_queue)) is not _END and item is not None:
-            if failed:
-                continue  # keep taking, so the inflating thread is never blocked on a dead consumer
-            try:
-                if diff is not None:
-                    diff.update(item)
-                if self._tee_fd is not None:
-                    _write_all(self._tee_fd, item)
-            except BaseException as exc:  # noqa: BLE001 - e.g. no space left for the cache copy
-                self._check_error, failed = exc, True
+
+        def check(chunk: bytes) -> None:
+            if diff is not None:
+                diff.update(chunk)
+            if self._tee_fd is not None:
+                _write_all(self._tee_fd, chunk)
+
+        self._consume(self._check_queue, check)
         if diff is not None:
             self._diff_id = "sha256:" + diff.hexdigest()
 
     def _write_kept(self, fd: int) -> None:
         """The cache thread (selective): write each kept slice at its tar offset."""
+        def write(pieces: list[tuple[int, memoryview]]) -> None:
+            for offset, piece in pieces:
+                _write_all(fd, piece, offset)
+
+        self._consume(self._cache_queue, write)
+
+    def _consume(self, source: queue.Queue, work) -> None:
+        """``work(item)`` for each item of ``source`` up to its end. After a failure (e.g. no
+        space left for the cache copy; kept for the caller) items are still taken, so the thread
+        feeding ``source`` is never blocked on a dead consumer."""
         failed = False
-        while (item := self._take(self._cache_queue)) is not _END and item is not None:
+        while (item := self._take(source)) is not _END and item is not None:
             if failed:
                 continue
             try:
-                for offset, piece in item:
-                    while piece:
-                        written = os.pwrite(fd, piece, offset)
-                        piece, offset = piece[written:], offset + written
-            except BaseException as exc:  # noqa: BLE001 - e.g. no space left: raised by finish
+                work(item)
+            except BaseException as exc:  # noqa: BLE001 - raised by the inflating thread or finish
                 self._check_error, failed = exc, True
 
     def _produce(self) -> None:
@@ -359,11 +363,14 @@ class BackgroundTar(io.RawIOBase):
         super().close()
 
 
-def _write_all(fd: int, data: bytes) -> None:
+def _write_all(fd: int, data, offset: int | None = None) -> None:
+    """Write all of ``data`` at the file position, or at ``offset`` when given."""
     view = memoryview(data)
     while view:
-        written = os.write(fd, view)
+        written = os.write(fd, view) if offset is None else os.pwrite(fd, view, offset)
         view = view[written:]
+        if offset is not None:
+            offset += written
 
 
 @contextlib.contextmanager

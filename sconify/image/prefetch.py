@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import replace
 
-from sconify.image.model import Layer, copy_range, slice_opener
+from sconify.image.model import Layer, slice_opener
 
 
 class BlobPrefetch:
@@ -52,10 +52,9 @@ class BlobPrefetch:
         where = layer.file_range
         assert where is not None
         path = os.path.join(self._directory, "input-" + layer.digest.partition(":")[2])
-        with open(where.path, "rb", buffering=0) as source, open(path, "xb", buffering=0) as copy:
+        with open(path, "xb", buffering=0) as copy:
             os.fchmod(copy.fileno(), 0o600)
-            if copy_range(source.fileno(), copy.fileno(), where.offset, where.size) != where.size:
-                raise OSError(f"{where.path} is shorter than its blob")
+            where.copy_to(copy.fileno())  # ImageError if the input is shorter than its blob
             os.fsync(copy.fileno())  # the writer's fsync of the link then finds nothing to write
         return path
 
