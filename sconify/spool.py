@@ -14,7 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from sconify.image.model import copy_range
+from sconify.image.model import BoundedReader, copy_range
 
 
 @dataclass(frozen=True)
@@ -25,40 +25,6 @@ class Extent:
     offset: int
     size: int
     fd: int | None = None
-
-
-class BoundedReader(io.RawIOBase):
-    """A read-only view of ``size`` bytes at ``offset`` of a file, with its own position."""
-
-    def __init__(self, fd: int, offset: int, size: int):
-        self._fd = fd
-        self._offset = offset
-        self._size = size
-        self._pos = 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, min(self._size, base + pos))
-        return self._pos
-
-    def readinto(self, buffer) -> int:
-        wanted = min(len(buffer), self._size - self._pos)
-        if wanted <= 0:
-            return 0
-        # straight into the buffer: a pread's bytes object (for 1 MiB, fresh pages every time)
-        # and its copy cost 4x as much CPU
-        n = os.preadv(self._fd, [memoryview(buffer)[:wanted]], self._offset + self._pos)
-        self._pos += n
-        return n
 
 
 class Spool:

@@ -22,26 +22,45 @@ def canonical_json(value: Any) -> bytes:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-class FileSlice(io.RawIOBase):
-    """A read-only window ``[offset, offset+size)`` of a file, read with pread."""
+class BoundedReader(io.RawIOBase):
+    """A read-only view of ``size`` bytes at ``offset`` of a file, with its own position."""
 
-    def __init__(self, path: str | os.PathLike, offset: int, size: int) -> None:
-        super().__init__()
-        self._fd = os.open(path, os.O_RDONLY)
-        self._pos = offset
-        self._end = offset + size
+    def __init__(self, fd: int, offset: int, size: int):
+        self._fd = fd
+        self._offset = offset
+        self._size = size
+        self._pos = 0
 
     def readable(self) -> bool:
         return True
 
-    def readinto(self, buffer) -> int:  # type: ignore[override]
-        view = memoryview(buffer)
-        want = min(len(view), self._end - self._pos)
-        if want <= 0:
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._pos
+
+    def seek(self, pos: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
+        self._pos = max(0, min(self._size, base + pos))
+        return self._pos
+
+    def readinto(self, buffer) -> int:
+        wanted = min(len(buffer), self._size - self._pos)
+        if wanted <= 0:
             return 0
-        n = os.preadv(self._fd, [view[:want]], self._pos)  # straight into the buffer: no bytes object
+        # straight into the buffer: a pread's bytes object (for 1 MiB, fresh pages every time)
+        # and its copy cost 4x as much CPU
+        n = os.preadv(self._fd, [memoryview(buffer)[:wanted]], self._offset + self._pos)
         self._pos += n
         return n
+
+
+class FileSlice(BoundedReader):
+    """A BoundedReader over a file it opens itself, and closes."""
+
+    def __init__(self, path: str | os.PathLike, offset: int, size: int) -> None:
+        super().__init__(os.open(path, os.O_RDONLY), offset, size)
 
     def close(self) -> None:
         if not self.closed:

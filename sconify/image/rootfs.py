@@ -21,9 +21,8 @@ from typing import BinaryIO
 from sconify.errors import ImageError
 from sconify.image import layers as L
 from sconify.image.layerread import BackgroundTar
-from sconify.image.model import Image
+from sconify.image.model import BoundedReader, Image
 from sconify.image.tarbounds import BoundedTarInfo, HostileHeader
-from sconify.spool import BoundedReader
 
 WHITEOUT_PREFIX = ".wh."
 # tar member types as the merge names them (tarfile's isreg/isdir/... in one lookup)
