@@ -19,17 +19,9 @@ from embedfs.errors import EmbedfsError
 from sconify import __version__
 from sconify.errors import EXIT_BAD_INPUT, EXIT_INTERNAL, SconifyError
 
-# Subcommand modules, in the order they appear in --help. A module that is not present yet
-# (work in progress) is skipped rather than breaking the whole CLI.
-SUBCOMMAND_MODULES = (
-    "sconify.cli.image",
-    "sconify.cli.verify",
-    "sconify.cli.fspf",
-    "sconify.cli.copy",
-    "sconify.cli.demo",
-)
-# The module that registers each subcommand: a run of one subcommand imports only its module
-# (importing all of them costs ~0.1 s of every run; --help and typos still see them all).
+# The module that registers each subcommand, in the order they appear in --help: a run of one
+# subcommand imports only its module (importing all of them costs ~0.1 s of every run; --help
+# and typos still see them all).
 COMMAND_MODULES = {
     "image": "sconify.cli.image",
     "verify": "sconify.cli.verify",
@@ -40,6 +32,9 @@ COMMAND_MODULES = {
     "copy": "sconify.cli.copy",
     "demo": "sconify.cli.demo",
 }
+# Every subcommand module once, in that order. A module that is not present yet (work in
+# progress) is skipped rather than breaking the whole CLI.
+SUBCOMMAND_MODULES = tuple(dict.fromkeys(COMMAND_MODULES.values()))
 
 
 class OneLineArgumentParser(argparse.ArgumentParser):
