@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import tarfile
 from dataclasses import dataclass, field
 from typing import BinaryIO, Callable
@@ -39,8 +38,7 @@ class TarEntry:
     gid: int = 0
     size: int = 0
     mtime: int = 0
-    open: Callable[[], BinaryIO] | None = field(default=None, compare=False)
-    # Instead of ``open``: writes exactly ``size`` bytes of content to the stream it is given.
+    # A file's content: writes exactly ``size`` bytes to the stream it is given.
     write: Callable[[BinaryIO], object] | None = field(default=None, compare=False)
 
 
@@ -97,12 +95,8 @@ class LayerTar:
         if entry.kind != "file":
             return
         start = self._out.offset
-        if entry.write is not None:
-            entry.write(self._out)
-        else:
-            assert entry.open is not None, entry.path
-            with entry.open() as stream:
-                shutil.copyfileobj(stream, self._out, 1 << 20)
+        assert entry.write is not None, entry.path
+        entry.write(self._out)
         if self._out.offset - start != entry.size:
             raise ValueError(f"layer entry {entry.path!r}: {self._out.offset - start} bytes written, {entry.size} declared")
         self._out.pad()
