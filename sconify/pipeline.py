@@ -7,6 +7,7 @@ write image -> manifest, CAS session, keys file.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import io
 import os
@@ -207,7 +208,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             return result
         random = random_source(options.deterministic_keys_from, key_context(image, plan))
         with tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool, \
-                prefetch_input_blobs(image, options.destination, work) as prefetch:
+                contextlib.ExitStack() as later:
             wanted = files_to_read(fs, plan)
             with phase(reporter, timings, "read files", total=len(wanted)):
                 extents = spool_files(fs, wanted, spool, reporter)
@@ -223,7 +224,15 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 removed = [] if options.keep_embedded else list(plan.code_files)
                 executable = executable_figures(plan, original_exe, sconified_exe)
                 embedfs = embedfs_figures(packed, removed)
+                embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
+                # The code is in the executable now: from here on only data files are read.
+                data_files = [p for files in plan.data_files.values() for p in files]
+                fs.release_all_but(data_files)
+                for path in extents.keys() - set(data_files):
+                    del extents[path]  # their bytes are gone: no later read may use them
                 reporter.advance(len(embedded))
+            # Copied from here on, the input blobs take the pages the code's bytes just gave back.
+            prefetch = later.enter_context(prefetch_input_blobs(image, options.destination, work))
             with phase(reporter, timings, "measure"):
                 measurement = measure_elf(str(sconified_exe), **measure_parameters(options))
             with phase(reporter, timings, "protect data"):
@@ -268,7 +277,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 )
         result.manifest = manifest
         result.embedded_files = packed.file_count
-        result.embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
+        result.embedded_bytes = embedded_bytes
         result.encrypted_files = sum(1 for p in protected.values() if p.encrypted)
         result.authenticated_files = sum(1 for p in protected.values() if not p.encrypted)
         result.removed_files = len(removed)
@@ -706,11 +715,21 @@ def write_data_layer(
     protected: dict[str, Protected] = {}
     epoch = source_date_epoch()
 
-    def encrypt(path: str, extent: Extent):
-        def write(sink: BinaryIO) -> None:
-            with spool.open(extent) as source:
-                fspf.protect_file(absolute(path), source, extent.size, sink)
-        return write
+    data_files = [path for files in plan.data_files.values() for path in files]
+    extents.update(spool_files(fs, [p for p in data_files if p not in extents], spool, SilentReporter()))
+    reads_left = collections.Counter(extents[path] for path in data_files)  # hard links share one
+
+    def protect(path: str, sink: BinaryIO | None) -> None:
+        extent = extents[path]
+        with spool.open(extent) as source:
+            fspf.protect_file(absolute(path), source, extent.size, sink)
+        reads_left[extent] -= 1
+        if not reads_left[extent]:
+            # Give the plaintext's pages back at once: the layer's next writes take them.
+            fs.release([path])
+
+    def encrypt(path: str):
+        return lambda sink: protect(path, sink)
 
     # Ciphertext does not compress (zstd saves well under 1 % on it): unless a compression is
     # asked for, the data layer is a plain tar, which spares compressing and hashing it twice.
@@ -722,20 +741,17 @@ def write_data_layer(
         for region_path, files in plan.data_files.items():
             encrypted = plan.region(region_path)["protection"] == "encrypted"
             for path in files:
-                if path not in extents:
-                    extents.update(spool_files(fs, [path], spool, SilentReporter()))
-                extent = extents[path]
+                size = extents[path].size
                 if encrypted:
                     entry = fs.entries[path]
                     tar.add(TarEntry(
                         path=path, kind="file", mode=entry.mode, uid=entry.uid, gid=entry.gid,
-                        size=fspf.stored_size(absolute(path), extent.size), mtime=entry.mtime,
-                        write=encrypt(path, extent),
+                        size=fspf.stored_size(absolute(path), size), mtime=entry.mtime,
+                        write=encrypt(path),
                     ))
                 else:
-                    with spool.open(extent) as source:
-                        fspf.protect_file(absolute(path), source, extent.size, None)
-                protected[path] = Protected(path, region_path, extent.size, encrypted)
+                    protect(path, None)
+                protected[path] = Protected(path, region_path, size, encrypted)
         sealed = io.BytesIO()
         fspf_key, fspf_tag = fspf.encrypt_to(sealed)
         fspf_rel = rel(FSPF_PATH)

@@ -252,3 +252,62 @@ def test_kept_files_are_read_from_the_kept_tars_the_others_by_a_pass_over_their_
         sample = files[:300] + files[-300:]
         assert {e.path: s.read() for e, s in fs.iter_files(sample)} == {e.path: s.read() for e, s in plain.iter_files(sample)}
     plain.close()
+
+
+def test_punch_pages_frees_whole_pages_inside_the_range_and_nothing_outside(tmp_path):
+    import mmap
+    import os
+
+    from sconify.image.model import punch_pages
+
+    page = mmap.PAGESIZE
+    data = bytes(range(256)) * (40 * page // 256)
+    path = tmp_path / "kept"
+    path.write_bytes(data)
+    with open(path, "r+b") as f:
+        os.fsync(f.fileno())
+        blocks = os.fstat(f.fileno()).st_blocks
+        # 3.5 pages from the middle of page 2: only pages 3, 4 and 5 are wholly inside
+        assert punch_pages(f.fileno(), 2 * page + 100, 4 * page - 100) == 3 * page
+        after = os.pread(f.fileno(), len(data), 0)
+        assert after[: 3 * page] == data[: 3 * page]
+        assert after[3 * page: 6 * page] == bytes(3 * page)
+        assert after[6 * page:] == data[6 * page:]
+        assert os.fstat(f.fileno()).st_blocks < blocks
+        assert punch_pages(f.fileno(), 10, page) == 0  # no whole page inside: nothing changes
+        assert os.pread(f.fileno(), 20, 0) == data[:20]
+    read_end, write_end = os.pipe()
+    try:
+        assert punch_pages(read_end, 0, 4 * page) == 0  # cannot be punched: left as it is
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+def test_released_files_give_their_pages_back_and_are_read_again_from_their_layer(python_image):
+    """``release`` and ``release_all_but`` punch files' bytes out of the kept tars; asked for
+    again, a released file is read by a pass over its layer, byte for byte as before, and the
+    files left are still preads of the kept tar."""
+    import os
+
+    from sconify.image.transports import read_image
+
+    image = read_image(f"oci:{python_image}:latest")
+    with RootFS.from_image(image) as plain, RootFS.from_image(image, cache_layers=True) as fs:
+        files = sorted(path for path, entry in fs.entries.items() if entry.is_regular and entry.size > 20000)
+        big = max(files, key=lambda path: fs.entries[path].size)
+        fd = fs.cached_content(big)[0]
+        blocks = os.fstat(fd).st_blocks
+        assert fs.release([big]) > 0
+        assert os.fstat(fd).st_blocks < blocks
+        assert fs.cached_content(big) is None
+        assert fs.read(big) == plain.read(big)
+
+        files.remove(big)
+        live, rest = files[:50], files[50:150]
+        assert fs.release_all_but(live) > 0
+        for path in live:
+            where = fs.cached_content(path)
+            assert where is not None and os.pread(where[0], where[2], where[1]) == plain.read(path)
+        assert all(fs.cached_content(path) is None for path in rest)
+        assert {e.path: s.read() for e, s in fs.iter_files(rest)} == {e.path: s.read() for e, s in plain.iter_files(rest)}

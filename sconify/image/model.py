@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import json
+import mmap
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -96,6 +98,40 @@ class FileRange:
                 f"{self.path} ends {self.size - done} bytes short of the blob stored at offset "
                 f"{self.offset} ({self.size} bytes); was it changed? re-create or re-pull the image"
             )
+
+
+_FALLOC_FL_KEEP_SIZE = 0x01
+_FALLOC_FL_PUNCH_HOLE = 0x02
+
+
+@functools.cache
+def _fallocate():
+    """libc's fallocate(2) (Python's os has no punch-hole call), or None where there is none."""
+    try:
+        import ctypes
+
+        function = ctypes.CDLL(None, use_errno=True).fallocate
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64]
+    function.restype = ctypes.c_int
+    return function
+
+
+def punch_pages(fd: int, offset: int, size: int) -> int:
+    """Drop the whole pages within ``size`` bytes at ``offset`` of the temp file ``fd``: they read
+    as zeros from then on, and their page cache and disk blocks are freed at once (a punched
+    hole), so the next writes on the machine can take those pages instead of fresh ones. Bytes
+    outside the range are never changed; the pages it only partly covers stay. The bytes
+    punched, 0 where the file system or the C library cannot (then nothing changed)."""
+    start = -(-offset // mmap.PAGESIZE) * mmap.PAGESIZE
+    end = (offset + size) // mmap.PAGESIZE * mmap.PAGESIZE
+    fallocate = _fallocate()
+    if end <= start or fallocate is None:
+        return 0
+    if fallocate(fd, _FALLOC_FL_PUNCH_HOLE | _FALLOC_FL_KEEP_SIZE, start, end - start) != 0:
+        return 0  # EOPNOTSUPP and the like: the bytes simply stay until the file is closed
+    return end - start
 
 
 # copy_file_range/sendfile refuse some pairs of files (another filesystem on older kernels,

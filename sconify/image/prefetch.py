@@ -4,8 +4,9 @@ runs.
 sconify-image puts its two new layers on top of the input layers, unchanged. Writing an OCI
 layout then copies every input blob (about 0.4 s of kernel copying and 0.4 s of waiting for
 fsync per GB here), a cost that waited until the new layers were done. ``BlobPrefetch`` copies
-them into private temp files beside the conversion's other temp files as soon as the image has
-been read and checked, while the CPU-bound phases run; the layout writer then hard-links these
+them into private temp files beside the conversion's other temp files while the data layer and
+the code layer are written (the pipeline starts it once the code is embedded, so the copies take
+the page cache the code's kept bytes just gave back); the layout writer then hard-links these
 copies like the new layers' own temp blobs (``oci.link_private_blob``).
 
 The copies are made only where a link can take them (the temp directory and the destination on
