@@ -703,6 +703,9 @@ class DataLayer:
     protected: dict[str, Protected]
 
 
+RELEASE_EVERY = 32 << 20  # plaintext bytes read for the last time between two releases
+
+
 def write_data_layer(
     fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], random, work: str, options: ConvertOptions
 ) -> DataLayer:
@@ -718,15 +721,24 @@ def write_data_layer(
     data_files = [path for files in plan.data_files.values() for path in files]
     extents.update(spool_files(fs, [p for p in data_files if p not in extents], spool, SilentReporter()))
     reads_left = collections.Counter(extents[path] for path in data_files)  # hard links share one
+    done: list[str] = []  # read for the last time, not released yet
+    done_bytes = 0
 
     def protect(path: str, sink: BinaryIO | None) -> None:
+        nonlocal done_bytes
         extent = extents[path]
         with spool.open(extent) as source:
             fspf.protect_file(absolute(path), source, extent.size, sink)
         reads_left[extent] -= 1
         if not reads_left[extent]:
-            # Give the plaintext's pages back at once: the layer's next writes take them.
-            fs.release([path])
+            done.append(path)
+            done_bytes += extent.size
+        if done_bytes >= RELEASE_EVERY:
+            # Give the plaintext's pages back as we go: the layer's next writes take them. In
+            # runs rather than file by file: neighbours in the tar are punched as one range.
+            fs.release(done)
+            done.clear()
+            done_bytes = 0
 
     def encrypt(path: str):
         return lambda sink: protect(path, sink)

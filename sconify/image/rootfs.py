@@ -93,6 +93,11 @@ class Entry:
         return self.kind in ("file", "hardlink")
 
 
+def _padded(offset: int) -> int:
+    """The end of a tar member's data padded to the next block."""
+    return -(-offset // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+
+
 def split_member_name(name: str, limits: RootFSLimits, what: str) -> list[str]:
     """A tar member name as path components: leading ``/`` and ``.`` dropped, ``..`` refused."""
     parts = [part for part in name.split("/") if part not in ("", ".")]
@@ -472,15 +477,25 @@ class RootFS:
         them out of the cached layer tars now rather than when the RootFS closes. Their page
         cache is freed at once and the next writes reuse it, which costs a fraction of fresh
         pages (on these VMs 8x less). A released file that is asked for again is read by a pass
-        over its layer, as if it had not been kept. The bytes punched."""
-        punched = 0
+        over its layer, as if it had not been kept. Files next to each other in a tar (nothing
+        but the second one's header between them) are punched as one range, with the pages they
+        share. The bytes punched."""
+        ranges = []
         for path in paths:
             entry = self._regular(path)
-            cache = self._cache_of(entry)
-            if cache is None or not entry.size:
+            if entry.size and self._cache_of(entry) is not None:
+                self._kept_offsets(entry.data_layer).discard(entry.data_offset)
+                ranges.append((entry.data_layer, entry.data_offset, entry.data_offset + entry.size))
+        ranges.sort()
+        punched = 0
+        run_layer, run_start, run_end = -1, 0, 0
+        for layer, start, end in ranges + [(-1, 0, 0)]:
+            if layer == run_layer and start == _padded(run_end) + tarfile.BLOCKSIZE:
+                run_end = end
                 continue
-            self._kept_offsets(entry.data_layer).discard(entry.data_offset)
-            punched += punch_pages(cache.fileno(), entry.data_offset, entry.size)
+            if run_layer >= 0:
+                punched += punch_pages(self._layer_cache[run_layer].fileno(), run_start, run_end - run_start)
+            run_layer, run_start, run_end = layer, start, end
         return punched
 
     def release_all_but(self, paths: Iterable[str]) -> int:
