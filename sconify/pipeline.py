@@ -238,6 +238,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             with phase(reporter, timings, "protect data"):
                 data = write_data_layer(fs, plan, spool, extents, random, work, options)
                 data_layer, protected, fspf_key, fspf_tag = data.layer, data.protected, data.fspf_key, data.fspf_tag
+                if prefetch is not None:
+                    prefetch.sync(data_layer)  # to disk while the code layer is written
             with phase(reporter, timings, "write layers"):
                 code_layer = build_code_layer(fs, plan.executable, sconified_exe, injected, removed, work,
                                               options)

@@ -375,3 +375,19 @@ def test_archives_are_the_bytes_tarfile_writes(tmp_path):
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
     assert (tmp_path / "fast.tar").read_bytes() == expected.getvalue()
+
+
+def test_a_new_layers_blob_is_synced_ahead_and_only_a_private_one(tmp_path, monkeypatch):
+    """BlobPrefetch.sync writes a new layer's temp blob to disk on a thread (joined on close);
+    an input blob, which the layout copies rather than links, is left alone."""
+    image, _ = input_layout(tmp_path)
+    (tmp_path / "new").mkdir()
+    new_layer = written_layer(tmp_path / "new")
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(os.readlink(f"/proc/self/fd/{fd}")), real_fsync(fd)))
+    (tmp_path / "work").mkdir()
+    with BlobPrefetch([], str(tmp_path / "work")) as prefetch:
+        prefetch.sync(new_layer)
+        prefetch.sync(image.layers[0])
+    assert synced == [new_layer.file_range.path]

@@ -7,7 +7,9 @@ fsync per GB here), a cost that waited until the new layers were done. ``BlobPre
 them into private temp files beside the conversion's other temp files while the data layer and
 the code layer are written (the pipeline starts it once the code is embedded, so the copies take
 the page cache the code's kept bytes just gave back); the layout writer then hard-links these
-copies like the new layers' own temp blobs (``oci.link_private_blob``).
+copies like the new layers' own temp blobs (``oci.link_private_blob``). ``sync`` writes a new
+layer's finished temp blob to disk on a thread in the same way, so the fsync of its link later
+has nothing left to wait for (1 GB image: write image 0.22 -> 0.05 s).
 
 The copies are made only where a link can take them (the temp directory and the destination on
 one filesystem) and for blobs the destination does not hold yet. Any error leaves the writer to
@@ -36,6 +38,7 @@ class BlobPrefetch:
         self._copies: dict[str, str] = {}  # digest -> path of a complete, synced copy
         self._cancel = threading.Event()
         self._failed = False
+        self._syncs: list[threading.Thread] = []
         self._thread = threading.Thread(target=self._run, name="sconify-prefetch", daemon=True)
         self._thread.start()
 
@@ -69,16 +72,37 @@ class BlobPrefetch:
             for layer in layers
         )
 
+    def sync(self, layer: Layer) -> None:
+        """Start writing a new layer's finished temp blob to disk on a thread of its own, so
+        that the layout writer's fsync of its link finds (almost) nothing left to write."""
+        where = layer.file_range
+        if where is None or not where.private:
+            return
+        thread = threading.Thread(target=_fsync_quietly, args=(where.path,), name="sconify-sync", daemon=True)
+        thread.start()
+        self._syncs.append(thread)
+
     def close(self) -> None:
         """Stop copying (the copy under way ends first); the copies go with the temp directory."""
         self._cancel.set()
         self._thread.join()
+        for thread in self._syncs:
+            thread.join()
 
     def __enter__(self) -> "BlobPrefetch":
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _fsync_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):  # the writer's own fsync reports any problem
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def same_filesystem(directory: str, destination: str) -> bool:
