@@ -145,6 +145,10 @@ class Plan:
         """The region whose path is ``path``."""
         return next(r for r in self.regions if r["path"] == path)
 
+    def data_paths(self) -> list[str]:
+        """The files of every region, region by region."""
+        return [path for files in self.data_files.values() for path in files]
+
 
 @dataclass
 class ConvertResult:
@@ -226,7 +230,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 embedfs = embedfs_figures(packed, removed)
                 embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
                 # The code is in the executable now: from here on only data files are read.
-                data_files = [p for files in plan.data_files.values() for p in files]
+                data_files = plan.data_paths()
                 fs.release_all_but(data_files)
                 for path in extents.keys() - set(data_files):
                     del extents[path]  # their bytes are gone: no later read may use them
@@ -573,8 +577,7 @@ def files_to_read(fs: RootFS, plan: Plan) -> list[str]:
     recipe = plan.executable.recipe
     wanted = {p for p in plan.code_files if fs.entries[p].kind != "symlink"}
     wanted.add(plan.executable.path)
-    for files in plan.data_files.values():
-        wanted.update(files)
+    wanted.update(plan.data_paths())
     if recipe.follow_needed:
         wanted.update(candidate_libraries(fs, recipe.search_path))
     return sorted(wanted)
@@ -713,16 +716,15 @@ def write_data_layer(
 ) -> DataLayer:
     """Protect the data files and write the data layer in one pass: each encrypted file is
     encrypted from the image straight into the layer (no staging of ciphertext), authenticated
-    files are hashed in place; the encrypted fspf, complete only then, is the last entry."""
+    files are hashed in place; the encrypted fspf, complete only then, is the last entry.
+    ``extents`` holds every data file (``files_to_read`` names them all)."""
     fspf = Fspf.create(random=random)
     for region in plan.regions:
         fspf.add_region(region["path"], kind=region["kind"], protection=region["protection"])
     protected: dict[str, Protected] = {}
     epoch = source_date_epoch()
 
-    data_files = [path for files in plan.data_files.values() for path in files]
-    extents.update(spool_files(fs, [p for p in data_files if p not in extents], spool, SilentReporter()))
-    reads_left = collections.Counter(extents[path] for path in data_files)  # hard links share one
+    reads_left = collections.Counter(extents[path] for path in plan.data_paths())  # hard links share one
     done: list[str] = []  # read for the last time, not released yet
     done_bytes = 0
 
