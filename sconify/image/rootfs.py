@@ -480,13 +480,9 @@ class RootFS:
         over its layer, as if it had not been kept. Files next to each other in a tar (nothing
         but the second one's header between them) are punched as one range, with the pages they
         share. The bytes punched."""
-        ranges = []
-        for path in paths:
-            entry = self._regular(path)
-            if entry.size and self._cache_of(entry) is not None:
-                self._kept_offsets(entry.data_layer).discard(entry.data_offset)
-                ranges.append((entry.data_layer, entry.data_offset, entry.data_offset + entry.size))
-        ranges.sort()
+        ranges = self._cached_ranges(paths)
+        for layer, start, _ in ranges:
+            self._kept_offsets(layer).discard(start)
         punched = 0
         run_layer, run_start, run_end = -1, 0, 0
         for layer, start, end in ranges + [(-1, 0, 0)]:
@@ -503,20 +499,26 @@ class RootFS:
         gaps between what is left in each cached layer tar. This also frees the pages that
         ``release`` leaves, those shared by the ends of two files. The bytes punched."""
         live: dict[int, list[tuple[int, int]]] = {index: [] for index in self._layer_cache}
-        for path in paths:
-            entry = self._regular(path)
-            if entry.size and self._cache_of(entry) is not None:
-                live[entry.data_layer].append((entry.data_offset, entry.data_offset + entry.size))
+        for layer, start, end in self._cached_ranges(paths):
+            live[layer].append((start, end))
         punched = 0
         for index, ranges in live.items():
             fd = self._layer_cache[index].fileno()
-            ranges.sort()
             self._kept[index] = {start for start, _ in ranges}
             gap_start = 0
             for start, end in ranges + [(os.fstat(fd).st_size, 0)]:
                 punched += punch_pages(fd, gap_start, start - gap_start)
                 gap_start = max(gap_start, end)
         return punched
+
+    def _cached_ranges(self, paths: Iterable[str]) -> list[tuple[int, int, int]]:
+        """Sorted ``(layer, start, end)`` of the bytes a cached tar holds of these regular files."""
+        ranges = []
+        for path in paths:
+            entry = self._regular(path)
+            if entry.size and self._cache_of(entry) is not None:
+                ranges.append((entry.data_layer, entry.data_offset, entry.data_offset + entry.size))
+        return sorted(set(ranges))  # hard links share their target's range
 
     def _regular(self, path: str) -> Entry:
         entry = self.entries.get(path)  # keys are resolved paths: no walk needed for them
