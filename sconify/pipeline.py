@@ -29,7 +29,7 @@ from sconify.errors import UsageError
 from sconify.fspf import Fspf
 from sconify.hashing import sha256_file
 from sconify.image.layerread import short_gil_switches
-from sconify.image.layers import LayerLimits
+from sconify.image.layers import LayerLimits, copy_exactly
 from sconify.image.layerwriter import LayerWriter
 from sconify.image.model import Image, Layer, canonical_json
 from sconify.image.mutate import append_layers, with_config
@@ -797,10 +797,10 @@ def build_code_layer(
         def write_executable(sink: BinaryIO) -> None:
             # The embedfs archive is zstd frames already: the layer compresses it at a fast level.
             with sconified.open("rb") as source:
-                copy_exactly(source, sink, embedded.archive_offset)
+                copy_part(source, sink, embedded.archive_offset)
                 with writer.incompressible():
-                    copy_exactly(source, sink, embedded.archive_size)
-                copy_exactly(source, sink, embedded.output_size - embedded.archive_offset - embedded.archive_size)
+                    copy_part(source, sink, embedded.archive_size)
+                copy_part(source, sink, embedded.output_size - embedded.archive_offset - embedded.archive_size)
 
         entries = [
             TarEntry(
@@ -819,13 +819,10 @@ def build_code_layer(
     return writer.layer
 
 
-def copy_exactly(source: BinaryIO, sink: BinaryIO, count: int) -> None:
-    while count:
-        chunk = source.read(min(count, 1 << 20))
-        if not chunk:
-            raise UsageError(f"{source.name} ended {count} bytes early while writing the code layer")
-        sink.write(chunk)
-        count -= len(chunk)
+def copy_part(source: BinaryIO, sink: BinaryIO, count: int) -> None:
+    """A part of the sconified executable into the code layer."""
+    if missing := copy_exactly(source, sink, count):
+        raise UsageError(f"{source.name} ended {missing} bytes early while writing the code layer")
 
 
 def layer_compression(options: ConvertOptions) -> str:

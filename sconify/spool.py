@@ -14,6 +14,7 @@ import tempfile
 from dataclasses import dataclass
 from typing import BinaryIO
 
+from sconify.image.layers import copy_exactly
 from sconify.image.model import BoundedReader, copy_range
 
 
@@ -54,13 +55,8 @@ class Spool:
         if size is None:
             shutil.copyfileobj(stream, self._file, 1 << 20)
         else:
-            remaining = size
-            while remaining:
-                chunk = stream.read(min(remaining, 1 << 20))
-                if not chunk:
-                    raise EOFError(f"stream ended {remaining} bytes early")
-                self._file.write(chunk)
-                remaining -= len(chunk)
+            if missing := copy_exactly(stream, self._file, size):
+                raise EOFError(f"stream ended {missing} bytes early")
         self._file.flush()
         self._end = self._file.tell()
         return Extent(start, self._end - start)

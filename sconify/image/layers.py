@@ -363,6 +363,18 @@ def copy_stream(source: BinaryIO, target: BinaryIO) -> int:
     return total
 
 
+def copy_exactly(source: BinaryIO, target: BinaryIO, count: int) -> int:
+    """Copy ``count`` bytes of ``source`` to ``target`` in chunks; the bytes the source was
+    short of (0 when all were copied: the caller words its own error)."""
+    while count:
+        chunk = source.read(min(count, CHUNK_SIZE))
+        if not chunk:
+            break
+        target.write(chunk)
+        count -= len(chunk)
+    return count
+
+
 def drain(stream: BinaryIO) -> None:
     """Read a stream to its end (so digest checks at EOF run)."""
     while stream.read(CHUNK_SIZE):
