@@ -232,8 +232,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 # The code is in the executable now: from here on only data files are read.
                 data_files = plan.data_paths()
                 fs.release_all_but(data_files)
-                for path in extents.keys() - set(data_files):
-                    del extents[path]  # their bytes are gone: no later read may use them
+                extents = {path: extents[path] for path in data_files}  # the others' bytes are gone
                 reporter.advance(len(embedded))
             # Copied from here on, the input blobs take the pages the code's bytes just gave back.
             prefetch = later.enter_context(prefetch_input_blobs(image, options.destination, work))
