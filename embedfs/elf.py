@@ -311,11 +311,16 @@ def validate_with_lief(path: str | os.PathLike, name: str) -> None:
         raise NotELFError(f"{name} is not an ELF file lief can parse; give a Linux x86_64 executable")
 
 
+def archive_offset_after(original_size: int) -> int:
+    """Where the archive starts: on the first page boundary after the original file."""
+    return align_up(original_size, PAGE_SIZE)
+
+
 def plan_layout(header: ElfHeader, phdrs: list[ProgramHeader], original_size: int,
                 archive_size: int, root_hash: str) -> tuple[bytes, bytes, Descriptor, int]:
     """Compute the new ELF header, the bytes to append after the archive, the descriptor and
     the archive offset, for an archive appended to the first ``original_size`` bytes."""
-    archive_offset = align_up(original_size, PAGE_SIZE)
+    archive_offset = archive_offset_after(original_size)
     note_offset = align_up(archive_offset + archive_size, 8)
     phdr_offset = align_up(note_offset + NOTE_SIZE, 8)
     phnum = len(phdrs) + 2
@@ -400,7 +405,7 @@ def inject_with(binary: str | os.PathLike, append_archive: Callable[[BinaryIO], 
         with AtomicOutput(out, mode) as dst:
             copy_range(fd, dst.fileno(), 0, original_size)
             os.lseek(dst.fileno(), 0, os.SEEK_END)
-            dst.write(bytes(align_up(original_size, PAGE_SIZE) - original_size))
+            dst.write(bytes(archive_offset_after(original_size) - original_size))
             dst.flush()
             archive_size, root_hash = append_archive(dst)
             dst.flush()
