@@ -34,3 +34,22 @@ def atomic_file(path: str | os.PathLike, mode: int = 0o644) -> Iterator[IO[bytes
 def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
     with atomic_file(path, mode) as handle:
         handle.write(data)
+
+
+def fsync_path(path: str | os.PathLike) -> None:
+    """Flush a file that is already written (e.g. one about to be linked) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def existing_ancestor(path: str) -> str:
+    """``path`` if it exists, else its nearest existing parent (where it would be created)."""
+    while not os.path.exists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            break
+        path = parent
+    return path

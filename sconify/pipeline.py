@@ -24,6 +24,7 @@ from embedfs.archive import ArchiveEntry, PackResult, pack
 from embedfs.elf import InjectResult, inject_with
 from embedfs.measure import measure_elf
 from sconify import __version__
+from sconify.atomic import existing_ancestor
 from sconify.elfworker import ElfWorker
 from sconify.errors import UsageError
 from sconify.fspf import Fspf
@@ -381,9 +382,7 @@ def check_output_paths(options: ConvertOptions) -> None:
         seen[resolved] = option
         if os.path.exists(resolved) and not os.path.isfile(resolved):
             raise UsageError(f"{option} {path} exists and is not a regular file; choose another path")
-        ancestor = os.path.dirname(resolved)
-        while not os.path.exists(ancestor):
-            ancestor = os.path.dirname(ancestor)
+        ancestor = existing_ancestor(os.path.dirname(resolved))
         if not os.path.isdir(ancestor):
             raise UsageError(f"{option} {path}: {ancestor} is not a directory; choose another path")
         if not os.access(ancestor, os.W_OK):

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Protocol
 
-from sconify.atomic import atomic_file
+from sconify.atomic import atomic_file, fsync_path
 from sconify.errors import ImageError
 from sconify.image import layers as L
 from sconify.image.model import (
@@ -332,11 +332,7 @@ def link_private_blob(layer: Layer, path: Path) -> bool:
         return False
     try:
         os.chmod(temporary, 0o644)  # as atomic_file leaves blobs (the temp blob is 0600)
-        fd = os.open(temporary, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(temporary)
         os.replace(temporary, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -24,6 +24,7 @@ import threading
 from collections.abc import Iterable
 from dataclasses import replace
 
+from sconify.atomic import existing_ancestor, fsync_path
 from sconify.image.model import Layer, slice_opener
 
 
@@ -98,21 +99,12 @@ class BlobPrefetch:
 
 def _fsync_quietly(path: str) -> None:
     with contextlib.suppress(OSError):  # the writer's own fsync reports any problem
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        fsync_path(path)
 
 
 def same_filesystem(directory: str, destination: str) -> bool:
     """Whether ``directory`` and where ``destination`` will be created share a filesystem."""
-    ancestor = os.path.abspath(destination)
-    while not os.path.exists(ancestor):
-        parent = os.path.dirname(ancestor)
-        if parent == ancestor:
-            return False
-        ancestor = parent
+    ancestor = existing_ancestor(os.path.abspath(destination))
     with contextlib.suppress(OSError):
         return os.stat(ancestor).st_dev == os.stat(directory).st_dev
     return False
