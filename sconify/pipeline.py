@@ -235,18 +235,19 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 fs.release_all_but(data_files)
                 extents = {path: extents[path] for path in data_files}  # the others' bytes are gone
                 reporter.advance(len(embedded))
-            # Copied from here on, the input blobs take the pages the code's bytes just gave back.
+            # The input blobs are copied from here on, on a thread, while measure and protect run.
             prefetch = later.enter_context(prefetch_input_blobs(image, options.destination, work))
+            linked = prefetch is not None  # the new layers' blobs will be linked into the output too
             with phase(reporter, timings, "measure"):
                 measurement = measure_elf(str(sconified_exe), **measure_parameters(options))
             with phase(reporter, timings, "protect data"):
-                data = write_data_layer(fs, plan, spool, extents, random, work, options)
+                data = write_data_layer(fs, plan, spool, extents, random, work, options, direct=linked)
                 data_layer, protected, fspf_key, fspf_tag = data.layer, data.protected, data.fspf_key, data.fspf_tag
                 if prefetch is not None:
                     prefetch.sync(data_layer)  # to disk while the code layer is written
             with phase(reporter, timings, "write layers"):
                 code_layer = build_code_layer(fs, plan.executable, sconified_exe, injected, removed, work,
-                                              options)
+                                              options, direct=linked)
             with phase(reporter, timings, "write image"):
                 reused = image if prefetch is None else replace(image, layers=prefetch.layers(image.layers))
                 appended = append_layers(
@@ -710,12 +711,14 @@ RELEASE_EVERY = 32 << 20  # plaintext bytes read for the last time between two r
 
 
 def write_data_layer(
-    fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], random, work: str, options: ConvertOptions
+    fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], random, work: str, options: ConvertOptions,
+    direct: bool = False,
 ) -> DataLayer:
     """Protect the data files and write the data layer in one pass: each encrypted file is
     encrypted from the image straight into the layer (no staging of ciphertext), authenticated
     files are hashed in place; the encrypted fspf, complete only then, is the last entry.
-    ``extents`` holds every data file (``files_to_read`` names them all)."""
+    ``extents`` holds every data file (``files_to_read`` names them all). ``direct``: the
+    layer's blob is bound for disk (see LayerWriter)."""
     fspf = Fspf.create(random=random)
     for region in plan.regions:
         fspf.add_region(region["path"], kind=region["kind"], protection=region["protection"])
@@ -748,7 +751,7 @@ def write_data_layer(
     # Ciphertext does not compress (zstd saves well under 1 % on it): unless a compression is
     # asked for, the data layer is a plain tar, which spares compressing and hashing it twice.
     compression = options.compression or "none"
-    with LayerWriter(compression, directory=work, source="data layer") as writer:
+    with LayerWriter(compression, directory=work, source="data layer", direct=direct) as writer:
         tar = LayerTar(writer.stream)
         # Files are protected region by region, each region's files in order: keys drawn from a
         # seeded --deterministic-keys-from source come out the same for the same input.
@@ -788,9 +791,10 @@ def build_code_layer(
     removed: list[str],
     work: str,
     options: ConvertOptions,
+    direct: bool = False,
 ) -> Layer:
     entry = fs.entries[executable.path]
-    with LayerWriter(layer_compression(options), directory=work, source="code layer") as writer:
+    with LayerWriter(layer_compression(options), directory=work, source="code layer", direct=direct) as writer:
 
         def write_executable(sink: BinaryIO) -> None:
             # The embedfs archive is zstd frames already: the layer compresses it at a fast level.

@@ -18,7 +18,9 @@ import zstandard
 from sconify.errors import ImageError
 from sconify.image import layers as L
 from sconify.image import model
+from sconify.image import prefetch as prefetch_module
 from sconify.image.archive import _write_tar
+from sconify.image.direct import DirectWriter
 from sconify.image.layerwriter import LayerWriter
 from sconify.image.model import Image, Layer, canonical_json
 from sconify.image.prefetch import BlobPrefetch, same_filesystem
@@ -289,11 +291,28 @@ def test_input_blobs_copied_ahead_are_linked_into_the_layout_never_the_input(tmp
     assert hashlib.sha256(output.read_bytes()).hexdigest() == image.layers[0].digest[7:]
 
 
+def test_a_copy_ahead_is_a_reflink_where_the_file_system_has_them(tmp_path, monkeypatch):
+    """A cloned copy is left as the clone made it: not truncated, not copied again."""
+    image, input_blob = input_layout(tmp_path)
+    (tmp_path / "work").mkdir()
+
+    def clone(source: int, target: int) -> bool:  # what FICLONE does, on file systems with reflinks
+        os.copy_file_range(source, target, os.fstat(source).st_size)
+        return True
+
+    monkeypatch.setattr(prefetch_module, "clone_file", clone)
+    monkeypatch.setattr(DirectWriter, "copy_from", lambda *args: pytest.fail("copied after a clone"))
+    with BlobPrefetch(image.layers, str(tmp_path / "work")) as prefetch:
+        copy = prefetch.layers(image.layers)[0].file_range.path
+    assert Path(copy).read_bytes() == input_blob.read_bytes()
+
+
 def test_a_failed_copy_ahead_leaves_the_copy_to_the_writer(tmp_path, monkeypatch):
     image, _ = input_layout(tmp_path)
     (tmp_path / "work").mkdir()
     with monkeypatch.context() as patch:
-        patch.setattr(model, "copy_range", lambda *args: 0)  # as if the input shrank
+        patch.setattr(prefetch_module, "clone_file", lambda *args: False)
+        patch.setattr(DirectWriter, "copy_from", lambda *args: 0)  # as if the input shrank
         with BlobPrefetch(image.layers, str(tmp_path / "work")) as prefetch:
             assert prefetch.layers(image.layers) == image.layers
             assert prefetch.layers(image.layers)[0].opener is image.layers[0].opener

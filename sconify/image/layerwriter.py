@@ -26,6 +26,7 @@ from typing import BinaryIO, Self
 import zstandard
 
 from sconify.image import layers as L
+from sconify.image.direct import DirectWriter
 from sconify.image.model import Layer, slice_opener
 
 QUEUE_CHUNKS = 8  # chunks of up to L.CHUNK_SIZE waiting for the background thread
@@ -45,9 +46,12 @@ class LayerWriter:
 
     ``compression`` is "zstd", "gzip" or "none"; the output is byte for byte what
     ``layers.compress_stream`` gives for the same tar, so layer digests do not depend on the
-    writer used, unless the producer marks a run that does not compress (``incompressible``). ``directory`` holds the temp blob (default: the system temp directory); the
-    blob is deleted when the last Layer that refers to it is garbage-collected, or at once if
-    the ``with`` block fails. The blob is file-backed, so image writers copy it kernel-side.
+    writer used, unless the producer marks a run that does not compress (``incompressible``).
+    ``directory`` holds the temp blob (default: the system temp directory); the blob is deleted
+    when the last Layer that refers to it is garbage-collected, or at once if the ``with`` block
+    fails. The blob is file-backed, so image writers copy it kernel-side. ``direct``: the blob is
+    bound for disk, not for reading (it will be linked into an OCI layout), so it is written past
+    the page cache (``direct.DirectWriter``), to the same bytes.
     """
 
     def __init__(
@@ -55,10 +59,12 @@ class LayerWriter:
         compression: str = "zstd",
         directory: str | os.PathLike | None = None,
         source: str = "new layer",
+        direct: bool = False,
     ) -> None:
         self.compression = L.check_compression(compression)
         self.source = source
         self._directory = directory
+        self._direct = direct
         self._layer: Layer | None = None
         self.stream: BinaryIO = None  # type: ignore[assignment]  # set by __enter__
 
@@ -72,7 +78,8 @@ class LayerWriter:
     def __enter__(self) -> Self:
         fd, path = tempfile.mkstemp(prefix="sconify-layer-", suffix=".blob", dir=self._directory)
         self._blob = _TempBlob(path)
-        self._file = os.fdopen(fd, "wb")  # buffered: it completes partial writes
+        # Buffered: it completes partial writes. DirectWriter: bound for disk, past the page cache.
+        self._file = DirectWriter(fd) if self._direct else os.fdopen(fd, "wb")
         self._pipe = _CompressingPipe(self._file, self.compression)
         self._diff_hash = hashlib.sha256()
         self._queue: queue.Queue[bytes | object | None] = queue.Queue(maxsize=QUEUE_CHUNKS)

@@ -5,9 +5,12 @@ sconify-image puts its two new layers on top of the input layers, unchanged. Wri
 layout then copies every input blob (about 0.4 s of kernel copying and 0.4 s of waiting for
 fsync per GB here), a cost that waited until the new layers were done. ``BlobPrefetch`` copies
 them into private temp files beside the conversion's other temp files while the data layer and
-the code layer are written (the pipeline starts it once the code is embedded, so the copies take
-the page cache the code's kept bytes just gave back); the layout writer then hard-links these
-copies like the new layers' own temp blobs (``oci.link_private_blob``). ``sync`` writes a new
+the code layer are written (the pipeline starts it once the code is embedded); the layout writer
+then hard-links these copies like the new layers' own temp blobs (``oci.link_private_blob``).
+A copy is a reflink where the file system has them, else it is written past the page cache
+(``direct.DirectWriter``): nothing reads it before the output holds it, and fresh page cache is
+what costs most here (781 MB of copies: 1.5-1.7 s of system time through the page cache when
+memory is cold, 0.2 s direct). ``sync`` writes a new
 layer's finished temp blob to disk on a thread in the same way, so the fsync of its link later
 has nothing left to wait for (1 GB image: write image 0.22 -> 0.05 s).
 
@@ -19,13 +22,18 @@ copy as it always did, and to report what is wrong in its own words.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
 from collections.abc import Iterable
 from dataclasses import replace
 
 from sconify.atomic import existing_ancestor, fsync_path
+from sconify.errors import ImageError
+from sconify.image.direct import DirectWriter
 from sconify.image.model import Layer, slice_opener
+
+_FICLONE = 0x40049409  # linux/fs.h: _IOW(0x94, 9, int)
 
 
 class BlobPrefetch:
@@ -57,10 +65,17 @@ class BlobPrefetch:
         where = layer.file_range
         assert where is not None
         path = os.path.join(self._directory, "input-" + layer.digest.partition(":")[2])
-        with open(path, "xb", buffering=0) as copy:
-            os.fchmod(copy.fileno(), 0o600)
-            where.copy_to(copy.fileno())  # ImageError if the input is shorter than its blob
-            os.fsync(copy.fileno())  # the writer's fsync of the link then finds nothing to write
+        with open(where.path, "rb", buffering=0) as source:
+            whole_file = where.offset == 0 and where.size == os.fstat(source.fileno()).st_size
+            target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            if whole_file and clone_file(source.fileno(), target):
+                os.close(target)
+            else:
+                # Past the page cache: nothing reads the copy before it is linked into the output.
+                with DirectWriter(target) as copy:
+                    if copy.copy_from(source.fileno(), where.offset, where.size) != where.size:
+                        raise ImageError(f"{where.path} is shorter than the blob of {layer.digest}")
+        fsync_path(path)  # the writer's fsync of the link then finds nothing to write
         return path
 
     def layers(self, layers: Iterable[Layer]) -> tuple[Layer, ...]:
@@ -95,6 +110,16 @@ class BlobPrefetch:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def clone_file(source: int, target: int) -> bool:
+    """Make the empty file ``target`` share ``source``'s blocks (a reflink: btrfs, XFS, and the
+    like), which copies nothing; False where the file system cannot."""
+    try:
+        fcntl.ioctl(target, _FICLONE, source)
+    except OSError:
+        return False
+    return True
 
 
 def _fsync_quietly(path: str) -> None:
