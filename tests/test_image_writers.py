@@ -15,12 +15,12 @@ from pathlib import Path
 import pytest
 import zstandard
 
+from sconify.direct import DirectWriter
 from sconify.errors import ImageError
 from sconify.image import layers as L
 from sconify.image import model
 from sconify.image import prefetch as prefetch_module
 from sconify.image.archive import _write_tar
-from sconify.image.direct import DirectWriter
 from sconify.image.layerwriter import LayerWriter
 from sconify.image.model import Image, Layer, canonical_json
 from sconify.image.prefetch import BlobPrefetch, same_filesystem

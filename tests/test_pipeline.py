@@ -28,7 +28,7 @@ from sconify.image.transports import read_image, write_image
 from sconify.keys import KeysFile
 from sconify.manifest import KEY_DEPENDENT_FIELDS, Manifest
 from sconify.pipeline import FSPF_PATH, ConvertOptions, contents_to_keep, sconify_image
-from test_image_direct import cached_bytes, takes_direct_io
+from test_direct import cached_bytes, takes_direct_io
 
 
 @dataclass
@@ -176,7 +176,7 @@ def test_new_layers_code_compressed_data_plain_tar_unless_asked(python_converted
     assert [layer.compression for layer in layers[-2:]] == ["zstd", "none"]
     converted = convert(tmp_path, f"oci:{python_image}:latest", "gz", "--dir", "/app/data", "--compression", "gzip")
     if takes_direct_io(tmp_path):
-        # Every layer blob of the new layout went to disk past the page cache (image.direct).
+        # Every layer blob of the new layout went to disk past the page cache (sconify.direct).
         blobs = {path.name: cached_bytes(path) for path in (tmp_path / "out" / "blobs" / "sha256").iterdir()
                  if path.stat().st_size > 1 << 20}
         assert len(blobs) >= 3 and set(blobs.values()) == {0}, blobs

@@ -25,8 +25,8 @@ from typing import BinaryIO, Self
 
 import zstandard
 
+from sconify.direct import DirectWriter
 from sconify.image import layers as L
-from sconify.image.direct import DirectWriter
 from sconify.image.model import Layer, slice_opener
 
 QUEUE_CHUNKS = 8  # chunks of up to L.CHUNK_SIZE waiting for the background thread
@@ -51,7 +51,7 @@ class LayerWriter:
     when the last Layer that refers to it is garbage-collected, or at once if the ``with`` block
     fails. The blob is file-backed, so image writers copy it kernel-side. ``direct``: the blob is
     bound for disk, not for reading (it will be linked into an OCI layout), so it is written past
-    the page cache (``direct.DirectWriter``), to the same bytes.
+    the page cache (``sconify.direct.DirectWriter``), to the same bytes.
     """
 
     def __init__(

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from sconify.image import direct
-from sconify.image.direct import DirectWriter
+from sconify import direct
+from sconify.direct import DirectWriter
 from sconify.image.layerwriter import LayerWriter
+from sconify.image.model import Image, canonical_json
 from sconify.image.prefetch import BlobPrefetch
 from sconify.image.transports import read_image, write_image
-from sconify.image.model import Image, canonical_json
 
 
 def takes_direct_io(directory: Path) -> bool:
