@@ -8,22 +8,31 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
+from sconify.direct import DirectWriter
+
 
 @contextlib.contextmanager
-def atomic_file(path: str | os.PathLike, mode: int = 0o644) -> Iterator[IO[bytes]]:
+def atomic_file(path: str | os.PathLike, mode: int = 0o644, direct: bool = False) -> Iterator[IO[bytes]]:
     """Open a temporary file beside ``path``; on success fsync and rename it into place.
 
-    On any exception the temporary file is removed and ``path`` is left as it was.
+    On any exception the temporary file is removed and ``path`` is left as it was. ``direct``:
+    the file is written once and not read back soon (an image's blobs, an image archive), so
+    it goes past the page cache (a ``DirectWriter``: ``write`` only, same bytes).
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
     try:
         os.fchmod(fd, mode)
-        with os.fdopen(fd, "wb") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
+        if direct:
+            with DirectWriter(fd) as writer:
+                yield writer  # type: ignore[misc]
+            fsync_path(tmp)
+        else:
+            with os.fdopen(fd, "wb") as handle:
+                yield handle
+                handle.flush()
+                os.fsync(handle.fileno())
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -34,7 +34,9 @@ class DirectWriter:
     """Sequential writes into the new, empty file ``fd`` (owned: ``close`` closes it) through
     ``O_DIRECT`` where the file system takes it, else through the page cache. ``close`` writes
     the rest and sets the file's length; it does not fsync (the bytes written directly are on
-    disk by then, the metadata is not).
+    disk by then, the metadata is not). A ``with`` block left by an exception only closes the
+    file. There is no ``fileno``: a kernel-side copy into the file would meet O_DIRECT's
+    alignments; ``copy_from`` copies into it instead.
 
     Example::
 
@@ -84,9 +86,6 @@ class DirectWriter:
     def flush(self) -> None:
         """Nothing to do: whole buffers are written as they fill, the rest by ``close``."""
 
-    def fileno(self) -> int:
-        return self._fd
-
     @property
     def closed(self) -> bool:
         return self._fd < 0
@@ -100,11 +99,18 @@ class DirectWriter:
                 self._write_buffer()  # padded to ALIGN when direct: the truncate cuts the padding
             os.ftruncate(self._fd, self.size)
         finally:
-            os.close(self._fd)
-            self._fd = -1
-            self._view.release()
-            with contextlib.suppress(BufferError):  # a view held by a traceback: freed with it
-                self._buffer.close()
+            self.discard()
+
+    def discard(self) -> None:
+        """Close the file as it is, what is buffered dropped (the writing failed: the caller
+        removes the file)."""
+        if self._fd < 0:
+            return
+        os.close(self._fd)
+        self._fd = -1
+        self._view.release()
+        with contextlib.suppress(BufferError):  # a view held by a traceback: freed with it
+            self._buffer.close()
 
     def _write_buffer(self) -> None:
         """Write the buffer's bytes at the end of what is written: whole ALIGN blocks (the last
@@ -129,8 +135,11 @@ class DirectWriter:
     def __enter__(self) -> "DirectWriter":
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.discard()
 
 
 def _set_direct(fd: int, on: bool) -> bool:

@@ -178,3 +178,37 @@ def test_input_blobs_are_copied_ahead_past_the_page_cache(tmp_path):
         assert cached_bytes(Path(copy.file_range.path)) == 0
         copy.verify()
 
+
+
+def one_layer_image(tmp_path: Path) -> Image:
+    with LayerWriter("gzip", directory=tmp_path) as writer:
+        writer.stream.write(layer_tar({"app/noise": noise(5 << 20), "app/text": b"text\n" * 200_000}))
+    config = {"architecture": "amd64", "os": "linux", "rootfs": {"type": "layers", "diff_ids": [writer.layer.diff_id]}}
+    return Image(canonical_json(config), (writer.layer,))
+
+
+@pytest.mark.parametrize("transport", ["oci-archive", "docker-archive"])
+def test_image_archives_are_written_past_the_page_cache(tmp_path, transport):
+    """An archive is written once, then loaded or pushed: it takes no page cache, and reads back."""
+    if not takes_direct_io(tmp_path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    image = one_layer_image(tmp_path)
+    write_image(image, f"{transport}:{tmp_path / 'out.tar'}:x")
+    assert cached_bytes(tmp_path / "out.tar") == 0
+    [layer] = read_image(f"{transport}:{tmp_path / 'out.tar'}:x").layers
+    assert (layer.digest, layer.diff_id) == (image.layers[0].digest, image.layers[0].diff_id)
+    layer.verify()
+
+
+def test_layout_blobs_copied_rather_than_linked_go_past_the_page_cache(tmp_path):
+    """A layer the layout cannot link (here: read from another layout) is copied past the page
+    cache; the small JSON blobs are plain writes."""
+    if not takes_direct_io(tmp_path):
+        pytest.skip(f"{tmp_path} refuses O_DIRECT")
+    write_image(one_layer_image(tmp_path), f"oci:{tmp_path / 'in'}:x")
+    image = read_image(f"oci:{tmp_path / 'in'}:x")
+    write_image(image, f"oci:{tmp_path / 'out'}:x")
+    copied = tmp_path / "out" / "blobs" / "sha256" / image.layers[0].digest[7:]
+    assert not os.path.samefile(copied, tmp_path / "in" / "blobs" / "sha256" / image.layers[0].digest[7:])
+    assert cached_bytes(copied) == 0
+    read_image(f"oci:{tmp_path / 'out'}:x").layers[0].verify()

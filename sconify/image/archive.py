@@ -188,8 +188,9 @@ class TarWriter:
 
 
 def _write_tar(path: str, members: list[tuple[str, bytes | Layer | None]]) -> None:
-    """Write members (None = directory) to ``path`` atomically, as a PAX tar."""
-    with atomic_file(path) as handle:
+    """Write members (None = directory) to ``path`` atomically, as a PAX tar, past the page
+    cache (an image archive is written once, then loaded or pushed: sconify.direct)."""
+    with atomic_file(path, direct=True) as handle:
         _write_tar_to(handle, members)
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from sconify.direct import DirectWriter
 from sconify.errors import ImageError
 from sconify.image import layers as L
 
@@ -87,12 +88,16 @@ class FileRange:
     def open(self) -> BinaryIO:
         return io.BufferedReader(FileSlice(self.path, self.offset, self.size), L.CHUNK_SIZE)  # type: ignore[return-value]
 
-    def copy_to(self, out_fd: int) -> None:
-        """Append the range to ``out_fd`` at its current position, without passing the bytes
-        through Python: ``copy_file_range`` (a reflink or an in-kernel copy), else ``sendfile``,
-        else a pread/write loop. ImageError if the file is shorter than the range."""
+    def copy_to(self, out: int | DirectWriter) -> None:
+        """Append the range to the file ``out`` (a descriptor: at its current position), without
+        passing the bytes through Python: ``copy_file_range`` (a reflink or an in-kernel copy),
+        else ``sendfile``, else a pread/write loop; a DirectWriter reads the range into its own
+        buffer. ImageError if the file is shorter than the range."""
         with open(self.path, "rb", buffering=0) as source:
-            done = copy_range(source.fileno(), out_fd, self.offset, self.size)
+            if isinstance(out, DirectWriter):
+                done = out.copy_from(source.fileno(), self.offset, self.size)
+            else:
+                done = copy_range(source.fileno(), out, self.offset, self.size)
         if done != self.size:
             raise ImageError(
                 f"{self.path} ends {self.size - done} bytes short of the blob stored at offset "
@@ -255,10 +260,10 @@ class Layer:
                 L.copy_stream(blob, target)
             return
         where = self.file_range
-        out_fd = _file_descriptor(target)
-        if where is not None and out_fd is not None:
+        out = target if isinstance(target, DirectWriter) else _file_descriptor(target)
+        if where is not None and out is not None:
             target.flush()  # what tarfile or a caller buffered goes before the blob
-            where.copy_to(out_fd)
+            where.copy_to(out)
             return
         with self.open_raw() as blob:
             copied = L.copy_stream(blob, target)

@@ -310,7 +310,7 @@ def write_blobs(blob_dir: Path, image: Image, manifest: bytes, created: list[Pat
         if isinstance(item, Layer) and item.trusted and link_private_blob(item, path):
             created.append(path)
             continue
-        with atomic_file(path) as handle:
+        with atomic_file(path, direct=isinstance(item, Layer)) as handle:  # a layer: past the page cache
             if isinstance(item, bytes):
                 handle.write(item)
             else:
