@@ -27,7 +27,7 @@ from pathlib import Path
 BENCH = Path(__file__).resolve().parent
 sys.path.insert(0, str(BENCH))
 
-from measure import CommandFailed, Summary, repeat  # noqa: E402
+from measure import CommandFailed, Summary, repeat, steal_share, stolen_seconds  # noqa: E402
 from synth import cache_dir, uncompressed_rootfs_bytes  # noqa: E402
 
 GROUPS = ("python", "node", "synth", "scaling", "embedfs", "fspf")
@@ -52,6 +52,12 @@ class Row:
     ratio: float | None = None  # ours / baseline wall time
     target: str | None = None
     met: bool | None = None
+    steal: float | None = None  # share of the machine's CPU time the host stole during our runs (median)
+
+    @classmethod
+    def of(cls, case: str, ours: str, figures: Summary, *rest, **named) -> "Row":
+        """A row of ``figures`` (medians of the runs of ``ours``)."""
+        return cls(case, ours, figures.wall, figures.cpu, figures.peak_rss_mb, *rest, steal=figures.steal, **named)
 
 
 class Rows(list):
@@ -132,20 +138,18 @@ def image_case(ctx: Context, name: str, layout: Path, data_args: list[str], targ
     label = f"{name} ({rootfs / 1e6:.0f} MB rootfs)"
     rows = ctx.report.rows
     ratio = ours.wall / skopeo.wall
-    row = Row(label, "sconify-image", ours.wall, ours.cpu, ours.peak_rss_mb, mb_s,
-              "skopeo copy zstd", skopeo.wall, ratio)
+    row = Row.of(label, "sconify-image", ours, mb_s, "skopeo copy zstd", skopeo.wall, ratio)
     if "skopeo_ratio" in targets:
         row.target, row.met = f"<= {targets['skopeo_ratio']}x skopeo", ratio <= targets["skopeo_ratio"]
     rows.append(row)
-    rows.append(Row(label, "sconify-image", ours.wall, ours.cpu, ours.peak_rss_mb, mb_s,
-                    "bare repack (Python)", bare.wall, ours.wall / bare.wall))
-    rows.append(Row(label, "  skopeo copy zstd", skopeo.wall, skopeo.cpu, skopeo.peak_rss_mb, rootfs / 1e6 / skopeo.wall))
-    rows.append(Row(label, "  bare repack", bare.wall, bare.cpu, bare.peak_rss_mb, rootfs / 1e6 / bare.wall))
+    rows.append(Row.of(label, "sconify-image", ours, mb_s, "bare repack (Python)", bare.wall, ours.wall / bare.wall))
+    rows.append(Row.of(label, "  skopeo copy zstd", skopeo, rootfs / 1e6 / skopeo.wall))
+    rows.append(Row.of(label, "  bare repack", bare, rootfs / 1e6 / bare.wall))
     if "mb_per_s" in targets:
-        rows.append(Row(label, "sconify-image MB/s", ours.wall, ours.cpu, ours.peak_rss_mb, mb_s,
-                        target=f">= {targets['mb_per_s']} MB/s", met=mb_s >= targets["mb_per_s"]))
-    rows.append(Row(label, "sconify-image RSS", ours.wall, ours.cpu, ours.peak_rss_mb, mb_s,
-                    target=f"< {RSS_LIMIT_MB} MB", met=ours.peak_rss_mb < RSS_LIMIT_MB))
+        rows.append(Row.of(label, "sconify-image MB/s", ours, mb_s,
+                           target=f">= {targets['mb_per_s']} MB/s", met=mb_s >= targets["mb_per_s"]))
+    rows.append(Row.of(label, "sconify-image RSS", ours, mb_s,
+                       target=f"< {RSS_LIMIT_MB} MB", met=ours.peak_rss_mb < RSS_LIMIT_MB))
     ctx.sconify_outputs[name] = (f"oci:{out_image}:bench", outdir, ours.wall)
     verify_case(ctx, name)
     shutil.rmtree(outdir, ignore_errors=True)
@@ -161,9 +165,8 @@ def verify_case(ctx: Context, name: str) -> None:
     for label, extra in (("sconify verify", []), ("sconify verify --keys", ["--keys", str(outdir / "keys.json")])):
         result = repeat(argv + extra, ctx.repeat)
         speedup = sconify_wall / result.wall
-        ctx.report.rows.append(Row(ctx.report.rows[-1].case, label, result.wall, result.cpu, result.peak_rss_mb,
-                                   None, "sconify-image", sconify_wall, result.wall / sconify_wall,
-                                   ">= 2x faster than sconify", speedup >= 2))
+        ctx.report.rows.append(Row.of(ctx.report.rows[-1].case, label, result, None, "sconify-image", sconify_wall,
+                                      result.wall / sconify_wall, ">= 2x faster than sconify", speedup >= 2))
 
 
 def python_case(ctx: Context) -> None:
@@ -224,9 +227,8 @@ def scaling_case(ctx: Context, sizes: list[float], compression: str) -> None:
                              ctx.repeat, before_each=fresh(out_image, *sconify_side_outputs(outdir)))
             shutil.rmtree(outdir, ignore_errors=True)
         points.append((rootfs / 1e9, summary))
-        ctx.report.rows.append(Row(f"scaling {size:g} GB ({rootfs / 1e6:.0f} MB rootfs)", "sconify-image", summary.wall,
-                                   summary.cpu, summary.peak_rss_mb, rootfs / 1e6 / summary.wall,
-                                   target=f"< {RSS_LIMIT_MB} MB RSS", met=summary.peak_rss_mb < RSS_LIMIT_MB))
+        ctx.report.rows.append(Row.of(f"scaling {size:g} GB ({rootfs / 1e6:.0f} MB rootfs)", "sconify-image", summary,
+                                      rootfs / 1e6 / summary.wall, target=f"< {RSS_LIMIT_MB} MB RSS", met=summary.peak_rss_mb < RSS_LIMIT_MB))
     if len(points) >= 2:
         xs = [x for x, _ in points]
         slope, intercept, r2 = least_squares(xs, [s.wall for _, s in points])
@@ -324,18 +326,18 @@ def embedfs_case(ctx: Context, size_mb: int, binary: str) -> None:
                   before_each=fresh(tarball, work / "cat.out"))
     label = f"embedfs {size_mb} MB into node"
     rows = ctx.report.rows
-    rows.append(Row(label, "embedfs pack + inject", ours.wall, ours.cpu, ours.peak_rss_mb, size_mb * 1.048576 / ours.wall,
-                    "tar | zstd -T2; cat", base.wall, ours.wall / base.wall,
-                    f"< {RSS_LIMIT_MB} MB RSS", ours.peak_rss_mb < RSS_LIMIT_MB))
+    rows.append(Row.of(label, "embedfs pack + inject", ours, size_mb * 1.048576 / ours.wall,
+                       "tar | zstd -T2; cat", base.wall, ours.wall / base.wall,
+                       f"< {RSS_LIMIT_MB} MB RSS", ours.peak_rss_mb < RSS_LIMIT_MB))
     size = injected.stat().st_size / 1e6
     measured = repeat(["embedfs", "measure", str(injected), "--json"], ctx.repeat)
     sha = repeat(["sha256sum", str(injected)], ctx.repeat)
-    rows.append(Row(f"measure {size:.0f} MB binary", "embedfs measure", measured.wall, measured.cpu, measured.peak_rss_mb,
-                    size / measured.wall, "sha256sum", sha.wall, measured.wall / sha.wall))
+    rows.append(Row.of(f"measure {size:.0f} MB binary", "embedfs measure", measured, size / measured.wall,
+                       "sha256sum", sha.wall, measured.wall / sha.wall))
     verified = repeat(["embedfs", "verify", str(injected)], ctx.repeat)
     unzstd = repeat(["sh", "-c", 'zstd -q -d -c "$1" | sha256sum', "sh", str(tarball)], ctx.repeat)
-    rows.append(Row(f"verify {size:.0f} MB binary", "embedfs verify", verified.wall, verified.cpu, verified.peak_rss_mb,
-                    size / verified.wall, "zstd -d | sha256sum", unzstd.wall, verified.wall / unzstd.wall))
+    rows.append(Row.of(f"verify {size:.0f} MB binary", "embedfs verify", verified, size / verified.wall,
+                       "zstd -d | sha256sum", unzstd.wall, verified.wall / unzstd.wall))
 
 
 def fspf_case(ctx: Context, size_mb: int) -> None:
@@ -358,19 +360,20 @@ def fspf_case(ctx: Context, size_mb: int) -> None:
 
         argv = [sys.executable, "-m", "sconify", "fspf", "addf", str(volume), "/data", str(source)] + ([str(out)] if out else [])
         result = repeat(argv, ctx.repeat, before_each=prepare)
-        rows.append(Row(label, f"sconify fspf addf {protection}", result.wall, result.cpu, result.peak_rss_mb,
-                        size_mb * 1.048576 / result.wall, name, baseline.wall, result.wall / baseline.wall))
+        rows.append(Row.of(label, f"sconify fspf addf {protection}", result, size_mb * 1.048576 / result.wall,
+                           name, baseline.wall, result.wall / baseline.wall))
 
 
 # --- output ----------------------------------------------------------------------------------
 
 
 def format_table(report: Report) -> str:
-    header = ("case", "ours", "s", "cpu s", "RSS MB", "MB/s", "baseline", "base s", "ratio", "target", "met?")
+    header = ("case", "ours", "s", "cpu s", "RSS MB", "steal", "MB/s", "baseline", "base s", "ratio", "target", "met?")
     lines = []
     for row in report.rows:
         lines.append((
             row.case, row.ours, f"{row.wall:.2f}", f"{row.cpu:.2f}", f"{row.peak_rss_mb:.0f}",
+            f"{row.steal:.0%}" if row.steal is not None else "",
             f"{row.mb_per_s:.0f}" if row.mb_per_s is not None else "",
             row.baseline or "", f"{row.baseline_wall:.2f}" if row.baseline_wall is not None else "",
             f"{row.ratio:.2f}x" if row.ratio is not None else "", row.target or "",
@@ -397,6 +400,32 @@ def machine() -> dict:
 
     return {"cpus": os.cpu_count(), "python": platform.python_version(), "kernel": platform.release(),
             "load_before": os.getloadavg()[0]}
+
+
+# One core's SHA-256 speed in a quiet state of these machines (DESIGN.md); the calibration
+# compares the machine of this run with it.
+QUIET_SHA256_GB_S = 1.85
+
+
+def calibrate() -> dict:
+    """How fast this machine is right now: one core's SHA-256 of 256 MiB (GB/s, best of 3) and
+    the host's steal meanwhile. Run in a child, so the runner stays small (see build_in_child)."""
+    code = ("import hashlib, time; b = bytes(256 << 20); best = 9e9\n"
+            "for _ in range(3):\n"
+            "    t = time.perf_counter(); hashlib.sha256(b).digest(); best = min(best, time.perf_counter() - t)\n"
+            "print(len(b) / 1e9 / best)")
+    stolen = stolen_seconds()
+    began = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    steal = steal_share(stolen, stolen_seconds(), time.perf_counter() - began)
+    return {"sha256_gb_s": round(float(done.stdout), 2), "steal": None if steal is None else round(steal, 3)}
+
+
+def describe_calibration(when: str, figures: dict) -> str:
+    speed = figures["sha256_gb_s"]
+    steal = "" if figures["steal"] is None else f", host steal {figures['steal']:.0%}"
+    return (f"machine {when}: SHA-256 {speed:.2f} GB/s on one core ({speed / QUIET_SHA256_GB_S:.0%} of the "
+            f"{QUIET_SHA256_GB_S} GB/s of a quiet spell{steal})")
 
 
 def runner_rss_mb() -> float:
@@ -450,6 +479,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("skopeo is not installed (the baseline); apt-get install skopeo")
     report = Report(machine=machine())
     report.notes.append(compile_bytecode())
+    report.machine["before"] = calibrate()
     work = Path(tempfile.mkdtemp(prefix="sconify-bench-", dir=args.workdir))
     ctx = Context(work=work, repeat=repeats, report=report)
     began = time.perf_counter()
@@ -477,6 +507,9 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     report.machine["seconds"] = round(time.perf_counter() - began, 1)
     report.machine["load_after"] = os.getloadavg()[0]
+    report.machine["after"] = calibrate()
+    for when in ("before", "after"):
+        report.notes.append(describe_calibration(when, report.machine[when]))
     report.notes.append(f"runner peak RSS {runner_rss_mb():.0f} MB (a floor under the children's RSS figures); "
                         f"load average {report.machine['load_before']:.1f} before, {report.machine['load_after']:.1f} after")
     print(format_table(report))

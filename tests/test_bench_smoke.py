@@ -30,6 +30,11 @@ def test_quick_python_bench_measures_sconify_next_to_its_baselines(python_image,
     assert ours["ratio"] == pytest.approx(ours["wall"] / ours["baseline_wall"])
     assert ours["target"] == "<= 1.5x skopeo" and isinstance(ours["met"], bool)
     assert rows[("  bare repack", None)]["wall"] > 0
+    # Shared VMs: each row says how much CPU the host stole, and the run how fast the machine was.
+    assert ours["steal"] is None or 0 <= ours["steal"] <= 1
+    for when in ("before", "after"):
+        assert report["machine"][when]["sha256_gb_s"] > 0.05
+        assert f"machine {when}: SHA-256" in done.stdout
     for label in ("sconify verify", "sconify verify --keys"):  # the auditor's run and the data owner's
         verify = rows[(label, "sconify-image")]
         assert verify["wall"] > 0 and verify["target"] == ">= 2x faster than sconify"
