@@ -161,8 +161,10 @@ def verify_image(
             lower = None
             # Every layer: digests, diff_ids, and the headers the shield's check of "every file
             # under a protected region" needs. The tars of the layers sconify added are kept
-            # (files are read from them, not inflated again); the input's only give names.
-            fs = RootFS.from_image(image, cache_layers=range(base, len(image.layers)))
+            # (files are read from them, not inflated again); the input's only give names, and
+            # the diff_id of an input blob stored as recorded is not recomputed (see below).
+            fs = RootFS.from_image(image, cache_layers=range(base, len(image.layers)),
+                                   diff_ids_known=recorded_input_blobs(image.layers[:base], manifest))
         check_contents(report, fs, manifest, keys, sgxs_out, pool, whiteouts_needed=added_layers_only)
         if lower is not None:
             report.checks += lower.result()  # an ImageError (corrupt input blob) propagates: could not read
@@ -177,10 +179,10 @@ def check_input_blobs(report: VerifyReport, layers: tuple[Layer, ...], manifest:
     inflated. Any other blob (e.g. recompressed for the destination) is inflated and its diff_id
     recomputed. Raises ImageError when a blob is missing, truncated or differs from its digest.
     """
-    recorded = manifest.input.layer_digests
+    as_recorded = recorded_input_blobs(layers, manifest)
     inflated = 0
     for index, layer in enumerate(layers):
-        if index < len(recorded) and layer.digest == recorded[index]:
+        if index in as_recorded:
             with layer.open_blob() as blob:  # size and digest checked at the end
                 L.drain(blob)
         else:
@@ -188,6 +190,14 @@ def check_input_blobs(report: VerifyReport, layers: tuple[Layer, ...], manifest:
             inflated += 1
     how = f"{len(layers)} layers: blob digests as recorded for the input"
     report.add("input layers' blobs", True, how + (f"; {inflated} inflated for their diff_ids" if inflated else ""))
+
+
+def recorded_input_blobs(layers: tuple[Layer, ...], manifest: Manifest) -> set[int]:
+    """Indexes of the input layers stored as the manifest records them (same blob digest): once
+    that digest is checked, the blob is the one sconify read, inflated and hashed, so its
+    diff_id is the recorded one, which ``check_identity`` compares with the config's."""
+    recorded = manifest.input.layer_digests
+    return {index for index, layer in enumerate(layers) if index < len(recorded) and layer.digest == recorded[index]}
 
 
 def check_contents(

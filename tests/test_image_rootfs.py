@@ -152,6 +152,21 @@ def test_hostile_or_broken_members_are_refused(tmp_path, members, message):
         rootfs(tmp_path, members)
 
 
+def test_a_layer_whose_diff_id_is_known_skips_only_the_diff_id_check(tmp_path):
+    """diff_ids_known spares hashing the inflated tar of a layer whose diff_id the caller has
+    computed before from a blob of the same digest; the blob digest is still checked."""
+    from dataclasses import replace
+
+    layer = layer_tar(tmp_path, [member("app/x", data=b"x" * 5000)])
+    wrong_diff_id = replace(layer, diff_id="sha256:" + "0" * 64)
+    with pytest.raises(ImageError, match=r"\(diff_id\) has digest"):
+        RootFS.from_image(image_of(wrong_diff_id))
+    assert RootFS.from_image(image_of(wrong_diff_id), diff_ids_known={0}).read("app/x") == b"x" * 5000
+    wrong_digest = replace(wrong_diff_id, digest="sha256:" + "1" * 64)
+    with pytest.raises(ImageError, match="sha256:1111"):
+        RootFS.from_image(image_of(wrong_digest), diff_ids_known={0})
+
+
 def test_device_nodes_and_fifos_are_skipped_and_recorded(tmp_path):
     fs = rootfs(tmp_path, [member("dev/null", "chr"), member("run/pipe", "fifo"), member("ok", data=b"1")])
     assert not fs.exists("dev/null") and not fs.exists("run/pipe")

@@ -90,12 +90,15 @@ class BackgroundTar(io.RawIOBase):
     every error, its own or the blob thread's, to the caller; ``finish`` raises the others'.
     """
 
-    def __init__(self, layer, tee_fd: int | None = None, selective: bool = False) -> None:
+    def __init__(self, layer, tee_fd: int | None = None, selective: bool = False, check_diff_id: bool = True) -> None:
         """``selective``: only the byte ranges the caller ``keep``s go to ``tee_fd``, each at
         its offset in the tar (the rest of the file stays a hole): written from the chunks the
-        caller has read past, on a thread of their own."""
+        caller has read past, on a thread of their own. ``check_diff_id=False``: the caller
+        knows the diff_id belongs to a blob of this digest (it computed it from that very blob
+        before), so the inflated bytes are not hashed; the blob digest is checked as always."""
         super().__init__()
         self._layer = layer
+        self._check_diff_id = check_diff_id
         self._what = f"layer blob {layer.digest}"
         self._tee_fd = tee_fd if not selective else None  # for the diff_id thread: the whole tar
         self._kept: collections.deque[tuple[int, int]] = collections.deque()  # [start, end), tar order
@@ -156,7 +159,7 @@ class BackgroundTar(io.RawIOBase):
 
     def _check(self) -> None:
         """The checking thread: the diff_id of the inflated bytes, and the cache copy."""
-        diff = hashlib.sha256() if self._layer.compression != "none" else None
+        diff = hashlib.sha256() if self._layer.compression != "none" and self._check_diff_id else None
 
         def check(chunk: bytes) -> None:
             if diff is not None:
@@ -239,7 +242,7 @@ class BackgroundTar(io.RawIOBase):
         if compression == "none":  # the diff_id is the blob digest, just checked
             if layer.diff_id != layer.digest:
                 raise L.uncompressed_diff_id_mismatch(layer.digest, layer.diff_id)
-        elif self._diff_id != layer.diff_id:
+        elif self._check_diff_id and self._diff_id != layer.diff_id:
             raise L.digest_mismatch(f"layer {layer.digest} (diff_id)", self._diff_id, layer.diff_id)
 
     def _put(self, target: queue.Queue, item: object) -> None:

@@ -120,7 +120,8 @@ class RootFS:
     """The merged view of an image's layers: ``entries`` maps normalised paths to Entry."""
 
     def __init__(self, image: Image, limits: RootFSLimits | None = None,
-                 cache_layers: bool | Collection[int] = False, keep: Callable[[str], bool] | None = None) -> None:
+                 cache_layers: bool | Collection[int] = False, keep: Callable[[str], bool] | None = None,
+                 diff_ids_known: Collection[int] = ()) -> None:
         self.image = image
         self.limits = limits or RootFSLimits()
         # With this set, the index pass also writes each layer's tar to an unlinked temp file (on
@@ -130,6 +131,9 @@ class RootFS:
         # no leading "/") passes ``keep`` are written there; the others are read by a pass over
         # their layer if ever asked for.
         self._keep = keep
+        # Layers whose diff_id the caller vouches for (computed before from a blob of the digest
+        # the read checks): their inflated bytes are not hashed again.
+        self._diff_ids_known = diff_ids_known
         self._layer_cache: dict[int, BinaryIO] = {}
         # layer -> data offsets of the files whose bytes its cached tar holds; None: all of them
         self._kept: dict[int, set[int] | None] = {}
@@ -145,14 +149,16 @@ class RootFS:
     @classmethod
     def from_image(
         cls, image: Image, limits: RootFSLimits | None = None, cache_layers: bool | Collection[int] = False,
-        keep: Callable[[str], bool] | None = None,
+        keep: Callable[[str], bool] | None = None, diff_ids_known: Collection[int] = (),
     ) -> "RootFS":
         """Index every layer once (headers only), applying whiteouts in layer order.
 
         ``cache_layers`` keeps the tar of every layer (True) or of the layers at these indexes
         in a temp file, for later reads by offset instead of a second inflate; ``keep`` limits
-        that to the regular files whose member path it accepts (a guess of what will be read)."""
-        fs = cls(image, limits, cache_layers, keep)
+        that to the regular files whose member path it accepts (a guess of what will be read).
+        ``diff_ids_known``: indexes of layers whose diff_id is known to belong to their blob
+        digest (which is checked): their diff_id is not recomputed."""
+        fs = cls(image, limits, cache_layers, keep, diff_ids_known)
         try:
             for index in range(len(image.layers)):
                 fs._apply_layer(index)
@@ -202,7 +208,8 @@ class RootFS:
             self._layer_cache[index] = tee
         keep = self._keep if tee is not None else None
         kept = self._kept[index] = set() if keep is not None else None
-        with BackgroundTar(self.image.layers[index], tee.fileno() if tee else None, selective=keep is not None) as stream:
+        with BackgroundTar(self.image.layers[index], tee.fileno() if tee else None, selective=keep is not None,
+                           check_diff_id=index not in self._diff_ids_known) as stream:
             try:
                 with tarfile.open(fileobj=stream, mode="r:", tarinfo=BoundedTarInfo) as archive:
                     for info in archive:
