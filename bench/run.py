@@ -65,8 +65,21 @@ class Rows(list):
 
     def append(self, row: Row) -> None:
         super().append(row)
-        base = f" vs {row.baseline} {row.baseline_wall:.2f} s" if row.baseline_wall is not None else ""
-        print(f"  {row.case}: {row.ours.strip()} {row.wall:.2f} s{base}", file=sys.stderr)
+        print(f"  {row.case}: {describe(row)}", file=sys.stderr)
+
+
+def describe(row: Row) -> str:
+    """One row as a line: our figures, the baseline's wall time and the target, if any."""
+    text = f"{row.ours.strip()} {row.wall:.2f} s, CPU {row.cpu:.2f} s, RSS {row.peak_rss_mb:.0f} MB"
+    if row.mb_per_s is not None:
+        text += f", {row.mb_per_s:.0f} MB/s"
+    if row.baseline_wall is not None:
+        text += f"; {row.baseline} {row.baseline_wall:.2f} s"
+        if row.ratio is not None:
+            text += f" ({row.ratio:.2f}x)"
+    if row.target is not None:
+        text += f"; target {row.target}: " + ("met" if row.met else "NOT met")
+    return text
 
 
 @dataclass

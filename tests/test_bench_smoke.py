@@ -38,6 +38,9 @@ def test_quick_python_bench_measures_sconify_next_to_its_baselines(python_image,
     for label in ("sconify verify", "sconify verify --keys"):  # the auditor's run and the data owner's
         verify = rows[(label, "sconify-image")]
         assert verify["wall"] > 0 and verify["target"] == ">= 2x faster than sconify"
+    # Progress on stderr: each row as it is measured, with the figure its target is about.
+    assert f"sconify-image {ours['wall']:.2f} s, CPU {ours['cpu']:.2f} s" in done.stderr
+    assert f"; skopeo copy zstd {ours['baseline_wall']:.2f} s ({ours['ratio']:.2f}x); target <= 1.5x skopeo:" in done.stderr
     assert list(tmp_path.iterdir()) == [results], "the runner leaves no outputs behind"
 
 
