@@ -338,3 +338,43 @@ def test_released_files_give_their_pages_back_and_are_read_again_from_their_laye
             assert where is not None and os.pread(where[0], where[2], where[1]) == plain.read(path)
         assert all(fs.cached_content(path) is None for path in rest)
         assert {e.path: s.read() for e, s in fs.iter_files(rest)} == {e.path: s.read() for e, s in plain.iter_files(rest)}
+
+
+def test_uncompressed_blobs_on_disk_are_read_in_place_and_never_changed(python_image, tmp_path):
+    """A kept layer whose blob is an uncompressed tar in a file (here: a docker-archive's layer
+    tars, at their offsets in the archive) is not copied: its cache is the archive itself, opened
+    read-only. Contents read from it are the layer's bytes, keep= guesses do not apply (every
+    file is there), and release never punches the input."""
+    import hashlib
+    import os
+
+    from sconify.image.transports import read_image, write_image
+
+    archive = tmp_path / "image.tar"
+    write_image(read_image(f"oci:{python_image}:latest"), f"docker-archive:{archive}", compression="none")
+    before = hashlib.sha256(archive.read_bytes()).hexdigest()
+    image = read_image(f"docker-archive:{archive}")
+    assert {layer.compression for layer in image.layers} == {"none"}
+    plain = RootFS.from_image(read_image(f"oci:{python_image}:latest"))
+    paths = ["usr/bin/python3.11", "app/main.py", "app/data/readings.csv", "usr/lib/python3.11/json/decoder.py"]
+    with RootFS.from_image(image, cache_layers=True, keep=lambda path: False) as fs:
+        for path in paths:
+            fd, offset, size = fs.cached_content(path)
+            assert os.path.samestat(os.fstat(fd), os.stat(archive))
+            assert offset >= fs.entries[path].data_offset and os.pread(fd, size, offset) == plain.read(path)
+        assert {e.path: s.read() for e, s in fs.iter_files(paths)} == {e.path: s.read() for e, s in plain.iter_files(paths)}
+        assert fs.release(paths) == 0 and fs.release_all_but(paths[:1]) == 0
+        assert fs.read(paths[1]) == plain.read(paths[1])  # still read from the archive
+        assert fs.cached_content(paths[2]) is not None
+    assert hashlib.sha256(archive.read_bytes()).hexdigest() == before
+    assert fs._layer_cache == {}
+
+
+def test_an_uncompressed_blob_read_in_place_is_still_checked_against_its_digest(tmp_path):
+    layer = layer_tar(tmp_path, [member("etc/motd", data=b"hello " * 100)], compression="none")
+    path = Path(layer.file_range.path)
+    data = bytearray(path.read_bytes())
+    data[data.index(b"hello")] = ord("j")
+    path.write_bytes(bytes(data))
+    with pytest.raises(ImageError, match="digest"):
+        RootFS.from_image(image_of(layer), cache_layers=True)

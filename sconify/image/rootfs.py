@@ -16,13 +16,13 @@ import os
 import tarfile
 import tempfile
 from collections.abc import Callable, Collection, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from sconify.errors import ImageError
 from sconify.image import layers as L
 from sconify.image.layerread import BackgroundTar
-from sconify.image.model import BoundedReader, Image, punch_pages
+from sconify.image.model import BoundedReader, Image, Layer, punch_pages
 from sconify.image.tarbounds import BoundedTarInfo, HostileHeader
 
 WHITEOUT_PREFIX = ".wh."
@@ -135,6 +135,9 @@ class RootFS:
         # the read checks): their inflated bytes are not hashed again.
         self._diff_ids_known = diff_ids_known
         self._layer_cache: dict[int, BinaryIO] = {}
+        # Kept layers read in place: an uncompressed blob stored in a file is its own tar, so its
+        # cache is that file, opened read-only (never written or punched), the tar at this offset.
+        self._in_place: dict[int, int] = {}
         # layer -> data offsets of the files whose bytes its cached tar holds; None: all of them
         self._kept: dict[int, set[int] | None] = {}
         self.entries: dict[str, Entry] = {"": Entry("", "dir", 0o755, 0, 0, 0, 0)}
@@ -172,6 +175,7 @@ class RootFS:
         for cache in self._layer_cache.values():
             cache.close()
         self._layer_cache.clear()
+        self._in_place.clear()
 
     def __enter__(self) -> "RootFS":
         return self
@@ -202,13 +206,18 @@ class RootFS:
         The layer is inflated and checked on a background thread (``BackgroundTar``) while
         tarfile's random-access mode parses the headers here, seeking over member data."""
         members: list[Member] = []
+        layer = self.image.layers[index]
         tee = None
         if self.cache_layers is True or (self.cache_layers and index in self.cache_layers):
-            tee = tempfile.TemporaryFile(prefix="sconify-layer-")
-            self._layer_cache[index] = tee
+            in_place = self._open_in_place(index, layer)
+            if in_place is not None:
+                layer = in_place  # read (and its digest checked) through the very file kept
+            else:
+                tee = tempfile.TemporaryFile(prefix="sconify-layer-")
+                self._layer_cache[index] = tee
         keep = self._keep if tee is not None else None
         kept = self._kept[index] = set() if keep is not None else None
-        with BackgroundTar(self.image.layers[index], tee.fileno() if tee else None, selective=keep is not None,
+        with BackgroundTar(layer, tee.fileno() if tee else None, selective=keep is not None,
                            check_diff_id=index not in self._diff_ids_known) as stream:
             try:
                 with tarfile.open(fileobj=stream, mode="r:", tarinfo=BoundedTarInfo) as archive:
@@ -226,6 +235,25 @@ class RootFS:
                 raise ImageError(f"{what} is not a valid tar ({exc}); the image is corrupt, re-create it") from None
             stream.finish()  # reach the end so the blob digest and diff_id are checked
         return members
+
+    def _open_in_place(self, index: int, layer: Layer) -> Layer | None:
+        """For an uncompressed blob stored in a file (an OCI layout's blob, a docker-archive's
+        layer tar): keep that file open as the layer's cache instead of writing a copy of the
+        tar (a data layer of ciphertext, a docker-archive's layers: no byte written, no fresh
+        page taken), and return the layer read through that descriptor, so the bytes the index
+        pass checks against the digest are the bytes later reads get. None for any other layer.
+        As with every file-backed input, the file must not change while sconify reads it."""
+        where = layer.file_range
+        if layer.compression != "none" or where is None:
+            return None
+        try:
+            cache = open(where.path, "rb", buffering=0)  # noqa: SIM115 - closed by close()
+        except OSError:
+            return None  # the read reports a missing blob in its own words
+        self._layer_cache[index] = cache
+        self._in_place[index] = where.offset
+        fd, offset, size = cache.fileno(), where.offset, where.size
+        return replace(layer, opener=lambda: io.BufferedReader(BoundedReader(fd, offset, size), L.CHUNK_SIZE))
 
     def _member(self, info: tarfile.TarInfo, what: str) -> Member:
         """Check one tar header against the limits and keep what the merge needs."""
@@ -477,7 +505,7 @@ class RootFS:
         (thread-safe, unlike a shared file position)."""
         entry = self._regular(path)
         cache = self._cache_of(entry)
-        return None if cache is None else (cache.fileno(), entry.data_offset, entry.size)
+        return None if cache is None else (cache.fileno(), self._tar_offset(entry), entry.size)
 
     def release(self, paths: Iterable[str]) -> int:
         """The caller will not read these regular files' bytes again: punch the whole pages under
@@ -486,8 +514,9 @@ class RootFS:
         pages (on these VMs 8x less). A released file that is asked for again is read by a pass
         over its layer, as if it had not been kept. Files next to each other in a tar (nothing
         but the second one's header between them) are punched as one range, with the pages they
-        share. The bytes punched."""
-        ranges = self._cached_ranges(paths)
+        share. Layers read in place are the input's own files: they are left alone. The bytes
+        punched."""
+        ranges = [r for r in self._cached_ranges(paths) if r[0] not in self._in_place]
         for layer, start, _ in ranges:
             self._kept_offsets(layer).discard(start)
         punched = 0
@@ -505,9 +534,10 @@ class RootFS:
         """Release every cached file's bytes except those of ``paths`` (regular files): punch the
         gaps between what is left in each cached layer tar. This also frees the pages that
         ``release`` leaves, those shared by the ends of two files. The bytes punched."""
-        live: dict[int, list[tuple[int, int]]] = {index: [] for index in self._layer_cache}
+        live: dict[int, list[tuple[int, int]]] = {i: [] for i in self._layer_cache if i not in self._in_place}
         for layer, start, end in self._cached_ranges(paths):
-            live[layer].append((start, end))
+            if layer in live:
+                live[layer].append((start, end))
         punched = 0
         for index, ranges in live.items():
             fd = self._layer_cache[index].fileno()
@@ -543,6 +573,10 @@ class RootFS:
                                         if e.is_regular and e.data_layer == index}
         return kept
 
+    def _tar_offset(self, entry: Entry) -> int:
+        """Where ``entry``'s bytes start in the file caching its layer."""
+        return self._in_place.get(entry.data_layer, 0) + entry.data_offset
+
     def _cache_of(self, entry: Entry) -> BinaryIO | None:
         """The kept tar holding ``entry``'s content, or None (layer not kept, or file not kept)."""
         cache = self._layer_cache.get(entry.data_layer)
@@ -559,7 +593,7 @@ class RootFS:
                 if cache is None:
                     streamed.append(entry)
                     continue
-                window = BoundedReader(cache.fileno(), entry.data_offset, entry.size)
+                window = BoundedReader(cache.fileno(), self._tar_offset(entry), entry.size)
                 yield entry, io.BufferedReader(window, L.CHUNK_SIZE)  # type: ignore[misc]
             entries = streamed  # files the index pass did not keep: one pass over the layer
             if not entries:
