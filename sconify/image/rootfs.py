@@ -516,7 +516,7 @@ class RootFS:
         but the second one's header between them) are punched as one range, with the pages they
         share. Layers read in place are the input's own files: they are left alone. The bytes
         punched."""
-        ranges = [r for r in self._cached_ranges(paths) if r[0] not in self._in_place]
+        ranges = self._cached_ranges(paths)
         for layer, start, _ in ranges:
             self._kept_offsets(layer).discard(start)
         punched = 0
@@ -533,11 +533,11 @@ class RootFS:
     def release_all_but(self, paths: Iterable[str]) -> int:
         """Release every cached file's bytes except those of ``paths`` (regular files): punch the
         gaps between what is left in each cached layer tar. This also frees the pages that
-        ``release`` leaves, those shared by the ends of two files. The bytes punched."""
-        live: dict[int, list[tuple[int, int]]] = {i: [] for i in self._layer_cache if i not in self._in_place}
+        ``release`` leaves, those shared by the ends of two files. Layers read in place are left
+        alone, as by ``release``. The bytes punched."""
+        live: dict[int, list[tuple[int, int]]] = {index: [] for index in self._punchable()}
         for layer, start, end in self._cached_ranges(paths):
-            if layer in live:
-                live[layer].append((start, end))
+            live[layer].append((start, end))
         punched = 0
         for index, ranges in live.items():
             fd = self._layer_cache[index].fileno()
@@ -548,12 +548,19 @@ class RootFS:
                 gap_start = max(gap_start, end)
         return punched
 
+    def _punchable(self) -> list[int]:
+        """The layers whose cache is a temp tar sconify wrote, the only ones a release punches
+        (a layer read in place is the input's own file)."""
+        return [index for index in self._layer_cache if index not in self._in_place]
+
     def _cached_ranges(self, paths: Iterable[str]) -> list[tuple[int, int, int]]:
-        """Sorted ``(layer, start, end)`` of the bytes a cached tar holds of these regular files."""
+        """Sorted ``(layer, start, end)`` of the bytes a punchable cached tar holds of these
+        regular files."""
+        punchable = set(self._punchable())
         ranges = []
         for path in paths:
             entry = self._regular(path)
-            if entry.size and self._cache_of(entry) is not None:
+            if entry.size and entry.data_layer in punchable and self._cache_of(entry) is not None:
                 ranges.append((entry.data_layer, entry.data_offset, entry.data_offset + entry.size))
         return sorted(set(ranges))  # hard links share their target's range
 
