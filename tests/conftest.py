@@ -30,6 +30,16 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 START_DOCKERD = REPO_ROOT.parent / "shared" / "tools" / "start-dockerd"
 
 RunInDocker = Callable[..., str]
+RUNTIME_DIR = REPO_ROOT / "runtime"
+
+
+def runtime_tool(name: str) -> Path:
+    """runtime/build/tools/NAME, a test driver of the C runtime, built by ``make -C runtime tools``."""
+    result = subprocess.run(["make", "-C", str(RUNTIME_DIR), "tools"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"make -C runtime tools failed:\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+    tool = RUNTIME_DIR / "build" / "tools" / name
+    assert tool.is_file()
+    return tool
 
 
 @pytest.fixture(scope="session")

@@ -1,0 +1,273 @@
+#include "config.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <jansson.h>
+#include <libgen.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "fspf.h"
+#include <openssl/crypto.h>
+
+static int compare_volumes(const void *a, const void *b)
+{
+    return strcmp(((const struct rt_volume *)a)->path, ((const struct rt_volume *)b)->path);
+}
+
+static int get_u64(json_t *obj, const char *name, uint64_t *out)
+{
+    json_t *v = json_object_get(obj, name);
+    if (!json_is_integer(v) || json_integer_value(v) < 0) return -1;
+    *out = (uint64_t)json_integer_value(v);
+    return 0;
+}
+
+static int protection_of(const char *name)
+{
+    if (name && strcmp(name, "encrypted") == 0) return FSPF_ENCRYPTED;
+    if (name && strcmp(name, "authenticated") == 0) return FSPF_AUTHENTICATED;
+    return -1;
+}
+
+static int is_hex(const char *s, size_t len)
+{
+    if (!s || strlen(s) != len) return 0;
+    for (size_t i = 0; i < len; i++)
+        if (!((s[i] >= '0' && s[i] <= '9') || (s[i] >= 'a' && s[i] <= 'f'))) return 0;
+    return 1;
+}
+
+int config_load(const char *path, struct rt_config *cfg, struct rt_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
+    json_error_t jerr;
+    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!doc)
+        return rt_fail(err, "cannot read the runtime config %s (%s); the image was not converted by this "
+                            "sconify-image, re-convert it", path, jerr.text);
+    const char *schema = json_string_value(json_object_get(doc, "schema"));
+    const char *exe = json_string_value(json_object_get(doc, "executable"));
+    const char *mr = json_string_value(json_object_get(doc, "mrenclave"));
+    const char *file_sha = json_string_value(json_object_get(doc, "executable_sha256"));
+    json_t *m = json_object_get(doc, "measurement");
+    json_t *vols = json_object_get(doc, "volumes");
+    json_t *eph = json_object_get(doc, "ephemeral");
+    uint64_t heap, stack, threads, ssa;
+    if (!schema || strcmp(schema, RUNTIME_CONFIG_SCHEMA) != 0 || !exe || exe[0] != '/' || !is_hex(mr, 64) ||
+        !is_hex(file_sha, 64) || !json_is_object(m) || get_u64(m, "heap_size", &heap) || get_u64(m, "stack_size", &stack) ||
+        get_u64(m, "threads", &threads) || get_u64(m, "ssa_frame_size", &ssa) || !json_is_array(vols) ||
+        !json_is_array(eph) || threads == 0 || threads > UINT32_MAX || ssa == 0 || ssa > UINT32_MAX) {
+        json_decref(doc);
+        return rt_fail(err, "runtime config %s is malformed (expected schema %s); re-convert the image", path,
+                       RUNTIME_CONFIG_SCHEMA);
+    }
+    cfg->executable = strdup(exe);
+    cfg->params = (struct sgx_params){heap, stack, (uint32_t)threads, (uint32_t)ssa};
+    memcpy(cfg->mrenclave, mr, 65);
+    memcpy(cfg->executable_sha256, file_sha, 65);
+    cfg->volume_count = json_array_size(vols);
+    cfg->volumes = calloc(cfg->volume_count + 1, sizeof *cfg->volumes);
+    for (size_t i = 0; i < cfg->volume_count; i++) {
+        json_t *v = json_array_get(vols, i);
+        const char *vp = json_string_value(json_object_get(v, "path"));
+        const char *fp = json_string_value(json_object_get(v, "fspf_path"));
+        int prot = protection_of(json_string_value(json_object_get(v, "protection")));
+        if (!vp || vp[0] != '/' || !fp || fp[0] != '/' || prot < 0) {
+            cfg->volume_count = i;
+            config_free(cfg);
+            json_decref(doc);
+            return rt_fail(err, "runtime config %s: volume %zu is malformed; re-convert the image", path, i);
+        }
+        cfg->volumes[i] = (struct rt_volume){strdup(vp), strdup(fp), (uint8_t)prot};
+    }
+    qsort(cfg->volumes, cfg->volume_count, sizeof *cfg->volumes, compare_volumes);
+    cfg->ephemeral_count = json_array_size(eph);
+    cfg->ephemeral = calloc(cfg->ephemeral_count + 1, sizeof *cfg->ephemeral);
+    for (size_t i = 0; i < cfg->ephemeral_count; i++) {
+        const char *p = json_string_value(json_array_get(eph, i));
+        cfg->ephemeral[i] = strdup(p && p[0] == '/' ? p : "/");
+    }
+    json_decref(doc);
+    return 0;
+}
+
+void config_free(struct rt_config *cfg)
+{
+    free(cfg->executable);
+    for (size_t i = 0; i < cfg->volume_count; i++) {
+        free(cfg->volumes[i].path);
+        free(cfg->volumes[i].fspf_path);
+    }
+    free(cfg->volumes);
+    for (size_t i = 0; i < cfg->ephemeral_count; i++) free(cfg->ephemeral[i]);
+    free(cfg->ephemeral);
+    memset(cfg, 0, sizeof *cfg);
+}
+
+static const char *malformed_keys(const char *path)
+{
+    (void)path;
+    return "is not a sconify keys file (schema " KEYS_SCHEMA "); mount the keys.json written by sconify-image";
+}
+
+int keys_load(const char *path, struct rt_keys *keys, struct rt_error *err)
+{
+    memset(keys, 0, sizeof *keys);
+    FILE *f = fopen(path, "re");
+    if (!f) {
+        int e = errno;
+        if (e == ENOENT)
+            return rt_fail(err, "no keys file at %s; mount the directory holding the keys.json written by "
+                                "sconify-image at /run/secrets/sconify (docker run -v DIR:/run/secrets/sconify:ro) "
+                                "or set SCONIFY_KEYS", path);
+        return rt_fail(err, "cannot read the keys file %s (%s); make it readable by the container's user", path,
+                       strerror(e));
+    }
+    json_error_t jerr;
+    json_t *doc = json_loadf(f, JSON_REJECT_DUPLICATES, &jerr);
+    fclose(f);
+    const char *schema = doc ? json_string_value(json_object_get(doc, "schema")) : NULL;
+    const char *mr = doc ? json_string_value(json_object_get(doc, "mrenclave")) : NULL;
+    json_t *vols = doc ? json_object_get(doc, "volumes") : NULL;
+    if (!schema || strcmp(schema, KEYS_SCHEMA) != 0 || !is_hex(mr, 64) || !json_is_array(vols)) {
+        json_decref(doc);
+        return rt_fail(err, "keys file %s %s", path, malformed_keys(path));
+    }
+    memcpy(keys->mrenclave, mr, 65);
+    const char *file_sha = json_string_value(json_object_get(doc, "executable_sha256"));
+    if (file_sha && !is_hex(file_sha, 64)) {
+        json_decref(doc);
+        return rt_fail(err, "keys file %s %s", path, malformed_keys(path));
+    }
+    if (file_sha) memcpy(keys->executable_sha256, file_sha, 65);
+    keys->count = json_array_size(vols);
+    keys->keys = calloc(keys->count + 1, sizeof *keys->keys);
+    for (size_t i = 0; i < keys->count; i++) {
+        json_t *v = json_array_get(vols, i);
+        const char *vp = json_string_value(json_object_get(v, "path"));
+        const char *key = json_string_value(json_object_get(v, "fspf_key"));
+        const char *tag = json_string_value(json_object_get(v, "fspf_tag"));
+        const char *next = json_string_value(json_object_get(v, "fspf_tag_next"));
+        struct rt_key *k = &keys->keys[i];
+        if (!vp || vp[0] != '/' || !is_hex(key, 64) || !is_hex(tag, 32) || (next && !is_hex(next, 32))) {
+            keys->count = i;
+            keys_free(keys);
+            json_decref(doc);
+            return rt_fail(err, "keys file %s: volume entry %zu is malformed; mount the keys.json written by "
+                                "sconify-image", path, i);
+        }
+        k->path = strdup(vp);
+        hex_decode(key, k->key, 32);
+        hex_decode(tag, k->tag, 16);
+        if (next) {
+            k->has_next = 1;
+            hex_decode(next, k->next_tag, 16);
+        }
+    }
+    json_decref(doc);
+    return 0;
+}
+
+int keys_from_scone_env(const struct rt_config *cfg, const char *fspf, const char *key_hex, const char *tag_hex,
+                        struct rt_keys *keys, struct rt_error *err)
+{
+    memset(keys, 0, sizeof *keys);
+    const struct rt_volume *vol = NULL;
+    for (size_t i = 0; i < cfg->volume_count; i++)
+        if (strcmp(cfg->volumes[i].fspf_path, fspf) == 0) vol = &cfg->volumes[i];
+    if (!vol) return rt_fail(err, "SCONE_FSPF=%s is not the fspf of a volume of this image", fspf);
+    if (!key_hex || !is_hex(key_hex, 64) || !tag_hex || !is_hex(tag_hex, 32))
+        return rt_fail(err, "SCONE_FSPF_KEY must be 64 and SCONE_FSPF_TAG 32 lower-case hex digits");
+    memcpy(keys->mrenclave, cfg->mrenclave, 65);
+    memcpy(keys->executable_sha256, cfg->executable_sha256, 65);
+    keys->count = 1;
+    keys->keys = calloc(1, sizeof *keys->keys);
+    keys->keys[0].path = strdup(vol->path);
+    hex_decode(key_hex, keys->keys[0].key, 32);
+    hex_decode(tag_hex, keys->keys[0].tag, 16);
+    return 0;
+}
+
+void keys_free(struct rt_keys *keys)
+{
+    for (size_t i = 0; i < keys->count; i++) {
+        free(keys->keys[i].path);
+        OPENSSL_cleanse(keys->keys[i].key, sizeof keys->keys[i].key);
+    }
+    free(keys->keys);
+    memset(keys, 0, sizeof *keys);
+}
+
+struct rt_key *keys_find(struct rt_keys *keys, const char *volume_path)
+{
+    for (size_t i = 0; i < keys->count; i++)
+        if (strcmp(keys->keys[i].path, volume_path) == 0) return &keys->keys[i];
+    return NULL;
+}
+
+static int fsync_dir_of(const char *path)
+{
+    char copy[PATH_MAX];
+    snprintf(copy, sizeof copy, "%s", path);
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int keys_record_tag(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
+                    struct rt_error *err)
+{
+    json_error_t jerr;
+    json_t *doc = json_load_file(keys_path, JSON_REJECT_DUPLICATES, &jerr);
+    if (!doc) return rt_fail(err, "cannot read the keys file %s to record a new tag", keys_path);
+    json_t *vols = json_object_get(doc, "volumes");
+    json_t *entry = NULL;
+    for (size_t i = 0; i < json_array_size(vols); i++) {
+        const char *vp = json_string_value(json_object_get(json_array_get(vols, i), "path"));
+        if (vp && strcmp(vp, volume_path) == 0) entry = json_array_get(vols, i);
+    }
+    if (!entry) {
+        json_decref(doc);
+        return rt_fail(err, "keys file %s has no volume %s", keys_path, volume_path);
+    }
+    char hex[33];
+    hex_encode(tag, 16, hex);
+    if (next) {
+        json_object_set_new(entry, "fspf_tag_next", json_string(hex));
+    } else {
+        json_object_set_new(entry, "fspf_tag", json_string(hex));
+        json_object_del(entry, "fspf_tag_next");
+    }
+    char *text = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(doc);
+    if (!text) return rt_fail(err, "out of memory writing the keys file");
+    char tmp[PATH_MAX];
+    snprintf(tmp, sizeof tmp, "%s.sconify-tmp-%ld", keys_path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    int rc = -1, saved = 0;
+    if (fd >= 0) {
+        size_t len = strlen(text);
+        text[len] = '\0';
+        if (write_full(fd, text, len) == 0 && write_full(fd, "\n", 1) == 0 && fsync(fd) == 0) rc = 0;
+        saved = errno;
+        close(fd);
+        if (rc == 0 && rename(tmp, keys_path) != 0) { rc = -1; saved = errno; }
+        if (rc != 0) unlink(tmp);
+        else fsync_dir_of(keys_path);
+    } else {
+        saved = errno;
+    }
+    free(text);
+    if (rc != 0)
+        return rt_fail(err, "cannot record the new fspf tag of volume %s in the keys file %s (%s); mount the keys "
+                            "directory read-write (the tag is what protects the volume against rollback)",
+                       volume_path, keys_path, strerror(saved));
+    return 0;
+}

@@ -1,0 +1,67 @@
+/* The two JSON documents the runtime reads: the image's runtime config (written by
+ * sconify-image into the runtime layer, not secret) and the keys file (keys.json, schema
+ * sconify.keys/v2: the stand-in for what an attestation service releases to the measured
+ * enclave). The runtime also records each volume's new fspf tag in the keys file. */
+#ifndef SCONIFY_CONFIG_H
+#define SCONIFY_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "measure.h"
+#include "util.h"
+
+#define RUNTIME_CONFIG_SCHEMA "sconify.runtime/v1"
+#define KEYS_SCHEMA "sconify.keys/v2"
+#define DEFAULT_KEYS_PATH "/run/secrets/sconify/keys.json"
+#define VOLUME_FSPF_NAME ".sconify.fspf"
+
+struct rt_volume {
+    char *path;        /* region path, absolute */
+    char *fspf_path;   /* <path>/.sconify.fspf */
+    uint8_t protection;  /* FSPF_AUTHENTICATED or FSPF_ENCRYPTED */
+};
+
+struct rt_config {
+    char *executable;               /* the measured executable, absolute */
+    struct sgx_params params;
+    char mrenclave[65];             /* what the conversion measured (hex) */
+    char executable_sha256[65];     /* SHA-256 of the whole executable file (hex) */
+    size_t volume_count;
+    struct rt_volume *volumes;      /* sorted by path */
+    size_t ephemeral_count;
+    char **ephemeral;               /* ephemeral region paths */
+};
+
+struct rt_key {
+    char *path;                  /* volume (region) path */
+    unsigned char key[32];       /* fspf key */
+    unsigned char tag[16];       /* the recorded fspf tag */
+    int has_next;                /* a commit was under way: its tag is accepted too */
+    unsigned char next_tag[16];
+};
+
+struct rt_keys {
+    char mrenclave[65];
+    char executable_sha256[65];  /* "" when the keys file does not record it */
+    size_t count;
+    struct rt_key *keys;
+};
+
+int config_load(const char *path, struct rt_config *cfg, struct rt_error *err);
+void config_free(struct rt_config *cfg);
+
+/* Load keys.json; messages never quote the file's content. */
+int keys_load(const char *path, struct rt_keys *keys, struct rt_error *err);
+/* Build keys from SCONE's debug-mode variables for a single volume (SCONE_FSPF, _KEY, _TAG). */
+int keys_from_scone_env(const struct rt_config *cfg, const char *fspf, const char *key_hex, const char *tag_hex,
+                        struct rt_keys *keys, struct rt_error *err);
+void keys_free(struct rt_keys *keys);
+struct rt_key *keys_find(struct rt_keys *keys, const char *volume_path);
+
+/* Record a volume's tag in the keys file, atomically (write a temp file beside it, fsync,
+ * rename, fsync the directory). next=1 records a commit under way ("fspf_tag_next", the old
+ * tag stays valid); next=0 makes tag the recorded one and drops any "fspf_tag_next". */
+int keys_record_tag(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
+                    struct rt_error *err);
+
+#endif

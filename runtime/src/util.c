@@ -1,0 +1,95 @@
+#include "util.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <unistd.h>
+
+int rt_fail(struct rt_error *e, const char *fmt, ...)
+{
+    if (e) {
+        va_list ap;
+        va_start(ap, fmt);
+        vsnprintf(e->msg, sizeof e->msg, fmt, ap);
+        va_end(ap);
+    }
+    return -1;
+}
+
+void hex_encode(const unsigned char *in, size_t n, char *out)
+{
+    static const char digits[] = "0123456789abcdef";
+    for (size_t i = 0; i < n; i++) {
+        out[2 * i] = digits[in[i] >> 4];
+        out[2 * i + 1] = digits[in[i] & 15];
+    }
+    out[2 * n] = '\0';
+}
+
+static int nibble(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+int hex_decode(const char *hex, unsigned char *out, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        int hi = nibble(hex[2 * i]), lo = hi < 0 ? -1 : nibble(hex[2 * i + 1]);
+        if (hi < 0 || lo < 0) return -1;
+        out[i] = (unsigned char)(hi << 4 | lo);
+    }
+    return hex[2 * n] == '\0' ? 0 : -1;
+}
+
+int read_full(int fd, void *buf, size_t count)
+{
+    char *p = buf;
+    while (count) {
+        ssize_t n = read(fd, p, count);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        if (n == 0) { errno = EIO; return -1; }
+        p += n; count -= (size_t)n;
+    }
+    return 0;
+}
+
+int pread_full(int fd, void *buf, size_t count, uint64_t offset)
+{
+    char *p = buf;
+    while (count) {
+        ssize_t n = pread(fd, p, count, (off_t)offset);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        if (n == 0) { errno = EIO; return -1; }
+        p += n; count -= (size_t)n; offset += (uint64_t)n;
+    }
+    return 0;
+}
+
+int write_full(int fd, const void *buf, size_t count)
+{
+    const char *p = buf;
+    while (count) {
+        ssize_t n = write(fd, p, count);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        p += n; count -= (size_t)n;
+    }
+    return 0;
+}
+
+int pwrite_full(int fd, const void *buf, size_t count, uint64_t offset)
+{
+    const char *p = buf;
+    while (count) {
+        ssize_t n = pwrite(fd, p, count, (off_t)offset);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return -1;
+        p += n; count -= (size_t)n; offset += (uint64_t)n;
+    }
+    return 0;
+}

@@ -1,0 +1,170 @@
+"""The runtime a converted image runs with (simulation mode), and the layer that carries it.
+
+The runtime is C (Node images have no Python): ``runtime/`` in the source tree builds a static
+launcher, ``sconify-run``, the image's new ENTRYPOINT, and ``libsconify-shield.so``, which the
+launcher preloads into the measured service to serve its embedfs and its volumes (docs/runtime.md).
+
+``build_runtime`` compiles it once per source digest into the cache (``$SCONIFY_CACHE/runtime``)
+from pinned Debian static libraries (``runtime/deps.txt``), or takes prebuilt files from
+``$SCONIFY_RUNTIME_DIR``. ``runtime_config`` is the JSON the launcher reads: the measured
+executable, the measurement parameters, the MRENCLAVE, the volumes. ``runtime_entries`` are the
+files of the runtime layer, and ``wrap_entrypoint`` puts the launcher in front of the image's
+ENTRYPOINT.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sconify.errors import EnvironmentProblem
+
+RUNTIME_DIR = "/.sconify"
+LAUNCHER_PATH = f"{RUNTIME_DIR}/bin/sconify-run"
+SHIELD_PATH = f"{RUNTIME_DIR}/lib/libsconify-shield.so"
+CONFIG_PATH = f"{RUNTIME_DIR}/runtime.json"
+CONFIG_SCHEMA = "sconify.runtime/v1"
+LAUNCHER_NAME = "sconify-run"
+SHIELD_NAME = "libsconify-shield.so"
+RUNTIME_MODES = ("sim", "none")
+SOURCE_FILES = ("Makefile", "deps.txt", "fetch-deps")
+
+
+@dataclass(frozen=True)
+class RuntimeBuild:
+    """The two runtime files, built or prebuilt, with their SHA-256 (for the manifest)."""
+
+    launcher: Path
+    shield: Path
+
+    def sha256(self) -> dict[str, str]:
+        return {
+            LAUNCHER_NAME: hashlib.sha256(self.launcher.read_bytes()).hexdigest(),
+            SHIELD_NAME: hashlib.sha256(self.shield.read_bytes()).hexdigest(),
+        }
+
+
+def source_tree() -> Path:
+    """The runtime's sources: installed beside this module (wheel: ``sconify/runtime_sources``), or
+    ``runtime/`` at the top of a source checkout."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here / "runtime_sources", here.parent / "runtime"):
+        if (candidate / "Makefile").is_file():
+            return candidate
+    raise EnvironmentProblem("the runtime sources are missing from this installation; reinstall sconify")
+
+
+def source_files(root: Path) -> list[Path]:
+    files = [root / name for name in SOURCE_FILES]
+    files += sorted((root / "src").glob("*.[ch]"))
+    return files
+
+
+def source_digest(root: Path) -> str:
+    """A digest of every source and build file and of the compiler: a new one means a rebuild."""
+    sha = hashlib.sha256()
+    for path in source_files(root):
+        sha.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    sha.update(compiler_version().encode())
+    return sha.hexdigest()
+
+
+def compiler_version() -> str:
+    cc = os.environ.get("CC", "gcc")
+    try:
+        result = subprocess.run([cc, "--version"], capture_output=True, text=True, check=False)
+    except OSError:
+        raise EnvironmentProblem(
+            f"the C compiler {cc!r} is not installed; the runtime is built from source: "
+            "apt-get install gcc libc6-dev make (or pass --runtime none)"
+        ) from None
+    return result.stdout.splitlines()[0] if result.stdout else cc
+
+
+def cache_root() -> Path:
+    configured = os.environ.get("SCONIFY_CACHE")
+    return (Path(configured) if configured else Path.home() / ".cache" / "sconify") / "runtime"
+
+
+def build_runtime() -> RuntimeBuild:
+    """The runtime files: ``$SCONIFY_RUNTIME_DIR`` if set, else built (once) into the cache."""
+    prebuilt = os.environ.get("SCONIFY_RUNTIME_DIR")
+    if prebuilt:
+        found = RuntimeBuild(Path(prebuilt) / "bin" / LAUNCHER_NAME, Path(prebuilt) / "lib" / SHIELD_NAME)
+        missing = [str(p) for p in (found.launcher, found.shield) if not p.is_file()]
+        if missing:
+            raise EnvironmentProblem(
+                f"SCONIFY_RUNTIME_DIR={prebuilt} lacks {', '.join(missing)}; build it with `make -C runtime` "
+                "and point SCONIFY_RUNTIME_DIR at runtime/build (bin/ and lib/), or unset it"
+            )
+        return found
+    root = source_tree()
+    out = cache_root() / source_digest(root)[:24]
+    build = RuntimeBuild(out / "bin" / LAUNCHER_NAME, out / "lib" / SHIELD_NAME)
+    if build.launcher.is_file() and build.shield.is_file():
+        return build
+    for tool in ("make", os.environ.get("CC", "gcc")):
+        if shutil.which(tool) is None:
+            raise EnvironmentProblem(
+                f"{tool} is not installed; the runtime is built from source: apt-get install gcc libc6-dev make "
+                "(or pass --runtime none)"
+            )
+    cache_root().mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix="build-", dir=cache_root()) as tmp:
+        work = Path(tmp) / "runtime"
+        work.mkdir()
+        for path in source_files(root):
+            target = work / path.relative_to(root)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(path, target)
+        (work / "fetch-deps").chmod(0o755)
+        result = subprocess.run(
+            ["make", "-C", str(work), "BUILD=build", f"DEPS={cache_root() / 'deps'}", "all"],
+            capture_output=True, text=True, check=False,
+        )
+        if result.returncode != 0:
+            lines = [line for line in (result.stderr or result.stdout).splitlines() if line.strip()]
+            reason = next((line for line in lines if "fetch-deps:" in line), lines[-1] if lines else "make failed")
+            raise EnvironmentProblem(f"building the sconify runtime failed: {reason.strip()} (or pass --runtime none)")
+        staged = Path(tmp) / "out"
+        for sub, name in (("bin", LAUNCHER_NAME), ("lib", SHIELD_NAME)):
+            (staged / sub).mkdir(parents=True)
+            shutil.copy2(work / "build" / sub / name, staged / sub / name)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            staged.rename(out)
+        except OSError:
+            if not (build.launcher.is_file() and build.shield.is_file()):  # not a concurrent build's result
+                raise
+    return build
+
+
+def runtime_config(executable: str, parameters: dict, mrenclave: str, volumes: list[dict],
+                   ephemeral: list[str]) -> bytes:
+    """The launcher's config (not secret: everything in it is checked or public)."""
+    doc = {
+        "schema": CONFIG_SCHEMA,
+        "executable": "/" + executable.lstrip("/"),
+        "measurement": {key: parameters[key] for key in ("heap_size", "stack_size", "threads", "ssa_frame_size")},
+        "mrenclave": mrenclave,
+        "volumes": [
+            {"path": v["path"], "fspf_path": v["fspf_path"], "protection": v["protection"]} for v in volumes
+        ],
+        "ephemeral": sorted(ephemeral),
+    }
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def wrap_entrypoint(config: dict) -> dict:
+    """The image config with the launcher in front of its ENTRYPOINT (CMD unchanged)."""
+    inner = dict(config.get("config") or {})
+    entrypoint = list(inner.get("Entrypoint") or [])
+    if entrypoint[:1] != [LAUNCHER_PATH]:
+        inner["Entrypoint"] = [LAUNCHER_PATH, "--", *entrypoint]
+    return {**config, "config": inner}

@@ -1,0 +1,284 @@
+"""The runtime on this machine, without Docker: sconify-run and the shield around a real CPython.
+
+A copy of the host's python3.11 gets an embedfs of a small package under a path that does not
+exist on disk, and a volume (its own fspf, encrypted or authenticated) built with the Python
+fspf API. Then the launcher checks the measurement and the volumes, and the shield serves the
+embedded code and the volume's plaintext to that python only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from embedfs.archive import directory_entries, pack
+from embedfs.elf import inject
+from embedfs.measure import measure_elf
+from sconify.fspf import Fspf, Shield
+from sconify.runtime import build_runtime
+
+REAL_PYTHON = Path(os.path.realpath(shutil.which("python3.11") or "/usr/bin/python3.11"))
+EMBEDDED_ROOT = "/opt/sconify-shield-test"  # exists only inside the embedfs
+
+pytestmark = pytest.mark.skipif(not REAL_PYTHON.is_file(), reason="needs a python3.11 ELF executable")
+
+
+@pytest.fixture(scope="module")
+def runtime():
+    return build_runtime()
+
+
+class World:
+    """An injected python, its runtime config, a volume and its keys file, in one directory."""
+
+    def __init__(self, root: Path, runtime, protection: str = "encrypted"):
+        self.root = root
+        self.runtime = runtime
+        tree = root / "tree" / EMBEDDED_ROOT.lstrip("/")
+        (tree / "pkg").mkdir(parents=True)
+        (tree / "pkg" / "__init__.py").write_text("NAME = 'embedded package'\n")
+        (tree / "pkg" / "mod.py").write_text("import os\nX = 'embedded module'\nHERE = sorted(os.listdir(os.path.dirname(__file__)))\n")
+        (tree / "alias.py").symlink_to("pkg/mod.py")
+        with (root / "archive").open("wb") as out:
+            pack(directory_entries(root / "tree"), out)
+        self.python = root / "python"
+        inject(REAL_PYTHON, root / "archive", self.python)
+        self.python.chmod(0o755)
+        measurement = measure_elf(self.python)
+        self.archive_offset = self.python.stat().st_size - (root / "archive").stat().st_size - 300
+        file_sha256 = hashlib.sha256(self.python.read_bytes()).hexdigest()
+        self.volume = root / "volume"
+        self.fspf_path = self.volume / ".sconify.fspf"
+        plain = root / "plain"
+        (plain / "sub").mkdir(parents=True)
+        (plain / "count.txt").write_text("0\n")
+        (plain / "sub" / "blob.bin").write_bytes(os.urandom(200_000))
+        self.blob = (plain / "sub" / "blob.bin").read_bytes()
+        fspf = Fspf.create()
+        fspf.add_region(str(self.volume), kind="kernel", protection=protection)
+        self.volume.mkdir()
+        fspf.add_directory(str(self.volume), plain, self.volume if protection == "encrypted" else None)
+        if protection == "authenticated":
+            shutil.copytree(plain, self.volume, dirs_exist_ok=True)
+        key, tag = fspf.encrypt_to(str(self.fspf_path))
+        self.key = key
+        parameters = {k: measurement.parameters[k] for k in ("heap_size", "stack_size", "threads", "ssa_frame_size")}
+        volume = {"path": str(self.volume), "fspf_path": str(self.fspf_path), "protection": protection}
+        self.config = root / "runtime.json"
+        self.config.write_text(json.dumps({
+            "schema": "sconify.runtime/v1", "executable": str(self.python), "measurement": parameters,
+            "mrenclave": measurement.mrenclave, "executable_sha256": file_sha256, "volumes": [volume],
+            "ephemeral": [],
+        }))
+        self.keys = root / "secrets" / "keys.json"
+        self.keys.parent.mkdir()
+        self.keys.write_text(json.dumps({
+            "schema": "sconify.keys/v2", "session": "test", "mrenclave": measurement.mrenclave,
+            "executable_sha256": file_sha256,
+            "volumes": [{**volume, "fspf_key": key.hex(), "fspf_tag": tag.hex()}],
+        }))
+
+    def tag(self) -> str:
+        return json.loads(self.keys.read_text())["volumes"][0]["fspf_tag"]
+
+    def run(self, *argv: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        environment = {"PATH": os.environ["PATH"], "SCONIFY_RUNTIME_CONFIG": str(self.config),
+                       "SCONIFY_KEYS": str(self.keys), **(env or {})}
+        result = subprocess.run([str(self.runtime.launcher), *argv], capture_output=True, text=True,
+                                env=environment, cwd=self.root, timeout=60)
+        if check:
+            assert result.returncode == 0, result.stderr
+        return result
+
+    def python_code(self, code: str, **kwargs) -> subprocess.CompletedProcess:
+        return self.run(str(self.python), "-c", code, **kwargs)
+
+
+@pytest.fixture
+def world(tmp_path, runtime) -> World:
+    return World(tmp_path, runtime)
+
+
+def test_embedded_code_is_served_at_its_paths(world):
+    out = world.python_code(
+        "import sys, os; sys.path.insert(0, %r)\n"
+        "import pkg, pkg.mod, alias\n"
+        "print(pkg.NAME, pkg.mod.X, alias.X, pkg.mod.HERE)\n"
+        "print(os.path.isdir(%r), sorted(os.listdir(%r)), os.path.realpath(%r))\n"
+        "print(open(%r).read().splitlines()[1])" % (
+            EMBEDDED_ROOT, EMBEDDED_ROOT + "/pkg", EMBEDDED_ROOT, EMBEDDED_ROOT + "/alias.py",
+            EMBEDDED_ROOT + "/pkg/mod.py")
+    ).stdout.splitlines()
+    assert out[0] == "embedded package embedded module embedded module ['__init__.py', 'mod.py']"
+    assert out[1] == f"True ['alias.py', 'pkg'] {EMBEDDED_ROOT}/pkg/mod.py"
+    assert out[2] == "X = 'embedded module'"
+    assert not Path(EMBEDDED_ROOT).exists()  # only the measured process sees it
+
+
+def test_embedded_files_are_read_only(world):
+    out = world.python_code(
+        "import errno\n"
+        "try:\n open(%r, 'w')\nexcept OSError as e: print(errno.errorcode[e.errno])" % (EMBEDDED_ROOT + "/pkg/mod.py")
+    ).stdout
+    assert out.strip() == "EROFS"
+
+
+def test_another_program_gets_no_shield(world):
+    result = world.run("sh", "-c", f"od -An -tx1 {world.volume / 'count.txt'}")
+    assert bytes.fromhex(result.stdout.replace(" ", "").replace("\n", "")) == (world.volume / "count.txt").read_bytes()
+    assert len((world.volume / "count.txt").read_bytes()) == 2 + 16  # ciphertext and tag, not the plaintext
+    assert world.run("ls", "-a", str(world.volume)).stdout.split() == [".", "..", ".sconify.fspf", "count.txt", "sub"]
+
+
+def test_volume_reads_plaintext_and_writes_ciphertext(world):
+    code = (
+        "import hashlib, os\n"
+        "p = %r\n"
+        "n = int(open(p).read())\n"
+        "with open(p, 'w') as f: f.write('%%d\\n' %% (n + 1))\n"
+        "print(n + 1, os.path.getsize(p), sorted(os.listdir(os.path.dirname(p))),"
+        " hashlib.sha256(open(%r, 'rb').read()).hexdigest())" % (str(world.volume / "count.txt"),
+                                                                  str(world.volume / "sub" / "blob.bin"))
+    )
+    tags = {world.tag()}
+    for expected in (1, 2, 3):
+        out = world.python_code(code).stdout.split()
+        assert out[:3] == [str(expected), "2", "['count.txt',"] and out[4] == hashlib.sha256(world.blob).hexdigest()
+        stored = (world.volume / "count.txt").read_bytes()
+        assert not stored.startswith(str(expected).encode() + b"\n") and len(stored) == 2 + 16
+        tags.add(world.tag())
+    assert len(tags) == 4  # every write recorded a new tag
+    assert "fspf_tag_next" not in world.keys.read_text()
+    # The Python shield reads what the C runtime wrote, with the recorded tag.
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    assert shield.read(str(world.volume / "count.txt")) == b"3\n"
+
+
+def test_new_files_rename_and_unlink(world):
+    world.python_code(
+        "import os\n"
+        "d = %r\n"
+        "with open(d + '/tmp.json', 'w') as f: f.write('{\"a\": 1}')\n"
+        "os.replace(d + '/tmp.json', d + '/state.json')\n"
+        "os.unlink(d + '/count.txt')\n"
+        "os.mkdir(d + '/new')\n"
+        "with open(d + '/new/x', 'wb') as f: f.write(b'x' * 100000); f.flush(); os.fsync(f.fileno())\n" % str(world.volume)
+    )
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    assert shield.read(str(world.volume / "state.json")) == b'{"a": 1}'
+    assert shield.read(str(world.volume / "new" / "x")) == b"x" * 100000
+    names = sorted(p.name for p in world.volume.iterdir())
+    assert names == [".sconify.fspf", "new", "state.json", "sub"]
+    stored = [str(p) for p in world.volume.rglob("*") if p.is_file() and p.name != ".sconify.fspf"]
+    assert not shield.verify_all(present=stored).problems
+
+
+def test_rolled_back_volume_is_refused(world):
+    old = world.root / "old-volume"
+    shutil.copytree(world.volume, old)
+    world.python_code("open(%r, 'w').write('7\\n')" % str(world.volume / "count.txt"))
+    shutil.rmtree(world.volume)
+    shutil.copytree(old, world.volume)
+    result = world.python_code("print('started')", check=False)
+    assert result.returncode == 2 and "started" not in result.stdout
+    assert f"volume {world.volume}" in result.stderr and "rollback" in result.stderr
+
+
+def test_tampered_chunk_is_an_io_error(world):
+    stored = world.volume / "sub" / "blob.bin"
+    data = bytearray(stored.read_bytes())
+    data[70_000] ^= 1
+    stored.write_bytes(bytes(data))
+    result = world.python_code(
+        "import errno\ntry:\n open(%r, 'rb').read()\nexcept OSError as e: print(errno.errorcode[e.errno])" % str(stored)
+    )
+    assert result.stdout.strip() == "EIO"
+    assert "sconify-shield:" in result.stderr and "blob.bin" in result.stderr and "chunk 1" in result.stderr
+
+
+def test_file_added_behind_the_service_is_refused(world):
+    (world.volume / "planted.txt").write_text("not from the service\n")
+    result = world.python_code(
+        "import errno\ntry:\n open(%r).read()\nexcept OSError as e: print(errno.errorcode[e.errno])"
+        % str(world.volume / "planted.txt")
+    )
+    assert result.stdout.strip() == "EACCES"
+
+
+def flip_byte(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x40
+    path.write_bytes(bytes(data))
+
+
+def test_changed_embedded_code_is_refused(world):
+    flip_byte(world.python, world.archive_offset)  # inside the embedfs: a measured page
+    result = world.python_code("print('started')", check=False)
+    assert result.returncode == 2 and "started" not in result.stdout
+    assert "MRENCLAVE mismatch" in result.stderr
+
+
+def test_changed_unloaded_byte_is_refused(world):
+    # The section header table of the original python: no segment loads it, so MRENCLAVE keeps
+    # its value, but the executable is not the one the keys were issued for.
+    e_shoff = int.from_bytes(world.python.read_bytes()[0x28:0x30], "little")
+    flip_byte(world.python, e_shoff + 70)
+    result = world.python_code("print('started')", check=False)
+    assert result.returncode == 2 and "started" not in result.stdout
+    assert "executable changed" in result.stderr
+
+
+def test_missing_and_malformed_keys_are_refused(world):
+    world.keys.unlink()
+    result = world.python_code("print('started')", check=False)
+    assert result.returncode == 2 and "no keys file at" in result.stderr and "started" not in result.stdout
+    world.keys.write_text("{not json")
+    result = world.python_code("print('started')", check=False)
+    assert result.returncode == 2 and "is not a sconify keys file" in result.stderr
+
+
+def test_wrong_key_is_refused_without_printing_it(world):
+    doc = json.loads(world.keys.read_text())
+    wrong = os.urandom(32).hex()
+    doc["volumes"][0]["fspf_key"] = wrong
+    world.keys.write_text(json.dumps(doc))
+    result = world.python_code("print('started')", check=False)
+    assert result.returncode == 2 and "started" not in result.stdout
+    assert wrong not in result.stderr and world.key.hex() not in result.stderr
+
+
+def test_scone_debug_environment_keys(world):
+    volume = json.loads(world.keys.read_text())["volumes"][0]
+    env = {"SCONE_FSPF": str(world.fspf_path), "SCONE_FSPF_KEY": volume["fspf_key"], "SCONE_FSPF_TAG": volume["fspf_tag"],
+           "SCONIFY_KEYS": ""}
+    result = world.python_code(
+        "import os\nprint(open(%r).read().strip(), sorted(k for k in os.environ if k.startswith('SCONE')))"
+        % str(world.volume / "count.txt"),
+        env=env,
+    )
+    assert result.stdout.strip() == "0 []"  # key bytes never reach the service's environment
+
+
+def test_authenticated_volume(tmp_path, runtime):
+    world = World(tmp_path, runtime, protection="authenticated")
+    assert (world.volume / "count.txt").read_text() == "0\n"  # stored as is
+    world.python_code("open(%r, 'w').write('5\\n')" % str(world.volume / "count.txt"))
+    assert (world.volume / "count.txt").read_text() == "5\n"
+    (world.volume / "count.txt").write_text("6\n")  # changed behind the service's back
+    result = world.python_code(
+        "import errno\ntry:\n open(%r).read()\nexcept OSError as e: print(errno.errorcode[e.errno])"
+        % str(world.volume / "count.txt")
+    )
+    assert result.stdout.strip() == "EIO"
+
+
+def test_exit_status_and_arguments_pass_through(world):
+    result = world.run(str(world.python), "-c", "import sys; print(sys.argv[1:]); sys.exit(7)",
+                       "a b", "c", check=False)
+    assert result.returncode == 7 and result.stdout.strip() == "['a b', 'c']"
