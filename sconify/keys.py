@@ -4,13 +4,16 @@ Keys are the only randomness in a conversion. By default they come from the OS C
 reproducible CI builds ``--deterministic-keys-from FILE`` derives every byte from a secret seed
 file with HKDF-SHA256 (same seed, same image: anyone holding the seed can decrypt, so treat the
 seed like the keys themselves).
+
+The keys file (schema ``sconify.keys/v2``, docs/session.md) holds one entry per volume: the
+path, fspf path, fspf key, fspf tag and protection of every protected region.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -20,7 +23,10 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from sconify.atomic import atomic_write_bytes
 from sconify.errors import UsageError
 
-KEYS_FILE_SCHEMA = "sconify.keys/v1"
+KEYS_FILE_SCHEMA = "sconify.keys/v2"
+OLD_KEYS_FILE_SCHEMA = "sconify.keys/v1"  # one fspf for every region: refused, see KeysFile.read
+FSPF_KEY_SIZE = 32
+FSPF_TAG_SIZE = 16
 MIN_SEED_BYTES = 32
 
 RandomSource = Callable[[int], bytes]
@@ -67,24 +73,71 @@ def random_source(seed_file: str | None, context: bytes = b"") -> RandomSource:
     return DeterministicRandom(seed, context)
 
 
+PROTECTIONS = ("encrypted", "authenticated")  # what a volume's files are
+
+
+@dataclass(frozen=True)
+class VolumeKeys:
+    """One volume: where its fspf sits in the image, its key and the tag it must carry."""
+
+    path: str  # the region, e.g. /app/data ('/' with --authenticate-root)
+    fspf_path: str  # <path>/.sconify.fspf
+    fspf_key: bytes = field(repr=False)
+    fspf_tag: bytes
+    protection: str  # encrypted | authenticated
+
+    def to_dict(self) -> dict:
+        return {
+            "path": self.path,
+            "fspf_path": self.fspf_path,
+            "fspf_key": self.fspf_key.hex(),
+            "fspf_tag": self.fspf_tag.hex(),
+            "protection": self.protection,
+        }
+
+    @classmethod
+    def from_dict(cls, doc: dict) -> "VolumeKeys":
+        volume = cls(
+            path=doc["path"],
+            fspf_path=doc["fspf_path"],
+            fspf_key=bytes.fromhex(doc["fspf_key"]),
+            fspf_tag=bytes.fromhex(doc["fspf_tag"]),
+            protection=doc["protection"],
+        )
+        if (
+            not isinstance(volume.path, str)
+            or not volume.path.startswith("/")
+            or not isinstance(volume.fspf_path, str)
+            or len(volume.fspf_key) != FSPF_KEY_SIZE
+            or len(volume.fspf_tag) != FSPF_TAG_SIZE
+            or volume.protection not in PROTECTIONS
+        ):
+            raise ValueError("malformed volume")
+        return volume
+
+
 @dataclass(frozen=True)
 class KeysFile:
-    """What the attestation service must hand to the enclave: the fspf key and its tag."""
+    """What the attestation service must hand to the enclave: for every volume (a protected
+    region with its own fspf) the fspf key and the tag that fspf must carry."""
 
-    fspf_path: str
-    fspf_key: bytes
-    fspf_tag: bytes
+    volumes: tuple[VolumeKeys, ...]
     mrenclave: str
     session_name: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "volumes", tuple(sorted(self.volumes, key=lambda v: v.path)))
+
+    def volume(self, path: str) -> VolumeKeys | None:
+        """The volume whose region is ``path``, or None."""
+        return next((v for v in self.volumes if v.path == path), None)
 
     def to_json(self) -> bytes:
         doc = {
             "schema": KEYS_FILE_SCHEMA,
             "session": self.session_name,
             "mrenclave": self.mrenclave,
-            "fspf_path": self.fspf_path,
-            "fspf_key": self.fspf_key.hex(),
-            "fspf_tag": self.fspf_tag.hex(),
+            "volumes": [volume.to_dict() for volume in self.volumes],
         }
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
@@ -96,19 +149,23 @@ class KeysFile:
     def read(cls, path: str | os.PathLike) -> "KeysFile":
         try:
             doc = json.loads(Path(path).read_text(encoding="utf-8"))
-            if doc.get("schema") != KEYS_FILE_SCHEMA:
-                raise ValueError(f"schema is {doc.get('schema')!r}, expected {KEYS_FILE_SCHEMA!r}")
-            return cls(
-                fspf_path=doc["fspf_path"],
-                fspf_key=bytes.fromhex(doc["fspf_key"]),
-                fspf_tag=bytes.fromhex(doc["fspf_tag"]),
-                mrenclave=doc["mrenclave"],
-                session_name=doc["session"],
-            )
+            schema = doc.get("schema")
+            if schema == OLD_KEYS_FILE_SCHEMA:
+                raise UsageError(
+                    f"keys file {path} is {OLD_KEYS_FILE_SCHEMA} (one fspf for the whole image, written "
+                    f"by an older sconify-image); this sconify reads {KEYS_FILE_SCHEMA} (one fspf per "
+                    "volume): re-convert the image, or verify it with the sconify version that wrote it"
+                )
+            if schema != KEYS_FILE_SCHEMA:
+                raise ValueError(f"schema is {schema!r}, expected {KEYS_FILE_SCHEMA!r}")
+            volumes = tuple(VolumeKeys.from_dict(v) for v in doc["volumes"])
+            if len({v.path for v in volumes}) != len(volumes) or not isinstance(doc["mrenclave"], str):
+                raise ValueError("duplicate volume")
+            return cls(volumes=volumes, mrenclave=doc["mrenclave"], session_name=doc["session"])
         except OSError as exc:
             raise UsageError(f"cannot read keys file {path}: {exc.strerror}") from None
         except (ValueError, KeyError, TypeError, AttributeError):
-            # Never echo the content or the parser's message: the file holds the key.
+            # Never echo the content or the parser's message: the file holds the keys.
             raise UsageError(
                 f"keys file {path} is not a sconify keys file (missing or malformed field); "
                 "pass the keys.json written by sconify-image"

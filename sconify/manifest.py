@@ -1,6 +1,6 @@
 """The measurement manifest: every figure an auditor recomputes from the output image.
 
-Schema ``sconify.manifest/v1``, documented field by field in docs/manifest.md. Written as
+Schema ``sconify.manifest/v2``, documented field by field in docs/manifest.md. Written as
 sorted-key JSON so the same conversion gives the same bytes. It never holds a key.
 """
 
@@ -14,19 +14,19 @@ from pathlib import Path
 from sconify.atomic import atomic_write_bytes
 from sconify.errors import UsageError
 
-MANIFEST_SCHEMA = "sconify.manifest/v1"
+MANIFEST_SCHEMA = "sconify.manifest/v2"  # v2: one fspf per volume (v1: one fspf)
 LABEL_PREFIX = "io.sconify."  # image config labels sconify-image writes (measure/diff read them)
 
 # Fields that do not depend on the random keys: equal for the same input and options.
-# The others (the data layer, the output image/config digests, the fspf tag) change with fresh
-# keys unless --deterministic-keys-from is used.
+# The others (the data layer, the output image/config digests, each volume's fspf tag) change
+# with fresh keys unless --deterministic-keys-from is used. "volumes[].tag": the tag of every volume.
 KEY_DEPENDENT_FIELDS = (
     "output.manifest_digest",
     "output.config_digest",
     "output.diff_ids",
     "output.layer_digests",
     "output.data_layer",
-    "fspf.tag",
+    "volumes[].tag",
 )
 
 
@@ -74,11 +74,15 @@ class MeasurementFigures:
 
 
 @dataclass
-class FspfFigures:
-    path: str
+class VolumeFigures:
+    """A protected region with its own fspf (docs/manifest.md): where the fspf sits, its tag
+    (the root of trust a CAS session carries) and the files it protects."""
+
+    path: str  # the region, e.g. /app/data
+    fspf_path: str  # <path>/.sconify.fspf
+    protection: str  # encrypted | authenticated
     tag: str
-    regions: list[dict]
-    files: dict[str, dict]  # image path -> {"region", "protection", "size"}
+    files: dict[str, dict]  # image path -> {"size"}
 
 
 @dataclass
@@ -90,10 +94,27 @@ class Manifest:
     executable: ExecutableFigures
     embedfs: EmbedfsFigures
     measurement: MeasurementFigures
-    fspf: FspfFigures
+    volumes: list[VolumeFigures]  # sorted by path
+    regions: list[dict]  # {"path", "kind", "protection"} of the regions that are not volumes
     tool_version: str
     schema: str = MANIFEST_SCHEMA
     extra: dict = field(default_factory=dict)
+
+    def volume(self, path: str) -> VolumeFigures | None:
+        return next((volume for volume in self.volumes if volume.path == path), None)
+
+    def all_regions(self) -> list[dict]:
+        """Every region, volumes and the others, as ``{"path", "kind", "protection"}`` sorted by path."""
+        regions = [{"path": v.path, "kind": "kernel", "protection": v.protection} for v in self.volumes]
+        return sorted(regions + list(self.regions), key=lambda region: region["path"])
+
+    def protected_files(self) -> dict[str, dict]:
+        """image path -> ``{"volume", "protection", "size"}`` of every file of every volume."""
+        return {
+            path: {"volume": volume.path, "protection": volume.protection, **info}
+            for volume in self.volumes
+            for path, info in volume.files.items()
+        }
 
     def to_dict(self) -> dict:
         doc = _plain(self)
@@ -119,7 +140,8 @@ class Manifest:
         output = dict(doc["output"])
         data_layer = output.pop("data_layer")
         code_layer = output.pop("code_layer")
-        known = {"schema", "input", "output", "executable", "embedfs", "measurement", "fspf", "tool"}
+        known = {"schema", "input", "output", "executable", "embedfs", "measurement", "volumes", "regions",
+                 "tool"}
         return cls(
             input=ImageFigures(**doc["input"]),
             output=ImageFigures(**output),
@@ -128,7 +150,8 @@ class Manifest:
             executable=ExecutableFigures(**doc["executable"]),
             embedfs=EmbedfsFigures(**doc["embedfs"]),
             measurement=MeasurementFigures(**doc["measurement"]),
-            fspf=FspfFigures(**doc["fspf"]),
+            volumes=[VolumeFigures(**volume) for volume in doc["volumes"]],
+            regions=[dict(region) for region in doc["regions"]],
             tool_version=doc["tool"]["version"],
             extra={k: v for k, v in doc.items() if k not in known},
         )
@@ -158,11 +181,12 @@ class Manifest:
             )
         try:
             manifest = cls.from_dict(doc)
-        except (KeyError, TypeError, AttributeError) as exc:
+        except (KeyError, TypeError, AttributeError, ValueError) as exc:
             raise UsageError(
                 f"manifest {where} lacks or misnames a field ({exc}); pass the manifest.json "
                 "written by sconify-image"
             ) from None
+        check_regions(manifest, where)
         numbers = vars(manifest.measurement) | {"file_count": manifest.embedfs.file_count}
         for name, value in numbers.items():
             if name != "mrenclave" and (not isinstance(value, int) or isinstance(value, bool) or value < 0):
@@ -172,10 +196,37 @@ class Manifest:
         return manifest
 
 
+def check_regions(manifest: Manifest, where: str) -> None:
+    """The volumes and regions have the types verify relies on (a hand-edited manifest gets a
+    one-line error, not a crash)."""
+    for volume in manifest.volumes:
+        if not (
+            all(isinstance(text, str) for text in (volume.path, volume.fspf_path, volume.tag))
+            and volume.path.startswith("/")
+            and volume.protection in ("encrypted", "authenticated")
+            and isinstance(volume.files, dict)
+            and all(
+                isinstance(info, dict) and isinstance(info.get("size"), int) for info in volume.files.values()
+            )
+        ):
+            raise UsageError(
+                f"manifest {where}: volume {str(volume.path)[:80]!r} is malformed; pass the manifest.json "
+                "written by sconify-image"
+            )
+    for region in manifest.regions:
+        if not all(isinstance(region.get(key), str) for key in ("path", "kind", "protection")):
+            raise UsageError(
+                f"manifest {where}: region {str(region.get('path'))[:80]!r} is malformed; pass the "
+                "manifest.json written by sconify-image"
+            )
+
+
 def _plain(value):
     """A dataclass as a dict, nested dataclasses too; other values as they are. Unlike
     dataclasses.asdict it does not deep-copy the lists and dicts (tens of thousands of file
     entries in a big image): the result is for json.dumps, read only."""
     if is_dataclass(value) and not isinstance(value, type):
         return {f.name: _plain(getattr(value, f.name)) for f in fields(value)}
+    if isinstance(value, list) and value and is_dataclass(value[0]):
+        return [_plain(item) for item in value]
     return value

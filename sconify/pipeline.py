@@ -1,15 +1,13 @@
 """sconify-image: the end-to-end conversion, one function per step of the data flow.
 
 read image -> choose executable, code and data -> spool their bytes -> embedfs pack + inject ->
-measure -> fspf (encrypt/authenticate data) -> code layer + data layer -> new config ->
-write image -> manifest, CAS session, keys file.
+measure -> protect data (one fspf per volume, sconify.volumes) -> code layer + data layer ->
+new config -> write image -> manifest, CAS session, keys file.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import io
 import os
 import posixpath
 import re
@@ -27,7 +25,6 @@ from sconify import __version__
 from sconify.atomic import existing_ancestor
 from sconify.elfworker import ElfWorker
 from sconify.errors import UsageError
-from sconify.fspf import Fspf
 from sconify.hashing import sha256_file
 from sconify.image.layerread import short_gil_switches
 from sconify.image.layers import LayerLimits, copy_exactly
@@ -39,25 +36,17 @@ from sconify.image.prefetch import BlobPrefetch, same_filesystem
 from sconify.image.reference import parse_reference
 from sconify.image.rootfs import RootFS, RootFSLimits
 from sconify.image.transports import read_image, write_image
-from sconify.keys import KeysFile, random_source
+from sconify.keys import KeysFile, VolumeKeys, random_source
 from sconify.libraries import candidate_libraries, library_closure
 from sconify.manifest import (
     LABEL_PREFIX,
     EmbedfsFigures,
     ExecutableFigures,
-    FspfFigures,
     ImageFigures,
     Manifest,
     MeasurementFigures,
 )
-from sconify.newlayers import (
-    LayerTar,
-    TarEntry,
-    missing_parents,
-    source_date_epoch,
-    whiteout_for,
-    write_layer_tar,
-)
+from sconify.newlayers import TarEntry, source_date_epoch, whiteout_for, write_layer_tar
 from sconify.recipe import Placeholders, builtin_recipes, load_recipe
 from sconify.select import (
     DEFAULT_PATH,
@@ -75,10 +64,9 @@ from sconify.select import (
     try_resolve,
     workdir_of,
 )
-from sconify.session import SessionSpec, check_session_name, write_session
+from sconify.session import SessionSpec, SessionVolume, check_session_name, volume_names, write_session
 from sconify.spool import Extent, Spool
-
-FSPF_PATH = "/etc/sconify/volume.fspf"
+from sconify.volumes import SealedVolume, fspf_path_of, is_volume, write_data_layer
 
 
 @dataclass
@@ -139,12 +127,17 @@ class Plan:
     executable: Executable
     app_dir: str | None
     code_files: list[str]
-    regions: list[dict]  # {"path", "kind", "protection"} in fspf order
-    data_files: dict[str, list[str]]  # region path -> files (relative) to protect
+    regions: list[dict]  # {"path", "kind", "protection"}, sorted by path
+    data_files: dict[str, list[str]]  # volume path -> files (relative) to protect
 
     def region(self, path: str) -> dict:
         """The region whose path is ``path``."""
         return next(r for r in self.regions if r["path"] == path)
+
+    @property
+    def volumes(self) -> list[dict]:
+        """The regions with an fspf of their own (sconify.volumes), in path order."""
+        return [region for region in self.regions if is_volume(region)]
 
     def data_paths(self) -> list[str]:
         """The files of every region, region by region."""
@@ -241,8 +234,12 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             with phase(reporter, timings, "measure"):
                 measurement = measure_elf(str(sconified_exe), **measure_parameters(options))
             with phase(reporter, timings, "protect data"):
-                data = write_data_layer(fs, plan, spool, extents, random, work, options, direct=linked)
-                data_layer, protected, fspf_key, fspf_tag = data.layer, data.protected, data.fspf_key, data.fspf_tag
+                # Ciphertext does not compress (zstd saves well under 1 % on it): unless a
+                # compression is asked for, the data layer is a plain tar, which spares
+                # compressing and hashing it twice.
+                data = write_data_layer(fs, plan.volumes, plan.data_files, spool, extents, random, work,
+                                        options.compression or "none", direct=linked)
+                data_layer, volumes = data.layer, data.volumes
                 if prefetch is not None:
                     prefetch.sync(data_layer)  # to disk while the code layer is written
             with phase(reporter, timings, "write layers"):
@@ -266,27 +263,26 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                     executable=executable,
                     embedfs=embedfs,
                     measurement=measurement_figures(measurement),
-                    fspf=fspf_figures(plan, protected, fspf_tag),
+                    volumes=[volume.figures() for volume in volumes],
+                    regions=[region for region in plan.regions if not is_volume(region)],
                     tool_version=__version__,
                 )
                 keys = KeysFile(
-                    fspf_path=FSPF_PATH,
-                    fspf_key=fspf_key,
-                    fspf_tag=fspf_tag,
+                    volumes=tuple(
+                        VolumeKeys(v.path, v.fspf_path, v.key, v.tag, v.protection) for v in volumes
+                    ),
                     mrenclave=measurement.mrenclave,
                     session_name=session_name(options),
                 )
                 keys.write(options.keys_out)
                 manifest.write(options.manifest_out)
-                write_session(
-                    session_spec(options, image, plan, measurement.mrenclave, fspf_tag, fspf_key),
-                    options.session_out,
-                )
+                write_session(session_spec(options, image, plan, measurement.mrenclave, volumes),
+                              options.session_out)
         result.manifest = manifest
         result.embedded_files = packed.file_count
         result.embedded_bytes = embedded_bytes
-        result.encrypted_files = sum(1 for p in protected.values() if p.encrypted)
-        result.authenticated_files = sum(1 for p in protected.values() if not p.encrypted)
+        result.encrypted_files = sum(len(v.files) for v in volumes if v.protection == "encrypted")
+        result.authenticated_files = sum(len(v.files) for v in volumes if v.protection == "authenticated")
         result.removed_files = len(removed)
         result.written = {
             "image": written.reference,
@@ -434,13 +430,20 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
             f"the executable {absolute(executable.path)} lies in the {region['protection']} region "
             f"{region['path']}; it is measured, not shielded: protect a directory that does not hold it"
         )
-    fspf_excluded = {executable.path, rel(FSPF_PATH)}
+    volumes = [region for region in regions if is_volume(region)]
+    fspf_files = [rel(fspf_path_of(volume["path"])) for volume in volumes]
+    for path in fspf_files:
+        if path in fs.entries:
+            raise UsageError(
+                f"the image already has {absolute(path)}, where the fspf of volume "
+                f"{posixpath.dirname(absolute(path))} goes; remove it from the input image or protect "
+                "another directory"
+            )
+    fspf_excluded = {executable.path, *fspf_files}
     if not options.keep_embedded:
         fspf_excluded.update(code_files)
     data_files: dict[str, list[str]] = {}
-    for region in regions:
-        if region["kind"] != "kernel" or region["protection"] == "not-protected":
-            continue
+    for region in volumes:
         if region["path"] == "/":
             candidates = [p for p, entry in fs.entries.items() if entry.kind in ("file", "hardlink")]
         else:
@@ -556,6 +559,12 @@ def plan_regions(recipe, options: ConvertOptions, fs: RootFS) -> list[dict]:
         add(path, "kernel", "encrypted", "--dir")
     for path in options.authenticated_dirs:
         add(path, "kernel", "authenticated", "--authenticated")
+    for region in regions.values():
+        if "," in region["path"] and is_volume(region):
+            raise UsageError(
+                f"{region['option']} {region['path']}: a volume path cannot hold ',' (the image label "
+                f"{LABEL_PREFIX}volumes lists volumes separated by commas); protect a directory without one"
+            )
     return [
         {k: v for k, v in region.items() if k in ("path", "kind", "protection")}
         for region in sorted(regions.values(), key=lambda r: r["path"])
@@ -688,98 +697,6 @@ def measure_parameters(options: ConvertOptions) -> dict:
     }
 
 
-# --- fspf ---------------------------------------------------------------------------------
-
-
-@dataclass
-class Protected:
-    path: str  # relative
-    region: str
-    size: int
-    encrypted: bool  # False: authenticated, the file stays as it is
-
-
-@dataclass
-class DataLayer:
-    layer: Layer
-    fspf_key: bytes
-    fspf_tag: bytes
-    protected: dict[str, Protected]
-
-
-RELEASE_EVERY = 32 << 20  # plaintext bytes read for the last time between two releases
-
-
-def write_data_layer(
-    fs: RootFS, plan: Plan, spool: Spool, extents: dict[str, Extent], random, work: str, options: ConvertOptions,
-    direct: bool = False,
-) -> DataLayer:
-    """Protect the data files and write the data layer in one pass: each encrypted file is
-    encrypted from the image straight into the layer (no staging of ciphertext), authenticated
-    files are hashed in place; the encrypted fspf, complete only then, is the last entry.
-    ``extents`` holds every data file (``files_to_read`` names them all). ``direct``: the
-    layer's blob is bound for disk (see LayerWriter)."""
-    fspf = Fspf.create(random=random)
-    for region in plan.regions:
-        fspf.add_region(region["path"], kind=region["kind"], protection=region["protection"])
-    protected: dict[str, Protected] = {}
-    epoch = source_date_epoch()
-
-    reads_left = collections.Counter(extents[path] for path in plan.data_paths())  # hard links share one
-    done: list[str] = []  # read for the last time, not released yet
-    done_bytes = 0
-
-    def protect(path: str, sink: BinaryIO | None) -> None:
-        nonlocal done_bytes
-        extent = extents[path]
-        with spool.open(extent) as source:
-            fspf.protect_file(absolute(path), source, extent.size, sink)
-        reads_left[extent] -= 1
-        if not reads_left[extent]:
-            done.append(path)
-            done_bytes += extent.size
-        if done_bytes >= RELEASE_EVERY:
-            # Give the plaintext's pages back as we go: the layer's next writes take them. In
-            # runs rather than file by file: neighbours in the tar are punched as one range.
-            fs.release(done)
-            done.clear()
-            done_bytes = 0
-
-    def encrypt(path: str):
-        return lambda sink: protect(path, sink)
-
-    # Ciphertext does not compress (zstd saves well under 1 % on it): unless a compression is
-    # asked for, the data layer is a plain tar, which spares compressing and hashing it twice.
-    compression = options.compression or "none"
-    with LayerWriter(compression, directory=work, source="data layer", direct=direct) as writer:
-        tar = LayerTar(writer.stream)
-        # Files are protected region by region, each region's files in order: keys drawn from a
-        # seeded --deterministic-keys-from source come out the same for the same input.
-        for region_path, files in plan.data_files.items():
-            encrypted = plan.region(region_path)["protection"] == "encrypted"
-            for path in files:
-                size = extents[path].size
-                if encrypted:
-                    entry = fs.entries[path]
-                    tar.add(TarEntry(
-                        path=path, kind="file", mode=entry.mode, uid=entry.uid, gid=entry.gid,
-                        size=fspf.stored_size(absolute(path), size), mtime=entry.mtime,
-                        write=encrypt(path),
-                    ))
-                else:
-                    protect(path, None)
-                protected[path] = Protected(path, region_path, size, encrypted)
-        sealed = io.BytesIO()
-        fspf_key, fspf_tag = fspf.encrypt_to(sealed)
-        fspf_rel = rel(FSPF_PATH)
-        for parent in missing_parents([fspf_rel], lambda p: p in fs.entries or p in tar.paths, epoch):
-            tar.add(parent)
-        tar.add(TarEntry(path=fspf_rel, kind="file", mode=0o644, size=len(sealed.getvalue()), mtime=epoch,
-                         write=lambda sink: sink.write(sealed.getvalue())))
-        tar.close()
-    return DataLayer(replace(writer.layer, compressible=False), fspf_key, fspf_tag, protected)
-
-
 # --- layers and config --------------------------------------------------------------------
 
 
@@ -849,11 +766,8 @@ def session_name(options: ConvertOptions) -> str:
 def new_config(
     config: dict, image: Image, options: ConvertOptions, plan: Plan, measurement, root_hash: str
 ) -> dict:
-    """``config`` with the fspf path in the environment and labels naming what was done."""
+    """``config`` with labels naming what was done (the environment stays as it is)."""
     inner = config.setdefault("config", {})
-    env = [item for item in inner.get("Env") or [] if not item.startswith("SCONE_FSPF=")]
-    env.append(f"SCONE_FSPF={FSPF_PATH}")
-    inner["Env"] = env
     labels = dict(inner.get("Labels") or {})
     labels.pop("org.opencontainers.image.base.name", None)  # a local path would leak; we have none
     if image.manifest_digest:
@@ -868,7 +782,7 @@ def new_config(
             LABEL_PREFIX + "stack-size": str(measurement.parameters["stack_size"]),
             LABEL_PREFIX + "threads": str(measurement.parameters["threads"]),
             LABEL_PREFIX + "embedfs.root-hash": root_hash,
-            LABEL_PREFIX + "fspf.path": FSPF_PATH,
+            LABEL_PREFIX + "volumes": ",".join(volume["path"] for volume in plan.volumes),
         }
     )
     inner["Labels"] = labels
@@ -890,7 +804,8 @@ def history_entries(image: Image, plan: Plan, embedded: int) -> list[dict]:
         },
         {
             "created": created,
-            "created_by": f"sconify-image {__version__}: fspf {FSPF_PATH} and protected data",
+            "created_by": f"sconify-image {__version__}: protected data and the fspf of each volume "
+                          f"({', '.join(volume['path'] for volume in plan.volumes) or 'none'})",
             "comment": "sconify data layer",
         },
     ]
@@ -930,18 +845,6 @@ def measurement_figures(measurement) -> MeasurementFigures:
     )
 
 
-def fspf_figures(plan: Plan, protected: dict[str, "Protected"], tag: bytes) -> FspfFigures:
-    files = {
-        absolute(item.path): {
-            "region": item.region,
-            "protection": plan.region(item.region)["protection"],
-            "size": item.size,
-        }
-        for item in protected.values()
-    }
-    return FspfFigures(path=FSPF_PATH, tag=tag.hex(), regions=plan.regions, files=dict(sorted(files.items())))
-
-
 def image_figures(reference: str, image: Image, written=None) -> ImageFigures:
     """The identity of the input (``written`` None) or of the output as written."""
     return ImageFigures(
@@ -953,10 +856,11 @@ def image_figures(reference: str, image: Image, written=None) -> ImageFigures:
     )
 
 
-def session_spec(options, image, plan, mrenclave, fspf_tag, fspf_key) -> SessionSpec:
+def session_spec(options, image, plan, mrenclave, volumes: list[SealedVolume]) -> SessionSpec:
     config = image.config
     inner = config.get("config") or {}
     env = env_of(config)
+    names = volume_names([volume.path for volume in volumes])
     return SessionSpec(
         name=session_name(options),
         service=plan.executable.recipe.name,
@@ -965,7 +869,14 @@ def session_spec(options, image, plan, mrenclave, fspf_tag, fspf_key) -> Session
         command=command_of(config) or [absolute(plan.executable.path)],
         environment=env,
         pwd=inner.get("WorkingDir") or "/",
-        fspf_path=FSPF_PATH,
-        fspf_tag=fspf_tag.hex(),
-        fspf_key=fspf_key if options.inline_keys else None,
+        volumes=tuple(
+            SessionVolume(
+                name=names[volume.path],
+                path=volume.path,
+                fspf_path=volume.fspf_path,
+                fspf_tag=volume.tag.hex(),
+                fspf_key=volume.key if options.inline_keys else None,
+            )
+            for volume in volumes
+        ),
     )

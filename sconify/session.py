@@ -1,9 +1,11 @@
-"""The CAS session: SCONE's policy document that releases the fspf key to the measured enclave.
+"""The CAS session: SCONE's policy document that releases the volumes' fspf keys to the measured
+enclave.
 
 Written in SCONE's session language (version 0.3): one service with the MRENCLAVE, command,
-environment, working directory, fspf path, fspf tag and fspf key. The key is a reference to a
-session secret (``$$SCONE::<name>:hex$$``) whose value the operator supplies when uploading the
-session, unless ``--inline-keys`` puts it in the file. Layout: docs/session.md.
+environment, working directory and the volumes it mounts, and one top-level volume per
+protected region with its fspf path, fspf tag and fspf key. Each key is a reference to a session
+secret (``$$SCONE::<volume>_key:hex$$``) whose value the operator supplies when uploading the
+session, unless ``--inline-keys`` puts the keys in the file. Layout: docs/session.md.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import yaml
 
@@ -20,6 +22,20 @@ from sconify.errors import UsageError
 
 SESSION_LANGUAGE_VERSION = "0.3"
 SESSION_NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
+MAX_VOLUME_NAME = 64
+
+
+@dataclass(frozen=True)
+class SessionVolume:
+    name: str  # letters, digits, '_' and '-' (volume_names)
+    path: str  # where the service mounts it: the region's path
+    fspf_path: str
+    fspf_tag: str
+    fspf_key: bytes | None = field(default=None, repr=False)  # None: a secret reference (no --inline-keys)
+
+    @property
+    def key_secret_name(self) -> str:
+        return f"{self.name}_key"
 
 
 @dataclass(frozen=True)
@@ -31,13 +47,11 @@ class SessionSpec:
     command: list[str]
     environment: dict[str, str]
     pwd: str
-    fspf_path: str
-    fspf_tag: str
-    fspf_key: bytes | None  # None: reference a secret; bytes only with --inline-keys
+    volumes: tuple[SessionVolume, ...] = ()
 
     @property
-    def key_secret_name(self) -> str:
-        return f"{self.service}_fspf_key"
+    def inline_keys(self) -> bool:
+        return any(volume.fspf_key is not None for volume in self.volumes)
 
 
 def check_session_name(name: str) -> str:
@@ -49,18 +63,25 @@ def check_session_name(name: str) -> str:
     return name
 
 
+def volume_names(paths: list[str]) -> dict[str, str]:
+    """A session name for each volume path: the path's components joined by '_' with every
+    character but ASCII letters, digits, '_' and '-' made '_' (/app/data -> app_data, / -> root);
+    a name taken by an earlier path (in sorted order) gets _2, _3..."""
+    names: dict[str, str] = {}
+    taken: set[str] = set()
+    for path in sorted(paths):
+        base = re.sub(r"[^A-Za-z0-9_-]", "_", path.strip("/").replace("/", "_"))[:MAX_VOLUME_NAME] or "root"
+        name, number = base, 1
+        while name in taken:
+            number += 1
+            name = f"{base}_{number}"
+        taken.add(name)
+        names[path] = name
+    return names
+
+
 def session_document(spec: SessionSpec) -> dict:
     """The session as a plain dict, in the order SCONE's documentation writes it."""
-    if spec.fspf_key is None:
-        key_value = f"$$SCONE::{spec.key_secret_name}:hex$$"
-        secret = {
-            "name": spec.key_secret_name,
-            "kind": "binary",
-            "export_public": False,
-        }
-    else:
-        key_value = spec.fspf_key.hex()
-        secret = None
     service = {
         "name": spec.service,
         "image_name": spec.image_name,
@@ -68,31 +89,52 @@ def session_document(spec: SessionSpec) -> dict:
         "command": shlex.join(spec.command),
         "environment": dict(sorted(spec.environment.items())),
         "pwd": spec.pwd,
-        "fspf_path": spec.fspf_path,
-        "fspf_key": key_value,
-        "fspf_tag": spec.fspf_tag,
     }
+    mounts = [{"name": volume.name, "path": volume.path} for volume in spec.volumes]
+    if mounts:
+        service["volumes"] = mounts
     doc = {
         "name": spec.name,
         "version": SESSION_LANGUAGE_VERSION,
         "services": [service],
-        "images": [{"name": spec.image_name}],
     }
-    if secret is not None:
-        doc["secrets"] = [secret]
+    if spec.volumes:
+        doc["volumes"] = [
+            {
+                "name": volume.name,
+                "fspf_path": volume.fspf_path,
+                "fspf_key": (
+                    volume.fspf_key.hex()
+                    if volume.fspf_key is not None
+                    else f"$$SCONE::{volume.key_secret_name}:hex$$"
+                ),
+                "fspf_tag": volume.fspf_tag,
+            }
+            for volume in spec.volumes
+        ]
+    # SCONE attaches volumes to an image as well: the same list, so either reader finds it.
+    doc["images"] = [{"name": spec.image_name, **({"volumes": [dict(m) for m in mounts]} if mounts else {})}]
+    secrets = [
+        {"name": volume.key_secret_name, "kind": "binary", "export_public": False}
+        for volume in spec.volumes
+        if volume.fspf_key is None
+    ]
+    if secrets:
+        doc["secrets"] = secrets
     return doc
 
 
 def render_session(spec: SessionSpec) -> bytes:
-    header = "# CAS session written by sconify-image. " + (
-        "The fspf key is INLINE: keep this file as secret as the keys file.\n"
-        if spec.fspf_key is not None
-        else f"Supply the secret {spec.key_secret_name!r} (the fspf_key of the keys file) when uploading.\n"
-    )
+    header = "# CAS session written by sconify-image."
+    if spec.inline_keys:
+        header += " The fspf keys are INLINE: keep this file as secret as the keys file."
+    elif spec.volumes:
+        wanted = ", ".join(f"{v.key_secret_name!r} (volume {v.path!r})" for v in spec.volumes)
+        header += f" When uploading, supply each volume's fspf_key from the keys file as secret {wanted}."
     body = yaml.safe_dump(session_document(spec), sort_keys=False, default_flow_style=False)
-    return (header + body).encode()
+    return (header + "\n" + body).encode()
 
 
 def write_session(spec: SessionSpec, path: str | os.PathLike) -> None:
-    mode = 0o600 if spec.fspf_key is not None else 0o644
+    mode = 0o600 if spec.inline_keys else 0o644
     atomic_write_bytes(path, render_session(spec), mode=mode)

@@ -3,9 +3,9 @@
 ``verify_image`` reads the output image (any transport), and checks, each as a named ``Check``:
 image identity (config digest, diff_ids, reused input layers, labels), the executable's SHA-256,
 its embedfs (root hash, every member hash, the original executable underneath), MRENCLAVE (from
-the manifest's parameters), that embedded files are gone from the rootfs, the fspf tag and,
-given the keys, every protected file through the shield. Nothing here trusts the machine that
-built the image.
+the manifest's parameters), that embedded files are gone from the rootfs, the fspf tag of every
+volume and, given the keys, every file of every volume through that volume's shield. Nothing
+here trusts the machine that built the image.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import concurrent.futures
 import hashlib
 import io
 import json
+import posixpath
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -36,13 +37,13 @@ from sconify.image.layerread import short_gil_switches
 from sconify.image.model import Image, Layer, copy_range
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
-from sconify.manifest import LABEL_PREFIX, Manifest
+from sconify.manifest import LABEL_PREFIX, Manifest, VolumeFigures
 from sconify.select import absolute, is_regular, iter_tree, region_of, rel, try_resolve
 
 if TYPE_CHECKING:  # signatures and keys are optional: their crypto loads when they are used
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-    from sconify.keys import KeysFile
+    from sconify.keys import KeysFile, VolumeKeys
 
 SIGNATURE_SCHEMA = "sconify.signature/v1"
 MAX_DIFFERENCES_SHOWN = 5
@@ -233,15 +234,10 @@ def check_contents(
         check_removed(here, fs, manifest, whiteouts_needed=whiteouts_needed)
         if whiteouts_needed:  # the view holds just the layers sconify added
             check_added_layers(here, fs, manifest)
-        check_fspf(here, fs, manifest, keys)
+        check_volumes(here, fs, manifest, keys)
         for future in executable_checks:
             report.checks += future.result()
         report.checks += here.checks
-
-
-def shields_lower_layers(manifest: Manifest) -> bool:
-    """Whether the fspf protects files that stay in the input's layers (authenticated ones)."""
-    return any(r["protection"] == "authenticated" for r in manifest.fspf.regions)
 
 
 # Transports that store every compression as it is: an image copied between them keeps its
@@ -303,6 +299,13 @@ def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> No
         "config label io.sconify.mrenclave",
         label == manifest.measurement.mrenclave,
         "matches the manifest" if label == manifest.measurement.mrenclave else f"label is {label!r}",
+    )
+    label, volumes = labels.get(LABEL_PREFIX + "volumes"), ",".join(v.path for v in manifest.volumes)
+    report.add(
+        "config label io.sconify.volumes",
+        label == volumes,
+        "matches the manifest" if label == volumes
+        else f"label is {label!r}, the manifest's volumes {volumes!r}",
     )
 
 
@@ -415,10 +418,10 @@ def check_removed(report: VerifyReport, fs: RootFS, manifest: Manifest, *, white
 
 
 def check_added_layers(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
-    """The two layers sconify added hold the executable, the fspf, the ciphertexts and the
-    whiteouts of the embedded files: nothing else."""
-    expected = {rel(manifest.executable.path), rel(manifest.fspf.path)} | {
-        rel(path) for path, info in manifest.fspf.files.items() if info["protection"] == "encrypted"
+    """The two layers sconify added hold the executable, each volume's fspf, the ciphertexts
+    and the whiteouts of the embedded files: nothing else."""
+    expected = {rel(manifest.executable.path)} | {rel(volume.fspf_path) for volume in manifest.volumes} | {
+        rel(path) for volume in manifest.volumes if volume.protection == "encrypted" for path in volume.files
     }
     problems = [
         f"{absolute(p)} added"
@@ -436,76 +439,131 @@ def check_added_layers(report: VerifyReport, fs: RootFS, manifest: Manifest) -> 
     )
 
 
-def check_fspf(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysFile | None) -> None:
-    fspf_path = try_resolve(fs, manifest.fspf.path)
-    if fspf_path is None or not is_regular(fs.entries[fspf_path]):
-        report.add("fspf tag", False, f"{manifest.fspf.path} is not a file in the image")
-        return
-    data = fs.read(fspf_path)
-    try:
-        tag = tag_of(data).hex()
-    except FspfError as exc:
-        report.add("fspf tag", False, str(exc))
-        return
-    report.add(
-        "fspf tag",
-        tag == manifest.fspf.tag,
-        tag
-        if tag == manifest.fspf.tag
-        else f"image has {tag}, manifest records {manifest.fspf.tag} (an older or different fspf)",
-    )
+def check_volumes(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysFile | None) -> None:
+    """Each volume's fspf is in the image with the tag the manifest records; with the keys,
+    every file of every volume is read through that volume's shield. Checks are per volume
+    (``volume PATH: ...``), so a failure names the volume."""
+    fresh: dict[str, bytes] = {}  # volume path -> its fspf, carrying the recorded tag
+    for volume in manifest.volumes:
+        name = f"volume {volume.path}: fspf tag"
+        located = try_resolve(fs, volume.fspf_path)
+        if located is None or not is_regular(fs.entries[located]):
+            report.add(name, False, f"{volume.fspf_path} is not a file in the image")
+            continue
+        data = fs.read(located)
+        try:
+            tag = tag_of(data).hex()
+        except FspfError as exc:
+            report.add(name, False, str(exc))
+            continue
+        report.add(
+            name,
+            tag == volume.tag,
+            tag if tag == volume.tag
+            else f"image has {tag}, manifest records {volume.tag} (an older or different fspf)",
+        )
+        if tag == volume.tag:
+            fresh[volume.path] = data
     if keys is None:
         return
-    if keys.fspf_tag.hex() != manifest.fspf.tag:
+    held = volume_keys(report, manifest, keys)
+    present = protected_paths(fs, manifest)
+    lent = LentStreams()
+    shields: dict[str, Shield] = {}
+    for volume in manifest.volumes:
+        if volume.path not in fresh or volume.path not in held:
+            continue  # its tag or its key is reported above
+        key = held[volume.path]
+        try:
+            shield = Shield(fresh[volume.path], key.fspf_key, key.fspf_tag, opener=lent.opener)
+        except FspfError as exc:
+            report.add(f"volume {volume.path}: protected files (through the shield)", False, str(exc))
+            continue
+        if check_fspf_content(report, volume, shield):
+            shields[volume.path] = shield
+    results = shield_files(shields, lent, fs, present)
+    for volume in manifest.volumes:
+        if volume.path not in results:
+            continue
+        result = results[volume.path]
         report.add(
-            "keys file", False, "the keys file is for another fspf (its tag differs from the manifest's)"
+            f"volume {volume.path}: protected files (through the shield)",
+            result.ok,
+            f"{result.files} files, {result.bytes} bytes" if result.ok
+            else summarise([str(problem) for problem in result.problems]),
         )
-        return
-    present = protected_paths(fs, manifest, fspf_path)
-    try:
-        result = shield_files(data, keys, fs, present)
-    except FspfError as exc:
-        report.add("protected files", False, str(exc))
-        return
-    problems = [str(problem) for problem in result.problems]
-    report.add(
-        "protected files (through the shield)",
-        result.ok,
-        f"{result.files} files, {result.bytes} bytes" if result.ok else summarise(problems),
-    )
-    recorded = set(manifest.fspf.files)
-    listed = {absolute(p) for p in present} & recorded
-    if recorded - listed:
-        report.add(
-            "protected files present", False, summarise([f"{p} missing" for p in sorted(recorded - listed)])
-        )
+        recorded = set(volume.files)
+        missing = recorded - {absolute(p) for p in present[volume.path]}
+        if missing:
+            report.add(
+                f"volume {volume.path}: protected files present", False,
+                summarise([f"{p} missing" for p in sorted(missing)]),
+            )
 
 
-def protected_paths(fs: RootFS, manifest: Manifest, fspf_path: str) -> list[str]:
-    """The regular files of the image under the fspf's protected kernel regions (each must be
-    recorded in the fspf), sorted. The fspf itself and the executable (it is measured) are
-    outside the shield by construction."""
-    protected_roots = [
-        rel(r["path"])
-        for r in manifest.fspf.regions
-        if r["protection"] != "not-protected" and r["kind"] == "kernel"
+def volume_keys(report: VerifyReport, manifest: Manifest, keys: KeysFile) -> dict[str, VolumeKeys]:
+    """The keys of each volume of the manifest whose tag is the manifest's; a failed
+    "keys file" check names any volume without a key, with another tag, or not in the manifest."""
+    held: dict[str, VolumeKeys] = {}
+    problems = []
+    for volume in manifest.volumes:
+        key = keys.volume(volume.path)
+        if key is None:
+            problems.append(f"no key for volume {volume.path}")
+        elif key.fspf_tag.hex() != volume.tag:
+            problems.append(
+                f"the key of volume {volume.path} is for another fspf (its tag differs from the manifest's)"
+            )
+        else:
+            held[volume.path] = key
+    problems += [
+        f"volume {v.path} is not in the manifest" for v in keys.volumes if manifest.volume(v.path) is None
     ]
-    unshielded = {fspf_path, rel(manifest.executable.path)}
-    if "" in protected_roots:
+    if problems:
+        report.add("keys file", False, summarise(problems))
+    return held
+
+
+def check_fspf_content(report: VerifyReport, volume: VolumeFigures, shield: Shield) -> bool:
+    """The opened fspf holds exactly the volume's region (kernel path = its path) and the files
+    the manifest lists, with their sizes: False (a failed check) otherwise."""
+    regions = [(r.path, r.kind, r.protection, r.kernel_path) for r in shield.fspf.regions]
+    if regions != [(volume.path, "kernel", volume.protection, volume.path)]:
+        shown = ", ".join(f"{path} ({kind}, {protection})" for path, kind, protection, _ in regions) or "none"
+        report.add(f"volume {volume.path}: fspf region", False,
+                   f"the fspf holds the regions {shown}, not just {volume.path} ({volume.protection})")
+        return False
+    lines = differences({p: str(info["size"]) for p, info in volume.files.items()},
+                        {record.path: str(record.size) for record in shield.fspf.files})
+    if lines:
+        report.add(f"volume {volume.path}: fspf lists the manifest's files", False,
+                   summarise([line.replace(" added", " recorded in the fspf only") for line in lines]))
+    return True
+
+
+def protected_paths(fs: RootFS, manifest: Manifest) -> dict[str, list[str]]:
+    """volume path -> the regular files of the image in that volume (longest prefix over every
+    region), sorted: each must be recorded in the volume's fspf. The fspfs themselves and the
+    executable (it is measured) are outside the shields by construction."""
+    regions = manifest.all_regions()
+    roots = [rel(volume.path) for volume in manifest.volumes]
+    unshielded = {rel(volume.fspf_path) for volume in manifest.volumes} | {rel(manifest.executable.path)}
+    if "" in roots:
         candidates = (path for path, entry in fs.entries.items() if is_regular(entry))
     else:
         candidates = (
             path
-            for root in protected_roots
+            for root in roots
             if (resolved := try_resolve(fs, "/" + root)) is not None and fs.entries[resolved].kind == "dir"
             for path, entry in iter_tree(fs, resolved)
             if is_regular(entry)
         )
-    return sorted(
-        path
-        for path in set(candidates) - unshielded
-        if region_of(path, manifest.fspf.regions)["kind"] == "kernel"
-    )
+    present: dict[str, list[str]] = {volume.path: [] for volume in manifest.volumes}
+    for path in sorted(set(candidates) - unshielded):
+        region = region_of(path, regions)
+        if region["path"] in present and region["kind"] == "kernel":
+            present[region["path"]].append(path)
+    return present
 
 
 class BorrowedStream(io.RawIOBase):
@@ -532,43 +590,66 @@ class BorrowedStream(io.RawIOBase):
         return self._stream.readinto(buffer)
 
 
-def shield_files(fspf: bytes, keys: KeysFile, fs: RootFS, present: list[str]) -> ShieldReport:
-    """``Shield.verify_all(present)`` with each file read as ``fs.iter_files`` streams it (in
-    layer order, each layer once, nothing copied): every recorded file through the shield, then
-    the files present in protected regions that the fspf lacks. Stored paths are image paths.
-    FspfError when the fspf does not open with the keys."""
-    lent: dict[str, BinaryIO] = {}
+class LentStreams:
+    """The streams of ``RootFS.iter_files`` lent to the shields, one at a time: a shield's
+    opener takes the stream of the path it asks for, or finds the file missing."""
 
-    def opener(stored: str) -> BinaryIO:
-        stream = lent.pop(stored, None)
+    def __init__(self) -> None:
+        self._lent: dict[str, BinaryIO] = {}
+
+    def lend(self, path: str, stream: BinaryIO) -> None:
+        self._lent[path] = stream
+
+    def take_back(self, path: str) -> None:
+        self._lent.pop(path, None)
+
+    def opener(self, stored: str) -> BinaryIO:
+        stream = self._lent.pop(stored, None)
         if stream is None:
             raise FileNotFoundError(stored)
         return BorrowedStream(stream)  # type: ignore[return-value]
 
-    def read_through(path: str) -> IntegrityError | None:
+
+def shield_files(
+    shields: dict[str, Shield], lent: LentStreams, fs: RootFS, present: dict[str, list[str]]
+) -> dict[str, ShieldReport]:
+    """``Shield.verify_all(present)`` of every volume, with each file read as ``fs.iter_files``
+    streams it (one pass for all volumes: in layer order, each layer once, nothing copied):
+    every recorded file through its volume's shield (opened with ``lent.opener``), then the
+    files present in a volume that its fspf lacks. Stored paths are image paths."""
+    owner = {
+        path: volume
+        for volume, shield in shields.items()
+        for path in present[volume]
+        if shield.fspf.file(absolute(path)) is not None
+    }
+
+    def read_through(shield: Shield, path: str) -> IntegrityError | None:
         try:
             return shield.check_file(path)
         finally:
-            lent.pop(path, None)
+            lent.take_back(path)
 
-    shield = Shield(fspf, keys.fspf_key, keys.fspf_tag, opener=opener)
-    records = shield.fspf
-    found: dict[str, IntegrityError | None] = {}
-    for entry, stream in fs.iter_files([p for p in present if records.file(absolute(p)) is not None]):
-        path = absolute(entry.path)
-        lent[path] = stream
-        found[path] = read_through(path)
-    problems = []
-    checked = 0
-    for record in records.files:
-        # A recorded file not streamed is missing: the opener says so, the shield names it.
-        problem = found[record.path] if record.path in found else read_through(record.path)
-        if problem is None:
-            checked += record.size
-        else:
-            problems.append(problem)
-    problems += shield.added_files(absolute(p) for p in present)
-    return ShieldReport(len(records.files), checked, tuple(problems))
+    found: dict[tuple[str, str], IntegrityError | None] = {}
+    for entry, stream in fs.iter_files(sorted(owner)):
+        path, volume = absolute(entry.path), owner[entry.path]
+        lent.lend(path, stream)
+        found[(volume, path)] = read_through(shields[volume], path)
+    reports = {}
+    for volume, shield in shields.items():
+        problems = []
+        checked = 0
+        for record in shield.fspf.files:
+            # A recorded file not streamed is missing: the opener says so, the shield names it.
+            key = (volume, record.path)
+            problem = found[key] if key in found else read_through(shield, record.path)
+            if problem is None:
+                checked += record.size
+            else:
+                problems.append(problem)
+        problems += shield.added_files(absolute(p) for p in present[volume])
+        reports[volume] = ShieldReport(len(shield.fspf.files), checked, tuple(problems))
+    return reports
 
 
 # --- signatures ---------------------------------------------------------------------------
@@ -687,7 +768,7 @@ class SconifiedImage:
     executable: str
     members: dict[str, str]  # path -> sha256
     mrenclave_label: str
-    protected_paths: list[str]  # paths the data layer writes (ciphertext), fspf excluded
+    protected_paths: list[str]  # paths the data layer writes (ciphertext), the volumes' fspfs excluded
 
 
 def open_sconified(reference: str, work: Path, platform: str | None = None) -> SconifiedImage:
@@ -709,12 +790,17 @@ def open_sconified(reference: str, work: Path, platform: str | None = None) -> S
             members = {absolute(m.path): m.sha256 for m in archive.list()}
     except EmbedfsError as exc:
         raise UsageError(f"{reference}: {exc}") from None
-    fspf = labels.get(LABEL_PREFIX + "fspf.path", "")
+    from sconify.volumes import FSPF_NAME  # the data layer's writer: not needed by verify
+
+    # One fspf per volume (label io.sconify.volumes); images converted before volumes had one.
+    volumes = [path for path in labels.get(LABEL_PREFIX + "volumes", "").split(",") if path]
+    fspfs = {posixpath.join(path, FSPF_NAME) for path in volumes}
+    fspfs.add(labels.get(LABEL_PREFIX + "fspf.path", ""))
     data_layer = len(image.layers) - 1
     protected = sorted(
         absolute(path)
         for path, entry in fs.entries.items()
-        if entry.layer_index == data_layer and is_regular(entry) and absolute(path) != fspf
+        if entry.layer_index == data_layer and is_regular(entry) and absolute(path) not in fspfs
     )
     return SconifiedImage(
         reference, labels, executable, members, labels.get(LABEL_PREFIX + "mrenclave", ""), protected
@@ -729,7 +815,8 @@ def diff_images(ref_a: str, ref_b: str, platform: str | None = None) -> list[tup
     lines: list[tuple[str, str]] = []
     if a.executable != b.executable:
         lines.append(("executable", f"{a.executable} -> {b.executable}"))
-    for name in ("mrenclave", "heap-size", "stack-size", "threads", "embedfs.root-hash", "version"):
+    names = ("mrenclave", "heap-size", "stack-size", "threads", "embedfs.root-hash", "volumes", "version")
+    for name in names:
         va, vb = a.labels.get(LABEL_PREFIX + name), b.labels.get(LABEL_PREFIX + name)
         if va != vb:
             lines.append((name, f"{va} -> {vb}"))

@@ -361,7 +361,7 @@ def test_hostile_but_convertible_image_converts_safely_end_to_end(safe_hostile_i
     assert real.returncode == 0, real.stderr
     assert sorted(p.name for p in box.work.iterdir()) == ["k.json", "m.json", "s.yaml"]
     manifest = Manifest.read(box.work / "m.json")
-    files = manifest.fspf.files
+    files = manifest.protected_files()
     assert files["/app/data/dup.txt"]["size"] == len(b"second entry wins\n")
     assert files["/app/data/suid-data"]["protection"] == "encrypted"
 

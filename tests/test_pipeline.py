@@ -27,7 +27,7 @@ from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
 from sconify.keys import KeysFile
 from sconify.manifest import KEY_DEPENDENT_FIELDS, Manifest
-from sconify.pipeline import FSPF_PATH, ConvertOptions, contents_to_keep, sconify_image
+from sconify.pipeline import ConvertOptions, contents_to_keep, sconify_image
 from test_direct import cached_bytes, takes_direct_io
 
 
@@ -106,12 +106,12 @@ def file_bytes(fs: RootFS, path: str) -> bytes:
     return fs.read(path.lstrip("/"))
 
 
-def shield_of(converted: Converted) -> Shield:
-    """The fspf shield over the output image, opened with the keys file."""
-    out = RootFS.from_image(read_image(converted.ref))
-    keys = converted.keys
+def shield_of(converted: Converted, volume: str, out: RootFS | None = None) -> Shield:
+    """The shield of one volume of the output image, opened with its key from the keys file."""
+    out = out or RootFS.from_image(read_image(converted.ref))
+    keys = converted.keys.volume(volume)
     return Shield(
-        file_bytes(out, FSPF_PATH),
+        file_bytes(out, keys.fspf_path),
         keys.fspf_key,
         keys.fspf_tag,
         opener=lambda p: io.BytesIO(file_bytes(out, p)),
@@ -160,13 +160,14 @@ def test_python_embedded_code_is_gone_from_the_rootfs_and_data_is_ciphertext(pyt
     assert not out.exists("app/main.py")
     # shared libraries stay where the dynamic loader needs them (and are measured in the embedfs)
     assert out.exists("usr/lib/x86_64-linux-gnu/libsqlite3.so.0")
-    for path in python_converted.manifest.fspf.files:
+    for path in python_converted.manifest.protected_files():
         stored = file_bytes(out, path)
         plain = file_bytes(original, path)
         assert stored != plain
         if len(plain) >= 64:
             assert plain[:64] not in stored, f"{path} leaks plaintext"
-    assert out.exists(FSPF_PATH.lstrip("/"))
+    assert out.exists("app/data/.sconify.fspf")
+    assert not out.exists("etc/sconify/volume.fspf"), "no fspf for the whole image any more"
 
 
 def test_new_layers_code_compressed_data_plain_tar_unless_asked(python_converted, python_image, tmp_path):
@@ -195,9 +196,9 @@ def test_input_blobs_in_the_output_layout_are_copies_not_links(python_converted,
 
 
 def test_python_shield_reads_the_data_back_with_the_keys_file(python_converted, python_image):
-    shield = shield_of(python_converted)
+    shield = shield_of(python_converted, "/app/data")
     original = RootFS.from_image(read_image(f"oci:{python_image}:latest"))
-    files = python_converted.manifest.fspf.files
+    files = python_converted.manifest.volume("/app/data").files
     assert set(files) >= {"/app/data/readings.csv", "/app/data/blob.bin", "/app/data/config.json"}
     for path in files:
         assert shield.read(path) == file_bytes(original, path)
@@ -205,25 +206,34 @@ def test_python_shield_reads_the_data_back_with_the_keys_file(python_converted, 
 
 def test_python_manifest_session_and_keys_agree(python_converted):
     m, keys, session = python_converted.manifest, python_converted.keys, python_converted.session
-    assert keys.fspf_tag.hex() == m.fspf.tag
+    [volume] = m.volumes
+    assert (volume.path, volume.fspf_path, volume.protection) == ("/app/data", "/app/data/.sconify.fspf", "encrypted")
+    assert [(k.path, k.fspf_path, k.fspf_tag.hex(), k.protection) for k in keys.volumes] == [
+        (volume.path, volume.fspf_path, volume.tag, volume.protection)
+    ]
     assert keys.mrenclave == m.measurement.mrenclave
     service = session["services"][0]
     assert service["mrenclaves"] == [m.measurement.mrenclave]
-    assert service["fspf_path"] == FSPF_PATH and service["fspf_tag"] == m.fspf.tag
+    assert service["volumes"] == [{"name": "app_data", "path": "/app/data"}]
+    assert session["volumes"] == [{"name": "app_data", "fspf_path": "/app/data/.sconify.fspf",
+                                   "fspf_key": "$$SCONE::app_data_key:hex$$", "fspf_tag": volume.tag}]
+    assert session["secrets"] == [{"name": "app_data_key", "kind": "binary", "export_public": False}]
+    assert "fspf_path" not in service and "fspf_key" not in service
     assert service["command"] == "python3 /app/main.py" and service["pwd"] == "/app"
-    assert service["fspf_key"].startswith("$$SCONE::")
     assert stat.S_IMODE((python_converted.workdir / "keys.json").stat().st_mode) == 0o600
-    regions = {r["path"]: (r["kind"], r["protection"]) for r in m.fspf.regions}
+    regions = {r["path"]: (r["kind"], r["protection"]) for r in m.all_regions()}
     assert regions == {
         "/": ("kernel", "not-protected"),
         "/app/data": ("kernel", "encrypted"),
         "/tmp": ("ephemeral", "encrypted"),
     }
+    assert m.regions == [{"path": "/", "kind": "kernel", "protection": "not-protected"},
+                         {"path": "/tmp", "kind": "ephemeral", "protection": "encrypted"}]
 
 
 def test_no_key_reaches_the_image_manifest_or_session(python_converted):
-    key = python_converted.keys.fspf_key
-    needles = [key, key.hex().encode()]
+    needles = [needle for v in python_converted.keys.volumes for needle in (v.fspf_key, v.fspf_key.hex().encode())]
+    assert needles
     texts = [(python_converted.workdir / n).read_bytes() for n in ("manifest.json", "session.yaml")]
     layout = Path(python_converted.ref.split(":")[1])
     texts += [blob.read_bytes() for blob in (layout / "blobs" / "sha256").iterdir()]
@@ -261,7 +271,7 @@ def test_python_output_is_accepted_by_skopeo_and_umoci(python_converted, tmp_pat
     rootfs = tmp_path / "bundle" / "rootfs"
     assert (rootfs / "usr/bin/python3.11").is_file()
     assert not (rootfs / "app/main.py").exists()
-    assert (rootfs / FSPF_PATH.lstrip("/")).is_file()
+    assert (rootfs / "app/data/.sconify.fspf").is_file()
 
 
 def test_python_output_runs_in_docker(python_converted, run_in_docker):
@@ -291,9 +301,9 @@ def test_node_from_oci_archive_embeds_node_modules_and_libnode(node_converted, t
     assert any("libnode.so" in n for n in names), "Debian's node keeps its engine in libnode"
     exe = extract_executable(node_converted, tmp_path)
     open_embedded(exe).verify()
-    regions = {r["path"]: r["protection"] for r in m.fspf.regions}
-    assert regions["/etc/sconify-demo"] == "authenticated"
-    protections = {f["protection"] for f in m.fspf.files.values()}
+    volumes = {v.path: v.protection for v in m.volumes}
+    assert volumes == {"/app/data": "encrypted", "/etc/sconify-demo": "authenticated"}
+    protections = {f["protection"] for f in m.protected_files().values()}
     assert protections == {"encrypted", "authenticated"}
 
 
@@ -307,11 +317,10 @@ def test_node_output_runs_in_docker(node_converted, run_in_docker):
 def test_node_authenticated_files_stay_plaintext_and_verify(node_converted, node_image):
     out = RootFS.from_image(read_image(node_converted.ref))
     original = RootFS.from_image(read_image(f"oci:{node_image}:latest"))
-    shield = shield_of(node_converted)
-    for path, info in node_converted.manifest.fspf.files.items():
+    for path, info in node_converted.manifest.protected_files().items():
         if info["protection"] == "authenticated":
             assert file_bytes(out, path) == file_bytes(original, path)
-        assert shield.read(path) == file_bytes(original, path)
+        assert shield_of(node_converted, info["volume"], out).read(path) == file_bytes(original, path)
 
 
 @pytest.mark.docker
@@ -373,7 +382,8 @@ def drop_key_dependent(doc: dict) -> dict:
     doc = json.loads(json.dumps(doc))
     for dotted in KEY_DEPENDENT_FIELDS:
         section, name = dotted.split(".")
-        doc[section].pop(name, None)
+        for part in doc[section[:-2]] if section.endswith("[]") else [doc[section]]:
+            part.pop(name, None)
     doc["output"].pop("reference")
     return doc
 
@@ -383,7 +393,7 @@ def test_same_input_twice_gives_the_same_measurement_and_stable_fields(python_im
     first, second = run_api(source, tmp_path / "a"), run_api(source, tmp_path / "b")
     assert first.measurement.mrenclave == second.measurement.mrenclave
     assert first.code_layer == second.code_layer
-    assert first.fspf.tag != second.fspf.tag, "fresh keys give a fresh fspf"
+    assert first.volumes[0].tag != second.volumes[0].tag, "fresh keys give a fresh fspf"
     assert drop_key_dependent(first.to_dict()) == drop_key_dependent(second.to_dict())
 
 
@@ -544,16 +554,20 @@ def test_authenticate_root_and_inline_keys(python_image, tmp_path):
         "audited-python",
     )
     m = converted.manifest
-    regions = {r["path"]: r["protection"] for r in m.fspf.regions}
-    assert regions["/"] == "authenticated" and regions["/app/data"] == "encrypted"
-    authenticated = [p for p, f in m.fspf.files.items() if f["protection"] == "authenticated"]
+    volumes = {v.path: (v.fspf_path, v.protection) for v in m.volumes}
+    assert volumes == {"/": ("/.sconify.fspf", "authenticated"), "/app/data": ("/app/data/.sconify.fspf", "encrypted")}
+    files = m.protected_files()
+    authenticated = [p for p, f in files.items() if f["protection"] == "authenticated"]
     assert "/etc/group" in authenticated and "/bin/tar" in authenticated
-    assert "/usr/bin/python3.11" not in m.fspf.files, "the executable is measured, not shielded"
-    assert not set(m.fspf.files) & set(m.embedfs.removed), "embedded files are gone from the rootfs"
+    assert "/usr/bin/python3.11" not in files, "the executable is measured, not shielded"
+    assert not set(files) & set(m.embedfs.removed), "embedded files are gone from the rootfs"
     assert "/usr/lib/python3.11/test/__init__.py" in authenticated, "files the recipe excludes stay, shielded"
-    service = converted.session["services"][0]
+    assert not set(m.volume("/").files) & set(m.volume("/app/data").files), "each file in one volume"
+    assert "/.sconify.fspf" not in files and "/app/data/.sconify.fspf" not in files
     assert converted.session["name"] == "audited-python"
-    assert service["fspf_key"] == converted.keys.fspf_key.hex()
+    inline = {v["fspf_path"]: v["fspf_key"] for v in converted.session["volumes"]}
+    assert inline == {k.fspf_path: k.fspf_key.hex() for k in converted.keys.volumes}
+    assert {v["name"] for v in converted.session["volumes"]} == {"root", "app_data"}
     assert "secrets" not in converted.session
     assert stat.S_IMODE((tmp_path / "session.yaml").stat().st_mode) == 0o600
     report = verify_image(converted.ref, m, keys=converted.keys)

@@ -26,7 +26,7 @@ from sconify.image.mutate import append_layers
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
 from sconify.manifest import Manifest
-from sconify.pipeline import FSPF_PATH, ConvertOptions, sconify_image
+from sconify.pipeline import ConvertOptions, sconify_image
 
 
 @dataclass
@@ -121,7 +121,9 @@ def test_clean_output_verifies_with_and_without_keys(which, request, tmp_path):
     )
     assert code == 0, failed(report)
     names = {check["name"] for check in report["checks"]}
-    assert {"MRENCLAVE", "embedfs root hash", "fspf tag", "protected files (through the shield)"} <= names
+    assert {"MRENCLAVE", "embedfs root hash", "config label io.sconify.volumes"} <= names
+    for volume in ("/app/data", "/etc/sconify-demo"):
+        assert {f"volume {volume}: fspf tag", f"volume {volume}: protected files (through the shield)"} <= names
     import hashlib
 
     assert (
@@ -227,7 +229,10 @@ def test_file_added_to_an_authenticated_region_is_named(python_out, tmp_path):
     ref = with_files(python_out, {"/etc/sconify-demo/extra.json": b"{}"}, tmp_path, "added")
     code, report = verify(ref, python_out.manifest_path, "--keys", str(python_out.keys_path))
     assert code == 1
-    assert "/etc/sconify-demo/extra.json" in failed(report)["protected files (through the shield)"]
+    problems = failed(report)
+    assert "/etc/sconify-demo/extra.json" in problems["volume /etc/sconify-demo: protected files (through the shield)"]
+    assert [name for name in problems if name.startswith("volume")] == [
+        "volume /etc/sconify-demo: protected files (through the shield)"]
 
 
 def test_an_encrypted_file_whited_out_is_named_missing(python_out, tmp_path):
@@ -241,31 +246,65 @@ def test_an_encrypted_file_whited_out_is_named_missing(python_out, tmp_path):
     code, report = verify(ref, python_out.manifest_path, "--keys", str(python_out.keys_path))
     assert code == 1
     problems = failed(report)
-    assert "/app/data/config.json" in problems["protected files (through the shield)"]
-    assert "missing" in problems["protected files (through the shield)"]
-    assert "/app/data/config.json missing" in problems["protected files present"]
+    assert "/app/data/config.json" in problems["volume /app/data: protected files (through the shield)"]
+    assert "missing" in problems["volume /app/data: protected files (through the shield)"]
+    assert "/app/data/config.json missing" in problems["volume /app/data: protected files present"]
 
 
-def test_one_byte_in_an_encrypted_file_is_named(node_out, tmp_path):
-    path = "/app/data/readings.csv"
+@pytest.mark.parametrize("path, volume", [("/app/data/readings.csv", "/app/data"),
+                                          ("/etc/sconify-demo/defaults.json", "/etc/sconify-demo")])
+def test_one_byte_in_a_protected_file_is_named_with_its_volume(node_out, tmp_path, path, volume):
     data = bytearray(read_file(node_out.ref, path))
     data[len(data) // 2] ^= 0x80
     ref = with_files(node_out, {path: bytes(data)}, tmp_path, "flip")
     code, report = verify(ref, node_out.manifest_path, "--keys", str(node_out.keys_path))
     assert code == 1
     problems = failed(report)
-    assert path in problems["protected files (through the shield)"]
+    assert path in problems[f"volume {volume}: protected files (through the shield)"]
+    assert [name for name in problems if name.startswith("volume")] == [
+        f"volume {volume}: protected files (through the shield)"], "the other volume still verifies"
     assert "layer diff_ids" in problems  # the image itself changed too
 
 
-def test_rolled_back_fspf_is_caught(python_image, python_out, tmp_path):
+def test_rolled_back_fspf_of_one_volume_is_caught(python_image, python_out, tmp_path):
+    """An fspf of an earlier conversion (same paths, other keys) in place of one volume's:
+    its tag is not the one the manifest and the keys file record, with or without keys."""
     older = convert(f"oci:{python_image}:latest", tmp_path / "older")
-    old_fspf = read_file(older.ref, FSPF_PATH)
-    ref = with_files(python_out, {FSPF_PATH: old_fspf}, tmp_path, "rollback")
+    fspf = "/app/data/.sconify.fspf"
+    ref = with_files(python_out, {fspf: read_file(older.ref, fspf)}, tmp_path, "rollback")
+    for extra in ((), ("--keys", str(python_out.keys_path))):
+        code, report = verify(ref, python_out.manifest_path, *extra)
+        assert code == 1
+        problems = failed(report)
+        assert "older or different fspf" in problems["volume /app/data: fspf tag"]
+        assert not any(name.startswith("volume /etc/sconify-demo") for name in problems), problems
+
+
+def test_fspf_of_another_volume_is_caught(python_out, tmp_path):
+    """Each volume has its own key and tag: one volume's fspf does not pass for another's."""
+    other = read_file(python_out.ref, "/etc/sconify-demo/.sconify.fspf")
+    ref = with_files(python_out, {"/app/data/.sconify.fspf": other}, tmp_path, "moved")
     code, report = verify(ref, python_out.manifest_path, "--keys", str(python_out.keys_path))
     assert code == 1
-    problems = failed(report)
-    assert "older or different fspf" in problems["fspf tag"]
+    assert "older or different fspf" in failed(report)["volume /app/data: fspf tag"]
+
+
+def test_keys_of_another_conversion_name_the_volumes(python_image, python_out, tmp_path):
+    older = convert(f"oci:{python_image}:latest", tmp_path / "older")
+    code, report = verify(python_out.ref, python_out.manifest_path, "--keys", str(older.keys_path))
+    assert code == 1
+    detail = failed(report)["keys file"]
+    assert "volume /app/data" in detail and "volume /etc/sconify-demo" in detail
+
+
+def test_keys_file_of_schema_v1_is_refused_with_one_line(python_out, tmp_path):
+    old = tmp_path / "keys.json"
+    old.write_text(json.dumps({"schema": "sconify.keys/v1", "session": "s", "mrenclave": "00",
+                               "fspf_path": "/etc/sconify/volume.fspf", "fspf_key": "00" * 32, "fspf_tag": "00" * 16}))
+    result = sconify("verify", python_out.ref, "--manifest", str(python_out.manifest_path), "--keys", str(old))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "sconify.keys/v1" in lines[0] and "re-convert" in lines[0]
 
 
 def test_swapped_layer_is_named(python_image, python_out, tmp_path):
@@ -280,7 +319,7 @@ def test_swapped_layer_is_named(python_image, python_out, tmp_path):
     assert code == 1
     problems = failed(report)
     assert "layer 3" in problems["layer diff_ids"]
-    assert "fspf tag" in problems
+    assert "volume /app/data: fspf tag" in problems and "volume /etc/sconify-demo: fspf tag" in problems
 
 
 def test_manifest_signature(python_out, tmp_path):
@@ -350,6 +389,7 @@ def test_diff_names_what_changed_between_two_conversions(python_image, python_ou
     whats = {what for what, _ in found}
     assert {"mrenclave", "heap-size", "embedfs.root-hash"} <= whats
     assert ("embedded file added", "/etc/sconify-demo/defaults.json") in found
+    assert ("volumes", "/app/data,/etc/sconify-demo -> /app/data") in found
 
 
 def test_unreadable_inputs_exit_2_with_one_line(python_out, tmp_path):

@@ -23,8 +23,8 @@ def register(subparsers) -> None:
         help="convert an image into a confidential image (same as sconify-image)",
         description=(
             "Embed the service's code into its executable, measure it (MRENCLAVE), protect data "
-            "directories with an encrypted fspf and write a new image, a manifest, a CAS session "
-            "and a keys file (mode 0600, never inside the image)."
+            "directories (each with an encrypted fspf of its own, a volume) and write a new image, a "
+            "manifest, a CAS session and a keys file (mode 0600, never inside the image)."
         ),
     )
     add_arguments(parser)
@@ -136,12 +136,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     out.add_argument("--session-out", metavar="FILE", help="CAS session (default OUT_DIR/session.yaml)")
     out.add_argument(
-        "--keys-out", metavar="FILE", help="fspf key and tag, mode 0600 (default OUT_DIR/keys.json)"
+        "--keys-out",
+        metavar="FILE",
+        help="each volume's fspf key and tag, mode 0600 (default OUT_DIR/keys.json)",
     )
     out.add_argument(
         "--inline-keys",
         action="store_true",
-        help="write the fspf key into the session instead of a secret reference",
+        help="write the volumes' fspf keys into the session instead of secret references",
     )
     out.add_argument(
         "--deterministic-keys-from",
@@ -228,7 +230,10 @@ def summary(result: ConvertResult) -> dict:
                     "file_count": m.embedfs.file_count,
                     "archive_size": m.embedfs.archive_size,
                 },
-                "fspf": {"path": m.fspf.path, "tag": m.fspf.tag},
+                "volumes": [
+                    {"path": v.path, "fspf_path": v.fspf_path, "protection": v.protection, "tag": v.tag}
+                    for v in m.volumes
+                ],
                 "encrypted_files": result.encrypted_files,
                 "authenticated_files": result.authenticated_files,
                 "removed_files": result.removed_files,
@@ -285,7 +290,8 @@ def print_table(result: ConvertResult, *, dry_run: bool) -> None:
             f"{m.measurement.threads} threads, enclave {human_size(m.measurement.enclave_size)}",
         )
         table.add_row("MRENCLAVE", m.measurement.mrenclave)
-        table.add_row("fspf", f"{m.fspf.path} tag {m.fspf.tag}")
+        for volume in m.volumes:
+            table.add_row(f"volume {volume.path}", f"fspf {volume.fspf_path} tag {volume.tag}")
         table.add_row(
             "output image", f"{m.output.reference} {m.output.manifest_digest or m.output.config_digest}"
         )
