@@ -30,7 +30,7 @@ sys.path.insert(0, str(BENCH))
 from measure import CommandFailed, Summary, repeat, steal_share, stolen_seconds  # noqa: E402
 from synth import cache_dir, uncompressed_rootfs_bytes  # noqa: E402
 
-GROUPS = ("python", "node", "synth", "scaling", "embedfs", "fspf")
+GROUPS = ("python", "node", "synth", "scaling", "embedfs", "fspf", "runtime")
 FULL_SIZES = (0.25, 0.5, 1.0, 2.0)
 QUICK_SIZES = (0.05, 0.1)
 MAIN_SIZE = 1.0  # the size the synthetic targets are about
@@ -377,6 +377,17 @@ def fspf_case(ctx: Context, size_mb: int) -> None:
                            name, baseline.wall, result.wall / baseline.wall))
 
 
+def runtime_case(ctx: Context, volume_mb: int) -> None:
+    """The runtime's start-up under Docker and an encrypted volume's throughput (bench_runtime)."""
+    from bench_runtime import startup_rows, volume_rows
+
+    rows = startup_rows(ctx.work, ctx.repeat, demo_layout("python"), Row)
+    if not rows:
+        ctx.report.notes.append("runtime start-up not measured: no Docker engine (DOCKER_HOST or start-dockerd)")
+    for row in rows + volume_rows(ctx.work, ctx.repeat, volume_mb, Row):
+        ctx.report.rows.append(row)
+
+
 # --- output ----------------------------------------------------------------------------------
 
 
@@ -513,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
                 embedfs_case(ctx, blob_mb, args.node)
             elif group == "fspf":
                 fspf_case(ctx, fspf_mb)
+            elif group == "runtime":
+                runtime_case(ctx, 64 if args.quick else 256)
     except CommandFailed as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1

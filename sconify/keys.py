@@ -124,6 +124,9 @@ class KeysFile:
     volumes: tuple[VolumeKeys, ...]
     mrenclave: str
     session_name: str
+    # SHA-256 of the whole measured executable: the runtime refuses a file whose bytes outside
+    # every loaded segment (not in MRENCLAVE) were changed. "" when not recorded.
+    executable_sha256: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "volumes", tuple(sorted(self.volumes, key=lambda v: v.path)))
@@ -139,6 +142,8 @@ class KeysFile:
             "mrenclave": self.mrenclave,
             "volumes": [volume.to_dict() for volume in self.volumes],
         }
+        if self.executable_sha256:
+            doc["executable_sha256"] = self.executable_sha256
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
     def write(self, path: str | os.PathLike) -> None:
@@ -161,7 +166,11 @@ class KeysFile:
             volumes = tuple(VolumeKeys.from_dict(v) for v in doc["volumes"])
             if len({v.path for v in volumes}) != len(volumes) or not isinstance(doc["mrenclave"], str):
                 raise ValueError("duplicate volume")
-            return cls(volumes=volumes, mrenclave=doc["mrenclave"], session_name=doc["session"])
+            executable_sha256 = doc.get("executable_sha256", "")
+            if not isinstance(executable_sha256, str):
+                raise ValueError("executable_sha256")
+            return cls(volumes=volumes, mrenclave=doc["mrenclave"], session_name=doc["session"],
+                       executable_sha256=executable_sha256)
         except OSError as exc:
             raise UsageError(f"cannot read keys file {path}: {exc.strerror}") from None
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -86,6 +86,17 @@ class VolumeFigures:
 
 
 @dataclass
+class RuntimeFigures:
+    """The runtime layer of a ``--runtime sim`` conversion (docs/runtime.md): not measured (it
+    runs outside the enclave), so recorded here for the auditor to check byte for byte."""
+
+    mode: str  # "sim"
+    layer: str  # diff_id of the runtime layer
+    entrypoint: list[str]  # the output's ENTRYPOINT: the launcher, then the input's ENTRYPOINT
+    files: dict[str, str]  # image path -> SHA-256 (launcher, shield, runtime config)
+
+
+@dataclass
 class Manifest:
     input: ImageFigures
     output: ImageFigures
@@ -97,6 +108,7 @@ class Manifest:
     volumes: list[VolumeFigures]  # sorted by path
     regions: list[dict]  # {"path", "kind", "protection"} of the regions that are not volumes
     tool_version: str
+    runtime: RuntimeFigures | None = None  # None: --runtime none
     schema: str = MANIFEST_SCHEMA
     extra: dict = field(default_factory=dict)
 
@@ -141,7 +153,7 @@ class Manifest:
         data_layer = output.pop("data_layer")
         code_layer = output.pop("code_layer")
         known = {"schema", "input", "output", "executable", "embedfs", "measurement", "volumes", "regions",
-                 "tool"}
+                 "tool", "runtime"}
         return cls(
             input=ImageFigures(**doc["input"]),
             output=ImageFigures(**output),
@@ -153,6 +165,7 @@ class Manifest:
             volumes=[VolumeFigures(**volume) for volume in doc["volumes"]],
             regions=[dict(region) for region in doc["regions"]],
             tool_version=doc["tool"]["version"],
+            runtime=RuntimeFigures(**doc["runtime"]) if doc.get("runtime") is not None else None,
             extra={k: v for k, v in doc.items() if k not in known},
         )
 

@@ -39,6 +39,7 @@ from sconify.image.transports import read_image, write_image
 from sconify.keys import KeysFile, VolumeKeys, random_source
 from sconify.libraries import candidate_libraries, library_closure
 from sconify.manifest import (
+    RuntimeFigures,
     LABEL_PREFIX,
     EmbedfsFigures,
     ExecutableFigures,
@@ -48,6 +49,7 @@ from sconify.manifest import (
 )
 from sconify.newlayers import TarEntry, source_date_epoch, whiteout_for, write_layer_tar
 from sconify.recipe import Placeholders, builtin_recipes, load_recipe
+from sconify.runtime import LAUNCHER_PATH, build_runtime, check_runtime_mode, runtime_config, runtime_layer, wrap_entrypoint
 from sconify.select import (
     DEFAULT_PATH,
     Executable,
@@ -97,6 +99,7 @@ class ConvertOptions:
     max_expansion: int | None = None
     max_entries: int | None = None  # RootFSLimits.max_entries
     force: bool = False  # overwrite an existing keys file
+    runtime: str = "sim"  # "sim": the runtime layer and ENTRYPOINT (docs/runtime.md); "none": neither
 
 
 class Reporter(Protocol):
@@ -205,6 +208,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
         if options.dry_run:
             return result
         random = random_source(options.deterministic_keys_from, key_context(image, plan))
+        with phase(reporter, timings, "runtime"):
+            runtime = build_runtime() if options.runtime == "sim" else None  # built once, then cached
         with tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool, \
                 contextlib.ExitStack() as later:
             wanted = files_to_read(fs, plan)
@@ -245,14 +250,21 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             with phase(reporter, timings, "write layers"):
                 code_layer = build_code_layer(fs, plan.executable, sconified_exe, injected, removed, work,
                                               options, direct=linked)
+                added = [code_layer, data_layer]
+                if runtime is not None:
+                    config = runtime_config(plan.executable.path, executable.sconified_sha256,
+                                            measurement.parameters, measurement.mrenclave, volumes,
+                                            [r["path"] for r in plan.regions if r["kind"] == "ephemeral"])
+                    layer, runtime_files = runtime_layer(runtime, config, work, layer_compression(options),
+                                                         direct=linked)
+                    added.append(layer)
             with phase(reporter, timings, "write image"):
                 reused = image if prefetch is None else replace(image, layers=prefetch.layers(image.layers))
                 appended = append_layers(
-                    reused, [code_layer, data_layer], history=history_entries(image, plan, len(embedded))
+                    reused, added, history=history_entries(image, plan, len(embedded))[:len(added)]
                 )
-                output = with_config(
-                    appended, new_config(appended.config, image, options, plan, measurement, packed.root_hash)
-                )
+                config = new_config(appended.config, image, options, plan, measurement, packed.root_hash)
+                output = with_config(appended, wrap_entrypoint(config) if runtime is not None else config)
                 written = write_image(output, options.destination, compression=options.compression)
             with phase(reporter, timings, "write manifest"):
                 manifest = Manifest(
@@ -266,6 +278,9 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                     volumes=[volume.figures() for volume in volumes],
                     regions=[region for region in plan.regions if not is_volume(region)],
                     tool_version=__version__,
+                    runtime=None if runtime is None else RuntimeFigures(
+                        mode=options.runtime, layer=added[2].diff_id,
+                        entrypoint=output.config["config"]["Entrypoint"], files=runtime_files),
                 )
                 keys = KeysFile(
                     volumes=tuple(
@@ -273,6 +288,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                     ),
                     mrenclave=measurement.mrenclave,
                     session_name=session_name(options),
+                    executable_sha256=executable.sconified_sha256,
                 )
                 keys.write(options.keys_out)
                 manifest.write(options.manifest_out)
@@ -346,6 +362,7 @@ def check_options(options: ConvertOptions) -> None:
     if options.session_name is not None:
         check_session_name(options.session_name)
     check_measurement_parameters(options)
+    check_runtime_mode(options.runtime)
     if not options.dry_run:
         check_output_paths(options)
 
@@ -807,6 +824,12 @@ def history_entries(image: Image, plan: Plan, embedded: int) -> list[dict]:
             "created_by": f"sconify-image {__version__}: protected data and the fspf of each volume "
                           f"({', '.join(volume['path'] for volume in plan.volumes) or 'none'})",
             "comment": "sconify data layer",
+        },
+        {
+            "created": created,
+            "created_by": f"sconify-image {__version__}: the runtime (simulation mode) that serves the embedfs "
+                          f"and the volumes; ENTRYPOINT {LAUNCHER_PATH}",
+            "comment": "sconify runtime layer",
         },
     ]
 

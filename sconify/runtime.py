@@ -23,7 +23,10 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from sconify.errors import EnvironmentProblem
+from sconify.errors import EnvironmentProblem, UsageError
+from sconify.image.layerwriter import LayerWriter
+from sconify.image.model import Layer
+from sconify.newlayers import TarEntry, source_date_epoch, write_layer_tar
 
 RUNTIME_DIR = "/.sconify"
 LAUNCHER_PATH = f"{RUNTIME_DIR}/bin/sconify-run"
@@ -145,16 +148,25 @@ def build_runtime() -> RuntimeBuild:
     return build
 
 
-def runtime_config(executable: str, parameters: dict, mrenclave: str, volumes: list[dict],
-                   ephemeral: list[str]) -> bytes:
-    """The launcher's config (not secret: everything in it is checked or public)."""
+def check_runtime_mode(mode: str) -> str:
+    if mode not in RUNTIME_MODES:
+        raise UsageError(f"--runtime {mode!r} is not a runtime; use --runtime sim (the default: the image runs "
+                         "with docker run) or --runtime none (no runtime layer, for a hardware runtime)")
+    return mode
+
+
+def runtime_config(executable: str, executable_sha256: str, parameters: dict, mrenclave: str,
+                   volumes: list, ephemeral: list[str]) -> bytes:
+    """The launcher's config (not secret: everything in it is checked or public). ``volumes``:
+    the sealed volumes (``.path``, ``.fspf_path``, ``.protection``)."""
     doc = {
         "schema": CONFIG_SCHEMA,
         "executable": "/" + executable.lstrip("/"),
+        "executable_sha256": executable_sha256,
         "measurement": {key: parameters[key] for key in ("heap_size", "stack_size", "threads", "ssa_frame_size")},
         "mrenclave": mrenclave,
         "volumes": [
-            {"path": v["path"], "fspf_path": v["fspf_path"], "protection": v["protection"]} for v in volumes
+            {"path": v.path, "fspf_path": v.fspf_path, "protection": v.protection} for v in volumes
         ],
         "ephemeral": sorted(ephemeral),
     }
@@ -168,3 +180,19 @@ def wrap_entrypoint(config: dict) -> dict:
     if entrypoint[:1] != [LAUNCHER_PATH]:
         inner["Entrypoint"] = [LAUNCHER_PATH, "--", *entrypoint]
     return {**config, "config": inner}
+
+
+def runtime_layer(build: RuntimeBuild, config: bytes, work: str, compression: str, direct: bool = False
+                  ) -> tuple[Layer, dict[str, str]]:
+    """The runtime layer (``/.sconify``: launcher, shield, config), and each file's SHA-256."""
+    epoch = source_date_epoch()
+    files = [(LAUNCHER_PATH, build.launcher.read_bytes(), 0o755), (SHIELD_PATH, build.shield.read_bytes(), 0o644),
+             (CONFIG_PATH, config, 0o644)]
+    entries = [TarEntry(path=d.lstrip("/"), kind="dir", mode=0o755, mtime=epoch)
+               for d in (RUNTIME_DIR, f"{RUNTIME_DIR}/bin", f"{RUNTIME_DIR}/lib")]
+    for path, data, mode in sorted(files):
+        entries.append(TarEntry(path=path.lstrip("/"), kind="file", mode=mode, size=len(data), mtime=epoch,
+                                write=lambda sink, data=data: sink.write(data)))
+    with LayerWriter(compression, directory=work, source="runtime layer", direct=direct) as writer:
+        write_layer_tar(sorted(entries, key=lambda e: e.path), writer.stream)
+    return writer.layer, {path: hashlib.sha256(data).hexdigest() for path, data, _ in sorted(files)}

@@ -35,9 +35,10 @@ from sconify.hashing import sha256_file
 from sconify.image import layers as L
 from sconify.image.layerread import short_gil_switches
 from sconify.image.model import Image, Layer, copy_range
-from sconify.image.rootfs import RootFS
+from sconify.image.rootfs import PathNotFound, RootFS
 from sconify.image.transports import read_image
 from sconify.manifest import LABEL_PREFIX, Manifest, VolumeFigures
+from sconify.runtime import CONFIG_PATH as RUNTIME_CONFIG_PATH
 from sconify.select import absolute, is_regular, iter_tree, region_of, rel, try_resolve
 
 if TYPE_CHECKING:  # signatures and keys are optional: their crypto loads when they are used
@@ -149,7 +150,8 @@ def verify_image(
     base = len(manifest.input.diff_ids)
     # With keys, the shield must see every file of the merged view under a protected region
     # (plaintext left in a lower layer would otherwise go unnoticed): index all layers.
-    added_layers_only = keys is None and len(image.layers) == len(manifest.output.diff_ids) == base + 2
+    added = 3 if manifest.runtime is not None else 2  # code, data (and runtime) layers
+    added_layers_only = keys is None and len(image.layers) == len(manifest.output.diff_ids) == base + added
     with short_gil_switches(), \
             concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sconify-verify") as pool:
         if added_layers_only:
@@ -235,9 +237,56 @@ def check_contents(
         if whiteouts_needed:  # the view holds just the layers sconify added
             check_added_layers(here, fs, manifest)
         check_volumes(here, fs, manifest, keys)
+        if manifest.runtime is not None:
+            check_runtime(here, fs, manifest)
         for future in executable_checks:
             report.checks += future.result()
         report.checks += here.checks
+
+
+def runtime_paths(manifest: Manifest) -> set[str]:
+    """The runtime layer's files (relative paths), if the conversion added one."""
+    return {rel(path) for path in manifest.runtime.files} if manifest.runtime is not None else set()
+
+
+def check_runtime(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
+    """The runtime layer: each file byte for byte as recorded, and a runtime config that names
+    the measured executable, the measurement and the volumes the manifest records (the launcher
+    checks the measurement against the keys, so a wrong config only stops the service)."""
+    runtime = manifest.runtime
+    problems = []
+    for path, digest in sorted(runtime.files.items()):
+        entry = fs.entries.get(rel(path))
+        if entry is None or not is_regular(entry):
+            problems.append(f"{path} missing")
+        elif hashlib.sha256(fs.read(rel(path))).hexdigest() != digest:
+            problems.append(f"{path} differs from the recorded SHA-256")
+    report.add("runtime files", not problems,
+               f"{len(runtime.files)} files as recorded" if not problems else summarise(problems))
+    try:
+        config = json.loads(fs.read(rel(RUNTIME_CONFIG_PATH)))
+        expected = {
+            "executable": manifest.executable.path,
+            "executable_sha256": manifest.executable.sconified_sha256,
+            "mrenclave": manifest.measurement.mrenclave,
+            "heap_size": manifest.measurement.heap_size,
+            "stack_size": manifest.measurement.stack_size,
+            "threads": manifest.measurement.threads,
+            "volumes": [[v.path, v.fspf_path, v.protection] for v in manifest.volumes],
+        }
+        found = {
+            "executable": config["executable"],
+            "executable_sha256": config["executable_sha256"],
+            "mrenclave": config["mrenclave"],
+            **{key: config["measurement"][key] for key in ("heap_size", "stack_size", "threads")},
+            "volumes": [[v["path"], v["fspf_path"], v["protection"]] for v in config["volumes"]],
+        }
+        wrong = [key for key in expected if expected[key] != found[key]]
+        report.add("runtime config", not wrong,
+                   "names the measured executable, its measurement and volumes" if not wrong
+                   else f"{RUNTIME_CONFIG_PATH}: {', '.join(wrong)} differ from the manifest")
+    except (PathNotFound, KeyError, TypeError, ValueError) as exc:
+        report.add("runtime config", False, f"{RUNTIME_CONFIG_PATH} is missing or malformed ({exc})")
 
 
 # Transports that store every compression as it is: an image copied between them keeps its
@@ -418,11 +467,11 @@ def check_removed(report: VerifyReport, fs: RootFS, manifest: Manifest, *, white
 
 
 def check_added_layers(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
-    """The two layers sconify added hold the executable, each volume's fspf, the ciphertexts
-    and the whiteouts of the embedded files: nothing else."""
+    """The layers sconify added hold the executable, each volume's fspf, the ciphertexts, the
+    whiteouts of the embedded files and the runtime's files: nothing else."""
     expected = {rel(manifest.executable.path)} | {rel(volume.fspf_path) for volume in manifest.volumes} | {
         rel(path) for volume in manifest.volumes if volume.protection == "encrypted" for path in volume.files
-    }
+    } | runtime_paths(manifest)
     problems = [
         f"{absolute(p)} added"
         for p, entry in sorted(fs.entries.items())
@@ -547,7 +596,8 @@ def protected_paths(fs: RootFS, manifest: Manifest) -> dict[str, list[str]]:
     executable (it is measured) are outside the shields by construction."""
     regions = manifest.all_regions()
     roots = [rel(volume.path) for volume in manifest.volumes]
-    unshielded = {rel(volume.fspf_path) for volume in manifest.volumes} | {rel(manifest.executable.path)}
+    unshielded = {rel(volume.fspf_path) for volume in manifest.volumes} | {rel(manifest.executable.path)} | \
+        runtime_paths(manifest)
     if "" in roots:
         candidates = (path for path, entry in fs.entries.items() if is_regular(entry))
     else:

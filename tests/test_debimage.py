@@ -228,11 +228,16 @@ def test_dockerfile_builds_an_image_that_converts_a_mounted_oci_archive(docker_c
     from sconify.image.transports import read_image, write_image
     from sconify.keys import KeysFile
     from sconify.manifest import Manifest
+    from sconify.runtime import build_runtime
     from sconify.verify import verify_image
 
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(REPO_ROOT), "-w", str(tmp_path / "wheels")], check=True)
     for name in ("Dockerfile", ".dockerignore"):
         shutil.copy(REPO_ROOT / name, tmp_path / name)
+    runtime = build_runtime()  # what `make -C runtime` leaves in runtime/build
+    for built, sub in ((runtime.launcher, "bin"), (runtime.shield, "lib")):
+        (tmp_path / "runtime" / "build" / sub).mkdir(parents=True)
+        shutil.copy2(built, tmp_path / "runtime" / "build" / sub / built.name)
     base = debimage.build_image("tool-base")
     write_image(read_image(f"oci:{base}:latest"), "docker-daemon:sconify-test-tool-base:latest")
     try:

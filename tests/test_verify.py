@@ -221,7 +221,8 @@ def test_heap_size_changed_in_the_manifest_is_caught(python_out, tmp_path):
     code, report = verify(python_out.ref, tampered)
     assert code == 1
     problems = failed(report)
-    assert {"MRENCLAVE"} <= set(problems) <= {"MRENCLAVE", "enclave size"}
+    # The runtime config in the image records the heap the executable was measured with.
+    assert {"MRENCLAVE"} <= set(problems) <= {"MRENCLAVE", "enclave size", "runtime config"}
     assert f"heap {doc['measurement']['heap_size']}" in problems["MRENCLAVE"]
 
 
@@ -310,9 +311,11 @@ def test_keys_file_of_schema_v1_is_refused_with_one_line(python_out, tmp_path):
 def test_swapped_layer_is_named(python_image, python_out, tmp_path):
     other = convert(f"oci:{python_image}:latest", tmp_path / "other")
     mine, theirs = read_image(python_out.ref), read_image(other.ref)
+    data = mine.diff_ids.index(Manifest.read(python_out.manifest_path).data_layer)  # the runtime layer is above it
     config = mine.config
-    config["rootfs"]["diff_ids"][-1] = theirs.layers[-1].diff_id
-    swapped = make_image(canonical_json(config), mine.layers[:-1] + theirs.layers[-1:], "swapped")
+    config["rootfs"]["diff_ids"][data] = theirs.layers[data].diff_id
+    layers = mine.layers[:data] + theirs.layers[data:data + 1] + mine.layers[data + 1:]
+    swapped = make_image(canonical_json(config), layers, "swapped")
     ref = f"oci:{tmp_path / 'swapped'}:s"
     write_image(swapped, ref)
     code, report = verify(ref, python_out.manifest_path)

@@ -100,7 +100,8 @@ def test_each_volume_has_its_own_fspf_key_and_tag(three, python_image):
 
 def test_keys_file_v2(three):
     doc = json.loads((three.tmp / "keys.json").read_text())
-    assert set(doc) == {"schema", "session", "mrenclave", "volumes"}
+    assert set(doc) == {"schema", "session", "mrenclave", "executable_sha256", "volumes"}
+    assert doc["executable_sha256"] == three.manifest.executable.sconified_sha256
     assert doc["schema"] == "sconify.keys/v2" and doc["mrenclave"] == three.manifest.measurement.mrenclave
     assert [v["path"] for v in doc["volumes"]] == ["/app/data", "/etc/sconify-demo", "/usr/share/doc"]
     for entry in doc["volumes"]:
@@ -142,7 +143,8 @@ def test_image_config_names_the_volumes_and_no_single_fspf(three):
 
 def test_data_layer_holds_each_fspf_after_its_files(three):
     image = read_image(three.ref)
-    with image.layers[-1].open_tar() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+    data = image.layers[image.diff_ids.index(three.manifest.data_layer)]
+    with data.open_tar() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
         names = ["/" + info.name for info in tar]
     expected = [
         name

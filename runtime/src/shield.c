@@ -209,8 +209,20 @@ struct target {
     char path[PATH_MAX];                /* absolute, normalised, embedded symlinks resolved */
 };
 
+/* Mounted at run time, never part of the image: not in a '/' volume (--authenticate-root). */
+static int run_time_mount(const char *path)
+{
+    static const char *const mounts[] = {"/proc", "/dev", "/sys", "/run", "/.sconify"};
+    for (size_t i = 0; i < sizeof mounts / sizeof mounts[0]; i++) {
+        size_t n = strlen(mounts[i]);
+        if (strncmp(path, mounts[i], n) == 0 && (path[n] == '/' || path[n] == '\0')) return 1;
+    }
+    return 0;
+}
+
 static struct svol *volume_of(const char *path)
 {
+    if (run_time_mount(path)) return NULL;
     struct svol *best = NULL;
     for (size_t i = 0; i < S.nvols; i++) {
         struct svol *v = &S.vols[i];
@@ -1208,7 +1220,9 @@ EXPORT void *dlopen(const char *path, int flags)
     char proc[64];
     snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
     void *handle = RESOLVE(dlopen)(proc, flags);
-    RESOLVE(close)(fd);
+    /* The memfd stays open: ld.so knows a loaded object by the name it was opened with, and a
+     * closed fd's number (so its /proc path) would come back for the next embedded library. */
+    if (!handle) RESOLVE(close)(fd);
     return handle;
 }
 

@@ -92,6 +92,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     code.add_argument(
         "--keep-embedded", action="store_true", help="keep embedded files in the image's filesystem too"
     )
+    code.add_argument(
+        "--runtime",
+        choices=("sim", "none"),
+        default="sim",
+        help="sim (default): add the simulation-mode runtime as the ENTRYPOINT, so the image runs with "
+        "docker run (docs/runtime.md); none: no runtime layer, the ENTRYPOINT stays (a hardware runtime)",
+    )
     data = parser.add_argument_group("data (fspf regions)")
     data.add_argument(
         "--dir",

@@ -1,0 +1,305 @@
+"""Converted images run with plain `docker run` (simulation mode), under a real Docker engine.
+
+The Python and Node demo images are converted with ``--dir /app/data`` straight into the
+engine; the keys directory is mounted where the runtime looks for it
+(``/run/secrets/sconify``). The originals are the oracle for output and exit codes; the
+volume's bytes on the host are the oracle for "only ciphertext on disk".
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from sconify.image.rootfs import RootFS
+from sconify.image.transports import read_image, write_image
+
+pytestmark = [pytest.mark.docker, pytest.mark.slow]
+
+SECRETS = "/run/secrets/sconify"
+WRITER = (
+    "import os, sys\n"
+    "p = '/app/data/count.txt'\n"
+    "n = int(open(p).read()) if os.path.exists(p) else 0\n"
+    "with open(p, 'w') as f:\n"
+    "    f.write(str(n + 1))\n"
+    "print(n + 1)\n"
+)
+
+
+@dataclass
+class Converted:
+    original: str  # docker tag of the input image
+    tag: str  # docker tag of the converted image
+    out: Path  # manifest.json, session.yaml, keys.json
+    executable: str
+
+
+def convert_into_engine(source: str, tag: str, out: Path, *extra: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "sconify", "image", "--from", source, "--to", f"docker-daemon:{tag}",
+         "--out-dir", str(out), *extra],
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+
+
+def load_original(docker_client, layout: Path, tag: str, tmp: Path) -> None:
+    archive = tmp / "original.tar"
+    write_image(read_image(f"oci:{layout}:latest"), f"docker-archive:{archive}:{tag}")
+    with archive.open("rb") as handle:
+        docker_client.images.load(handle)
+
+
+def converted_image(kind: str, layout: Path, docker_client, tmp: Path) -> Converted:
+    name = f"sconify-rt-{kind}-{uuid.uuid4().hex[:8]}"
+    original, tag = f"{name}:original", f"{name}:conf"
+    load_original(docker_client, layout, original, tmp)
+    convert_into_engine(f"oci:{layout}:latest", tag, tmp / "out", "--dir", "/app/data")
+    manifest = json.loads((tmp / "out" / "manifest.json").read_text())
+    return Converted(original, tag, tmp / "out", manifest["executable"]["path"])
+
+
+@pytest.fixture(scope="module")
+def python_conv(python_image, docker_client, tmp_path_factory):
+    converted = converted_image("python", python_image, docker_client, tmp_path_factory.mktemp("rt-python"))
+    yield converted
+    for tag in (converted.original, converted.tag):
+        docker_client.images.remove(tag, force=True)
+
+
+@pytest.fixture(scope="module")
+def node_conv(node_image, docker_client, tmp_path_factory):
+    converted = converted_image("node", node_image, docker_client, tmp_path_factory.mktemp("rt-node"))
+    yield converted
+    for tag in (converted.original, converted.tag):
+        docker_client.images.remove(tag, force=True)
+
+
+def secrets_dir(conv: Converted, tmp: Path, mode: int = 0o600) -> Path:
+    """A copy of the conversion's keys directory for one test (the runtime records tags in it)."""
+    target = tmp / f"secrets-{uuid.uuid4().hex[:6]}"
+    target.mkdir()
+    shutil.copy(conv.out / "keys.json", target / "keys.json")
+    (target / "keys.json").chmod(mode)
+    target.chmod(0o755)
+    return target
+
+
+def run(docker_client, image: str, command=None, secrets: Path | None = None, volumes: dict | None = None,
+        **kwargs) -> tuple[int, str, str]:
+    mounts = dict(volumes or {})
+    if secrets is not None:
+        mounts[str(secrets)] = {"bind": SECRETS, "mode": kwargs.pop("secrets_mode", "rw")}
+    container = docker_client.containers.run(image, command, detach=True, network_disabled=True, volumes=mounts,
+                                             **kwargs)
+    try:
+        status = container.wait(timeout=120)["StatusCode"]
+        out = container.logs(stdout=True, stderr=False).decode()
+        err = container.logs(stdout=False, stderr=True).decode()
+    finally:
+        container.remove(force=True)
+    return status, out, err
+
+
+def volume_files(docker_client, name: str) -> dict[str, bytes]:
+    mountpoint = Path(docker_client.volumes.get(name).attrs["Mountpoint"])
+    return {str(p.relative_to(mountpoint)): p.read_bytes() for p in mountpoint.rglob("*") if p.is_file()}
+
+
+@pytest.fixture
+def volume(docker_client):
+    name = f"sconify-rt-{uuid.uuid4().hex[:8]}"
+    docker_client.volumes.create(name)
+    yield name
+    docker_client.volumes.get(name).remove(force=True)
+
+
+# --- same behaviour as the original ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_converted_demo_prints_what_the_original_prints(kind, request, docker_client, tmp_path):
+    conv = request.getfixturevalue(f"{kind}_conv")
+    status, expected, _ = run(docker_client, conv.original)
+    assert status == 0 and json.loads(expected)["rows"] > 0
+    status, out, err = run(docker_client, conv.tag, secrets=secrets_dir(conv, tmp_path))
+    assert status == 0, err
+    assert out == expected
+
+
+def test_config_keeps_the_original_command_behind_the_launcher(python_conv, docker_client):
+    original = docker_client.images.get(python_conv.original).attrs["Config"]
+    converted = docker_client.images.get(python_conv.tag).attrs["Config"]
+    assert converted["Entrypoint"] == ["/.sconify/bin/sconify-run", "--"]
+    assert converted["Cmd"] == original["Cmd"] and converted["WorkingDir"] == original["WorkingDir"]
+    assert not any("KEY" in item for item in converted.get("Env") or [])
+
+
+def test_cmd_override_exit_code_and_arguments(python_conv, docker_client, tmp_path):
+    status, out, _ = run(docker_client, python_conv.tag,
+                         ["python3", "-c", "import sys; print(sys.argv[1:]); sys.exit(3)", "a b", "c"],
+                         secrets=secrets_dir(python_conv, tmp_path))
+    assert status == 3 and out.strip() == "['a b', 'c']"
+
+
+def test_a_command_that_is_not_the_measured_executable_sees_ciphertext(python_conv, docker_client, tmp_path):
+    # perl (in Debian's python3 closure) is not the measured executable: no keys, no shield.
+    script = ('opendir(my $d, "/app/data"); print join(",", sort grep { !/^\\./ } readdir($d)), "\\n"; '
+              'open(my $f, "<", "/app/data/config.json"); local $/; print unpack("H*", <$f>), "\\n";')
+    status, out, err = run(docker_client, python_conv.tag, ["perl", "-e", script],
+                           secrets=secrets_dir(python_conv, tmp_path))
+    assert status == 0, err
+    names, stored = out.split()
+    assert names == "blob.bin,config.json,notes,readings-latest.csv,readings.csv"
+    assert b'"app"' not in bytes.fromhex(stored) and len(bytes.fromhex(stored)) > 16
+
+
+def test_docker_stop_reaches_the_service(python_conv, docker_client, tmp_path):
+    code = ("import signal, sys, time\n"
+            "signal.signal(signal.SIGTERM, lambda *a: (print('got SIGTERM', flush=True), sys.exit(0)))\n"
+            "print('ready', flush=True)\ntime.sleep(120)\n")
+    secrets = secrets_dir(python_conv, tmp_path)
+    container = docker_client.containers.run(python_conv.tag, ["python3", "-c", code], detach=True,
+                                             network_disabled=True,
+                                             volumes={str(secrets): {"bind": SECRETS, "mode": "rw"}})
+    try:
+        deadline = time.monotonic() + 60
+        while b"ready" not in container.logs() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        started = time.monotonic()
+        container.stop(timeout=20)
+        assert time.monotonic() - started < 10
+        assert container.wait()["StatusCode"] == 0
+        assert b"got SIGTERM" in container.logs()
+    finally:
+        container.remove(force=True)
+
+
+def test_hardened_run_read_only_non_root_keys_read_only(python_conv, docker_client, tmp_path):
+    status, expected, _ = run(docker_client, python_conv.original)
+    status, out, err = run(docker_client, python_conv.tag, secrets=secrets_dir(python_conv, tmp_path, mode=0o644),
+                           secrets_mode="ro", read_only=True, user="1000:1000")
+    assert status == 0, err
+    assert out == expected
+
+
+# --- attestation, simulated --------------------------------------------------------------------
+
+
+def test_missing_keys_are_refused(python_conv, docker_client):
+    status, out, err = run(docker_client, python_conv.tag)
+    assert status == 2 and out == ""
+    assert err.startswith("sconify-run: no keys file at /run/secrets/sconify/keys.json")
+
+
+def test_keys_of_another_image_are_refused(python_conv, docker_client, tmp_path):
+    secrets = secrets_dir(python_conv, tmp_path)
+    doc = json.loads((secrets / "keys.json").read_text())
+    doc["mrenclave"] = "0" * 64
+    (secrets / "keys.json").write_text(json.dumps(doc))
+    status, out, err = run(docker_client, python_conv.tag, secrets=secrets)
+    assert status == 2 and out == "" and "MRENCLAVE mismatch" in err
+
+
+def test_tampered_executable_is_refused(python_conv, docker_client, tmp_path):
+    fs = RootFS.from_image(read_image(f"docker-daemon:{python_conv.tag}"))
+    exe = bytearray(fs.read(python_conv.executable.lstrip("/")))
+    exe[-5000] ^= 1  # inside the embedfs segment at the end of the file
+    tampered = tmp_path / "python3.11"
+    tampered.write_bytes(bytes(exe))
+    tampered.chmod(0o755)
+    status, out, err = run(docker_client, python_conv.tag, secrets=secrets_dir(python_conv, tmp_path),
+                           volumes={str(tampered): {"bind": python_conv.executable, "mode": "ro"}})
+    assert status == 2 and out == "" and "MRENCLAVE mismatch" in err
+
+
+# --- volumes: persistence, ciphertext only, freshness ----------------------------------------------
+
+
+def test_writer_count_persists_across_three_containers_and_the_volume_holds_no_plaintext(
+        python_conv, docker_client, volume, tmp_path):
+    secrets = secrets_dir(python_conv, tmp_path)
+    mounts = {volume: {"bind": "/app/data", "mode": "rw"}}
+    counts = []
+    for _ in range(3):
+        status, out, err = run(docker_client, python_conv.tag, ["python3", "-c", WRITER], secrets=secrets,
+                               volumes=mounts)
+        assert status == 0, err
+        counts.append(out.strip())
+    assert counts == ["1", "2", "3"]
+    stored = volume_files(docker_client, volume)
+    assert ".sconify.fspf" in stored and "count.txt" in stored
+    assert stored["count.txt"] != b"3" and len(stored["count.txt"]) == 1 + 16
+    for name, data in stored.items():
+        assert b"celsius" not in data, name  # the demo's readings.csv and config.json, in plaintext
+
+
+def test_ciphertext_only_while_running_and_after_docker_kill(python_conv, docker_client, volume, tmp_path):
+    secrets = secrets_dir(python_conv, tmp_path)
+    marker = "PLAINTEXT-MARKER-" + uuid.uuid4().hex
+    code = ("import os, time\n"
+            f"f = open('/app/data/secret.txt', 'w'); f.write('{marker}'); f.flush(); os.fsync(f.fileno())\n"
+            "print('written', flush=True)\n"
+            f"g = open('/app/data/unsynced.txt', 'w'); g.write('{marker}')\n"
+            "time.sleep(120)\n")
+    container = docker_client.containers.run(python_conv.tag, ["python3", "-c", code], detach=True,
+                                             network_disabled=True,
+                                             volumes={str(secrets): {"bind": SECRETS, "mode": "rw"},
+                                                      volume: {"bind": "/app/data", "mode": "rw"}})
+    try:
+        deadline = time.monotonic() + 60
+        while b"written" not in container.logs() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert b"written" in container.logs()
+        for name, data in volume_files(docker_client, volume).items():
+            assert marker.encode() not in data, name  # while the service runs
+        container.kill()
+        container.wait()
+    finally:
+        container.remove(force=True)
+    for name, data in volume_files(docker_client, volume).items():
+        assert marker.encode() not in data, name  # after the crash
+    status, out, err = run(docker_client, python_conv.tag,
+                           ["python3", "-c", "print(open('/app/data/secret.txt').read())"], secrets=secrets,
+                           volumes={volume: {"bind": "/app/data", "mode": "rw"}})
+    assert status == 0, err
+    assert out.strip() == marker  # fsynced before the kill: survived
+
+
+def test_restored_older_copy_of_the_volume_is_refused(python_conv, docker_client, volume, tmp_path):
+    secrets = secrets_dir(python_conv, tmp_path)
+    mounts = {volume: {"bind": "/app/data", "mode": "rw"}}
+    assert run(docker_client, python_conv.tag, ["python3", "-c", WRITER], secrets=secrets, volumes=mounts)[0] == 0
+    mountpoint = Path(docker_client.volumes.get(volume).attrs["Mountpoint"])
+    backup = tmp_path / "backup"
+    shutil.copytree(mountpoint, backup)
+    assert run(docker_client, python_conv.tag, ["python3", "-c", WRITER], secrets=secrets, volumes=mounts)[1].strip() == "2"
+    shutil.rmtree(mountpoint)
+    shutil.copytree(backup, mountpoint)
+    status, out, err = run(docker_client, python_conv.tag, ["python3", "-c", WRITER], secrets=secrets, volumes=mounts)
+    assert status == 2 and out == ""
+    assert "volume /app/data" in err and "rollback" in err
+
+
+def test_read_only_keys_refuse_writes_without_losing_data(python_conv, docker_client, volume, tmp_path):
+    secrets = secrets_dir(python_conv, tmp_path, mode=0o644)
+    mounts = {volume: {"bind": "/app/data", "mode": "rw"}}
+    run(docker_client, python_conv.tag, ["python3", "-c", "print(1)"], secrets=secrets, volumes=mounts)
+    before = volume_files(docker_client, volume)
+    code = ("import errno\ntry:\n    f = open('/app/data/config.json', 'w'); f.write('{}'); f.close()\n"
+            "except OSError as e:\n    print(errno.errorcode[e.errno])\n")
+    status, out, err = run(docker_client, python_conv.tag, ["python3", "-c", code], secrets=secrets,
+                           secrets_mode="ro", volumes=mounts)
+    assert status == 0 and out.strip() in ("EROFS", "EIO"), err
+    assert "keys file" in err and "read-write" in err
+    assert volume_files(docker_client, volume) == before
