@@ -70,19 +70,30 @@ def converted_image(kind: str, layout: Path, docker_client, tmp: Path) -> Conver
 
 
 @pytest.fixture(scope="module")
-def python_conv(python_image, docker_client, tmp_path_factory):
-    converted = converted_image("python", python_image, docker_client, tmp_path_factory.mktemp("rt-python"))
-    yield converted
-    for tag in (converted.original, converted.tag):
-        docker_client.images.remove(tag, force=True)
+def conversions(python_image, node_image, docker_client, tmp_path_factory):
+    """kind -> its Converted, made on first use and removed from the engine at the end."""
+    made: dict[str, Converted] = {}
+
+    def get(kind: str) -> Converted:
+        if kind not in made:
+            layout = {"python": python_image, "node": node_image}[kind]
+            made[kind] = converted_image(kind, layout, docker_client, tmp_path_factory.mktemp(f"rt-{kind}"))
+        return made[kind]
+
+    yield get
+    for converted in made.values():
+        for tag in (converted.original, converted.tag):
+            docker_client.images.remove(tag, force=True)
 
 
 @pytest.fixture(scope="module")
-def node_conv(node_image, docker_client, tmp_path_factory):
-    converted = converted_image("node", node_image, docker_client, tmp_path_factory.mktemp("rt-node"))
-    yield converted
-    for tag in (converted.original, converted.tag):
-        docker_client.images.remove(tag, force=True)
+def python_conv(conversions) -> Converted:
+    return conversions("python")
+
+
+@pytest.fixture(scope="module")
+def node_conv(conversions) -> Converted:
+    return conversions("node")
 
 
 def secrets_dir(conv: Converted, tmp: Path, mode: int = 0o600) -> Path:

@@ -123,7 +123,7 @@ int keys_load(const char *path, struct rt_keys *keys, struct rt_error *err)
         int e = errno;
         if (e == ENOENT)
             return rt_fail(err, "no keys file at %s; mount the directory holding the keys.json written by "
-                                "sconify-image at /run/secrets/sconify (docker run -v DIR:/run/secrets/sconify:ro) "
+                                "sconify-image at /run/secrets/sconify (docker run -v DIR:/run/secrets/sconify) "
                                 "or set SCONIFY_KEYS", path);
         return rt_fail(err, "cannot read the keys file %s (%s); make it readable by the container's user", path,
                        strerror(e));
