@@ -23,6 +23,8 @@ from embedfs.elf import InjectResult, inject_with
 from embedfs.measure import measure_elf
 from sconify import __version__
 from sconify.atomic import existing_ancestor
+from sconify import codepaths
+from sconify.codepaths import CodeRoots, Service, code_roots, find_service, native_code, suspicious_code_dirs
 from sconify.elfworker import ElfWorker
 from sconify.errors import UsageError
 from sconify.hashing import sha256_file
@@ -48,7 +50,7 @@ from sconify.manifest import (
     MeasurementFigures,
 )
 from sconify.newlayers import TarEntry, source_date_epoch, whiteout_for, write_layer_tar
-from sconify.recipe import Placeholders, builtin_recipes, load_recipe
+from sconify.recipe import Placeholders, builtin_recipes, has_extension, load_recipe
 from sconify.runtime import LAUNCHER_PATH, build_runtime, check_runtime_mode, runtime_config, runtime_layer, wrap_entrypoint
 from sconify.select import (
     DEFAULT_PATH,
@@ -57,8 +59,8 @@ from sconify.select import (
     app_dir,
     command_of,
     env_of,
-    find_executable,
     interpreter_version,
+    recipe_for,
     region_of,
     rel,
     select_code,
@@ -99,6 +101,7 @@ class ConvertOptions:
     max_expansion: int | None = None
     max_entries: int | None = None  # RootFSLimits.max_entries
     force: bool = False  # overwrite an existing keys file
+    strict: bool = False  # fail instead of warning when code may be missed (Plan.warnings)
     runtime: str = "sim"  # "sim": the runtime layer and ENTRYPOINT (docs/runtime.md); "none": neither
 
 
@@ -132,6 +135,9 @@ class Plan:
     code_files: list[str]
     regions: list[dict]  # {"path", "kind", "protection"}, sorted by path
     data_files: dict[str, list[str]]  # volume path -> files (relative) to protect
+    service: Service | None = None  # how ENTRYPOINT/CMD reaches the executable (sconify.codepaths)
+    roots: CodeRoots | None = None  # where its interpreter loads code from, and why
+    warnings: list[str] = field(default_factory=list)  # code the measurement may miss
 
     def region(self, path: str) -> dict:
         """The region whose path is ``path``."""
@@ -224,7 +230,11 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 elf.validate(str(original_exe), absolute(plan.executable.path))
                 packed, injected = pack_into(sconified_exe, original_exe,
                                              [archive_entry(fs, spool, extents, p) for p in embedded])
-                removed = [] if options.keep_embedded else list(plan.code_files)
+                # Shared objects stay in place too (as the libraries do): a C extension or addon
+                # finds its vendored libraries through RUNPATH $ORIGIN, its real directory; the
+                # runtime loads it from there after checking it against the measured copy.
+                kept = set(native_code(plan.code_files)) | set(plan_scripts(plan))  # execve and sh read scripts
+                removed = [] if options.keep_embedded else [p for p in plan.code_files if p not in kept]
                 executable = executable_figures(plan, original_exe, sconified_exe)
                 embedfs = embedfs_figures(packed, removed)
                 embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
@@ -254,7 +264,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 if runtime is not None:
                     config = runtime_config(plan.executable.path, executable.sconified_sha256,
                                             measurement.parameters, measurement.mrenclave, volumes,
-                                            [r["path"] for r in plan.regions if r["kind"] == "ephemeral"])
+                                            [r["path"] for r in plan.regions if r["kind"] == "ephemeral"],
+                                            [absolute(p) for p in plan_scripts(plan)])
                     layer, runtime_files = runtime_layer(runtime, config, work, layer_compression(options),
                                                          direct=linked)
                     added.append(layer)
@@ -418,18 +429,35 @@ def rootfs_limits(options: ConvertOptions) -> RootFSLimits:
 
 def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
     config = image.config
-    executable = find_executable(fs, config, binary=options.binary, recipe_spec=options.recipe)
+    # The service as the container runs it (shell forms, entrypoint scripts, console scripts and
+    # venvs followed to the ELF), and where its interpreter loads code from (sconify.codepaths).
+    service = find_service(fs, config, binary=options.binary)
+    executable = Executable(path=rel(service.executable), requested=service.requested,
+                            recipe=load_recipe(options.recipe) if options.recipe else recipe_for(rel(service.executable)))
     check_extra_code(fs, options)
     recipe = executable.recipe.with_extra_code(options.fs_dirs, options.fs_files)
     application = app_dir(config, fs)
     placeholders = Placeholders(version=interpreter_version(executable.path, fs), app=application)
     regions = plan_regions(recipe, options, fs)
     data_roots = {rel(r["path"]): r for r in regions if r["path"] != "/"}
-    code_files = [
-        p
-        for p in select_code(recipe, fs, placeholders, exclude_roots=list(data_roots))
-        if p != executable.path
+    roots = code_roots(fs, service)
+    derived = set(codepaths.code_files(fs, roots)) | {rel(script) for script in service.scripts}
+    check_code_not_data(derived, regions)
+    derived = {p for p in derived if region_of(p, regions)["path"] == "/" or region_of(p, regions)["kind"] != "kernel"}
+    code_files = sorted(
+        (derived | set(select_code(recipe, fs, placeholders, exclude_roots=list(data_roots)))) - {executable.path}
+    )
+    warnings = [
+        f"{missing} is code the interpreter will look for, but the image lacks it: it is not measured"
+        for missing in roots.missing
     ]
+    covered = [*options.fs_dirs, *options.fs_files, *(r["path"] for r in regions if r["path"] != "/")]
+    for place in suspicious_code_dirs(fs, roots, service.workdir, covered=covered,
+                                      path_var=service.env.get("PATH", DEFAULT_PATH)):
+        warnings.append(f"{place} looks like code but is on no path the interpreter searches: it is not "
+                        f"measured; embed it with --fs-dir {place.path} if the service loads it")
+    if warnings and options.strict:
+        raise UsageError(f"--strict: {warnings[0]}" + (f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""))
     for path in code_files:
         if (region := region_of(path, regions))["path"] != "/":
             raise UsageError(
@@ -469,7 +497,8 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
         data_files[region["path"]] = sorted(
             p for p in candidates if p not in fspf_excluded and region_of(p, regions) is region
         )
-    return Plan(executable, application, code_files, regions, data_files)
+    return Plan(executable, application, code_files, regions, data_files, service=service, roots=roots,
+                warnings=warnings)
 
 
 MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # /X is a link to /usr/X on most bases
@@ -523,6 +552,27 @@ def contents_to_keep(config: dict, options: ConvertOptions) -> Callable[[str], b
     alternatives += [f"{pattern(root)}/.*(?:{'|'.join(re.escape(e) for e in exts)})(?:\\.[0-9.]+)?"
                      for root, exts in by_extension]
     return re.compile("|".join(alternatives)).fullmatch if alternatives else None
+
+
+def plan_scripts(plan: Plan) -> list[str]:
+    """The scripts crossed to start the service (relative): embedded, and kept in place for the
+    kernel and the shell, which read them before any shield runs; the launcher checks them."""
+    return [rel(script) for script in plan.service.scripts] if plan.service else []
+
+
+PROGRAM_EXTENSIONS = (".py", ".pyc", ".so", ".js", ".mjs", ".cjs", ".node")  # never data (".json" may be)
+
+
+def check_code_not_data(code: set[str], regions: list[dict]) -> None:
+    """A program file the interpreter loads is measured, not shielded: ``--dir``/``--authenticated``
+    over code (``--dir /srv/app``, ``--dir /usr/lib/python3.11``) is refused, not silently obeyed."""
+    for path in sorted(code):
+        region = region_of(path, regions)
+        if region["path"] != "/" and region["kind"] == "kernel" and has_extension(path, PROGRAM_EXTENSIONS):
+            raise UsageError(
+                f"{region['path']} is a data region ({region['protection']}) but holds {absolute(path)}, code the "
+                f"service loads (measured, not shielded); protect a directory that holds only data"
+            )
 
 
 def check_extra_code(fs: RootFS, options: ConvertOptions) -> None:
@@ -648,9 +698,7 @@ def resolve_libraries(
     recipe = plan.executable.recipe
     if not recipe.follow_needed:
         return [], []
-    shared_objects = [
-        p for p in plan.code_files if ".so" in posixpath.basename(p) and fs.entries[p].kind != "symlink"
-    ]
+    shared_objects = [p for p in native_code(plan.code_files) if fs.entries[p].kind != "symlink"]  # .node too
 
     def dynamic_info(path: str):
         if path not in extents:
@@ -842,6 +890,8 @@ def executable_figures(plan: Plan, original: Path, sconified: Path) -> Executabl
         original_size=original.stat().st_size,
         sconified_sha256=sha256_file(sconified),
         sconified_size=sconified.stat().st_size,
+        why=list(plan.service.reasons) if plan.service else [],
+        code_roots=[{"path": r.path, "kind": r.kind, "reason": r.reason} for r in plan.roots.roots] if plan.roots else [],
     )
 
 
@@ -889,9 +939,12 @@ def session_spec(options, image, plan, mrenclave, volumes: list[SealedVolume]) -
         service=plan.executable.recipe.name,
         image_name=options.destination,
         mrenclave=mrenclave,
-        command=command_of(config) or [absolute(plan.executable.path)],
-        environment=env,
-        pwd=inner.get("WorkingDir") or "/",
+        # What the enclave runs: the measured executable with the arguments it receives once the
+        # entrypoint scripts and console scripts are crossed (not `docker-entrypoint.sh node ...`).
+        command=[absolute(plan.executable.path), *plan.service.argv[1:]] if plan.service
+        else command_of(config) or [absolute(plan.executable.path)],
+        environment=plan.service.env if plan.service else env,
+        pwd=(plan.service.workdir if plan.service else None) or inner.get("WorkingDir") or "/",
         volumes=tuple(
             SessionVolume(
                 name=names[volume.path],

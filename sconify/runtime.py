@@ -156,9 +156,10 @@ def check_runtime_mode(mode: str) -> str:
 
 
 def runtime_config(executable: str, executable_sha256: str, parameters: dict, mrenclave: str,
-                   volumes: list, ephemeral: list[str]) -> bytes:
+                   volumes: list, ephemeral: list[str], scripts: list[str] = ()) -> bytes:
     """The launcher's config (not secret: everything in it is checked or public). ``volumes``:
-    the sealed volumes (``.path``, ``.fspf_path``, ``.protection``)."""
+    the sealed volumes (``.path``, ``.fspf_path``, ``.protection``). ``scripts``: the embedded
+    scripts kept in place (entrypoint and console scripts), checked by the launcher at start."""
     doc = {
         "schema": CONFIG_SCHEMA,
         "executable": "/" + executable.lstrip("/"),
@@ -169,6 +170,7 @@ def runtime_config(executable: str, executable_sha256: str, parameters: dict, mr
             {"path": v.path, "fspf_path": v.fspf_path, "protection": v.protection} for v in volumes
         ],
         "ephemeral": sorted(ephemeral),
+        "scripts": sorted(scripts),
     }
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 

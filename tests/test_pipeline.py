@@ -222,7 +222,7 @@ def test_python_manifest_session_and_keys_agree(python_converted):
                                    "fspf_key": "$$SCONE::app_data_key:hex$$", "fspf_tag": volume.tag}]
     assert session["secrets"] == [{"name": "app_data_key", "kind": "binary", "export_public": False}]
     assert "fspf_path" not in service and "fspf_key" not in service
-    assert service["command"] == "python3 /app/main.py" and service["pwd"] == "/app"
+    assert service["command"] == "/usr/bin/python3.11 /app/main.py" and service["pwd"] == "/app"  # the measured executable
     assert stat.S_IMODE((python_converted.workdir / "keys.json").stat().st_mode) == 0o600
     regions = {r["path"]: (r["kind"], r["protection"]) for r in m.all_regions()}
     assert regions == {
@@ -480,19 +480,20 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-def test_script_entrypoint_is_refused_naming_the_interpreter(python_image, tmp_path):
+def test_script_entrypoint_is_followed_to_its_interpreter_and_measured(python_image, tmp_path):
     from sconify.image.mutate import with_config
 
     image = read_image(f"oci:{python_image}:latest")
     config = image.config
-    config["config"]["Entrypoint"] = ["/usr/bin/py3compile"]
+    config["config"]["Entrypoint"] = ["/usr/bin/py3compile"]  # Debian's, a #!/usr/bin/python3 script
     config["config"]["Cmd"] = []
     write_image(with_config(image, config), f"oci:{tmp_path / 'script'}:s")
-    line = one_line_error(
-        sconify_cli("--from", f"oci:{tmp_path / 'script'}:s", "--to", f"oci:{tmp_path / 'o'}:o", cwd=tmp_path)
-    )
-    assert "script" in line and "--binary" in line and "python3" in line
-    assert not (tmp_path / "o").exists()
+    converted = convert(tmp_path / "conv", f"oci:{tmp_path / 'script'}:s", "s")
+    executable = converted.manifest.executable
+    assert executable.path == "/usr/bin/python3.11"
+    assert any("py3compile" in step for step in executable.why) and any("#!" in step for step in executable.why)
+    assert "/usr/bin/py3compile" in converted.manifest.embedfs.files  # the script is code: measured
+    assert converted.session["services"][0]["command"].startswith("/usr/bin/python3.11 /usr/bin/py3compile")
 
 
 @pytest.mark.parametrize(

@@ -126,7 +126,7 @@ def test_session_lists_every_volume_with_a_secret_for_its_key(three):
         for path, name in names.items()
     ]
     assert [s["name"] for s in session["secrets"]] == [f"{name}_key" for name in names.values()]
-    assert service["command"] == "python3 /app/main.py"
+    assert service["command"] == "/usr/bin/python3.11 /app/main.py"  # the measured executable
     text = (three.tmp / "session.yaml").read_text()
     assert "&id" not in text and "*id" not in text, "plain YAML, no anchors"
     for key in three.keys.volumes:

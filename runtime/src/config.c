@@ -92,6 +92,13 @@ int config_load(const char *path, struct rt_config *cfg, struct rt_error *err)
         const char *p = json_string_value(json_array_get(eph, i));
         cfg->ephemeral[i] = strdup(p && p[0] == '/' ? p : "/");
     }
+    json_t *scripts = json_object_get(doc, "scripts");  /* absent in configs of older conversions */
+    cfg->script_count = json_array_size(scripts);
+    cfg->scripts = calloc(cfg->script_count + 1, sizeof *cfg->scripts);
+    for (size_t i = 0; i < cfg->script_count; i++) {
+        const char *p = json_string_value(json_array_get(scripts, i));
+        cfg->scripts[i] = strdup(p && p[0] == '/' ? p : "/");
+    }
     json_decref(doc);
     return 0;
 }
@@ -106,6 +113,8 @@ void config_free(struct rt_config *cfg)
     free(cfg->volumes);
     for (size_t i = 0; i < cfg->ephemeral_count; i++) free(cfg->ephemeral[i]);
     free(cfg->ephemeral);
+    for (size_t i = 0; i < cfg->script_count; i++) free(cfg->scripts[i]);
+    free(cfg->scripts);
     memset(cfg, 0, sizeof *cfg);
 }
 

@@ -30,6 +30,8 @@ struct rt_config {
     struct rt_volume *volumes;      /* sorted by path */
     size_t ephemeral_count;
     char **ephemeral;               /* ephemeral region paths */
+    size_t script_count;
+    char **scripts;                 /* embedded scripts kept on disk (entrypoint, console scripts) */
 };
 
 struct rt_key {

@@ -29,6 +29,7 @@
 #include <openssl/evp.h>
 
 #include "config.h"
+#include "embedfs.h"
 #include "fspf.h"
 #include "measure.h"
 #include "util.h"
@@ -141,6 +142,40 @@ static void check_measurement(const struct rt_config *cfg, const char *expected,
         }
     }
     close(fd);
+}
+
+/* The scripts crossed to start the service (entrypoint and console scripts) run from disk: the
+ * kernel and the shell read them before any shield does. Each must be its measured copy. */
+static void check_scripts(const struct rt_config *cfg)
+{
+    if (!cfg->script_count) return;
+    int fd = open(cfg->executable, O_RDONLY | O_CLOEXEC);
+    void *archive = NULL;
+    size_t size = 0;
+    unsigned char root[32];
+    struct rt_error err;
+    struct embedfs fs;
+    if (fd < 0 || embedfs_find_in_file(fd, &archive, &size, root, &err) != 1 || embedfs_open(&fs, archive, size, &err) != 0)
+        die("cannot read the embedfs of the measured executable to check the service's scripts: %s", err.msg);
+    close(fd);
+    for (size_t i = 0; i < cfg->script_count; i++) {
+        const char *path = cfg->scripts[i];
+        const struct embedfs_member *m = embedfs_lookup(&fs, path + 1, strlen(path + 1));
+        int sfd = open(path, O_RDONLY | O_CLOEXEC);
+        unsigned char digest[32];
+        struct stat st;
+        int same = m && m->kind == EMBEDFS_FILE && sfd >= 0 && fstat(sfd, &st) == 0 && (uint64_t)st.st_size == m->size &&
+                   file_sha256(sfd, digest) == 0 && memcmp(digest, m->sha256, 32) == 0;
+        if (sfd >= 0) close(sfd);
+        if (!same) {
+            char line[PATH_MAX + 128];
+            snprintf(line, sizeof line, "%s, a script the service starts through, is not its measured copy (changed, "
+                                        "replaced or missing); refusing to start", path);
+            die("%s", line);
+        }
+    }
+    embedfs_close(&fs);
+    free(archive);
 }
 
 /* Every volume must open with its key and carry the recorded tag (or the tag of a commit that
@@ -266,6 +301,7 @@ int main(int argc, char **argv)
 
     if (have_keys) check_measurement(&cfg, keys.mrenclave, keys.executable_sha256, "the keys file");
     else check_measurement(&cfg, cfg.mrenclave, cfg.executable_sha256, "the image's runtime config");
+    check_scripts(&cfg);
     if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env);
 
     if (from_env) {

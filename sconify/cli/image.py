@@ -93,6 +93,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--keep-embedded", action="store_true", help="keep embedded files in the image's filesystem too"
     )
     code.add_argument(
+        "--strict",
+        action="store_true",
+        help="fail instead of warning when code may escape the measurement (a code-looking directory on no "
+        "search path, a module the interpreter will look for that the image lacks)",
+    )
+    code.add_argument(
         "--runtime",
         choices=("sim", "none"),
         default="sim",
@@ -197,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
         options = ConvertOptions(**{name: getattr(args, name) for name in ConvertOptions.__dataclass_fields__})
         with PhaseProgress(enabled=not args.json) as progress:
             result = sconify_image(options, progress, elf=elf)
+    for warning in result.plan.warnings:
+        print(f"sconify: warning: {warning}", file=sys.stderr)
     if args.json:
         json.dump(summary(result), sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
@@ -212,6 +220,9 @@ def summary(result: ConvertResult) -> dict:
         "recipe": plan.executable.recipe.name,
         "app_dir": plan.app_dir,
         "code_files": len(plan.code_files),
+        "why": plan.service.reasons if plan.service else [],
+        "code_roots": [{"path": r.path, "kind": r.kind, "reason": r.reason} for r in plan.roots.roots] if plan.roots else [],
+        "warnings": plan.warnings,
         "regions": plan.regions,
         "data_files": {region: len(files) for region, files in plan.data_files.items()},
         "input_bytes": result.input_bytes,
@@ -264,6 +275,10 @@ def print_table(result: ConvertResult, *, dry_run: bool) -> None:
         "executable",
         f"/{plan.executable.path} (recipe {plan.executable.recipe.name}, from {plan.executable.requested})",
     )
+    if plan.service is not None:
+        table.add_row("why", "\n".join(plan.service.reasons))
+    if plan.roots is not None:
+        table.add_row("code roots", "\n".join(f"{r.path} ({r.kind})" for r in plan.roots.roots) or "-")
     table.add_row("application dir", plan.app_dir or "-")
     table.add_row("input rootfs", human_size(result.input_bytes))
     for region in plan.regions:
