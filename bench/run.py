@@ -183,11 +183,41 @@ def verify_case(ctx: Context, name: str) -> None:
 
 
 def python_case(ctx: Context) -> None:
-    image_case(ctx, "python fixture", demo_layout("python"), ["--dir", "/app/data"], {"skopeo_ratio": 1.5})
+    layout = demo_layout("python")
+    image_case(ctx, "python fixture", layout, ["--dir", "/app/data"], {"skopeo_ratio": 1.5})
+    selection_case(ctx, "python fixture", layout)
 
 
 def node_case(ctx: Context) -> None:
-    image_case(ctx, "node fixture", demo_layout("node"), ["--dir", "/app/data"], {})
+    layout = demo_layout("node")
+    image_case(ctx, "node fixture", layout, ["--dir", "/app/data"], {})
+    selection_case(ctx, "node fixture", layout)
+
+
+SELECTION_SHARE = 0.10  # code selection (sconify.codepaths + recipes): at most 10 % of a conversion
+
+
+def selection_case(ctx: Context, name: str, layout: Path) -> None:
+    """The "select files" phase (the service and its code roots derived from the image) as a
+    share of the whole conversion, from the phase times sconify-image reports (--json)."""
+    outdir = ctx.work / f"{name.replace(' ', '-')}-selection"
+    shares, totals = [], []
+    for _ in range(ctx.repeat):
+        fresh(outdir)()
+        outdir.mkdir(parents=True)
+        done = subprocess.run(sconify_argv(f"oci:{layout}:latest", f"oci:{outdir / 'image'}:bench", outdir,
+                                           "--dir", "/app/data"), capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise CommandFailed(f"sconify-image of {name} failed: {done.stderr.strip()[-300:]}")
+        phases = json.loads(done.stdout)["phases"]
+        total = sum(seconds for phase, seconds in phases.items() if phase != "runtime")  # runtime: a cache hit
+        shares.append(phases["select files"] / total)
+        totals.append(total)
+    shutil.rmtree(outdir, ignore_errors=True)
+    share, total = sorted(shares)[len(shares) // 2], sorted(totals)[len(totals) // 2]
+    row = Row(f"{name} code selection", f"select files {share * 100:.1f} % of {total:.2f} s", share * total, 0.0, 0.0,
+              target=f"<= {SELECTION_SHARE * 100:.0f} % of the conversion", met=share <= SELECTION_SHARE)
+    ctx.report.rows.append(row)
 
 
 def build_in_child(code: str) -> Path:

@@ -429,6 +429,13 @@ def rootfs_limits(options: ConvertOptions) -> RootFSLimits:
 
 def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
     config = image.config
+    labels = (config.get("config") or {}).get("Labels") or {}
+    if LABEL_PREFIX + "mrenclave" in labels:
+        raise UsageError(
+            f"the input is already a converted image (label {LABEL_PREFIX}mrenclave "
+            f"{labels[LABEL_PREFIX + 'mrenclave'][:16]}...); convert the original image instead "
+            f"(its config digest is the label {LABEL_PREFIX}base.config-digest)"
+        )
     # The service as the container runs it (shell forms, entrypoint scripts, console scripts and
     # venvs followed to the ELF), and where its interpreter loads code from (sconify.codepaths).
     service = find_service(fs, config, binary=options.binary)
@@ -547,6 +554,10 @@ def contents_to_keep(config: dict, options: ConvertOptions) -> Callable[[str], b
         return f"(?:usr/)?{body}" if parts[0] in MERGED_USR else body
 
     alternatives = [f"{pattern(t)}(?:/.*)?" for t in trees if rel(t)]
+    # What sconify.codepaths may read or take beyond the recipe: /etc/pythonX.Y (Debian's
+    # sitecustomize.py links there), venv and .pth files, and code in the application places.
+    alternatives += [r"etc/python[0-9.]*/.*", r".*/pyvenv\.cfg", r".*\.pth", r"usr/local/bin/[^/]+",
+                     r"(?:srv|opt|home|workspace|usr/src)/.*\.(?:py|pyc|so(?:\.[0-9.]+)?|js|mjs|cjs|json|node)"]
     alternatives += [f"{pattern(d)}/[^/]+" for d in directories if rel(d)]
     alternatives += [pattern(f) for f in files if rel(f)]
     alternatives += [f"{pattern(root)}/.*(?:{'|'.join(re.escape(e) for e in exts)})(?:\\.[0-9.]+)?"

@@ -426,8 +426,11 @@ def test_the_index_pass_keeps_what_the_conversion_may_read(kind, python_image, n
     image = read_image(f"oci:{python_image if kind == 'python' else node_image}:latest")
     keep = contents_to_keep(image.config, ConvertOptions(source="s", destination="d", encrypted_dirs=["/srv/secret"]))
     common = ["srv/secret/key.pem", "usr/lib/x86_64-linux-gnu/libc.so.6", "lib/x86_64-linux-gnu/libm.so.6",
-              "usr/bin/" + ("python3.11" if kind == "python" else "node"), "app/" + ("main.py" if kind == "python" else "index.js")]
-    wanted = {"python": ["usr/lib/python3.11/json/decoder.py", "usr/lib/python3/dist-packages/yaml/__init__.py",
+              "usr/bin/" + ("python3.11" if kind == "python" else "node"), "app/" + ("main.py" if kind == "python" else "index.js"),
+              # what sconify.codepaths may follow beyond the recipe: venvs, .pth, application places
+              "opt/venv/pyvenv.cfg", "opt/venv/lib/python3.11/site-packages/easy.pth", "srv/app/__init__.py",
+              "usr/src/app/server.js", "usr/local/bin/docker-entrypoint.sh"]
+    wanted = {"python": ["usr/lib/python3.11/json/decoder.py", "etc/python3.11/sitecustomize.py", "usr/lib/python3/dist-packages/yaml/__init__.py",
                          "usr/local/lib/python3.11/site-packages/mod.cpython-311-x86_64-linux-gnu.so"],
               "node": ["app/node_modules/left-pad/index.js", "app/package.json", "usr/share/nodejs/acorn/dist/acorn.js"]}[kind]
     unwanted = ["usr/share/doc/libc6/copyright", "etc/passwd", "var/lib/dpkg/status", "app/static/logo.png",

@@ -70,12 +70,10 @@ class World:
         self.key = key
         parameters = {k: measurement.parameters[k] for k in ("heap_size", "stack_size", "threads", "ssa_frame_size")}
         volume = {"path": str(self.volume), "fspf_path": str(self.fspf_path), "protection": protection}
+        self.tmp = root / "tmp"  # an ephemeral region, as /tmp in an image
+        self.tmp.mkdir()
         self.config = root / "runtime.json"
-        self.config.write_text(json.dumps({
-            "schema": "sconify.runtime/v1", "executable": str(self.python), "measurement": parameters,
-            "mrenclave": measurement.mrenclave, "executable_sha256": file_sha256, "volumes": [volume],
-            "ephemeral": [],
-        }))
+        self.write_config(parameters, measurement.mrenclave, file_sha256, [volume], [str(self.tmp)])
         self.keys = root / "secrets" / "keys.json"
         self.keys.parent.mkdir()
         self.keys.write_text(json.dumps({
@@ -83,6 +81,16 @@ class World:
             "executable_sha256": file_sha256,
             "volumes": [{**volume, "fspf_key": key.hex(), "fspf_tag": tag.hex()}],
         }))
+
+    def write_config(self, parameters, mrenclave, file_sha256, volumes, ephemeral) -> None:
+        self._config = (parameters, mrenclave, file_sha256, volumes)
+        self.config.write_text(json.dumps({
+            "schema": "sconify.runtime/v1", "executable": str(self.python), "measurement": parameters,
+            "mrenclave": mrenclave, "executable_sha256": file_sha256, "volumes": volumes, "ephemeral": ephemeral,
+        }))
+
+    def set_ephemeral(self, *paths: Path) -> None:
+        self.write_config(*self._config, [str(p) for p in paths])
 
     def tag(self) -> str:
         return json.loads(self.keys.read_text())["volumes"][0]["fspf_tag"]
@@ -282,3 +290,200 @@ def test_exit_status_and_arguments_pass_through(world):
     result = world.run(str(world.python), "-c", "import sys; print(sys.argv[1:]); sys.exit(7)",
                        "a b", "c", check=False)
     assert result.returncode == 7 and result.stdout.strip() == "['a b', 'c']"
+
+
+# ---------------------------------------------------------------- ephemeral regions
+
+MARKER = "sconify-ephemeral-plaintext"
+
+
+def stored_files(region: Path) -> dict[str, bytes]:
+    """What is on disk under an ephemeral region, read by this (unshielded) process."""
+    return {str(p.relative_to(region)): p.read_bytes() for p in sorted(region.rglob("*")) if p.is_file()}
+
+
+def assert_no_plaintext(region: Path) -> None:
+    for name, data in stored_files(region).items():
+        assert MARKER.encode() not in data, name
+
+
+def test_ephemeral_file_is_ciphertext_on_disk_and_plaintext_to_the_service(world):
+    out = world.python_code(
+        "import os, subprocess\n"
+        "d = %r; m = %r\n"
+        "with open(d + '/a.txt', 'w') as f: f.write(m + ' a\\n')\n"
+        "big = (m * 10000).encode()\n"  # several 64 KiB chunks
+        "with open(d + '/big.bin', 'wb') as f: f.write(big)\n"
+        "with open(d + '/a.txt', 'a') as f: f.write('more\\n')\n"
+        "os.mkdir(d + '/sub')\n"
+        "os.replace(d + '/a.txt', d + '/sub/b.txt')\n"
+        "print(open(d + '/sub/b.txt').read().split(), open(d + '/big.bin', 'rb').read() == big,"
+        " os.path.getsize(d + '/big.bin') == len(big), sorted(os.listdir(d)), os.listdir(d + '/sub'))\n"
+        # a child that is not the measured executable reads what is on disk: ciphertext
+        "raw = subprocess.run(['cat', d + '/sub/b.txt'], capture_output=True).stdout\n"
+        "print(len(raw), m.encode() in raw)\n" % (str(world.tmp), MARKER)
+    ).stdout.splitlines()
+    assert out[0] == f"['{MARKER}', 'a', 'more'] True True ['big.bin', 'sub'] ['b.txt']"
+    assert out[1] == f"{len(MARKER) + 3 + 5 + 16} False"
+    stored = stored_files(world.tmp)
+    assert sorted(stored) == ["big.bin", "sub/b.txt"]
+    assert len(stored["big.bin"]) == len(MARKER) * 10000 + 16 * -(-len(MARKER) * 10000 // 65536)
+    assert_no_plaintext(world.tmp)
+    assert [p.name for p in world.tmp.rglob("*.sconify*")] == []  # no fspf, no temp files left
+    keys = json.loads(world.keys.read_text())
+    assert [v["path"] for v in keys["volumes"]] == [str(world.volume)]  # nothing recorded for it
+
+
+def test_ephemeral_region_starts_empty(world):
+    (world.tmp / "planted.txt").write_text("planted " + MARKER)
+    (world.tmp / "other.txt").write_text("other")
+    (world.tmp / "link").symlink_to(world.volume / "count.txt")
+    (world.tmp / "dir").mkdir()
+    (world.tmp / "dir" / "inner.txt").write_text("inner")
+    code = (
+        "import errno, os\n"
+        "d = %r\n"
+        "def err(f, *a, **k):\n"
+        "    try: f(*a, **k); return 'ok'\n"
+        "    except OSError as e: return errno.errorcode[e.errno]\n"
+        "fd = os.open(d, os.O_RDONLY)\n"
+        "print(sorted(os.listdir(d)), os.listdir(d + '/dir'), sorted(e.name for e in os.scandir(fd)),"
+        " os.listdir(fd), sorted(os.listdir(d + '/dir')))\n"
+        "print(err(open, d + '/planted.txt'), err(os.stat, d + '/planted.txt'), err(os.lstat, d + '/link'),"
+        " err(os.readlink, d + '/link'), os.path.exists(d + '/other.txt'), os.access(d + '/other.txt', os.F_OK),"
+        " err(os.unlink, d + '/other.txt'), err(os.rename, d + '/other.txt', d + '/x'),"
+        " err(os.stat, 'inner.txt', dir_fd=os.open(d + '/dir', os.O_RDONLY)), err(open, d + '/link'))\n"
+        "with open(d + '/planted.txt', 'w') as f: f.write('mine')\n"
+        "with open(d + '/other.txt', 'x') as f: f.write('mine too')\n"
+        "with open(d + '/link', 'w') as f: f.write('not through the link')\n"
+        "print(open(d + '/planted.txt').read(), open(d + '/other.txt').read(), sorted(os.listdir(d)))\n"
+        % str(world.tmp)
+    )
+    out = world.python_code(code).stdout.splitlines()
+    assert out[0] == "['dir'] [] ['dir'] ['dir'] []"
+    assert out[1] == "ENOENT ENOENT ENOENT ENOENT False False ENOENT ENOENT ENOENT ENOENT"
+    assert out[2] == "mine mine too ['dir', 'link', 'other.txt', 'planted.txt']"
+    assert not (world.tmp / "link").is_symlink()  # replaced, not followed
+    assert (world.volume / "count.txt").stat().st_size == 2 + 16  # the volume file is untouched
+    assert (world.tmp / "dir" / "inner.txt").read_text() == "inner"
+    assert_no_plaintext(world.tmp)
+    assert b"mine" not in (world.tmp / "planted.txt").read_bytes()
+
+
+def test_tempfile_in_an_ephemeral_region(world):
+    code = (
+        "import os, shutil, tempfile\n"
+        "m = %r\n"
+        "print(tempfile.gettempdir() == os.environ['TMPDIR'])\n"
+        "fd, kept = tempfile.mkstemp(suffix='.kept')\n"
+        "os.write(fd, (m + ' mkstemp').encode()); os.close(fd)\n"
+        "fd, name = tempfile.mkstemp()\n"
+        "with os.fdopen(fd, 'w') as f: f.write(m)\n"
+        "print(open(kept).read() == m + ' mkstemp', open(name).read() == m); os.unlink(name)\n"
+        "with tempfile.NamedTemporaryFile('w+', suffix='.named') as f:\n"
+        "    f.write(m + ' named'); f.flush()\n"
+        "    print(open(f.name).read() == m + ' named', os.path.basename(f.name) in os.listdir(os.path.dirname(f.name)))\n"
+        "print(os.path.exists(f.name))\n"
+        "with tempfile.NamedTemporaryFile('w', delete=False) as f: f.write(m + ' not deleted'); left = f.name\n"
+        "with tempfile.TemporaryFile('w+') as f:\n"
+        "    f.write(m + ' anonymous'); f.seek(0); print(f.read() == m + ' anonymous')\n"
+        "with tempfile.SpooledTemporaryFile(max_size=10, mode='w+') as f:\n"
+        "    f.write(m + ' spooled'); f.seek(0); print(f.read() == m + ' spooled')\n"
+        "with tempfile.TemporaryDirectory() as t:\n"
+        "    os.makedirs(t + '/sub/deeper')\n"
+        "    for p in ('a', 'sub/b', 'sub/deeper/c'):\n"
+        "        with open(os.path.join(t, p), 'w') as f: f.write(m + p)\n"
+        "    print(sorted(os.listdir(t)), sorted(os.listdir(t + '/sub')), open(t + '/sub/deeper/c').read() == m + 'sub/deeper/c')\n"
+        "    shutil.copytree(t, t + '-copy'); print(open(t + '-copy/sub/b').read() == m + 'sub/b')\n"
+        "    shutil.rmtree(t + '-copy')\n"
+        "print(os.path.exists(t), sorted(os.listdir(os.environ['TMPDIR'])) == sorted([os.path.basename(kept), os.path.basename(left)]))\n"
+        "print(open(left).read() == m + ' not deleted')\n" % MARKER
+    )
+    out = world.python_code(code, env={"TMPDIR": str(world.tmp)}).stdout.split()
+    assert out == ["True", "True", "True", "True", "True", "False", "True", "True", "['a',", "'sub']",
+                   "['b',", "'deeper']", "True", "True", "False", "True", "True"]
+    stored = stored_files(world.tmp)
+    assert len(stored) == 2 and any(name.endswith(".kept") for name in stored)  # TemporaryFile never hit the disk
+    assert_no_plaintext(world.tmp)
+
+
+def test_a_second_run_cannot_read_the_first_runs_files(world):
+    world.python_code(
+        "import os\nd = %r\nos.mkdir(d + '/sub')\n"
+        "open(d + '/state.txt', 'w').write(%r)\nopen(d + '/sub/x', 'w').write('x')\n" % (str(world.tmp), MARKER)
+    )
+    first = stored_files(world.tmp)
+    assert sorted(first) == ["state.txt", "sub/x"]
+    assert_no_plaintext(world.tmp)
+    out = world.python_code(
+        "import errno, os\nd = %r\n"
+        "def err(f, *a, **k):\n"
+        "    try: f(*a, **k); return 'ok'\n"
+        "    except OSError as e: return errno.errorcode[e.errno]\n"
+        "print(sorted(os.listdir(d)), os.listdir(d + '/sub'), err(open, d + '/state.txt'), err(open, d + '/sub/x', 'rb'),"
+        " err(os.rmdir, d + '/sub'))\n"
+        "open(d + '/state.txt', 'w').write('second')\nprint(open(d + '/state.txt').read())\n" % str(world.tmp)
+    ).stdout.splitlines()
+    # The first run's files are not listed and not served; its directory is there, not empty on disk.
+    assert out == ["['sub'] [] ENOENT ENOENT ENOTEMPTY", "second"]
+    assert stored_files(world.tmp)["state.txt"] != first["state.txt"]
+
+
+def test_directory_renamed_in_an_ephemeral_region_keeps_its_files(world):
+    out = world.python_code(
+        "import errno, os, shutil\nd = %r; v = %r\n"
+        "os.makedirs(d + '/a/b')\nopen(d + '/a/b/f', 'w').write('deep')\nopen(d + '/a/g', 'w').write('top')\n"
+        "f = open(d + '/a/open', 'w'); f.write('written before the rename')\n"
+        "os.rename(d + '/a', d + '/c')\n"
+        "f.write(', closed after it'); f.close()\n"
+        "print(open(d + '/c/b/f').read(), open(d + '/c/g').read(), sorted(os.listdir(d)), sorted(os.listdir(d + '/c')))\n"
+        "print(open(d + '/c/open').read())\n"
+        "try: os.rename(d + '/c/g', v + '/g')\n"
+        "except OSError as e: print(errno.errorcode[e.errno])\n"
+        "shutil.move(d + '/c/g', v + '/g'); print(open(v + '/g').read(), os.path.exists(d + '/c/g'))\n"
+        % (str(world.tmp), str(world.volume))
+    ).stdout.splitlines()
+    assert out == ["deep top ['c'] ['b', 'g', 'open']", "written before the rename, closed after it", "EXDEV",
+                   "top False"]
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    assert shield.read(str(world.volume / "g")) == b"top"  # moved into the volume: protected by its fspf
+
+
+def test_unlinked_open_file_is_not_brought_back_on_close(world):
+    out = world.python_code(
+        "import os\nd = %r\n"
+        "f = open(d + '/gone', 'w'); f.write('x'); os.unlink(d + '/gone'); f.write('y'); f.close()\n"
+        "print(os.path.exists(d + '/gone'), os.listdir(d))\n" % str(world.tmp)
+    ).stdout.strip()
+    assert out == "False []"
+    assert stored_files(world.tmp) == {}
+
+
+def test_ephemeral_region_nested_in_a_volume(world):
+    cache = world.volume / "cache"
+    cache.mkdir()
+    world.set_ephemeral(world.tmp, cache)
+    world.python_code("open(%r, 'w').write(%r)\nprint(open(%r).read())" % (str(cache / "c"), MARKER, str(cache / "c")))
+    assert MARKER.encode() not in (cache / "c").read_bytes()
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    assert shield.fspf.file(str(cache / "c")) is None  # the ephemeral region's, not the volume's
+    out = world.python_code("import os\nprint(sorted(os.listdir(%r)), os.listdir(%r))" % (str(world.volume), str(cache)))
+    assert out.stdout.strip() == "['cache', 'count.txt', 'sub'] []"
+
+
+def test_libc_mkstemp_and_tmpfile_in_an_ephemeral_region(world):
+    # C code's mkstemp()/tmpfile() open inside glibc, past open(): the shield serves them itself.
+    world.set_ephemeral(world.tmp, Path("/tmp"))  # tmpfile() always uses /tmp (P_tmpdir)
+    out = world.python_code(
+        "import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+        "libc.tmpfile.restype = ctypes.c_void_p; libc.fileno.argtypes = [ctypes.c_void_p]\n"
+        "t = ctypes.create_string_buffer(%r.encode() + b'/cXXXXXX.txt')\n"
+        "fd = libc.mkstemps(t, 4); os.write(fd, %r.encode()); os.close(fd)\n"
+        "name = t.value.decode()\n"
+        "print(os.path.basename(name) in os.listdir(%r), open(name).read() == %r)\n"
+        "f = libc.tmpfile(); print(os.readlink('/proc/self/fd/%%d' %% libc.fileno(f)).startswith('/memfd:'))\n"
+        % (str(world.tmp), MARKER, str(world.tmp), MARKER)
+    ).stdout.split()
+    assert out == ["True", "True", "True"]
+    assert len(stored_files(world.tmp)) == 1
+    assert_no_plaintext(world.tmp)

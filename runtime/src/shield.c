@@ -14,6 +14,14 @@
  *    fsynced and renamed over the old one with the re-encrypted fspf, and the new fspf tag is
  *    recorded in the keys file (two phases: "next" before the renames, "current" after). So
  *    only ciphertext is ever on disk and a closed or fsynced write survives a crash.
+ *  - ephemeral regions (/tmp): served like an encrypted volume whose fspf exists only in this
+ *    process's memory and starts empty. Files the service writes there are ciphertext on disk
+ *    under per-file keys that never leave the process, so nobody else can read them and they
+ *    are undecryptable once it exits. A regular file or symlink the in-memory fspf does not
+ *    record (another process's, an earlier run's, a planted one) is not there for the service:
+ *    hidden from listings, ENOENT for stat/open/unlink, replaced by a create. Directories,
+ *    sockets and fifos pass through; O_TMPFILE and tmpfile() give an anonymous memfd, and the
+ *    libc mkstemp family (which opens inside glibc) is served through open().
  *
  * Every other process (a shell, `ls`) gets plain pass-through: without the keys it sees only
  * ciphertext. Errors the service cannot be told about in detail are printed as one line on
@@ -34,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/random.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -74,6 +83,7 @@ REAL(ssize_t, readlink, const char *, char *, size_t)
 REAL(ssize_t, readlinkat, int, const char *, char *, size_t)
 REAL(char *, realpath, const char *, char *)
 REAL(DIR *, opendir, const char *)
+REAL(DIR *, fdopendir, int)
 REAL(struct dirent *, readdir, DIR *)
 REAL(struct dirent64 *, readdir64, DIR *)
 REAL(int, closedir, DIR *)
@@ -94,6 +104,10 @@ REAL(int, dup3, int, int, int)
 REAL(int, unlink, const char *)
 REAL(int, unlinkat, int, const char *, int)
 REAL(int, rename, const char *, const char *)
+REAL(int, mkostemps, char *, int, int)
+REAL(int, mkostemps64, char *, int, int)
+REAL(FILE *, tmpfile, void)
+REAL(FILE *, tmpfile64, void)
 REAL(int, renameat, int, const char *, int, const char *)
 
 #define RESOLVE(name) get_##name()
@@ -106,11 +120,15 @@ struct svol {
     struct fspf fs;
     unsigned char key[32];
     unsigned char tag[16];
+    int ephemeral;             /* fs lives in memory only: no fspf file, no key, no tag */
+    struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL) */
 };
 
 struct tracked {               /* a memfd the service may write: protected again on close */
     struct svol *vol;
     char *path;
+    dev_t dev;                 /* the memfd's identity (reopen_tracked checks the fd is still it) */
+    ino_t ino;
 };
 
 static struct {
@@ -303,6 +321,29 @@ static const char *base_name(const char *path)
     return slash ? slash + 1 : path;
 }
 
+/* Names the service never sees as files of its own in vol: a volume's fspf and the commit's
+ * temp files (an ephemeral region has no fspf file, so only the latter). */
+static int reserved_name(const struct svol *vol, const char *name)
+{
+    return vol->ephemeral ? strncmp(name, HIDDEN_TMP, strlen(HIDDEN_TMP)) == 0 : hidden_name(name);
+}
+
+static const char *region_word(const struct svol *vol) { return vol->ephemeral ? "ephemeral region" : "volume"; }
+
+/* Ephemeral regions start empty: a regular file or a symlink at path that the in-memory fspf
+ * does not record was not written by this process (another process's, an earlier run's, or
+ * planted) and is not there for the service. Directories, sockets, fifos and devices are.
+ * Called with S.lock held. */
+static int ephemeral_hidden(struct svol *vol, const char *path)
+{
+    if (!vol->ephemeral || strcmp(path, vol->v->path) == 0 || fspf_find(&vol->fs, path)) return 0;
+    struct stat64 st;
+    in_shield++;
+    int rc = lstat64(path, &st);
+    in_shield--;
+    return rc == 0 && (S_ISREG(st.st_mode) || S_ISLNK(st.st_mode));
+}
+
 /* ------------------------------------------------------------------ memfds */
 
 static int new_memfd(const char *path, int cloexec)
@@ -357,6 +398,10 @@ static void track(int fd, struct svol *vol, const char *path)
     free(S.fds[fd].path);
     S.fds[fd].vol = vol;
     S.fds[fd].path = strdup(path);
+    struct stat64 st;
+    int known = fstat64(fd, &st) == 0;
+    S.fds[fd].dev = known ? st.st_dev : 0;
+    S.fds[fd].ino = known ? st.st_ino : 0;
 }
 
 static struct tracked *tracked_fd(int fd)
@@ -372,6 +417,54 @@ static void untrack(int fd)
         t->path = NULL;
         t->vol = NULL;
     }
+}
+
+/* The service removed or renamed a file it may still have open for writing: as with the
+ * kernel, a later close must not bring the old name back. unlink: to NULL (the fds keep their
+ * content but are no longer protected anywhere, like an unlinked inode); rename: to the new
+ * name (prefix: also every file below a renamed directory). Called with S.lock held. */
+static void retarget_tracked(struct svol *vol, const char *from, const char *to, int prefix)
+{
+    size_t n = strlen(from);
+    for (int fd = 0; fd < S.nfds; fd++) {
+        struct tracked *t = &S.fds[fd];
+        if (!t->path || t->vol != vol || strncmp(t->path, from, n) != 0) continue;
+        if (t->path[n] != '\0' && !(prefix && t->path[n] == '/')) continue;
+        if (!to) {
+            untrack(fd);
+            continue;
+        }
+        char next[PATH_MAX];
+        if (snprintf(next, sizeof next, "%s%s", to, t->path + n) >= (int)sizeof next) {
+            untrack(fd);
+            continue;
+        }
+        free(t->path);
+        t->path = strdup(next);
+    }
+}
+
+/* Ephemeral regions: if this process has path open for writing, a new open file description
+ * of that memfd (with its own offset and access mode), so that the service sees its own writes
+ * before they are committed, as with the kernel (NamedTemporaryFile: write, flush, open by
+ * name). -1 if there is none. Called with S.lock held. */
+static int reopen_tracked(struct svol *vol, const char *path, int flags)
+{
+    int reflags = flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_DIRECTORY);
+    if ((flags & O_ACCMODE) == O_RDONLY) reflags &= ~O_TRUNC;
+    for (int fd = 0; fd < S.nfds; fd++) {
+        struct tracked *t = &S.fds[fd];
+        struct stat64 st;
+        if (!t->path || t->vol != vol || strcmp(t->path, path) != 0) continue;
+        if (fstat64(fd, &st) != 0 || st.st_dev != t->dev || st.st_ino != t->ino) continue;
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+        in_shield++;
+        int copy = open(proc, reflags);
+        in_shield--;
+        if (copy >= 0) return copy;
+    }
+    return -1;
 }
 
 static void tmp_name(const char *path, char *out, size_t len)
@@ -421,7 +514,12 @@ static int record_tag(struct svol *vol, const unsigned char tag[16], int next, s
 
 /* The commit of a volume change: protect the plaintext in plain_fd (if path) as path, drop the
  * record of remove (if any), and write both the stored file and the fspf crash-safely. Called
- * with S.lock held. Returns 0, or -1 with errno set and one line logged. */
+ * with S.lock held. Returns 0, or -1 with errno set and one line logged.
+ * An ephemeral region's fspf lives in memory only: there the stored file is still written to a
+ * temp file and renamed into place (a reader sees the old or the new ciphertext), but nothing
+ * is fsynced (the content is gone at exit anyway), no fspf is written and no tag recorded; an
+ * error creating the stored file is the service's own (ENOENT, EACCES...), as the kernel's
+ * open would have given it, without a line on stderr. */
 static int commit(struct svol *vol, const char *path, int plain_fd, const char *remove)
 {
     struct rt_error err = {{0}};
@@ -436,12 +534,22 @@ static int commit(struct svol *vol, const char *path, int plain_fd, const char *
         struct stat64 st;
         if (fstat64(plain_fd, &st) != 0) goto fail_errno;
         tmp_name(path, stored_tmp, sizeof stored_tmp);
-        int out = open(stored_tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (out < 0) { rt_fail(&err, "cannot write %s: %s", path, strerror(errno)); goto fail_errno; }
+        int out = open(stored_tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, vol->ephemeral ? 0600 : 0644);
+        if (out < 0) {
+            if (vol->ephemeral) {
+                stored_tmp[0] = '\0';
+                saved_errno = errno;
+                in_shield--;
+                errno = saved_errno;
+                return -1;
+            }
+            rt_fail(&err, "cannot write %s: %s", path, strerror(errno));
+            goto fail_errno;
+        }
         int rc = fspf_protect_file(path, region->protection, region->chunk_size, region->key_length, plain_fd,
                                    (uint64_t)st.st_size, out, &rec, &err);
         if (rc == 0 && region->protection == FSPF_AUTHENTICATED) rc = copy_fd(plain_fd, out, (uint64_t)st.st_size);
-        if (rc == 0 && fsync(out) != 0) { rc = -1; rt_fail(&err, "cannot fsync %s: %s", path, strerror(errno)); }
+        if (rc == 0 && !vol->ephemeral && fsync(out) != 0) { rc = -1; rt_fail(&err, "cannot fsync %s: %s", path, strerror(errno)); }
         saved_errno = errno;
         close(out);
         if (rc != 0) { errno = saved_errno; goto fail_errno; }
@@ -472,6 +580,17 @@ static int commit(struct svol *vol, const char *path, int plain_fd, const char *
     if (have_rec) {
         if (fspf_put(&vol->fs, &rec, &err) != 0) goto undo;
         have_rec = 0;
+    }
+    if (vol->ephemeral) {
+        if (stored_tmp[0] && rename(stored_tmp, path) != 0) {
+            rt_fail(&err, "cannot replace %s: %s", path, strerror(errno));
+            goto undo;
+        }
+        if (remove && (!path || strcmp(remove, path) != 0)) unlink(remove);
+        fspf_file_free(&saved_old);
+        fspf_file_free(&saved_removed);
+        in_shield--;
+        return 0;
     }
     if (fspf_save_encrypted(&vol->fs, vol->key, &sealed, &sealed_len, tag, &err) != 0) goto undo;
     snprintf(fspf_tmp, sizeof fspf_tmp, "%s" HIDDEN_TMP "%ld", vol->v->fspf_path, (long)getpid());
@@ -517,7 +636,7 @@ fail:
     fspf_file_free(&saved_removed);
     free(sealed);
     if (stored_tmp[0]) unlink(stored_tmp);
-    shield_log("volume %s: write of %s not saved: %s", vol->v->path, path ? path : remove, err.msg[0] ? err.msg : strerror(saved_errno));
+    shield_log("%s %s: write of %s not saved: %s", region_word(vol), vol->v->path, path ? path : remove, err.msg[0] ? err.msg : strerror(saved_errno));
     in_shield--;
     errno = saved_errno;
     return -1;
@@ -532,13 +651,24 @@ static int open_volume_file(struct target *t, int flags, mode_t mode)
     int fd = -1;
     struct stat64 st;
     in_shield++;
-    int exists = stat64(t->path, &st) == 0;
+    /* an ephemeral region does not follow a symlink nobody recorded: it is hidden */
+    int exists = (t->vol->ephemeral ? lstat64(t->path, &st) : stat64(t->path, &st)) == 0;
     in_shield--;
     if (exists && S_ISDIR(st.st_mode)) {
         pthread_mutex_unlock(&S.lock);
         return -2;  /* directories pass through */
     }
-    if (!rec) {
+    if (!rec && t->vol->ephemeral) {
+        if (exists && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+            pthread_mutex_unlock(&S.lock);
+            return -2;  /* a socket, fifo or device: the kernel's */
+        }
+        if (!(flags & O_CREAT)) {
+            pthread_mutex_unlock(&S.lock);
+            errno = ENOENT;  /* not written by this process: not there (a create replaces it) */
+            return -1;
+        }
+    } else if (!rec) {
         if (!(flags & O_CREAT)) {
             pthread_mutex_unlock(&S.lock);
             if (exists) shield_log("%s is not recorded in the fspf of volume %s (added behind the service's back); refused",
@@ -551,6 +681,10 @@ static int open_volume_file(struct target *t, int flags, mode_t mode)
         errno = EEXIST;
         return -1;
     }
+    if (rec && t->vol->ephemeral && (fd = reopen_tracked(t->vol, t->path, flags)) >= 0) {
+        if (writable) track(fd, t->vol, t->path);  /* the content is shared: either close commits it */
+        goto out;
+    }
     fd = new_memfd(t->path, flags & O_CLOEXEC);
     if (fd < 0) goto out;
     if (rec && !(flags & O_TRUNC && writable)) {
@@ -560,7 +694,7 @@ static int open_volume_file(struct target *t, int flags, mode_t mode)
         struct rt_error err;
         if (stored < 0 || fspf_open_file(rec, stored, fd, &err) != 0) {
             if (stored < 0) rt_fail(&err, "%s: stored file missing (%s)", t->path, strerror(errno));
-            shield_log("volume %s: %s", t->vol->v->path, err.msg);
+            shield_log("%s %s: %s", region_word(t->vol), t->vol->v->path, err.msg);
             if (stored >= 0) RESOLVE(close)(stored);
             RESOLVE(close)(fd);
             fd = -1;
@@ -609,6 +743,28 @@ static int is_write_open(int flags)
     return (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC));
 }
 
+/* O_TMPFILE in an ephemeral region: an unnamed file that lives as long as its descriptors.
+ * An anonymous memfd: its content never reaches the disk. (linkat() cannot give it a name.) */
+static int open_anonymous(const struct target *t, int flags)
+{
+    struct stat64 st;
+    in_shield++;
+    int rc = stat64(t->path, &st);
+    in_shield--;
+    if (rc != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    if ((flags & O_ACCMODE) == O_RDONLY) {
+        errno = EINVAL;
+        return -1;
+    }
+    int fd = new_memfd("tmpfile", flags & O_CLOEXEC);
+    if (fd >= 0 && (flags & O_APPEND)) fcntl(fd, F_SETFL, O_APPEND);
+    return fd;
+}
+
 /* -2: not ours, call the real function with t->path */
 static int shield_open(int dirfd, const char *path, int flags, mode_t mode, struct target *t)
 {
@@ -628,7 +784,8 @@ static int shield_open(int dirfd, const char *path, int flags, mode_t mode, stru
         errno = ELOOP;
         return -1;
     }
-    if (t->kind == T_VOL && !(flags & (O_DIRECTORY | O_PATH)) && !hidden_name(base_name(t->path)) &&
+    if (t->kind == T_VOL && t->vol->ephemeral && (flags & O_TMPFILE) == O_TMPFILE) return open_anonymous(t, flags);
+    if (t->kind == T_VOL && !(flags & (O_DIRECTORY | O_PATH)) && !reserved_name(t->vol, base_name(t->path)) &&
         strcmp(t->path, t->vol->v->path) != 0)
         return open_volume_file(t, flags, mode);
     return -2;
@@ -865,6 +1022,15 @@ static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follo
         int rc = follow ? stat64(t->path, st) : lstat64(t->path, st);
         in_shield--;
         if (rc != 0) return -1;
+        if (t->vol->ephemeral) {
+            pthread_mutex_lock(&S.lock);
+            int hidden = ephemeral_hidden(t->vol, t->path);
+            pthread_mutex_unlock(&S.lock);
+            if (hidden) {
+                errno = ENOENT;
+                return -1;
+            }
+        }
         if (S_ISREG(st->st_mode)) {
             pthread_mutex_lock(&S.lock);
             struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
@@ -964,7 +1130,16 @@ EXPORT int faccessat(int dirfd, const char *path, int amode, int flags)
 
 static ssize_t shield_readlink(int dirfd, const char *path, char *buf, size_t len, struct target *t)
 {
-    if (!ACTIVE() || !path || target_of(dirfd, path, 0, t) != 0 || t->kind != T_EMB) return -2;
+    if (!ACTIVE() || !path || target_of(dirfd, path, 0, t) != 0) return -2;
+    if (t->kind == T_VOL && t->vol->ephemeral) {
+        pthread_mutex_lock(&S.lock);
+        int hidden = ephemeral_hidden(t->vol, t->path);
+        pthread_mutex_unlock(&S.lock);
+        if (!hidden) return -2;
+        errno = ENOENT;
+        return -1;
+    }
+    if (t->kind != T_EMB) return -2;
     if (!t->m || t->m->kind != EMBEDFS_SYMLINK) {
         errno = EINVAL;
         return -1;
@@ -1003,11 +1178,13 @@ EXPORT char *realpath(const char *path, char *resolved)
 
 /* ------------------------------------------------------------------ directories */
 
+/* A listing made by the shield (opendir, fdopendir): the service's DIR * points to it, and
+ * readdir, readdir64, rewinddir, dirfd, closedir and scandir know it by fake_of(). */
 struct fake_dir {
     struct fake_dir *next;
     struct dirent64 *ents;
     size_t count, pos;
-    int fd;  /* the real directory, or -1 */
+    int fd;  /* the real directory (opendir: a dup; fdopendir: the service's fd), or -1 */
 };
 
 static struct fake_dir *fakes;
@@ -1056,6 +1233,60 @@ static int compare_entries(const void *a, const void *b)
     return strcmp(((const struct dirent64 *)a)->d_name, ((const struct dirent64 *)b)->d_name);
 }
 
+/* Whether the listing of a directory in vol shows entry e of it (dir: the directory's path).
+ * Volumes hide their fspf and the commit's temp files; an ephemeral region also every regular
+ * file or symlink its in-memory fspf does not record. */
+static int listed(struct svol *vol, const char *dir, const struct dirent64 *e)
+{
+    if (reserved_name(vol, e->d_name)) return 0;
+    if (!vol->ephemeral || strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) return 1;
+    if (e->d_type != DT_REG && e->d_type != DT_LNK && e->d_type != DT_UNKNOWN) return 1;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", strcmp(dir, "/") == 0 ? "" : dir, e->d_name) >= (int)sizeof path) return 0;
+    pthread_mutex_lock(&S.lock);
+    int shown = fspf_find(&vol->fs, path) != NULL || (e->d_type == DT_UNKNOWN && !ephemeral_hidden(vol, path));
+    pthread_mutex_unlock(&S.lock);
+    return shown;
+}
+
+/* The listing of t (an embedded or volume directory) as a fake directory, from the real one
+ * (real: read to its end, then rewound; NULL: none on disk) merged with the embedded tree. */
+static struct fake_dir *make_fake_dir(const struct target *t, DIR *real)
+{
+    int emb_dir = t->kind == T_EMB && t->is_dir;
+    struct listing l = {0};
+    if (real) {
+        struct dirent64 *e;
+        in_shield++;
+        while ((e = RESOLVE(readdir64)(real)) != NULL)
+            if (t->kind != T_VOL || listed(t->vol, t->path, e)) add_entry(&l, e->d_name, strlen(e->d_name), e->d_type, e->d_ino);
+        RESOLVE(rewinddir)(real);
+        in_shield--;
+    } else {
+        add_entry(&l, ".", 1, DT_DIR, 1);
+        add_entry(&l, "..", 2, DT_DIR, 1);
+    }
+    if (emb_dir) embedfs_list_dir(&S.emb, t->path + 1, strlen(t->path + 1), add_embedded, &l);
+    if (l.count > 1) qsort(l.ents, l.count, sizeof *l.ents, compare_entries);
+    size_t kept = 0;
+    for (size_t i = 0; i < l.count; i++)
+        if (kept == 0 || strcmp(l.ents[kept - 1].d_name, l.ents[i].d_name) != 0) l.ents[kept++] = l.ents[i];
+    struct fake_dir *f = calloc(1, sizeof *f);
+    if (!f) {
+        free(l.ents);
+        errno = ENOMEM;
+        return NULL;
+    }
+    f->ents = l.ents;
+    f->count = kept;
+    f->fd = -1;
+    pthread_mutex_lock(&S.lock);
+    f->next = fakes;
+    fakes = f;
+    pthread_mutex_unlock(&S.lock);
+    return f;
+}
+
 /* The merged listing of an embedded or volume directory: NULL if the path is neither. */
 static struct fake_dir *open_fake_dir(const char *path, int *handled)
 {
@@ -1065,7 +1296,6 @@ static struct fake_dir *open_fake_dir(const char *path, int *handled)
     int emb_dir = t.kind == T_EMB && t.is_dir, vol_dir = t.kind == T_VOL;
     if (!emb_dir && !vol_dir) return NULL;
     *handled = 1;
-    struct listing l = {0};
     in_shield++;
     DIR *real = RESOLVE(opendir)(t.path);
     int saved = errno;
@@ -1074,30 +1304,13 @@ static struct fake_dir *open_fake_dir(const char *path, int *handled)
         errno = saved;
         return NULL;
     }
-    int fd = -1;
+    struct fake_dir *f = make_fake_dir(&t, real);
     if (real) {
-        struct dirent64 *e;
-        while ((e = RESOLVE(readdir64)(real)) != NULL)
-            if (!(vol_dir && hidden_name(e->d_name))) add_entry(&l, e->d_name, strlen(e->d_name), e->d_type, e->d_ino);
-        fd = RESOLVE(dup)(RESOLVE(dirfd)(real));
+        in_shield++;
+        if (f) f->fd = RESOLVE(dup)(RESOLVE(dirfd)(real));
         RESOLVE(closedir)(real);
-    } else {
-        add_entry(&l, ".", 1, DT_DIR, 1);
-        add_entry(&l, "..", 2, DT_DIR, 1);
+        in_shield--;
     }
-    if (emb_dir) embedfs_list_dir(&S.emb, t.path + 1, strlen(t.path + 1), add_embedded, &l);
-    if (l.count > 1) qsort(l.ents, l.count, sizeof *l.ents, compare_entries);
-    size_t kept = 0;
-    for (size_t i = 0; i < l.count; i++)
-        if (kept == 0 || strcmp(l.ents[kept - 1].d_name, l.ents[i].d_name) != 0) l.ents[kept++] = l.ents[i];
-    struct fake_dir *f = calloc(1, sizeof *f);
-    f->ents = l.ents;
-    f->count = kept;
-    f->fd = fd;
-    pthread_mutex_lock(&S.lock);
-    f->next = fakes;
-    fakes = f;
-    pthread_mutex_unlock(&S.lock);
     return f;
 }
 
@@ -1107,6 +1320,49 @@ EXPORT DIR *opendir(const char *path)
     struct fake_dir *f = open_fake_dir(path, &handled);
     if (handled) return (DIR *)f;
     return RESOLVE(opendir)(path);
+}
+
+/* os.scandir(fd), os.listdir(fd), shutil.rmtree, os.fwalk list a directory by its fd: in a
+ * volume or an ephemeral region that listing is the shield's too. It is read through a private
+ * dup (glibc checks that it is a readable directory), and the shared offset is put back at 0,
+ * so the fd is as the real fdopendir leaves it; closedir closes it. */
+EXPORT DIR *fdopendir(int fd)
+{
+    struct target t;
+    char link[64];
+    if (!ACTIVE() || !S.nvols) return RESOLVE(fdopendir)(fd);
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    in_shield++;
+    ssize_t n = RESOLVE(readlink)(link, t.path, sizeof t.path - 1);
+    in_shield--;
+    if (n <= 0 || t.path[0] != '/') return RESOLVE(fdopendir)(fd);
+    t.path[n] = '\0';
+    t.changed = 0;
+    t.is_dir = 0;
+    t.m = NULL;
+    if ((t.vol = volume_of(t.path)) == NULL) return RESOLVE(fdopendir)(fd);
+    t.kind = T_VOL;
+    in_shield++;
+    int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+    DIR *real = copy >= 0 ? RESOLVE(fdopendir)(copy) : NULL;
+    int saved = errno;
+    if (!real && copy >= 0) RESOLVE(close)(copy);
+    in_shield--;
+    if (!real) {
+        errno = saved;
+        return NULL;
+    }
+    struct fake_dir *f = make_fake_dir(&t, real);  /* rewinds: the offset shared with fd is 0 */
+    saved = errno;
+    in_shield++;
+    RESOLVE(closedir)(real);
+    in_shield--;
+    if (!f) {
+        errno = saved;
+        return NULL;
+    }
+    f->fd = fd;
+    return (DIR *)f;
 }
 
 static struct dirent64 *fake_next(DIR *d, int *handled)
@@ -1271,7 +1527,13 @@ static int shield_unlink(int dirfd, const char *path, int flags, struct target *
     if (t->kind != T_VOL || (flags & AT_REMOVEDIR)) return -2;
     pthread_mutex_lock(&S.lock);
     int rc = -2;
-    if (fspf_find(&t->vol->fs, t->path)) rc = commit(t->vol, NULL, -1, t->path);
+    if (fspf_find(&t->vol->fs, t->path)) {
+        rc = commit(t->vol, NULL, -1, t->path);
+        if (rc == 0) retarget_tracked(t->vol, t->path, NULL, 0);
+    } else if (ephemeral_hidden(t->vol, t->path)) {
+        errno = ENOENT;  /* not this process's: not there */
+        rc = -1;
+    }
     pthread_mutex_unlock(&S.lock);
     return rc;
 }
@@ -1293,6 +1555,54 @@ EXPORT int unlinkat(int dirfd, const char *path, int flags)
     return RESOLVE(unlinkat)(dirfd, path, flags);
 }
 
+/* A directory renamed within an ephemeral region: the kernel moves it, then every file recorded
+ * below it is protected again under its new path (paths are bound into the chunks). Called
+ * with S.lock held. Volumes do not do this (it would be one commit per file). */
+static int rename_ephemeral_dir(struct svol *vol, const char *from, const char *to)
+{
+    size_t n = strlen(from);
+    if (strncmp(to, from, n) == 0 && to[n] == '/') {
+        errno = EINVAL;  /* into itself */
+        return -1;
+    }
+    in_shield++;
+    int rc = rename(from, to);
+    in_shield--;
+    if (rc != 0) return -1;
+    size_t count = 0;
+    char **moved = malloc(sizeof *moved * (vol->fs.file_count + 1));
+    for (uint32_t i = 0; moved && i < vol->fs.file_count; i++)
+        if (strncmp(vol->fs.files[i].path, from, n) == 0 && vol->fs.files[i].path[n] == '/')
+            moved[count++] = strdup(vol->fs.files[i].path);
+    int failed = !moved;
+    for (size_t i = 0; i < count; i++) {
+        char next[PATH_MAX];
+        struct fspf_file *rec = moved[i] ? fspf_find(&vol->fs, moved[i]) : NULL;
+        int plain = -1, stored = -1, ok = 0;
+        struct rt_error err = {{0}};
+        if (rec && snprintf(next, sizeof next, "%s%s", to, moved[i] + n) < (int)sizeof next &&
+            (plain = new_memfd(next, 1)) >= 0) {
+            in_shield++;
+            stored = open(next, O_RDONLY | O_CLOEXEC);  /* already moved: the old record reads it */
+            in_shield--;
+            if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) ok = commit(vol, next, plain, NULL) == 0;
+            else shield_log("ephemeral region %s: %s", vol->v->path, stored < 0 ? strerror(errno) : err.msg);
+        }
+        if (stored >= 0) RESOLVE(close)(stored);
+        if (plain >= 0) RESOLVE(close)(plain);
+        if (moved[i]) fspf_remove(&vol->fs, moved[i]);
+        failed |= !ok;
+        free(moved[i]);
+    }
+    free(moved);
+    retarget_tracked(vol, from, to, 1);
+    if (failed) {
+        errno = EIO;
+        return -1;
+    }
+    return 0;
+}
+
 static int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
 {
     struct target from, to;
@@ -1306,6 +1616,23 @@ static int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const 
     if (from.kind != T_VOL && to.kind != T_VOL) return -2;
     pthread_mutex_lock(&S.lock);
     struct fspf_file *rec = from.kind == T_VOL ? fspf_find(&from.vol->fs, from.path) : NULL;
+    if (!rec && from.kind == T_VOL && from.vol->ephemeral) {
+        struct stat64 st;
+        in_shield++;
+        int exists = lstat64(from.path, &st) == 0;
+        in_shield--;
+        if (!exists || S_ISREG(st.st_mode) || S_ISLNK(st.st_mode)) {
+            pthread_mutex_unlock(&S.lock);
+            errno = ENOENT;  /* hidden: not this process's */
+            return -1;
+        }
+        int rc = -1;
+        if (to.kind != T_VOL || to.vol != from.vol) errno = EXDEV;
+        else if (!S_ISDIR(st.st_mode)) rc = -2;  /* a socket or fifo: the kernel's */
+        else rc = rename_ephemeral_dir(from.vol, from.path, to.path);
+        pthread_mutex_unlock(&S.lock);
+        return rc;
+    }
     if (!rec) {
         pthread_mutex_unlock(&S.lock);
         struct stat64 st;
@@ -1330,8 +1657,12 @@ static int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const 
         struct rt_error err;
         if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) {
             rc = commit(to.vol, to.path, plain, from.path);
+            if (rc == 0 && strcmp(from.path, to.path) != 0) {
+                retarget_tracked(to.vol, to.path, NULL, 0);  /* the replaced file's fds */
+                retarget_tracked(to.vol, from.path, to.path, 0);
+            }
         } else {
-            shield_log("volume %s: %s", from.vol->v->path, stored < 0 ? strerror(errno) : err.msg);
+            shield_log("%s %s: %s", region_word(from.vol), from.vol->v->path, stored < 0 ? strerror(errno) : err.msg);
             errno = EIO;
         }
         if (stored >= 0) RESOLVE(close)(stored);
@@ -1352,6 +1683,65 @@ EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const char 
     int rc = shield_rename(olddirfd, oldpath, newdirfd, newpath);
     return rc != -2 ? rc : RESOLVE(renameat)(olddirfd, oldpath, newdirfd, newpath);
 }
+
+/* ------------------------------------------------------------------ mkstemp, tmpfile */
+
+/* glibc's mkstemp family and tmpfile() open their file inside libc, past open(): in an
+ * ephemeral region the file would be plaintext on disk and, unrecorded, invisible by name. There
+ * the shield makes the name and opens it through open(); elsewhere libc's own. */
+static int ephemeral_path(const char *path)
+{
+    struct target t;
+    return ACTIVE() && path && S.nvols && target_of(AT_FDCWD, path, 0, &t) == 0 && t.kind == T_VOL && t.vol->ephemeral;
+}
+
+static int shield_mkostemps(char *tmpl, int suffixlen, int flags, int large)
+{
+    if (!ephemeral_path(tmpl)) return large ? RESOLVE(mkostemps64)(tmpl, suffixlen, flags) : RESOLVE(mkostemps)(tmpl, suffixlen, flags);
+    static const char letters[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    size_t len = strlen(tmpl);
+    if (suffixlen < 0 || len < 6 + (size_t)suffixlen || memcmp(tmpl + len - (size_t)suffixlen - 6, "XXXXXX", 6) != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    char *x = tmpl + len - (size_t)suffixlen - 6;
+    for (int attempt = 0; attempt < 62 * 62 * 62; attempt++) {
+        unsigned char r[6];
+        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) break;
+        for (int i = 0; i < 6; i++) x[i] = letters[r[i] % 62];
+        int fd = open(tmpl, (flags & ~O_ACCMODE) | O_RDWR | O_CREAT | O_EXCL, 0600);
+        if (fd >= 0 || errno != EEXIST) return fd;
+    }
+    memcpy(x, "XXXXXX", 6);
+    errno = EEXIST;
+    return -1;
+}
+
+EXPORT int mkstemp(char *tmpl) { return shield_mkostemps(tmpl, 0, 0, 0); }
+EXPORT int mkstemp64(char *tmpl) { return shield_mkostemps(tmpl, 0, 0, 1); }
+EXPORT int mkostemp(char *tmpl, int flags) { return shield_mkostemps(tmpl, 0, flags, 0); }
+EXPORT int mkostemp64(char *tmpl, int flags) { return shield_mkostemps(tmpl, 0, flags, 1); }
+EXPORT int mkstemps(char *tmpl, int suffixlen) { return shield_mkostemps(tmpl, suffixlen, 0, 0); }
+EXPORT int mkstemps64(char *tmpl, int suffixlen) { return shield_mkostemps(tmpl, suffixlen, 0, 1); }
+EXPORT int mkostemps(char *tmpl, int suffixlen, int flags) { return shield_mkostemps(tmpl, suffixlen, flags, 0); }
+EXPORT int mkostemps64(char *tmpl, int suffixlen, int flags) { return shield_mkostemps(tmpl, suffixlen, flags, 1); }
+
+/* tmpfile() uses P_tmpdir (/tmp) whatever TMPDIR says: an anonymous memfd when it is ephemeral. */
+static FILE *shield_tmpfile(int large)
+{
+    if (!ephemeral_path(P_tmpdir)) return large ? RESOLVE(tmpfile64)() : RESOLVE(tmpfile)();
+    int fd = new_memfd("tmpfile", 0);
+    FILE *f = fd >= 0 ? fdopen(fd, "w+") : NULL;
+    if (!f && fd >= 0) {
+        int saved = errno;
+        RESOLVE(close)(fd);
+        errno = saved;
+    }
+    return f;
+}
+
+EXPORT FILE *tmpfile(void) { return shield_tmpfile(0); }
+EXPORT FILE *tmpfile64(void) { return shield_tmpfile(1); }
 
 /* ------------------------------------------------------------------ start-up */
 
@@ -1381,6 +1771,38 @@ static void fatal(const char *msg)
     _exit(2);
 }
 
+/* An ephemeral region: a volume whose fspf (one encrypted kernel region, no files) exists in
+ * this process's memory only. It has no fspf key: it is never serialised, and the per-file keys
+ * it will hold (fresh from RAND_bytes on every write) never leave the process. A region that
+ * is a volume too, or a run-time mount (/proc, /dev, ...), is not one. */
+static void add_ephemeral(const char *config_path)
+{
+    char path[PATH_MAX];
+    if (!config_path || config_path[0] != '/' || strlen(config_path) >= sizeof path) return;
+    strcpy(path, config_path);
+    normalise(path);
+    if (run_time_mount(path)) return;
+    for (size_t i = 0; i < S.nvols; i++)
+        if (strcmp(S.vols[i].v->path, path) == 0) return;
+    struct svol *sv = &S.vols[S.nvols];
+    struct fspf_region *region = calloc(1, sizeof *region);
+    sv->own.path = strdup(path);
+    sv->own.fspf_path = NULL;
+    sv->own.protection = FSPF_ENCRYPTED;
+    if (!region || !sv->own.path || !(region->path = strdup(path)) || !(region->kernel_path = strdup(path)))
+        fatal("out of memory");
+    region->kind = FSPF_KERNEL;  /* stored at their own paths */
+    region->protection = FSPF_ENCRYPTED;
+    region->key_length = 32;
+    region->chunk_size = 64 * 1024;
+    sv->fs.region_count = 1;
+    sv->fs.regions = region;
+    sv->v = &sv->own;
+    sv->len = strlen(path);
+    sv->ephemeral = 1;
+    S.nvols++;
+}
+
 __attribute__((constructor)) static void shield_init(void)
 {
     const char *config_path = getenv("SCONIFY_RUNTIME_CONFIG");
@@ -1408,13 +1830,14 @@ __attribute__((constructor)) static void shield_init(void)
         S.has_emb = 1;
     }
     const char *keys_path = getenv("SCONIFY_KEYS");
+    S.vols = calloc(S.cfg.volume_count + S.cfg.ephemeral_count + 1, sizeof *S.vols);
+    if (!S.vols) fatal("out of memory");
     if (S.cfg.volume_count) {
         struct rt_keys keys;
         if (!keys_path) fatal("no keys: start the service through sconify-run");
         if (keys_load(keys_path, &keys, &err) != 0) fatal(err.msg);
         S.keys_path = strdup(keys_path);
         S.keys_persist = strncmp(keys_path, "/proc/", 6) != 0;
-        S.vols = calloc(S.cfg.volume_count, sizeof *S.vols);
         for (size_t i = 0; i < S.cfg.volume_count; i++) {
             const struct rt_volume *v = &S.cfg.volumes[i];
             struct rt_key *k = keys_find(&keys, v->path);
@@ -1441,6 +1864,7 @@ __attribute__((constructor)) static void shield_init(void)
         }
         keys_free(&keys);
     }
+    for (size_t i = 0; i < S.cfg.ephemeral_count; i++) add_ephemeral(S.cfg.ephemeral[i]);
     install_seccomp();
     S.active = S.has_emb || S.nvols;
     in_shield--;
