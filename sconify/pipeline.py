@@ -148,6 +148,10 @@ class Plan:
         """The regions with an fspf of their own (sconify.volumes), in path order."""
         return [region for region in self.regions if is_volume(region)]
 
+    def removed_code(self) -> list[str]:
+        """The code files whited out of the rootfs (without --keep-embedded)."""
+        return removable_code(self.code_files, self.service)
+
     def data_paths(self) -> list[str]:
         """The files of every region, region by region."""
         return [path for files in self.data_files.values() for path in files]
@@ -230,11 +234,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 elf.validate(str(original_exe), absolute(plan.executable.path))
                 packed, injected = pack_into(sconified_exe, original_exe,
                                              [archive_entry(fs, spool, extents, p) for p in embedded])
-                # Shared objects stay in place too (as the libraries do): a C extension or addon
-                # finds its vendored libraries through RUNPATH $ORIGIN, its real directory; the
-                # runtime loads it from there after checking it against the measured copy.
-                kept = set(native_code(plan.code_files)) | set(plan_scripts(plan))  # execve and sh read scripts
-                removed = [] if options.keep_embedded else [p for p in plan.code_files if p not in kept]
+                removed = [] if options.keep_embedded else plan.removed_code()
                 executable = executable_figures(plan, original_exe, sconified_exe)
                 embedfs = embedfs_figures(packed, removed)
                 embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
@@ -492,8 +492,8 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
                 "another directory"
             )
     fspf_excluded = {executable.path, *fspf_files}
-    if not options.keep_embedded:
-        fspf_excluded.update(code_files)
+    if not options.keep_embedded:  # code kept in place is in a '/' volume, as the libraries are
+        fspf_excluded.update(removable_code(code_files, service))
     data_files: dict[str, list[str]] = {}
     for region in volumes:
         if region["path"] == "/":
@@ -569,6 +569,15 @@ def plan_scripts(plan: Plan) -> list[str]:
     """The scripts crossed to start the service (relative): embedded, and kept in place for the
     kernel and the shell, which read them before any shield runs; the launcher checks them."""
     return [rel(script) for script in plan.service.scripts] if plan.service else []
+
+
+def removable_code(code_files: list[str], service: Service | None) -> list[str]:
+    """The code files that leave the rootfs once embedded. Shared objects stay (as the libraries
+    do: a C extension or addon finds its vendored libraries through RUNPATH $ORIGIN, its real
+    directory; the runtime loads it from there once checked against the measured copy), and so
+    do the scripts crossed to start the service (the kernel and the shell read them)."""
+    kept = set(native_code(code_files)) | ({rel(script) for script in service.scripts} if service else set())
+    return [p for p in code_files if p not in kept]
 
 
 PROGRAM_EXTENSIONS = (".py", ".pyc", ".so", ".js", ".mjs", ".cjs", ".node")  # never data (".json" may be)

@@ -41,6 +41,7 @@ from sconify.codepaths.common import (
     which,
 )
 from sconify.codepaths.service import Service
+from sconify.select import rel
 
 MAX_BINARY = 256 << 20  # bytes of an interpreter or libpython read to find its frozen site module
 VERSION_NAME = re.compile(r"python(\d+)\.(\d+)")
@@ -158,6 +159,27 @@ def read_cfg(fs, path: str) -> dict[str, str]:
     return values
 
 
+SCAN_CHUNK = 1 << 20
+
+
+def scan_for(fs, path: str, needles: tuple[bytes, ...], limit: int = MAX_BINARY) -> set[bytes]:
+    """Which of ``needles`` occur in the first ``limit`` bytes of the file ``path``, read in
+    1 MiB chunks (an interpreter or libpython can be large; memory stays small)."""
+    found: set[bytes] = set()
+    overlap = max(len(n) for n in needles) - 1
+    for _entry, stream in fs.iter_files([rel(path)]):
+        tail, read = b"", 0
+        while read < limit and len(found) < len(needles):
+            chunk = stream.read(min(SCAN_CHUNK, limit - read))
+            if not chunk:
+                break
+            read += len(chunk)
+            window = tail + chunk
+            found.update(n for n in needles if n in window)
+            tail = window[-overlap:]
+    return found
+
+
 def site_flavour(fs, real_executable: str, stdlib: str, version: str) -> tuple[str, str]:
     """Which ``site.getsitepackages`` the interpreter runs, and how that was told: Debian's
     (``dist-packages``) or upstream's (``site-packages``).
@@ -176,10 +198,10 @@ def site_flavour(fs, real_executable: str, stdlib: str, version: str) -> tuple[s
         if target is None or target in seen or not is_file(fs, target):
             continue
         seen.add(target)
-        data = read_bytes(fs, target, MAX_BINARY) or b""
-        if b"dist-packages" in data:
+        found = scan_for(fs, target, (b"dist-packages", b"getsitepackages", b"site-packages"))
+        if b"dist-packages" in found:
             return "debian", f"the site module frozen into {target} uses dist-packages"
-        if b"getsitepackages" in data and b"site-packages" in data:
+        if {b"getsitepackages", b"site-packages"} <= found:
             return "upstream", f"the site module frozen into {target} uses site-packages"
     text = read_text(fs, posixpath.join(stdlib, "site.py")) or ""
     if '"dist-packages"' in text or "'dist-packages'" in text:
