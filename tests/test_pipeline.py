@@ -27,7 +27,8 @@ from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
 from sconify.keys import KeysFile
 from sconify.manifest import KEY_DEPENDENT_FIELDS, Manifest
-from sconify.pipeline import ConvertOptions, contents_to_keep, sconify_image
+from sconify.pipeline import ConvertOptions, sconify_image
+from sconify.plan import contents_to_keep
 from test_direct import cached_bytes, takes_direct_io
 
 
