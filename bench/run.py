@@ -409,11 +409,12 @@ def fspf_case(ctx: Context, size_mb: int) -> None:
 
 def runtime_case(ctx: Context, volume_mb: int) -> None:
     """The runtime's start-up under Docker and an encrypted volume's throughput (bench_runtime)."""
-    from bench_runtime import startup_rows, volume_rows
+    from bench_runtime import local_startup_rows, startup_rows, volume_rows
 
     rows = startup_rows(ctx.work, ctx.repeat, demo_layout("python"), Row)
     if not rows:
-        ctx.report.notes.append("runtime start-up not measured: no Docker engine (DOCKER_HOST or start-dockerd)")
+        ctx.report.notes.append("runtime start-up under Docker not measured: no Docker engine (DOCKER_HOST or start-dockerd)")
+    rows += local_startup_rows(ctx.work, ctx.repeat, Row)
     for row in rows + volume_rows(ctx.work, ctx.repeat, volume_mb, Row):
         ctx.report.rows.append(row)
 
