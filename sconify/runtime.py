@@ -65,7 +65,7 @@ def source_tree() -> Path:
 
 def source_files(root: Path) -> list[Path]:
     files = [root / name for name in SOURCE_FILES]
-    files += sorted((root / "src").glob("*.[ch]"))
+    files += sorted((root / "src").glob("*.[ch]")) + sorted((root / "src" / "shield").glob("*.[ch]"))
     return files
 
 

@@ -1,0 +1,178 @@
+/* The commit protocol: the one place where a volume's or an ephemeral region's stored files,
+ * and a volume's fspf, are written. */
+#include "shield.h"
+
+static void tmp_name(const char *path, char *out, size_t len)
+{
+    const char *base = base_name(path);
+    snprintf(out, len, "%.*s" HIDDEN_TMP "%s.%ld", (int)(base - path), path, base, (long)getpid());
+}
+
+static int fsync_parent(const char *path)
+{
+    char dir[PATH_MAX];
+    snprintf(dir, sizeof dir, "%s", path);
+    char *slash = strrchr(dir, '/');
+    if (slash == dir) slash[1] = '\0';
+    else if (slash) *slash = '\0';
+    int fd = RESOLVE(open)(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = RESOLVE(fsync)(fd);
+    RESOLVE(close)(fd);
+    return rc;
+}
+
+static int copy_fd(int from, int to, uint64_t size)
+{
+    unsigned char buf[1 << 16];
+    for (uint64_t off = 0; off < size;) {
+        size_t n = size - off < sizeof buf ? (size_t)(size - off) : sizeof buf;
+        if (pread_full(from, buf, n, off) != 0 || pwrite_full(to, buf, n, off) != 0) return -1;
+        off += n;
+    }
+    return 0;
+}
+
+/* Record a new fspf tag: phase 1 ("next", before the renames) or 2 (after). */
+static int record_tag(struct svol *vol, const unsigned char tag[16], int next, struct rt_error *err)
+{
+    if (!S.keys_persist) {
+        if (!next) {
+            char hex[33];
+            hex_encode(tag, 16, hex);
+            shield_log("volume %s: new fspf tag %s (debug-mode keys: record it as SCONE_FSPF_TAG)", vol->v->path, hex);
+        }
+        return 0;
+    }
+    return keys_record_tag(S.keys_path, vol->v->path, tag, next, err);
+}
+
+/* The commit of a volume change: protect the plaintext in plain_fd (if path) as path, drop the
+ * record of remove (if any), and write both the stored file and the fspf crash-safely. Called
+ * with S.lock held. Returns 0, or -1 with errno set and one line logged.
+ * An ephemeral region's fspf lives in memory only: there the stored file is still written to a
+ * temp file and renamed into place (a reader sees the old or the new ciphertext), but nothing
+ * is fsynced (the content is gone at exit anyway), no fspf is written and no tag recorded; an
+ * error creating the stored file is the service's own (ENOENT, EACCES...), as the kernel's
+ * open would have given it, without a line on stderr. */
+int commit(struct svol *vol, const char *path, int plain_fd, const char *remove)
+{
+    struct rt_error err = {{0}};
+    const struct fspf_region *region = &vol->fs.regions[0];
+    char stored_tmp[PATH_MAX] = "", fspf_tmp[PATH_MAX];
+    struct fspf_file rec = {0}, *old = NULL, saved_old = {0}, saved_removed = {0};
+    int have_rec = 0, have_removed = 0, saved_errno = EIO;
+    unsigned char *sealed = NULL, tag[16];
+    size_t sealed_len = 0;
+    in_shield++;
+    if (path) {
+        struct stat64 st;
+        if (fstat64(plain_fd, &st) != 0) goto fail_errno;
+        tmp_name(path, stored_tmp, sizeof stored_tmp);
+        int out = open(stored_tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, vol->ephemeral ? 0600 : 0644);
+        if (out < 0) {
+            if (vol->ephemeral) {
+                stored_tmp[0] = '\0';
+                saved_errno = errno;
+                in_shield--;
+                errno = saved_errno;
+                return -1;
+            }
+            rt_fail(&err, "cannot write %s: %s", path, strerror(errno));
+            goto fail_errno;
+        }
+        int rc = fspf_protect_file(path, region->protection, region->chunk_size, region->key_length, plain_fd,
+                                   (uint64_t)st.st_size, out, &rec, &err);
+        if (rc == 0 && region->protection == FSPF_AUTHENTICATED) rc = copy_fd(plain_fd, out, (uint64_t)st.st_size);
+        if (rc == 0 && !vol->ephemeral && fsync(out) != 0) { rc = -1; rt_fail(&err, "cannot fsync %s: %s", path, strerror(errno)); }
+        saved_errno = errno;
+        close(out);
+        if (rc != 0) { errno = saved_errno; goto fail_errno; }
+        have_rec = 1;
+    }
+    /* Change the fspf in memory, keeping what is needed to undo it. */
+    if (path && (old = fspf_find(&vol->fs, path)) != NULL) {
+        saved_old = *old;
+        saved_old.path = strdup(old->path);
+        if (old->tag_count) {
+            saved_old.tags = malloc(old->tag_count * 16u);
+            memcpy(saved_old.tags, old->tags, old->tag_count * 16u);
+        }
+    }
+    if (remove) {
+        struct fspf_file *r = fspf_find(&vol->fs, remove);
+        if (r) {
+            saved_removed = *r;
+            saved_removed.path = strdup(r->path);
+            if (r->tag_count) {
+                saved_removed.tags = malloc(r->tag_count * 16u);
+                memcpy(saved_removed.tags, r->tags, r->tag_count * 16u);
+            }
+            have_removed = 1;
+            fspf_remove(&vol->fs, remove);
+        }
+    }
+    if (have_rec) {
+        if (fspf_put(&vol->fs, &rec, &err) != 0) goto undo;
+        have_rec = 0;
+    }
+    if (vol->ephemeral) {
+        if (stored_tmp[0] && rename(stored_tmp, path) != 0) {
+            rt_fail(&err, "cannot replace %s: %s", path, strerror(errno));
+            goto undo;
+        }
+        if (remove && (!path || strcmp(remove, path) != 0)) unlink(remove);
+        fspf_file_free(&saved_old);
+        fspf_file_free(&saved_removed);
+        in_shield--;
+        return 0;
+    }
+    if (fspf_save_encrypted(&vol->fs, vol->key, &sealed, &sealed_len, tag, &err) != 0) goto undo;
+    snprintf(fspf_tmp, sizeof fspf_tmp, "%s" HIDDEN_TMP "%ld", vol->v->fspf_path, (long)getpid());
+    {
+        int out = open(fspf_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+        if (out < 0 || write_full(out, sealed, sealed_len) != 0 || fsync(out) != 0) {
+            rt_fail(&err, "cannot write the fspf of volume %s: %s", vol->v->path, strerror(errno));
+            if (out >= 0) close(out);
+            unlink(fspf_tmp);
+            goto undo;
+        }
+        close(out);
+    }
+    if (record_tag(vol, tag, 1, &err) != 0) { unlink(fspf_tmp); goto undo; }
+    if ((stored_tmp[0] && rename(stored_tmp, path) != 0) || rename(fspf_tmp, vol->v->fspf_path) != 0) {
+        rt_fail(&err, "cannot replace files of volume %s: %s", vol->v->path, strerror(errno));
+        unlink(fspf_tmp);
+        goto undo;
+    }
+    if (remove && (!path || strcmp(remove, path) != 0)) unlink(remove);
+    fsync_parent(vol->v->fspf_path);
+    if (path) fsync_parent(path);
+    memcpy(vol->tag, tag, 16);
+    if (record_tag(vol, tag, 0, &err) != 0) shield_log("%s", err.msg);  /* "next" is recorded: start-up promotes it */
+    free(sealed);
+    fspf_file_free(&saved_old);
+    fspf_file_free(&saved_removed);
+    in_shield--;
+    return 0;
+undo:
+    if (path) {
+        if (saved_old.path) fspf_put(&vol->fs, &saved_old, NULL), saved_old.path = NULL;
+        else fspf_remove(&vol->fs, path);
+    }
+    if (have_removed) fspf_put(&vol->fs, &saved_removed, NULL), saved_removed.path = NULL;
+    saved_errno = EIO;
+    goto fail;
+fail_errno:
+    saved_errno = errno == EROFS || errno == ENOSPC || errno == EDQUOT ? errno : EIO;
+fail:
+    if (have_rec) fspf_file_free(&rec);
+    fspf_file_free(&saved_old);
+    fspf_file_free(&saved_removed);
+    free(sealed);
+    if (stored_tmp[0]) unlink(stored_tmp);
+    shield_log("%s %s: write of %s not saved: %s", region_word(vol), vol->v->path, path ? path : remove, err.msg[0] ? err.msg : strerror(saved_errno));
+    in_shield--;
+    errno = saved_errno;
+    return -1;
+}

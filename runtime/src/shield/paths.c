@@ -1,0 +1,154 @@
+/* Paths: what a path the service passes names (embedded code, a volume or ephemeral region,
+ * or neither), and the names a volume keeps to itself. */
+#include "shield.h"
+
+/* Lexically normalise an absolute path (collapse //, ., ..). */
+void normalise(char *path)
+{
+    char *out = path, *in = path;
+    while (*in) {
+        while (*in == '/') in++;
+        if (!*in) break;
+        char *end = strchrnul(in, '/');
+        size_t len = (size_t)(end - in);
+        if (len == 1 && in[0] == '.') {
+        } else if (len == 2 && in[0] == '.' && in[1] == '.') {
+            while (out > path && *--out != '/') {}
+        } else {
+            *out++ = '/';
+            memmove(out, in, len);
+            out += len;
+        }
+        in = end;
+    }
+    if (out == path) *out++ = '/';
+    *out = '\0';
+}
+
+/* path (relative to dirfd or the cwd) as an absolute, normalised path. */
+static int absolute(int dirfd, const char *path, char *out, size_t len)
+{
+    if (!path || !*path) return -1;
+    if (path[0] == '/') {
+        if (strlen(path) >= len) return -1;
+        strcpy(out, path);
+    } else {
+        char base[PATH_MAX];
+        if (dirfd == AT_FDCWD) {
+            if (!getcwd(base, sizeof base)) return -1;
+        } else {
+            char link[64];
+            snprintf(link, sizeof link, "/proc/self/fd/%d", dirfd);
+            in_shield++;
+            ssize_t n = RESOLVE(readlink)(link, base, sizeof base - 1);
+            in_shield--;
+            if (n <= 0 || base[0] != '/') return -1;
+            base[n] = '\0';
+        }
+        if (strlen(base) + strlen(path) + 2 > len) return -1;
+        snprintf(out, len, "%s/%s", base, path);
+    }
+    normalise(out);
+    return 0;
+}
+
+/* Mounted at run time, never part of the image: not in a '/' volume (--authenticate-root). */
+int run_time_mount(const char *path)
+{
+    static const char *const mounts[] = {"/proc", "/dev", "/sys", "/run", "/.sconify"};
+    for (size_t i = 0; i < sizeof mounts / sizeof mounts[0]; i++) {
+        size_t n = strlen(mounts[i]);
+        if (strncmp(path, mounts[i], n) == 0 && (path[n] == '/' || path[n] == '\0')) return 1;
+    }
+    return 0;
+}
+
+struct svol *volume_of(const char *path)
+{
+    if (run_time_mount(path)) return NULL;
+    struct svol *best = NULL;
+    for (size_t i = 0; i < S.nvols; i++) {
+        struct svol *v = &S.vols[i];
+        if (strncmp(path, v->v->path, v->len) == 0 && (path[v->len] == '/' || path[v->len] == '\0' || v->len == 1))
+            if (!best || v->len > best->len) best = v;
+    }
+    return best;
+}
+
+/* Resolve embedded symlinks in t->path (the last component only when follow) and find out
+ * whether it names embedded code, a volume, or neither. */
+static void locate(struct target *t, int follow)
+{
+    t->kind = T_PASS;
+    t->m = NULL;
+    t->is_dir = 0;
+    for (int hops = 0; S.has_emb && hops < 40; hops++) {
+        char *p = t->path;
+        size_t len = strlen(p);
+        int restarted = 0;
+        for (size_t end = 1; end <= len; end++) {
+            if (end < len && p[end] != '/') continue;
+            const char *rel = p + 1;
+            size_t rlen = end - 1;
+            if (rlen == 0) continue;
+            const struct embedfs_member *m = embedfs_lookup(&S.emb, rel, rlen);
+            if (!m) {
+                if (embedfs_is_dir(&S.emb, rel, rlen)) {
+                    if (end == len) { t->kind = T_EMB; t->is_dir = 1; return; }
+                    continue;
+                }
+                goto volumes;
+            }
+            if (m->kind == EMBEDFS_SYMLINK && (end < len || follow)) {
+                char next[PATH_MAX];
+                int n;
+                if (m->link_len && m->link[0] == '/')
+                    n = snprintf(next, sizeof next, "%.*s%s", (int)m->link_len, m->link, p + end);
+                else {
+                    const char *slash = memrchr(p, '/', end);
+                    n = snprintf(next, sizeof next, "%.*s/%.*s%s", (int)(slash - p), p, (int)m->link_len, m->link,
+                                 p + end);
+                }
+                if (n < 0 || (size_t)n >= sizeof next) goto volumes;
+                normalise(next);
+                strcpy(t->path, next);
+                t->changed = 1;
+                restarted = 1;
+                break;
+            }
+            if (end == len) { t->kind = T_EMB; t->m = m; return; }
+            goto volumes;  /* a path through a regular file: the real fs says ENOTDIR */
+        }
+        if (!restarted) break;
+    }
+volumes:
+    if (S.nvols && (t->vol = volume_of(t->path)) != NULL) t->kind = T_VOL;
+}
+
+/* What path (relative to dirfd) names, in t: -1 if it cannot be made absolute. */
+int target_of(int dirfd, const char *path, int follow, struct target *t)
+{
+    t->changed = 0;
+    if (absolute(dirfd, path, t->path, sizeof t->path) != 0) return -1;
+    if (path[0] != '/' || strcmp(path, t->path) != 0) t->changed = 1;
+    locate(t, follow);
+    return 0;
+}
+
+static int hidden_name(const char *name)
+{
+    return strcmp(name, VOLUME_FSPF_NAME) == 0 || strncmp(name, HIDDEN_TMP, strlen(HIDDEN_TMP)) == 0;
+}
+
+const char *base_name(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}
+
+/* Names the service never sees as files of its own in vol: a volume's fspf and the commit's
+ * temp files (an ephemeral region has no fspf file, so only the latter). */
+int reserved_name(const struct svol *vol, const char *name)
+{
+    return vol->ephemeral ? strncmp(name, HIDDEN_TMP, strlen(HIDDEN_TMP)) == 0 : hidden_name(name);
+}

@@ -1,0 +1,231 @@
+/* libsconify-shield.so: preloaded into the service by sconify-run (simulation mode).
+ *
+ * In the measured executable only (its /proc/self/exe is the runtime config's executable) it
+ * does, outside an enclave, what SCONE's runtime does inside one:
+ *
+ *  - embedded code: every file of the executable's embedfs is visible at its path. open() of
+ *    one returns a sealed memfd holding its content, decompressed and checked against its
+ *    member SHA-256 first; stat/lstat/access/readlink/realpath/opendir/scandir see the
+ *    embedded tree merged over the real one; dlopen() loads an embedded shared object from
+ *    its memfd.
+ *  - volumes: a protected region (encrypted or authenticated) has its own fspf. open() of a
+ *    file there returns a memfd with the checked plaintext; a file opened for writing is
+ *    protected again on close()/fsync() with a fresh key and file id, written to a temp file,
+ *    fsynced and renamed over the old one with the re-encrypted fspf, and the new fspf tag is
+ *    recorded in the keys file (two phases: "next" before the renames, "current" after). So
+ *    only ciphertext is ever on disk and a closed or fsynced write survives a crash.
+ *  - ephemeral regions (/tmp): served like an encrypted volume whose fspf exists only in this
+ *    process's memory and starts empty. Files the service writes there are ciphertext on disk
+ *    under per-file keys that never leave the process, so nobody else can read them and they
+ *    are undecryptable once it exits. A regular file or symlink the in-memory fspf does not
+ *    record (another process's, an earlier run's, a planted one) is not there for the service:
+ *    hidden from listings, ENOENT for stat/open/unlink, replaced by a create. Directories,
+ *    sockets and fifos pass through; O_TMPFILE and tmpfile() give an anonymous memfd, and the
+ *    libc mkstemp family (which opens inside glibc) is served through open().
+ *
+ * Every other process (a shell, `ls`) gets plain pass-through: without the keys it sees only
+ * ciphertext. Errors the service cannot be told about in detail are printed as one line on
+ * stderr ("sconify-shield: ...") and reported as EIO. Interposed are the public libc entry
+ * points the measured runtimes use (CPython, libuv); glibc's internal calls are not.
+ *
+ * Where things are (src/shield/):
+ *   shield.h     what the pieces share: the state S, volumes, targets, the real libc functions
+ *   state.c      the state S, the real libc functions (dlsym RTLD_NEXT), shield_log
+ *   init.c       start-up: the constructor (config, embedfs, keys and volume fspfs, ephemeral
+ *                regions, the seccomp filter) and the stdin definition libjansson needs
+ *   paths.c      paths: absolute and normalised, embedded symlinks resolved, which region a
+ *                path is in (target_of), run-time mounts, the names volumes hide
+ *   embedded.c   embedded code: sealed memfds with a member's checked content, its stat, dlopen
+ *   volumes.c    files in a volume or an ephemeral region: open (a plaintext memfd), unlink,
+ *                rename, O_TMPFILE, the mkstemp family and tmpfile
+ *   tracked.c    the memfds the service may write (tracked fds): which file each one is, dup,
+ *                retargeting on unlink/rename, protection again on close/fsync
+ *   commit.c     the commit protocol: the only place a volume's stored files and fspf are written
+ *   dirs.c       directory listings (opendir, fdopendir, readdir*, scandir*, ...): the real one
+ *                merged with the embedded tree, without what a volume hides
+ *   interpose.c  the other exported libc entry points (open*, fopen*, close, fclose, fsync,
+ *                dup*, stat*, access, readlink*, realpath, unlink*, rename*, mkstemp*, tmpfile):
+ *                each one decides which piece serves the path, or calls the real function
+ *
+ * Only the libc entry points are exported (EXPORT); everything declared here is hidden.
+ */
+#ifndef SCONIFY_SHIELD_H
+#define SCONIFY_SHIELD_H
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "embedfs.h"
+#include "fspf.h"
+#include "util.h"
+
+#define EXPORT __attribute__((visibility("default")))
+#define HIDDEN_TMP ".sconify-tmp."
+#define FAKE_DEV 0x5c0f1fULL
+
+#pragma GCC visibility push(hidden)
+
+/* ------------------------------------------------------------------ real functions */
+
+/* The libc functions the shield calls past itself: RESOLVE(name) is the next definition of
+ * name (dlsym RTLD_NEXT, looked up on first use), of type name_fn. Defined in state.c. */
+#define REAL_FUNCTIONS(REAL) \
+    REAL(int, open, const char *, int, ...) \
+    REAL(int, open64, const char *, int, ...) \
+    REAL(int, openat, int, const char *, int, ...) \
+    REAL(int, openat64, int, const char *, int, ...) \
+    REAL(FILE *, fopen, const char *, const char *) \
+    REAL(FILE *, fopen64, const char *, const char *) \
+    REAL(int, stat, const char *, struct stat *) \
+    REAL(int, stat64, const char *, struct stat64 *) \
+    REAL(int, lstat, const char *, struct stat *) \
+    REAL(int, lstat64, const char *, struct stat64 *) \
+    REAL(int, fstatat, int, const char *, struct stat *, int) \
+    REAL(int, fstatat64, int, const char *, struct stat64 *, int) \
+    REAL(int, access, const char *, int) \
+    REAL(int, faccessat, int, const char *, int, int) \
+    REAL(ssize_t, readlink, const char *, char *, size_t) \
+    REAL(ssize_t, readlinkat, int, const char *, char *, size_t) \
+    REAL(char *, realpath, const char *, char *) \
+    REAL(DIR *, opendir, const char *) \
+    REAL(DIR *, fdopendir, int) \
+    REAL(struct dirent *, readdir, DIR *) \
+    REAL(struct dirent64 *, readdir64, DIR *) \
+    REAL(int, closedir, DIR *) \
+    REAL(int, dirfd, DIR *) \
+    REAL(void, rewinddir, DIR *) \
+    REAL(int, scandir, const char *, struct dirent ***, int (*)(const struct dirent *),      \
+         int (*)(const struct dirent **, const struct dirent **))                            \
+    REAL(int, scandir64, const char *, struct dirent64 ***, int (*)(const struct dirent64 *), \
+         int (*)(const struct dirent64 **, const struct dirent64 **))                        \
+    REAL(void *, dlopen, const char *, int) \
+    REAL(int, close, int) \
+    REAL(int, fclose, FILE *) \
+    REAL(int, fsync, int) \
+    REAL(int, fdatasync, int) \
+    REAL(int, dup, int) \
+    REAL(int, dup2, int, int) \
+    REAL(int, dup3, int, int, int) \
+    REAL(int, unlink, const char *) \
+    REAL(int, unlinkat, int, const char *, int) \
+    REAL(int, rename, const char *, const char *) \
+    REAL(int, mkostemps, char *, int, int) \
+    REAL(int, mkostemps64, char *, int, int) \
+    REAL(FILE *, tmpfile, void) \
+    REAL(FILE *, tmpfile64, void) \
+    REAL(int, renameat, int, const char *, int, const char *)
+
+#define REAL_DECLARE(ret, name, ...)       \
+    typedef ret (*name##_fn)(__VA_ARGS__); \
+    name##_fn get_##name(void);
+REAL_FUNCTIONS(REAL_DECLARE)
+
+#define RESOLVE(name) get_##name()
+
+/* ------------------------------------------------------------------ state (state.c) */
+
+struct svol {
+    const struct rt_volume *v;
+    size_t len;                /* strlen(v->path) */
+    struct fspf fs;
+    unsigned char key[32];
+    unsigned char tag[16];
+    int ephemeral;             /* fs lives in memory only: no fspf file, no key, no tag */
+    struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL) */
+};
+
+struct tracked {               /* a memfd the service may write: protected again on close */
+    struct svol *vol;
+    char *path;
+    dev_t dev;                 /* the memfd's identity (reopen_tracked checks the fd is still it) */
+    ino_t ino;
+};
+
+struct shield_state {
+    int active;
+    int has_emb;
+    struct embedfs emb;
+    struct rt_config cfg;
+    char *keys_path;
+    int keys_persist;          /* 0: debug-mode keys from the environment (tags printed) */
+    struct svol *vols;
+    size_t nvols;
+    pthread_mutex_t lock;      /* volumes, tracked fds, fake directories */
+    struct tracked *fds;
+    int nfds;
+};
+
+extern struct shield_state S;
+
+extern __thread int in_shield;  /* our own libc calls pass straight through */
+
+#define ACTIVE() (S.active && !in_shield)
+
+void shield_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* ------------------------------------------------------------------ paths (paths.c) */
+
+enum { T_PASS, T_EMB, T_VOL };
+
+struct target {
+    int kind;
+    int is_dir;                         /* T_EMB: an embedded (implied) directory */
+    const struct embedfs_member *m;     /* T_EMB: the member (file or unfollowed symlink) */
+    struct svol *vol;                   /* T_VOL */
+    int changed;                        /* path differs from what the caller passed */
+    char path[PATH_MAX];                /* absolute, normalised, embedded symlinks resolved */
+};
+
+void normalise(char *path);
+int run_time_mount(const char *path);
+struct svol *volume_of(const char *path);
+int target_of(int dirfd, const char *path, int follow, struct target *t);
+const char *base_name(const char *path);
+int reserved_name(const struct svol *vol, const char *name);
+
+/* ------------------------------------------------------------------ embedded code (embedded.c) */
+
+int new_memfd(const char *path, int cloexec);
+int open_embedded(const struct embedfs_member *m, const char *path, int cloexec);
+void embedded_stat(const struct target *t, struct stat64 *st);
+
+/* ------------------------------------------------------------------ volumes (volumes.c) */
+
+const char *region_word(const struct svol *vol);
+int ephemeral_hidden(struct svol *vol, const char *path);
+int open_volume_file(struct target *t, int flags, mode_t mode);
+int open_anonymous(const struct target *t, int flags);
+int shield_unlink(int dirfd, const char *path, int flags, struct target *t);
+int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
+int shield_mkostemps(char *tmpl, int suffixlen, int flags, int large);
+FILE *shield_tmpfile(int large);
+
+/* ------------------------------------------------------------------ tracked fds (tracked.c) */
+
+void track(int fd, struct svol *vol, const char *path);
+struct tracked *tracked_fd(int fd);
+void untrack(int fd);
+void retarget_tracked(struct svol *vol, const char *from, const char *to, int prefix);
+int reopen_tracked(struct svol *vol, const char *path, int flags);
+int flush_tracked(int fd);
+int dup_tracked(int from, int to);
+
+/* ------------------------------------------------------------------ the commit (commit.c) */
+
+int commit(struct svol *vol, const char *path, int plain_fd, const char *remove);
+
+#pragma GCC visibility pop
+
+/* In an entry point with a struct target t: the path to hand to the real function. */
+#define PATH_OR_RESOLVED (ACTIVE() && t.changed ? t.path : path)
+
+#endif

@@ -1,0 +1,115 @@
+/* Tracked fds: the memfds the service may write, each one the plaintext of a file in a
+ * volume or ephemeral region, protected again (commit) on close and fsync. */
+#include "shield.h"
+
+void track(int fd, struct svol *vol, const char *path)
+{
+    if (fd >= S.nfds) {
+        int n = fd + 64;
+        struct tracked *grown = realloc(S.fds, (size_t)n * sizeof *grown);
+        if (!grown) return;
+        memset(grown + S.nfds, 0, (size_t)(n - S.nfds) * sizeof *grown);
+        S.fds = grown;
+        S.nfds = n;
+    }
+    free(S.fds[fd].path);
+    S.fds[fd].vol = vol;
+    S.fds[fd].path = strdup(path);
+    struct stat64 st;
+    int known = fstat64(fd, &st) == 0;
+    S.fds[fd].dev = known ? st.st_dev : 0;
+    S.fds[fd].ino = known ? st.st_ino : 0;
+}
+
+struct tracked *tracked_fd(int fd)
+{
+    return fd >= 0 && fd < S.nfds && S.fds[fd].path ? &S.fds[fd] : NULL;
+}
+
+void untrack(int fd)
+{
+    struct tracked *t = tracked_fd(fd);
+    if (t) {
+        free(t->path);
+        t->path = NULL;
+        t->vol = NULL;
+    }
+}
+
+/* The service removed or renamed a file it may still have open for writing: as with the
+ * kernel, a later close must not bring the old name back. unlink: to NULL (the fds keep their
+ * content but are no longer protected anywhere, like an unlinked inode); rename: to the new
+ * name (prefix: also every file below a renamed directory). Called with S.lock held. */
+void retarget_tracked(struct svol *vol, const char *from, const char *to, int prefix)
+{
+    size_t n = strlen(from);
+    for (int fd = 0; fd < S.nfds; fd++) {
+        struct tracked *t = &S.fds[fd];
+        if (!t->path || t->vol != vol || strncmp(t->path, from, n) != 0) continue;
+        if (t->path[n] != '\0' && !(prefix && t->path[n] == '/')) continue;
+        if (!to) {
+            untrack(fd);
+            continue;
+        }
+        char next[PATH_MAX];
+        if (snprintf(next, sizeof next, "%s%s", to, t->path + n) >= (int)sizeof next) {
+            untrack(fd);
+            continue;
+        }
+        free(t->path);
+        t->path = strdup(next);
+    }
+}
+
+/* Ephemeral regions: if this process has path open for writing, a new open file description
+ * of that memfd (with its own offset and access mode), so that the service sees its own writes
+ * before they are committed, as with the kernel (NamedTemporaryFile: write, flush, open by
+ * name). -1 if there is none. Called with S.lock held. */
+int reopen_tracked(struct svol *vol, const char *path, int flags)
+{
+    int reflags = flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_DIRECTORY);
+    if ((flags & O_ACCMODE) == O_RDONLY) reflags &= ~O_TRUNC;
+    for (int fd = 0; fd < S.nfds; fd++) {
+        struct tracked *t = &S.fds[fd];
+        struct stat64 st;
+        if (!t->path || t->vol != vol || strcmp(t->path, path) != 0) continue;
+        if (fstat64(fd, &st) != 0 || st.st_dev != t->dev || st.st_ino != t->ino) continue;
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+        in_shield++;
+        int copy = open(proc, reflags);
+        in_shield--;
+        if (copy >= 0) return copy;
+    }
+    return -1;
+}
+
+/* Protect a tracked memfd's content again (close, fsync). */
+int flush_tracked(int fd)
+{
+    if (!S.active) return 0;
+    pthread_mutex_lock(&S.lock);
+    struct tracked *t = tracked_fd(fd);
+    int rc = t ? commit(t->vol, t->path, fd, NULL) : 0;
+    pthread_mutex_unlock(&S.lock);
+    return rc;
+}
+
+/* After dup*(from) gave to: to is the same file as from (or, untracked, no file of ours). */
+int dup_tracked(int from, int to)
+{
+    if (to >= 0 && S.active) {
+        pthread_mutex_lock(&S.lock);
+        struct tracked *t = tracked_fd(from);
+        if (t) {
+            struct svol *vol = t->vol;
+            char *path = strdup(t->path);
+            track(to, vol, path);
+            free(path);
+        } else {
+            untrack(to);
+        }
+        pthread_mutex_unlock(&S.lock);
+    }
+    return to;
+}

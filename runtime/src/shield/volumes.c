@@ -1,0 +1,319 @@
+/* Files in a volume or an ephemeral region: open (a memfd with the checked plaintext), unlink
+ * and rename (a commit each), O_TMPFILE, and the libc mkstemp family and tmpfile(). */
+#include <sys/random.h>
+
+#include "shield.h"
+
+const char *region_word(const struct svol *vol) { return vol->ephemeral ? "ephemeral region" : "volume"; }
+
+/* Ephemeral regions start empty: a regular file or a symlink at path that the in-memory fspf
+ * does not record was not written by this process (another process's, an earlier run's, or
+ * planted) and is not there for the service. Directories, sockets, fifos and devices are.
+ * Called with S.lock held. */
+int ephemeral_hidden(struct svol *vol, const char *path)
+{
+    if (!vol->ephemeral || strcmp(path, vol->v->path) == 0 || fspf_find(&vol->fs, path)) return 0;
+    struct stat64 st;
+    in_shield++;
+    int rc = lstat64(path, &st);
+    in_shield--;
+    return rc == 0 && (S_ISREG(st.st_mode) || S_ISLNK(st.st_mode));
+}
+
+/* ------------------------------------------------------------------ open */
+
+/* t names a file in t->vol: a memfd with its checked plaintext (writable: tracked, protected
+ * again on close/fsync), -1 with errno, or -2 when the kernel's (a directory, a socket...). */
+int open_volume_file(struct target *t, int flags, mode_t mode)
+{
+    (void)mode;
+    int writable = (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC));
+    pthread_mutex_lock(&S.lock);
+    struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
+    int fd = -1;
+    struct stat64 st;
+    in_shield++;
+    /* an ephemeral region does not follow a symlink nobody recorded: it is hidden */
+    int exists = (t->vol->ephemeral ? lstat64(t->path, &st) : stat64(t->path, &st)) == 0;
+    in_shield--;
+    if (exists && S_ISDIR(st.st_mode)) {
+        pthread_mutex_unlock(&S.lock);
+        return -2;  /* directories pass through */
+    }
+    if (!rec && t->vol->ephemeral) {
+        if (exists && !S_ISREG(st.st_mode) && !S_ISLNK(st.st_mode)) {
+            pthread_mutex_unlock(&S.lock);
+            return -2;  /* a socket, fifo or device: the kernel's */
+        }
+        if (!(flags & O_CREAT)) {
+            pthread_mutex_unlock(&S.lock);
+            errno = ENOENT;  /* not written by this process: not there (a create replaces it) */
+            return -1;
+        }
+    } else if (!rec) {
+        if (!(flags & O_CREAT)) {
+            pthread_mutex_unlock(&S.lock);
+            if (exists) shield_log("%s is not recorded in the fspf of volume %s (added behind the service's back); refused",
+                                   t->path, t->vol->v->path);
+            errno = exists ? EACCES : ENOENT;
+            return -1;
+        }
+    } else if ((flags & O_CREAT) && (flags & O_EXCL)) {
+        pthread_mutex_unlock(&S.lock);
+        errno = EEXIST;
+        return -1;
+    }
+    if (rec && t->vol->ephemeral && (fd = reopen_tracked(t->vol, t->path, flags)) >= 0) {
+        if (writable) track(fd, t->vol, t->path);  /* the content is shared: either close commits it */
+        goto out;
+    }
+    fd = new_memfd(t->path, flags & O_CLOEXEC);
+    if (fd < 0) goto out;
+    if (rec && !(flags & O_TRUNC && writable)) {
+        in_shield++;
+        int stored = open(t->path, O_RDONLY | O_CLOEXEC);
+        in_shield--;
+        struct rt_error err;
+        if (stored < 0 || fspf_open_file(rec, stored, fd, &err) != 0) {
+            if (stored < 0) rt_fail(&err, "%s: stored file missing (%s)", t->path, strerror(errno));
+            shield_log("%s %s: %s", region_word(t->vol), t->vol->v->path, err.msg);
+            if (stored >= 0) RESOLVE(close)(stored);
+            RESOLVE(close)(fd);
+            fd = -1;
+            errno = EIO;
+            goto out;
+        }
+        RESOLVE(close)(stored);
+        lseek(fd, 0, SEEK_SET);
+    }
+    if (writable) {
+        if (flags & O_APPEND) fcntl(fd, F_SETFL, O_APPEND);
+        if (!rec || (flags & O_TRUNC)) {
+            /* a new or truncated file exists (empty) from now on, as with the kernel */
+            if (commit(t->vol, t->path, fd, NULL) != 0) {
+                int saved = errno;
+                RESOLVE(close)(fd);
+                fd = -1;
+                errno = saved;
+                goto out;
+            }
+        }
+        track(fd, t->vol, t->path);
+    } else {
+        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+    }
+out:
+    pthread_mutex_unlock(&S.lock);
+    return fd;
+}
+
+/* O_TMPFILE in an ephemeral region: an unnamed file that lives as long as its descriptors.
+ * An anonymous memfd: its content never reaches the disk. (linkat() cannot give it a name.) */
+int open_anonymous(const struct target *t, int flags)
+{
+    struct stat64 st;
+    in_shield++;
+    int rc = stat64(t->path, &st);
+    in_shield--;
+    if (rc != 0) return -1;
+    if (!S_ISDIR(st.st_mode)) {
+        errno = ENOTDIR;
+        return -1;
+    }
+    if ((flags & O_ACCMODE) == O_RDONLY) {
+        errno = EINVAL;
+        return -1;
+    }
+    int fd = new_memfd("tmpfile", flags & O_CLOEXEC);
+    if (fd >= 0 && (flags & O_APPEND)) fcntl(fd, F_SETFL, O_APPEND);
+    return fd;
+}
+
+/* ------------------------------------------------------------------ unlink, rename */
+
+/* unlink, unlinkat: 0 or -1 (errno), or -2: not ours (the real call with t->path). */
+int shield_unlink(int dirfd, const char *path, int flags, struct target *t)
+{
+    if (!ACTIVE() || !path || target_of(dirfd, path, 0, t) != 0) return -2;
+    if (t->kind == T_EMB && !(flags & AT_REMOVEDIR)) {
+        errno = EROFS;
+        return -1;
+    }
+    if (t->kind != T_VOL || (flags & AT_REMOVEDIR)) return -2;
+    pthread_mutex_lock(&S.lock);
+    int rc = -2;
+    if (fspf_find(&t->vol->fs, t->path)) {
+        rc = commit(t->vol, NULL, -1, t->path);
+        if (rc == 0) retarget_tracked(t->vol, t->path, NULL, 0);
+    } else if (ephemeral_hidden(t->vol, t->path)) {
+        errno = ENOENT;  /* not this process's: not there */
+        rc = -1;
+    }
+    pthread_mutex_unlock(&S.lock);
+    return rc;
+}
+
+/* A directory renamed within an ephemeral region: the kernel moves it, then every file recorded
+ * below it is protected again under its new path (paths are bound into the chunks). Called
+ * with S.lock held. Volumes do not do this (it would be one commit per file). */
+static int rename_ephemeral_dir(struct svol *vol, const char *from, const char *to)
+{
+    size_t n = strlen(from);
+    if (strncmp(to, from, n) == 0 && to[n] == '/') {
+        errno = EINVAL;  /* into itself */
+        return -1;
+    }
+    in_shield++;
+    int rc = rename(from, to);
+    in_shield--;
+    if (rc != 0) return -1;
+    size_t count = 0;
+    char **moved = malloc(sizeof *moved * (vol->fs.file_count + 1));
+    for (uint32_t i = 0; moved && i < vol->fs.file_count; i++)
+        if (strncmp(vol->fs.files[i].path, from, n) == 0 && vol->fs.files[i].path[n] == '/')
+            moved[count++] = strdup(vol->fs.files[i].path);
+    int failed = !moved;
+    for (size_t i = 0; i < count; i++) {
+        char next[PATH_MAX];
+        struct fspf_file *rec = moved[i] ? fspf_find(&vol->fs, moved[i]) : NULL;
+        int plain = -1, stored = -1, ok = 0;
+        struct rt_error err = {{0}};
+        if (rec && snprintf(next, sizeof next, "%s%s", to, moved[i] + n) < (int)sizeof next &&
+            (plain = new_memfd(next, 1)) >= 0) {
+            in_shield++;
+            stored = open(next, O_RDONLY | O_CLOEXEC);  /* already moved: the old record reads it */
+            in_shield--;
+            if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) ok = commit(vol, next, plain, NULL) == 0;
+            else shield_log("ephemeral region %s: %s", vol->v->path, stored < 0 ? strerror(errno) : err.msg);
+        }
+        if (stored >= 0) RESOLVE(close)(stored);
+        if (plain >= 0) RESOLVE(close)(plain);
+        if (moved[i]) fspf_remove(&vol->fs, moved[i]);
+        failed |= !ok;
+        free(moved[i]);
+    }
+    free(moved);
+    retarget_tracked(vol, from, to, 1);
+    if (failed) {
+        errno = EIO;
+        return -1;
+    }
+    return 0;
+}
+
+/* rename, renameat: 0 or -1 (errno), or -2: not ours (the real call). */
+int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
+{
+    struct target from, to;
+    if (!ACTIVE() || !oldpath || !newpath || target_of(olddirfd, oldpath, 0, &from) != 0 ||
+        target_of(newdirfd, newpath, 0, &to) != 0)
+        return -2;
+    if (from.kind == T_EMB || to.kind == T_EMB) {
+        errno = EROFS;
+        return -1;
+    }
+    if (from.kind != T_VOL && to.kind != T_VOL) return -2;
+    pthread_mutex_lock(&S.lock);
+    struct fspf_file *rec = from.kind == T_VOL ? fspf_find(&from.vol->fs, from.path) : NULL;
+    if (!rec && from.kind == T_VOL && from.vol->ephemeral) {
+        struct stat64 st;
+        in_shield++;
+        int exists = lstat64(from.path, &st) == 0;
+        in_shield--;
+        if (!exists || S_ISREG(st.st_mode) || S_ISLNK(st.st_mode)) {
+            pthread_mutex_unlock(&S.lock);
+            errno = ENOENT;  /* hidden: not this process's */
+            return -1;
+        }
+        int rc = -1;
+        if (to.kind != T_VOL || to.vol != from.vol) errno = EXDEV;
+        else if (!S_ISDIR(st.st_mode)) rc = -2;  /* a socket or fifo: the kernel's */
+        else rc = rename_ephemeral_dir(from.vol, from.path, to.path);
+        pthread_mutex_unlock(&S.lock);
+        return rc;
+    }
+    if (!rec) {
+        pthread_mutex_unlock(&S.lock);
+        struct stat64 st;
+        in_shield++;
+        int is_dir = stat64(from.path, &st) == 0 && S_ISDIR(st.st_mode);
+        in_shield--;
+        if (is_dir && from.kind == T_VOL && to.kind == T_VOL && from.vol == to.vol) return -2;
+        errno = from.kind == T_VOL && !is_dir ? ENOENT : EXDEV;
+        return -1;
+    }
+    if (to.kind != T_VOL || to.vol != from.vol) {
+        pthread_mutex_unlock(&S.lock);
+        errno = EXDEV;  /* callers (shutil.move, mv) then copy and unlink */
+        return -1;
+    }
+    /* The path is bound into every chunk: moving a file re-protects it under its new name. */
+    int plain = new_memfd(to.path, 1), rc = -1;
+    if (plain >= 0) {
+        in_shield++;
+        int stored = open(from.path, O_RDONLY | O_CLOEXEC);
+        in_shield--;
+        struct rt_error err;
+        if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) {
+            rc = commit(to.vol, to.path, plain, from.path);
+            if (rc == 0 && strcmp(from.path, to.path) != 0) {
+                retarget_tracked(to.vol, to.path, NULL, 0);  /* the replaced file's fds */
+                retarget_tracked(to.vol, from.path, to.path, 0);
+            }
+        } else {
+            shield_log("%s %s: %s", region_word(from.vol), from.vol->v->path, stored < 0 ? strerror(errno) : err.msg);
+            errno = EIO;
+        }
+        if (stored >= 0) RESOLVE(close)(stored);
+        RESOLVE(close)(plain);
+    }
+    pthread_mutex_unlock(&S.lock);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ mkstemp, tmpfile */
+
+/* glibc's mkstemp family and tmpfile() open their file inside libc, past open(): in an
+ * ephemeral region the file would be plaintext on disk and, unrecorded, invisible by name. There
+ * the shield makes the name and opens it through open(); elsewhere libc's own. */
+static int ephemeral_path(const char *path)
+{
+    struct target t;
+    return ACTIVE() && path && S.nvols && target_of(AT_FDCWD, path, 0, &t) == 0 && t.kind == T_VOL && t.vol->ephemeral;
+}
+
+int shield_mkostemps(char *tmpl, int suffixlen, int flags, int large)
+{
+    if (!ephemeral_path(tmpl)) return large ? RESOLVE(mkostemps64)(tmpl, suffixlen, flags) : RESOLVE(mkostemps)(tmpl, suffixlen, flags);
+    static const char letters[] = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789";
+    size_t len = strlen(tmpl);
+    if (suffixlen < 0 || len < 6 + (size_t)suffixlen || memcmp(tmpl + len - (size_t)suffixlen - 6, "XXXXXX", 6) != 0) {
+        errno = EINVAL;
+        return -1;
+    }
+    char *x = tmpl + len - (size_t)suffixlen - 6;
+    for (int attempt = 0; attempt < 62 * 62 * 62; attempt++) {
+        unsigned char r[6];
+        if (getrandom(r, sizeof r, 0) != (ssize_t)sizeof r) break;
+        for (int i = 0; i < 6; i++) x[i] = letters[r[i] % 62];
+        int fd = open(tmpl, (flags & ~O_ACCMODE) | O_RDWR | O_CREAT | O_EXCL, 0600);
+        if (fd >= 0 || errno != EEXIST) return fd;
+    }
+    memcpy(x, "XXXXXX", 6);
+    errno = EEXIST;
+    return -1;
+}
+
+/* tmpfile() uses P_tmpdir (/tmp) whatever TMPDIR says: an anonymous memfd when it is ephemeral. */
+FILE *shield_tmpfile(int large)
+{
+    if (!ephemeral_path(P_tmpdir)) return large ? RESOLVE(tmpfile64)() : RESOLVE(tmpfile)();
+    int fd = new_memfd("tmpfile", 0);
+    FILE *f = fd >= 0 ? fdopen(fd, "w+") : NULL;
+    if (!f && fd >= 0) {
+        int saved = errno;
+        RESOLVE(close)(fd);
+        errno = saved;
+    }
+    return f;
+}
