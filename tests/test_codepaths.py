@@ -471,22 +471,23 @@ def run_in_root(root: Path, service_config: dict) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-@pytest.fixture(scope="module")
-def py_root(py_shapes, tmp_path_factory):
+def extracted(fs: RootFS, tmp_path_factory, name: str) -> Path:
+    """The merged filesystem of ``fs`` written out to run in (skips where that cannot be done)."""
     if why := can_run_image():
         pytest.skip(why)
-    root = tmp_path_factory.mktemp("py-root")
-    extract(py_shapes, root)
+    root = tmp_path_factory.mktemp(name)
+    extract(fs, root)
     return root
+
+
+@pytest.fixture(scope="module")
+def py_root(py_shapes, tmp_path_factory):
+    return extracted(py_shapes, tmp_path_factory, "py-root")
 
 
 @pytest.fixture(scope="module")
 def node_root(node_shapes, tmp_path_factory):
-    if why := can_run_image():
-        pytest.skip(why)
-    root = tmp_path_factory.mktemp("node-root")
-    extract(node_shapes, root)
-    return root
+    return extracted(node_shapes, tmp_path_factory, "node-root")
 
 
 def real(fs: RootFS, path: str) -> str:

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 from conftest import runtime_tool
+from test_embedfs_elf import sample_entries
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from embedfs.archive import ArchiveEntry, pack
+from embedfs.archive import pack
 from embedfs.elf import find_embedded, inject
 from embedfs.errors import EmbedfsError
 from embedfs.measure import measure_elf
@@ -93,17 +94,6 @@ def c_programs(tmp_path_factory) -> dict[str, Path]:
         subprocess.run(["gcc", *flags, "-o", str(out), str(source)], check=True)
         built[name] = out
     return built
-
-
-def sample_entries() -> list[ArchiveEntry]:
-    files = {
-        "app/main.py": b"print('hello from the archive')\n",
-        "app/lib/util.py": b"def f():\n    return 42\n" * 50,
-        "app/static/blob.bin": bytes(range(256)) * 1024,
-    }
-    entries = [ArchiveEntry(p, "file", 0o644, 0, 0, len(d), source=d) for p, d in files.items()]
-    entries.append(ArchiveEntry("app/current", "symlink", 0o777, 0, 0, 0, linkname="main.py"))
-    return entries
 
 
 @pytest.fixture(scope="module")

@@ -42,6 +42,18 @@ static int is_hex(const char *s, size_t len)
     return 1;
 }
 
+/* A JSON array of absolute paths as a NULL-terminated copy (an entry that is not one: "/"). */
+static char **absolute_paths(json_t *array, size_t *count)
+{
+    *count = json_array_size(array);
+    char **paths = calloc(*count + 1, sizeof *paths);
+    for (size_t i = 0; i < *count; i++) {
+        const char *p = json_string_value(json_array_get(array, i));
+        paths[i] = strdup(p && p[0] == '/' ? p : "/");
+    }
+    return paths;
+}
+
 int config_load(const char *path, struct rt_config *cfg, struct rt_error *err)
 {
     memset(cfg, 0, sizeof *cfg);
@@ -86,19 +98,9 @@ int config_load(const char *path, struct rt_config *cfg, struct rt_error *err)
         cfg->volumes[i] = (struct rt_volume){strdup(vp), strdup(fp), (uint8_t)prot};
     }
     qsort(cfg->volumes, cfg->volume_count, sizeof *cfg->volumes, compare_volumes);
-    cfg->ephemeral_count = json_array_size(eph);
-    cfg->ephemeral = calloc(cfg->ephemeral_count + 1, sizeof *cfg->ephemeral);
-    for (size_t i = 0; i < cfg->ephemeral_count; i++) {
-        const char *p = json_string_value(json_array_get(eph, i));
-        cfg->ephemeral[i] = strdup(p && p[0] == '/' ? p : "/");
-    }
-    json_t *scripts = json_object_get(doc, "scripts");  /* absent in configs of older conversions */
-    cfg->script_count = json_array_size(scripts);
-    cfg->scripts = calloc(cfg->script_count + 1, sizeof *cfg->scripts);
-    for (size_t i = 0; i < cfg->script_count; i++) {
-        const char *p = json_string_value(json_array_get(scripts, i));
-        cfg->scripts[i] = strdup(p && p[0] == '/' ? p : "/");
-    }
+    cfg->ephemeral = absolute_paths(eph, &cfg->ephemeral_count);
+    /* "scripts" is absent in the configs of older conversions: none then. */
+    cfg->scripts = absolute_paths(json_object_get(doc, "scripts"), &cfg->script_count);
     json_decref(doc);
     return 0;
 }
