@@ -84,7 +84,7 @@ def session_document(spec: SessionSpec) -> dict:
     """The session as a plain dict, in the order SCONE's documentation writes it."""
     service = {
         "name": spec.service,
-        "image_name": spec.image_name,
+        "image_name": str(spec.image_name),  # a reference may be an ImageRef (a str subclass)
         "mrenclaves": [spec.mrenclave],
         "command": shlex.join(spec.command),
         "environment": dict(sorted(spec.environment.items())),
@@ -113,7 +113,7 @@ def session_document(spec: SessionSpec) -> dict:
             for volume in spec.volumes
         ]
     # SCONE attaches volumes to an image as well: the same list, so either reader finds it.
-    doc["images"] = [{"name": spec.image_name, **({"volumes": [dict(m) for m in mounts]} if mounts else {})}]
+    doc["images"] = [{"name": str(spec.image_name), **({"volumes": [dict(m) for m in mounts]} if mounts else {})}]
     secrets = [
         {"name": volume.key_secret_name, "kind": "binary", "export_public": False}
         for volume in spec.volumes

@@ -163,13 +163,19 @@ def test_multi_platform_index_picks_the_platform_asked_for(tmp_path):
     ("docker-archive:/a.tar:localhost:5000/app:1", Reference("docker-archive", "/a.tar", "localhost:5000/app:1")),
     ("docker-daemon:app:1.0", Reference("docker-daemon", "app", "1.0")),
     ("docker-daemon:localhost:5000/app", Reference("docker-daemon", "localhost:5000/app", "latest")),
+    ("docker://127.0.0.1:5000/team/app:1", Reference("docker", "127.0.0.1:5000/team/app", "1")),
+    ("docker://localhost/app", Reference("docker", "localhost/app", "latest")),
+    ("docker://busybox", Reference("docker", "docker.io/library/busybox", "latest")),
+    ("docker://quay.io/a/b@sha256:" + "0" * 64, Reference("docker", "quay.io/a/b", "sha256:" + "0" * 64)),
 ])
 def test_references_use_skopeo_syntax(text, expected):
     assert parse_reference(text) == expected
 
 
 @pytest.mark.parametrize("text, message", [
-    ("docker://busybox", "no known transport"),
+    ("registry://busybox", "no known transport"),
+    ("docker:busybox", "docker://HOST"),
+    ("docker://Host.io/App:1", "invalid repository"),
     ("/just/a/path", "no known transport"),
     ("oci:", "names no image"),
     ("docker-daemon:App:1", "invalid image name"),

@@ -6,11 +6,12 @@ import argparse
 import contextlib
 import json
 import sys
-from typing import Iterator
+from collections.abc import Iterator
 
 from rich.console import Console
 
 from sconify.cli.output import parse_size
+from sconify.cli.registry import add_registry_arguments, registry_options
 from sconify.image import layers as L
 from sconify.image.reference import DEFAULT_PLATFORM
 from sconify.image.transports import read_image, write_image
@@ -19,12 +20,13 @@ from sconify.image.transports import read_image, write_image
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "copy",
-        help="copy an image between oci:, oci-archive:, docker-archive: and docker-daemon:",
+        help="copy an image between oci:, oci-archive:, docker-archive:, docker-daemon: and docker://",
         description="Copy an image; prints the output manifest digest. Layers are copied byte for "
         "byte unless the output needs another compression.",
     )
-    parser.add_argument("src", metavar="SRC", help="e.g. oci:DIR:TAG, docker-daemon:NAME:TAG")
-    parser.add_argument("dst", metavar="DST", help="e.g. oci-archive:FILE:TAG, docker-archive:FILE:NAME:TAG")
+    parser.add_argument("src", metavar="SRC", help="e.g. oci:DIR:TAG, docker-daemon:NAME:TAG, docker://HOST/REPO:TAG")
+    parser.add_argument("dst", metavar="DST", help="e.g. oci-archive:FILE:TAG, docker-archive:FILE:NAME:TAG, "
+                        "docker://HOST/REPO:TAG (only the blobs the registry lacks are uploaded)")
     parser.add_argument("--compression", choices=L.COMPRESSIONS, default=None,
                         help="layer compression of the output (default: keep what the output accepts; "
                         "new compression zstd for OCI, gzip for docker-archive)")
@@ -34,23 +36,29 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="largest uncompressed layer (default 64G; docs/security.md)")
     parser.add_argument("--max-expansion", type=int, metavar="N",
                         help="largest uncompressed/stored ratio of a layer past 256M (default 100)")
-    parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON (with what a push uploaded)")
+    add_registry_arguments(parser, two_sided=True)
     parser.set_defaults(func=run_copy)
 
 
 def run_copy(args: argparse.Namespace) -> int:
     with progress(f"copying {args.src} to {args.dst}"):
+        registry = registry_options(args)
         image = read_image(args.src, platform=args.platform,
-                           limits=L.LayerLimits.from_options(args.max_layer_size, args.max_expansion))
-        result = write_image(image, args.dst, compression=args.compression)
+                           limits=L.LayerLimits.from_options(args.max_layer_size, args.max_expansion),
+                           registry=registry)
+        result = write_image(image, args.dst, compression=args.compression, registry=registry)
     if args.json:
-        json.dump({
+        doc = {
             "reference": result.reference,
             "manifest_digest": result.manifest_digest,
             "manifest_media_type": result.manifest_media_type,
             "config_digest": result.config_digest,
             "layer_digests": list(result.layer_digests),
-        }, sys.stdout, indent=2, sort_keys=True)
+        }
+        if result.push is not None:
+            doc["push"] = result.push.to_dict()
+        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
         print(result.manifest_digest)

@@ -12,6 +12,7 @@ import sys
 import time
 
 from sconify import debimage
+from sconify.cli.registry import add_registry_arguments, registry_options
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,6 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--compression", choices=("gzip", "zstd", "none"), default=None,
                         help="layer compression of the output (default: gzip, or what the transport needs)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON")
+    add_registry_arguments(parser)
     parser.set_defaults(func=run_demo)
 
 
@@ -38,7 +40,7 @@ def run_demo(args: argparse.Namespace) -> int:
               "(first run only, about 10-20 s)...", file=sys.stderr)
     layout = debimage.build_image(args.name)
     image = read_image(f"oci:{layout}:{debimage.IMAGE_TAG}")
-    result = write_image(image, args.to, compression=args.compression)
+    result = write_image(image, args.to, compression=args.compression, registry=registry_options(args))
     summary = {
         "image": args.name,
         "reference": result.reference,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sconify.cli.output import PhaseProgress, console, human_size, parse_size
+from sconify.cli.registry import add_registry_arguments, bind, push_summary, registry_options
 from sconify.errors import UsageError
 
 if TYPE_CHECKING:
@@ -38,10 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         dest="source",
         required=True,
         metavar="REF",
-        help="input image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:TAG], docker-daemon:NAME:TAG",
+        help="input image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:TAG], docker-daemon:NAME:TAG, "
+        "docker://HOST[:PORT]/REPO[:TAG|@DIGEST]",
     )
     io_group.add_argument(
-        "--to", dest="destination", required=True, metavar="REF", help="output image reference (same syntax)"
+        "--to", dest="destination", required=True, metavar="REF",
+        help="output image reference (same syntax; a docker:// push uploads only the blobs the registry lacks)"
     )
     io_group.add_argument(
         "--platform", help="platform to pick from a multi-platform input (default linux/amd64)"
@@ -51,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["gzip", "zstd", "none"],
         help="compression of the output layers (default: zstd for OCI, gzip for docker-archive)",
     )
+    add_registry_arguments(parser, two_sided=True)
     bounds = parser.add_argument_group("bounds for untrusted input (docs/security.md)")
     bounds.add_argument(
         "--max-layer-size", type=parse_size, metavar="SIZE", help="largest uncompressed layer (default 64G)"
@@ -198,6 +202,9 @@ def run(args: argparse.Namespace) -> int:
         from sconify.pipeline import ConvertOptions, sconify_image  # heavy: imported when it runs
 
         output_paths(args)
+        pushes: list = []  # the WriteResult of a docker:// output, with what it uploaded
+        registry = registry_options(args, on_push=pushes.append)
+        args.source, args.destination = bind(args.source, registry), bind(args.destination, registry)
         # Every ConvertOptions field is an option of this parser: one renamed on either side fails
         # here, loudly, instead of being dropped.
         options = ConvertOptions(**{name: getattr(args, name) for name in ConvertOptions.__dataclass_fields__})
@@ -205,11 +212,15 @@ def run(args: argparse.Namespace) -> int:
             result = sconify_image(options, progress, elf=elf)
     for warning in result.plan.warnings:
         print(f"sconify: warning: {warning}", file=sys.stderr)
+    push = pushes[-1].push if pushes else None
     if args.json:
-        json.dump(summary(result), sys.stdout, indent=2, sort_keys=True)
+        doc = summary(result)
+        if push is not None:
+            doc["push"] = push.to_dict()
+        json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
-        print_table(result, dry_run=options.dry_run)
+        print_table(result, dry_run=options.dry_run, push=push)
     return 0
 
 
@@ -262,7 +273,7 @@ def summary(result: ConvertResult) -> dict:
     return doc
 
 
-def print_table(result: ConvertResult, *, dry_run: bool) -> None:
+def print_table(result: ConvertResult, *, dry_run: bool, push=None) -> None:
     from rich.table import Table
 
     plan = result.plan
@@ -317,6 +328,8 @@ def print_table(result: ConvertResult, *, dry_run: bool) -> None:
         table.add_row(
             "output image", f"{m.output.reference} {m.output.manifest_digest or m.output.config_digest}"
         )
+        if push is not None:
+            table.add_row("pushed", push_summary(push))
         for what, path in result.written.items():
             if what != "image":
                 table.add_row(f"{what} file", path)

@@ -11,6 +11,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
+from sconify.cli.registry import add_registry_arguments, bind, registry_options
 from sconify.errors import EXIT_MISMATCH, UsageError
 
 if TYPE_CHECKING:
@@ -33,7 +34,7 @@ def register(subparsers) -> None:
     verify.add_argument(
         "reference",
         metavar="REF",
-        help="the sconified image (oci:, oci-archive:, docker-archive:, docker-daemon:)",
+        help="the sconified image (oci:, oci-archive:, docker-archive:, docker-daemon:, docker://)",
     )
     verify.add_argument(
         "--manifest", required=True, metavar="FILE", help="manifest.json written by sconify-image"
@@ -50,6 +51,7 @@ def register(subparsers) -> None:
     verify.add_argument("--signature", metavar="FILE", help="the signature file (default: MANIFEST.sig)")
     verify.add_argument("--platform", help="platform to pick from a multi-platform image")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    add_registry_arguments(verify)
     verify.set_defaults(func=run_verify)
 
     measure = subparsers.add_parser(
@@ -69,6 +71,7 @@ def register(subparsers) -> None:
     measure.add_argument("--sgxs", metavar="FILE", help="write the SGX record stream")
     measure.add_argument("--platform")
     measure.add_argument("--json", action="store_true")
+    add_registry_arguments(measure)
     measure.set_defaults(func=run_measure)
 
     diff = subparsers.add_parser(
@@ -80,6 +83,7 @@ def register(subparsers) -> None:
     diff.add_argument("reference_b", metavar="REF_B")
     diff.add_argument("--platform")
     diff.add_argument("--json", action="store_true")
+    add_registry_arguments(diff)
     diff.set_defaults(func=run_diff)
 
     sign = subparsers.add_parser(
@@ -111,7 +115,7 @@ def run_verify(args: argparse.Namespace) -> int:
         from sconify.verify import check_signature
 
         check_signature(signed, args.manifest, args.signature or f"{args.manifest}.sig", args.signer)
-    report = verify_image(args.reference, manifest, keys=keys, sgxs_out=args.sgxs, platform=args.platform)
+    report = verify_image(bind(args.reference, registry_options(args)), manifest, keys=keys, sgxs_out=args.sgxs, platform=args.platform)
     report.checks[:0] = signed.checks
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
@@ -149,7 +153,7 @@ def run_measure(args: argparse.Namespace) -> int:
     from sconify.select import find_binary, find_executable
     from sconify.verify import LABEL_PREFIX, copy_out, image_labels
 
-    image = read_image(args.reference, platform=args.platform)
+    image = read_image(args.reference, platform=args.platform, registry=registry_options(args))
     labels = image_labels(image)
     fs = RootFS.from_image(image)
     if args.binary:
@@ -204,7 +208,8 @@ def run_measure(args: argparse.Namespace) -> int:
 def run_diff(args: argparse.Namespace) -> int:
     from sconify.verify import diff_images
 
-    lines = diff_images(args.reference_a, args.reference_b, platform=args.platform)
+    registry = registry_options(args)
+    lines = diff_images(bind(args.reference_a, registry), bind(args.reference_b, registry), platform=args.platform)
     if args.json:
         json.dump(
             {"same": not lines, "differences": [{"what": w, "detail": d} for w, d in lines]},

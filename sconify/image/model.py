@@ -427,6 +427,27 @@ def make_image(config_bytes: bytes, layers: list[Layer] | tuple[Layer, ...], sou
 
 
 @dataclass(frozen=True)
+class PushStats:
+    """What a push to a registry sent: blobs uploaded (and their bytes, manifest included),
+    mounted from another repository of the registry, or already there."""
+
+    uploaded_blobs: int = 0
+    uploaded_bytes: int = 0  # layer and config blobs uploaded, plus the manifest
+    mounted_blobs: int = 0
+    existing_blobs: int = 0
+    manifest_bytes: int = 0
+
+    def to_dict(self) -> dict:
+        return {
+            "uploaded_blobs": self.uploaded_blobs,
+            "uploaded_bytes": self.uploaded_bytes,
+            "mounted_blobs": self.mounted_blobs,
+            "existing_blobs": self.existing_blobs,
+            "manifest_bytes": self.manifest_bytes,
+        }
+
+
+@dataclass(frozen=True)
 class WriteResult:
     """What a writer produced: digests of the manifest, config and layer blobs."""
 
@@ -435,3 +456,4 @@ class WriteResult:
     config_digest: str
     layer_digests: tuple[str, ...]
     manifest_media_type: str
+    push: PushStats | None = None  # docker:// outputs only

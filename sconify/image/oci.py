@@ -192,20 +192,27 @@ def select_platform(index: dict, platform: str, source: str) -> dict:
     )
 
 
-def read_manifest(store: BlobStore, descriptor: dict, source: str) -> Image:
-    """Read a manifest, its config and its layer descriptors (blob existence and sizes checked)."""
-    _, manifest = read_json_file(store, *descriptor_blob(descriptor, f"{source}: manifest"))
+def manifest_parts(manifest: dict, source: str, fix: str) -> tuple[dict, list]:
+    """The config descriptor and the layer descriptors of an image manifest (schema 2, an
+    image config), or a one-line ImageError ending in ``fix``. Any transport's reader uses it."""
     if manifest.get("schemaVersion") != 2:
         raise ImageError(f"{source}: manifest schemaVersion is not 2; only schema 2 manifests are supported")
     config_desc = manifest.get("config")
     layer_descs = manifest.get("layers")
     if not isinstance(config_desc, dict) or not isinstance(layer_descs, list):
-        raise ImageError(f"{source}: manifest lacks 'config' or 'layers'; re-create the image")
+        raise ImageError(f"{source}: manifest lacks 'config' or 'layers'; {fix}")
     if config_desc.get("mediaType") not in CONFIG_TYPES:
         raise ImageError(
             f"{source}: unknown config media type {config_desc.get('mediaType')!r}; "
-            "only OCI and Docker image configs are supported"
+            "only OCI and Docker image configs are supported (is this an artifact rather than an image?)"
         )
+    return config_desc, layer_descs
+
+
+def read_manifest(store: BlobStore, descriptor: dict, source: str) -> Image:
+    """Read a manifest, its config and its layer descriptors (blob existence and sizes checked)."""
+    _, manifest = read_json_file(store, *descriptor_blob(descriptor, f"{source}: manifest"))
+    config_desc, layer_descs = manifest_parts(manifest, source, "re-create the image")
     config_bytes, _ = read_json_file(store, *descriptor_blob(config_desc, f"{source}: config"))
     layers = []
     for position, desc in enumerate(layer_descs):

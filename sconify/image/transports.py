@@ -9,6 +9,7 @@ from sconify.errors import ImageError
 from sconify.image import layers as L
 from sconify.image.model import Image, Layer, WriteResult
 from sconify.image.reference import Reference, parse_reference
+from sconify.image.registry.options import RegistryOptions
 
 # Compressions each output transport can carry, and what an uncompressed or unsupported
 # layer becomes when no compression is asked for.
@@ -17,21 +18,48 @@ ACCEPTED_COMPRESSIONS = {
     "oci-archive": ("none", "gzip", "zstd"),
     "docker-archive": ("none", "gzip"),  # skopeo refuses zstd in docker-archive
     "docker-daemon": ("none", "gzip"),  # docker load 20.10 here fails on zstd layers
+    "docker": ("none", "gzip", "zstd"),
 }
 DEFAULT_COMPRESSION = {
     "oci": "zstd",
     "oci-archive": "zstd",
     "docker-archive": "gzip",
     "docker-daemon": "none",
+    "docker": "gzip",  # what every registry client and docker pull take
 }
 
 
-def read_image(ref: str, platform: str | None = None, limits: L.LayerLimits | None = None) -> Image:
+class ImageRef(str):
+    """A reference string that carries the RegistryOptions to reach it: it passes through code
+    that handles references as text (the conversion pipeline, verify) unchanged."""
+
+    registry_options: RegistryOptions
+
+    def __new__(cls, text: str, options: RegistryOptions) -> ImageRef:  # noqa: PYI034
+        bound = super().__new__(cls, text)
+        bound.registry_options = options
+        return bound
+
+
+def registry_options_of(ref: str, given: RegistryOptions | None) -> RegistryOptions:
+    """``given``, else the options an ImageRef carries, else the defaults (auth files, TLS on)."""
+    return given or getattr(ref, "registry_options", None) or RegistryOptions()
+
+
+def read_image(ref: str, platform: str | None = None, limits: L.LayerLimits | None = None,
+               registry: RegistryOptions | None = None) -> Image:
     """Open the image at ``ref`` (layers stay streams; ``platform`` picks from an index).
 
     Every layer carries ``limits`` (default ``LayerLimits()``): how far it may decompress.
+    ``registry`` (or the options an ImageRef carries): credentials and TLS for ``docker://``.
     """
-    image = _read(parse_reference(ref), platform)
+    reference = parse_reference(ref)
+    if reference.transport == "docker":
+        from sconify.image.registry.pull import read_registry
+
+        image = read_registry(reference, platform, registry_options_of(ref, registry))
+    else:
+        image = _read(reference, platform)
     if limits is None:
         return image
     return replace(image, layers=tuple(replace(layer, limits=limits) for layer in image.layers))
@@ -90,12 +118,18 @@ def prepare_layers(image: Image, transport: str, compression: str | None) -> Ima
     return replace(image, layers=layers)
 
 
-def write_image(image: Image, ref: str, compression: str | None = None) -> WriteResult:
+def write_image(image: Image, ref: str, compression: str | None = None,
+                registry: RegistryOptions | None = None) -> WriteResult:
     """Write ``image`` to ``ref``; ``compression`` None keeps accepted layer blobs byte for byte.
 
-    The output appears whole or not at all; the input is never modified.
+    The output appears whole or not at all; the input is never modified. A ``docker://``
+    output checks and uploads only the blobs the registry lacks (registry.push).
     """
     reference = parse_reference(ref)
+    if reference.transport == "docker":
+        from sconify.image.registry.push import write_registry
+
+        return write_registry(image, reference, compression, registry_options_of(ref, registry))
     prepared = prepare_layers(image, reference.transport, compression)
     return _write(prepared, reference)
 

@@ -1,0 +1,216 @@
+"""Writing an image to a registry: only the blobs it lacks are uploaded, the manifest (and with
+it the tag) last.
+
+For each layer blob: HEAD it in the target repository; if absent and the layer was read from
+another repository of the same registry, mount it (``POST .../blobs/uploads/?mount=&from=``);
+else verify it (unless trusted), recompress it where the output asks, and upload it (``POST``
+then one streamed ``PUT ?digest=``, the whole upload tried again on a dropped connection or a
+429/5xx). Then the config, then ``PUT /manifests/TAG``: a push that fails earlier leaves no tag.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import threading
+import urllib.parse
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from typing import BinaryIO
+
+from sconify.errors import ImageError
+from sconify.image.model import Image, Layer, PushStats, WriteResult
+from sconify.image.oci import OCI_MANIFEST, oci_manifest
+from sconify.image.reference import Reference
+from sconify.image.registry.client import RegistryClient, RegistryOptions, RegistryUnavailable, backoff
+from sconify.image.registry.pull import RegistryBlobOpener
+
+UPLOAD_ATTEMPTS = 3
+PARALLEL_BLOBS = 3
+
+
+@dataclass
+class _Counter:
+    uploaded_blobs: int = 0
+    uploaded_bytes: int = 0
+    mounted_blobs: int = 0
+    existing_blobs: int = 0
+
+    def __post_init__(self) -> None:
+        self.lock = threading.Lock()
+
+    def add(self, **counts: int) -> None:
+        with self.lock:
+            for name, value in counts.items():
+                setattr(self, name, getattr(self, name) + value)
+
+
+class _Body(io.RawIOBase):
+    """An upload body of known length (so requests sends Content-Length, not chunks)."""
+
+    def __init__(self, stream: BinaryIO, size: int) -> None:
+        super().__init__()
+        self._stream = stream
+        self._size = size
+        self.sent = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        data = self._stream.read(n if n and n > 0 else 1 << 20)
+        self.sent += len(data)
+        return data
+
+
+def _mount_source(layer: Layer, registry: str, repository: str) -> str | None:
+    opener = layer.opener
+    if isinstance(opener, RegistryBlobOpener) and opener.registry == registry and opener.repository != repository:
+        return opener.repository
+    return None
+
+
+def write_registry(image: Image, reference: Reference, compression: str | None,
+                   options: RegistryOptions) -> WriteResult:
+    """Push ``image`` to ``docker://HOST/REPO:TAG``."""
+    from sconify.image import layers as L
+    from sconify.image.transports import ACCEPTED_COMPRESSIONS, output_compression
+
+    if reference.digest:
+        raise ImageError(f"{reference}: names a manifest by digest; push to a tag (docker://HOST/REPO:TAG)")
+    if compression is not None:
+        L.check_compression(compression)
+        if compression not in ACCEPTED_COMPRESSIONS["docker"]:
+            raise ImageError(f"docker cannot carry {compression} layers")
+    repository = reference.repository
+    sources = {name for layer in image.layers if (name := _mount_source(layer, reference.registry, repository))}
+    client = RegistryClient(reference.registry, repository, options, writing=True, mount_from=sources)
+    counter = _Counter()
+
+    def push_layer(layer: Layer) -> Layer:
+        target = output_compression(layer, "docker", compression)
+        if target == layer.compression:
+            if _exists(client, layer.digest):
+                counter.add(existing_blobs=1)
+                return layer
+            source = _mount_source(layer, reference.registry, repository)
+            location = None
+            if source is not None:
+                mounted, location = _mount(client, layer.digest, source)
+                if mounted:
+                    counter.add(mounted_blobs=1)
+                    return layer
+            if not layer.trusted:
+                layer.verify()  # digest and diff_id, before a byte is uploaded
+                layer = replace(layer, trusted=True)
+            _upload(client, layer.digest, layer.size, layer.open_raw, counter, f"layer blob {layer.digest}", location)
+            return layer
+        converted = layer.recompressed(target)  # reads and checks the input layer
+        if _exists(client, converted.digest):
+            counter.add(existing_blobs=1)
+        else:
+            _upload(client, converted.digest, converted.size, converted.open_raw, counter,
+                    f"layer blob {converted.digest}")
+        return converted
+
+    try:
+        unique: dict[str, Layer] = {}
+        for layer in image.layers:
+            unique.setdefault(layer.digest, layer)
+        with ThreadPoolExecutor(max_workers=PARALLEL_BLOBS) as pool:
+            pushed = dict(zip(unique, pool.map(push_layer, unique.values())))
+        final = replace(image, layers=tuple(pushed[layer.digest] for layer in image.layers))
+        config_digest = final.config_digest
+        if _exists(client, config_digest):
+            counter.add(existing_blobs=1)
+        else:
+            config = final.config_bytes
+            _upload(client, config_digest, len(config), lambda: io.BytesIO(config), counter, "the config")
+        manifest = oci_manifest(final)
+        digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
+        # The manifest and the tag in one request, after every blob it names is in place.
+        response = client.request("PUT", f"/v2/{repository}/manifests/{reference.tag}", ok=(200, 201),
+                                  data=manifest, headers={"Content-Type": OCI_MANIFEST},
+                                  what=f"storing the manifest as {reference.tag}")
+        announced = response.headers.get("Docker-Content-Digest", digest)
+        response.close()
+        if announced != digest:
+            raise ImageError(f"{client.label} stored the manifest of {reference} under digest {announced}, not "
+                             f"{digest}; the registry rewrote it, check the registry")
+    finally:
+        client.close()
+    stats = PushStats(
+        uploaded_blobs=counter.uploaded_blobs,
+        uploaded_bytes=counter.uploaded_bytes + len(manifest),
+        mounted_blobs=counter.mounted_blobs,
+        existing_blobs=counter.existing_blobs,
+        manifest_bytes=len(manifest),
+    )
+    result = WriteResult(
+        reference=str(reference),
+        manifest_digest=digest,
+        config_digest=config_digest,
+        layer_digests=tuple(layer.digest for layer in final.layers),
+        manifest_media_type=OCI_MANIFEST,
+        push=stats,
+    )
+    if options.on_push is not None:
+        options.on_push(result)
+    return result
+
+
+def _exists(client: RegistryClient, digest: str) -> bool:
+    response = client.request("HEAD", f"/v2/{client.repository}/blobs/{digest}", ok=(200, 404), follow=True,
+                              what=f"looking up blob {digest}")
+    response.close()
+    return response.status_code == 200
+
+
+def _mount(client: RegistryClient, digest: str, source: str) -> tuple[bool, str | None]:
+    """Mount ``digest`` from repository ``source``: (True, None) when done, else (False, the
+    upload session the registry opened instead)."""
+    query = urllib.parse.urlencode({"mount": digest, "from": source})
+    response = client.request("POST", f"/v2/{client.repository}/blobs/uploads/?{query}", ok=(201, 202),
+                              headers={"Content-Length": "0"}, what=f"mounting blob {digest} from {source}")
+    response.close()
+    if response.status_code == 201:
+        return True, None
+    return False, response.headers.get("Location")
+
+
+def _upload(client: RegistryClient, digest: str, size: int, open_stream: Callable[[], BinaryIO],
+            counter: _Counter, what: str, location: str | None = None) -> None:
+    """POST an upload session (unless one is given), then PUT the bytes with ``?digest=``."""
+    for attempt in range(UPLOAD_ATTEMPTS):
+        try:
+            if location is None:
+                response = client.request("POST", f"/v2/{client.repository}/blobs/uploads/", ok=(202,),
+                                          headers={"Content-Length": "0"}, what=f"starting the upload of {what}")
+                response.close()
+                location = response.headers.get("Location")
+            if not location:
+                raise ImageError(f"{client.label} opened an upload without a Location; it is not a "
+                                 "distribution registry, check the address")
+            url = urllib.parse.urljoin(client.url(f"/v2/{client.repository}/blobs/uploads/"), location)
+            separator = "&" if urllib.parse.urlsplit(url).query else "?"
+            url += separator + urllib.parse.urlencode({"digest": digest})
+            with open_stream() as stream:
+                body = _Body(stream, size)
+                response = client.request("PUT", url, ok=(201,), data=body, replayable=False,
+                                          headers={"Content-Type": "application/octet-stream"},
+                                          what=f"uploading {what}")
+                response.close()
+            if body.sent != size:
+                raise ImageError(f"{what} gave {body.sent} bytes, expected {size}; the input changed while "
+                                 "it was pushed, push again")
+            counter.add(uploaded_blobs=1, uploaded_bytes=size)
+            return
+        except RegistryUnavailable:
+            location = None
+            if attempt == UPLOAD_ATTEMPTS - 1:
+                raise
+            backoff(attempt)
