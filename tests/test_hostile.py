@@ -48,25 +48,42 @@ class Run:
     max_rss: int  # bytes, of this one child
 
 
+# Runs ARGV as a grandchild and writes its peak RSS (KiB) to RSS_FILE. A child forked from the
+# test process inherits the test process's RSS high-water mark (Linux folds the mm it had at
+# fork into ru_maxrss at exec), which late in a suite is hundreds of MB: the CLI must be forked
+# from a small process for wait4 to report its own peak.
+MEASURE = """\
+import os, sys
+rss_file, argv = sys.argv[1], sys.argv[2:]
+pid = os.fork()
+if pid == 0:
+    os.execv(argv[0], argv)
+_, status, usage = os.wait4(pid, 0)
+with open(rss_file, "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+
 def run_cli(args: list[str], cwd: Path, tmpdir: Path) -> Run:
     """``python -m sconify ARGS`` with a private TMPDIR; its own peak RSS from wait4."""
-    out, err = cwd / ".stdout", cwd / ".stderr"
+    out, err, rss = cwd / ".stdout", cwd / ".stderr", tmpdir.parent / f".rss-{os.getpid()}"
     env = {**os.environ, "TMPDIR": str(tmpdir), "SCONIFY_DEBUG": ""}
     env.pop("SOURCE_DATE_EPOCH", None)
     with out.open("wb") as stdout, err.open("wb") as stderr:
-        process = subprocess.Popen([sys.executable, "-m", "sconify", *args], cwd=cwd, env=env,
-                                   stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL)
-    timer = threading.Timer(CLI_TIMEOUT, os.kill, (process.pid, signal.SIGKILL))
+        process = subprocess.Popen([sys.executable, "-c", MEASURE, str(rss), sys.executable, "-m", "sconify", *args],
+                                   cwd=cwd, env=env, stdout=stdout, stderr=stderr, stdin=subprocess.DEVNULL,
+                                   start_new_session=True)
+    timer = threading.Timer(CLI_TIMEOUT, os.killpg, (process.pid, signal.SIGKILL))
     timer.start()
     try:
-        _, status, usage = os.wait4(process.pid, 0)
+        returncode = process.wait()
     finally:
         timer.cancel()
-    process.returncode = os.waitstatus_to_exitcode(status)  # reaped here, not by Popen
-    result = Run(process.returncode, out.read_text(errors="replace"), err.read_text(errors="replace"),
-                 usage.ru_maxrss * 1024)
-    out.unlink()
-    err.unlink()
+    result = Run(returncode, out.read_text(errors="replace"), err.read_text(errors="replace"),
+                 int(rss.read_text()) * 1024 if rss.exists() else 0)
+    for path in (out, err, rss):
+        path.unlink(missing_ok=True)
     return result
 
 
