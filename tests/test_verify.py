@@ -358,6 +358,45 @@ def test_manifest_signature(python_out, tmp_path):
     assert code == 1 and "does not match" in failed(report)["manifest signature"]
 
 
+
+def test_legacy_ed25519_signature_files_stay_readable_and_ecdsa_keys_sign(python_out, tmp_path):
+    """The sconify.signature/v1 .sig (Ed25519 over the manifest's bytes) still verifies; an
+    ECDSA P-256 key signs a DSSE envelope."""
+    import hashlib
+
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    manifest = tmp_path / "manifest.json"
+    shutil.copy(python_out.manifest_path, manifest)
+    data = manifest.read_bytes()
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key()
+    raw = public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    (tmp_path / "manifest.json.sig").write_text(json.dumps({
+        "schema": "sconify.signature/v1", "algorithm": "ed25519", "manifest_sha256": hashlib.sha256(data).hexdigest(),
+        "public_key": raw.hex(), "signature": key.sign(data).hex()}))
+    (tmp_path / "signer.pem").write_bytes(
+        public.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    code, report = verify(python_out.ref, manifest, "--signer", str(tmp_path / "signer.pem"))
+    assert code == 0, failed(report)
+    assert any("legacy" in c["detail"] for c in report["checks"] if c["name"] == "manifest signature")
+    ecdsa = ec.generate_private_key(ec.SECP256R1())
+    (tmp_path / "ec.pem").write_bytes(ecdsa.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    (tmp_path / "ec.pub").write_bytes(ecdsa.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo))
+    signed = sconify("sign", str(manifest), "--key", str(tmp_path / "ec.pem"))
+    assert signed.returncode == 0, signed.stderr
+    assert (tmp_path / "manifest.json.intoto.jsonl").exists()  # preferred over the .sig from now on
+    code, report = verify(python_out.ref, manifest, "--signer", str(tmp_path / "ec.pub"))
+    assert code == 0, failed(report)
+    code, report = verify(python_out.ref, manifest, "--signer", str(tmp_path / "signer.pem"))
+    assert code == 1 and "signed by another key" in failed(report)["manifest signature"]
+    code, report = verify(python_out.ref, manifest, "--signer", str(tmp_path / "signer.pem"),
+                          "--signature", str(tmp_path / "manifest.json.sig"))
+    assert code == 0, failed(report)
+
+
 # --- measure and diff ---------------------------------------------------------------------
 
 

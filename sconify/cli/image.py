@@ -55,6 +55,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="compression of the output layers (default: zstd for OCI, gzip for docker-archive)",
     )
     add_registry_arguments(parser, two_sided=True)
+    attach = parser.add_argument_group("attachments (docker:// outputs, docs/image-transports.md)")
+    attach.add_argument(
+        "--attach", action=argparse.BooleanOptionalAction, default=None,
+        help="after the push, attach manifest.json to the image as an OCI artifact (its subject: the "
+        "image), through the referrers API or the sha256-<hex> tag fallback (default: on for docker:// "
+        "outputs; --no-attach skips it)",
+    )
+    attach.add_argument(
+        "--sign", metavar="KEY.pem",
+        help="also attach a DSSE envelope around an in-toto statement of the measurement, signed with this "
+        "ECDSA P-256 or Ed25519 private key (PEM, unencrypted)",
+    )
     bounds = parser.add_argument_group("bounds for untrusted input (docs/security.md)")
     bounds.add_argument(
         "--max-layer-size", type=parse_size, metavar="SIZE", help="largest uncompressed layer (default 64G)"
@@ -202,6 +214,7 @@ def run(args: argparse.Namespace) -> int:
         from sconify.pipeline import ConvertOptions, sconify_image  # heavy: imported when it runs
 
         output_paths(args)
+        attaching = check_attach_options(args)
         pushes: list = []  # the WriteResult of a docker:// output, with what it uploaded
         registry = registry_options(args, on_push=pushes.append)
         args.source, args.destination = bind(args.source, registry), bind(args.destination, registry)
@@ -213,15 +226,60 @@ def run(args: argparse.Namespace) -> int:
     for warning in result.plan.warnings:
         print(f"sconify: warning: {warning}", file=sys.stderr)
     push = pushes[-1].push if pushes else None
+    attached: dict = {}
+    if attaching and pushes and result.manifest is not None and not options.dry_run:
+        attached = attach_measurement(args, registry, pushes[-1])
     if args.json:
         doc = summary(result)
         if push is not None:
             doc["push"] = push.to_dict()
+        if attached:
+            doc["attached"] = attached
         json.dump(doc, sys.stdout, indent=2, sort_keys=True)
         sys.stdout.write("\n")
     else:
-        print_table(result, dry_run=options.dry_run, push=push)
+        print_table(result, dry_run=options.dry_run, push=push, attached=attached)
     return 0
+
+
+def check_attach_options(args: argparse.Namespace) -> bool:
+    """Whether to attach the measurement to the pushed image (its key loaded now: a bad key
+    fails before the conversion)."""
+    from sconify.image.reference import parse_reference
+
+    to_registry = parse_reference(args.destination).transport == "docker"
+    if args.attach is None:
+        args.attach = to_registry
+    if args.attach and not to_registry:
+        raise UsageError(f"--attach needs a docker:// output, not {args.destination}; drop --attach")
+    if args.sign and not args.attach:
+        raise UsageError("--sign attaches a signed attestation to the pushed image: it needs a docker:// "
+                         "output and no --no-attach (sign a manifest file with `sconify sign`)")
+    if args.sign:
+        from sconify.attest import load_signing_key
+
+        args.signing_key = load_signing_key(args.sign)
+    return bool(args.attach)
+
+
+def attach_measurement(args: argparse.Namespace, registry, written) -> dict:
+    """Attach manifest.json (and, with --sign, its DSSE/in-toto attestation) to the pushed image."""
+    from sconify import attest
+    from sconify.image.reference import parse_reference
+    from sconify.image.registry import referrers
+
+    reference = parse_reference(args.destination)
+    data = Path(args.manifest_out).read_bytes()
+    subject = (reference.registry, reference.repository, written.manifest_digest, written.push.manifest_bytes)
+    done = {"manifest": referrers.attach(*subject, referrers.SCONIFY_MANIFEST_TYPE, data, registry,
+                                         written.manifest_media_type)}
+    if args.sign:
+        name = f"{reference.registry}/{reference.repository}"
+        payload = attest.statement(name, written.manifest_digest, json.loads(data))
+        envelope = attest.envelope_bytes(attest.sign_envelope(payload, args.signing_key))
+        done["attestation"] = referrers.attach(*subject, referrers.DSSE_TYPE, envelope, registry,
+                                               written.manifest_media_type)
+    return {what: {"digest": item.artifact_digest, "via": item.via} for what, item in done.items()}
 
 
 def summary(result: ConvertResult) -> dict:
@@ -273,7 +331,7 @@ def summary(result: ConvertResult) -> dict:
     return doc
 
 
-def print_table(result: ConvertResult, *, dry_run: bool, push=None) -> None:
+def print_table(result: ConvertResult, *, dry_run: bool, push=None, attached: dict | None = None) -> None:
     from rich.table import Table
 
     plan = result.plan
@@ -330,6 +388,8 @@ def print_table(result: ConvertResult, *, dry_run: bool, push=None) -> None:
         )
         if push is not None:
             table.add_row("pushed", push_summary(push))
+        for what, item in (attached or {}).items():
+            table.add_row(f"attached {what}", f"{item['digest']} ({item['via']})")
         for what, path in result.written.items():
             if what != "image":
                 table.add_row(f"{what} file", path)

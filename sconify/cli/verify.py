@@ -37,7 +37,9 @@ def register(subparsers) -> None:
         help="the sconified image (oci:, oci-archive:, docker-archive:, docker-daemon:, docker://)",
     )
     verify.add_argument(
-        "--manifest", required=True, metavar="FILE", help="manifest.json written by sconify-image"
+        "--manifest", metavar="FILE",
+        help="manifest.json written by sconify-image (default for docker:// images: the manifest attached "
+        "to the image in the registry)"
     )
     verify.add_argument(
         "--keys", metavar="FILE", help="keys.json: also check every protected file through the fspf shield"
@@ -46,9 +48,12 @@ def register(subparsers) -> None:
         "--sgxs", metavar="FILE", help="write the SGX record stream (its SHA-256 is the MRENCLAVE)"
     )
     verify.add_argument(
-        "--signer", metavar="PUB.pem", help="require a valid Ed25519 signature of the manifest by this key"
+        "--signer", metavar="PUB.pem",
+        help="require a valid signature of the manifest by this ECDSA P-256 or Ed25519 public key: the DSSE "
+        "in-toto attestation attached in the registry (docker:// without --manifest), else the --signature file"
     )
-    verify.add_argument("--signature", metavar="FILE", help="the signature file (default: MANIFEST.sig)")
+    verify.add_argument("--signature", metavar="FILE",
+                        help="the signature file (default: MANIFEST.intoto.jsonl, else a legacy MANIFEST.sig)")
     verify.add_argument("--platform", help="platform to pick from a multi-platform image")
     verify.add_argument("--json", action="store_true", help="print the report as JSON")
     add_registry_arguments(verify)
@@ -88,15 +93,15 @@ def register(subparsers) -> None:
 
     sign = subparsers.add_parser(
         "sign",
-        help="sign a manifest with an Ed25519 key",
-        description="Create a key with `openssl genpkey -algorithm ed25519 -out key.pem` and give auditors "
-        "`openssl pkey -in key.pem -pubout -out signer.pem`.",
+        help="sign a manifest: a DSSE envelope around an in-toto statement (ECDSA P-256 or Ed25519 key)",
+        description="Create a key with `openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "
+        "key.pem` (or `-algorithm ed25519`) and give auditors `openssl pkey -in key.pem -pubout -out signer.pem`.",
     )
     sign.add_argument("manifest", metavar="MANIFEST")
     sign.add_argument(
-        "--key", required=True, metavar="KEY.pem", help="Ed25519 private key (PEM, unencrypted)"
+        "--key", required=True, metavar="KEY.pem", help="ECDSA P-256 or Ed25519 private key (PEM, unencrypted)"
     )
-    sign.add_argument("-o", "--output", metavar="FILE", help="signature file (default: MANIFEST.sig)")
+    sign.add_argument("-o", "--output", metavar="FILE", help="signature file (default: MANIFEST.intoto.jsonl)")
     sign.set_defaults(func=run_sign)
 
 
@@ -104,18 +109,24 @@ def run_verify(args: argparse.Namespace) -> int:
     from sconify.manifest import Manifest
     from sconify.verify import VerifyReport, verify_image
 
-    manifest = Manifest.read(args.manifest)
+    registry = registry_options(args)
+    reference = args.reference
+    signed = VerifyReport(args.reference)
+    if args.manifest is not None:
+        manifest = Manifest.read(args.manifest)
+    else:
+        reference, manifest = attached_manifest(args, registry, signed)
     keys = None
     if args.keys:
         from sconify.keys import KeysFile
 
         keys = KeysFile.read(args.keys)
-    signed = VerifyReport(args.reference)
-    if args.signer:  # cheap, and a bad signer file should fail before the image is read
+    if args.signer and args.manifest is not None:  # cheap, and a bad signer file should fail before the image is read
         from sconify.verify import check_signature
 
-        check_signature(signed, args.manifest, args.signature or f"{args.manifest}.sig", args.signer)
-    report = verify_image(bind(args.reference, registry_options(args)), manifest, keys=keys, sgxs_out=args.sgxs, platform=args.platform)
+        check_signature(signed, args.manifest, args.signature, args.signer)
+    report = verify_image(bind(reference, registry), manifest, keys=keys, sgxs_out=args.sgxs, platform=args.platform)
+    report.reference = args.reference
     report.checks[:0] = signed.checks
     if args.json:
         json.dump(report.to_dict(), sys.stdout, indent=2)
@@ -123,6 +134,66 @@ def run_verify(args: argparse.Namespace) -> int:
     else:
         print_report(report)
     return 0 if report.ok else EXIT_MISMATCH
+
+
+def attached_manifest(args: argparse.Namespace, registry, report: VerifyReport):
+    """(the image pinned by digest, the manifest attached to it) for a docker:// image without
+    --manifest; with --signer, the attached attestation's checks go into ``report``."""
+    from sconify.image.reference import parse_reference
+    from sconify.image.registry import referrers
+    from sconify.image.transports import read_image
+    from sconify.manifest import Manifest
+
+    ref = parse_reference(args.reference)
+    if ref.transport != "docker":
+        raise UsageError(f"{args.reference}: pass --manifest FILE (only docker:// images carry an attached manifest)")
+    if args.signature:
+        raise UsageError("--signature names a signature file of --manifest; without --manifest the signature is "
+                         "the attestation attached in the registry")
+    if args.signer:
+        from sconify.attest import load_verify_key
+
+        signer = load_verify_key(args.signer)  # a bad signer file fails before the registry is asked
+    digest = read_image(bind(args.reference, registry), platform=args.platform).manifest_digest
+    pinned = f"docker://{ref.registry}/{ref.repository}@{digest}"
+    found = referrers.find(ref.registry, ref.repository, digest, referrers.SCONIFY_MANIFEST_TYPE, registry)
+    if found is None:
+        raise UsageError(
+            f"registry {ref.registry} holds no sconify manifest attached to {args.reference} ({digest}); "
+            "push it with `sconify-image --to docker://... --attach`, or pass --manifest FILE")
+    data, via = found
+    manifest = Manifest.parse(data, f"the manifest attached to {args.reference}")
+    report.add("attached manifest", True, f"{via}")
+    if args.signer:
+        check_attestation(report, ref, digest, data, signer, args.signer, registry)
+    return pinned, manifest
+
+
+def check_attestation(report: VerifyReport, ref, digest: str, manifest_data: bytes, signer, signer_name: str,
+                      registry) -> None:
+    from sconify import attest
+    from sconify.image.registry import referrers
+
+    found = referrers.find(ref.registry, ref.repository, digest, referrers.DSSE_TYPE, registry)
+    if found is None:
+        report.add("attestation signature", False, f"no signed attestation is attached to {digest}; push with "
+                   "`sconify-image --sign KEY`")
+        return
+    data, via = found
+    try:
+        envelope = attest.parse_envelope(data, f"the attestation ({via})")
+        statement = attest.verify_envelope(envelope, signer, signer_name)
+    except attest.EnvelopeError as exc:
+        report.add("attestation signature", False, str(exc))
+        return
+    report.add("attestation signature", True, f"{attest.algorithm(signer)} by {attest.keyid(signer)[:16]}... ({via})")
+    subjects = attest.subject_digests(statement)
+    report.add("attestation subject", digest in subjects,
+               digest if digest in subjects else f"the statement is about {', '.join(subjects) or 'nothing'}, "
+               f"not the image {digest}")
+    same = statement.get("predicate") == json.loads(manifest_data)
+    report.add("attestation predicate", same, "the signed measurement is the attached manifest" if same else
+               "the signed measurement differs from the attached manifest (one of them was replaced)")
 
 
 def print_report(report: VerifyReport) -> None:
@@ -236,7 +307,7 @@ def run_diff(args: argparse.Namespace) -> int:
 def run_sign(args: argparse.Namespace) -> int:
     from sconify.verify import sign_manifest
 
-    output = args.output or f"{args.manifest}.sig"
-    public = sign_manifest(args.manifest, args.key, output)
-    print(f"signed {args.manifest} -> {output} (ed25519 public key {public})")
+    output = args.output or f"{args.manifest}.intoto.jsonl"
+    algorithm, keyid = sign_manifest(args.manifest, args.key, output)
+    print(f"signed {args.manifest} -> {output} (DSSE in-toto statement, {algorithm} key {keyid[:16]}...)")
     return 0
