@@ -13,7 +13,7 @@ from typing import Iterator
 
 from sconify.errors import UsageError
 from sconify.image.rootfs import PathNotFound
-from sconify.recipe import Placeholders, Recipe, builtin_recipes, excluded, has_extension, load_recipe
+from sconify.recipe import Placeholders, Recipe, builtin_recipes, excluded, has_extension
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ELF_MAGIC = b"\x7fELF"
@@ -123,45 +123,6 @@ def find_binary(fs, config: dict, binary: str) -> str:
 
 def workdir_of(config: dict) -> str:
     return (config.get("config") or {}).get("WorkingDir") or "/"
-
-
-def find_executable(fs, config: dict, *, binary: str | None, recipe_spec: str | None) -> Executable:
-    """The service's ELF executable and the recipe for it.
-
-    Order: --binary; else the recipe's candidates when --recipe is given and ENTRYPOINT/CMD does
-    not name a match; else ENTRYPOINT/CMD resolved through PATH and symlinks.
-    """
-    recipe = load_recipe(recipe_spec) if recipe_spec else None
-    path_var = env_of(config).get("PATH", DEFAULT_PATH)
-    workdir = workdir_of(config)
-    command = command_of(config)
-    if binary:
-        found, requested = find_binary(fs, config, binary), f"--binary {binary}"
-    else:
-        found, requested = None, ""
-        if command:
-            found = lookup_in_path(fs, command[0], path_var, workdir)
-            requested = f"ENTRYPOINT/CMD {command[0]}"
-            if found is None and recipe is None:
-                raise UsageError(
-                    f"the image's ENTRYPOINT/CMD names {command[0]!r}, which is not in the image; "
-                    "pass --binary PATH (the interpreter inside the image) or --recipe python|node"
-                )
-        if recipe is not None and (found is None or not recipe.matches_executable(found)):
-            for candidate in recipe.candidates:
-                hit = lookup_in_path(fs, candidate, path_var, workdir)
-                if hit is not None:
-                    found, requested = hit, f"recipe {recipe.name} candidate {candidate}"
-                    break
-        if found is None:
-            raise UsageError(
-                "cannot tell which executable runs the service: the image has no ENTRYPOINT/CMD "
-                "and no recipe was given; pass --binary PATH or --recipe python|node"
-            )
-    check_elf(fs, found, requested)
-    if recipe is None:
-        recipe = recipe_for(found)
-    return Executable(path=found, requested=requested, recipe=recipe)
 
 
 def check_elf(fs, path: str, requested: str) -> None:

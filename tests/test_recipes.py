@@ -8,7 +8,8 @@ from sconify.errors import UsageError
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
 from sconify.recipe import Placeholders, load_recipe, parse_recipe
-from sconify.select import app_dir, find_executable, interpreter_version, select_code, select_data
+from sconify.codepaths import find_service
+from sconify.select import app_dir, interpreter_version, recipe_for, rel, select_code, select_data
 
 
 @pytest.fixture(scope="module")
@@ -25,18 +26,18 @@ def node_fs(node_image):
 
 def test_python_executable_comes_from_cmd_through_path_and_symlinks(python_fs):
     image, fs = python_fs
-    exe = find_executable(fs, image.config, binary=None, recipe_spec=None)
-    assert exe.path == "usr/bin/python3.11"
-    assert exe.recipe.name == "python"
-    assert exe.requested == "ENTRYPOINT/CMD python3"
-    assert interpreter_version(exe.path, fs) == "3.11"
+    service = find_service(fs, image.config)
+    assert service.executable == "/usr/bin/python3.11"
+    assert recipe_for(rel(service.executable)).name == "python"
+    assert service.requested == "ENTRYPOINT/CMD python3"
+    assert interpreter_version(rel(service.executable), fs) == "3.11"
     assert app_dir(image.config, fs) == "/app"
 
 
 def test_node_executable_and_app_dir(node_fs):
     image, fs = node_fs
-    exe = find_executable(fs, image.config, binary=None, recipe_spec=None)
-    assert exe.recipe.name == "node" and exe.path.startswith("usr/bin/node")
+    service = find_service(fs, image.config)
+    assert recipe_for(rel(service.executable)).name == "node" and service.executable.startswith("/usr/bin/node")
     assert app_dir(image.config, fs) == "/app"
 
 
@@ -106,5 +107,4 @@ def test_a_relative_command_is_found_from_workdir(python_fs):
     image, fs = python_fs
     config = image.config
     config["config"].update({"Entrypoint": None, "Cmd": ["./bin/python3.11", "-V"], "WorkingDir": "/usr"})
-    exe = find_executable(fs, config, binary=None, recipe_spec=None)
-    assert exe.path == "usr/bin/python3.11"
+    assert find_service(fs, config).executable == "/usr/bin/python3.11"

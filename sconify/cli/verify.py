@@ -221,7 +221,8 @@ def run_measure(args: argparse.Namespace) -> int:
     from embedfs import measure as M
     from sconify.image.rootfs import RootFS
     from sconify.image.transports import read_image
-    from sconify.select import find_binary, find_executable
+    from sconify.codepaths import find_service
+    from sconify.select import find_binary
     from sconify.verify import LABEL_PREFIX, copy_out, image_labels
 
     image = read_image(args.reference, platform=args.platform, registry=registry_options(args))
@@ -232,7 +233,7 @@ def run_measure(args: argparse.Namespace) -> int:
     elif labels.get(LABEL_PREFIX + "executable"):
         path = labels[LABEL_PREFIX + "executable"]
     else:
-        path = "/" + find_executable(fs, image.config, binary=None, recipe_spec=None).path
+        path = find_service(fs, image.config).executable  # ENTRYPOINT/CMD followed as a conversion does
 
     def parameter(value, label: str, default: int) -> int:
         if value is not None:

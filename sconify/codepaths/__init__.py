@@ -17,20 +17,9 @@ like ``select.select_code``.
   the shared objects among them (C extensions, ``.node`` addons).
 - ``suspicious_code_dirs(fs, roots, workdir)``: code in application places outside every root.
 
-Wiring into the pipeline (``pipeline.make_plan``), replacing ``select.find_executable``,
-``select.app_dir``, ``select.interpreter_version`` and the ``{app}`` rules of the recipes::
-
-    service = find_service(fs, config, binary=options.binary)
-    recipe = load_recipe(options.recipe) if options.recipe else recipe_for(rel(service.executable))
-    executable = Executable(path=rel(service.executable), requested=service.requested, recipe=recipe)
-    roots = code_roots(fs, service)                     # roots.reasons -> plan / manifest
-    files = set(code_files(fs, roots, exclude=<the recipe's excludes>))
-    files |= set(select_code(recipe, fs, placeholders, exclude_roots=data))  # --fs-dir/--fs-file, user rules
-    for problem in suspicious_code_dirs(fs, roots, service.workdir, covered=<closure, --fs-dir, data>):
-        warn (--strict: UsageError)
-    closure start = [executable.path] + native_code(files)  # .node addons too
-
-``select.check_elf``'s refusal of scripts goes away: a script is followed, not refused.
+Used by ``sconify.plan.make_plan`` (the service, its roots and files, the warnings; the recipe's
+rules are added on top, and the code kept in place is chosen by ``plan.removable_code``) and by
+``sconify measure`` for an image that carries no sconify labels.
 """
 
 from __future__ import annotations

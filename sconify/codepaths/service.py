@@ -1,8 +1,7 @@
 """Which program the container finally runs: ENTRYPOINT + CMD followed as the kernel, the shell
 and the usual wrappers would, without running anything.
 
-``find_service`` replaces ``select.find_executable`` (which stops at the first file and refuses
-scripts): exec form through the image's PATH; shell form (``/bin/sh -c "..."``) and entrypoint
+``find_service``: exec form through the image's PATH; shell form (``/bin/sh -c "..."``) and entrypoint
 shell scripts read by ``codepaths.shell`` (``exec "$@"`` hands over to CMD, ``set -- node "$@"``
 is understood); ``#!`` scripts through their interpreter (a venv's ``bin/python`` symlink, ``env
 python3`` through PATH); ``env``, ``tini``, ``dumb-init``, ``gosu``, ``su-exec`` stepped over.
