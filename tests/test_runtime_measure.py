@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import runtime_tool
-from test_embedfs_elf import sample_entries
+from test_embedfs_elf import c_binaries, sample_entries  # noqa: F401 (c_binaries: a fixture)
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,19 +24,7 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 RUNTIME = REPO_ROOT / "runtime"
 TOOL = RUNTIME / "build" / "tools" / "measure_tool"
 
-HELLO_C = r"""
-#include <stdio.h>
-static char big[70000];
-int counter = 42;
-int main(int argc, char **argv) { big[argc] = 1; printf("hello %d %s\n", counter + big[1], argv[0]); return 0; }
-"""
-
-C_VARIANTS = {
-    "pie": ["-O1", "-pie", "-fPIE"],
-    "non-pie": ["-O1", "-no-pie", "-fno-pie"],
-    "static": ["-O1", "-static"],
-    "static-pie": ["-O1", "-static-pie"],
-}
+C_VARIANTS = ("pie", "non-pie", "static", "static-pie")  # gcc builds of test_embedfs_elf's hello.c
 
 # heap, stack, threads, SSA frame size
 PARAMETER_SETS = [
@@ -84,16 +72,9 @@ def assert_both_refuse(tool: Path, path: Path, params: tuple[int, int, int, int]
 
 
 @pytest.fixture(scope="module")
-def c_programs(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("measure-c")
-    source = root / "hello.c"
-    source.write_text(HELLO_C)
-    built = {}
-    for name, flags in C_VARIANTS.items():
-        out = root / name
-        subprocess.run(["gcc", *flags, "-o", str(out), str(source)], check=True)
-        built[name] = out
-    return built
+def c_programs(c_binaries) -> dict[str, Path]:  # noqa: F811 (the imported fixture)
+    """The small C program as PIE, non-PIE, static and static-PIE (test_embedfs_elf builds them)."""
+    return {name: c_binaries[name] for name in C_VARIANTS}
 
 
 @pytest.fixture(scope="module")
