@@ -442,10 +442,12 @@ def test_push_to_a_digest_reference_and_bad_references_are_refused():
 
 class FakeRegistry:
     """An HTTP server answering /v2/ with a Basic challenge, a huge manifest, and a blob redirected
-    to a second server, which records the headers it got."""
+    to a second server, which records the headers it got and breaks its first answer off halfway
+    (then answers Range requests)."""
 
     def __init__(self, blob: bytes) -> None:
         self.seen_at_redirect: list[dict] = []
+        self.broken_off = False
         fake = self
         digest = "sha256:" + hashlib.sha256(blob).hexdigest()
         config = canonical_json({"architecture": "amd64", "os": "linux", "rootfs": {
@@ -463,10 +465,18 @@ class FakeRegistry:
 
             def do_GET(self):
                 fake.seen_at_redirect.append(dict(self.headers))
-                self.send_response(200)
-                self.send_header("Content-Length", str(len(blob)))
+                start = int(self.headers.get("Range", "bytes=0-")[6:].rstrip("-"))
+                self.send_response(206 if start else 200)
+                self.send_header("Content-Length", str(len(blob) - start))
                 self.end_headers()
-                self.wfile.write(blob)
+                if not fake.broken_off:
+                    fake.broken_off = True
+                    self.wfile.write(blob[:len(blob) // 2])
+                    self.wfile.flush()
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    self.close_connection = True
+                    return
+                self.wfile.write(blob[start:])
 
         class Api(http.server.BaseHTTPRequestHandler):
             def log_message(self, *args):
@@ -513,14 +523,15 @@ class FakeRegistry:
         self.api.shutdown()
 
 
-def test_blob_redirect_to_another_host_gets_no_credentials_and_huge_manifests_are_refused():
-    blob = b"x" * 4096
+def test_blob_redirect_to_another_host_gets_no_credentials_a_broken_download_resumes_and_huge_manifests_are_refused():
+    blob = os.urandom(3 << 20)
     fake = FakeRegistry(blob)
     try:
         options = RegistryOptions(creds=f"{USER}:{PASSWORD}")
         image = read_image(f"docker://{fake.host}/app:1", registry=options)
         with image.layers[0].open_blob() as stream:
             assert stream.read() == blob
+        assert fake.broken_off and [h.get("Range") for h in fake.seen_at_redirect] == [None, f"bytes={len(blob) // 2}-"]
         assert fake.seen_at_redirect and all("Authorization" not in h for h in fake.seen_at_redirect)
         with pytest.raises(ImageError, match=f"registry {fake.host} sent a manifest of .* over the 4 MiB limit"):
             read_image(f"docker://{fake.host}/huge:1", registry=options)

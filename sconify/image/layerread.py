@@ -90,16 +90,20 @@ class BackgroundTar(io.RawIOBase):
     every error, its own or the blob thread's, to the caller; ``finish`` raises the others'.
     """
 
-    def __init__(self, layer, tee_fd: int | None = None, selective: bool = False, check_diff_id: bool = True) -> None:
+    def __init__(self, layer, tee_fd: int | None = None, selective: bool = False, check_diff_id: bool = True,
+                 blob_fd: int | None = None) -> None:
         """``selective``: only the byte ranges the caller ``keep``s go to ``tee_fd``, each at
         its offset in the tar (the rest of the file stays a hole): written from the chunks the
         caller has read past, on a thread of their own. ``check_diff_id=False``: the caller
         knows the diff_id belongs to a blob of this digest (it computed it from that very blob
-        before), so the inflated bytes are not hashed; the blob digest is checked as always."""
+        before), so the inflated bytes are not hashed; the blob digest is checked as always.
+        ``blob_fd``: the stored blob is appended to that file as it is read (a local copy of a
+        blob that costs a download to read)."""
         super().__init__()
         self._layer = layer
+        self._blob_fd = blob_fd
         self._check_diff_id = check_diff_id
-        self._what = f"layer blob {layer.digest}"
+        self._what = layer.blob_what
         self._tee_fd = tee_fd if not selective else None  # for the diff_id thread: the whole tar
         self._kept: collections.deque[tuple[int, int]] = collections.deque()  # [start, end), tar order
         self._cache_queue: queue.Queue | None = queue.Queue(QUEUE_CHUNKS) if selective and tee_fd is not None else None
@@ -140,16 +144,18 @@ class BackgroundTar(io.RawIOBase):
                     break
                 count += len(chunk)
                 if count > layer.size:
-                    raise L.longer_than_recorded(self._what, layer.size)
+                    raise L.longer_than_recorded(self._what, layer.size, layer.blob_fix)
                 digest.update(chunk)
+                if self._blob_fd is not None:
+                    _write_all(self._blob_fd, chunk)
                 self._put(self._blob_queue, chunk)
             if self._cancel.is_set():
                 return
             if count < layer.size:
-                raise L.truncated(self._what, count, layer.size)
+                raise L.truncated(self._what, count, layer.size, layer.blob_fix)
             actual = "sha256:" + digest.hexdigest()
             if actual != layer.digest:
-                raise L.digest_mismatch(self._what, actual, layer.digest)
+                raise L.digest_mismatch(self._what, actual, layer.digest, layer.blob_fix)
         except BaseException as exc:  # noqa: BLE001 - raised by the inflating thread's next read
             self._put(self._blob_queue, exc)
         else:
@@ -221,7 +227,8 @@ class BackgroundTar(io.RawIOBase):
             except (OSError, EOFError, zlib.error, isal_zlib.error, zstandard.ZstdError) as exc:
                 if isinstance(exc, ImageError):
                     raise
-                raise L.not_valid_data(self._what, compression, exc) from None
+                # A blob that fails its digest explains data that does not inflate: say that.
+                raise self._blob_failure() or L.not_valid_data(self._what, compression, exc) from None
             if not chunk:
                 break
             total += len(chunk)
@@ -244,6 +251,13 @@ class BackgroundTar(io.RawIOBase):
                 raise L.uncompressed_diff_id_mismatch(layer.digest, layer.diff_id)
         elif self._check_diff_id and self._diff_id != layer.diff_id:
             raise L.digest_mismatch(f"layer {layer.digest} (diff_id)", self._diff_id, layer.diff_id)
+
+    def _blob_failure(self) -> BaseException | None:
+        """The rest of the blob read (by its thread), and the error it found, if any."""
+        while (item := self._take(self._blob_queue)) is not None and item is not _END:
+            if isinstance(item, BaseException):
+                return item
+        return None
 
     def _put(self, target: queue.Queue, item: object) -> None:
         while not self._cancel.is_set():

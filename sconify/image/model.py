@@ -8,6 +8,7 @@ import io
 import json
 import mmap
 import os
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -17,6 +18,8 @@ from sconify.direct import DirectWriter
 from sconify.errors import ImageError
 from sconify.image import layers as L
 
+# Returns the stored bytes of a blob, unchecked. An opener may carry ``where`` (the store it
+# reads from, named in errors) and ``fix`` (the advice for a damaged blob there).
 BlobOpener = Callable[[], BinaryIO]
 
 
@@ -235,10 +238,12 @@ class Layer:
 
     def verify(self) -> None:
         """Read the whole layer once: check blob size, digest and diff_id (ImageError if wrong)."""
+        from sconify.image.layerread import BackgroundTar
+
         if self.trusted:
             return
-        with self.open_tar() as tar:
-            L.drain(tar)
+        with BackgroundTar(self) as tar:  # blob, inflating and diff_id threads
+            tar.finish()
 
     @property
     def file_range(self) -> FileRange | None:
@@ -282,9 +287,20 @@ class Layer:
                 f"layer blob {self.digest} ({self.source}) is missing; re-create or re-pull the image"
             ) from None
 
+    @property
+    def blob_what(self) -> str:
+        """The blob as errors name it: its digest, and the store it comes from when the opener says."""
+        where = getattr(self.opener, "where", None)
+        return f"layer blob {self.digest}" + (f" from {where}" if where else "")
+
+    @property
+    def blob_fix(self) -> str:
+        """The advice that ends the error line of a damaged blob."""
+        return getattr(self.opener, "fix", None) or L.CORRUPT
+
     def open_blob(self) -> BinaryIO:
         """The stored bytes; size and digest are checked when the stream reaches its end."""
-        reader = L.VerifyingReader(self.open_raw(), self.digest, f"layer blob {self.digest}", size=self.size)
+        reader = L.VerifyingReader(self.open_raw(), self.digest, self.blob_what, size=self.size, fix=self.blob_fix)
         return io.BufferedReader(reader, L.CHUNK_SIZE)  # type: ignore[return-value]
 
     def open_tar(self) -> BinaryIO:
@@ -305,6 +321,28 @@ class Layer:
             tar, self.diff_id, f"layer {self.digest} (diff_id)", on_eof=lambda: L.drain(blob)
         )
         return io.BufferedReader(reader, L.CHUNK_SIZE)  # type: ignore[return-value]
+
+    def spooled(self, directory: str | os.PathLike | None = None) -> Layer:
+        """This layer read once: its blob copied into a private temp file in ``directory`` while
+        its digest and diff_id are checked; a trusted Layer backed by the copy (deleted when the
+        last Layer reading it is gone). For blobs that cost a download to read: a writer then
+        copies (or links) the local file instead of reading the source a second time."""
+        from sconify.image.layerread import BackgroundTar
+        from sconify.image.layerwriter import _TempBlob
+
+        if self.trusted and self.file_range is not None:
+            return self
+        fd, path = tempfile.mkstemp(prefix="sconify-blob-", suffix=".blob", dir=directory)
+        copy = _TempBlob(path)
+        try:
+            with BackgroundTar(self, blob_fd=fd) as tar:  # blob, inflating and diff_id threads
+                tar.finish()
+        except BaseException:
+            copy.remove()
+            raise
+        finally:
+            os.close(fd)
+        return replace(self, opener=slice_opener(path, 0, self.size, keep=copy, private=True), trusted=True)
 
     @classmethod
     def from_tar_file(

@@ -108,6 +108,9 @@ def prepare_layers(image: Image, transport: str, compression: str | None) -> Ima
     def prepare(layer: Layer) -> Layer:
         converted = layer.recompressed(output_compression(layer, transport, compression))
         if converted is layer and not layer.trusted:
+            if layer.file_range is None:
+                # A stream (a registry, a daemon): read once, to a temp copy, while checked.
+                return layer.spooled()
             layer.verify()  # digest and diff_id, before anything is written
             converted = replace(layer, trusted=True)
         return converted

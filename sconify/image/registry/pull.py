@@ -57,7 +57,7 @@ def read_registry(reference: Reference, platform: str | None, options: RegistryO
     config_digest, config_size = _descriptor(config_desc, f"{source}: config")
     if config_size > MAX_JSON_SIZE:
         raise ImageError(f"{source}: config is {config_size} bytes, larger than {MAX_JSON_SIZE}; refusing it")
-    with RegistryBlob(client, config_digest, config_size, f"config {config_digest}") as blob:
+    with registry_blob(client, config_digest, config_size, f"config {config_digest}") as blob:
         config_bytes = blob.read()
     layers = []
     for position, desc in enumerate(layer_descs):
@@ -130,9 +130,27 @@ def _too_large(client: RegistryClient, source: str, size: int) -> ImageError:
                       f"{MAX_MANIFEST_SIZE >> 20} MiB limit; refusing it (no image manifest is that large)")
 
 
+# A damaged blob in a registry is mended where it was pushed from.
+DAMAGED_FIX = "the registry's copy is damaged or the registry is lying; push the image again and do not use this one"
+
+
+def registry_blob(client: RegistryClient, digest: str, size: int, what: str) -> L.VerifyingReader:
+    """The blob ``digest`` streamed from the registry, its size and SHA-256 checked at the end (an
+    ImageError naming the registry); a broken connection resumes with a Range request."""
+    return L.VerifyingReader(RegistryStream(client, digest, what), digest, f"{what} from {_where(client)}",
+                             size=size, fix=DAMAGED_FIX)
+
+
+def _where(client: RegistryClient) -> str:
+    return f"{client.label} ({client.repository})"
+
+
 class RegistryBlobOpener:
-    """The BlobOpener of a layer stored in a registry; a push to another repository of the
-    same registry mounts the blob from ``repository`` instead of uploading it."""
+    """The BlobOpener of a layer stored in a registry (its bytes unchecked: ``Layer`` checks
+    them); a push to another repository of the same registry mounts the blob from
+    ``repository`` instead of uploading it."""
+
+    fix = DAMAGED_FIX
 
     def __init__(self, client: RegistryClient, digest: str, size: int) -> None:
         self.client = client
@@ -140,22 +158,21 @@ class RegistryBlobOpener:
         self.repository = client.repository
         self.digest = digest
         self.size = size
+        self.where = _where(client)
 
     def __call__(self) -> io.RawIOBase:
-        return RegistryBlob(self.client, self.digest, self.size, f"layer blob {self.digest}")
+        return RegistryStream(self.client, self.digest, f"layer blob {self.digest}")
 
 
-class RegistryBlob(io.RawIOBase):
-    """A blob streamed from the registry: size and SHA-256 checked at the end (an ImageError
-    naming the registry), a broken connection resumed with a Range request."""
+class RegistryStream(io.RawIOBase):
+    """The bytes of a blob as the registry sends them, unchecked (the reader hashes them); a
+    broken connection is resumed with a Range request, up to MAX_RESUMES times."""
 
-    def __init__(self, client: RegistryClient, digest: str, size: int, what: str) -> None:
+    def __init__(self, client: RegistryClient, digest: str, what: str) -> None:
         super().__init__()
         self._client = client
         self._digest = digest
-        self._size = size
         self._what = what
-        self._hash = hashlib.sha256()
         self._count = 0
         self._resumes = 0
         self._done = False
@@ -198,29 +215,13 @@ class RegistryBlob(io.RawIOBase):
                 continue
             break
         if not data:
-            self._finish()
+            self._done = True
+            self._drop()
             return 0
         n = len(data)
         view[:n] = data
-        self._hash.update(data)
         self._count += n
-        if self._count > self._size:
-            self._drop()
-            raise ImageError(f"{self._client.label} sent more than the {self._size} bytes recorded for "
-                             f"{self._what} of {self._client.repository}; its copy is wrong, push the image again")
         return n
-
-    def _finish(self) -> None:
-        self._done = True
-        self._drop()
-        where = f"{self._client.label} ({self._client.repository})"
-        if self._count != self._size:
-            raise ImageError(f"{where} sent {self._count} of the {self._size} bytes of {self._what}: its copy "
-                             "is truncated; push the image to the registry again")
-        actual = "sha256:" + self._hash.hexdigest()
-        if actual != self._digest:
-            raise ImageError(f"{where} sent {self._what} with digest {actual}: its copy is corrupt or the "
-                             "registry is lying; push the image again and do not use this one")
 
     def _drop(self) -> None:
         if self._response is not None:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from sconify.errors import ImageError
 from sconify.image.oci import OCI_INDEX, OCI_MANIFEST
 from sconify.image.registry.client import RegistryClient, RegistryOptions
-from sconify.image.registry.pull import RegistryBlob, fetch_manifest
+from sconify.image.registry.pull import fetch_manifest, registry_blob
 from sconify.image.registry.push import _Counter, _exists, _upload
 
 SCONIFY_MANIFEST_TYPE = "application/vnd.sconify.manifest.v1+json"
@@ -173,7 +173,7 @@ def find(registry: str, repository: str, subject_digest: str, artifact_type: str
         if not isinstance(size, int) or size > MAX_ARTIFACT_SIZE or not isinstance(blob_digest, str):
             raise ImageError(f"{client.label}: the artifact {source} has no valid layer (or one over "
                              f"{MAX_ARTIFACT_SIZE >> 20} MiB); attach it again")
-        with RegistryBlob(client, blob_digest, size, f"artifact blob {blob_digest}") as blob:
+        with registry_blob(client, blob_digest, size, f"artifact blob {blob_digest}") as blob:
             content = blob.read()
         return content, f"{via}, artifact {entry['digest']}"
     finally:
