@@ -5,9 +5,24 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import tarfile
+from dataclasses import replace
 from pathlib import Path
 
-from sconify.runtime import LAUNCHER_NAME, SHIELD_NAME, build_runtime, cache_root, source_files, source_tree
+import pytest
+
+from sconify.runtime import (
+    CONFIG_PATH,
+    LAUNCHER_NAME,
+    LAUNCHER_PATH,
+    SHIELD_NAME,
+    SHIELD_PATH,
+    build_runtime,
+    cache_root,
+    runtime_layer,
+    source_files,
+    source_tree,
+)
 
 
 def make(*args: str) -> subprocess.CompletedProcess:
@@ -44,3 +59,27 @@ def test_launcher_is_static_and_shield_exports_only_its_interposers():
     exported = {line.split()[-1] for line in symbols.splitlines()}
     assert {"open64", "stat64", "readdir64", "dlopen", "close"} <= exported
     assert not {name for name in exported if name.startswith(("EVP_", "ZSTD_", "json_", "seccomp_", "fspf_", "embedfs_"))}
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd", "none"])
+def test_runtime_layer_is_the_same_blob_with_or_without_its_cached_prefix(tmp_path, monkeypatch, compression):
+    """The binaries' part of the runtime layer comes from the cache from the second conversion on;
+    the blob is the same bytes either way, reads back (one tar, several gzip members or zstd
+    frames) to the three files, and its diff_id is the tar's."""
+    built = build_runtime()
+    monkeypatch.setenv("SCONIFY_CACHE", str(tmp_path / "cache"))  # an empty cache for the layer prefix
+    layers = []
+    for run in range(2):
+        layer, files = runtime_layer(built, b'{"run": "config"}\n', str(tmp_path), compression)
+        cached = list((tmp_path / "cache" / "runtime" / "layers").glob(f"*.{compression}"))
+        assert len(cached) == (0 if compression == "none" else 1)
+        layers.append(layer)
+    assert layers[0].digest == layers[1].digest and layers[0].diff_id == layers[1].diff_id
+    replace(layers[0], trusted=False).verify()  # blob digest and diff_id, read back
+    with layers[0].open_tar() as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        got = {m.name: tar.extractfile(m).read() if m.isfile() else None for m in tar}
+    assert got[CONFIG_PATH.lstrip("/")] == b'{"run": "config"}\n'
+    assert got[LAUNCHER_PATH.lstrip("/")] == built.launcher.read_bytes()
+    assert hashlib.sha256(got[SHIELD_PATH.lstrip("/")]).hexdigest() == files[SHIELD_PATH]
+    other, _ = runtime_layer(built, b"{}\n", str(tmp_path), compression)
+    assert other.digest != layers[0].digest

@@ -29,6 +29,9 @@ ZSTD_THREADS = 2  # zstd output with threads >= 1 does not depend on the thread 
 # A run of bytes the producer knows does not compress (an embedfs archive: zstd frames already)
 # goes into a frame of its own at this level: the same size as level 3 there, a third of the CPU.
 ZSTD_FAST_LEVEL = 1
+# With gzip that run is a gzip member of its own (RFC 1952 allows several; every reader takes
+# them) at level 0, stored blocks: deflate saves ~0.2 % there at ~45 MB/s, this runs at ~1.2 GB/s.
+GZIP_FAST_LEVEL = 0
 
 OCI_LAYER_MEDIA_TYPES = {
     "none": "application/vnd.oci.image.layer.v1.tar",
@@ -359,6 +362,13 @@ def compress_stream(source: BinaryIO, target: BinaryIO, compression: str) -> tup
     if sink is not out:
         sink.close()
     return "sha256:" + diff_hash.hexdigest(), out.digest, out.size
+
+
+def compress_bytes(data: bytes, compression: str) -> bytes:
+    """``data`` compressed with the pinned settings: one gzip member or zstd frame (as is for none)."""
+    out = io.BytesIO()
+    compress_stream(io.BytesIO(data), out, compression)
+    return out.getvalue()
 
 
 def copy_stream(source: BinaryIO, target: BinaryIO) -> int:

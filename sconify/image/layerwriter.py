@@ -112,8 +112,9 @@ class LayerWriter:
     def incompressible(self):
         """Bytes written to ``stream`` inside this block do not compress (e.g. an embedfs archive,
         zstd frames already): with zstd they form a frame of their own at ZSTD_FAST_LEVEL, the
-        same size as the pinned level there for a third of the CPU. The frames break at the same
-        tar offsets for the same writes, so the blob stays deterministic. gzip and none ignore it."""
+        same size as the pinned level there for a third of the CPU; with gzip a member of its own
+        in stored blocks (GZIP_FAST_LEVEL). The frames break at the same tar offsets for the same
+        writes, so the blob stays deterministic. none ignores it."""
         self.stream.flush()
         self._queue.put(_FAST)
         yield
@@ -202,10 +203,7 @@ class _CompressingPipe:
             self._out = _CountingWriter(target)  # type: ignore[assignment]
             self._sink = self._out  # type: ignore[assignment]
         elif compression == "gzip":
-            # Single-threaded deflate, exactly as compress_stream: header mtime 0, no file name.
-            self._sink = gzip.GzipFile(  # type: ignore[assignment]
-                filename="", mode="wb", compresslevel=L.GZIP_LEVEL, fileobj=self._out, mtime=0
-            )
+            self._sink = self._gzip_writer(L.GZIP_LEVEL)  # type: ignore[assignment]
         else:
             # Multi-threaded zstd: with threads >= 1 the frame depends neither on the thread
             # count nor on how the input is cut into writes (checked with 1, 2, 3 and 8 threads
@@ -220,14 +218,22 @@ class _CompressingPipe:
         )
         return compressor.stream_writer(self._out, closefd=False)
 
+    def _gzip_writer(self, level: int):
+        # Single-threaded deflate, exactly as compress_stream: header mtime 0, no file name.
+        return gzip.GzipFile(filename="", mode="wb", compresslevel=level, fileobj=self._out, mtime=0)
+
     def write(self, chunk: bytes) -> None:
         self._sink.write(chunk)
 
     def new_frame(self, fast: bool) -> None:
-        """zstd: end the frame and go on in a new one, at the fast level or the pinned one."""
+        """End the zstd frame or gzip member and go on in a new one, at the fast level or the
+        pinned one (none: nothing to do)."""
         if self._compression == "zstd":
             self._sink.flush(zstandard.FLUSH_FRAME)
             self._sink = self._zstd_writer(L.ZSTD_FAST_LEVEL if fast else L.ZSTD_LEVEL)
+        elif self._compression == "gzip":
+            self._sink.close()  # the member's trailer; the target stays open
+            self._sink = self._gzip_writer(L.GZIP_FAST_LEVEL if fast else L.GZIP_LEVEL)
 
     def close(self) -> tuple[str | None, int]:
         """End the compressed stream; (digest, size) of what was written (digest None when
@@ -263,6 +269,27 @@ def _unlink_quietly(path: str) -> None:
     # The directory may be gone already (a work dir removed before the Layer was dropped).
     with contextlib.suppress(FileNotFoundError):
         os.unlink(path)
+
+
+def layer_from_blob(pieces: list[bytes], diff_id: str, compression: str, directory: str | os.PathLike | None,
+                    source: str, direct: bool = False) -> Layer:
+    """A trusted layer whose blob is ``pieces`` one after the other (each a whole gzip member or
+    zstd frame, or plain tar for none) and whose tar hashes to ``diff_id``, which the caller took."""
+    fd, path = tempfile.mkstemp(prefix="sconify-layer-", suffix=".blob", dir=directory)
+    blob = _TempBlob(path)
+    digest = hashlib.sha256()
+    try:
+        with (DirectWriter(fd) if direct else os.fdopen(fd, "wb")) as out:
+            for piece in pieces:
+                digest.update(piece)
+                out.write(piece)
+    except BaseException:
+        blob.remove()
+        raise
+    size = sum(len(piece) for piece in pieces)
+    opener = slice_opener(path, 0, size, keep=blob, private=True)
+    return Layer("sha256:" + digest.hexdigest(), size, diff_id, compression, L.OCI_LAYER_MEDIA_TYPES[compression],
+                 opener, source, trusted=True)
 
 
 def layer_from_tar_stream(source: BinaryIO, compression: str, directory: str | os.PathLike | None,
