@@ -162,10 +162,11 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
     with phase(reporter, timings, "read image"):
         image = read_image(options.source, platform=options.platform, limits=layer_limits(options))
         fs = RootFS.from_image(image, rootfs_limits(options), cache_layers=not options.dry_run,
-                               keep=contents_to_keep(image.config, options))
+                               keep=contents_to_keep(image.config, options),
+                               copy_streamed_blobs=not options.dry_run and needs_blob_copies(options))
         # RootFS read every layer to its end, checking blob digest and diff_id: the writer
-        # need not read them a second time before copying them.
-        image = replace(image, layers=tuple(replace(layer, trusted=True) for layer in image.layers))
+        # need not read them a second time before copying them (nor download them again).
+        image = replace(image, layers=fs.read_layers())
     with fs:  # the cached layer tars go as soon as the conversion ends, however it ends
         with phase(reporter, timings, "select files"):
             plan = make_plan(image, fs, options)
@@ -274,6 +275,16 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             "keys": options.keys_out,
         }
         return result
+
+
+def needs_blob_copies(options: ConvertOptions) -> bool:
+    """Whether the input layers must be copied as they are read (see RootFS.read_layers): they
+    come from a registry and go elsewhere than that registry, which would otherwise be asked
+    for them twice (the same registry is only asked whether it has them, or to mount them)."""
+    source, destination = parse_reference(options.source), parse_reference(options.destination)
+    if source.transport != "docker":
+        return False
+    return destination.transport != "docker" or destination.registry != source.registry
 
 
 def prefetch_input_blobs(image: Image, destination: str, work: str):

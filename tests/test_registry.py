@@ -6,6 +6,7 @@ oracles."""
 from __future__ import annotations
 
 import base64
+import collections
 import datetime
 import hashlib
 import http.server
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import sys
 import tarfile
+import tempfile
 import threading
 import time
 import urllib.parse
@@ -231,12 +233,16 @@ class TokenServer:
 # --- fixtures ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="session")
-def plain_registry(tmp_path_factory):
-    root = tmp_path_factory.mktemp("registry-plain")
+def running_plain_registry(tmp_path_factory, name: str):
+    root = tmp_path_factory.mktemp(name)
     process, host = start_registry(root)
     yield Registry(host, root / "data")
     stop(process)
+
+
+@pytest.fixture(scope="session")
+def plain_registry(tmp_path_factory):
+    yield from running_plain_registry(tmp_path_factory, "registry-plain")
 
 
 @pytest.fixture(scope="session")
@@ -376,6 +382,40 @@ def test_convert_registry_to_registry_uploads_only_the_new_blobs(plain_registry,
         assert image.attrs["RepoDigests"][0].endswith(json.loads(run.stdout)["output"]["manifest_digest"])
     finally:
         docker_client.images.remove(f"{name}:1-conf", force=True)
+
+
+@pytest.fixture(scope="session")
+def second_registry(tmp_path_factory):
+    yield from running_plain_registry(tmp_path_factory, "registry-second")
+
+
+def test_a_conversion_downloads_each_input_blob_once(plain_registry, second_registry, pushed_app, tmp_path,
+                                                     monkeypatch):
+    """Converting to a layout or to another registry, each input blob is downloaded once: read,
+    checked and kept as a local copy the writer copies (to the same registry nothing is copied:
+    the blobs are there)."""
+    from sconify.image.registry.pull import RegistryStream
+    from sconify.pipeline import ConvertOptions, sconify_image
+
+    opened: collections.Counter = collections.Counter()
+    original = RegistryStream.__init__
+
+    def counting(self, client, digest, what):
+        opened[digest] += 1
+        original(self, client, digest, what)
+
+    monkeypatch.setattr(RegistryStream, "__init__", counting)
+    layers = set(pushed_app["layer_digests"])
+    for name, target in (("layout", f"oci:{tmp_path / 'layout'}:x"), ("other", second_registry.ref("conf/app:1"))):
+        opened.clear()
+        sconify_image(ConvertOptions(source=plain_registry.ref("app:1"), destination=target,
+                                     manifest_out=str(tmp_path / f"{name}.json"), session_out=str(tmp_path / f"{name}.yaml"),
+                                     keys_out=str(tmp_path / f"{name}-keys.json")))
+        assert set(opened) == layers | {pushed_app["config_digest"]} and set(opened.values()) == {1}, (name, opened)
+    assert layers <= set(second_registry.blobs())
+    assert not list(Path(tempfile.gettempdir()).glob("sconify-blob-*"))  # the copies went with the conversion
+    for layer in read_image(second_registry.ref("conf/app:1")).layers:
+        layer.verify()
 
 
 def test_push_of_a_registry_image_to_another_repository_mounts_its_blobs(plain_registry, pushed_app):

@@ -24,6 +24,7 @@ import io
 import os
 import queue
 import sys
+import tempfile
 import threading
 import zlib
 from collections.abc import Iterator
@@ -378,6 +379,39 @@ class BackgroundTar(io.RawIOBase):
             for thread in self._threads:
                 thread.join()
         super().close()
+
+
+class BlobCopy:
+    """A private temp file in ``directory`` that ``BackgroundTar(layer, blob_fd=copy.fd)`` fills
+    with the layer's stored blob as it checks it; ``layer()`` is then the layer read from that file,
+    trusted, so writers copy (or link) it instead of downloading it again. The file goes when the
+    last Layer reading it does, or at once with ``discard``."""
+
+    def __init__(self, layer, directory: str | os.PathLike | None = None) -> None:
+        from sconify.image.layerwriter import _TempBlob
+
+        self._layer = layer
+        self.fd, path = tempfile.mkstemp(prefix="sconify-blob-", suffix=".blob", dir=directory)
+        self._blob = _TempBlob(path)
+
+    def layer(self):
+        """The checked layer, backed by the copy (after the BackgroundTar has finished)."""
+        from dataclasses import replace
+
+        from sconify.image.model import slice_opener
+
+        self._close()
+        opener = slice_opener(self._blob.path, 0, self._layer.size, keep=self._blob, private=True)
+        return replace(self._layer, opener=opener, trusted=True)
+
+    def discard(self) -> None:
+        self._close()
+        self._blob.remove()
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _write_all(fd: int, data, offset: int | None = None) -> None:

@@ -8,7 +8,6 @@ import io
 import json
 import mmap
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -327,22 +326,18 @@ class Layer:
         its digest and diff_id are checked; a trusted Layer backed by the copy (deleted when the
         last Layer reading it is gone). For blobs that cost a download to read: a writer then
         copies (or links) the local file instead of reading the source a second time."""
-        from sconify.image.layerread import BackgroundTar
-        from sconify.image.layerwriter import _TempBlob
+        from sconify.image.layerread import BackgroundTar, BlobCopy
 
         if self.trusted and self.file_range is not None:
             return self
-        fd, path = tempfile.mkstemp(prefix="sconify-blob-", suffix=".blob", dir=directory)
-        copy = _TempBlob(path)
+        copy = BlobCopy(self, directory)
         try:
-            with BackgroundTar(self, blob_fd=fd) as tar:  # blob, inflating and diff_id threads
+            with BackgroundTar(self, blob_fd=copy.fd) as tar:  # blob, inflating and diff_id threads
                 tar.finish()
         except BaseException:
-            copy.remove()
+            copy.discard()
             raise
-        finally:
-            os.close(fd)
-        return replace(self, opener=slice_opener(path, 0, self.size, keep=copy, private=True), trusted=True)
+        return copy.layer()
 
     @classmethod
     def from_tar_file(

@@ -21,7 +21,7 @@ from typing import BinaryIO
 
 from sconify.errors import ImageError
 from sconify.image import layers as L
-from sconify.image.layerread import BackgroundTar
+from sconify.image.layerread import BackgroundTar, BlobCopy
 from sconify.image.model import BoundedReader, Image, Layer, punch_pages
 from sconify.image.tarbounds import BoundedTarInfo, HostileHeader
 
@@ -121,7 +121,7 @@ class RootFS:
 
     def __init__(self, image: Image, limits: RootFSLimits | None = None,
                  cache_layers: bool | Collection[int] = False, keep: Callable[[str], bool] | None = None,
-                 diff_ids_known: Collection[int] = ()) -> None:
+                 diff_ids_known: Collection[int] = (), copy_streamed_blobs: bool = False) -> None:
         self.image = image
         self.limits = limits or RootFSLimits()
         # With this set, the index pass also writes each layer's tar to an unlinked temp file (on
@@ -134,6 +134,11 @@ class RootFS:
         # Layers whose diff_id the caller vouches for (computed before from a blob of the digest
         # the read checks): their inflated bytes are not hashed again.
         self._diff_ids_known = diff_ids_known
+        # With this set, the stored blob of each layer that is not in a file (a registry's, the
+        # engine's) is copied to a private temp file as it is read: ``read_layers`` then reads
+        # those, so a writer does not download them a second time.
+        self._copy_streamed = copy_streamed_blobs
+        self._copies: dict[int, Layer] = {}
         self._layer_cache: dict[int, BinaryIO] = {}
         # Kept layers read in place: an uncompressed blob stored in a file is its own tar, so its
         # cache is that file, opened read-only (never written or punched), the tar at this offset.
@@ -153,6 +158,7 @@ class RootFS:
     def from_image(
         cls, image: Image, limits: RootFSLimits | None = None, cache_layers: bool | Collection[int] = False,
         keep: Callable[[str], bool] | None = None, diff_ids_known: Collection[int] = (),
+        copy_streamed_blobs: bool = False,
     ) -> "RootFS":
         """Index every layer once (headers only), applying whiteouts in layer order.
 
@@ -160,8 +166,9 @@ class RootFS:
         in a temp file, for later reads by offset instead of a second inflate; ``keep`` limits
         that to the regular files whose member path it accepts (a guess of what will be read).
         ``diff_ids_known``: indexes of layers whose diff_id is known to belong to their blob
-        digest (which is checked): their diff_id is not recomputed."""
-        fs = cls(image, limits, cache_layers, keep, diff_ids_known)
+        digest (which is checked): their diff_id is not recomputed. ``copy_streamed_blobs``:
+        see ``read_layers``."""
+        fs = cls(image, limits, cache_layers, keep, diff_ids_known, copy_streamed_blobs)
         try:
             for index in range(len(image.layers)):
                 fs._apply_layer(index)
@@ -169,6 +176,12 @@ class RootFS:
             fs.close()
             raise
         return fs
+
+    def read_layers(self) -> tuple[Layer, ...]:
+        """The image's layers as read: each checked (blob digest and diff_id), so trusted, and
+        with ``copy_streamed_blobs`` a streamed one backed by its local copy."""
+        return tuple(self._copies.get(index, replace(layer, trusted=True))
+                     for index, layer in enumerate(self.image.layers))
 
     def close(self) -> None:
         """Drop the cached layer tars (if any)."""
@@ -205,7 +218,6 @@ class RootFS:
 
         The layer is inflated and checked on a background thread (``BackgroundTar``) while
         tarfile's random-access mode parses the headers here, seeking over member data."""
-        members: list[Member] = []
         layer = self.image.layers[index]
         tee = None
         if self.cache_layers is True or (self.cache_layers and index in self.cache_layers):
@@ -217,8 +229,22 @@ class RootFS:
                 self._layer_cache[index] = tee
         keep = self._keep if tee is not None else None
         kept = self._kept[index] = set() if keep is not None else None
+        copy = BlobCopy(layer) if self._copy_streamed and layer.file_range is None else None
+        try:
+            members = self._index_layer(layer, index, what, tee, keep, kept, copy)
+        except BaseException:
+            if copy is not None:
+                copy.discard()
+            raise
+        if copy is not None:
+            self._copies[index] = copy.layer()
+        return members
+
+    def _index_layer(self, layer: Layer, index: int, what: str, tee, keep, kept, copy) -> list[Member]:
+        members: list[Member] = []
         with BackgroundTar(layer, tee.fileno() if tee else None, selective=keep is not None,
-                           check_diff_id=index not in self._diff_ids_known) as stream:
+                           check_diff_id=index not in self._diff_ids_known,
+                           blob_fd=copy.fd if copy is not None else None) as stream:
             try:
                 with tarfile.open(fileobj=stream, mode="r:", tarinfo=BoundedTarInfo) as archive:
                     for info in archive:
@@ -605,7 +631,7 @@ class RootFS:
             entries = streamed  # files the index pass did not keep: one pass over the layer
             if not entries:
                 return
-        layer = self.image.layers[index]
+        layer = self._copies.get(index, self.image.layers[index])  # a local copy, if one was made
         stream = layer.open_tar()
         position = 0
         try:
