@@ -30,7 +30,7 @@ sys.path.insert(0, str(BENCH))
 from measure import CommandFailed, Summary, repeat, steal_share, stolen_seconds  # noqa: E402
 from synth import cache_dir, uncompressed_rootfs_bytes  # noqa: E402
 
-GROUPS = ("python", "node", "synth", "scaling", "embedfs", "fspf", "runtime")
+GROUPS = ("python", "node", "synth", "scaling", "embedfs", "fspf", "runtime", "registry")
 FULL_SIZES = (0.25, 0.5, 1.0, 2.0)
 QUICK_SIZES = (0.05, 0.1)
 MAIN_SIZE = 1.0  # the size the synthetic targets are about
@@ -419,6 +419,18 @@ def runtime_case(ctx: Context, volume_mb: int) -> None:
         ctx.report.rows.append(row)
 
 
+def registry_case(ctx: Context, size_gb: float, compression: str) -> None:
+    """Registry to registry: the Python demo and the synthetic image (bench_registry)."""
+    from bench_registry import registry_rows
+
+    cases = [("Python fixture", demo_layout("python"), []),
+             (f"synthetic {size_gb:g} GB", synth_layout(size_gb, compression), ["--dir", "/app/data"])]
+    rows, notes = registry_rows(ctx.work, ctx.repeat, cases, Row)
+    ctx.report.notes += notes
+    for row in rows:
+        ctx.report.rows.append(row)
+
+
 # --- output ----------------------------------------------------------------------------------
 
 
@@ -557,6 +569,8 @@ def main(argv: list[str] | None = None) -> int:
                 fspf_case(ctx, fspf_mb)
             elif group == "runtime":
                 runtime_case(ctx, 64 if args.quick else 256)
+            elif group == "registry":
+                registry_case(ctx, main_size, args.synth_compression)
     except CommandFailed as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 1
