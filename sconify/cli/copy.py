@@ -3,14 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import sys
-from collections.abc import Iterator
+import time
 
-from rich.console import Console
-
-from sconify.cli.output import parse_size
+from sconify.cli.output import PhaseProgress, parse_size
 from sconify.cli.registry import add_registry_arguments, registry_options
 from sconify.image import layers as L
 from sconify.image.reference import DEFAULT_PLATFORM
@@ -42,12 +39,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_copy(args: argparse.Namespace) -> int:
-    with progress(f"copying {args.src} to {args.dst}"):
-        registry = registry_options(args)
+    display = PhaseProgress(enabled=not args.json)  # a line for the copy, one per blob transferred
+    registry = registry_options(args, on_blob=display.blob_bars())
+    with display:
+        what, began = f"copying {args.src} to {args.dst}", time.perf_counter()
+        display.start(what)
         image = read_image(args.src, platform=args.platform,
                            limits=L.LayerLimits.from_options(args.max_layer_size, args.max_expansion),
                            registry=registry)
         result = write_image(image, args.dst, compression=args.compression, registry=registry)
+        display.finish(what, time.perf_counter() - began)
     if args.json:
         doc = {
             "reference": result.reference,
@@ -63,14 +64,3 @@ def run_copy(args: argparse.Namespace) -> int:
     else:
         print(result.manifest_digest)
     return 0
-
-
-@contextlib.contextmanager
-def progress(message: str) -> Iterator[None]:
-    """A spinner on stderr while the copy runs, only when stderr is a terminal."""
-    console = Console(stderr=True)
-    if not console.is_terminal:
-        yield
-        return
-    with console.status(message):
-        yield

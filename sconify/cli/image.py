@@ -216,12 +216,13 @@ def run(args: argparse.Namespace) -> int:
         output_paths(args)
         attaching = check_attach_options(args)
         pushes: list = []  # the WriteResult of a docker:// output, with what it uploaded
-        registry = registry_options(args, on_push=pushes.append)
+        progress = PhaseProgress(enabled=not args.json)  # phases, and under them the blobs transferred
+        registry = registry_options(args, on_push=pushes.append, on_blob=progress.blob_bars())
         args.source, args.destination = bind(args.source, registry), bind(args.destination, registry)
         # Every ConvertOptions field is an option of this parser: one renamed on either side fails
         # here, loudly, instead of being dropped.
         options = ConvertOptions(**{name: getattr(args, name) for name in ConvertOptions.__dataclass_fields__})
-        with PhaseProgress(enabled=not args.json) as progress:
+        with progress:
             result = sconify_image(options, progress, elf=elf)
     for warning in result.plan.warnings:
         print(f"sconify: warning: {warning}", file=sys.stderr)

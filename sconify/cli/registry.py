@@ -6,7 +6,7 @@ import argparse
 from collections.abc import Callable
 from typing import Any
 
-from sconify.image.registry.options import RegistryOptions
+from sconify.image.registry.options import BlobWatcher, RegistryOptions
 
 
 def parse_bool(text: str) -> bool:
@@ -39,7 +39,8 @@ def add_registry_arguments(parser: argparse.ArgumentParser, two_sided: bool = Fa
                        "HTTP (plain HTTP is otherwise used only for localhost / 127.0.0.1)")
 
 
-def registry_options(args: argparse.Namespace, on_push: Callable[[Any], None] | None = None) -> RegistryOptions:
+def registry_options(args: argparse.Namespace, on_push: Callable[[Any], None] | None = None,
+                     on_blob: BlobWatcher | None = None) -> RegistryOptions:
     return RegistryOptions(
         creds=args.creds,
         src_creds=getattr(args, "src_creds", None),
@@ -48,6 +49,7 @@ def registry_options(args: argparse.Namespace, on_push: Callable[[Any], None] | 
         cert_dir=args.cert_dir,
         tls_verify=args.tls_verify,
         on_push=on_push,
+        on_blob=on_blob,
     )
 
 

@@ -27,6 +27,7 @@ from sconify.image.oci import (
 )
 from sconify.image.reference import DEFAULT_PLATFORM, Reference
 from sconify.image.registry.client import RegistryClient, RegistryOptions, backoff
+from sconify.image.registry.options import BlobTransfer
 
 MAX_MANIFEST_SIZE = 4 << 20  # as the distribution registry and containerd bound manifests
 ACCEPT = f"{OCI_MANIFEST}, {OCI_INDEX}, {DOCKER_MANIFEST}, {DOCKER_MANIFEST_LIST}"
@@ -161,7 +162,7 @@ class RegistryBlobOpener:
         self.where = _where(client)
 
     def __call__(self) -> io.RawIOBase:
-        return RegistryStream(self.client, self.digest, f"layer blob {self.digest}")
+        return RegistryStream(self.client, self.digest, f"layer blob {self.digest}").reported(self.size)
 
 
 class RegistryStream(io.RawIOBase):
@@ -173,10 +174,18 @@ class RegistryStream(io.RawIOBase):
         self._client = client
         self._digest = digest
         self._what = what
+        self._size: int | None = None  # reported to on_blob as a blob of this size (``reported``)
+        self._transfer: BlobTransfer | None = None
         self._count = 0
         self._resumes = 0
         self._done = False
         self._response: requests.Response | None = None
+
+    def reported(self, size: int) -> RegistryStream:
+        """This stream, its download reported to ``RegistryOptions.on_blob`` as a blob of
+        ``size`` bytes, from the first read to the end (or ``close``)."""
+        self._size = size
+        return self
 
     def readable(self) -> bool:
         return True
@@ -201,6 +210,8 @@ class RegistryStream(io.RawIOBase):
         if self._done:
             return 0
         view = memoryview(buffer)
+        if self._transfer is None and self._size is not None:
+            self._transfer = self._client.options.blob_transfer("pull", self._digest, self._size)
         while True:
             if self._response is None:
                 self._open()
@@ -217,10 +228,13 @@ class RegistryStream(io.RawIOBase):
         if not data:
             self._done = True
             self._drop()
+            self._end_transfer()
             return 0
         n = len(data)
         view[:n] = data
         self._count += n
+        if self._transfer is not None:
+            self._transfer.advance(n)
         return n
 
     def _drop(self) -> None:
@@ -228,6 +242,12 @@ class RegistryStream(io.RawIOBase):
             self._response.close()
             self._response = None
 
+    def _end_transfer(self) -> None:
+        if self._transfer is not None:
+            self._transfer.end()
+            self._transfer = None
+
     def close(self) -> None:
         self._drop()
+        self._end_transfer()
         super().close()

@@ -5,7 +5,8 @@ For each layer blob: HEAD it in the target repository; if absent and the layer w
 another repository of the same registry, mount it (``POST .../blobs/uploads/?mount=&from=``);
 else verify it (unless trusted), recompress it where the output asks, and upload it (``POST``
 then one streamed ``PUT ?digest=``, the whole upload tried again on a dropped connection or a
-429/5xx). Then the config, then ``PUT /manifests/TAG``: a push that fails earlier leaves no tag.
+429/5xx; each attempt reported to ``RegistryOptions.on_blob``). Then the config, then ``PUT
+/manifests/TAG``: a push that fails earlier leaves no tag.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from sconify.image.model import Image, Layer, PushStats, WriteResult
 from sconify.image.oci import OCI_MANIFEST, oci_manifest
 from sconify.image.reference import Reference
 from sconify.image.registry.client import RegistryClient, RegistryOptions, RegistryUnavailable, backoff
+from sconify.image.registry.options import BlobTransfer
 from sconify.image.registry.pull import RegistryBlobOpener
 
 UPLOAD_ATTEMPTS = 3
@@ -47,12 +49,14 @@ class _Counter:
 
 
 class _Body(io.RawIOBase):
-    """An upload body of known length (so requests sends Content-Length, not chunks)."""
+    """An upload body of known length (so requests sends Content-Length, not chunks); each
+    read is reported to ``transfer``."""
 
-    def __init__(self, stream: BinaryIO, size: int) -> None:
+    def __init__(self, stream: BinaryIO, size: int, transfer: BlobTransfer) -> None:
         super().__init__()
         self._stream = stream
         self._size = size
+        self._transfer = transfer
         self.sent = 0
 
     def __len__(self) -> int:
@@ -64,6 +68,7 @@ class _Body(io.RawIOBase):
     def read(self, n: int = -1) -> bytes:  # type: ignore[override]
         data = self._stream.read(n if n and n > 0 else 1 << 20)
         self.sent += len(data)
+        self._transfer.advance(len(data))
         return data
 
 
@@ -199,11 +204,15 @@ def _upload(client: RegistryClient, digest: str, size: int, open_stream: Callabl
             separator = "&" if urllib.parse.urlsplit(url).query else "?"
             url += separator + urllib.parse.urlencode({"digest": digest})
             with open_stream() as stream:
-                body = _Body(stream, size)
-                response = client.request("PUT", url, ok=(201,), data=body, replayable=False,
-                                          headers={"Content-Type": "application/octet-stream"},
-                                          what=f"uploading {what}")
-                response.close()
+                transfer = client.options.blob_transfer("push", digest, size)  # a retry starts anew
+                try:
+                    body = _Body(stream, size, transfer)
+                    response = client.request("PUT", url, ok=(201,), data=body, replayable=False,
+                                              headers={"Content-Type": "application/octet-stream"},
+                                              what=f"uploading {what}")
+                    response.close()
+                finally:
+                    transfer.end()
             if body.sent != size:
                 raise ImageError(f"{what} gave {body.sent} bytes, expected {size}; the input changed while "
                                  "it was pushed, push again")
