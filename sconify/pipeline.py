@@ -179,6 +179,9 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             runtime = build_runtime() if options.runtime == "sim" else None  # built once, then cached
         with tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool, \
                 contextlib.ExitStack() as later:
+            # A docker:// output: the input blobs go now (HEAD, mount or upload), the new layers
+            # as soon as each is written, while the conversion goes on; the tag comes last.
+            push = later.enter_context(early_push(image, options))
             wanted = files_to_read(fs, plan)
             with phase(reporter, timings, "read files", total=len(wanted)):
                 extents = spool_files(fs, wanted, spool, reporter)
@@ -214,9 +217,13 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 data_layer, volumes = data.layer, data.volumes
                 if prefetch is not None:
                     prefetch.sync(data_layer)  # to disk while the code layer is written
+                if push is not None:
+                    push.add(data_layer)
             with phase(reporter, timings, "write layers"):
                 code_layer = build_code_layer(fs, plan.executable, sconified_exe, injected, removed, work,
                                               options, direct=linked)
+                if push is not None:
+                    push.add(code_layer)
                 added = [code_layer, data_layer]
                 if runtime is not None:
                     config = runtime_config(plan.executable.path, executable.sconified_sha256,
@@ -226,6 +233,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                     layer, runtime_files = runtime_layer(runtime, config, work, layer_compression(options),
                                                          direct=linked)
                     added.append(layer)
+                    if push is not None:
+                        push.add(layer)
             with phase(reporter, timings, "write image"):
                 reused = image if prefetch is None else replace(image, layers=prefetch.layers(image.layers))
                 appended = append_layers(
@@ -233,7 +242,10 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 )
                 config = new_config(appended.config, image, options, plan, measurement, packed.root_hash)
                 output = with_config(appended, wrap_entrypoint(config) if runtime is not None else config)
-                written = write_image(output, options.destination, compression=options.compression)
+                if push is not None:
+                    written = push.finish(output)
+                else:
+                    written = write_image(output, options.destination, compression=options.compression)
             with phase(reporter, timings, "write manifest"):
                 manifest = Manifest(
                     input=image_figures(options.source, image),
@@ -275,6 +287,21 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             "keys": options.keys_out,
         }
         return result
+
+
+def early_push(image: Image, options: ConvertOptions):
+    """A RegistryPush to a docker:// destination, the input's layers already added (see
+    sconify.image.registry.push), else a context of None."""
+    reference = parse_reference(options.destination)
+    if reference.transport != "docker":
+        return contextlib.nullcontext(None)
+    from sconify.image.registry.push import RegistryPush
+    from sconify.image.transports import registry_options_of
+
+    push = RegistryPush(reference, options.compression, registry_options_of(options.destination, None), image.layers)
+    for layer in image.layers:
+        push.add(layer)
+    return push
 
 
 def needs_blob_copies(options: ConvertOptions) -> bool:

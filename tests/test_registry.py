@@ -343,6 +343,28 @@ def test_a_conversion_downloads_each_input_blob_once(plain_registry, second_regi
         layer.verify()
 
 
+def test_blobs_go_while_the_conversion_runs_and_a_failed_conversion_tags_nothing(plain_registry, second_registry,
+                                                                                 pushed_app, tmp_path, monkeypatch):
+    """To a registry, the input blobs and the data layer are sent before the code layer is built;
+    when the conversion then fails, the push stops there: no manifest, no tag."""
+    import sconify.pipeline as pipeline
+
+    def fail(*args, **kwargs):
+        # By now the input layers are on their way, and the data layer too.
+        deadline = time.monotonic() + 30
+        while not set(pushed_app["layer_digests"]) <= set(second_registry.blobs()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        raise ImageError("the code layer failed (a test)")
+
+    monkeypatch.setattr(pipeline, "build_code_layer", fail)
+    with pytest.raises(ImageError, match="a test"):
+        pipeline.sconify_image(pipeline.ConvertOptions(
+            source=plain_registry.ref("app:1"), destination=second_registry.ref("failed/app:1"),
+            manifest_out=str(tmp_path / "m.json"), session_out=str(tmp_path / "s.yaml"), keys_out=str(tmp_path / "k.json")))
+    assert set(pushed_app["layer_digests"]) <= set(second_registry.blobs())  # sent early
+    assert second_registry.tags("failed/app") == []  # and nothing tagged
+
+
 def test_push_of_a_registry_image_to_another_repository_mounts_its_blobs(plain_registry, pushed_app):
     run = sconify("copy", "--json", plain_registry.ref("app:1"), plain_registry.ref("mounted/app:1"))
     assert run.returncode == 0, run.stderr

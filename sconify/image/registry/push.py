@@ -16,7 +16,7 @@ import io
 import threading
 import urllib.parse
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import BinaryIO
 
@@ -82,27 +82,66 @@ def _mount_source(layer: Layer, registry: str, repository: str) -> str | None:
 def write_registry(image: Image, reference: Reference, compression: str | None,
                    options: RegistryOptions) -> WriteResult:
     """Push ``image`` to ``docker://HOST/REPO:TAG``."""
-    from sconify.image import layers as L
-    from sconify.image.transports import ACCEPTED_COMPRESSIONS, output_compression
+    with RegistryPush(reference, compression, options, image.layers) as push:
+        return push.finish(image)
 
-    if reference.digest:
-        raise ImageError(f"{reference}: names a manifest by digest; push to a tag (docker://HOST/REPO:TAG)")
-    if compression is not None:
-        L.check_compression(compression)
-        if compression not in ACCEPTED_COMPRESSIONS["docker"]:
-            raise ImageError(f"docker cannot carry {compression} layers")
-    repository = reference.repository
-    sources = {name for layer in image.layers if (name := _mount_source(layer, reference.registry, repository))}
-    client = RegistryClient(reference.registry, repository, options, writing=True, mount_from=sources)
-    counter = _Counter()
 
-    def push_layer(layer: Layer) -> Layer:
-        target = output_compression(layer, "docker", compression)
+class RegistryPush:
+    """A push in two steps, so that blobs can go while the image is still being made: ``add``
+    starts sending one layer blob on a background pool (HEAD, mount or upload) as soon as that
+    layer is known; ``finish`` sends the layers not added yet, waits for them all, then sends the
+    config and, last, the manifest with its tag. Leaving the ``with`` block without ``finish``
+    (a failed conversion) waits for the blobs under way and tags nothing; blobs sent by then stay
+    untagged in the registry, as after any failed push, for its garbage collection.
+
+    ``layers``: the layers that may be added (the input's), whose registries decide which
+    repositories the push may mount from (a token's scopes are asked for once)."""
+
+    def __init__(self, reference: Reference, compression: str | None, options: RegistryOptions,
+                 layers: tuple[Layer, ...] = ()) -> None:
+        from sconify.image import layers as L
+        from sconify.image.transports import ACCEPTED_COMPRESSIONS
+
+        if reference.digest:
+            raise ImageError(f"{reference}: names a manifest by digest; push to a tag (docker://HOST/REPO:TAG)")
+        if compression is not None:
+            L.check_compression(compression)
+            if compression not in ACCEPTED_COMPRESSIONS["docker"]:
+                raise ImageError(f"docker cannot carry {compression} layers")
+        self._reference = reference
+        self._compression = compression
+        self._options = options
+        repository = reference.repository
+        sources = {name for layer in layers if (name := _mount_source(layer, reference.registry, repository))}
+        self._client = RegistryClient(reference.registry, repository, options, writing=True, mount_from=sources)
+        self._counter = _Counter()
+        self._pool = ThreadPoolExecutor(max_workers=PARALLEL_BLOBS, thread_name_prefix="sconify-push")
+        self._pushed: dict[str, Future[Layer]] = {}  # digest -> the layer as the registry has it
+
+    def __enter__(self) -> RegistryPush:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for future in self._pushed.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
+        self._client.close()
+
+    def add(self, layer: Layer) -> None:
+        """Start sending ``layer``'s blob (once per digest)."""
+        if layer.digest not in self._pushed:
+            self._pushed[layer.digest] = self._pool.submit(self._push_layer, layer)
+
+    def _push_layer(self, layer: Layer) -> Layer:
+        from sconify.image.transports import output_compression
+
+        client, counter, repository = self._client, self._counter, self._reference.repository
+        target = output_compression(layer, "docker", self._compression)
         if target == layer.compression:
             if _exists(client, layer.digest):
                 counter.add(existing_blobs=1)
                 return layer
-            source = _mount_source(layer, reference.registry, repository)
+            source = _mount_source(layer, self._reference.registry, repository)
             location = None
             if source is not None:
                 mounted, location = _mount(client, layer.digest, source)
@@ -122,12 +161,13 @@ def write_registry(image: Image, reference: Reference, compression: str | None,
                     f"layer blob {converted.digest}")
         return converted
 
-    try:
-        unique: dict[str, Layer] = {}
+    def finish(self, image: Image) -> WriteResult:
+        """Send what is left of ``image`` and tag it; its WriteResult (what was sent: the blobs
+        added before too)."""
+        client, counter, reference = self._client, self._counter, self._reference
         for layer in image.layers:
-            unique.setdefault(layer.digest, layer)
-        with ThreadPoolExecutor(max_workers=PARALLEL_BLOBS) as pool:
-            pushed = dict(zip(unique, pool.map(push_layer, unique.values())))
+            self.add(layer)
+        pushed = {digest: future.result() for digest, future in self._pushed.items()}
         final = replace(image, layers=tuple(pushed[layer.digest] for layer in image.layers))
         config_digest = final.config_digest
         if _exists(client, config_digest):
@@ -138,7 +178,7 @@ def write_registry(image: Image, reference: Reference, compression: str | None,
         manifest = oci_manifest(final)
         digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
         # The manifest and the tag in one request, after every blob it names is in place.
-        response = client.request("PUT", f"/v2/{repository}/manifests/{reference.tag}", ok=(200, 201),
+        response = client.request("PUT", f"/v2/{reference.repository}/manifests/{reference.tag}", ok=(200, 201),
                                   data=manifest, headers={"Content-Type": OCI_MANIFEST},
                                   what=f"storing the manifest as {reference.tag}")
         announced = response.headers.get("Docker-Content-Digest", digest)
@@ -146,26 +186,24 @@ def write_registry(image: Image, reference: Reference, compression: str | None,
         if announced != digest:
             raise ImageError(f"{client.label} stored the manifest of {reference} under digest {announced}, not "
                              f"{digest}; the registry rewrote it, check the registry")
-    finally:
-        client.close()
-    stats = PushStats(
-        uploaded_blobs=counter.uploaded_blobs,
-        uploaded_bytes=counter.uploaded_bytes + len(manifest),
-        mounted_blobs=counter.mounted_blobs,
-        existing_blobs=counter.existing_blobs,
-        manifest_bytes=len(manifest),
-    )
-    result = WriteResult(
-        reference=str(reference),
-        manifest_digest=digest,
-        config_digest=config_digest,
-        layer_digests=tuple(layer.digest for layer in final.layers),
-        manifest_media_type=OCI_MANIFEST,
-        push=stats,
-    )
-    if options.on_push is not None:
-        options.on_push(result)
-    return result
+        stats = PushStats(
+            uploaded_blobs=counter.uploaded_blobs,
+            uploaded_bytes=counter.uploaded_bytes + len(manifest),
+            mounted_blobs=counter.mounted_blobs,
+            existing_blobs=counter.existing_blobs,
+            manifest_bytes=len(manifest),
+        )
+        result = WriteResult(
+            reference=str(reference),
+            manifest_digest=digest,
+            config_digest=config_digest,
+            layer_digests=tuple(layer.digest for layer in final.layers),
+            manifest_media_type=OCI_MANIFEST,
+            push=stats,
+        )
+        if self._options.on_push is not None:
+            self._options.on_push(result)
+        return result
 
 
 def _exists(client: RegistryClient, digest: str) -> bool:
