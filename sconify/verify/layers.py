@@ -1,0 +1,145 @@
+"""The image's own figures: its identity (config digest, diff_ids, the input's layers reused
+byte for byte and their blobs, the io.sconify labels), that embedded files are gone from the
+rootfs, and that the layers sconify added hold nothing the manifest does not list."""
+
+from __future__ import annotations
+
+from sconify.image import layers as L
+from sconify.image.model import Image, Layer
+from sconify.image.rootfs import RootFS
+from sconify.manifest import LABEL_PREFIX, Manifest
+from sconify.select import absolute, rel
+from sconify.verify.report import VerifyReport, summarise
+from sconify.verify.runtime import runtime_paths
+
+# Transports that store every compression as it is: an image copied between them keeps its
+# layer blobs (and their digests); docker-archive and the engine recompress zstd layers.
+BLOB_KEEPING_TRANSPORTS = ("oci", "oci-archive")
+
+
+def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> None:
+    out = manifest.output
+    report.add(
+        "image config digest",
+        image.config_digest == out.config_digest,
+        image.config_digest
+        if image.config_digest == out.config_digest
+        else f"image has {image.config_digest}, manifest records {out.config_digest}",
+    )
+    diff_ids = list(image.diff_ids)
+    if diff_ids == out.diff_ids:
+        report.add("layer diff_ids", True, f"{len(diff_ids)} layers")
+    else:
+        changed = [
+            f"layer {i}: image {a[:19]}..., manifest {b[:19]}..."
+            for i, (a, b) in enumerate(zip(diff_ids, out.diff_ids))
+            if a != b
+        ]
+        if len(diff_ids) != len(out.diff_ids):
+            changed.insert(0, f"image has {len(diff_ids)} layers, manifest {len(out.diff_ids)}")
+        report.add("layer diff_ids", False, summarise(changed))
+    base = manifest.input.diff_ids
+    report.add(
+        "input layers reused byte for byte",
+        diff_ids[: len(base)] == base,
+        f"{len(base)} input layers"
+        if diff_ids[: len(base)] == base
+        else "the image's lower layers are not the input's",
+    )
+    layer_digests = [layer.digest for layer in image.layers]
+    stored_as_written = (
+        report.reference.partition(":")[0] in BLOB_KEEPING_TRANSPORTS
+        and out.reference.partition(":")[0] in BLOB_KEEPING_TRANSPORTS
+    )
+    if out.layer_digests and len(layer_digests) == len(out.layer_digests) and stored_as_written:
+        report.add(
+            "layer blob digests",
+            layer_digests == out.layer_digests,
+            "as written"
+            if layer_digests == out.layer_digests
+            else summarise(
+                [
+                    f"layer {i} blob differs"
+                    for i, (a, b) in enumerate(zip(layer_digests, out.layer_digests))
+                    if a != b
+                ]
+            ),
+        )
+    labels = (image.config.get("config") or {}).get("Labels") or {}
+    label = labels.get(LABEL_PREFIX + "mrenclave")
+    report.add(
+        "config label io.sconify.mrenclave",
+        label == manifest.measurement.mrenclave,
+        "matches the manifest" if label == manifest.measurement.mrenclave else f"label is {label!r}",
+    )
+    label, volumes = labels.get(LABEL_PREFIX + "volumes"), ",".join(v.path for v in manifest.volumes)
+    report.add(
+        "config label io.sconify.volumes",
+        label == volumes,
+        "matches the manifest" if label == volumes
+        else f"label is {label!r}, the manifest's volumes {volumes!r}",
+    )
+
+
+def check_input_blobs(report: VerifyReport, layers: tuple[Layer, ...], manifest: Manifest) -> None:
+    """The input's layers, reused as they were: each blob is read once and its SHA-256 checked.
+
+    A blob whose digest is the one the manifest records for that input layer is the input's own,
+    byte for byte, so its diff_id is the input's (which ``check_identity`` compares); it is not
+    inflated. Any other blob (e.g. recompressed for the destination) is inflated and its diff_id
+    recomputed. Raises ImageError when a blob is missing, truncated or differs from its digest.
+    """
+    as_recorded = recorded_input_blobs(layers, manifest)
+    inflated = 0
+    for index, layer in enumerate(layers):
+        if index in as_recorded:
+            with layer.open_blob() as blob:  # size and digest checked at the end
+                L.drain(blob)
+        else:
+            layer.verify()
+            inflated += 1
+    how = f"{len(layers)} layers: blob digests as recorded for the input"
+    report.add("input layers' blobs", True, how + (f"; {inflated} inflated for their diff_ids" if inflated else ""))
+
+
+def recorded_input_blobs(layers: tuple[Layer, ...], manifest: Manifest) -> set[int]:
+    """Indexes of the input layers stored as the manifest records them (same blob digest): once
+    that digest is checked, the blob is the one sconify read, inflated and hashed, so its
+    diff_id is the recorded one, which ``check_identity`` compares with the config's."""
+    recorded = manifest.input.layer_digests
+    return {index for index, layer in enumerate(layers) if index < len(recorded) and layer.digest == recorded[index]}
+
+
+def check_removed(report: VerifyReport, fs: RootFS, manifest: Manifest, *, whiteouts_needed: bool) -> None:
+    """Embedded files must be gone: absent from the view and, when the view holds only the
+    layers sconify added, named by a whiteout there."""
+    problems = [f"{p} still present" for p in manifest.embedfs.removed if rel(p) in fs.entries]
+    if whiteouts_needed:
+        problems += [f"{p} not whited out" for p in manifest.embedfs.removed if rel(p) not in fs.whiteouts]
+    report.add(
+        "embedded files absent from the rootfs",
+        not problems,
+        f"{len(manifest.embedfs.removed)} files" if not problems else summarise(problems),
+    )
+
+
+def check_added_layers(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
+    """The layers sconify added hold the executable, each volume's fspf, the ciphertexts, the
+    whiteouts of the embedded files and the runtime's files: nothing else."""
+    expected = {rel(manifest.executable.path)} | {rel(volume.fspf_path) for volume in manifest.volumes} | {
+        rel(path) for volume in manifest.volumes if volume.protection == "encrypted" for path in volume.files
+    } | runtime_paths(manifest)
+    problems = [
+        f"{absolute(p)} added"
+        for p, entry in sorted(fs.entries.items())
+        if entry.kind != "dir" and p not in expected
+    ]
+    problems += [
+        f"whiteout of {absolute(p)}"
+        for p in sorted(fs.whiteouts - {rel(p) for p in manifest.embedfs.removed})
+    ]
+    report.add(
+        "added layers hold only what the manifest lists",
+        not problems,
+        f"{len(expected)} files, {len(fs.whiteouts)} whiteouts" if not problems else summarise(problems),
+    )

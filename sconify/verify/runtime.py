@@ -1,0 +1,58 @@
+"""The runtime layer, if the conversion added one: its files byte for byte as recorded, and a
+runtime config that agrees with the manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+from sconify.image.rootfs import PathNotFound, RootFS
+from sconify.manifest import Manifest
+from sconify.runtime import CONFIG_PATH as RUNTIME_CONFIG_PATH
+from sconify.select import is_regular, rel
+from sconify.verify.report import VerifyReport, summarise
+
+
+def runtime_paths(manifest: Manifest) -> set[str]:
+    """The runtime layer's files (relative paths), if the conversion added one."""
+    return {rel(path) for path in manifest.runtime.files} if manifest.runtime is not None else set()
+
+
+def check_runtime(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
+    """The runtime layer: each file byte for byte as recorded, and a runtime config that names
+    the measured executable, the measurement and the volumes the manifest records (the launcher
+    checks the measurement against the keys, so a wrong config only stops the service)."""
+    runtime = manifest.runtime
+    problems = []
+    for path, digest in sorted(runtime.files.items()):
+        entry = fs.entries.get(rel(path))
+        if entry is None or not is_regular(entry):
+            problems.append(f"{path} missing")
+        elif hashlib.sha256(fs.read(rel(path))).hexdigest() != digest:
+            problems.append(f"{path} differs from the recorded SHA-256")
+    report.add("runtime files", not problems,
+               f"{len(runtime.files)} files as recorded" if not problems else summarise(problems))
+    try:
+        config = json.loads(fs.read(rel(RUNTIME_CONFIG_PATH)))
+        expected = {
+            "executable": manifest.executable.path,
+            "executable_sha256": manifest.executable.sconified_sha256,
+            "mrenclave": manifest.measurement.mrenclave,
+            "heap_size": manifest.measurement.heap_size,
+            "stack_size": manifest.measurement.stack_size,
+            "threads": manifest.measurement.threads,
+            "volumes": [[v.path, v.fspf_path, v.protection] for v in manifest.volumes],
+        }
+        found = {
+            "executable": config["executable"],
+            "executable_sha256": config["executable_sha256"],
+            "mrenclave": config["mrenclave"],
+            **{key: config["measurement"][key] for key in ("heap_size", "stack_size", "threads")},
+            "volumes": [[v["path"], v["fspf_path"], v["protection"]] for v in config["volumes"]],
+        }
+        wrong = [key for key in expected if expected[key] != found[key]]
+        report.add("runtime config", not wrong,
+                   "names the measured executable, its measurement and volumes" if not wrong
+                   else f"{RUNTIME_CONFIG_PATH}: {', '.join(wrong)} differ from the manifest")
+    except (PathNotFound, KeyError, TypeError, ValueError) as exc:
+        report.add("runtime config", False, f"{RUNTIME_CONFIG_PATH} is missing or malformed ({exc})")
