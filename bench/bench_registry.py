@@ -40,21 +40,24 @@ def registry_rows(work: Path, times: int, cases: list[tuple[str, Path, list[str]
         return [], ["registry group not run: it needs docker-registry and skopeo (apt-get install docker-registry skopeo)"]
     rows: list = []
     first, second = Path(tempfile.mkdtemp(dir=work)), Path(tempfile.mkdtemp(dir=work))
-    process, host = start_registry(first)
-    other_process, other_host = start_registry(second)
+    processes = []
     try:
+        process, host = start_registry(first)
+        processes.append(process)
+        other_process, other_host = start_registry(second)
+        processes.append(other_process)
         for name, layout, extra in cases:
-            rows += _case(work, times, name, layout, extra, host, other_host, second / "data", Row)
+            rows += _case(work, times, name, layout, extra, host, first / "data", other_host, second / "data", Row)
     finally:
-        stop(process)
-        stop(other_process)
+        for process in processes:
+            stop(process)
         shutil.rmtree(first, ignore_errors=True)
         shutil.rmtree(second, ignore_errors=True)
     return rows, []
 
 
-def _case(work: Path, times: int, name: str, layout: Path, extra: list[str], host: str, other_host: str,
-          other_storage: Path, Row) -> list:
+def _case(work: Path, times: int, name: str, layout: Path, extra: list[str], host: str, storage: Path,
+          other_host: str, other_storage: Path, Row) -> list:
     repository = name.replace(" ", "-").lower()
     source = f"docker://{host}/{repository}:1"
     subprocess.run(["skopeo", "copy", "--quiet", "--dest-tls-verify=false", f"oci:{layout}:latest", source],
@@ -69,10 +72,19 @@ def _case(work: Path, times: int, name: str, layout: Path, extra: list[str], hos
         for path in side:
             path.unlink(missing_ok=True)
 
+    present = _blob_dirs(storage)
+
+    def clear_outputs() -> None:
+        """Each run finds the registry as the first did: the input's blobs only (its storage is
+        read from disk at every request), so every run uploads the same new blobs."""
+        clear()
+        for blob in _blob_dirs(storage) - present:
+            shutil.rmtree(blob, ignore_errors=True)
+
     argv = ["sh", "-c", 'exec "$@" > ' + str(result), "sh", sys.executable, "-m", "sconify", "image",
             "--from", source, "--to", f"docker://{host}/{repository}:1-conf", *extra, "--json", "--no-attach",
             "--manifest-out", str(side[0]), "--session-out", str(side[1]), "--keys-out", str(side[2])]
-    ours = repeat(argv, times, before_each=clear)
+    ours = repeat(argv, times, before_each=clear_outputs)
     push = json.loads(result.read_text())["push"]
     # The second registry starts empty each time (its storage is read from disk at every request).
     other = repeat(["skopeo", "copy", "--quiet", "--src-tls-verify=false", "--dest-tls-verify=false", source,
@@ -103,6 +115,10 @@ def _case(work: Path, times: int, name: str, layout: Path, extra: list[str], hos
         Row.of(label, "  skopeo copy in the same registry", same),
         Row.of(label, "  sconify-image oci: -> oci:", local),
     ]
+
+
+def _blob_dirs(storage: Path) -> set[Path]:
+    return set((storage / "docker/registry/v2/blobs/sha256").glob("*/*"))
 
 
 def _stored_size(layout: Path) -> int:

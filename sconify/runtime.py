@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import zstandard
+from isal import igzip, isal_zlib
 
 from sconify.errors import EnvironmentProblem, UsageError
 from sconify.image import layers as L
@@ -232,14 +233,35 @@ def prefix_blob(prefix: bytes, compression: str) -> bytes:
         f"zstd {zstandard.ZSTD_VERSION} level {L.ZSTD_LEVEL} threads {L.ZSTD_THREADS}"
     key = hashlib.sha256(hashlib.sha256(prefix).digest() + f"{compression} {library}".encode()).hexdigest()
     path = cache_root() / "layers" / f"{key[:32]}.{compression}"
-    try:
-        return path.read_bytes()
-    except OSError:
-        pass
+    with contextlib.suppress(OSError):
+        cached = path.read_bytes()
+        if _inflates_to(cached, compression, prefix):  # a damaged cache file is made anew
+            return cached
     compressed = L.compress_bytes(prefix, compression)
     with contextlib.suppress(OSError):  # a read-only cache only costs time
         path.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=path.parent, prefix=".part-", delete=False) as part:
-            part.write(compressed)
-        os.replace(part.name, path)
+            try:
+                part.write(compressed)
+                part.close()
+                os.replace(part.name, path)
+            except OSError:
+                os.unlink(part.name)
+                raise
     return compressed
+
+
+def _inflates_to(blob: bytes, compression: str, expected: bytes) -> bool:
+    """Whether ``blob`` is one whole gzip member or zstd frame of exactly ``expected`` (~20 ms
+    for the runtime's 10 MB, against ~0.3 s of deflate)."""
+    try:
+        if compression == "gzip":
+            inflated = igzip.decompress(blob)
+        else:
+            frame = zstandard.ZstdDecompressor().decompressobj()
+            inflated = frame.decompress(blob)
+            if not frame.eof or frame.unused_data:  # cut short, or more than one frame
+                return False
+    except (OSError, EOFError, ValueError, isal_zlib.error, zstandard.ZstdError):
+        return False
+    return hashlib.sha256(inflated).digest() == hashlib.sha256(expected).digest()

@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
+import os
 import re
 import tarfile
+import threading
 from pathlib import Path
 
 import pytest
 
 from sconify.cli.main import run
-from sconify.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT
-from sconify.image.model import Image, Layer, canonical_json
+from sconify.errors import EXIT_BAD_INPUT, EXIT_ENVIRONMENT, EnvironmentProblem, ImageError
+from sconify.image import layers as L
+from sconify.image.layerread import BackgroundTar
+from sconify.image.model import Image, Layer, canonical_json, slice_opener
+from sconify.image.rootfs import RootFS
 from sconify.image.transports import write_image
 
 
@@ -173,3 +179,71 @@ def test_unreachable_docker_engine_is_an_environment_problem(tmp_path, capsys, m
 def test_nonexistent_daemon_image_is_named(tmp_path, capsys, docker_client):
     code, err = copy(capsys, "docker-daemon:sconify-no-such-image:never", f"oci:{tmp_path / 'o'}")
     assert code == EXIT_BAD_INPUT and "no such image in the Docker engine" in err
+
+
+# --- a blob whose digest holds but whose data does not: one line, never a hang ---------------------
+
+
+def _layer_of_blob(tmp_path: Path, blob: bytes, tar: bytes, compression: str) -> Layer:
+    path = tmp_path / "blob"
+    path.write_bytes(blob)
+    return Layer("sha256:" + hashlib.sha256(blob).hexdigest(), len(blob), "sha256:" + hashlib.sha256(tar).hexdigest(),
+                 compression, L.OCI_LAYER_MEDIA_TYPES[compression], slice_opener(path, 0, len(blob)), "test")
+
+
+def _within(seconds: float, work) -> BaseException | None:
+    """Run ``work`` on a thread; the exception it raised (a test failure if it hangs)."""
+    outcome: list = []
+
+    def run() -> None:
+        try:
+            work()
+            outcome.append(None)
+        except BaseException as exc:  # noqa: BLE001 - handed to the test
+            outcome.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert outcome, f"still running after {seconds} s: the layer reader hangs"
+    return outcome[0]
+
+
+def _tar_of(data: bytes) -> bytes:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as archive:
+        info = tarfile.TarInfo("f")
+        info.size = len(data)
+        archive.addfile(info, io.BytesIO(data))
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("compression", ["gzip", "zstd"])
+@pytest.mark.parametrize("reader", ["verify", "rootfs", "spooled"])
+def test_a_cut_compressed_stream_with_a_matching_digest_is_one_line(tmp_path, compression, reader):
+    tar = _tar_of(os.urandom(200_000))
+    blob = L.compress_bytes(tar, compression)[:-1000]  # the digest is taken over what is there
+    layer = _layer_of_blob(tmp_path, blob, tar, compression)
+    config = json.dumps({"rootfs": {"type": "layers", "diff_ids": [layer.diff_id]}, "config": {}}).encode()
+    work = {"verify": layer.verify, "rootfs": lambda: RootFS.from_image(Image(config, (layer,))).close(),
+            "spooled": layer.spooled}[reader]
+    error = _within(20, work)
+    # gzip says where its stream ends early; a cut zstd frame reads as less data (a wrong diff_id)
+    assert isinstance(error, ImageError) and "the image is corrupt" in str(error), error
+    assert f"is not valid {compression} data" in str(error) or "(diff_id) has digest" in str(error)
+
+
+def test_a_full_disk_under_a_blob_copy_is_one_line_naming_the_temp_directory(tmp_path):
+    tar = _tar_of(os.urandom(3 << 20))
+    layer = _layer_of_blob(tmp_path, gzip.compress(tar, mtime=0), tar, "gzip")
+    full = os.open("/dev/full", os.O_WRONLY)
+
+    def copy() -> None:
+        with BackgroundTar(layer, blob_fd=full) as stream:
+            stream.finish()
+
+    try:
+        error = _within(20, copy)
+    finally:
+        os.close(full)
+    assert isinstance(error, EnvironmentProblem) and "No space left" in str(error) and "TMPDIR" in str(error)

@@ -262,3 +262,22 @@ def test_copy_draws_the_bars_on_a_terminal_only_and_never_with_json(registry, tm
     assert run.returncode == 0 and f"pull {layer}" in shown, shown
     piped = run_piped("copy", registry.ref("progress/terminal:1"), f"oci:{tmp_path}/piped:1")
     assert piped.returncode == 0 and piped.stderr == "", piped.stderr
+
+
+def test_an_upload_body_has_a_length_and_stops_when_the_push_is_given_up():
+    """requests sends Content-Length (not chunks) for the body, and a given-up push stops it."""
+    import threading
+
+    import requests
+
+    from sconify.image.registry.options import RegistryOptions
+    from sconify.image.registry.push import PushCancelled, _Body
+
+    cancel = threading.Event()
+    body = _Body(io.BytesIO(b"x" * 5000), 5000, RegistryOptions().blob_transfer("push", "sha256:" + "0" * 64, 5000),
+                 cancel)
+    assert requests.utils.super_len(body) == 5000
+    assert body.read(1000) == b"x" * 1000
+    cancel.set()
+    with pytest.raises(PushCancelled):
+        body.read(1000)

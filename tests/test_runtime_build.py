@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from sconify.image import layers as L
 from sconify.runtime import (
     CONFIG_PATH,
     LAUNCHER_NAME,
@@ -83,3 +84,11 @@ def test_runtime_layer_is_the_same_blob_with_or_without_its_cached_prefix(tmp_pa
     assert hashlib.sha256(got[SHIELD_PATH.lstrip("/")]).hexdigest() == files[SHIELD_PATH]
     other, _ = runtime_layer(built, b"{}\n", str(tmp_path), compression)
     assert other.digest != layers[0].digest
+    if compression == "none":
+        return
+    cache = cached[0]
+    good = cache.read_bytes()
+    for damaged in (good[:len(good) // 2], b"", L.compress_bytes(b"other bytes", compression), good + good[:100]):
+        cache.write_bytes(damaged)  # a damaged cache file is noticed and made anew
+        assert runtime_layer(built, b'{"run": "config"}\n', str(tmp_path), compression)[0].digest == layers[0].digest
+        assert cache.read_bytes() == good

@@ -60,17 +60,21 @@ def read_docker_daemon(name: str, tag: str) -> Image:
 def _holding(image: Image, keep: object, source: str) -> Image:
     from dataclasses import replace
 
-    from sconify.image.model import Layer
+    from sconify.image.model import Layer, slice_opener
 
     def hold(layer: Layer) -> Layer:
         opener = layer.opener
-
-        def open_held():
-            _ = keep
-            return opener()
+        where = layer.file_range
+        if where is not None:
+            # Still a byte range of the spool file: read in place, copied kernel-side.
+            held = slice_opener(where.path, where.offset, where.size, keep=keep)
+        else:
+            def held():
+                _ = keep
+                return opener()
 
         position = layer.source.partition(": layer ")[2]
-        return replace(layer, opener=open_held, source=f"{source}: layer {position}")
+        return replace(layer, opener=held, source=f"{source}: layer {position}")
 
     return replace(image, layers=tuple(hold(layer) for layer in image.layers), source=source)
 

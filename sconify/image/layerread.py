@@ -33,7 +33,7 @@ from typing import BinaryIO
 import zstandard
 from isal import igzip, isal_zlib
 
-from sconify.errors import ImageError
+from sconify.errors import EnvironmentProblem, ImageError, SconifyError
 from sconify.image import layers as L
 
 QUEUE_CHUNKS = 8  # chunks of CHUNK_SIZE in flight between the threads (bounds memory)
@@ -50,6 +50,11 @@ class _QueuedBlob(io.RawIOBase):
         self._chunk = b""
         self._at = 0
         self._ended = False
+
+    @property
+    def ended(self) -> bool:
+        """The blob thread's last item (its end, or its error) has been taken."""
+        return self._ended
 
     def readable(self) -> bool:
         return True
@@ -140,7 +145,13 @@ class BackgroundTar(io.RawIOBase):
             digest = hashlib.sha256()
             count = 0
             while not self._cancel.is_set():
-                chunk = raw.read(L.CHUNK_SIZE)
+                try:
+                    chunk = raw.read(L.CHUNK_SIZE)
+                except OSError as exc:
+                    if isinstance(exc, SconifyError):
+                        raise
+                    raise ImageError(f"{self._what} cannot be read ({exc.strerror or exc}); check the disk "
+                                     "or the input, then try again") from None
                 if not chunk:
                     break
                 count += len(chunk)
@@ -148,7 +159,7 @@ class BackgroundTar(io.RawIOBase):
                     raise L.longer_than_recorded(self._what, layer.size, layer.blob_fix)
                 digest.update(chunk)
                 if self._blob_fd is not None:
-                    _write_all(self._blob_fd, chunk)
+                    self._copy(chunk)
                 self._put(self._blob_queue, chunk)
             if self._cancel.is_set():
                 return
@@ -163,6 +174,16 @@ class BackgroundTar(io.RawIOBase):
             self._put(self._blob_queue, _END)
         finally:
             raw.close()
+
+    def _copy(self, chunk: bytes) -> None:
+        """Append a stored chunk to the local copy of the blob (``blob_fd``)."""
+        try:
+            _write_all(self._blob_fd, chunk)
+        except OSError as exc:
+            raise EnvironmentProblem(
+                f"cannot keep a copy of {self._what} in {tempfile.gettempdir()} ({exc.strerror or exc}); free "
+                "space there or point TMPDIR at a larger file system"
+            ) from None
 
     def _check(self) -> None:
         """The checking thread: the diff_id of the inflated bytes, and the cache copy."""
@@ -226,10 +247,12 @@ class BackgroundTar(io.RawIOBase):
             try:
                 chunk = stream.read(L.CHUNK_SIZE)
             except (OSError, EOFError, zlib.error, isal_zlib.error, zstandard.ZstdError) as exc:
-                if isinstance(exc, ImageError):
+                if isinstance(exc, SconifyError):
                     raise
-                # A blob that fails its digest explains data that does not inflate: say that.
-                raise self._blob_failure() or L.not_valid_data(self._what, compression, exc) from None
+                # A blob that fails its digest explains data that does not inflate: say that (when
+                # the blob thread has more to say: once the end or its error was taken, it has not).
+                failure = None if source.ended else self._blob_failure()
+                raise failure or L.not_valid_data(self._what, compression, exc) from None
             if not chunk:
                 break
             total += len(chunk)

@@ -48,24 +48,36 @@ class _Counter:
                 setattr(self, name, getattr(self, name) + value)
 
 
+class PushCancelled(Exception):
+    """A blob upload stopped because the push it belongs to was given up (a failed conversion)."""
+
+
 class _Body(io.RawIOBase):
     """An upload body of known length (so requests sends Content-Length, not chunks); each
     read is reported to ``transfer``."""
 
-    def __init__(self, stream: BinaryIO, size: int, transfer: BlobTransfer) -> None:
+    def __init__(self, stream: BinaryIO, size: int, transfer: BlobTransfer,
+                 cancel: threading.Event | None = None) -> None:
         super().__init__()
         self._stream = stream
         self._size = size
         self._transfer = transfer
+        self._cancel = cancel
         self.sent = 0
 
     def __len__(self) -> int:
         return self._size
 
+    def tell(self) -> int:
+        # requests takes the body's length as len() - tell(): without this it would send chunks
+        return self.sent
+
     def readable(self) -> bool:
         return True
 
     def read(self, n: int = -1) -> bytes:  # type: ignore[override]
+        if self._cancel is not None and self._cancel.is_set():
+            raise PushCancelled("the push was given up")  # stops the PUT under way
         data = self._stream.read(n if n and n > 0 else 1 << 20)
         self.sent += len(data)
         self._transfer.advance(len(data))
@@ -117,11 +129,14 @@ class RegistryPush:
         self._counter = _Counter()
         self._pool = ThreadPoolExecutor(max_workers=PARALLEL_BLOBS, thread_name_prefix="sconify-push")
         self._pushed: dict[str, Future[Layer]] = {}  # digest -> the layer as the registry has it
+        self._cancel = threading.Event()  # set when the push is given up: uploads under way stop
 
     def __enter__(self) -> RegistryPush:
         return self
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        if kind is not None:
+            self._cancel.set()
         for future in self._pushed.values():
             future.cancel()
         self._pool.shutdown(wait=True)
@@ -136,6 +151,8 @@ class RegistryPush:
         from sconify.image.transports import output_compression
 
         client, counter, repository = self._client, self._counter, self._reference.repository
+        if self._cancel.is_set():
+            raise PushCancelled("the push was given up")
         target = output_compression(layer, "docker", self._compression)
         if target == layer.compression:
             if _exists(client, layer.digest):
@@ -149,16 +166,18 @@ class RegistryPush:
                     counter.add(mounted_blobs=1)
                     return layer
             if not layer.trusted:
-                layer.verify()  # digest and diff_id, before a byte is uploaded
-                layer = replace(layer, trusted=True)
-            _upload(client, layer.digest, layer.size, layer.open_raw, counter, f"layer blob {layer.digest}", location)
+                # Digest and diff_id, before a byte is uploaded; a stream (another registry, the
+                # engine) is read once, into a local copy that the upload then reads.
+                layer = layer.spooled() if layer.file_range is None else _verified(layer)
+            _upload(client, layer.digest, layer.size, layer.open_raw, counter, f"layer blob {layer.digest}", location,
+                    self._cancel)
             return layer
         converted = layer.recompressed(target)  # reads and checks the input layer
         if _exists(client, converted.digest):
             counter.add(existing_blobs=1)
         else:
             _upload(client, converted.digest, converted.size, converted.open_raw, counter,
-                    f"layer blob {converted.digest}")
+                    f"layer blob {converted.digest}", cancel=self._cancel)
         return converted
 
     def finish(self, image: Image) -> WriteResult:
@@ -225,9 +244,15 @@ def _mount(client: RegistryClient, digest: str, source: str) -> tuple[bool, str 
     return False, response.headers.get("Location")
 
 
+def _verified(layer: Layer) -> Layer:
+    layer.verify()
+    return replace(layer, trusted=True)
+
+
 def _upload(client: RegistryClient, digest: str, size: int, open_stream: Callable[[], BinaryIO],
-            counter: _Counter, what: str, location: str | None = None) -> None:
-    """POST an upload session (unless one is given), then PUT the bytes with ``?digest=``."""
+            counter: _Counter, what: str, location: str | None = None, cancel: threading.Event | None = None) -> None:
+    """POST an upload session (unless one is given), then PUT the bytes with ``?digest=``;
+    ``cancel`` set stops it."""
     for attempt in range(UPLOAD_ATTEMPTS):
         try:
             if location is None:
@@ -244,7 +269,7 @@ def _upload(client: RegistryClient, digest: str, size: int, open_stream: Callabl
             with open_stream() as stream:
                 transfer = client.options.blob_transfer("push", digest, size)  # a retry starts anew
                 try:
-                    body = _Body(stream, size, transfer)
+                    body = _Body(stream, size, transfer, cancel)
                     response = client.request("PUT", url, ok=(201,), data=body, replayable=False,
                                               headers={"Content-Type": "application/octet-stream"},
                                               what=f"uploading {what}")
