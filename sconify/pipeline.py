@@ -213,7 +213,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 # compression is asked for, the data layer is a plain tar, which spares
                 # compressing and hashing it twice.
                 data = write_data_layer(fs, plan.volumes, plan.data_files, spool, extents, random, work,
-                                        options.compression or "none", direct=linked)
+                                        options.compression or "none", direct=linked,
+                                        follow=push.follow() if push is not None else None)
                 data_layer, volumes = data.layer, data.volumes
                 if prefetch is not None:
                     prefetch.sync(data_layer)  # to disk while the code layer is written

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import BinaryIO
 
 from sconify.fspf import Fspf
-from sconify.image.layerwriter import LayerWriter
+from sconify.image.layerwriter import BlobFollower, LayerWriter
 from sconify.image.model import Layer
 from sconify.image.rootfs import RootFS
 from sconify.manifest import VolumeFigures
@@ -86,13 +86,14 @@ def write_data_layer(
     work: str,
     compression: str,
     direct: bool = False,
+    follow: BlobFollower | None = None,
 ) -> DataLayer:
     """Protect the files of every volume and write the data layer in one pass: each encrypted
     file is encrypted from the image straight into the layer (no staging of ciphertext),
     authenticated files are hashed in place; each volume's fspf, complete once its files are,
     is sealed with a fresh key and follows them. ``volumes``: the volume regions in path order;
     ``data_files``: region path -> its files (relative), every one in ``extents``. ``direct``:
-    the layer's blob is bound for disk (see LayerWriter)."""
+    the layer's blob is bound for disk; ``follow``: told of the blob as it grows (see LayerWriter)."""
     epoch = source_date_epoch()
     reads_left = collections.Counter(extents[path] for files in data_files.values() for path in files)
     done: list[str] = []  # read for the last time, not released yet
@@ -118,7 +119,7 @@ def write_data_layer(
         return lambda sink: protect(fspf, path, sink)
 
     sealed: list[SealedVolume] = []
-    with LayerWriter(compression, directory=work, source="data layer", direct=direct) as writer:
+    with LayerWriter(compression, directory=work, source="data layer", direct=direct, follow=follow) as writer:
         tar = LayerTar(writer.stream)
         # Volume by volume, each volume's files in order, then its fspf: keys drawn from a
         # seeded --deterministic-keys-from source come out the same for the same input.

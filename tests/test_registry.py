@@ -365,6 +365,37 @@ def test_blobs_go_while_the_conversion_runs_and_a_failed_conversion_tags_nothing
     assert second_registry.tags("failed/app") == []  # and nothing tagged
 
 
+@pytest.mark.parametrize("stream", ["works", "breaks"])
+def test_the_data_layer_uploads_while_it_is_written_or_else_after(plain_registry, pushed_app, tmp_path, monkeypatch,
+                                                                  stream):
+    """The data layer (the large new one) streams into the registry as it is encrypted; when that
+    upload breaks, the layer goes the usual way once written. Either way the result verifies."""
+    import sconify.image.registry.push as push
+    from sconify.pipeline import ConvertOptions, sconify_image
+
+    outcomes = []
+    succeeded = push.StreamedUpload.succeeded
+
+    def record(self):
+        outcomes.append(succeeded(self))
+        return outcomes[-1]
+
+    monkeypatch.setattr(push.StreamedUpload, "succeeded", record)
+    if stream == "breaks":
+        def broken(self):
+            for _ in original(self):
+                raise OSError("the connection broke (a test)")
+        original = push.StreamedUpload._chunks
+        monkeypatch.setattr(push.StreamedUpload, "_chunks", broken)
+    target = plain_registry.ref(f"streamed-{stream}/app:1")
+    sconify_image(ConvertOptions(
+        source=plain_registry.ref("app:1"), destination=target, encrypted_dirs=["/app/data"],
+        manifest_out=str(tmp_path / "m.json"), session_out=str(tmp_path / "s.yaml"), keys_out=str(tmp_path / "k.json")))
+    assert outcomes == [stream == "works"]
+    verify = sconify("verify", target, "--manifest", str(tmp_path / "m.json"), "--keys", str(tmp_path / "k.json"))
+    assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
 def test_push_of_a_registry_image_to_another_repository_mounts_its_blobs(plain_registry, pushed_app):
     run = sconify("copy", "--json", plain_registry.ref("app:1"), plain_registry.ref("mounted/app:1"))
     assert run.returncode == 0, run.stderr

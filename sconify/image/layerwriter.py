@@ -21,7 +21,7 @@ import tempfile
 import threading
 import weakref
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import BinaryIO, Protocol, Self
 
 import zstandard
 
@@ -60,11 +60,15 @@ class LayerWriter:
         directory: str | os.PathLike | None = None,
         source: str = "new layer",
         direct: bool = False,
+        follow: BlobFollower | None = None,
     ) -> None:
         self.compression = L.check_compression(compression)
         self.source = source
         self._directory = directory
         self._direct = direct
+        # Told of the blob as it grows (e.g. to upload it while it is written); not with direct,
+        # whose bytes reach the file in aligned blocks.
+        self._follow = follow if not direct else None
         self._layer: Layer | None = None
         self.stream: BinaryIO = None  # type: ignore[assignment]  # set by __enter__
 
@@ -86,6 +90,8 @@ class LayerWriter:
         self._failure: Exception | None = None
         self._aborted = False
         self._thread = threading.Thread(target=self._pump, name="sconify-layer-writer", daemon=True)
+        if self._follow is not None:
+            self._follow.start(path)
         self._thread.start()
         self.stream = io.BufferedWriter(_QueueWriter(self), L.CHUNK_SIZE)  # type: ignore[assignment]
         return self
@@ -100,6 +106,8 @@ class LayerWriter:
                 self._aborted = True
                 self._stop()
         finally:
+            if self._follow is not None and self._layer is None:
+                self._follow.abort()
             self._file.close()
             # Free the compressor now: zstd holds ~70-100 MB of buffers with two workers.
             self._pipe = None  # type: ignore[assignment]
@@ -151,6 +159,8 @@ class LayerWriter:
         self._file.close()  # flushes: a full disk fails here, before there is a Layer
         diff_id = "sha256:" + self._diff_hash.hexdigest()
         digest = digest or diff_id
+        if self._follow is not None:
+            self._follow.done(digest, size)
         media_type = L.OCI_LAYER_MEDIA_TYPES[self.compression]
         opener = slice_opener(self._blob.path, 0, size, keep=self._blob, private=True)
         self._layer = Layer(digest, size, diff_id, self.compression, media_type, opener, self.source,
@@ -170,8 +180,25 @@ class LayerWriter:
                 if self.compression == "none":
                     self._diff_hash.update(chunk)
                 self._pipe.write(chunk)
+                if self._follow is not None:
+                    self._file.flush()  # readable by the follower from here
+                    self._follow.grew(self._pipe.size)
             except Exception as exc:  # noqa: BLE001 - reported to the producer on its next write
                 self._failure = exc
+
+
+class BlobFollower(Protocol):
+    """Told of a layer's temp blob as it is written: ``start(path)`` when the file exists,
+    ``grew(size)`` as its first ``size`` bytes become readable, then ``done(digest, size)`` once it
+    is complete, or ``abort()`` if the layer fails."""
+
+    def start(self, path: str) -> None: ...
+
+    def grew(self, size: int) -> None: ...
+
+    def done(self, digest: str, size: int) -> None: ...
+
+    def abort(self) -> None: ...
 
 
 class _QueueWriter(io.RawIOBase):
@@ -234,6 +261,11 @@ class _CompressingPipe:
         elif self._compression == "gzip":
             self._sink.close()  # the member's trailer; the target stays open
             self._sink = self._gzip_writer(L.GZIP_FAST_LEVEL if fast else L.GZIP_LEVEL)
+
+    @property
+    def size(self) -> int:
+        """Bytes written to the target so far."""
+        return self._out.size
 
     def close(self) -> tuple[str | None, int]:
         """End the compressed stream; (digest, size) of what was written (digest None when

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import threading
 import urllib.parse
 from collections.abc import Callable
@@ -130,6 +131,7 @@ class RegistryPush:
         self._pool = ThreadPoolExecutor(max_workers=PARALLEL_BLOBS, thread_name_prefix="sconify-push")
         self._pushed: dict[str, Future[Layer]] = {}  # digest -> the layer as the registry has it
         self._cancel = threading.Event()  # set when the push is given up: uploads under way stop
+        self._streams: list[StreamedUpload] = []
 
     def __enter__(self) -> RegistryPush:
         return self
@@ -140,12 +142,35 @@ class RegistryPush:
         for future in self._pushed.values():
             future.cancel()
         self._pool.shutdown(wait=True)
+        for stream in self._streams:
+            stream.abort()
+            stream.join()
         self._client.close()
 
     def add(self, layer: Layer) -> None:
-        """Start sending ``layer``'s blob (once per digest)."""
-        if layer.digest not in self._pushed:
+        """Start sending ``layer``'s blob (once per digest); a blob a ``follow`` upload already
+        streamed is taken from it (and sent the usual way if that upload failed)."""
+        if layer.digest in self._pushed:
+            return
+        streamed = next((s for s in self._streams if s.digest == layer.digest), None)
+        if streamed is None:
             self._pushed[layer.digest] = self._pool.submit(self._push_layer, layer)
+        else:
+            self._pushed[layer.digest] = self._pool.submit(self._adopt, streamed, layer)
+
+    def follow(self) -> StreamedUpload:
+        """A BlobFollower (sconify.image.layerwriter) that uploads a new layer's blob while the
+        layer is written: its bytes go in one streamed ``PATCH`` as the temp blob grows, then
+        ``PUT ?digest=`` once it is complete. ``add`` of that layer then only waits for it."""
+        stream = StreamedUpload(self._client, self._cancel)
+        self._streams.append(stream)
+        return stream
+
+    def _adopt(self, streamed: StreamedUpload, layer: Layer) -> Layer:
+        if streamed.succeeded():
+            self._counter.add(uploaded_blobs=1, uploaded_bytes=layer.size)
+            return layer
+        return self._push_layer(layer)  # the streamed upload failed: the usual way, from the file
 
     def _push_layer(self, layer: Layer) -> Layer:
         from sconify.image.transports import output_compression
@@ -242,6 +267,108 @@ def _mount(client: RegistryClient, digest: str, source: str) -> tuple[bool, str 
     if response.status_code == 201:
         return True, None
     return False, response.headers.get("Location")
+
+
+class StreamedUpload:
+    """The upload of a blob that is still being written (a BlobFollower): one ``PATCH`` whose body
+    is read from the temp file as it grows (chunked transfer, as docker pushes), then ``PUT
+    ?digest=``, on a thread of its own. Any failure only makes ``succeeded`` False: the blob is
+    then sent the usual way once it is complete."""
+
+    def __init__(self, client: RegistryClient, cancel: threading.Event) -> None:
+        self._client = client
+        self._cancel = cancel
+        self._changed = threading.Condition()
+        self._available = 0
+        self._final: tuple[str, int] | None = None
+        self._aborted = False
+        self._ok = False
+        self._file: BinaryIO | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def digest(self) -> str | None:
+        return self._final[0] if self._final else None
+
+    # -- BlobFollower -----------------------------------------------------------------------
+
+    def start(self, path: str) -> None:
+        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - closed by the thread
+        self._thread = threading.Thread(target=self._run, name="sconify-streamed-upload", daemon=True)
+        self._thread.start()
+
+    def grew(self, size: int) -> None:
+        with self._changed:
+            self._available = size
+            self._changed.notify_all()
+
+    def done(self, digest: str, size: int) -> None:
+        with self._changed:
+            self._available, self._final = size, (digest, size)
+            self._changed.notify_all()
+
+    def abort(self) -> None:
+        with self._changed:
+            self._aborted = True
+            self._changed.notify_all()
+
+    # -- the upload ---------------------------------------------------------------------------
+
+    def join(self) -> None:
+        if self._thread is not None:
+            self._thread.join()
+
+    def succeeded(self) -> bool:
+        """Wait for the upload; whether the registry has the complete blob from it."""
+        self.join()
+        return self._ok
+
+    def _chunks(self):
+        offset = 0
+        while True:
+            with self._changed:
+                while not (self._available > offset or self._final or self._aborted or self._cancel.is_set()):
+                    self._changed.wait(0.5)
+                if self._aborted or self._cancel.is_set():
+                    raise PushCancelled("the streamed upload was given up")
+                end = self._available
+                if self._final is not None and offset >= self._final[1]:
+                    return
+            while offset < end:
+                data = os.pread(self._file.fileno(), min(end - offset, 1 << 20), offset)
+                if not data:
+                    raise PushCancelled("the blob being written got shorter")
+                offset += len(data)
+                yield data
+
+    def _run(self) -> None:
+        client = self._client
+        try:
+            response = client.request("POST", f"/v2/{client.repository}/blobs/uploads/", ok=(202,),
+                                      headers={"Content-Length": "0"}, what="starting an upload")
+            response.close()
+            location = response.headers.get("Location")
+            if not location:
+                return
+            url = urllib.parse.urljoin(client.url(f"/v2/{client.repository}/blobs/uploads/"), location)
+            response = client.request("PATCH", url, ok=(202,), data=self._chunks(), replayable=False,
+                                      headers={"Content-Type": "application/octet-stream"},
+                                      what="streaming a new layer")
+            response.close()
+            url = urllib.parse.urljoin(url, response.headers.get("Location", url))
+            digest = self._final[0] if self._final else None
+            if digest is None:
+                return
+            separator = "&" if urllib.parse.urlsplit(url).query else "?"
+            response = client.request("PUT", url + separator + urllib.parse.urlencode({"digest": digest}),
+                                      ok=(201,), headers={"Content-Length": "0"}, what="completing a streamed layer")
+            response.close()
+            self._ok = True
+        except Exception:  # noqa: BLE001 - any failure: the blob goes the usual way (add)
+            self._ok = False
+        finally:
+            if self._file is not None:
+                self._file.close()
 
 
 def _verified(layer: Layer) -> Layer:
