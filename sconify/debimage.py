@@ -11,10 +11,14 @@ plus venv) is a registry-free base for sconify's own Dockerfile.
 Steps, one function each: ``download_debs`` (``apt-get download`` of pinned versions into the
 cache), ``read_deb`` (the .deb's data tar streamed through ``dpkg-deb --fsys-tarfile``, nothing
 extracted to disk), ``fetch_npm`` (``npm pack`` of pinned versions, integrity checked),
-``write_layer_tar`` (sorted entries, clamped mtimes, uid/gid 0) and ``build_image``.
+``write_layer_tars`` (the base layer and the app layer, each with ``write_layer_tar``: sorted
+entries, clamped mtimes, uid/gid 0) and ``build_image``. What a layer entry is lives in
+``sconify.layerentries``; what the demo apps are (their sources and data) in ``sconify.demoapps``.
+Their public names are importable from here too.
 
 Builds are deterministic and cached under ``cache_dir()`` (``$SCONIFY_CACHE`` or
-``~/.cache/sconify``), keyed by the pins, the epoch, the compression and this module's source.
+``~/.cache/sconify``), keyed by the pins, the epoch, the compression and the source text of this
+module, ``sconify.layerentries`` and ``sconify.demoapps`` (``BUILDER_SOURCES``).
 """
 
 from __future__ import annotations
@@ -22,10 +26,8 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import io
 import json
 import os
-import posixpath
 import shutil
 import subprocess
 import tarfile
@@ -36,13 +38,41 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterable
 
+from sconify.demoapps import (  # noqa: F401  (re-exported: the demo apps were defined here)
+    DEMO_DEFAULTS_APP,
+    DEMO_DEFAULTS_BASE,
+    NODE_INDEX,
+    NODE_PACKAGE_JSON,
+    PYTHON_MAIN,
+    PYTHON_SERVICE,
+    base_extras,
+    common_app_entries,
+    demo_bytes,
+    node_app_entries,
+    python_app_entries,
+    readings_csv,
+)
 from sconify.errors import EnvironmentProblem, UsageError
+from sconify.layerentries import (  # noqa: F401  (re-exported: layer entries were defined here)
+    LayerEntry,
+    directory,
+    hardlinks,
+    normalise_member_name,
+    opaque,
+    regular_file,
+    symlink,
+    whiteout,
+    with_parent_dirs,
+    write_layer_tar,
+)
 
 # Bookworm's release day; SOURCE_DATE_EPOCH overrides it.
 DEFAULT_EPOCH = 1686355200
 DEBIAN_ARCH = "amd64"
 DEFAULT_COMPRESSION = "gzip"  # every consumer here (docker load, skopeo, umoci) accepts gzip
 IMAGE_TAG = "latest"
+# The modules whose source text shapes the images' bytes; each one's digest is in every build key.
+BUILDER_SOURCES = ("debimage.py", "layerentries.py", "demoapps.py")
 
 
 @dataclass(frozen=True)
@@ -52,12 +82,12 @@ class DebPackage:
     name: str
     version: str
 
-    def find_in(self, directory: Path) -> Path | None:
-        """The downloaded file in ``directory`` (``apt-get download`` writes an epoch's ':' as
+    def find_in(self, folder: Path) -> Path | None:
+        """The downloaded file in ``folder`` (``apt-get download`` writes an epoch's ':' as
         '%3a'; the architecture is ours or ``all``)."""
         stem = f"{self.name}_{self.version.replace(':', '%3a')}"
         for arch in (DEBIAN_ARCH, "all"):
-            path = directory / f"{stem}_{arch}.deb"
+            path = folder / f"{stem}_{arch}.deb"
             if path.is_file():
                 return path
         return None
@@ -179,103 +209,6 @@ NODE_MODULES = (
 
 # Debian paths left out of the base layer: documentation only (copyright files are kept).
 SKIPPED_PREFIXES = ("usr/share/man/", "usr/share/info/", "usr/share/locale/", "usr/share/lintian/")
-
-
-# --------------------------------------------------------------------------- layer entries
-
-
-@dataclass(frozen=True)
-class LayerEntry:
-    """One tar member of a layer we write. ``link_group`` ties hardlinked files together."""
-
-    path: str  # normalised, relative to the root, no leading or trailing '/'
-    kind: str  # "dir" | "file" | "symlink"
-    mode: int
-    data: bytes = b""
-    linkname: str = ""  # symlink target, as stored
-    mtime: int = 0
-    link_group: str = ""  # files with the same non-empty link_group are one inode
-
-
-def directory(path: str, mode: int = 0o755) -> LayerEntry:
-    return LayerEntry(path, "dir", mode)
-
-
-def regular_file(path: str, data: bytes | str, mode: int = 0o644) -> LayerEntry:
-    return LayerEntry(path, "file", mode, data.encode() if isinstance(data, str) else data)
-
-
-def symlink(path: str, target: str) -> LayerEntry:
-    return LayerEntry(path, "symlink", 0o777, linkname=target)
-
-
-def hardlinks(paths: Iterable[str], data: bytes | str, mode: int = 0o644) -> list[LayerEntry]:
-    """Several names for one file; the tar writer stores the data once."""
-    paths = list(paths)
-    return [replace(regular_file(p, data, mode), link_group=paths[0]) for p in paths]
-
-
-def whiteout(path: str) -> LayerEntry:
-    """The OCI marker that deletes ``path`` of a lower layer."""
-    parent, name = posixpath.split(path)
-    return regular_file(posixpath.join(parent, f".wh.{name}"), b"", 0o644)
-
-
-def opaque(directory_path: str) -> LayerEntry:
-    """The OCI marker that hides everything lower layers hold in ``directory_path``."""
-    return regular_file(posixpath.join(directory_path, ".wh..wh..opq"), b"", 0o644)
-
-
-def normalise_member_name(name: str) -> str:
-    """``./usr/bin/`` -> ``usr/bin``; raises for names that leave the root."""
-    parts = [p for p in name.split("/") if p not in ("", ".")]
-    if ".." in parts:
-        raise UsageError(f"package member {name!r} leaves the image root; the package is corrupt, delete it from the cache")
-    return "/".join(parts)
-
-
-def with_parent_dirs(entries: Iterable[LayerEntry]) -> list[LayerEntry]:
-    """Add a directory entry for every parent that has none (mode 0755)."""
-    by_path = {e.path: e for e in entries}
-    for path in list(by_path):
-        parent = posixpath.dirname(path)
-        while parent and parent not in by_path:
-            by_path[parent] = directory(parent)
-            parent = posixpath.dirname(parent)
-    return list(by_path.values())
-
-
-def write_layer_tar(entries: Iterable[LayerEntry], out: IO[bytes], epoch: int) -> int:
-    """Write ``entries`` as a deterministic tar; returns the number of members.
-
-    Members are sorted by path; mtimes are clamped to ``epoch``; owner is 0:0 with empty names.
-    In each hardlink group the first path in sort order holds the data, the others link to it.
-    """
-    ordered = sorted(with_parent_dirs(entries), key=lambda e: e.path)
-    group_leader: dict[str, str] = {}
-    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
-        for entry in ordered:
-            info = tarfile.TarInfo(entry.path)
-            info.mode = entry.mode & 0o7777
-            info.mtime = min(entry.mtime or epoch, epoch)
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            payload = None
-            if entry.kind == "dir":
-                info.type = tarfile.DIRTYPE
-            elif entry.kind == "symlink":
-                info.type = tarfile.SYMTYPE
-                info.linkname = entry.linkname
-            elif entry.link_group and entry.link_group in group_leader:
-                info.type = tarfile.LNKTYPE
-                info.linkname = group_leader[entry.link_group]
-            else:
-                if entry.link_group:
-                    group_leader[entry.link_group] = entry.path
-                info.size = len(entry.data)
-                payload = io.BytesIO(entry.data)
-            tar.addfile(info, payload)
-    return len(ordered)
 
 
 # --------------------------------------------------------------------------- Debian packages
@@ -477,200 +410,6 @@ def npm_entries(package: NpmPackage, tarball: Path, app_root: str = "app") -> li
     return entries
 
 
-# --------------------------------------------------------------------------- the apps
-
-
-def demo_bytes(seed: str, size: int) -> bytes:
-    """Deterministic incompressible bytes (SHAKE-256 of ``seed``)."""
-    return hashlib.shake_256(seed.encode()).digest(size)
-
-
-def readings_csv(rows: int = 400) -> str:
-    lines = ["sensor,hour,celsius"]
-    for i in range(rows):
-        lines.append(f"s{i % 7},{i % 24},{(i * 37 % 400) / 10:.1f}")
-    return "\n".join(lines) + "\n"
-
-
-DEMO_DEFAULTS_BASE = '{"greeting": "hello from the base layer", "layer": "base"}\n'
-DEMO_DEFAULTS_APP = '{"greeting": "hello from the app layer", "layer": "app"}\n'
-
-
-def base_extras(for_app: bool) -> list[LayerEntry]:
-    """Files a minimal image needs besides the packages (and the directory an app layer replaces)."""
-    extras = [
-        regular_file("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"),
-        regular_file("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
-        regular_file("etc/hostname", "sconify-demo\n"),
-        directory("root", 0o700),
-        directory("tmp", 0o1777),
-    ]
-    if for_app:
-        extras += [
-            regular_file("etc/sconify-demo/defaults.json", DEMO_DEFAULTS_BASE),
-            regular_file("etc/sconify-demo/legacy.conf", "# replaced by the app layer's opaque directory\n"),
-        ]
-    return extras
-
-
-def common_app_entries(name: str) -> list[LayerEntry]:
-    """Data dir, opaque /etc/sconify-demo, a hardlink and symlinks shared by both apps."""
-    csv = readings_csv()
-    return [
-        regular_file("app/data/config.json", json.dumps({"app": name, "units": "celsius", "top": 3}, sort_keys=True) + "\n"),
-        *hardlinks(["app/data/readings.csv", "app/data/readings-latest.csv"], csv),
-        regular_file("app/data/blob.bin", demo_bytes(f"sconify-demo-{name}", 3 * 1024 * 1024 // 2)),
-        regular_file("app/data/notes/README.txt", "Data files the app reads at run time.\n"),
-        symlink("app/config.json", "data/config.json"),
-        opaque("etc/sconify-demo"),
-        regular_file("etc/sconify-demo/defaults.json", DEMO_DEFAULTS_APP),
-    ]
-
-
-PYTHON_MAIN = '''\
-"""sconify demo service: summarises the readings in /app/data."""
-import json
-import ssl
-import sys
-
-from service import config, digest, store
-
-
-def main() -> int:
-    settings = config.load()
-    db = store.load_readings(config.DATA_DIR / "readings.csv")
-    report = {
-        "app": settings["app"],
-        "greeting": config.defaults()["greeting"],
-        "hottest": store.hottest(db, settings["top"]),
-        "rows": store.count(db),
-        "blob_sha256": digest.file_sha256(config.DATA_DIR / "blob.bin"),
-        "openssl": ssl.OPENSSL_VERSION,
-    }
-    json.dump(report, sys.stdout, sort_keys=True)
-    print()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-'''
-
-PYTHON_SERVICE = {
-    "app/service/__init__.py": '"""The demo service\'s modules."""\n',
-    "app/service/config.py": '''\
-"""Settings from /app/data/config.json and /etc/sconify-demo/defaults.json."""
-import json
-from pathlib import Path
-
-DATA_DIR = Path("/app/data")
-
-
-def load() -> dict:
-    return json.loads((DATA_DIR / "config.json").read_text())
-
-
-def defaults() -> dict:
-    return json.loads(Path("/etc/sconify-demo/defaults.json").read_text())
-''',
-    "app/service/store.py": '''\
-"""Readings in an in-memory SQLite database."""
-import csv
-import sqlite3
-from pathlib import Path
-
-
-def load_readings(path: Path) -> sqlite3.Connection:
-    db = sqlite3.connect(":memory:")
-    db.execute("CREATE TABLE readings (sensor TEXT, hour INTEGER, celsius REAL)")
-    with path.open(newline="") as handle:
-        rows = [(r["sensor"], int(r["hour"]), float(r["celsius"])) for r in csv.DictReader(handle)]
-    db.executemany("INSERT INTO readings VALUES (?, ?, ?)", rows)
-    return db
-
-
-def count(db: sqlite3.Connection) -> int:
-    return db.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
-
-
-def hottest(db: sqlite3.Connection, top: int) -> list:
-    query = "SELECT sensor, MAX(celsius) AS m FROM readings GROUP BY sensor ORDER BY m DESC, sensor LIMIT ?"
-    return [list(row) for row in db.execute(query, (top,))]
-''',
-    "app/service/digest.py": '''\
-"""File digests."""
-import hashlib
-from pathlib import Path
-
-
-def file_sha256(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 16), b""):
-            sha.update(chunk)
-    return sha.hexdigest()
-''',
-}
-
-NODE_INDEX = '''\
-// sconify demo service: summarises the readings in /app/data.
-"use strict";
-const assert = require("assert");
-const crypto = require("crypto");
-const fs = require("fs");
-const path = require("path");
-const ms = require("ms");
-const isNumber = require("is-number");
-const debug = require("debug")("demo");
-
-const DATA_DIR = "/app/data";
-const config = JSON.parse(fs.readFileSync(path.join(DATA_DIR, "config.json"), "utf8"));
-const defaults = JSON.parse(fs.readFileSync("/etc/sconify-demo/defaults.json", "utf8"));
-const rows = fs.readFileSync(path.join(DATA_DIR, "readings.csv"), "utf8").trim().split("\\n").slice(1)
-  .map((line) => line.split(","))
-  .filter((cols) => isNumber(cols[2]));
-assert.ok(rows.length > 0, "no readings");
-const hottest = {};
-for (const [sensor, , celsius] of rows) {
-  hottest[sensor] = Math.max(hottest[sensor] ?? -Infinity, Number(celsius));
-}
-const top = Object.entries(hottest).sort((a, b) => b[1] - a[1] || a[0].localeCompare(b[0])).slice(0, config.top);
-const blob = crypto.createHash("sha256").update(fs.readFileSync(path.join(DATA_DIR, "blob.bin"))).digest("hex");
-debug("read %d rows", rows.length);
-console.log(JSON.stringify({
-  app: config.app, blob_sha256: blob, greeting: defaults.greeting, hottest: top,
-  rows: rows.length, uptime_budget: ms(ms("2 days")),
-}));
-'''
-
-NODE_PACKAGE_JSON = json.dumps(
-    {"name": "sconify-demo", "version": "1.0.0", "private": True, "main": "index.js",
-     "dependencies": {"debug": "4.3.4", "is-number": "7.0.0", "ms": "2.1.3"}},
-    indent=2, sort_keys=True,
-) + "\n"
-
-
-def python_app_entries() -> list[LayerEntry]:
-    return [
-        regular_file("app/main.py", PYTHON_MAIN),
-        *(regular_file(path, text) for path, text in PYTHON_SERVICE.items()),
-        *common_app_entries("python"),
-        whiteout("usr/bin/pydoc3.11"),
-    ]
-
-
-def node_app_entries(tarballs: list[Path]) -> list[LayerEntry]:
-    entries = [
-        regular_file("app/index.js", NODE_INDEX),
-        regular_file("app/package.json", NODE_PACKAGE_JSON),
-        *common_app_entries("node"),
-        whiteout("usr/bin/nodejs"),
-    ]
-    for package, tarball in zip(NODE_MODULES, tarballs):
-        entries.extend(npm_entries(package, tarball))
-    return entries
-
-
 # --------------------------------------------------------------------------- images
 
 
@@ -708,8 +447,9 @@ def get_spec(name: str) -> ImageSpec:
 
 def build_key(spec: ImageSpec, epoch: int, compression: str) -> str:
     """A digest of everything the image depends on: pins, epoch, compression, this builder."""
+    here = Path(__file__).parent
     material = {
-        "builder": hashlib.sha256(Path(__file__).read_bytes()).hexdigest(),
+        "builder": [hashlib.sha256((here / name).read_bytes()).hexdigest() for name in BUILDER_SOURCES],
         "spec": [spec.name, [[p.name, p.version] for p in spec.packages],
                  [[p.name, p.version, p.integrity, p.install_path] for p in spec.npm_packages],
                  list(spec.cmd), spec.app, list(spec.env), spec.workdir],
@@ -752,10 +492,17 @@ def write_layer_tars(spec: ImageSpec, cache: Path, workdir: Path, epoch: int) ->
         write_layer_tar(base_layer_entries(debs, epoch, base_extras(bool(spec.app))), out, epoch)
     if spec.app:
         paths.append(workdir / "app.tar")
-        app = python_app_entries() if spec.app == "python" else node_app_entries(tarballs)
         with paths[1].open("wb") as out:
-            write_layer_tar(app, out, epoch)
+            write_layer_tar(app_layer_entries(spec, tarballs), out, epoch)
     return paths
+
+
+def app_layer_entries(spec: ImageSpec, tarballs: list[Path]) -> list[LayerEntry]:
+    """The demo app's files (``sconify.demoapps``) and its npm packages, unpacked under /app."""
+    app = python_app_entries() if spec.app == "python" else node_app_entries()
+    for package, tarball in zip(spec.npm_packages, tarballs):
+        app.extend(npm_entries(package, tarball))
+    return app
 
 
 def image_layout(name: str, cache: Path | None = None, compression: str = DEFAULT_COMPRESSION,
