@@ -6,7 +6,8 @@ another repository of the same registry, mount it (``POST .../blobs/uploads/?mou
 else verify it (unless trusted), recompress it where the output asks, and upload it (``POST``
 then one streamed ``PUT ?digest=``, the whole upload tried again on a dropped connection or a
 429/5xx; each attempt reported to ``RegistryOptions.on_blob``). Then the config, then ``PUT
-/manifests/TAG``: a push that fails earlier leaves no tag.
+/manifests/TAG``: a push that fails earlier leaves no tag. ``RegistryPush`` does this in two
+steps, so that a conversion sends blobs while it runs (sconify.pipeline.early_push).
 """
 
 from __future__ import annotations
@@ -103,9 +104,10 @@ class RegistryPush:
     """A push in two steps, so that blobs can go while the image is still being made: ``add``
     starts sending one layer blob on a background pool (HEAD, mount or upload) as soon as that
     layer is known; ``finish`` sends the layers not added yet, waits for them all, then sends the
-    config and, last, the manifest with its tag. Leaving the ``with`` block without ``finish``
-    (a failed conversion) waits for the blobs under way and tags nothing; blobs sent by then stay
-    untagged in the registry, as after any failed push, for its garbage collection.
+    config and, last, the manifest with its tag. ``follow`` uploads a new layer while it is still
+    being written (StreamedUpload). Leaving the ``with`` block by an exception (a failed
+    conversion) stops the uploads under way (PushCancelled) and tags nothing; blobs sent by then
+    stay untagged in the registry, as after any failed push, for its garbage collection.
 
     ``layers``: the layers that may be added (the input's), whose registries decide which
     repositories the push may mount from (a token's scopes are asked for once)."""
