@@ -37,7 +37,7 @@ def runtime():
 class World:
     """An injected python, its runtime config, a volume and its keys file, in one directory."""
 
-    def __init__(self, root: Path, runtime, protection: str = "encrypted"):
+    def __init__(self, root: Path, runtime, protection: str = "encrypted", executable: Path = REAL_PYTHON):
         self.root = root
         self.runtime = runtime
         tree = root / "tree" / EMBEDDED_ROOT.lstrip("/")
@@ -48,7 +48,7 @@ class World:
         with (root / "archive").open("wb") as out:
             pack(directory_entries(root / "tree"), out)
         self.python = root / "python"
-        inject(REAL_PYTHON, root / "archive", self.python)
+        inject(executable, root / "archive", self.python)  # named python, whatever it is
         self.python.chmod(0o755)
         measurement = measure_elf(self.python)
         self.archive_offset = self.python.stat().st_size - (root / "archive").stat().st_size - 300
@@ -487,3 +487,65 @@ def test_libc_mkstemp_and_tmpfile_in_an_ephemeral_region(world):
     assert out == ["True", "True", "True"]
     assert len(stored_files(world.tmp)) == 1
     assert_no_plaintext(world.tmp)
+
+
+# ---------------------------------------------------------------- Node.js (libuv) writes
+
+HOST_NODE = shutil.which("node")
+
+# Every way Node writes a file, each read back with readFileSync: libuv opens with O_CLOEXEC and
+# closes with syscall(SYS_close), writes with write/pwritev, and runs async calls on its threads.
+NODE_WRITES = r"""
+const fs = require('fs'), fsp = fs.promises, path = require('path');
+const dirs = process.argv.slice(1);
+const big = Buffer.alloc(1 << 20, 0).map((_, i) => (i * 7919) % 251);
+const digest = (p) => require('crypto').createHash('sha256').update(fs.readFileSync(p)).digest('hex').slice(0, 16);
+(async () => {
+  for (const d of dirs) {
+    const p = (n) => path.join(d, n);
+    fs.writeFileSync(p('sync.txt'), 'hello');
+    const fd = fs.openSync(p('fd.txt'), 'w');
+    const wrote = fs.writeSync(fd, 'world');
+    fs.closeSync(fd);
+    await fsp.writeFile(p('big.bin'), big);
+    fs.appendFileSync(p('append.txt'), 'a1;');
+    fs.appendFileSync(p('append.txt'), 'a2;');
+    await fsp.appendFile(p('append.txt'), 'a3;');
+    await new Promise((resolve, reject) => {
+      const s = fs.createWriteStream(p('stream.txt'));
+      s.on('error', reject).on('finish', resolve);
+      for (let i = 0; i < 1000; i++) s.write(`line ${i}\n`);
+      s.end();
+    });
+    await new Promise((resolve) => fs.writeFile(p('cb.txt'), 'callback', resolve));
+    const h = await fsp.open(p('handle.txt'), 'w+');
+    await h.write('filehandle ');
+    await h.write(Buffer.from('bytes'), 0, 5, 11);
+    await h.truncate(14);
+    await h.close();
+    console.log(d === dirs[0] ? 'first' : 'second', wrote, fs.readFileSync(p('sync.txt'), 'utf8'),
+                fs.readFileSync(p('fd.txt'), 'utf8'), digest(p('big.bin')), fs.statSync(p('big.bin')).size,
+                fs.readFileSync(p('append.txt'), 'utf8'), digest(p('stream.txt')), fs.readFileSync(p('cb.txt'), 'utf8'),
+                JSON.stringify(fs.readFileSync(p('handle.txt'), 'utf8')), fs.readdirSync(d).sort().join(','));
+  }
+})().catch((e) => { console.log('failed', e.code, e.message); process.exit(1); });
+"""
+
+
+@pytest.mark.skipif(not HOST_NODE, reason="needs node")
+def test_node_writes_reach_the_volume_and_the_ephemeral_region(tmp_path, runtime):
+    world = World(tmp_path, runtime, executable=Path(os.path.realpath(HOST_NODE)))
+    plain = tmp_path / "plain-node"
+    plain.mkdir()
+    expected = subprocess.run([HOST_NODE, "-e", NODE_WRITES, str(plain), str(plain)], capture_output=True,
+                              text=True, check=True, timeout=60).stdout.split("\n")[0]
+    (world.volume / "node").mkdir()  # the volume's directories are the kernel's
+    result = world.run(str(world.python), "-e", NODE_WRITES, str(world.volume / "node"), str(world.tmp))
+    lines = result.stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [expected.split(" ", 1)[1]] * 2, result.stderr
+    for name, data in stored_files(world.tmp).items():
+        assert b"hello" not in data and b"line 999" not in data, name
+    assert b"hello" not in (world.volume / "node" / "sync.txt").read_bytes()
+    again = world.run(str(world.python), "-e", "console.log(require('fs').readFileSync(process.argv[1], 'utf8'))",
+                      str(world.volume / "node" / "append.txt"))
+    assert again.stdout.strip() == "a1;a2;a3;"  # committed: a new process reads it

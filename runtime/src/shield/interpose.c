@@ -2,6 +2,7 @@
  * one asks the piece that serves the path (embedded.c, volumes.c, tracked.c), or calls the
  * real function, with the path resolved through embedded symlinks when that changed it. */
 #include <stdarg.h>
+#include <sys/syscall.h>
 
 #include "shield.h"
 
@@ -139,20 +140,21 @@ EXPORT FILE *fopen64(const char *path, const char *mode) { return shield_fopen(p
 
 EXPORT int close(int fd)
 {
-    int rc = 0, saved = 0;
-    if (S.active && tracked_fd(fd)) {
-        rc = flush_tracked(fd);
-        saved = errno;
-        pthread_mutex_lock(&S.lock);
-        untrack(fd);
-        pthread_mutex_unlock(&S.lock);
-    }
-    int r = RESOLVE(close)(fd);
-    if (rc != 0) {
-        errno = saved;
-        return -1;
-    }
-    return r;
+    if (S.active && tracked_fd(fd)) return close_tracked(fd);
+    return RESOLVE(close)(fd);
+}
+
+/* libuv (Node.js) closes files with syscall(SYS_close, fd) (uv__close_nocancel), past close():
+ * a tracked memfd closed that way would never be protected again, and every write lost. */
+EXPORT long syscall(long number, ...)
+{
+    va_list ap;
+    va_start(ap, number);
+    long a[6];
+    for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
+    va_end(ap);
+    if (number == SYS_close && S.active && tracked_fd((int)a[0])) return close_tracked((int)a[0]);
+    return RESOLVE(syscall)(number, a[0], a[1], a[2], a[3], a[4], a[5]);
 }
 
 EXPORT int fclose(FILE *f)

@@ -122,7 +122,10 @@
     REAL(int, mkostemps64, char *, int, int) \
     REAL(FILE *, tmpfile, void) \
     REAL(FILE *, tmpfile64, void) \
-    REAL(int, renameat, int, const char *, int, const char *)
+    REAL(int, renameat, int, const char *, int, const char *) \
+    REAL(int, truncate, const char *, off_t) \
+    REAL(int, truncate64, const char *, off64_t) \
+    REAL(long, syscall, long, ...)
 
 #define REAL_DECLARE(ret, name, ...)       \
     typedef ret (*name##_fn)(__VA_ARGS__); \
@@ -217,6 +220,7 @@ void untrack(int fd);
 void retarget_tracked(struct svol *vol, const char *from, const char *to, int prefix);
 int reopen_tracked(struct svol *vol, const char *path, int flags);
 int flush_tracked(int fd);
+int close_tracked(int fd);
 int dup_tracked(int from, int to);
 
 /* ------------------------------------------------------------------ the commit (commit.c) */
