@@ -23,6 +23,8 @@ from embedfs.measure import measure_elf
 from sconify.fspf import Fspf, Shield
 from sconify.runtime import build_runtime
 
+from fidelity_scripts import NODE_WRITES, PYTHON_FILE_OPS
+
 REAL_PYTHON = Path(os.path.realpath(shutil.which("python3.11") or "/usr/bin/python3.11"))
 EMBEDDED_ROOT = "/opt/sconify-shield-test"  # exists only inside the embedfs
 
@@ -489,47 +491,29 @@ def test_libc_mkstemp_and_tmpfile_in_an_ephemeral_region(world):
     assert_no_plaintext(world.tmp)
 
 
+
+# ---------------------------------------------------------------- errno and modes, as the kernel's
+
+
+def test_truncate_slash_missing_dir_and_modes_as_on_a_plain_directory(world):
+    plain = world.root / "plain-ops"
+    plain.mkdir()
+    expected = world.run(str(world.python), "-c", PYTHON_FILE_OPS, str(plain)).stdout
+    assert "truncate 5 (None, b'hello', 5)" in expected and "open wb slash EISDIR" in expected  # the oracle
+    for region in (world.volume / "ops", world.tmp / "ops"):
+        region.mkdir()
+        result = world.run(str(world.python), "-c", PYTHON_FILE_OPS, str(region))
+        assert result.stdout == expected, region
+    stored = world.volume / "ops"
+    assert {p.name: oct(p.stat().st_mode) for p in stored.iterdir() if p.name.startswith("m")} == {
+        "m600": "0o100600", "m-umask": "0o100600", "m644-moved": "0o100640"}
+    assert b"hello" not in (stored / "t.txt").read_bytes()
+    again = world.python_code("print(open(%r, 'rb').read())" % str(stored / "t.txt"))
+    assert again.stdout.strip() == "b'hell'"  # committed, readable by the next process
+
 # ---------------------------------------------------------------- Node.js (libuv) writes
 
 HOST_NODE = shutil.which("node")
-
-# Every way Node writes a file, each read back with readFileSync: libuv opens with O_CLOEXEC and
-# closes with syscall(SYS_close), writes with write/pwritev, and runs async calls on its threads.
-NODE_WRITES = r"""
-const fs = require('fs'), fsp = fs.promises, path = require('path');
-const dirs = process.argv.slice(1);
-const big = Buffer.alloc(1 << 20, 0).map((_, i) => (i * 7919) % 251);
-const digest = (p) => require('crypto').createHash('sha256').update(fs.readFileSync(p)).digest('hex').slice(0, 16);
-(async () => {
-  for (const d of dirs) {
-    const p = (n) => path.join(d, n);
-    fs.writeFileSync(p('sync.txt'), 'hello');
-    const fd = fs.openSync(p('fd.txt'), 'w');
-    const wrote = fs.writeSync(fd, 'world');
-    fs.closeSync(fd);
-    await fsp.writeFile(p('big.bin'), big);
-    fs.appendFileSync(p('append.txt'), 'a1;');
-    fs.appendFileSync(p('append.txt'), 'a2;');
-    await fsp.appendFile(p('append.txt'), 'a3;');
-    await new Promise((resolve, reject) => {
-      const s = fs.createWriteStream(p('stream.txt'));
-      s.on('error', reject).on('finish', resolve);
-      for (let i = 0; i < 1000; i++) s.write(`line ${i}\n`);
-      s.end();
-    });
-    await new Promise((resolve) => fs.writeFile(p('cb.txt'), 'callback', resolve));
-    const h = await fsp.open(p('handle.txt'), 'w+');
-    await h.write('filehandle ');
-    await h.write(Buffer.from('bytes'), 0, 5, 11);
-    await h.truncate(14);
-    await h.close();
-    console.log(d === dirs[0] ? 'first' : 'second', wrote, fs.readFileSync(p('sync.txt'), 'utf8'),
-                fs.readFileSync(p('fd.txt'), 'utf8'), digest(p('big.bin')), fs.statSync(p('big.bin')).size,
-                fs.readFileSync(p('append.txt'), 'utf8'), digest(p('stream.txt')), fs.readFileSync(p('cb.txt'), 'utf8'),
-                JSON.stringify(fs.readFileSync(p('handle.txt'), 'utf8')), fs.readdirSync(d).sort().join(','));
-  }
-})().catch((e) => { console.log('failed', e.code, e.message); process.exit(1); });
-"""
 
 
 @pytest.mark.skipif(not HOST_NODE, reason="needs node")
@@ -539,7 +523,6 @@ def test_node_writes_reach_the_volume_and_the_ephemeral_region(tmp_path, runtime
     plain.mkdir()
     expected = subprocess.run([HOST_NODE, "-e", NODE_WRITES, str(plain), str(plain)], capture_output=True,
                               text=True, check=True, timeout=60).stdout.split("\n")[0]
-    (world.volume / "node").mkdir()  # the volume's directories are the kernel's
     result = world.run(str(world.python), "-e", NODE_WRITES, str(world.volume / "node"), str(world.tmp))
     lines = result.stdout.splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == [expected.split(" ", 1)[1]] * 2, result.stderr

@@ -18,6 +18,10 @@ static int shield_open(int dirfd, const char *path, int flags, mode_t mode, stru
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, !(flags & O_NOFOLLOW), t) != 0) return -2;
     if (t->kind == T_EMB && t->m && t->m->kind == EMBEDFS_FILE && !(flags & O_DIRECTORY)) {
+        if (dir_syntax(path)) {
+            errno = flags & O_CREAT ? EISDIR : ENOTDIR;
+            return -1;
+        }
         if (is_write_open(flags)) {
             errno = EROFS;
             return -1;
@@ -35,7 +39,7 @@ static int shield_open(int dirfd, const char *path, int flags, mode_t mode, stru
     if (t->kind == T_VOL && t->vol->ephemeral && (flags & O_TMPFILE) == O_TMPFILE) return open_anonymous(t, flags);
     if (t->kind == T_VOL && !(flags & (O_DIRECTORY | O_PATH)) && !reserved_name(t->vol, base_name(t->path)) &&
         strcmp(t->path, t->vol->v->path) != 0)
-        return open_volume_file(t, flags, mode);
+        return dir_syntax(path) ? region_dir_syntax(t, flags) : open_volume_file(t, flags, mode);
     return -2;
 }
 
@@ -219,6 +223,7 @@ static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follo
         embedded_stat(t, st);
         return 0;
     }
+    if (t->kind == T_VOL && dir_syntax(path) && strcmp(t->path, t->vol->v->path) != 0) return region_dir_syntax(t, 0);
     if (t->kind == T_VOL) {
         in_shield++;
         int rc = follow ? stat64(t->path, st) : lstat64(t->path, st);
@@ -377,6 +382,20 @@ EXPORT char *realpath(const char *path, char *resolved)
     snprintf(resolved, PATH_MAX, "%s", t.path);
     return resolved;
 }
+
+/* ------------------------------------------------------------------ truncate */
+
+static int truncate_path(const char *path, off64_t length, int large)
+{
+    struct target t;
+    t.changed = 0;
+    int rc = shield_truncate(path, length, &t);
+    if (rc != -2) return rc;
+    return large ? RESOLVE(truncate64)(PATH_OR_RESOLVED, length) : RESOLVE(truncate)(PATH_OR_RESOLVED, length);
+}
+
+EXPORT int truncate(const char *path, off_t length) { return truncate_path(path, length, 0); }
+EXPORT int truncate64(const char *path, off64_t length) { return truncate_path(path, length, 1); }
 
 /* ------------------------------------------------------------------ unlink, rename */
 

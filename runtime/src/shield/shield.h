@@ -205,7 +205,10 @@ void embedded_stat(const struct target *t, struct stat64 *st);
 
 const char *region_word(const struct svol *vol);
 int ephemeral_hidden(struct svol *vol, const char *path);
+int dir_syntax(const char *path);
+int region_dir_syntax(struct target *t, int flags);
 int open_volume_file(struct target *t, int flags, mode_t mode);
+int shield_truncate(const char *path, off64_t length, struct target *t);
 int open_anonymous(const struct target *t, int flags);
 int shield_unlink(int dirfd, const char *path, int flags, struct target *t);
 int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
@@ -225,7 +228,7 @@ int dup_tracked(int from, int to);
 
 /* ------------------------------------------------------------------ the commit (commit.c) */
 
-int commit(struct svol *vol, const char *path, int plain_fd, const char *remove);
+int commit(struct svol *vol, const char *path, int plain_fd, const char *remove, mode_t mode);
 
 #pragma GCC visibility pop
 

@@ -97,7 +97,7 @@ int flush_tracked(int fd)
         untrack(fd);
         t = NULL;
     }
-    int rc = t ? commit(t->vol, t->path, fd, NULL) : 0;
+    int rc = t ? commit(t->vol, t->path, fd, NULL, 0666) : 0;
     pthread_mutex_unlock(&S.lock);
     return rc;
 }
