@@ -331,7 +331,7 @@ def test_read_only_keys_refuse_writes_without_losing_data(python_conv, docker_cl
     code = ("import errno\ntry:\n    f = open('/app/data/config.json', 'w'); f.write('{}'); f.close()\n"
             "except OSError as e:\n    print(errno.errorcode[e.errno])\n")
     status, out, err = run(docker_client, python_conv.tag, ["python3", "-c", code], secrets=secrets,
-                           secrets_mode="ro", volumes=mounts)
+                           secrets_mode="ro", volumes=mounts, environment={"SCONIFY_LOG": "stderr"})
     assert status == 0 and out.strip() in ("EROFS", "EIO"), err
     assert "keys file" in err and "read-write" in err
     assert volume_files(docker_client, volume) == before

@@ -206,10 +206,28 @@ def test_tampered_chunk_is_an_io_error(world):
     data[70_000] ^= 1
     stored.write_bytes(bytes(data))
     result = world.python_code(
-        "import errno\ntry:\n open(%r, 'rb').read()\nexcept OSError as e: print(errno.errorcode[e.errno])" % str(stored)
+        "import errno\ntry:\n open(%r, 'rb').read()\nexcept OSError as e: print(errno.errorcode[e.errno])" % str(stored),
+        env={"SCONIFY_LOG": "stderr"},
     )
     assert result.stdout.strip() == "EIO"
     assert "sconify-shield:" in result.stderr and "blob.bin" in result.stderr and "chunk 1" in result.stderr
+
+
+def test_shield_lines_go_where_sconify_log_says_never_by_default_escaped(world):
+    name = b"planted-\xff\x1b[31m\n.txt"  # not UTF-8, with control bytes: a raw name
+    with open(os.fsencode(world.volume) + b"/" + name, "wb") as planted:
+        planted.write(b"behind the service's back")
+    code = ("import errno, os\ntry:\n open(os.fsencode(%r) + b'/' + %r)\n"
+            "except OSError as e: print(errno.errorcode[e.errno])" % (str(world.volume), name))
+    result = world.python_code(code)  # text=True: undecodable bytes on stderr would raise here
+    assert result.stdout.strip() == "EACCES" and result.stderr == ""
+    result = world.python_code(code, env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout.strip() == "EACCES"
+    assert result.stderr.count("\n") == 1 and "planted-\\xff\\x1b[31m\\x0a.txt is not recorded" in result.stderr
+    log = world.root / "shield.log"
+    result = world.python_code(code, env={"SCONIFY_LOG": str(log)})
+    assert result.stdout.strip() == "EACCES" and result.stderr == ""
+    assert log.read_bytes().decode("utf-8").startswith("sconify-shield: ") and "planted-\\xff" in log.read_text()
 
 
 def test_file_added_behind_the_service_is_refused(world):

@@ -24,9 +24,10 @@
  *    libc mkstemp family (which opens inside glibc) is served through open().
  *
  * Every other process (a shell, `ls`) gets plain pass-through: without the keys it sees only
- * ciphertext. Errors the service cannot be told about in detail are printed as one line on
- * stderr ("sconify-shield: ...") and reported as EIO. Interposed are the public libc entry
- * points the measured runtimes use (CPython, libuv); glibc's internal calls are not.
+ * ciphertext. Errors the service cannot be told about in detail are reported as EIO, with one
+ * line ("sconify-shield: ...") where SCONIFY_LOG says (stderr, a file; by default nowhere: never
+ * into the service's own streams). Interposed are the public libc entry points the measured
+ * runtimes use (CPython, libuv: also syscall(SYS_close)); glibc's internal calls are not.
  *
  * Where things are (src/shield/):
  *   shield.h     what the pieces share: the state S, volumes, targets, the real libc functions
@@ -173,7 +174,8 @@ extern __thread int in_shield;  /* our own libc calls pass straight through */
 
 #define ACTIVE() (S.active && !in_shield)
 
-void shield_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void shield_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));      /* SCONIFY_LOG */
+void shield_refusal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));  /* stderr */
 
 /* ------------------------------------------------------------------ paths (paths.c) */
 
