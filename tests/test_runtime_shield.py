@@ -529,6 +529,20 @@ def test_truncate_slash_missing_dir_and_modes_as_on_a_plain_directory(world):
     again = world.python_code("print(open(%r, 'rb').read())" % str(stored / "t.txt"))
     assert again.stdout.strip() == "b'hell'"  # committed, readable by the next process
 
+
+def test_a_symlink_outside_a_region_leads_to_its_plaintext(world):
+    (world.root / "link.txt").symlink_to(world.volume / "count.txt")
+    (world.root / "rel-link.txt").symlink_to("volume/count.txt")
+    code = ("import os\n"
+            "links = [%r, 'rel-link.txt']\n"
+            "print([(os.stat(p).st_size, open(p).read()) for p in links])\n"
+            "open(links[0], 'w').write('through the link\\n')\n"
+            "print(os.stat(links[1]).st_size, os.lstat(links[1]).st_size, open(%r).read().strip())\n"
+            % (str(world.root / "link.txt"), str(world.volume / "count.txt")))
+    out = world.python_code(code).stdout.splitlines()  # cwd: world.root
+    assert out == ["[(2, '0\\n'), (2, '0\\n')]", "17 16 through the link"]
+    assert b"through" not in (world.volume / "count.txt").read_bytes() and (world.root / "link.txt").is_symlink()
+
 # ---------------------------------------------------------------- Node.js (libuv) writes
 
 HOST_NODE = shutil.which("node")

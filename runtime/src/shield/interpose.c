@@ -17,6 +17,10 @@ static int is_write_open(int flags)
 static int shield_open(int dirfd, const char *path, int flags, mode_t mode, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, !(flags & O_NOFOLLOW), t) != 0) return -2;
+    struct stat64 st;
+    if (t->kind == T_PASS && !(flags & (O_NOFOLLOW | O_DIRECTORY | O_PATH)) && S.nvols &&
+        follow_into_region(dirfd, path, t, &st) != 1)
+        return -2;  /* (a missing file: the kernel's create or ENOENT) */
     if (t->kind == T_EMB && t->m && t->m->kind == EMBEDFS_FILE && !(flags & O_DIRECTORY)) {
         if (dir_syntax(path)) {
             errno = flags & O_CREAT ? EISDIR : ENOTDIR;
@@ -222,6 +226,10 @@ static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follo
         }
         embedded_stat(t, st);
         return 0;
+    }
+    if (t->kind == T_PASS && follow && S.nvols) {
+        int rc = follow_into_region(dirfd, path, t, st);  /* the real stat, or a region's file */
+        if (rc != 1) return rc;
     }
     if (t->kind == T_VOL && dir_syntax(path) && strcmp(t->path, t->vol->v->path) != 0) return region_dir_syntax(t, 0);
     if (t->kind == T_VOL) {

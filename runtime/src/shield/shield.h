@@ -209,6 +209,7 @@ const char *region_word(const struct svol *vol);
 int ephemeral_hidden(struct svol *vol, const char *path);
 int dir_syntax(const char *path);
 int region_dir_syntax(struct target *t, int flags);
+int follow_into_region(int dirfd, const char *path, struct target *t, struct stat64 *st);
 int open_volume_file(struct target *t, int flags, mode_t mode);
 int shield_truncate(const char *path, off64_t length, struct target *t);
 int open_anonymous(const struct target *t, int flags);

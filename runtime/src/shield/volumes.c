@@ -41,6 +41,55 @@ int region_dir_syntax(struct target *t, int flags)
     return -1;
 }
 
+/* ------------------------------------------------------------------ symlinks into a region */
+
+/* Whether dev is the device of a region's directory (each looked up once): a file on another
+ * device is in no region. */
+static int on_a_region_device(dev_t dev)
+{
+    static dev_t *devs;
+    pthread_mutex_lock(&S.lock);
+    if (!devs && (devs = calloc(S.nvols, sizeof *devs)) != NULL)
+        for (size_t i = 0; i < S.nvols; i++) {
+            struct stat64 st;
+            in_shield++;
+            if (stat64(S.vols[i].v->path, &st) == 0) devs[i] = st.st_dev;
+            in_shield--;
+        }
+    int found = 0;
+    for (size_t i = 0; devs && i < S.nvols; i++) found |= devs[i] == dev;
+    pthread_mutex_unlock(&S.lock);
+    return found;
+}
+
+/* A path outside every region (t->kind T_PASS) that is a symlink on disk to a regular file in
+ * one: t becomes that file, so that stat and open serve it as under its own name, not its
+ * ciphertext. st: the path's real stat (followed). Only a link as the last component: an lstat
+ * answers for every other path, at the cost of the stat it replaces (a realpath of each would
+ * slow every start-up), so a path through a symlinked directory is read as stored.
+ * -1: no such file (errno), 0: not in a region, 1: t changed. */
+int follow_into_region(int dirfd, const char *path, struct target *t, struct stat64 *st)
+{
+    in_shield++;
+    int rc = t->changed ? lstat64(t->path, st) : fstatat64(dirfd, path, st, AT_SYMLINK_NOFOLLOW);
+    int link = rc == 0 && S_ISLNK(st->st_mode);
+    if (link) rc = t->changed ? stat64(t->path, st) : fstatat64(dirfd, path, st, 0);
+    in_shield--;
+    if (rc != 0) return -1;
+    if (!link || !S.nvols || !S_ISREG(st->st_mode) || !on_a_region_device(st->st_dev)) return 0;
+    char real[PATH_MAX];
+    in_shield++;
+    char *resolved = realpath(t->path, real);
+    in_shield--;
+    struct svol *vol = resolved ? volume_of(real) : NULL;
+    if (!vol || strcmp(real, t->path) == 0) return 0;
+    strcpy(t->path, real);
+    t->kind = T_VOL;
+    t->vol = vol;
+    t->changed = 1;
+    return 1;
+}
+
 /* ------------------------------------------------------------------ open */
 
 /* t names a file in t->vol: a memfd with its checked plaintext (writable: tracked, protected
