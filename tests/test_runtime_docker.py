@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from fidelity_scripts import NODE_WRITES
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
 
@@ -84,6 +85,26 @@ def conversions(python_image, node_image, docker_client, tmp_path_factory):
     for converted in made.values():
         for tag in (converted.original, converted.tag):
             docker_client.images.remove(tag, force=True)
+
+
+def with_app_script(layout: Path, name: str, text: str, cmd: list[str], out: Path) -> Path:
+    """An OCI layout of the image at ``layout`` plus /app/``name`` (before conversion: it is
+    embedded code like the rest of /app), with ``cmd`` as its Cmd."""
+    from sconify.image.model import Layer, canonical_json, make_image
+    from sconify.layerentries import regular_file, write_layer_tar
+
+    image = read_image(f"oci:{layout}:latest")
+    tar = out / "script-layer.tar"
+    with tar.open("wb") as handle:
+        write_layer_tar([regular_file(f"app/{name}", text)], handle, 0)
+    layer = Layer.from_tar_file(tar, compression="gzip", directory=out)
+    config = image.config
+    config["rootfs"]["diff_ids"].append(layer.diff_id)
+    config.setdefault("history", []).append({"created_by": f"test: /app/{name}"})
+    config["config"]["Cmd"] = cmd
+    derived = make_image(canonical_json(config), [*image.layers, layer], f"{layout} + /app/{name}")
+    write_image(derived, f"oci:{out / 'layout'}:latest")
+    return out / "layout"
 
 
 @pytest.fixture(scope="module")
@@ -310,7 +331,25 @@ def test_read_only_keys_refuse_writes_without_losing_data(python_conv, docker_cl
     code = ("import errno\ntry:\n    f = open('/app/data/config.json', 'w'); f.write('{}'); f.close()\n"
             "except OSError as e:\n    print(errno.errorcode[e.errno])\n")
     status, out, err = run(docker_client, python_conv.tag, ["python3", "-c", code], secrets=secrets,
-                           secrets_mode="ro", volumes=mounts)
+                           secrets_mode="ro", volumes=mounts, environment={"SCONIFY_LOG": "stderr"})
     assert status == 0 and out.strip() in ("EROFS", "EIO"), err
     assert "keys file" in err and "read-write" in err
     assert volume_files(docker_client, volume) == before
+
+
+# --- Node.js writes (libuv closes with a raw syscall) --------------------------------------------
+
+
+def test_node_writes_read_back_as_in_the_original(node_image, docker_client, tmp_path):
+    cmd = ["node", "/app/fidelity.js", "/app/data/fidelity", "/tmp/fidelity"]
+    layout = with_app_script(node_image, "fidelity.js", NODE_WRITES, cmd, tmp_path)
+    conv = converted_image("node-fidelity", layout, docker_client, tmp_path)
+    try:
+        status, expected, err = run(docker_client, conv.original)
+        assert status == 0 and expected.count("hello world") == 2, err
+        status, out, err = run(docker_client, conv.tag, secrets=secrets_dir(conv, tmp_path))
+        assert status == 0, err
+        assert out == expected
+    finally:
+        for tag in (conv.original, conv.tag):
+            docker_client.images.remove(tag, force=True)

@@ -23,6 +23,8 @@ from embedfs.measure import measure_elf
 from sconify.fspf import Fspf, Shield
 from sconify.runtime import build_runtime
 
+from fidelity_scripts import NODE_WRITES, PYTHON_FILE_OPS
+
 REAL_PYTHON = Path(os.path.realpath(shutil.which("python3.11") or "/usr/bin/python3.11"))
 EMBEDDED_ROOT = "/opt/sconify-shield-test"  # exists only inside the embedfs
 
@@ -37,7 +39,7 @@ def runtime():
 class World:
     """An injected python, its runtime config, a volume and its keys file, in one directory."""
 
-    def __init__(self, root: Path, runtime, protection: str = "encrypted"):
+    def __init__(self, root: Path, runtime, protection: str = "encrypted", executable: Path = REAL_PYTHON):
         self.root = root
         self.runtime = runtime
         tree = root / "tree" / EMBEDDED_ROOT.lstrip("/")
@@ -48,7 +50,7 @@ class World:
         with (root / "archive").open("wb") as out:
             pack(directory_entries(root / "tree"), out)
         self.python = root / "python"
-        inject(REAL_PYTHON, root / "archive", self.python)
+        inject(executable, root / "archive", self.python)  # named python, whatever it is
         self.python.chmod(0o755)
         measurement = measure_elf(self.python)
         self.archive_offset = self.python.stat().st_size - (root / "archive").stat().st_size - 300
@@ -204,10 +206,28 @@ def test_tampered_chunk_is_an_io_error(world):
     data[70_000] ^= 1
     stored.write_bytes(bytes(data))
     result = world.python_code(
-        "import errno\ntry:\n open(%r, 'rb').read()\nexcept OSError as e: print(errno.errorcode[e.errno])" % str(stored)
+        "import errno\ntry:\n open(%r, 'rb').read()\nexcept OSError as e: print(errno.errorcode[e.errno])" % str(stored),
+        env={"SCONIFY_LOG": "stderr"},
     )
     assert result.stdout.strip() == "EIO"
     assert "sconify-shield:" in result.stderr and "blob.bin" in result.stderr and "chunk 1" in result.stderr
+
+
+def test_shield_lines_go_where_sconify_log_says_never_by_default_escaped(world):
+    name = b"planted-\xff\x1b[31m\n.txt"  # not UTF-8, with control bytes: a raw name
+    with open(os.fsencode(world.volume) + b"/" + name, "wb") as planted:
+        planted.write(b"behind the service's back")
+    code = ("import errno, os\ntry:\n open(os.fsencode(%r) + b'/' + %r)\n"
+            "except OSError as e: print(errno.errorcode[e.errno])" % (str(world.volume), name))
+    result = world.python_code(code)  # text=True: undecodable bytes on stderr would raise here
+    assert result.stdout.strip() == "EACCES" and result.stderr == ""
+    result = world.python_code(code, env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout.strip() == "EACCES"
+    assert result.stderr.count("\n") == 1 and "planted-\\xff\\x1b[31m\\x0a.txt is not recorded" in result.stderr
+    log = world.root / "shield.log"
+    result = world.python_code(code, env={"SCONIFY_LOG": str(log)})
+    assert result.stdout.strip() == "EACCES" and result.stderr == ""
+    assert log.read_bytes().decode("utf-8").startswith("sconify-shield: ") and "planted-\\xff" in log.read_text()
 
 
 def test_file_added_behind_the_service_is_refused(world):
@@ -487,3 +507,60 @@ def test_libc_mkstemp_and_tmpfile_in_an_ephemeral_region(world):
     assert out == ["True", "True", "True"]
     assert len(stored_files(world.tmp)) == 1
     assert_no_plaintext(world.tmp)
+
+
+
+# ---------------------------------------------------------------- errno and modes, as the kernel's
+
+
+def test_truncate_slash_missing_dir_and_modes_as_on_a_plain_directory(world):
+    plain = world.root / "plain-ops"
+    plain.mkdir()
+    expected = world.run(str(world.python), "-c", PYTHON_FILE_OPS, str(plain)).stdout
+    assert "truncate 5 (None, b'hello', 5)" in expected and "open wb slash EISDIR" in expected  # the oracle
+    for region in (world.volume / "ops", world.tmp / "ops"):
+        region.mkdir()
+        result = world.run(str(world.python), "-c", PYTHON_FILE_OPS, str(region))
+        assert result.stdout == expected, region
+    stored = world.volume / "ops"
+    assert {p.name: oct(p.stat().st_mode) for p in stored.iterdir() if p.name.startswith("m")} == {
+        "m600": "0o100600", "m-umask": "0o100600", "m644-moved": "0o100640"}
+    assert b"hello" not in (stored / "t.txt").read_bytes()
+    again = world.python_code("print(open(%r, 'rb').read())" % str(stored / "t.txt"))
+    assert again.stdout.strip() == "b'hell'"  # committed, readable by the next process
+
+
+def test_a_symlink_outside_a_region_leads_to_its_plaintext(world):
+    (world.root / "link.txt").symlink_to(world.volume / "count.txt")
+    (world.root / "rel-link.txt").symlink_to("volume/count.txt")
+    code = ("import os\n"
+            "links = [%r, 'rel-link.txt']\n"
+            "print([(os.stat(p).st_size, open(p).read()) for p in links])\n"
+            "open(links[0], 'w').write('through the link\\n')\n"
+            "print(os.stat(links[1]).st_size, os.lstat(links[1]).st_size, open(%r).read().strip())\n"
+            % (str(world.root / "link.txt"), str(world.volume / "count.txt")))
+    out = world.python_code(code).stdout.splitlines()  # cwd: world.root
+    assert out == ["[(2, '0\\n'), (2, '0\\n')]", "17 16 through the link"]
+    assert b"through" not in (world.volume / "count.txt").read_bytes() and (world.root / "link.txt").is_symlink()
+
+# ---------------------------------------------------------------- Node.js (libuv) writes
+
+HOST_NODE = shutil.which("node")
+
+
+@pytest.mark.skipif(not HOST_NODE, reason="needs node")
+def test_node_writes_reach_the_volume_and_the_ephemeral_region(tmp_path, runtime):
+    world = World(tmp_path, runtime, executable=Path(os.path.realpath(HOST_NODE)))
+    plain = tmp_path / "plain-node"
+    plain.mkdir()
+    expected = subprocess.run([HOST_NODE, "-e", NODE_WRITES, str(plain), str(plain)], capture_output=True,
+                              text=True, check=True, timeout=60).stdout.split("\n")[0]
+    result = world.run(str(world.python), "-e", NODE_WRITES, str(world.volume / "node"), str(world.tmp))
+    lines = result.stdout.splitlines()
+    assert [line.split(" ", 1)[1] for line in lines] == [expected.split(" ", 1)[1]] * 2, result.stderr
+    for name, data in stored_files(world.tmp).items():
+        assert b"hello" not in data and b"line 999" not in data, name
+    assert b"hello" not in (world.volume / "node" / "sync.txt").read_bytes()
+    again = world.run(str(world.python), "-e", "console.log(require('fs').readFileSync(process.argv[1], 'utf8'))",
+                      str(world.volume / "node" / "append.txt"))
+    assert again.stdout.strip() == "a1;a2;a3;"  # committed: a new process reads it

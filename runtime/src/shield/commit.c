@@ -48,14 +48,16 @@ static int record_tag(struct svol *vol, const unsigned char tag[16], int next, s
 }
 
 /* The commit of a volume change: protect the plaintext in plain_fd (if path) as path, drop the
- * record of remove (if any), and write both the stored file and the fspf crash-safely. Called
- * with S.lock held. Returns 0, or -1 with errno set and one line logged.
+ * record of remove (if any), and write both the stored file and the fspf crash-safely. The
+ * stored file keeps the mode of the one it replaces (or of remove, a rename); a new one gets
+ * mode, less the umask, as the kernel's create would. Called with S.lock held. Returns 0, or
+ * -1 with errno set and one line logged. An error creating the stored file (a missing
+ * directory: ENOENT, EACCES...) is the service's own, as the kernel's open would have given it,
+ * without a line.
  * An ephemeral region's fspf lives in memory only: there the stored file is still written to a
  * temp file and renamed into place (a reader sees the old or the new ciphertext), but nothing
- * is fsynced (the content is gone at exit anyway), no fspf is written and no tag recorded; an
- * error creating the stored file is the service's own (ENOENT, EACCES...), as the kernel's
- * open would have given it, without a line on stderr. */
-int commit(struct svol *vol, const char *path, int plain_fd, const char *remove)
+ * is fsynced (the content is gone at exit anyway), no fspf is written and no tag recorded. */
+int commit(struct svol *vol, const char *path, int plain_fd, const char *remove, mode_t mode)
 {
     struct rt_error err = {{0}};
     const struct fspf_region *region = &vol->fs.regions[0];
@@ -69,18 +71,17 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove)
         struct stat64 st;
         if (fstat64(plain_fd, &st) != 0) goto fail_errno;
         tmp_name(path, stored_tmp, sizeof stored_tmp);
-        int out = open(stored_tmp, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, vol->ephemeral ? 0600 : 0644);
+        struct stat64 was;
+        int keep = (remove && stat64(remove, &was) == 0) || stat64(path, &was) == 0;
+        unlink(stored_tmp);  /* an earlier process's with the same pid: O_EXCL applies mode */
+        int out = open(stored_tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, keep ? 0600 : mode);
         if (out < 0) {
-            if (vol->ephemeral) {
-                stored_tmp[0] = '\0';
-                saved_errno = errno;
-                in_shield--;
-                errno = saved_errno;
-                return -1;
-            }
-            rt_fail(&err, "cannot write %s: %s", path, strerror(errno));
-            goto fail_errno;
+            saved_errno = errno;
+            in_shield--;
+            errno = saved_errno;
+            return -1;
         }
+        if (keep) fchmod(out, was.st_mode & 07777);
         int rc = fspf_protect_file(path, region->protection, region->chunk_size, region->key_length, plain_fd,
                                    (uint64_t)st.st_size, out, &rec, &err);
         if (rc == 0 && region->protection == FSPF_AUTHENTICATED) rc = copy_fd(plain_fd, out, (uint64_t)st.st_size);

@@ -28,7 +28,7 @@ static void install_seccomp(void)
 static void fatal(const char *msg) __attribute__((noreturn));
 static void fatal(const char *msg)
 {
-    shield_log("%s; the service cannot start", msg);
+    shield_refusal("%s; the service cannot start", msg);
     _exit(2);
 }
 

@@ -2,6 +2,7 @@
  * one asks the piece that serves the path (embedded.c, volumes.c, tracked.c), or calls the
  * real function, with the path resolved through embedded symlinks when that changed it. */
 #include <stdarg.h>
+#include <sys/syscall.h>
 
 #include "shield.h"
 
@@ -16,7 +17,15 @@ static int is_write_open(int flags)
 static int shield_open(int dirfd, const char *path, int flags, mode_t mode, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, !(flags & O_NOFOLLOW), t) != 0) return -2;
+    struct stat64 st;
+    if (t->kind == T_PASS && !(flags & (O_NOFOLLOW | O_DIRECTORY | O_PATH)) && S.nvols &&
+        follow_into_region(dirfd, path, t, &st) != 1)
+        return -2;  /* (a missing file: the kernel's create or ENOENT) */
     if (t->kind == T_EMB && t->m && t->m->kind == EMBEDFS_FILE && !(flags & O_DIRECTORY)) {
+        if (dir_syntax(path)) {
+            errno = flags & O_CREAT ? EISDIR : ENOTDIR;
+            return -1;
+        }
         if (is_write_open(flags)) {
             errno = EROFS;
             return -1;
@@ -34,7 +43,7 @@ static int shield_open(int dirfd, const char *path, int flags, mode_t mode, stru
     if (t->kind == T_VOL && t->vol->ephemeral && (flags & O_TMPFILE) == O_TMPFILE) return open_anonymous(t, flags);
     if (t->kind == T_VOL && !(flags & (O_DIRECTORY | O_PATH)) && !reserved_name(t->vol, base_name(t->path)) &&
         strcmp(t->path, t->vol->v->path) != 0)
-        return open_volume_file(t, flags, mode);
+        return dir_syntax(path) ? region_dir_syntax(t, flags) : open_volume_file(t, flags, mode);
     return -2;
 }
 
@@ -139,20 +148,21 @@ EXPORT FILE *fopen64(const char *path, const char *mode) { return shield_fopen(p
 
 EXPORT int close(int fd)
 {
-    int rc = 0, saved = 0;
-    if (S.active && tracked_fd(fd)) {
-        rc = flush_tracked(fd);
-        saved = errno;
-        pthread_mutex_lock(&S.lock);
-        untrack(fd);
-        pthread_mutex_unlock(&S.lock);
-    }
-    int r = RESOLVE(close)(fd);
-    if (rc != 0) {
-        errno = saved;
-        return -1;
-    }
-    return r;
+    if (S.active && tracked_fd(fd)) return close_tracked(fd);
+    return RESOLVE(close)(fd);
+}
+
+/* libuv (Node.js) closes files with syscall(SYS_close, fd) (uv__close_nocancel), past close():
+ * a tracked memfd closed that way would never be protected again, and every write lost. */
+EXPORT long syscall(long number, ...)
+{
+    va_list ap;
+    va_start(ap, number);
+    long a[6];
+    for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
+    va_end(ap);
+    if (number == SYS_close && S.active && tracked_fd((int)a[0])) return close_tracked((int)a[0]);
+    return RESOLVE(syscall)(number, a[0], a[1], a[2], a[3], a[4], a[5]);
 }
 
 EXPORT int fclose(FILE *f)
@@ -217,6 +227,11 @@ static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follo
         embedded_stat(t, st);
         return 0;
     }
+    if (t->kind == T_PASS && follow && S.nvols) {
+        int rc = follow_into_region(dirfd, path, t, st);  /* the real stat, or a region's file */
+        if (rc != 1) return rc;
+    }
+    if (t->kind == T_VOL && dir_syntax(path) && strcmp(t->path, t->vol->v->path) != 0) return region_dir_syntax(t, 0);
     if (t->kind == T_VOL) {
         in_shield++;
         int rc = follow ? stat64(t->path, st) : lstat64(t->path, st);
@@ -375,6 +390,20 @@ EXPORT char *realpath(const char *path, char *resolved)
     snprintf(resolved, PATH_MAX, "%s", t.path);
     return resolved;
 }
+
+/* ------------------------------------------------------------------ truncate */
+
+static int truncate_path(const char *path, off64_t length, int large)
+{
+    struct target t;
+    t.changed = 0;
+    int rc = shield_truncate(path, length, &t);
+    if (rc != -2) return rc;
+    return large ? RESOLVE(truncate64)(PATH_OR_RESOLVED, length) : RESOLVE(truncate)(PATH_OR_RESOLVED, length);
+}
+
+EXPORT int truncate(const char *path, off_t length) { return truncate_path(path, length, 0); }
+EXPORT int truncate64(const char *path, off64_t length) { return truncate_path(path, length, 1); }
 
 /* ------------------------------------------------------------------ unlink, rename */
 

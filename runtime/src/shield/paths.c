@@ -130,7 +130,8 @@ int target_of(int dirfd, const char *path, int follow, struct target *t)
 {
     t->changed = 0;
     if (absolute(dirfd, path, t->path, sizeof t->path) != 0) return -1;
-    if (path[0] != '/' || strcmp(path, t->path) != 0) t->changed = 1;
+    /* t->changed only once locate() resolved an embedded symlink: otherwise a call passed to
+     * the kernel keeps the caller's spelling ("name/" names a directory, ".." is the kernel's) */
     locate(t, follow);
     return 0;
 }

@@ -24,9 +24,10 @@
  *    libc mkstemp family (which opens inside glibc) is served through open().
  *
  * Every other process (a shell, `ls`) gets plain pass-through: without the keys it sees only
- * ciphertext. Errors the service cannot be told about in detail are printed as one line on
- * stderr ("sconify-shield: ...") and reported as EIO. Interposed are the public libc entry
- * points the measured runtimes use (CPython, libuv); glibc's internal calls are not.
+ * ciphertext. Errors the service cannot be told about in detail are reported as EIO, with one
+ * line ("sconify-shield: ...") where SCONIFY_LOG says (stderr, a file; by default nowhere: never
+ * into the service's own streams). Interposed are the public libc entry points the measured
+ * runtimes use (CPython, libuv: also syscall(SYS_close)); glibc's internal calls are not.
  *
  * Where things are (src/shield/):
  *   shield.h     what the pieces share: the state S, volumes, targets, the real libc functions
@@ -122,7 +123,10 @@
     REAL(int, mkostemps64, char *, int, int) \
     REAL(FILE *, tmpfile, void) \
     REAL(FILE *, tmpfile64, void) \
-    REAL(int, renameat, int, const char *, int, const char *)
+    REAL(int, renameat, int, const char *, int, const char *) \
+    REAL(int, truncate, const char *, off_t) \
+    REAL(int, truncate64, const char *, off64_t) \
+    REAL(long, syscall, long, ...)
 
 #define REAL_DECLARE(ret, name, ...)       \
     typedef ret (*name##_fn)(__VA_ARGS__); \
@@ -170,7 +174,8 @@ extern __thread int in_shield;  /* our own libc calls pass straight through */
 
 #define ACTIVE() (S.active && !in_shield)
 
-void shield_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+void shield_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));      /* SCONIFY_LOG */
+void shield_refusal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));  /* stderr */
 
 /* ------------------------------------------------------------------ paths (paths.c) */
 
@@ -202,7 +207,11 @@ void embedded_stat(const struct target *t, struct stat64 *st);
 
 const char *region_word(const struct svol *vol);
 int ephemeral_hidden(struct svol *vol, const char *path);
+int dir_syntax(const char *path);
+int region_dir_syntax(struct target *t, int flags);
+int follow_into_region(int dirfd, const char *path, struct target *t, struct stat64 *st);
 int open_volume_file(struct target *t, int flags, mode_t mode);
+int shield_truncate(const char *path, off64_t length, struct target *t);
 int open_anonymous(const struct target *t, int flags);
 int shield_unlink(int dirfd, const char *path, int flags, struct target *t);
 int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
@@ -217,11 +226,12 @@ void untrack(int fd);
 void retarget_tracked(struct svol *vol, const char *from, const char *to, int prefix);
 int reopen_tracked(struct svol *vol, const char *path, int flags);
 int flush_tracked(int fd);
+int close_tracked(int fd);
 int dup_tracked(int from, int to);
 
 /* ------------------------------------------------------------------ the commit (commit.c) */
 
-int commit(struct svol *vol, const char *path, int plain_fd, const char *remove);
+int commit(struct svol *vol, const char *path, int plain_fd, const char *remove, mode_t mode);
 
 #pragma GCC visibility pop
 

@@ -84,15 +84,38 @@ int reopen_tracked(struct svol *vol, const char *path, int flags)
     return -1;
 }
 
-/* Protect a tracked memfd's content again (close, fsync). */
+/* Protect a tracked memfd's content again (close, fsync). An fd that is no longer the memfd
+ * it was (closed past the shield, its number reused) is forgotten, never committed: its
+ * content is not the file's. */
 int flush_tracked(int fd)
 {
     if (!S.active) return 0;
     pthread_mutex_lock(&S.lock);
     struct tracked *t = tracked_fd(fd);
-    int rc = t ? commit(t->vol, t->path, fd, NULL) : 0;
+    struct stat64 st;
+    if (t && (fstat64(fd, &st) != 0 || st.st_dev != t->dev || st.st_ino != t->ino)) {
+        untrack(fd);
+        t = NULL;
+    }
+    int rc = t ? commit(t->vol, t->path, fd, NULL, 0666) : 0;
     pthread_mutex_unlock(&S.lock);
     return rc;
+}
+
+/* close() of a tracked fd: protect its content again, forget it, close it. -1 with errno if
+ * the commit failed (the fd is closed all the same, as the kernel's close does). */
+int close_tracked(int fd)
+{
+    int rc = flush_tracked(fd), saved = errno;
+    pthread_mutex_lock(&S.lock);
+    untrack(fd);
+    pthread_mutex_unlock(&S.lock);
+    int r = RESOLVE(close)(fd);
+    if (rc != 0) {
+        errno = saved;
+        return -1;
+    }
+    return r;
 }
 
 /* After dup*(from) gave to: to is the same file as from (or, untracked, no file of ours). */

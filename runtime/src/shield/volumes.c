@@ -20,13 +20,82 @@ int ephemeral_hidden(struct svol *vol, const char *path)
     return rc == 0 && (S_ISREG(st.st_mode) || S_ISLNK(st.st_mode));
 }
 
+/* "name/" or "name/.": the caller asks for a directory, which the normalised t->path no longer
+ * says. */
+int dir_syntax(const char *path)
+{
+    size_t n = path ? strlen(path) : 0;
+    return n && (path[n - 1] == '/' || (path[n - 1] == '.' && (n == 1 || path[n - 2] == '/')));
+}
+
+/* A path in a region with dir_syntax: -2, the kernel's answer for the caller's spelling (it
+ * opens a directory, or says ENOTDIR, EISDIR, ENOENT, and never creates a file), or -1 with
+ * the errno for a name the region hides (as if absent). */
+int region_dir_syntax(struct target *t, int flags)
+{
+    pthread_mutex_lock(&S.lock);
+    int hidden = ephemeral_hidden(t->vol, t->path);
+    pthread_mutex_unlock(&S.lock);
+    if (!hidden) return -2;
+    errno = flags & O_CREAT ? EISDIR : ENOENT;
+    return -1;
+}
+
+/* ------------------------------------------------------------------ symlinks into a region */
+
+/* Whether dev is the device of a region's directory (each looked up once): a file on another
+ * device is in no region. */
+static int on_a_region_device(dev_t dev)
+{
+    static dev_t *devs;
+    pthread_mutex_lock(&S.lock);
+    if (!devs && (devs = calloc(S.nvols, sizeof *devs)) != NULL)
+        for (size_t i = 0; i < S.nvols; i++) {
+            struct stat64 st;
+            in_shield++;
+            if (stat64(S.vols[i].v->path, &st) == 0) devs[i] = st.st_dev;
+            in_shield--;
+        }
+    int found = 0;
+    for (size_t i = 0; devs && i < S.nvols; i++) found |= devs[i] == dev;
+    pthread_mutex_unlock(&S.lock);
+    return found;
+}
+
+/* A path outside every region (t->kind T_PASS) that is a symlink on disk to a regular file in
+ * one: t becomes that file, so that stat and open serve it as under its own name, not its
+ * ciphertext. st: the path's real stat (followed). Only a link as the last component: an lstat
+ * answers for every other path, at the cost of the stat it replaces (a realpath of each would
+ * slow every start-up), so a path through a symlinked directory is read as stored.
+ * -1: no such file (errno), 0: not in a region, 1: t changed. */
+int follow_into_region(int dirfd, const char *path, struct target *t, struct stat64 *st)
+{
+    in_shield++;
+    int rc = t->changed ? lstat64(t->path, st) : fstatat64(dirfd, path, st, AT_SYMLINK_NOFOLLOW);
+    int link = rc == 0 && S_ISLNK(st->st_mode);
+    if (link) rc = t->changed ? stat64(t->path, st) : fstatat64(dirfd, path, st, 0);
+    in_shield--;
+    if (rc != 0) return -1;
+    if (!link || !S.nvols || !S_ISREG(st->st_mode) || !on_a_region_device(st->st_dev)) return 0;
+    char real[PATH_MAX];
+    in_shield++;
+    char *resolved = realpath(t->path, real);
+    in_shield--;
+    struct svol *vol = resolved ? volume_of(real) : NULL;
+    if (!vol || strcmp(real, t->path) == 0) return 0;
+    strcpy(t->path, real);
+    t->kind = T_VOL;
+    t->vol = vol;
+    t->changed = 1;
+    return 1;
+}
+
 /* ------------------------------------------------------------------ open */
 
 /* t names a file in t->vol: a memfd with its checked plaintext (writable: tracked, protected
  * again on close/fsync), -1 with errno, or -2 when the kernel's (a directory, a socket...). */
 int open_volume_file(struct target *t, int flags, mode_t mode)
 {
-    (void)mode;
     int writable = (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC));
     pthread_mutex_lock(&S.lock);
     struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
@@ -35,7 +104,13 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
     in_shield++;
     /* an ephemeral region does not follow a symlink nobody recorded: it is hidden */
     int exists = (t->vol->ephemeral ? lstat64(t->path, &st) : stat64(t->path, &st)) == 0;
+    int lookup = errno;
     in_shield--;
+    if (!exists && lookup != ENOENT) {
+        pthread_mutex_unlock(&S.lock);
+        errno = lookup;  /* ENOTDIR (through a file), EACCES, ELOOP...: the kernel's */
+        return -1;
+    }
     if (exists && S_ISDIR(st.st_mode)) {
         pthread_mutex_unlock(&S.lock);
         return -2;  /* directories pass through */
@@ -86,17 +161,21 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
         RESOLVE(close)(stored);
         lseek(fd, 0, SEEK_SET);
     }
+    if (exists) fchmod(fd, st.st_mode & 07777);  /* fstat of the memfd: the file's mode */
     if (writable) {
         if (flags & O_APPEND) fcntl(fd, F_SETFL, O_APPEND);
         if (!rec || (flags & O_TRUNC)) {
             /* a new or truncated file exists (empty) from now on, as with the kernel */
-            if (commit(t->vol, t->path, fd, NULL) != 0) {
+            if (commit(t->vol, t->path, fd, NULL, mode) != 0) {
                 int saved = errno;
                 RESOLVE(close)(fd);
                 fd = -1;
                 errno = saved;
                 goto out;
             }
+            in_shield++;
+            if (!exists && stat64(t->path, &st) == 0) fchmod(fd, st.st_mode & 07777);
+            in_shield--;
         }
         track(fd, t->vol, t->path);
     } else {
@@ -129,6 +208,27 @@ int open_anonymous(const struct target *t, int flags)
     return fd;
 }
 
+/* truncate, truncate64 of a file in a region: the plaintext is truncated and protected again
+ * (the stored ciphertext truncated would be unreadable). 0, -1 (errno), or -2: not ours (the
+ * real call with t->path). */
+int shield_truncate(const char *path, off64_t length, struct target *t)
+{
+    if (!ACTIVE() || !path || target_of(AT_FDCWD, path, 1, t) != 0) return -2;
+    if (t->kind == T_EMB && t->m && t->m->kind == EMBEDFS_FILE) {
+        errno = dir_syntax(path) ? ENOTDIR : EROFS;
+        return -1;
+    }
+    if (t->kind != T_VOL || strcmp(t->path, t->vol->v->path) == 0 || reserved_name(t->vol, base_name(t->path)))
+        return -2;
+    if (dir_syntax(path)) return region_dir_syntax(t, 0);
+    int fd = open_volume_file(t, O_WRONLY | O_CLOEXEC, 0);
+    if (fd < 0) return fd;  /* -2: a directory, the kernel's EISDIR */
+    int rc = ftruncate64(fd, length), saved = errno;
+    if (close_tracked(fd) != 0 && rc == 0) return -1;
+    errno = saved;
+    return rc;
+}
+
 /* ------------------------------------------------------------------ unlink, rename */
 
 /* unlink, unlinkat: 0 or -1 (errno), or -2: not ours (the real call with t->path). */
@@ -140,10 +240,11 @@ int shield_unlink(int dirfd, const char *path, int flags, struct target *t)
         return -1;
     }
     if (t->kind != T_VOL || (flags & AT_REMOVEDIR)) return -2;
+    if (dir_syntax(path)) return region_dir_syntax(t, 0);  /* ENOTDIR for a file, EISDIR... */
     pthread_mutex_lock(&S.lock);
     int rc = -2;
     if (fspf_find(&t->vol->fs, t->path)) {
-        rc = commit(t->vol, NULL, -1, t->path);
+        rc = commit(t->vol, NULL, -1, t->path, 0);
         if (rc == 0) retarget_tracked(t->vol, t->path, NULL, 0);
     } else if (ephemeral_hidden(t->vol, t->path)) {
         errno = ENOENT;  /* not this process's: not there */
@@ -183,7 +284,7 @@ static int rename_ephemeral_dir(struct svol *vol, const char *from, const char *
             in_shield++;
             stored = open(next, O_RDONLY | O_CLOEXEC);  /* already moved: the old record reads it */
             in_shield--;
-            if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) ok = commit(vol, next, plain, NULL) == 0;
+            if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) ok = commit(vol, next, plain, NULL, 0600) == 0;
             else shield_log("ephemeral region %s: %s", vol->v->path, stored < 0 ? strerror(errno) : err.msg);
         }
         if (stored >= 0) RESOLVE(close)(stored);
@@ -213,6 +314,13 @@ int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *n
         return -1;
     }
     if (from.kind != T_VOL && to.kind != T_VOL) return -2;
+    if (dir_syntax(oldpath) || dir_syntax(newpath)) {
+        struct stat64 st;
+        in_shield++;
+        int is_dir = stat64(from.path, &st) == 0 && S_ISDIR(st.st_mode);
+        in_shield--;
+        if (!is_dir) return -2;  /* the kernel: ENOTDIR or ENOENT, nothing renamed */
+    }
     pthread_mutex_lock(&S.lock);
     struct fspf_file *rec = from.kind == T_VOL ? fspf_find(&from.vol->fs, from.path) : NULL;
     if (!rec && from.kind == T_VOL && from.vol->ephemeral) {
@@ -255,7 +363,7 @@ int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *n
         in_shield--;
         struct rt_error err;
         if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) {
-            rc = commit(to.vol, to.path, plain, from.path);
+            rc = commit(to.vol, to.path, plain, from.path, 0600);
             if (rc == 0 && strcmp(from.path, to.path) != 0) {
                 retarget_tracked(to.vol, to.path, NULL, 0);  /* the replaced file's fds */
                 retarget_tracked(to.vol, from.path, to.path, 0);

@@ -1,0 +1,111 @@
+"""Programs whose output is the oracle for the runtime's fidelity: run the same one unconverted
+(or on a plain directory) and under the shield, and compare what they print."""
+
+# Every way Node writes a file, each read back with readFileSync: libuv opens with O_CLOEXEC and
+# closes with syscall(SYS_close), writes with write/pwritev, and runs async calls on its threads.
+NODE_WRITES = r"""
+const fs = require('fs'), fsp = fs.promises, path = require('path');
+const dirs = process.argv.slice(require.main ? 2 : 1);  // node -e CODE DIRS, or node FILE DIRS
+const big = Buffer.alloc(1 << 20, 0).map((_, i) => (i * 7919) % 251);
+const digest = (p) => require('crypto').createHash('sha256').update(fs.readFileSync(p)).digest('hex').slice(0, 16);
+(async () => {
+  for (const d of dirs) {
+    fs.mkdirSync(d, {recursive: true});
+    const p = (n) => path.join(d, n);
+    fs.writeFileSync(p('sync.txt'), 'hello');
+    const fd = fs.openSync(p('fd.txt'), 'w');
+    const wrote = fs.writeSync(fd, 'world');
+    fs.closeSync(fd);
+    await fsp.writeFile(p('big.bin'), big);
+    fs.appendFileSync(p('append.txt'), 'a1;');
+    fs.appendFileSync(p('append.txt'), 'a2;');
+    await fsp.appendFile(p('append.txt'), 'a3;');
+    await new Promise((resolve, reject) => {
+      const s = fs.createWriteStream(p('stream.txt'));
+      s.on('error', reject).on('finish', resolve);
+      for (let i = 0; i < 1000; i++) s.write(`line ${i}\n`);
+      s.end();
+    });
+    await new Promise((resolve) => fs.writeFile(p('cb.txt'), 'callback', resolve));
+    const h = await fsp.open(p('handle.txt'), 'w+');
+    await h.write('filehandle ');
+    await h.write(Buffer.from('bytes'), 0, 5, 11);
+    await h.truncate(14);
+    await h.close();
+    console.log(d === dirs[0] ? 'first' : 'second', wrote, fs.readFileSync(p('sync.txt'), 'utf8'),
+                fs.readFileSync(p('fd.txt'), 'utf8'), digest(p('big.bin')), fs.statSync(p('big.bin')).size,
+                fs.readFileSync(p('append.txt'), 'utf8'), digest(p('stream.txt')), fs.readFileSync(p('cb.txt'), 'utf8'),
+                JSON.stringify(fs.readFileSync(p('handle.txt'), 'utf8')), fs.readdirSync(d).sort().join(','));
+  }
+})().catch((e) => { console.log('failed', e.code, e.message); process.exit(1); });
+"""
+
+# Operations whose result (and errno) a volume and an ephemeral region must give as a plain
+# directory does: truncate by path, names with a trailing slash, creates in a missing directory,
+# the mode of a new file (umask applied) and of a rewritten one. One line per operation.
+PYTHON_FILE_OPS = r"""
+import errno, os, sys, tempfile
+d = sys.argv[1]
+p = lambda *n: os.path.join(d, *n)
+def run(what, f, *a, **k):
+    try:
+        r = f(*a, **k)
+    except OSError as e:
+        r = errno.errorcode[e.errno]
+    print(what, r)
+def write(path, data, mode='w'):
+    with open(path, mode) as f:
+        f.write(data)
+def read(path):
+    with open(path, 'rb') as f:
+        return f.read()
+def mode(path):
+    return oct(os.stat(path).st_mode)
+write(p('t.txt'), 'hello world 123')
+run('truncate 5', lambda: (os.truncate(p('t.txt'), 5), read(p('t.txt')), os.stat(p('t.txt')).st_size))
+run('truncate 70000', lambda: (os.truncate(p('t.txt'), 70000), read(p('t.txt')).rstrip(b'\0'), os.stat(p('t.txt')).st_size))
+run('truncate 0', lambda: (os.truncate(p('t.txt'), 0), read(p('t.txt'))))
+write(p('t.txt'), 'hello world 123')
+run('truncate missing', os.truncate, p('missing.txt'), 0)
+run('truncate slash', os.truncate, p('t.txt') + '/', 0)
+run('truncate negative', os.truncate, p('t.txt'), -1)
+os.mkdir(p('sub'))
+run('truncate dir', os.truncate, p('sub'), 0)
+def ftruncated():
+    with open(p('t.txt'), 'r+b') as f:
+        f.truncate(4)
+    return read(p('t.txt'))
+run('ftruncate', ftruncated)
+run('open wb slash', open, p('nx') + '/', 'wb')
+run('open rb slash', open, p('nx') + '/', 'rb')
+run('open file slash', open, p('t.txt') + '/', 'rb')
+run('open file slash wb', open, p('t.txt') + '/', 'wb')
+run('open file slash dot', os.open, p('t.txt') + '/.', os.O_RDONLY)
+run('open through file', os.open, p('t.txt', 'x'), os.O_RDONLY)
+run('create through file', os.open, p('t.txt', 'x'), os.O_WRONLY | os.O_CREAT, 0o644)
+run('stat file slash', lambda: os.stat(p('t.txt') + '/').st_size)
+run('stat dir slash', lambda: os.path.isdir(p('sub') + '/'))
+run('unlink file slash', os.unlink, p('t.txt') + '/')
+run('rename to slash', os.rename, p('t.txt'), p('u.txt') + '/')
+run('create in missing dir', os.open, p('missing', 'x'), os.O_WRONLY | os.O_CREAT, 0o644)
+run('mkstemp in missing dir', tempfile.mkstemp, dir=p('missing'))
+run('open w in missing dir', open, p('missing', 'y'), 'w')
+os.umask(0o022)
+fd = os.open(p('m600'), os.O_WRONLY | os.O_CREAT, 0o600)
+run('fstat new 0600', lambda: oct(os.fstat(fd).st_mode))
+os.write(fd, b'x'); os.close(fd)
+run('stat new 0600', mode, p('m600'))
+write(p('m644'), 'x')
+run('stat new default', mode, p('m644'))
+os.umask(0o077)
+write(p('m-umask'), 'x')
+run('stat new umask 077', mode, p('m-umask'))
+os.chmod(p('m644'), 0o640)
+write(p('m644'), 'rewritten')
+run('stat rewritten 0640', mode, p('m644'))
+with open(p('m644')) as f:
+    run('fstat read 0640', lambda: oct(os.fstat(f.fileno()).st_mode))
+os.rename(p('m644'), p('m644-moved'))
+run('stat renamed 0640', mode, p('m644-moved'))
+print('names', sorted(os.listdir(d)))
+"""
