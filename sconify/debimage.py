@@ -46,10 +46,12 @@ from sconify.demoapps import (  # noqa: F401  (re-exported: the demo apps were d
     PYTHON_MAIN,
     PYTHON_SERVICE,
     base_extras,
+    CPYTHON_ORACLE_TESTS,
     common_app_entries,
     demo_bytes,
     node_app_entries,
     python_app_entries,
+    python_tests_app_entries,
     readings_csv,
 )
 from sconify.errors import EnvironmentProblem, UsageError
@@ -198,6 +200,13 @@ python3-pip-whl 23.0.1+dfsg-1
 python3-setuptools-whl 66.1.1-1+deb12u2
 python3-venv 3.11.2-1+b1
 python3.11-venv 3.11.2-6+deb12u9
+"""), key=lambda p: p.name))
+
+# CPython's own regression tests (issue 23's oracle for the runtime's file semantics): the Python
+# closure plus Debian's test suite, for the same python3.11 build.
+PYTHON_TESTS_PACKAGES = tuple(sorted(PYTHON_PACKAGES + _pins("""
+libpython3.11-testsuite 3.11.2-6+deb12u9
+net-tools 2.10-0.1+deb12u2
 """), key=lambda p: p.name))
 
 NODE_MODULES = (
@@ -431,6 +440,8 @@ IMAGE_SPECS = {
     "python": ImageSpec("python", PYTHON_PACKAGES, (), ("python3", "/app/main.py"), app="python"),
     "node": ImageSpec("node", NODE_PACKAGES, NODE_MODULES, ("node", "/app/index.js"), app="node"),
     "tool-base": ImageSpec("tool-base", TOOL_BASE_PACKAGES, (), ("python3",), workdir="/"),
+    "python-tests": ImageSpec("python-tests", PYTHON_TESTS_PACKAGES, (), ("python3", "-m", "test", "-j2", *CPYTHON_ORACLE_TESTS),
+                              app="python-tests"),
 }
 
 
@@ -499,7 +510,7 @@ def write_layer_tars(spec: ImageSpec, cache: Path, workdir: Path, epoch: int) ->
 
 def app_layer_entries(spec: ImageSpec, tarballs: list[Path]) -> list[LayerEntry]:
     """The demo app's files (``sconify.demoapps``) and its npm packages, unpacked under /app."""
-    app = python_app_entries() if spec.app == "python" else node_app_entries()
+    app = {"python": python_app_entries, "node": node_app_entries, "python-tests": python_tests_app_entries}[spec.app]()
     for package, tarball in zip(spec.npm_packages, tarballs):
         app.extend(npm_entries(package, tarball))
     return app

@@ -209,3 +209,21 @@ def node_app_entries() -> list[LayerEntry]:
         *common_app_entries("node"),
         whiteout("usr/bin/nodejs"),
     ]
+
+
+# The CPython regression tests that exercise files, directories, processes and imports (issue 23's
+# list; Debian's libpython3.11-testsuite has no test_sqlite3). `sconify demo python-tests` runs them.
+CPYTHON_ORACLE_TESTS = (
+    "test_os", "test_io", "test_fileio", "test_tempfile", "test_shutil", "test_pathlib", "test_glob",
+    "test_zipfile", "test_tarfile", "test_json", "test_importlib", "test_zipimport", "test_compileall",
+    "test_py_compile", "test_mmap", "test_posix", "test_stat", "test_fcntl", "test_unicode_file", "test_site",
+    "test_subprocess", "test_signal", "test_threading", "test_multiprocessing_spawn",
+)
+
+
+def python_tests_app_entries() -> list[LayerEntry]:
+    """The CPython test image's app layer: only a data directory to protect (and run the tests in)."""
+    return [
+        regular_file("app/data/README.txt", "CPython's regression tests write here when TMPDIR points into this volume.\n"),
+        directory("app/data/tmp", 0o1777),
+    ]

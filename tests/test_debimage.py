@@ -61,6 +61,15 @@ def test_node_image_runs_node_with_its_node_modules_tree(node_image, run_in_dock
 
 
 @pytest.mark.docker
+def test_python_tests_image_runs_cpythons_own_regression_tests(run_in_docker):
+    """The oracle of issue 23 (bench/cpython_oracle.py) is Debian's CPython test suite, runnable."""
+    layout = debimage.build_image("python-tests")
+    assert read_image(f"oci:{layout}:latest").config["config"]["Cmd"][:4] == ["python3", "-m", "test", "-j2"]
+    out = run_in_docker(f"oci:{layout}:latest", ["python3", "-m", "test", "test_stat"])
+    assert "Tests result: SUCCESS" in out
+
+
+@pytest.mark.docker
 def test_docker_applies_whiteout_opaque_dir_and_hardlink(python_image, run_in_docker):
     probe = (
         "import os; print(os.path.exists('/usr/bin/pydoc3.11'), sorted(os.listdir('/etc/sconify-demo')), "
