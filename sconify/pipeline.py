@@ -29,10 +29,11 @@ from sconify.image.layerread import short_gil_switches
 from sconify.image.layers import LayerLimits, copy_exactly
 from sconify.image.layerwriter import LayerWriter
 from sconify.image.model import Image, Layer, canonical_json
-from sconify.image.mutate import append_layers, with_config
+from sconify.image.mutate import append_layers, replace_layers, with_config
 from sconify.image.oci import blob_name
 from sconify.image.prefetch import BlobPrefetch, same_filesystem
 from sconify.image.reference import parse_reference
+from sconify.image.rewrite import rewrite_layers
 from sconify.image.rootfs import RootFS, RootFSLimits
 from sconify.image.transports import read_image, write_image
 from sconify.keys import KeysFile, VolumeKeys, random_source
@@ -179,9 +180,16 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             runtime = build_runtime() if options.runtime == "sim" else None  # built once, then cached
         with tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool, \
                 contextlib.ExitStack() as later:
+            # The input layers that hold protected plaintext, written again without it: ``base``
+            # is the input with those layers replaced, what the output is built on.
+            rewritten = {}
+            if plan.rewrites:
+                with phase(reporter, timings, "rewrite layers", total=len(plan.rewrites)):
+                    rewritten = rewrite_layers(image.layers, plan.rewrites, work)
+            base = replace_layers(image, rewritten)
             # A docker:// output: the input blobs go now (HEAD, mount or upload), the new layers
             # as soon as each is written, while the conversion goes on; the tag comes last.
-            push = later.enter_context(early_push(image, options))
+            push = later.enter_context(early_push(base, options))
             wanted = files_to_read(fs, plan)
             with phase(reporter, timings, "read files", total=len(wanted)):
                 extents = spool_files(fs, wanted, spool, reporter)
@@ -204,7 +212,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 extents = {path: extents[path] for path in data_files}  # the others' bytes are gone
                 reporter.advance(len(embedded))
             # The input blobs are copied from here on, on a thread, while measure and protect run.
-            prefetch = later.enter_context(prefetch_input_blobs(image, options.destination, work))
+            prefetch = later.enter_context(prefetch_input_blobs(base, options.destination, work))
             linked = prefetch is not None  # the new layers' blobs will be linked into the output too
             with phase(reporter, timings, "measure"):
                 measurement = measure_elf(str(sconified_exe), **measure_parameters(options))
@@ -237,7 +245,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                     if push is not None:
                         push.add(layer)
             with phase(reporter, timings, "write image"):
-                reused = image if prefetch is None else replace(image, layers=prefetch.layers(image.layers))
+                reused = base if prefetch is None else replace(base, layers=prefetch.layers(base.layers))
                 appended = append_layers(
                     reused, added, history=history_entries(image, plan, len(embedded))[:len(added)]
                 )
@@ -258,6 +266,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                     measurement=measurement_figures(measurement),
                     volumes=[volume.figures() for volume in volumes],
                     regions=[region for region in plan.regions if not is_volume(region)],
+                    rewritten_layers=[rewrite.figures(image.layers[rewrite.index], rewritten[rewrite.index])
+                                      for rewrite in plan.rewrites],
                     tool_version=__version__,
                     runtime=None if runtime is None else RuntimeFigures(
                         mode=options.runtime, layer=added[2].diff_id,
