@@ -54,16 +54,23 @@ class LayerRewrite:
     materialized: dict[int, Placed] = field(default_factory=dict)
     regions: list[str] = field(default_factory=list)  # the prefixes (absolute) it held entries of
 
-    def figures(self, layer: Layer, output: Layer) -> dict:
-        """What the manifest records of it (``rewritten_layers``, docs/manifest.md)."""
+    def summary(self) -> dict:
+        """What the plan shows of it (``--dry-run`` too)."""
         return {
             "index": self.index,
-            "input_diff_id": layer.diff_id,
-            "output_diff_id": output.diff_id,
             "removed_entries": len(self.removed),
             "materialized_hardlinks": sorted("/" + p.path for p in self.materialized.values()),
             "regions": self.regions,
         }
+
+    def figures(self, layer: Layer, output: Layer) -> dict:
+        """What the manifest records of it (``rewritten_layers``, docs/manifest.md)."""
+        return {**self.summary(), "input_diff_id": layer.diff_id, "output_diff_id": output.diff_id}
+
+    def describe(self) -> str:
+        """One line for the plan table."""
+        links = f", {len(self.materialized)} hardlinks made regular files" if self.materialized else ""
+        return f"layer {self.index}: {len(self.removed)} entries under {', '.join(self.regions) or '-'} removed{links}"
 
 
 def plan_rewrites(fs: RootFS, prefixes: list[ProtectedPrefix]) -> list[LayerRewrite]:
