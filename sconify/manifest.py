@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from sconify.atomic import atomic_write_bytes
+from sconify.atomic import StagedFiles, atomic_write_bytes
 from sconify.errors import UsageError
 
 MANIFEST_SCHEMA = "sconify.manifest/v2"  # v2: one fspf per volume (v1: one fspf)
@@ -146,8 +146,8 @@ class Manifest:
     def to_json(self) -> bytes:
         return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
 
-    def write(self, path: str | os.PathLike) -> None:
-        atomic_write_bytes(path, self.to_json())
+    def write(self, path: str | os.PathLike, staged: StagedFiles | None = None) -> None:
+        atomic_write_bytes(path, self.to_json(), staged=staged)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Manifest":
