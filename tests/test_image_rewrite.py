@@ -105,3 +105,21 @@ def test_nothing_is_rewritten_without_protected_entries(tmp_path):
     with RootFS.from_image(image) as fs:
         assert plan_rewrites(fs, [ProtectedPrefix("/app/data", "encrypted region")]) == []
         assert plan_rewrites(fs, []) == []
+
+
+def test_an_opaque_region_and_a_path_through_a_symlinked_directory(tmp_path):
+    """The opaque marker of the region directory itself stays (the lower files stay hidden), and
+    a member written through a symlinked directory (srv -> app) is found where it lands."""
+    image = image_of(
+        layer_tar(tmp_path, [member("app/data/", "dir"), member("app/data/a", data=SECRETS["old"]),
+                             member("srv", "symlink", target="app")]),
+        layer_tar(tmp_path, [member("app/data/", "dir", mode=0o701), member("app/data/.wh..wh..opq"),
+                             member("app/data/b", data=SECRETS["new"]), member("srv/data/c", data=SECRETS["db"]),
+                             member("app/data/keep", "symlink", target="b")]),
+    )
+    output, rewrites = rewritten(image, tmp_path)
+    with RootFS.from_image(image) as before, RootFS.from_image(output) as after:
+        assert view(after) == view(before, leave_out="app/data")
+        assert after.entries["app/data"].mode == 0o701 and not after.exists("app/data/a")
+    assert [(r.index, sorted(r.removed.values())) for r in rewrites] == [
+        (0, ["app/data/a"]), (1, ["app/data/b", "app/data/c"])]
