@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
 from sconify.direct import DirectWriter
+from sconify.errors import EnvironmentProblem
+
+# What a place to write can lack, and what the user does about it (exit 3, never a traceback).
+FULL = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded"}
+UNWRITABLE = {errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+              errno.EROFS: "read-only file system"}
 
 
 @contextlib.contextmanager
@@ -40,7 +47,12 @@ def atomic_file(path: str | os.PathLike, mode: int = 0o644, direct: bool = False
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+def atomic_write_bytes(path: str | os.PathLike, data: bytes, mode: int = 0o644,
+                       staged: "StagedFiles | None" = None) -> None:
+    """Write ``path`` whole or not at all; with ``staged``, only stage it there (see StagedFiles)."""
+    if staged is not None:
+        staged.add(path, data, mode)
+        return
     with atomic_file(path, mode) as handle:
         handle.write(data)
 
@@ -62,3 +74,66 @@ def existing_ancestor(path: str) -> str:
             break
         path = parent
     return path
+
+
+@contextlib.contextmanager
+def writing(place: str, unwritable: bool = True) -> Iterator[None]:
+    """Turn a full disk (ENOSPC, EDQUOT) or an unwritable place (EACCES, EPERM, EROFS; not with
+    ``unwritable`` False) met while writing ``place`` (e.g. "--to oci:out") into one
+    EnvironmentProblem line naming it and the fix."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno in FULL:
+            raise EnvironmentProblem(
+                f"cannot write {place}: {FULL[exc.errno]}; free space there or choose another place "
+                "(nothing of the output was left behind)"
+            ) from None
+        if unwritable and exc.errno in UNWRITABLE:
+            raise EnvironmentProblem(
+                f"cannot write {place}: {UNWRITABLE[exc.errno]}; make it writable or choose another place "
+                "(nothing of the output was left behind)"
+            ) from None
+        raise
+
+
+class StagedFiles:
+    """Files written whole under temporary names beside their targets (each fsynced), renamed
+    into place together by ``commit``; as a context, whatever was not committed is removed.
+
+    Used to write an output set (manifest, session, keys) only once its image is written too:
+    stage the files, write the image, then commit (see sconify.pipeline)."""
+
+    def __init__(self) -> None:
+        self._staged: list[tuple[str, Path]] = []  # (temporary, target)
+
+    def add(self, path: str | os.PathLike, data: bytes, mode: int = 0o644) -> None:
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+        self._staged.append((tmp, target))
+        with os.fdopen(fd, "wb") as handle:
+            os.fchmod(handle.fileno(), mode)
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+    def commit(self) -> None:
+        for tmp, target in self._staged:
+            os.replace(tmp, target)
+        for directory in {target.parent for _, target in self._staged}:
+            with contextlib.suppress(OSError):  # the renames are done; a directory fsync is best effort
+                fsync_path(directory)
+        self._staged = []
+
+    def discard(self) -> None:
+        for tmp, _ in self._staged:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+        self._staged = []
+
+    def __enter__(self) -> "StagedFiles":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.discard()

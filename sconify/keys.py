@@ -20,7 +20,7 @@ from typing import Callable
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from sconify.atomic import atomic_write_bytes
+from sconify.atomic import StagedFiles, atomic_write_bytes
 from sconify.errors import UsageError
 
 KEYS_FILE_SCHEMA = "sconify.keys/v2"
@@ -146,9 +146,10 @@ class KeysFile:
             doc["executable_sha256"] = self.executable_sha256
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
-    def write(self, path: str | os.PathLike) -> None:
-        """Write with mode 0600: the file holds the key to every protected file."""
-        atomic_write_bytes(path, self.to_json(), mode=0o600)
+    def write(self, path: str | os.PathLike, staged: StagedFiles | None = None) -> None:
+        """Write with mode 0600: the file holds the key to every protected file (``staged``:
+        only staged there, see sconify.atomic.StagedFiles)."""
+        atomic_write_bytes(path, self.to_json(), mode=0o600, staged=staged)
 
     @classmethod
     def read(cls, path: str | os.PathLike) -> "KeysFile":

@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 
-from sconify.atomic import atomic_write_bytes
+from sconify.atomic import StagedFiles, atomic_write_bytes
 from sconify.errors import UsageError
 
 MANIFEST_SCHEMA = "sconify.manifest/v2"  # v2: one fspf per volume (v1: one fspf)
@@ -112,6 +112,9 @@ class Manifest:
     volumes: list[VolumeFigures]  # sorted by path
     regions: list[dict]  # {"path", "kind", "protection"} of the regions that are not volumes
     tool_version: str
+    # The input layers written again without the plaintext of protected files (sconify.image.rewrite):
+    # {"index", "input_diff_id", "output_diff_id", "removed_entries", "materialized_hardlinks", "regions"}
+    rewritten_layers: list[dict] = field(default_factory=list)
     runtime: RuntimeFigures | None = None  # None: --runtime none
     schema: str = MANIFEST_SCHEMA
     extra: dict = field(default_factory=dict)
@@ -143,8 +146,8 @@ class Manifest:
     def to_json(self) -> bytes:
         return (json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n").encode()
 
-    def write(self, path: str | os.PathLike) -> None:
-        atomic_write_bytes(path, self.to_json())
+    def write(self, path: str | os.PathLike, staged: StagedFiles | None = None) -> None:
+        atomic_write_bytes(path, self.to_json(), staged=staged)
 
     @classmethod
     def from_dict(cls, doc: dict) -> "Manifest":
@@ -157,7 +160,7 @@ class Manifest:
         data_layer = output.pop("data_layer")
         code_layer = output.pop("code_layer")
         known = {"schema", "input", "output", "executable", "embedfs", "measurement", "volumes", "regions",
-                 "tool", "runtime"}
+                 "tool", "runtime", "rewritten_layers"}
         return cls(
             input=ImageFigures(**doc["input"]),
             output=ImageFigures(**output),
@@ -169,6 +172,7 @@ class Manifest:
             volumes=[VolumeFigures(**volume) for volume in doc["volumes"]],
             regions=[dict(region) for region in doc["regions"]],
             tool_version=doc["tool"]["version"],
+            rewritten_layers=[dict(layer) for layer in doc.get("rewritten_layers", [])],
             runtime=RuntimeFigures(**doc["runtime"]) if doc.get("runtime") is not None else None,
             extra={k: v for k, v in doc.items() if k not in known},
         )

@@ -20,19 +20,20 @@ from embedfs.archive import ArchiveEntry, PackResult, pack
 from embedfs.elf import InjectResult, inject_with
 from embedfs.measure import measure_elf
 from sconify import __version__
-from sconify.atomic import existing_ancestor
+from sconify.atomic import StagedFiles, existing_ancestor, writing
 from sconify.codepaths import native_code
 from sconify.elfworker import ElfWorker
-from sconify.errors import UsageError
+from sconify.errors import EnvironmentProblem, UsageError
 from sconify.hashing import sha256_file
 from sconify.image.layerread import short_gil_switches
 from sconify.image.layers import LayerLimits, copy_exactly
 from sconify.image.layerwriter import LayerWriter
-from sconify.image.model import Image, Layer, canonical_json
-from sconify.image.mutate import append_layers, with_config
+from sconify.image.model import Image, Layer, WriteResult, canonical_json
+from sconify.image.mutate import append_layers, replace_layers, with_config
 from sconify.image.oci import blob_name
 from sconify.image.prefetch import BlobPrefetch, same_filesystem
 from sconify.image.reference import parse_reference
+from sconify.image.rewrite import rewrite_layers
 from sconify.image.rootfs import RootFS, RootFSLimits
 from sconify.image.transports import read_image, write_image
 from sconify.keys import KeysFile, VolumeKeys, random_source
@@ -177,11 +178,20 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
         random = random_source(options.deterministic_keys_from, key_context(image, plan))
         with phase(reporter, timings, "runtime"):
             runtime = build_runtime() if options.runtime == "sim" else None  # built once, then cached
-        with tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool, \
+        with writing(f"the temp directory {tempfile.gettempdir()} (TMPDIR)",
+                     unwritable=False), \
+                tempfile.TemporaryDirectory(prefix="sconify-") as work, Spool(work) as spool, \
                 contextlib.ExitStack() as later:
+            # The input layers that hold protected plaintext, written again without it: ``base``
+            # is the input with those layers replaced, what the output is built on.
+            rewritten = {}
+            if plan.rewrites:
+                with phase(reporter, timings, "rewrite layers", total=len(plan.rewrites)):
+                    rewritten = rewrite_layers(image.layers, plan.rewrites, work)
+            base = replace_layers(image, rewritten)
             # A docker:// output: the input blobs go now (HEAD, mount or upload), the new layers
             # as soon as each is written, while the conversion goes on; the tag comes last.
-            push = later.enter_context(early_push(image, options))
+            push = later.enter_context(early_push(base, options))
             wanted = files_to_read(fs, plan)
             with phase(reporter, timings, "read files", total=len(wanted)):
                 extents = spool_files(fs, wanted, spool, reporter)
@@ -204,7 +214,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 extents = {path: extents[path] for path in data_files}  # the others' bytes are gone
                 reporter.advance(len(embedded))
             # The input blobs are copied from here on, on a thread, while measure and protect run.
-            prefetch = later.enter_context(prefetch_input_blobs(image, options.destination, work))
+            prefetch = later.enter_context(prefetch_input_blobs(base, options.destination, work))
             linked = prefetch is not None  # the new layers' blobs will be linked into the output too
             with phase(reporter, timings, "measure"):
                 measurement = measure_elf(str(sconified_exe), **measure_parameters(options))
@@ -236,45 +246,64 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                     added.append(layer)
                     if push is not None:
                         push.add(layer)
-            with phase(reporter, timings, "write image"):
-                reused = image if prefetch is None else replace(image, layers=prefetch.layers(image.layers))
+            # The output set appears whole or not at all: the image is written up to its last,
+            # atomic step (index.json or the archive renamed, docker load, the manifest PUT with
+            # its tag); then manifest, session and keys are staged beside their targets (written,
+            # fsynced); then the image's last step; then the three files are renamed into place.
+            # A failure before that last step leaves the destination and the files as they were.
+            with phase(reporter, timings, "write image"), StagedFiles() as staged:
+                reused = base if prefetch is None else replace(base, layers=prefetch.layers(base.layers))
                 appended = append_layers(
                     reused, added, history=history_entries(image, plan, len(embedded))[:len(added)]
                 )
                 config = new_config(appended.config, image, options, plan, measurement, packed.root_hash)
                 output = with_config(appended, wrap_entrypoint(config) if runtime is not None else config)
-                if push is not None:
-                    written = push.finish(output)
-                else:
-                    written = write_image(output, options.destination, compression=options.compression)
-            with phase(reporter, timings, "write manifest"):
-                manifest = Manifest(
-                    input=image_figures(options.source, image),
-                    output=image_figures(options.destination, output, written),
-                    code_layer=code_layer.diff_id,
-                    data_layer=data_layer.diff_id,
-                    executable=executable,
-                    embedfs=embedfs,
-                    measurement=measurement_figures(measurement),
-                    volumes=[volume.figures() for volume in volumes],
-                    regions=[region for region in plan.regions if not is_volume(region)],
-                    tool_version=__version__,
-                    runtime=None if runtime is None else RuntimeFigures(
-                        mode=options.runtime, layer=added[2].diff_id,
-                        entrypoint=output.config["config"]["Entrypoint"], files=runtime_files),
-                )
-                keys = KeysFile(
-                    volumes=tuple(
-                        VolumeKeys(v.path, v.fspf_path, v.key, v.tag, v.protection) for v in volumes
-                    ),
-                    mrenclave=measurement.mrenclave,
-                    session_name=session_name(options),
-                    executable_sha256=executable.sconified_sha256,
-                )
-                keys.write(options.keys_out)
-                manifest.write(options.manifest_out)
-                write_session(session_spec(options, image, plan, measurement.mrenclave, volumes),
-                              options.session_out)
+                manifests: list[Manifest] = []
+
+                def stage_files(written: WriteResult) -> None:
+                    manifest = Manifest(
+                        input=image_figures(options.source, image),
+                        output=image_figures(options.destination, output, written),
+                        code_layer=code_layer.diff_id,
+                        data_layer=data_layer.diff_id,
+                        executable=executable,
+                        embedfs=embedfs,
+                        measurement=measurement_figures(measurement),
+                        volumes=[volume.figures() for volume in volumes],
+                        regions=[region for region in plan.regions if not is_volume(region)],
+                        rewritten_layers=[rewrite.figures(image.layers[rewrite.index], rewritten[rewrite.index])
+                                          for rewrite in plan.rewrites],
+                        tool_version=__version__,
+                        runtime=None if runtime is None else RuntimeFigures(
+                            mode=options.runtime, layer=added[2].diff_id,
+                            entrypoint=output.config["config"]["Entrypoint"], files=runtime_files),
+                    )
+                    keys = KeysFile(
+                        volumes=tuple(
+                            VolumeKeys(v.path, v.fspf_path, v.key, v.tag, v.protection) for v in volumes
+                        ),
+                        mrenclave=measurement.mrenclave,
+                        session_name=session_name(options),
+                        executable_sha256=executable.sconified_sha256,
+                    )
+                    with writing(f"--keys-out {options.keys_out}"):
+                        keys.write(options.keys_out, staged)
+                    with writing(f"--manifest-out {options.manifest_out}"):
+                        manifest.write(options.manifest_out, staged)
+                    with writing(f"--session-out {options.session_out}"):
+                        write_session(session_spec(options, image, plan, measurement.mrenclave, volumes),
+                                      options.session_out, staged)
+                    manifests.append(manifest)
+
+                with writing(f"--to {options.destination}"):
+                    if push is not None:
+                        written = push.finish(output, stage_files)
+                    else:
+                        written = write_image(output, options.destination, compression=options.compression,
+                                              before_commit=stage_files)
+                with writing("the output files (manifest, session, keys)"):
+                    staged.commit()
+                manifest = manifests[0]
         result.manifest = manifest
         result.embedded_files = packed.file_count
         result.embedded_bytes = embedded_bytes
@@ -406,7 +435,8 @@ def check_output_paths(options: ConvertOptions) -> None:
         if not os.path.isdir(ancestor):
             raise UsageError(f"{option} {path}: {ancestor} is not a directory; choose another path")
         if not os.access(ancestor, os.W_OK):
-            raise UsageError(f"{option} {path}: directory {ancestor} is not writable")
+            raise EnvironmentProblem(f"cannot write {option} {path}: directory {ancestor} is not writable; "
+                                     "make it writable or choose another place")
     if os.path.exists(options.keys_out) and not options.force:
         raise UsageError(
             f"--keys-out {options.keys_out} exists and may hold the only keys of an earlier image; "

@@ -19,6 +19,7 @@ from sconify import codepaths
 from sconify.codepaths import CodeRoots, Service, code_roots, find_service, native_code, suspicious_code_dirs
 from sconify.errors import UsageError
 from sconify.image.model import Image
+from sconify.image.rewrite import LayerRewrite, ProtectedPrefix, link_warnings, plan_rewrites
 from sconify.image.rootfs import RootFS
 from sconify.manifest import LABEL_PREFIX
 from sconify.recipe import Placeholders, builtin_recipes, has_extension, load_recipe
@@ -56,6 +57,11 @@ class Plan:
     service: Service | None = None  # how ENTRYPOINT/CMD reaches the executable (sconify.codepaths)
     roots: CodeRoots | None = None  # where its interpreter loads code from, and why
     warnings: list[str] = field(default_factory=list)  # code the measurement may miss
+    # Directories whose plaintext must leave every input layer (sconify.image.rewrite), and the
+    # input layers rewritten without it: the encrypted volumes today; any other source of
+    # confidential paths (encrypted code) adds its roots to the same list.
+    protected: list[ProtectedPrefix] = field(default_factory=list)
+    rewrites: list[LayerRewrite] = field(default_factory=list)
 
     def region(self, path: str) -> dict:
         """The region whose path is ``path``."""
@@ -152,8 +158,20 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
         data_files[region["path"]] = sorted(
             p for p in candidates if p not in fspf_excluded and region_of(p, regions) is region
         )
+    protected = protected_prefixes(volumes)
+    rewrites = plan_rewrites(fs, protected)
+    warnings += link_warnings(rewrites)
     return Plan(executable, application, code_files, regions, data_files, service=service, roots=roots,
-                warnings=warnings)
+                warnings=warnings, protected=protected, rewrites=rewrites)
+
+
+def protected_prefixes(volumes: list[dict]) -> list[ProtectedPrefix]:
+    """The encrypted volumes: the data layer holds their files' ciphertext, so their plaintext
+    leaves the input layers. Authenticated volumes keep their files where they are (their
+    protected form is the plaintext, checked against the fspf), and ephemeral regions are
+    empty in-memory places: neither is listed."""
+    return [ProtectedPrefix(volume["path"], "encrypted volume") for volume in volumes
+            if volume["protection"] == "encrypted" and volume["path"] != "/"]
 
 
 MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # /X is a link to /usr/X on most bases

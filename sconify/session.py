@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import yaml
 
-from sconify.atomic import atomic_write_bytes
+from sconify.atomic import StagedFiles, atomic_write_bytes
 from sconify.errors import UsageError
 
 SESSION_LANGUAGE_VERSION = "0.3"
@@ -135,6 +135,6 @@ def render_session(spec: SessionSpec) -> bytes:
     return (header + "\n" + body).encode()
 
 
-def write_session(spec: SessionSpec, path: str | os.PathLike) -> None:
+def write_session(spec: SessionSpec, path: str | os.PathLike, staged: StagedFiles | None = None) -> None:
     mode = 0o600 if spec.inline_keys else 0o644
-    atomic_write_bytes(path, render_session(spec), mode=mode)
+    atomic_write_bytes(path, render_session(spec), mode=mode, staged=staged)

@@ -295,6 +295,7 @@ def summary(result: ConvertResult) -> dict:
         "warnings": plan.warnings,
         "regions": plan.regions,
         "data_files": {region: len(files) for region, files in plan.data_files.items()},
+        "rewritten_layers": [rewrite.summary() for rewrite in plan.rewrites],
         "input_bytes": result.input_bytes,
         "phases": {name: round(seconds, 3) for name, seconds in result.phases.items()},
     }
@@ -357,6 +358,7 @@ def print_table(result: ConvertResult, *, dry_run: bool, push=None, attached: di
             f"region {region['path']}",
             f"{region['kind']}, {region['protection']}" + (f", {count} files" if count else ""),
         )
+    table.add_row("input layers rewritten", "\n".join(r.describe() for r in plan.rewrites) or "none")
     if dry_run or result.manifest is None:
         table.add_row("code files", str(len(plan.code_files)))
     else:

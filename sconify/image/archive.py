@@ -11,7 +11,7 @@ from typing import BinaryIO
 from sconify.atomic import atomic_file
 from sconify.errors import ImageError
 from sconify.image import layers as L
-from sconify.image.model import Image, Layer, WriteResult, canonical_json, make_image, parse_json
+from sconify.image.model import BeforeCommit, Image, Layer, WriteResult, canonical_json, make_image, parse_json
 from sconify.image.oci import (
     DOCKER_CONFIG,
     DOCKER_MANIFEST,
@@ -187,11 +187,16 @@ class TarWriter:
         self.write(tarfile.NUL * (-self.offset % tarfile.RECORDSIZE))
 
 
-def _write_tar(path: str, members: list[tuple[str, bytes | Layer | None]]) -> None:
+def _write_tar(path: str, members: list[tuple[str, bytes | Layer | None]],
+               result: WriteResult | None = None, before_commit: BeforeCommit | None = None) -> WriteResult | None:
     """Write members (None = directory) to ``path`` atomically, as a PAX tar, past the page
-    cache (an image archive is written once, then loaded or pushed: sconify.direct)."""
+    cache (an image archive is written once, then loaded or pushed: sconify.direct);
+    ``before_commit`` gets ``result`` before the archive is renamed into place."""
     with atomic_file(path, direct=True) as handle:
         _write_tar_to(handle, members)
+        if before_commit is not None and result is not None:
+            before_commit(result)
+    return result
 
 
 def _write_tar_to(handle: BinaryIO, members: list[tuple[str, bytes | Layer | None]]) -> None:
@@ -201,15 +206,17 @@ def _write_tar_to(handle: BinaryIO, members: list[tuple[str, bytes | Layer | Non
     archive.finish()
 
 
-def write_oci_archive(image: Image, path: str, tag: str | None) -> WriteResult:
+def write_oci_archive(image: Image, path: str, tag: str | None, before_commit: BeforeCommit | None = None
+                      ) -> WriteResult:
     """Write a one-image OCI layout as a tar file."""
     reference = f"oci-archive:{path}" + (f":{tag}" if tag else "")
     _check_output_file(path, reference)
     members: list[tuple[str, bytes | Layer | None]] = [("blobs", None), ("blobs/sha256", None)]
     members += list(layout_files(image, tag))
-    _write_tar(path, members)
     _, _, descriptor = layout_members(image, tag)
-    return write_result(reference, image, descriptor)
+    result = write_result(reference, image, descriptor)
+    _write_tar(path, members, result, before_commit)
+    return result
 
 
 def docker_manifest(image: Image) -> bytes:
@@ -239,13 +246,19 @@ def docker_archive_members(image: Image, tag: str | None) -> list[tuple[str, byt
     return members
 
 
-def write_docker_archive(image: Image, path: str, tag: str | None) -> WriteResult:
+def write_docker_archive(image: Image, path: str, tag: str | None, before_commit: BeforeCommit | None = None
+                         ) -> WriteResult:
     """Write a ``docker save``-style archive that ``docker load`` and skopeo accept."""
     reference = f"docker-archive:{path}" + (f":{tag}" if tag else "")
     _check_output_file(path, reference)
-    _write_tar(path, docker_archive_members(image, tag))
-    manifest = docker_manifest(image)
-    descriptor = manifest_descriptor(manifest, None)
+    result = docker_result(reference, image)
+    _write_tar(path, docker_archive_members(image, tag), result, before_commit)
+    return result
+
+
+def docker_result(reference: str, image: Image) -> WriteResult:
+    """The WriteResult of a docker output: its manifest is the Docker schema 2 one."""
+    descriptor = manifest_descriptor(docker_manifest(image), None)
     descriptor["mediaType"] = DOCKER_MANIFEST
     return write_result(reference, image, descriptor)
 

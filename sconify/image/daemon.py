@@ -14,9 +14,8 @@ import docker.errors
 import requests
 
 from sconify.errors import EnvironmentProblem, ImageError
-from sconify.image.archive import docker_manifest, read_docker_archive, write_docker_archive_to
-from sconify.image.model import Image, WriteResult
-from sconify.image.oci import DOCKER_MANIFEST, manifest_descriptor, write_result
+from sconify.image.archive import docker_result, read_docker_archive, write_docker_archive_to
+from sconify.image.model import BeforeCommit, Image, WriteResult
 
 SAVE_CHUNK = 1 << 20
 ENGINE_TIMEOUT = 600  # seconds; docker load on vfs storage is slow for big images
@@ -79,14 +78,19 @@ def _holding(image: Image, keep: object, source: str) -> Image:
     return replace(image, layers=tuple(hold(layer) for layer in image.layers), source=source)
 
 
-def write_docker_daemon(image: Image, name: str, tag: str) -> WriteResult:
-    """``docker load`` the image as ``name:tag``; the tag appears only if the load succeeds."""
+def write_docker_daemon(image: Image, name: str, tag: str, before_commit: BeforeCommit | None = None
+                        ) -> WriteResult:
+    """``docker load`` the image as ``name:tag``; the tag appears only if the load succeeds.
+    ``before_commit`` runs before the load."""
     client = docker_client()
     ref = f"{name}:{tag}"
+    result = docker_result(f"docker-daemon:{ref}", image)
     with contextlib.closing(client), tempfile.TemporaryFile(prefix="sconify-load-", suffix=".tar") as spool:
         write_docker_archive_to(image, spool, ref)
         spool.flush()
         spool.seek(0)
+        if before_commit is not None:
+            before_commit(result)
         try:
             client.images.load(spool)
         except (docker.errors.APIError, docker.errors.ImageLoadError,
@@ -95,6 +99,4 @@ def write_docker_daemon(image: Image, name: str, tag: str) -> WriteResult:
                 f"docker-daemon:{ref}: docker load refused the image ({' '.join(str(exc).split())[:200]}); "
                 "check the image or the engine"
             ) from None
-    descriptor = manifest_descriptor(docker_manifest(image), None)
-    descriptor["mediaType"] = DOCKER_MANIFEST
-    return write_result(f"docker-daemon:{ref}", image, descriptor)
+    return result

@@ -490,3 +490,9 @@ class WriteResult:
     layer_digests: tuple[str, ...]
     manifest_media_type: str
     push: PushStats | None = None  # docker:// outputs only
+
+
+# Called by an image writer with its WriteResult once everything but the last, atomic step is
+# written (the rename of index.json or of the archive, docker load, the manifest PUT with its
+# tag): an exception there leaves the destination as it was (see sconify.pipeline).
+BeforeCommit = Callable[[WriteResult], None]

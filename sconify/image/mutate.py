@@ -32,3 +32,17 @@ def with_config(image: Image, config: dict) -> Image:
             "keep rootfs.diff_ids as they are, or use append_layers"
         )
     return replace(image, config_bytes=config_bytes, manifest_digest="")
+
+
+def replace_layers(image: Image, layers: dict[int, Layer]) -> Image:
+    """``image`` with the layers at these indexes replaced (their diff_ids too, in the config)."""
+    if not layers:
+        return image
+    config = image.config
+    diff_ids = list(config["rootfs"]["diff_ids"])
+    new_layers = list(image.layers)
+    for index, layer in layers.items():
+        new_layers[index] = layer
+        diff_ids[index] = layer.diff_id
+    config["rootfs"]["diff_ids"] = diff_ids
+    return replace(image, config_bytes=canonical_json(config), layers=tuple(new_layers), manifest_digest="")

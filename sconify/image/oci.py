@@ -17,6 +17,7 @@ from sconify.atomic import atomic_file, fsync_path
 from sconify.errors import ImageError
 from sconify.image import layers as L
 from sconify.image.model import (
+    BeforeCommit,
     BlobOpener,
     Image,
     Layer,
@@ -348,8 +349,12 @@ def link_private_blob(layer: Layer, path: Path) -> bool:
     return True
 
 
-def write_oci_dir(image: Image, path: str, tag: str | None) -> WriteResult:
-    """Write ``image`` into the layout at ``path`` (created, or extended with a new/moved tag)."""
+def write_oci_dir(image: Image, path: str, tag: str | None, before_commit: BeforeCommit | None = None) -> WriteResult:
+    """Write ``image`` into the layout at ``path`` (created, or extended with a new/moved tag).
+
+    An existing layout keeps its other tags; on failure its index.json is unchanged and the
+    blobs this write added are removed again. A new layout is built in a staging directory
+    beside it and renamed into place whole. ``before_commit`` runs before that last step."""
     root = Path(path)
     reference = f"oci:{path}" + (f":{tag}" if tag else "")
     if root.exists() and not root.is_dir():
@@ -365,6 +370,8 @@ def write_oci_dir(image: Image, path: str, tag: str | None) -> WriteResult:
             write_blobs(root / "blobs" / "sha256", image, manifest, created)
             with atomic_file(root / "index.json") as handle:
                 handle.write(index_bytes)
+                if before_commit is not None:
+                    before_commit(write_result(reference, image, descriptor))
         except BaseException:
             for blob in created:
                 with contextlib.suppress(FileNotFoundError):
@@ -379,6 +386,9 @@ def write_oci_dir(image: Image, path: str, tag: str | None) -> WriteResult:
         (staging / LAYOUT_FILE).write_bytes(canonical_json({"imageLayoutVersion": LAYOUT_VERSION}))
         (staging / "index.json").write_bytes(index_bytes)
         os.chmod(staging, 0o755)
+        fsync_path(staging / "index.json")
+        if before_commit is not None:
+            before_commit(write_result(reference, image, descriptor))
         os.replace(staging, root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -93,6 +93,20 @@ class Entry:
         return self.kind in ("file", "hardlink")
 
 
+@dataclass(frozen=True, slots=True)
+class Placed:
+    """A regular file or hardlink member of one layer, where the merge put it when that layer
+    was applied (kept even once an upper layer hides it: its bytes stay in the blob)."""
+
+    offset_data: int  # identifies the member in its layer's tar
+    path: str  # resolved through the image's symlinks as they were at that layer
+    kind: str  # "file" | "hardlink"
+    target: str  # a hardlink's resolved target path ("" for a file)
+    data_layer: int  # the layer whose tar holds the content
+    data_offset: int
+    size: int
+
+
 def _padded(offset: int) -> int:
     """The end of a tar member's data padded to the next block."""
     return -(-offset // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
@@ -149,6 +163,9 @@ class RootFS:
         self.children: dict[str, set[str]] = {"": set()}
         self.skipped: list[tuple[str, str]] = []  # (path, kind) of device nodes and FIFOs
         self.whiteouts: set[str] = set()  # paths a whiteout entry named, as written in the layer
+        # layer -> its regular file and hardlink members as placed (see Placed): what a layer
+        # holds, hidden or not, for the rewrite of protected entries and the plaintext audit
+        self.placed: dict[int, list[Placed]] = collections.defaultdict(list)
         self._parents: dict[tuple[str, ...], str] = {}  # member parent -> resolved dir, until a removal
         self._member_count = 0
         self._names_size = 0
@@ -335,6 +352,10 @@ class RootFS:
                           data_layer=target.data_layer, data_offset=target.data_offset, **common)
         else:
             entry = Entry(path, "file", size=member.size, data_layer=index, data_offset=member.offset_data, **common)
+        if entry.is_regular:
+            self.placed[index].append(Placed(member.offset_data, path, entry.kind,
+                                             entry.linkname if entry.kind == "hardlink" else "",
+                                             entry.data_layer, entry.data_offset, entry.size))
         self._put(entry)
 
     def _put(self, entry: Entry) -> None:

@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from sconify.errors import ImageError
 from sconify.image import layers as L
-from sconify.image.model import Image, Layer, WriteResult
+from sconify.image.model import BeforeCommit, Image, Layer, WriteResult
 from sconify.image.reference import Reference, parse_reference
 from sconify.image.registry.options import RegistryOptions
 
@@ -122,34 +122,37 @@ def prepare_layers(image: Image, transport: str, compression: str | None) -> Ima
 
 
 def write_image(image: Image, ref: str, compression: str | None = None,
-                registry: RegistryOptions | None = None) -> WriteResult:
+                registry: RegistryOptions | None = None, before_commit: BeforeCommit | None = None) -> WriteResult:
     """Write ``image`` to ``ref``; ``compression`` None keeps accepted layer blobs byte for byte.
 
     The output appears whole or not at all; the input is never modified. A ``docker://``
     output checks and uploads only the blobs the registry lacks (registry.push).
+    ``before_commit`` gets the WriteResult before the write's last, atomic step (the rename of
+    index.json or of the archive, docker load, the manifest and its tag): if it raises, the
+    destination is left as it was.
     """
     reference = parse_reference(ref)
     if reference.transport == "docker":
         from sconify.image.registry.push import write_registry
 
-        return write_registry(image, reference, compression, registry_options_of(ref, registry))
+        return write_registry(image, reference, compression, registry_options_of(ref, registry), before_commit)
     prepared = prepare_layers(image, reference.transport, compression)
-    return _write(prepared, reference)
+    return _write(prepared, reference, before_commit)
 
 
-def _write(image: Image, reference: Reference) -> WriteResult:
+def _write(image: Image, reference: Reference, before_commit: BeforeCommit | None) -> WriteResult:
     if reference.transport == "oci":
         from sconify.image.oci import write_oci_dir
 
-        return write_oci_dir(image, reference.path, reference.tag)
+        return write_oci_dir(image, reference.path, reference.tag, before_commit)
     if reference.transport == "oci-archive":
         from sconify.image.archive import write_oci_archive
 
-        return write_oci_archive(image, reference.path, reference.tag)
+        return write_oci_archive(image, reference.path, reference.tag, before_commit)
     if reference.transport == "docker-archive":
         from sconify.image.archive import write_docker_archive
 
-        return write_docker_archive(image, reference.path, reference.tag)
+        return write_docker_archive(image, reference.path, reference.tag, before_commit)
     from sconify.image.daemon import write_docker_daemon
 
-    return write_docker_daemon(image, reference.path, reference.tag or "latest")
+    return write_docker_daemon(image, reference.path, reference.tag or "latest", before_commit)

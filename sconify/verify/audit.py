@@ -23,7 +23,8 @@ from sconify.verify.executable import check_embedfs, check_executable_digest, ch
 from sconify.verify.layers import (
     check_added_layers,
     check_identity,
-    check_input_blobs,
+    check_lower_layers,
+    check_no_plaintext,
     check_removed,
     recorded_input_blobs,
 )
@@ -61,10 +62,11 @@ def verify_image(
     with short_gil_switches(), \
             concurrent.futures.ThreadPoolExecutor(max_workers=4, thread_name_prefix="sconify-verify") as pool:
         if added_layers_only:
-            # The input's layers hold nothing sconify computed: index only the two layers
-            # sconify added (both cores: tar headers here, inflating on RootFS's thread), then
-            # hash the input's blobs on a worker, alongside the checks of the executable.
-            lower = pool.submit(checks_of, check_input_blobs, image.layers[:base], manifest)
+            # The input's layers hold nothing sconify computed: index only the layers sconify
+            # added here (both cores: tar headers here, inflating on RootFS's thread), and the
+            # input's on a worker (digests, and no plaintext of an encrypted volume in them),
+            # alongside the checks of the executable.
+            lower = pool.submit(checks_of, check_lower_layers, replace(image, layers=image.layers[:base]), manifest)
             fs = RootFS.from_image(replace(image, layers=image.layers[base:]), cache_layers=True)
         else:
             lower = None
@@ -74,7 +76,8 @@ def verify_image(
             # the diff_id of an input blob stored as recorded is not recomputed (see below).
             fs = RootFS.from_image(image, cache_layers=range(base, len(image.layers)),
                                    diff_ids_known=recorded_input_blobs(image.layers[:base], manifest))
-        check_contents(report, fs, manifest, keys, sgxs_out, pool, whiteouts_needed=added_layers_only)
+        check_contents(report, fs, manifest, keys, sgxs_out, pool, whiteouts_needed=added_layers_only,
+                       first=base if added_layers_only else 0)
         if lower is not None:
             report.checks += lower.result()  # an ImageError (corrupt input blob) propagates: could not read
     return report
@@ -89,6 +92,7 @@ def check_contents(
     pool: concurrent.futures.Executor,
     *,
     whiteouts_needed: bool,
+    first: int = 0,
 ) -> None:
     """Every check that reads files: executable, embedfs, MRENCLAVE, whiteouts, fspf and, with
     keys, every protected file.
@@ -113,6 +117,7 @@ def check_contents(
         check_removed(here, fs, manifest, whiteouts_needed=whiteouts_needed)
         if whiteouts_needed:  # the view holds just the layers sconify added
             check_added_layers(here, fs, manifest)
+        check_no_plaintext(here, fs, manifest, first)
         check_volumes(here, fs, manifest, keys)
         if manifest.runtime is not None:
             check_runtime(here, fs, manifest)

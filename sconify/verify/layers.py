@@ -38,13 +38,14 @@ def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> No
         if len(diff_ids) != len(out.diff_ids):
             changed.insert(0, f"image has {len(diff_ids)} layers, manifest {len(out.diff_ids)}")
         report.add("layer diff_ids", False, summarise(changed))
-    base = manifest.input.diff_ids
+    base = expected_lower_diff_ids(manifest)
+    rewritten = len(manifest.rewritten_layers)
     report.add(
         "input layers reused byte for byte",
         diff_ids[: len(base)] == base,
-        f"{len(base)} input layers"
+        f"{len(base)} input layers" + (f", {rewritten} of them rewritten without protected plaintext" if rewritten else "")
         if diff_ids[: len(base)] == base
-        else "the image's lower layers are not the input's",
+        else "the image's lower layers are not the input's (nor the rewritten ones the manifest records)",
     )
     layer_digests = [layer.digest for layer in image.layers]
     stored_as_written = (
@@ -81,25 +82,51 @@ def check_identity(report: VerifyReport, image: Image, manifest: Manifest) -> No
     )
 
 
-def check_input_blobs(report: VerifyReport, layers: tuple[Layer, ...], manifest: Manifest) -> None:
-    """The input's layers, reused as they were: each blob is read once and its SHA-256 checked.
-
-    A blob whose digest is the one the manifest records for that input layer is the input's own,
-    byte for byte, so its diff_id is the input's (which ``check_identity`` compares); it is not
-    inflated. Any other blob (e.g. recompressed for the destination) is inflated and its diff_id
-    recomputed. Raises ImageError when a blob is missing, truncated or differs from its digest.
-    """
-    as_recorded = recorded_input_blobs(layers, manifest)
-    inflated = 0
-    for index, layer in enumerate(layers):
-        if index in as_recorded:
-            with layer.open_blob() as blob:  # size and digest checked at the end
-                L.drain(blob)
+def expected_lower_diff_ids(manifest: Manifest) -> list[str]:
+    """The diff_ids the output's lower layers must have: the input's, with those the manifest
+    records as rewritten (``rewritten_layers``) replaced, each only where it names the input's
+    layer at its index."""
+    expected = list(manifest.input.diff_ids)
+    for layer in manifest.rewritten_layers:
+        index = layer.get("index")
+        if isinstance(index, int) and 0 <= index < len(expected) and layer.get("input_diff_id") == expected[index]:
+            expected[index] = layer.get("output_diff_id")
         else:
-            layer.verify()
-            inflated += 1
-    how = f"{len(layers)} layers: blob digests as recorded for the input"
-    report.add("input layers' blobs", True, how + (f"; {inflated} inflated for their diff_ids" if inflated else ""))
+            expected.append("rewritten layer record that names no input layer")  # never matches
+    return expected
+
+
+def check_no_plaintext(report: VerifyReport, fs: RootFS, manifest: Manifest, first: int = 0) -> None:
+    """No layer holds a regular file or hardlink under an encrypted volume, hidden by an upper
+    layer or not (its bytes would be in the blob every pull downloads), except the data layer,
+    whose files there are ciphertext. ``fs`` holds the image's layers from index ``first`` on."""
+    roots = sorted(rel(volume.path) for volume in manifest.volumes
+                   if volume.protection == "encrypted" and volume.path != "/")
+    problems = []
+    for index, layer in enumerate(fs.image.layers):
+        if layer.diff_id == manifest.data_layer:
+            continue
+        for placed in fs.placed.get(index, ()):
+            if any(placed.path.startswith(root + "/") for root in roots):
+                what = "a hardlink" if placed.kind == "hardlink" else "plaintext"
+                problems.append(f"layer {first + index} ({layer.diff_id}) holds {what} {absolute(placed.path)}")
+    report.add(
+        "no plaintext of encrypted volumes in any layer",
+        not problems,
+        f"{len(fs.image.layers)} layers, {len(roots)} encrypted volumes" if not problems else summarise(problems),
+    )
+
+
+def check_lower_layers(report: VerifyReport, image: Image, manifest: Manifest) -> None:
+    """The input's layers (as the output holds them): each blob read and inflated once, digest
+    and diff_id checked (one recorded for an input blob stored as recorded is not hashed
+    again), and their tar headers searched for plaintext of the encrypted volumes."""
+    recorded = recorded_input_blobs(image.layers, manifest)
+    with RootFS.from_image(image, diff_ids_known=recorded) as fs:
+        recomputed = len(image.layers) - len(recorded)
+        report.add("input layers' blobs", True, f"{len(image.layers)} layers: digests checked, tar headers read; "
+                                               f"{recomputed} diff_ids recomputed (blob not the input's as recorded)")
+        check_no_plaintext(report, fs, manifest)
 
 
 def recorded_input_blobs(layers: tuple[Layer, ...], manifest: Manifest) -> set[int]:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from typing import BinaryIO
 
 from sconify.errors import ImageError
-from sconify.image.model import Image, Layer, PushStats, WriteResult
+from sconify.image.model import BeforeCommit, Image, Layer, PushStats, WriteResult
 from sconify.image.oci import OCI_MANIFEST, oci_manifest
 from sconify.image.reference import Reference
 from sconify.image.registry.client import RegistryClient, RegistryOptions, RegistryUnavailable, backoff
@@ -94,10 +94,10 @@ def _mount_source(layer: Layer, registry: str, repository: str) -> str | None:
 
 
 def write_registry(image: Image, reference: Reference, compression: str | None,
-                   options: RegistryOptions) -> WriteResult:
+                   options: RegistryOptions, before_commit: BeforeCommit | None = None) -> WriteResult:
     """Push ``image`` to ``docker://HOST/REPO:TAG``."""
     with RegistryPush(reference, compression, options, image.layers) as push:
-        return push.finish(image)
+        return push.finish(image, before_commit)
 
 
 class RegistryPush:
@@ -207,9 +207,10 @@ class RegistryPush:
                     f"layer blob {converted.digest}", cancel=self._cancel)
         return converted
 
-    def finish(self, image: Image) -> WriteResult:
+    def finish(self, image: Image, before_commit: BeforeCommit | None = None) -> WriteResult:
         """Send what is left of ``image`` and tag it; its WriteResult (what was sent: the blobs
-        added before too)."""
+        added before too). ``before_commit`` gets that result once every blob is in place, before
+        the manifest and its tag are sent: an exception there tags nothing."""
         client, counter, reference = self._client, self._counter, self._reference
         for layer in image.layers:
             self.add(layer)
@@ -223,15 +224,6 @@ class RegistryPush:
             _upload(client, config_digest, len(config), lambda: io.BytesIO(config), counter, "the config")
         manifest = oci_manifest(final)
         digest = "sha256:" + hashlib.sha256(manifest).hexdigest()
-        # The manifest and the tag in one request, after every blob it names is in place.
-        response = client.request("PUT", f"/v2/{reference.repository}/manifests/{reference.tag}", ok=(200, 201),
-                                  data=manifest, headers={"Content-Type": OCI_MANIFEST},
-                                  what=f"storing the manifest as {reference.tag}")
-        announced = response.headers.get("Docker-Content-Digest", digest)
-        response.close()
-        if announced != digest:
-            raise ImageError(f"{client.label} stored the manifest of {reference} under digest {announced}, not "
-                             f"{digest}; the registry rewrote it, check the registry")
         stats = PushStats(
             uploaded_blobs=counter.uploaded_blobs,
             uploaded_bytes=counter.uploaded_bytes + len(manifest),
@@ -247,6 +239,17 @@ class RegistryPush:
             manifest_media_type=OCI_MANIFEST,
             push=stats,
         )
+        if before_commit is not None:
+            before_commit(result)
+        # The manifest and the tag in one request, after every blob it names is in place.
+        response = client.request("PUT", f"/v2/{reference.repository}/manifests/{reference.tag}", ok=(200, 201),
+                                  data=manifest, headers={"Content-Type": OCI_MANIFEST},
+                                  what=f"storing the manifest as {reference.tag}")
+        announced = response.headers.get("Docker-Content-Digest", digest)
+        response.close()
+        if announced != digest:
+            raise ImageError(f"{client.label} stored the manifest of {reference} under digest {announced}, not "
+                             f"{digest}; the registry rewrote it, check the registry")
         if self._options.on_push is not None:
             self._options.on_push(result)
         return result
