@@ -32,6 +32,10 @@ struct rt_config {
     char **ephemeral;               /* ephemeral region paths */
     size_t script_count;
     char **scripts;                 /* embedded scripts kept on disk (entrypoint, console scripts) */
+    size_t code_root_count;
+    char **code_roots;              /* sealed: only the embedfs is there (sorted; none in older configs) */
+    size_t code_left_count;
+    char **code_left;               /* files under a code root left on disk as not code (sorted) */
 };
 
 struct rt_key {

@@ -16,6 +16,10 @@ static int is_write_open(int flags)
 static int shield_open(int dirfd, const char *path, int flags, mode_t mode, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, !(flags & O_NOFOLLOW), t) != 0) return -2;
+    if (t->kind == T_SEALED || (t->in_code && t->kind == T_PASS && is_write_open(flags))) {
+        errno = is_write_open(flags) ? EROFS : ENOENT;  /* code roots hold the measured code only */
+        return -1;
+    }
     if (t->kind == T_EMB && t->m && t->m->kind == EMBEDFS_FILE && !(flags & O_DIRECTORY)) {
         if (is_write_open(flags)) {
             errno = EROFS;
@@ -207,6 +211,10 @@ EXPORT int dup3(int fd, int to, int flags)
 static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follow, struct target *t)
 {
     if (!ACTIVE() || !path || !*path || target_of(dirfd, path, follow, t) != 0) return -2;
+    if (t->kind == T_SEALED) {
+        errno = ENOENT;
+        return -1;
+    }
     if (t->kind == T_EMB) {
         if (t->is_dir) {
             in_shield++;
@@ -331,6 +339,10 @@ EXPORT int faccessat(int dirfd, const char *path, int amode, int flags)
 static ssize_t shield_readlink(int dirfd, const char *path, char *buf, size_t len, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, 0, t) != 0) return -2;
+    if (t->kind == T_SEALED) {
+        errno = ENOENT;
+        return -1;
+    }
     if (t->kind == T_VOL && t->vol->ephemeral) {
         pthread_mutex_lock(&S.lock);
         int hidden = ephemeral_hidden(t->vol, t->path);
@@ -369,11 +381,52 @@ EXPORT ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t len)
 EXPORT char *realpath(const char *path, char *resolved)
 {
     struct target t;
-    if (!ACTIVE() || !path || target_of(AT_FDCWD, path, 1, &t) != 0 || t.kind != T_EMB)
+    if (!ACTIVE() || !path || target_of(AT_FDCWD, path, 1, &t) != 0 || (t.kind != T_EMB && t.kind != T_SEALED))
         return RESOLVE(realpath)(ACTIVE() && path && t.changed ? t.path : path, resolved);
+    if (t.kind == T_SEALED) {
+        errno = ENOENT;
+        return NULL;
+    }
     if (!resolved && !(resolved = malloc(PATH_MAX))) return NULL;
     snprintf(resolved, PATH_MAX, "%s", t.path);
     return resolved;
+}
+
+/* ------------------------------------------------------------------ mkdir */
+
+/* A code root is read-only: CPython's mkdir of a __pycache__ there fails (and it then writes
+ * no bytecode, silently). 0/-1 (errno), or -2: not ours. */
+static int shield_mkdir(int dirfd, const char *path, struct target *t)
+{
+    if (!ACTIVE() || !path || target_of(dirfd, path, 0, t) != 0) return -2;
+    if (t->kind == T_EMB) {
+        errno = EEXIST;
+        return -1;
+    }
+    if (t->kind == T_SEALED) {
+        errno = EROFS;
+        return -1;
+    }
+    return -2;
+}
+
+EXPORT int mkdir(const char *path, mode_t mode)
+{
+    struct target t;
+    t.changed = 0;
+    int rc = shield_mkdir(AT_FDCWD, path, &t);
+    if (rc != -2) return rc;
+    return RESOLVE(mkdir)(PATH_OR_RESOLVED, mode);
+}
+
+EXPORT int mkdirat(int dirfd, const char *path, mode_t mode)
+{
+    struct target t;
+    t.changed = 0;
+    int rc = shield_mkdir(dirfd, path, &t);
+    if (rc != -2) return rc;
+    if (ACTIVE() && t.changed) return RESOLVE(mkdirat)(AT_FDCWD, t.path, mode);
+    return RESOLVE(mkdirat)(dirfd, path, mode);
 }
 
 /* ------------------------------------------------------------------ unlink, rename */

@@ -108,6 +108,8 @@
     REAL(int, scandir64, const char *, struct dirent64 ***, int (*)(const struct dirent64 *), \
          int (*)(const struct dirent64 **, const struct dirent64 **))                        \
     REAL(void *, dlopen, const char *, int) \
+    REAL(int, mkdir, const char *, mode_t) \
+    REAL(int, mkdirat, int, const char *, mode_t) \
     REAL(int, close, int) \
     REAL(int, fclose, FILE *) \
     REAL(int, fsync, int) \
@@ -174,10 +176,14 @@ void shield_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ------------------------------------------------------------------ paths (paths.c) */
 
-enum { T_PASS, T_EMB, T_VOL };
+/* T_SEALED: under a code root, neither embedded nor left on disk as not code nor on the way to
+ * a region: not there for the measured process (ENOENT; EROFS for a write). */
+enum { T_PASS, T_EMB, T_VOL, T_SEALED };
 
 struct target {
     int kind;
+    int in_code;                        /* under a code root (T_PASS: a left file or on the way
+                                         * to one or to a region): listings of it are filtered */
     int is_dir;                         /* T_EMB: an embedded (implied) directory */
     const struct embedfs_member *m;     /* T_EMB: the member (file or unfollowed symlink) */
     struct svol *vol;                   /* T_VOL */
@@ -189,6 +195,8 @@ void normalise(char *path);
 int run_time_mount(const char *path);
 struct svol *volume_of(const char *path);
 int target_of(int dirfd, const char *path, int follow, struct target *t);
+int under_code_root(const char *path);
+int unsealed(const char *path);
 const char *base_name(const char *path);
 int reserved_name(const struct svol *vol, const char *name);
 
