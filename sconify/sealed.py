@@ -50,6 +50,29 @@ def sealed_roots(fs, roots: CodeRoots | None) -> list[str]:
     return sorted(p for p in chosen if _sealable(p))
 
 
+def shallow_roots(roots: CodeRoots | None) -> list[str]:
+    """The shallow code roots, sorted: system directories that are on the search path only
+    because of where a script sits or of WORKDIR (``/usr/local/bin`` for a console script, ``/``).
+    The runtime seals the code names directly in them (``roots.extensions``, ``__pycache__``,
+    a package's ``__init__``) and the packages the conversion embedded there, not the rest."""
+    if roots is None:
+        return []
+    return sorted({absolute(r.path) for r in roots.roots if r.shallow and not r.path.startswith(RUN_TIME_MOUNTS)})
+
+
+def embedded_packages(shallow: list[str], embedded: list[str]) -> list[str]:
+    """The packages directly in the shallow roots whose ``__init__.py`` is embedded: sealed whole
+    by the runtime, so their files left as not code are listed as for a root."""
+    found = set()
+    for root in shallow:
+        prefix = rel(root) + "/" if rel(root) else ""
+        for path in embedded:
+            rest = path[len(prefix):] if path.startswith(prefix) else None
+            if rest is not None and rest.count("/") == 1 and rest.endswith("/__init__.py"):
+                found.add(absolute(prefix + rest.split("/")[0]))
+    return sorted(found)
+
+
 def left_files(fs, sealed: list[str], embedded: list[str], extensions: tuple[str, ...],
                regions: list[str] = ()) -> list[str]:
     """The files and symlinks under the sealed roots that the embedfs does not hold and whose

@@ -43,6 +43,7 @@ class World:
         self.runtime = runtime
         self.code_roots: list[str] = []  # runtime config "code_roots" and "code_left"
         self.code_left: list[str] = []
+        self.code_shallow: list[str] = []
         for path, text in (embed or {}).items():  # more embedded files, at absolute paths
             (root / "tree" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
             (root / "tree" / path.lstrip("/")).write_text(text)
@@ -93,11 +94,12 @@ class World:
         self.config.write_text(json.dumps({
             "schema": "sconify.runtime/v1", "executable": str(self.python), "measurement": parameters,
             "mrenclave": mrenclave, "executable_sha256": file_sha256, "volumes": volumes, "ephemeral": ephemeral,
-            "code_roots": self.code_roots, "code_left": self.code_left,
+            "code_roots": self.code_roots, "code_left": self.code_left, "code_shallow": self.code_shallow,
+            "code_extensions": [".py", ".pyc", ".pth", ".so"],
         }))
 
-    def seal(self, roots: list[str], left: list[str] = ()) -> None:
-        self.code_roots, self.code_left = list(roots), list(left)
+    def seal(self, roots: list[str], left: list[str] = (), shallow: list[str] = ()) -> None:
+        self.code_roots, self.code_left, self.code_shallow = list(roots), list(left), list(shallow)
         self.write_config(*self._config, json.loads(self.config.read_text())["ephemeral"])
 
     def set_ephemeral(self, *paths: Path) -> None:
@@ -594,3 +596,26 @@ def test_a_nested_region_stays_visible_in_a_sealed_root(tmp_path, runtime):
         "print(sorted(os.listdir(code)), sorted(os.listdir(code + '/work')), open(code + '/work/tmp/x.txt').read())"
         % str(code))
     assert result.stdout.strip() == "['mod.py', 'pkg', 'templates', 'work'] ['tmp'] in the region"
+
+
+def test_a_shallow_root_seals_its_code_names_only(tmp_path, runtime):
+    # A system directory on sys.path (/usr/local/bin for a console script there): a module,
+    # a package's __init__ or a __pycache__ planted directly in it is not there (a directory
+    # alone is an empty namespace package), nor a module planted in an embedded package; its
+    # other files are.
+    shallow = tmp_path / "bin"
+    world = World(tmp_path, runtime, embed={f"{shallow}/tool.py": "T = 'measured'\n",
+                                            f"{shallow}/pkg/__init__.py": "P = 'measured'\n"})
+    for name in ("json.py", "evilpkg/__init__.py", "pkg/extra.py", "__pycache__/tool.cpython-311.pyc"):
+        (shallow / name).parent.mkdir(parents=True, exist_ok=True)
+        (shallow / name).write_text(PLANTED)
+    (shallow / "gunicorn").write_text("#!/usr/bin/python3\n")
+    world.seal([], [], [str(shallow)])
+    result = world.run(str(world.python), "-c",
+                       "import os, sys\nsys.path.insert(0, sys.argv[1])\nimport json, tool, pkg\n"
+                       "import evilpkg\nprint('evilpkg', evilpkg.__file__)\n"
+                       "try:\n import pkg.extra\nexcept ImportError: print('no pkg.extra')\n"
+                       "print(hasattr(json, 'dumps'), tool.T, pkg.P, os.path.exists(sys.argv[1] + '/gunicorn'),"
+                       " os.path.exists(sys.argv[1] + '/__pycache__'))", str(shallow))
+    assert "PLANTED" not in result.stdout
+    assert result.stdout.splitlines() == ["evilpkg None", "no pkg.extra", "True measured measured True False"]

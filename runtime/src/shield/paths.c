@@ -126,7 +126,8 @@ volumes:
         t->kind = T_VOL;
         return;
     }
-    if (t->kind == T_PASS && under_code_root(t->path) && !unsealed(t->path)) t->kind = T_SEALED;
+    if (t->kind == T_PASS && (under_code_root(t->path) || shallow_code(t->path)) && !unsealed(t->path))
+        t->kind = T_SEALED;
 }
 
 /* What path (relative to dirfd) names, in t: -1 if it cannot be made absolute. */
@@ -151,6 +152,44 @@ int under_code_root(const char *path)
         const char *root = S.cfg.code_roots[i];
         size_t n = strlen(root);
         if (strncmp(path, root, n) == 0 && (path[n] == '/' || path[n] == '\0')) return 1;
+    }
+    return 0;
+}
+
+/* Whether name is one the interpreter loads as code (runtime config "code_extensions"; ".so"
+ * also matches libfoo.so.1). */
+static int code_name(const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < S.cfg.code_extension_count; i++) {
+        const char *ext = S.cfg.code_extensions[i];
+        size_t n = strlen(ext);
+        if (n > 1 && len > n && strcmp(name + len - n, ext) == 0) return 1;
+        if (strcmp(ext, ".so") == 0 && strstr(name, ".so.")) return 1;
+    }
+    return 0;
+}
+
+/* Whether a shallow code root (a system directory on the search path: /usr/local/bin for a
+ * console script there, / for WORKDIR /; runtime config "code_shallow") would load path as
+ * code: a module or .pth directly in it, its __pycache__, the __init__ of a package directly
+ * in it, or anything in a package the conversion embedded there. The rest of it is not code. */
+int shallow_code(const char *path)
+{
+    for (size_t i = 0; i < S.cfg.code_shallow_count; i++) {
+        const char *root = S.cfg.code_shallow[i];
+        size_t n = strcmp(root, "/") == 0 ? 0 : strlen(root);
+        if (strncmp(path, root, n) != 0 || path[n] != '/' || !path[n + 1]) continue;
+        const char *rest = path + n + 1, *slash = strchr(rest, '/');
+        if (!slash) {
+            if (code_name(rest) || strcmp(rest, "__pycache__") == 0) return 1;
+            continue;
+        }
+        if (slash - rest == 11 && strncmp(rest, "__pycache__", 11) == 0) return 1;
+        if (!strchr(slash + 1, '/') && strncmp(slash + 1, "__init__.", 9) == 0 && code_name(slash + 1)) return 1;
+        char init[PATH_MAX];
+        int len = snprintf(init, sizeof init, "%.*s/__init__.py", (int)(slash - path - 1), path + 1);
+        if (S.has_emb && len > 0 && (size_t)len < sizeof init && embedfs_lookup(&S.emb, init, (size_t)len)) return 1;
     }
     return 0;
 }

@@ -196,6 +196,7 @@ int run_time_mount(const char *path);
 struct svol *volume_of(const char *path);
 int target_of(int dirfd, const char *path, int follow, struct target *t);
 int under_code_root(const char *path);
+int shallow_code(const char *path);
 int unsealed(const char *path);
 const char *base_name(const char *path);
 int reserved_name(const struct svol *vol, const char *name);
