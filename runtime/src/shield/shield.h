@@ -8,6 +8,10 @@
  *    member SHA-256 first; stat/lstat/access/readlink/realpath/opendir/scandir see the
  *    embedded tree merged over the real one; dlopen() loads an embedded shared object from
  *    its memfd.
+ *  - sealed code roots (runtime config code_roots, code_left, code_shallow): under a code root
+ *    only the embedfs is there. A path there that is not embedded, not a file left on disk as
+ *    not code and not a nested region (or on the way to one) is ENOENT (EROFS for a write or
+ *    mkdir), left out of listings, refused by dlopen: a planted module, .pth or pyc never loads.
  *  - volumes: a protected region (encrypted or authenticated) has its own fspf. open() of a
  *    file there returns a memfd with the checked plaintext; a file opened for writing is
  *    protected again on close()/fsync() with a fresh key and file id, written to a temp file,
@@ -34,7 +38,8 @@
  *   init.c       start-up: the constructor (config, embedfs, keys and volume fspfs, ephemeral
  *                regions, the seccomp filter) and the stdin definition libjansson needs
  *   paths.c      paths: absolute and normalised, embedded symlinks resolved, which region a
- *                path is in (target_of), run-time mounts, the names volumes hide
+ *                path is in (target_of), sealed code roots, run-time mounts, the names
+ *                volumes hide
  *   embedded.c   embedded code: sealed memfds with a member's checked content, its stat, dlopen
  *   volumes.c    files in a volume or an ephemeral region: open (a plaintext memfd), unlink,
  *                rename, O_TMPFILE, the mkstemp family and tmpfile
@@ -42,9 +47,10 @@
  *                retargeting on unlink/rename, protection again on close/fsync
  *   commit.c     the commit protocol: the only place a volume's stored files and fspf are written
  *   dirs.c       directory listings (opendir, fdopendir, readdir*, scandir*, ...): the real one
- *                merged with the embedded tree, without what a volume hides
+ *                merged with the embedded tree, without what a volume hides or a code root seals
  *   interpose.c  the other exported libc entry points (open*, fopen*, close, fclose, fsync,
- *                dup*, stat*, access, readlink*, realpath, unlink*, rename*, mkstemp*, tmpfile):
+ *                dup*, stat*, access, readlink*, realpath, mkdir*, unlink*, rename*, mkstemp*,
+ *                tmpfile):
  *                each one decides which piece serves the path, or calls the real function
  *
  * Only the libc entry points are exported (EXPORT); everything declared here is hidden.
