@@ -554,6 +554,8 @@ print('absent', err(lambda: open(code + '/templates/planted.html')), err(lambda:
 print('readonly', err(lambda: open(code + '/new.py', 'w')), err(lambda: os.mkdir(code + '/pkg/__pycache__')),
       err(lambda: open(code + '/templates/page.html', 'a')))
 print('dlopen', err(lambda: ctypes.CDLL(code + '/planted.so')))
+print('remove', err(lambda: os.unlink(code + '/json.py')), err(lambda: os.unlink(code + '/templates/page.html')),
+      err(lambda: os.rename(code + '/json.py', code + '/x.py')))
 """
 
 
@@ -568,6 +570,7 @@ def test_planted_code_under_a_sealed_root_is_not_there(tmp_path, runtime):
     assert lines[3] == "absent ENOENT ENOENT ENOENT ENOENT False False"
     assert lines[4] == "readonly EROFS EROFS EROFS"
     assert lines[5] == "dlopen refused"
+    assert lines[6] == "remove ENOENT EROFS ENOENT"
     assert "planted.so is under a code root and is not measured code" in result.stderr
     # CPython wrote no bytecode (its mkdir of __pycache__ failed, silently), and nothing changed.
     assert sorted(p.name for p in (code / "__pycache__").iterdir()) == ["mod.cpython-311.pyc"]

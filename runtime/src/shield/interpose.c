@@ -431,9 +431,23 @@ EXPORT int mkdirat(int dirfd, const char *path, mode_t mode)
 
 /* ------------------------------------------------------------------ unlink, rename */
 
+/* Under a code root nothing is removed or renamed: 0 if path is not there (sealed: ENOENT) or
+ * is a file left there (EROFS), with errno set; 1 otherwise. */
+static int code_root_allows(int dirfd, const char *path)
+{
+    struct target t;
+    if (!ACTIVE() || !S.cfg.code_root_count || !path || target_of(dirfd, path, 0, &t) != 0) return 1;
+    if (t.kind == T_SEALED || (t.kind == T_PASS && t.in_code)) {
+        errno = t.kind == T_SEALED ? ENOENT : EROFS;
+        return 0;
+    }
+    return 1;
+}
+
 EXPORT int unlink(const char *path)
 {
     struct target t;
+    if (!code_root_allows(AT_FDCWD, path)) return -1;
     int rc = shield_unlink(AT_FDCWD, path, 0, &t);
     if (rc != -2) return rc;
     return RESOLVE(unlink)(PATH_OR_RESOLVED);
@@ -442,6 +456,7 @@ EXPORT int unlink(const char *path)
 EXPORT int unlinkat(int dirfd, const char *path, int flags)
 {
     struct target t;
+    if (!code_root_allows(dirfd, path)) return -1;
     int rc = shield_unlink(dirfd, path, flags, &t);
     if (rc != -2) return rc;
     if (ACTIVE() && t.changed) return RESOLVE(unlinkat)(AT_FDCWD, t.path, flags);
@@ -450,12 +465,22 @@ EXPORT int unlinkat(int dirfd, const char *path, int flags)
 
 EXPORT int rename(const char *oldpath, const char *newpath)
 {
+    if (!code_root_allows(AT_FDCWD, oldpath)) return -1;
+    if (!code_root_allows(AT_FDCWD, newpath)) {
+        errno = EROFS;
+        return -1;
+    }
     int rc = shield_rename(AT_FDCWD, oldpath, AT_FDCWD, newpath);
     return rc != -2 ? rc : RESOLVE(rename)(oldpath, newpath);
 }
 
 EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
 {
+    if (!code_root_allows(olddirfd, oldpath)) return -1;
+    if (!code_root_allows(newdirfd, newpath)) {
+        errno = EROFS;
+        return -1;
+    }
     int rc = shield_rename(olddirfd, oldpath, newdirfd, newpath);
     return rc != -2 ? rc : RESOLVE(renameat)(olddirfd, oldpath, newdirfd, newpath);
 }
