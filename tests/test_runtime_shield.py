@@ -622,3 +622,17 @@ def test_a_shallow_root_seals_its_code_names_only(tmp_path, runtime):
                        " os.path.exists(sys.argv[1] + '/__pycache__'))", str(shallow))
     assert "PLANTED" not in result.stdout
     assert result.stdout.splitlines() == ["evilpkg None", "no pkg.extra", "True measured measured True False"]
+
+
+def test_the_seal_holds_without_keys(tmp_path, runtime):
+    # The measured executable with the shield but no keys (an image without volumes, or a
+    # process the launcher gives none): the embedded code is served and the roots are sealed.
+    world, code = sealed_world(tmp_path, runtime)
+    doc = json.loads(world.config.read_text())
+    world.config.write_text(json.dumps({**doc, "volumes": [], "ephemeral": []}))
+    result = subprocess.run([str(world.python), "-c", "import sys; sys.path.insert(0, sys.argv[1]); import mod, json;"
+                             " print(mod.X, hasattr(json, 'dumps'))", str(code)],
+                            env={"PATH": os.environ["PATH"], "LD_PRELOAD": str(runtime.shield),
+                                 "SCONIFY_RUNTIME_CONFIG": str(world.config)},
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.splitlines() == ["measured True"]
