@@ -23,8 +23,12 @@ from sconify.recipe import has_extension
 RUN_TIME_MOUNTS = ("/proc", "/dev", "/sys", "/run", "/.sconify")
 
 
+def _mounted_at_run_time(path: str) -> bool:
+    return any(path == m or path.startswith(m + "/") for m in RUN_TIME_MOUNTS)
+
+
 def _sealable(path: str) -> bool:
-    return path not in SYSTEM_DIRS and not any(path == m or path.startswith(m + "/") for m in RUN_TIME_MOUNTS)
+    return path not in SYSTEM_DIRS and not _mounted_at_run_time(path)
 
 
 def sealed_roots(fs, roots: CodeRoots | None) -> list[str]:
@@ -57,7 +61,7 @@ def shallow_roots(roots: CodeRoots | None) -> list[str]:
     a package's ``__init__``) and the packages the conversion embedded there, not the rest."""
     if roots is None:
         return []
-    return sorted({absolute(r.path) for r in roots.roots if r.shallow and not r.path.startswith(RUN_TIME_MOUNTS)})
+    return sorted({absolute(r.path) for r in roots.roots if r.shallow and not _mounted_at_run_time(absolute(r.path))})
 
 
 def embedded_packages(shallow: list[str], embedded: list[str]) -> list[str]:
