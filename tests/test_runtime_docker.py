@@ -8,6 +8,7 @@ volume's bytes on the host are the oracle for "only ciphertext on disk".
 
 from __future__ import annotations
 
+import _ctypes
 import json
 import os
 import re
@@ -340,6 +341,9 @@ def plant(directory: Path, files: dict[str, str | bytes]) -> Path:
     return directory
 
 
+CHANGED_SO = "/usr/lib/python3.11/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so"
+
+
 def python_plants(tmp: Path) -> Path:
     from sconify.demoapps import PYTHON_SERVICE
 
@@ -349,12 +353,14 @@ def python_plants(tmp: Path) -> Path:
         "planted.pth": PY_MARK.format("pth").rstrip("\n"),
         "json.py": PY_MARK.format("json"),
         "config.cpython-311.pyc": planted_pyc(len(PYTHON_SERVICE["app/service/config.py"].encode())),
+        "changed.so": Path(_ctypes.__file__).read_bytes(),  # over json's C accelerator: another object
         "Dockerfile": "ARG BASE\nFROM $BASE\n"
                       "COPY sitecustomize.py planted.pth /usr/lib/python3/dist-packages/\n"
                       "COPY planted.pth /usr/local/lib/python3.11/dist-packages/\n"
                       "COPY usercustomize.py /root/.local/lib/python3.11/site-packages/\n"
                       "COPY json.py /app/\n"
-                      "COPY config.cpython-311.pyc /app/service/__pycache__/\n",
+                      "COPY config.cpython-311.pyc /app/service/__pycache__/\n"
+                      f"COPY changed.so {CHANGED_SO}\n",
     })
 
 
@@ -405,6 +411,8 @@ def test_code_planted_by_a_derived_image_never_runs(kind, request, docker_client
     status, out, err = run(docker_client, derived(context, conv.tag), secrets=secrets_dir(conv, tmp_path))
     assert status == 0, err
     assert out == expected and "PLANTED-" not in out + err
+    if kind == "python":  # json falls back to its Python code: the changed object was not loaded
+        assert f"{CHANGED_SO} on disk differs from the measured copy" in err
 
 
 @pytest.mark.parametrize("kind", ["python", "node"])
