@@ -48,6 +48,7 @@ from sconify.manifest import (
     MeasurementFigures,
 )
 from sconify.newlayers import TarEntry, source_date_epoch, whiteout_for, write_layer_tar
+from sconify.sealed import embedded_packages, left_files, sealed_roots, shallow_roots
 from sconify.runtime import LAUNCHER_PATH, build_runtime, check_runtime_mode, runtime_config, runtime_layer, wrap_entrypoint
 from sconify.select import (
     Executable,
@@ -237,10 +238,15 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                     push.add(code_layer)
                 added = [code_layer, data_layer]
                 if runtime is not None:
+                    sealed, shallow = sealed_roots(fs, plan.roots), shallow_roots(plan.roots)
+                    extensions = plan.roots.extensions if plan.roots else ()
+                    left = left_files(fs, sealed + embedded_packages(shallow, embedded), embedded, extensions,
+                                      [r["path"] for r in plan.regions if r["path"] != "/"])
                     config = runtime_config(plan.executable.path, executable.sconified_sha256,
                                             measurement.parameters, measurement.mrenclave, volumes,
                                             [r["path"] for r in plan.regions if r["kind"] == "ephemeral"],
-                                            [absolute(p) for p in plan_scripts(plan)])
+                                            [absolute(p) for p in plan_scripts(plan)], sealed, left, shallow,
+                                            extensions)
                     layer, runtime_files = runtime_layer(runtime, config, work, layer_compression(options),
                                                          direct=linked)
                     added.append(layer)

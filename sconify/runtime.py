@@ -163,10 +163,16 @@ def check_runtime_mode(mode: str) -> str:
 
 
 def runtime_config(executable: str, executable_sha256: str, parameters: dict, mrenclave: str,
-                   volumes: list, ephemeral: list[str], scripts: list[str] = ()) -> bytes:
+                   volumes: list, ephemeral: list[str], scripts: list[str] = (), code_roots: list[str] = (),
+                   code_left: list[str] = (), code_shallow: list[str] = (),
+                   code_extensions: tuple[str, ...] = ()) -> bytes:
     """The launcher's config (not secret: everything in it is checked or public). ``volumes``:
     the sealed volumes (``.path``, ``.fspf_path``, ``.protection``). ``scripts``: the embedded
-    scripts kept in place (entrypoint and console scripts), checked by the launcher at start."""
+    scripts kept in place (entrypoint and console scripts), checked by the launcher at start.
+    ``code_roots``: the directories the shield serves from the embedfs only; ``code_left``: the
+    files under them left on disk as not code, which it shows from the disk; ``code_shallow``:
+    system directories on the search path, where only ``code_extensions`` names and
+    ``__pycache__`` are sealed (sconify.sealed)."""
     doc = {
         "schema": CONFIG_SCHEMA,
         "executable": "/" + executable.lstrip("/"),
@@ -178,6 +184,10 @@ def runtime_config(executable: str, executable_sha256: str, parameters: dict, mr
         ],
         "ephemeral": sorted(ephemeral),
         "scripts": sorted(scripts),
+        "code_roots": sorted(code_roots),
+        "code_left": sorted(code_left),
+        "code_shallow": sorted(code_shallow),
+        "code_extensions": sorted(code_extensions),
     }
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 

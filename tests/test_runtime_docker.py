@@ -8,8 +8,10 @@ volume's bytes on the host are the oracle for "only ciphertext on disk".
 
 from __future__ import annotations
 
+import _ctypes
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -353,3 +355,139 @@ def test_node_writes_read_back_as_in_the_original(node_image, docker_client, tmp
     finally:
         for tag in (conv.original, conv.tag):
             docker_client.images.remove(tag, force=True)
+
+
+# --- sealed code roots: code planted by a derived image or a bind mount never runs -------------
+
+PY_MARK = "import sys; print('PLANTED-{0}', open('/app/data/config.json').read().strip(), flush=True)\n"
+NODE_MARK = "console.log('PLANTED-{0}', require('fs').readFileSync('/app/data/config.json', 'utf8'));\n"
+
+
+def planted_pyc(source_size: int) -> bytes:
+    """A pyc CPython takes for the embedded /app/service/config.py: the shield's stat of an
+    embedded file says mtime 0 and its size, and so does this pyc's header."""
+    from importlib._bootstrap_external import _code_to_timestamp_pyc
+
+    code = compile(PY_MARK.format("pyc"), "/app/service/config.py", "exec")
+    return bytes(_code_to_timestamp_pyc(code, 0, source_size))
+
+
+def plant(directory: Path, files: dict[str, str | bytes]) -> Path:
+    for name, content in files.items():
+        (directory / name).parent.mkdir(parents=True, exist_ok=True)
+        data = content.encode() if isinstance(content, str) else content
+        (directory / name).write_bytes(data)
+    return directory
+
+
+CHANGED_SO = "/usr/lib/python3.11/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so"
+
+
+def python_plants(tmp: Path) -> Path:
+    from sconify.demoapps import PYTHON_SERVICE
+
+    return plant(tmp / "python-plants", {
+        "sitecustomize.py": PY_MARK.format("sitecustomize"),
+        "usercustomize.py": PY_MARK.format("usercustomize"),
+        "planted.pth": PY_MARK.format("pth").rstrip("\n"),
+        "json.py": PY_MARK.format("json"),
+        "config.cpython-311.pyc": planted_pyc(len(PYTHON_SERVICE["app/service/config.py"].encode())),
+        "changed.so": Path(_ctypes.__file__).read_bytes(),  # over json's C accelerator: another object
+        "Dockerfile": "ARG BASE\nFROM $BASE\n"
+                      "COPY sitecustomize.py planted.pth /usr/lib/python3/dist-packages/\n"
+                      "COPY planted.pth /usr/local/lib/python3.11/dist-packages/\n"
+                      "COPY usercustomize.py /root/.local/lib/python3.11/site-packages/\n"
+                      "COPY json.py /app/\n"
+                      "COPY config.cpython-311.pyc /app/service/__pycache__/\n"
+                      f"COPY changed.so {CHANGED_SO}\n",
+    })
+
+
+def node_plants(tmp: Path) -> Path:
+    # debug's src/node.js tries require('supports-color') and requires './common': Node loads
+    # an extension-less 'common' before common.js, and a supports-color wherever it finds one.
+    module = NODE_MARK.format("supports-color") + "module.exports = {stdout: false, stderr: false};\n"
+    return plant(tmp / "node-plants", {
+        "supports-color/index.js": module,
+        "global/index.js": NODE_MARK.format("global") + "module.exports = {stdout: false, stderr: false};\n",
+        "common": NODE_MARK.format("common"),
+        "Dockerfile": "ARG BASE\nFROM $BASE\n"
+                      "COPY supports-color/ /app/node_modules/supports-color/\n"
+                      "COPY global/ /node_modules/supports-color/\n"
+                      "COPY common /app/node_modules/debug/src/common\n",
+    })
+
+
+@pytest.fixture
+def derived(docker_client):
+    """build(context, base) -> the tag of an image built FROM base with the context's
+    Dockerfile (COPY only: the engine has no network); removed at the end."""
+    tags: list[str] = []
+
+    def build(context: Path, base: str) -> str:
+        tag = f"sconify-rt-derived-{uuid.uuid4().hex[:8]}:latest"
+        docker_client.images.build(path=str(context), tag=tag, buildargs={"BASE": base}, rm=True, forcerm=True,
+                                   network_mode="none")
+        tags.append(tag)
+        return tag
+
+    yield build
+    for tag in tags:
+        docker_client.images.remove(tag, force=True)
+
+
+@pytest.mark.skipif(sys.version_info[:2] != (3, 11), reason="the planted pyc is made for CPython 3.11")
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_code_planted_by_a_derived_image_never_runs(kind, request, docker_client, derived, tmp_path):
+    conv = request.getfixturevalue(f"{kind}_conv")
+    context = python_plants(tmp_path) if kind == "python" else node_plants(tmp_path)
+    _, expected, _ = run(docker_client, conv.original)
+    # The oracle: on the original image the plants run (Debian's own sitecustomize comes first
+    # on sys.path; the pyc's header does not match the original's source mtime).
+    _, out, err = run(docker_client, derived(context, conv.original))
+    ran = set(re.findall(r"PLANTED-([\w-]+)", out + err))
+    assert ran >= ({"pth", "usercustomize", "json"} if kind == "python" else {"supports-color", "common"})
+    status, out, err = run(docker_client, derived(context, conv.tag), secrets=secrets_dir(conv, tmp_path))
+    assert status == 0, err
+    assert out == expected and "PLANTED-" not in out + err
+    if kind == "python":  # json falls back to its Python code: the changed object was not loaded
+        assert f"{CHANGED_SO} on disk differs from the measured copy" in err
+
+
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_code_bind_mounted_over_a_code_root_never_runs(kind, request, docker_client, tmp_path):
+    conv = request.getfixturevalue(f"{kind}_conv")
+    if kind == "python":
+        host = plant(tmp_path / "mounted", {"sitecustomize.py": PY_MARK.format("sitecustomize"),
+                                            "planted.pth": PY_MARK.format("pth").rstrip("\n"),
+                                            "json.py": PY_MARK.format("json")})
+        mount = "/usr/lib/python3/dist-packages"
+    else:
+        host = plant(tmp_path / "mounted", {"index.js": NODE_MARK.format("mounted") + "module.exports = {};\n"})
+        mount = "/app/node_modules/supports-color"
+    volumes = {str(host): {"bind": mount, "mode": "ro"}}
+    _, expected, _ = run(docker_client, conv.original)
+    _, out, err = run(docker_client, conv.original, volumes=volumes)
+    assert "PLANTED-" in out + err  # the oracle
+    status, out, err = run(docker_client, conv.tag, secrets=secrets_dir(conv, tmp_path), volumes=volumes)
+    assert status == 0, err
+    assert out == expected and "PLANTED-" not in out + err
+
+
+def pyc_written(docker_client, image: str, secrets: Path | None = None) -> list[str]:
+    """The __pycache__ paths a run of the demo's imports adds to the container's filesystem."""
+    mounts = {str(secrets): {"bind": SECRETS, "mode": "rw"}} if secrets else {}
+    container = docker_client.containers.run(image, ["python3", "-c", "import service.config, service.store, json"],
+                                             detach=True, network_disabled=True, volumes=mounts, working_dir="/app")
+    try:
+        assert container.wait(timeout=120)["StatusCode"] == 0, container.logs().decode()
+        return sorted(change["Path"] for change in container.diff() or [] if "__pycache__" in change["Path"])
+    finally:
+        container.remove(force=True)
+
+
+def test_the_service_writes_no_bytecode_under_a_code_root(python_conv, docker_client, tmp_path):
+    # CPython compiles the measured sources in memory: its mkdir of __pycache__ under a code
+    # root fails with EROFS, which it ignores. The original writes its pycs there.
+    assert "/app/service/__pycache__" in pyc_written(docker_client, python_conv.original)
+    assert pyc_written(docker_client, python_conv.tag, secrets_dir(python_conv, tmp_path)) == []

@@ -8,6 +8,7 @@ embedded code and the volume's plaintext to that python only.
 
 from __future__ import annotations
 
+import _ctypes
 import hashlib
 import json
 import os
@@ -39,9 +40,16 @@ def runtime():
 class World:
     """An injected python, its runtime config, a volume and its keys file, in one directory."""
 
-    def __init__(self, root: Path, runtime, protection: str = "encrypted", executable: Path = REAL_PYTHON):
+    def __init__(self, root: Path, runtime, protection: str = "encrypted", executable: Path = REAL_PYTHON,
+                 embed: dict[str, str] | None = None):
         self.root = root
         self.runtime = runtime
+        self.code_roots: list[str] = []  # runtime config "code_roots" and "code_left"
+        self.code_left: list[str] = []
+        self.code_shallow: list[str] = []
+        for path, text in (embed or {}).items():  # more embedded files, at absolute paths
+            (root / "tree" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
+            (root / "tree" / path.lstrip("/")).write_text(text)
         tree = root / "tree" / EMBEDDED_ROOT.lstrip("/")
         (tree / "pkg").mkdir(parents=True)
         (tree / "pkg" / "__init__.py").write_text("NAME = 'embedded package'\n")
@@ -89,7 +97,13 @@ class World:
         self.config.write_text(json.dumps({
             "schema": "sconify.runtime/v1", "executable": str(self.python), "measurement": parameters,
             "mrenclave": mrenclave, "executable_sha256": file_sha256, "volumes": volumes, "ephemeral": ephemeral,
+            "code_roots": self.code_roots, "code_left": self.code_left, "code_shallow": self.code_shallow,
+            "code_extensions": [".py", ".pyc", ".pth", ".so"],
         }))
+
+    def seal(self, roots: list[str], left: list[str] = (), shallow: list[str] = ()) -> None:
+        self.code_roots, self.code_left, self.code_shallow = list(roots), list(left), list(shallow)
+        self.write_config(*self._config, json.loads(self.config.read_text())["ephemeral"])
 
     def set_ephemeral(self, *paths: Path) -> None:
         self.write_config(*self._config, [str(p) for p in paths])
@@ -564,3 +578,139 @@ def test_node_writes_reach_the_volume_and_the_ephemeral_region(tmp_path, runtime
     again = world.run(str(world.python), "-e", "console.log(require('fs').readFileSync(process.argv[1], 'utf8'))",
                       str(world.volume / "node" / "append.txt"))
     assert again.stdout.strip() == "a1;a2;a3;"  # committed: a new process reads it
+
+
+# --- sealed code roots: only the measured code is there -------------------------------------
+
+PLANTED = "print('PLANTED CODE RAN')\nX = 'planted'\n"
+MEASURED_MOD = "X = 'measured'\n"
+
+
+def sealed_world(tmp_path: Path, runtime, seal: bool = True) -> tuple[World, Path]:
+    """A world whose embedfs holds code/mod.py and code/pkg/ under a real directory code/,
+    on which the disk (an image layer, a bind mount) brings planted code: a changed mod.py, a
+    json.py shadowing the stdlib's, a __pycache__ pyc that CPython would take for mod.py's,
+    a shared object; and templates/page.html, a file the conversion left there as not code."""
+    code = tmp_path / "code"
+    world = World(tmp_path, runtime, embed={f"{code}/mod.py": MEASURED_MOD, f"{code}/pkg/__init__.py": "P = 1\n"})
+    (code / "templates").mkdir(parents=True)
+    (code / "templates" / "page.html").write_text("<p>left as not code</p>\n")
+    (code / "templates" / "planted.html").write_text("<p>planted</p>\n")
+    (code / "mod.py").write_text(PLANTED)
+    (code / "json.py").write_text(PLANTED)
+    (code / "__pycache__").mkdir()
+    # A timestamp pyc matching what stat says of the embedded mod.py (mtime 0, its size).
+    subprocess.run([str(REAL_PYTHON), "-c",
+                    "import importlib._bootstrap_external as b, sys\n"
+                    "code = compile(sys.argv[1], sys.argv[2], 'exec')\n"
+                    "open(sys.argv[3], 'wb').write(b._code_to_timestamp_pyc(code, 0, int(sys.argv[4])))",
+                    PLANTED, str(code / "mod.py"), str(code / "__pycache__" / "mod.cpython-311.pyc"),
+                    str(len(MEASURED_MOD))], check=True)
+    shutil.copy(_ctypes.__file__, code / "planted.so")  # a real shared object
+    if seal:
+        world.seal([str(code)], [str(code / "templates" / "page.html")])
+    return world, code
+
+
+SEALED_PROBE = """
+import ctypes, errno, os, sys
+code = sys.argv[1]
+sys.path.insert(0, code)
+import mod, json, pkg
+def err(call):
+    try:
+        call()
+        return 'ok'
+    except OSError as e:
+        return errno.errorcode.get(e.errno, 'refused')
+print('import', mod.X, hasattr(json, 'dumps'), pkg.P)
+print('listdir', sorted(os.listdir(code)), sorted(e.name for e in os.scandir(code)))
+print('left', sorted(os.listdir(code + '/templates')), open(code + '/templates/page.html').read().strip())
+print('absent', err(lambda: open(code + '/templates/planted.html')), err(lambda: os.stat(code + '/json.py')),
+      err(lambda: os.lstat(code + '/__pycache__')), err(lambda: os.listdir(code + '/__pycache__')),
+      os.access(code + '/json.py', os.R_OK), os.path.exists(code + '/planted.so'))
+print('readonly', err(lambda: open(code + '/new.py', 'w')), err(lambda: os.mkdir(code + '/pkg/__pycache__')),
+      err(lambda: open(code + '/templates/page.html', 'a')))
+print('dlopen', err(lambda: ctypes.CDLL(code + '/planted.so')))
+print('remove', err(lambda: os.unlink(code + '/json.py')), err(lambda: os.unlink(code + '/templates/page.html')),
+      err(lambda: os.rename(code + '/json.py', code + '/x.py')))
+"""
+
+
+def test_planted_code_under_a_sealed_root_is_not_there(tmp_path, runtime):
+    world, code = sealed_world(tmp_path, runtime)
+    result = world.run(str(world.python), "-c", SEALED_PROBE, str(code), env={"SCONIFY_LOG": "stderr"})
+    lines = result.stdout.splitlines()
+    assert "PLANTED" not in result.stdout
+    assert lines[0] == "import measured True 1"
+    assert lines[1] == "listdir ['mod.py', 'pkg', 'templates'] ['mod.py', 'pkg', 'templates']"
+    assert lines[2] == "left ['page.html'] <p>left as not code</p>"
+    assert lines[3] == "absent ENOENT ENOENT ENOENT ENOENT False False"
+    assert lines[4] == "readonly EROFS EROFS EROFS"
+    assert lines[5] == "dlopen refused"
+    assert lines[6] == "remove ENOENT EROFS ENOENT"
+    assert "planted.so is under a code root and is not measured code" in result.stderr
+    # CPython wrote no bytecode (its mkdir of __pycache__ failed, silently), and nothing changed.
+    assert sorted(p.name for p in (code / "__pycache__").iterdir()) == ["mod.cpython-311.pyc"]
+    assert not (code / "pkg").exists()
+    # Another program sees the disk as it is.
+    assert world.run("cat", str(code / "json.py")).stdout == PLANTED
+
+
+def test_without_the_seal_the_planted_pyc_runs(tmp_path, runtime):
+    # The oracle for the test above: the same files, no code_roots in the config (a conversion
+    # from before the seal), and the planted __pycache__ pyc and json.py are what CPython runs.
+    world, code = sealed_world(tmp_path, runtime, seal=False)
+    result = world.run(str(world.python), "-c", "import sys; sys.path.insert(0, sys.argv[1]); import mod; print(mod.X)",
+                       str(code))
+    assert result.stdout.splitlines() == ["PLANTED CODE RAN", "planted"]
+
+
+def test_a_nested_region_stays_visible_in_a_sealed_root(tmp_path, runtime):
+    world, code = sealed_world(tmp_path, runtime)
+    (code / "work" / "tmp").mkdir(parents=True)
+    world.set_ephemeral(code / "work" / "tmp")
+    result = world.python_code(
+        "import os, sys\n"
+        "code = %r\n"
+        "open(code + '/work/tmp/x.txt', 'w').write('in the region')\n"
+        "print(sorted(os.listdir(code)), sorted(os.listdir(code + '/work')), open(code + '/work/tmp/x.txt').read())"
+        % str(code))
+    assert result.stdout.strip() == "['mod.py', 'pkg', 'templates', 'work'] ['tmp'] in the region"
+
+
+def test_a_shallow_root_seals_its_code_names_only(tmp_path, runtime):
+    # A system directory on sys.path (/usr/local/bin for a console script there): a module,
+    # a package's __init__ or a __pycache__ planted directly in it is not there (a directory
+    # alone is an empty namespace package), nor a module planted in an embedded package; its
+    # other files are.
+    shallow = tmp_path / "bin"
+    world = World(tmp_path, runtime, embed={f"{shallow}/tool.py": "T = 'measured'\n",
+                                            f"{shallow}/pkg/__init__.py": "P = 'measured'\n"})
+    for name in ("json.py", "evilpkg/__init__.py", "pkg/extra.py", "__pycache__/tool.cpython-311.pyc"):
+        (shallow / name).parent.mkdir(parents=True, exist_ok=True)
+        (shallow / name).write_text(PLANTED)
+    (shallow / "gunicorn").write_text("#!/usr/bin/python3\n")
+    world.seal([], [], [str(shallow)])
+    result = world.run(str(world.python), "-c",
+                       "import os, sys\nsys.path.insert(0, sys.argv[1])\nimport json, tool, pkg\n"
+                       "import evilpkg\nprint('evilpkg', evilpkg.__file__)\n"
+                       "try:\n import pkg.extra\nexcept ImportError: print('no pkg.extra')\n"
+                       "print(hasattr(json, 'dumps'), tool.T, pkg.P, os.path.exists(sys.argv[1] + '/gunicorn'),"
+                       " os.path.exists(sys.argv[1] + '/__pycache__'))", str(shallow))
+    assert "PLANTED" not in result.stdout
+    assert result.stdout.splitlines() == ["evilpkg None", "no pkg.extra", "True measured measured True False"]
+
+
+def test_the_seal_holds_without_keys(tmp_path, runtime):
+    # The measured executable with the shield but no keys (an image without volumes, or a
+    # process the launcher gives none): the embedded code is served and the roots are sealed.
+    world, code = sealed_world(tmp_path, runtime)
+    doc = json.loads(world.config.read_text())
+    world.config.write_text(json.dumps({**doc, "volumes": [], "ephemeral": []}))
+    result = subprocess.run([str(world.python), "-c", "import sys; sys.path.insert(0, sys.argv[1]); import mod, json;"
+                             " print(mod.X, hasattr(json, 'dumps'))", str(code)],
+                            env={"PATH": os.environ["PATH"], "LD_PRELOAD": str(runtime.shield),
+                                 "SCONIFY_RUNTIME_CONFIG": str(world.config)},
+                            capture_output=True, text=True, timeout=60, check=True)
+    assert result.stdout.splitlines() == ["measured True"]

@@ -42,6 +42,11 @@ static int is_hex(const char *s, size_t len)
     return 1;
 }
 
+static int compare_strings(const void *a, const void *b)
+{
+    return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
 /* A JSON array of absolute paths as a NULL-terminated copy (an entry that is not one: "/"). */
 static char **absolute_paths(json_t *array, size_t *count)
 {
@@ -101,6 +106,24 @@ int config_load(const char *path, struct rt_config *cfg, struct rt_error *err)
     cfg->ephemeral = absolute_paths(eph, &cfg->ephemeral_count);
     /* "scripts" is absent in the configs of older conversions: none then. */
     cfg->scripts = absolute_paths(json_object_get(doc, "scripts"), &cfg->script_count);
+    /* "code_roots", "code_left": absent in older conversions (nothing sealed). Sorted, for the
+     * shield's lookups; an entry that is not an absolute path would be "/": dropped. */
+    cfg->code_roots = absolute_paths(json_object_get(doc, "code_roots"), &cfg->code_root_count);
+    cfg->code_left = absolute_paths(json_object_get(doc, "code_left"), &cfg->code_left_count);
+    qsort(cfg->code_roots, cfg->code_root_count, sizeof *cfg->code_roots, compare_strings);
+    qsort(cfg->code_left, cfg->code_left_count, sizeof *cfg->code_left, compare_strings);
+    cfg->code_shallow = absolute_paths(json_object_get(doc, "code_shallow"), &cfg->code_shallow_count);
+    json_t *extensions = json_object_get(doc, "code_extensions");
+    cfg->code_extension_count = json_array_size(extensions);
+    cfg->code_extensions = calloc(cfg->code_extension_count + 1, sizeof *cfg->code_extensions);
+    for (size_t i = 0; i < cfg->code_extension_count; i++) {
+        const char *ext = json_string_value(json_array_get(extensions, i));
+        cfg->code_extensions[i] = strdup(ext && ext[0] == '.' ? ext : ".");
+    }
+    while (cfg->code_root_count && strcmp(cfg->code_roots[0], "/") == 0) {
+        free(cfg->code_roots[0]);
+        memmove(cfg->code_roots, cfg->code_roots + 1, cfg->code_root_count-- * sizeof *cfg->code_roots);
+    }
     json_decref(doc);
     return 0;
 }
@@ -117,6 +140,14 @@ void config_free(struct rt_config *cfg)
     free(cfg->ephemeral);
     for (size_t i = 0; i < cfg->script_count; i++) free(cfg->scripts[i]);
     free(cfg->scripts);
+    for (size_t i = 0; i < cfg->code_root_count; i++) free(cfg->code_roots[i]);
+    free(cfg->code_roots);
+    for (size_t i = 0; i < cfg->code_left_count; i++) free(cfg->code_left[i]);
+    free(cfg->code_left);
+    for (size_t i = 0; i < cfg->code_shallow_count; i++) free(cfg->code_shallow[i]);
+    free(cfg->code_shallow);
+    for (size_t i = 0; i < cfg->code_extension_count; i++) free(cfg->code_extensions[i]);
+    free(cfg->code_extensions);
     memset(cfg, 0, sizeof *cfg);
 }
 

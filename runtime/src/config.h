@@ -32,6 +32,14 @@ struct rt_config {
     char **ephemeral;               /* ephemeral region paths */
     size_t script_count;
     char **scripts;                 /* embedded scripts kept on disk (entrypoint, console scripts) */
+    size_t code_root_count;
+    char **code_roots;              /* sealed: only the embedfs is there (sorted; none in older configs) */
+    size_t code_left_count;
+    char **code_left;               /* files under a code root left on disk as not code (sorted) */
+    size_t code_shallow_count;
+    char **code_shallow;            /* shallow code roots (a system dir on sys.path): code names sealed */
+    size_t code_extension_count;
+    char **code_extensions;         /* the names that are code there (".py", ".pth", ".so"...) */
 };
 
 struct rt_key {

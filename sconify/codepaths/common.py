@@ -226,6 +226,10 @@ class CodeRoots:
     exclude: tuple[str, ...] = ()
     pyc_tag: str | None = None  # "cpython-311": __pycache__ files of this tag pair with sources
     machine: int | None = None  # the executable's ELF e_machine: addons for others are not code
+    # Every place the interpreter looks for code at start, present in the image or not (sys.path
+    # and the site directories site.py tests; Node's node_modules and global folders): absolute,
+    # symlinks kept. A module planted in a missing one would be loaded: the runtime seals them.
+    searched: list[str] = field(default_factory=list)
 
     def add(self, root: CodeRoot) -> bool:
         """Add ``root`` unless a root with its path is there already; whether it was added."""

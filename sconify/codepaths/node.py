@@ -243,6 +243,7 @@ def node_roots(fs, service: Service, env: dict[str, str] | None = None, workdir:
     cwd = service.workdir if workdir is None else workdir
     roots = CodeRoots(language="node", reasons=list(service.reasons) + layout.reasons,
                       search_path=layout.lookup_paths + layout.global_paths, missing=list(layout.missing),
+                      searched=layout.lookup_paths + layout.global_paths,
                       extensions=NODE_EXTENSIONS, exclude=NODE_EXCLUDE,
                       machine=elf_machine(read_bytes(fs, service.executable, 20) or b""))
     for script in service.scripts:

@@ -82,6 +82,7 @@ class PythonLayout:
     main: str | None  # the file run as __main__ (script, or the -m module's file)
     missing: list[str]
     reasons: list[str]
+    site_candidates: list[str] = field(default_factory=list)  # site dirs site.py checks, present or not
 
 
 def parse_python_argv(argv: list[str]) -> Invocation:
@@ -353,6 +354,7 @@ def python_layout(fs, service: Service, env: dict[str, str] | None = None,
     # --- site -----------------------------------------------------------------------------
     flavour = "none"
     site_dirs: list[str] = []
+    site_candidates: list[str] = []  # every directory site.py tests with isdir (a planted one would count)
     pth_roots: list[tuple[str, str]] = []
     site_prefix = prefix
     venv = None
@@ -396,6 +398,7 @@ def python_layout(fs, service: Service, env: dict[str, str] | None = None,
                 reasons.append(f"python: venv {venv} (sys.prefix), include-system-site-packages = "
                                f"{'true' if system_site else 'false'}")
                 for sitedir in _site_packages(flavour, [venv], platlibdir, version, True):
+                    site_candidates.append(sitedir)
                     if is_dir(fs, sitedir):
                         addsitedir(sitedir, "venv-site")
                 if system_site:
@@ -407,10 +410,12 @@ def python_layout(fs, service: Service, env: dict[str, str] | None = None,
         if enable_user_site:
             user_base = getenv("PYTHONUSERBASE") or posixpath.join(home_of(fs, env, service.user), ".local")
             user_site = f"{user_base}/lib/python{version}/site-packages"
+            site_candidates.append(user_site)
             if is_dir(fs, user_site):
                 addsitedir(user_site, "user-site")
         virtual = site_prefix != prefix
         for sitedir in _site_packages(flavour, prefixes, platlibdir, version, virtual):
+            site_candidates.append(sitedir)
             if is_dir(fs, sitedir):
                 addsitedir(sitedir, "site")
 
@@ -427,7 +432,7 @@ def python_layout(fs, service: Service, env: dict[str, str] | None = None,
         version=version, executable=executable, real_executable=real_executable, invocation=invocation,
         venv=venv, home=home or venv_cfg.get("home"), prefix=site_prefix, base_prefix=prefix,
         exec_prefix=exec_prefix, stdlib=stdlib, platstdlib=platstdlib, site_flavour=flavour,
-        site_dirs=site_dirs, pth_roots=pth_roots, sys_path=sys_path, origins=origins, main=main, missing=missing,
+        site_dirs=site_dirs, site_candidates=site_candidates, pth_roots=pth_roots, sys_path=sys_path, origins=origins, main=main, missing=missing,
         reasons=reasons,
     )
 
@@ -560,6 +565,7 @@ def python_roots(fs, service: Service, env: dict[str, str] | None = None, workdi
     roots = CodeRoots(
         language="python", reasons=list(service.reasons) + layout.reasons, search_path=list(layout.sys_path),
         missing=list(layout.missing), extensions=PYTHON_EXTENSIONS, exclude=PYTHON_EXCLUDE,
+        searched=list(dict.fromkeys(layout.sys_path + layout.site_candidates)),
         pyc_tag=f"cpython-{layout.version.replace('.', '')}" if "." in layout.version else None,
     )
     for script in service.scripts:

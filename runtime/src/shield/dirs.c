@@ -73,8 +73,20 @@ static int listed(struct svol *vol, const char *dir, const struct dirent64 *e)
     return shown;
 }
 
-/* The listing of t (an embedded or volume directory) as a fake directory, from the real one
- * (real: read to its end, then rewound; NULL: none on disk) merged with the embedded tree. */
+/* Whether the listing of dir, a directory under a code root, shows its entry e from the disk:
+ * only what is there although not embedded (a file left as not code, a region, the way to one);
+ * the embedded entries are added from the embedfs. */
+static int listed_in_code(const char *dir, const struct dirent64 *e)
+{
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) return 1;
+    char path[PATH_MAX];
+    if (snprintf(path, sizeof path, "%s/%s", strcmp(dir, "/") == 0 ? "" : dir, e->d_name) >= (int)sizeof path) return 0;
+    return unsealed(path);
+}
+
+/* The listing of t (an embedded, volume or code-root directory) as a fake directory, from the
+ * real one (real: read to its end, then rewound; NULL: none on disk) merged with the embedded
+ * tree. */
 static struct fake_dir *make_fake_dir(const struct target *t, DIR *real)
 {
     int emb_dir = t->kind == T_EMB && t->is_dir;
@@ -83,7 +95,8 @@ static struct fake_dir *make_fake_dir(const struct target *t, DIR *real)
         struct dirent64 *e;
         in_shield++;
         while ((e = RESOLVE(readdir64)(real)) != NULL)
-            if (t->kind != T_VOL || listed(t->vol, t->path, e)) add_entry(&l, e->d_name, strlen(e->d_name), e->d_type, e->d_ino);
+            if (t->kind == T_VOL ? listed(t->vol, t->path, e) : !t->in_code || listed_in_code(t->path, e))
+                add_entry(&l, e->d_name, strlen(e->d_name), e->d_type, e->d_ino);
         RESOLVE(rewinddir)(real);
         in_shield--;
     } else {
@@ -117,8 +130,13 @@ static struct fake_dir *open_fake_dir(const char *path, int *handled)
     struct target t;
     *handled = 0;
     if (!ACTIVE() || !path || target_of(AT_FDCWD, path, 1, &t) != 0) return NULL;
-    int emb_dir = t.kind == T_EMB && t.is_dir, vol_dir = t.kind == T_VOL;
-    if (!emb_dir && !vol_dir) return NULL;
+    int emb_dir = t.kind == T_EMB && t.is_dir, vol_dir = t.kind == T_VOL, code_dir = t.kind == T_PASS && t.in_code;
+    if (t.kind == T_SEALED || (t.kind == T_EMB && !t.is_dir)) {
+        *handled = 1;
+        errno = t.kind == T_SEALED ? ENOENT : ENOTDIR;
+        return NULL;
+    }
+    if (!emb_dir && !vol_dir && !code_dir) return NULL;
     *handled = 1;
     in_shield++;
     DIR *real = RESOLVE(opendir)(t.path);
@@ -153,19 +171,21 @@ EXPORT DIR *opendir(const char *path)
 EXPORT DIR *fdopendir(int fd)
 {
     struct target t;
-    char link[64];
-    if (!ACTIVE() || !S.nvols) return RESOLVE(fdopendir)(fd);
+    char link[64], dir[PATH_MAX];
+    if (!ACTIVE() || (!S.nvols && !S.cfg.code_root_count)) return RESOLVE(fdopendir)(fd);
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     in_shield++;
-    ssize_t n = RESOLVE(readlink)(link, t.path, sizeof t.path - 1);
+    ssize_t n = RESOLVE(readlink)(link, dir, sizeof dir - 1);
     in_shield--;
-    if (n <= 0 || t.path[0] != '/') return RESOLVE(fdopendir)(fd);
-    t.path[n] = '\0';
-    t.changed = 0;
-    t.is_dir = 0;
-    t.m = NULL;
-    if ((t.vol = volume_of(t.path)) == NULL) return RESOLVE(fdopendir)(fd);
-    t.kind = T_VOL;
+    if (n <= 0 || dir[0] != '/') return RESOLVE(fdopendir)(fd);
+    dir[n] = '\0';
+    /* A directory in a volume, or under a code root (listed as by opendir: the embedded
+     * entries merged in, what is sealed left out). */
+    if (target_of(AT_FDCWD, dir, 1, &t) != 0 || !(t.kind == T_VOL || t.in_code)) return RESOLVE(fdopendir)(fd);
+    if (t.kind == T_SEALED) {
+        errno = ENOENT;
+        return NULL;
+    }
     in_shield++;
     int copy = fcntl(fd, F_DUPFD_CLOEXEC, 0);
     DIR *real = copy >= 0 ? RESOLVE(fdopendir)(copy) : NULL;

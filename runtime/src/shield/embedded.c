@@ -101,9 +101,14 @@ static int same_as_member(const char *path, const struct embedfs_member *m)
 EXPORT void *dlopen(const char *path, int flags)
 {
     struct target t;
-    if (!ACTIVE() || !path || !strchr(path, '/') || target_of(AT_FDCWD, path, 1, &t) != 0 || t.kind != T_EMB ||
-        !t.m || t.m->kind != EMBEDFS_FILE)
+    if (!ACTIVE() || !path || !strchr(path, '/') || target_of(AT_FDCWD, path, 1, &t) != 0 ||
+        (t.kind == T_PASS && !t.in_code) || t.kind == T_VOL)
         return RESOLVE(dlopen)(ACTIVE() && path && strchr(path, '/') && t.changed ? t.path : path, flags);
+    if (t.kind != T_EMB || !t.m || t.m->kind != EMBEDFS_FILE) {
+        /* under a code root only a measured object is loaded (sealed, or a non-code file left) */
+        shield_log("code refused: %s is under a code root and is not measured code", t.path);
+        return NULL;
+    }
     /* A shared object the conversion kept in place (they all are: their RUNPATH $ORIGIN must
      * name their real directory) is loaded from there once its bytes are checked against the
      * measured member. */

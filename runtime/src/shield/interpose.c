@@ -17,6 +17,10 @@ static int is_write_open(int flags)
 static int shield_open(int dirfd, const char *path, int flags, mode_t mode, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, !(flags & O_NOFOLLOW), t) != 0) return -2;
+    if (t->kind == T_SEALED || (t->in_code && t->kind == T_PASS && is_write_open(flags))) {
+        errno = is_write_open(flags) ? EROFS : ENOENT;  /* code roots hold the measured code only */
+        return -1;
+    }
     struct stat64 st;
     if (t->kind == T_PASS && !(flags & (O_NOFOLLOW | O_DIRECTORY | O_PATH)) && S.nvols &&
         follow_into_region(dirfd, path, t, &st) != 1)
@@ -217,6 +221,10 @@ EXPORT int dup3(int fd, int to, int flags)
 static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follow, struct target *t)
 {
     if (!ACTIVE() || !path || !*path || target_of(dirfd, path, follow, t) != 0) return -2;
+    if (t->kind == T_SEALED) {
+        errno = ENOENT;
+        return -1;
+    }
     if (t->kind == T_EMB) {
         if (t->is_dir) {
             in_shield++;
@@ -346,6 +354,10 @@ EXPORT int faccessat(int dirfd, const char *path, int amode, int flags)
 static ssize_t shield_readlink(int dirfd, const char *path, char *buf, size_t len, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, 0, t) != 0) return -2;
+    if (t->kind == T_SEALED) {
+        errno = ENOENT;
+        return -1;
+    }
     if (t->kind == T_VOL && t->vol->ephemeral) {
         pthread_mutex_lock(&S.lock);
         int hidden = ephemeral_hidden(t->vol, t->path);
@@ -384,8 +396,12 @@ EXPORT ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t len)
 EXPORT char *realpath(const char *path, char *resolved)
 {
     struct target t;
-    if (!ACTIVE() || !path || target_of(AT_FDCWD, path, 1, &t) != 0 || t.kind != T_EMB)
+    if (!ACTIVE() || !path || target_of(AT_FDCWD, path, 1, &t) != 0 || (t.kind != T_EMB && t.kind != T_SEALED))
         return RESOLVE(realpath)(ACTIVE() && path && t.changed ? t.path : path, resolved);
+    if (t.kind == T_SEALED) {
+        errno = ENOENT;
+        return NULL;
+    }
     if (!resolved && !(resolved = malloc(PATH_MAX))) return NULL;
     snprintf(resolved, PATH_MAX, "%s", t.path);
     return resolved;
@@ -405,11 +421,62 @@ static int truncate_path(const char *path, off64_t length, int large)
 EXPORT int truncate(const char *path, off_t length) { return truncate_path(path, length, 0); }
 EXPORT int truncate64(const char *path, off64_t length) { return truncate_path(path, length, 1); }
 
+/* ------------------------------------------------------------------ mkdir */
+
+/* A code root is read-only: CPython's mkdir of a __pycache__ there fails (and it then writes
+ * no bytecode, silently). 0/-1 (errno), or -2: not ours. */
+static int shield_mkdir(int dirfd, const char *path, struct target *t)
+{
+    if (!ACTIVE() || !path || target_of(dirfd, path, 0, t) != 0) return -2;
+    if (t->kind == T_EMB) {
+        errno = EEXIST;
+        return -1;
+    }
+    if (t->kind == T_SEALED) {
+        errno = EROFS;
+        return -1;
+    }
+    return -2;
+}
+
+EXPORT int mkdir(const char *path, mode_t mode)
+{
+    struct target t;
+    t.changed = 0;
+    int rc = shield_mkdir(AT_FDCWD, path, &t);
+    if (rc != -2) return rc;
+    return RESOLVE(mkdir)(PATH_OR_RESOLVED, mode);
+}
+
+EXPORT int mkdirat(int dirfd, const char *path, mode_t mode)
+{
+    struct target t;
+    t.changed = 0;
+    int rc = shield_mkdir(dirfd, path, &t);
+    if (rc != -2) return rc;
+    if (ACTIVE() && t.changed) return RESOLVE(mkdirat)(AT_FDCWD, t.path, mode);
+    return RESOLVE(mkdirat)(dirfd, path, mode);
+}
+
 /* ------------------------------------------------------------------ unlink, rename */
+
+/* Under a code root nothing is removed or renamed: 0 if path is not there (sealed: ENOENT) or
+ * is a file left there (EROFS), with errno set; 1 otherwise. */
+static int code_root_allows(int dirfd, const char *path)
+{
+    struct target t;
+    if (!ACTIVE() || !S.cfg.code_root_count || !path || target_of(dirfd, path, 0, &t) != 0) return 1;
+    if (t.kind == T_SEALED || (t.kind == T_PASS && t.in_code)) {
+        errno = t.kind == T_SEALED ? ENOENT : EROFS;
+        return 0;
+    }
+    return 1;
+}
 
 EXPORT int unlink(const char *path)
 {
     struct target t;
+    if (!code_root_allows(AT_FDCWD, path)) return -1;
     int rc = shield_unlink(AT_FDCWD, path, 0, &t);
     if (rc != -2) return rc;
     return RESOLVE(unlink)(PATH_OR_RESOLVED);
@@ -418,6 +485,7 @@ EXPORT int unlink(const char *path)
 EXPORT int unlinkat(int dirfd, const char *path, int flags)
 {
     struct target t;
+    if (!code_root_allows(dirfd, path)) return -1;
     int rc = shield_unlink(dirfd, path, flags, &t);
     if (rc != -2) return rc;
     if (ACTIVE() && t.changed) return RESOLVE(unlinkat)(AT_FDCWD, t.path, flags);
@@ -426,12 +494,22 @@ EXPORT int unlinkat(int dirfd, const char *path, int flags)
 
 EXPORT int rename(const char *oldpath, const char *newpath)
 {
+    if (!code_root_allows(AT_FDCWD, oldpath)) return -1;
+    if (!code_root_allows(AT_FDCWD, newpath)) {
+        errno = EROFS;
+        return -1;
+    }
     int rc = shield_rename(AT_FDCWD, oldpath, AT_FDCWD, newpath);
     return rc != -2 ? rc : RESOLVE(rename)(oldpath, newpath);
 }
 
 EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath)
 {
+    if (!code_root_allows(olddirfd, oldpath)) return -1;
+    if (!code_root_allows(newdirfd, newpath)) {
+        errno = EROFS;
+        return -1;
+    }
     int rc = shield_rename(olddirfd, oldpath, newdirfd, newpath);
     return rc != -2 ? rc : RESOLVE(renameat)(olddirfd, oldpath, newdirfd, newpath);
 }

@@ -122,7 +122,12 @@ static void locate(struct target *t, int follow)
         if (!restarted) break;
     }
 volumes:
-    if (S.nvols && (t->vol = volume_of(t->path)) != NULL) t->kind = T_VOL;
+    if (S.nvols && (t->vol = volume_of(t->path)) != NULL) {
+        t->kind = T_VOL;
+        return;
+    }
+    if (t->kind == T_PASS && (under_code_root(t->path) || shallow_code(t->path)) && !unsealed(t->path))
+        t->kind = T_SEALED;
 }
 
 /* What path (relative to dirfd) names, in t: -1 if it cannot be made absolute. */
@@ -133,6 +138,98 @@ int target_of(int dirfd, const char *path, int follow, struct target *t)
     /* t->changed only once locate() resolved an embedded symlink: otherwise a call passed to
      * the kernel keeps the caller's spelling ("name/" names a directory, ".." is the kernel's) */
     locate(t, follow);
+    t->in_code = t->kind != T_VOL && under_code_root(t->path);
+    return 0;
+}
+
+/* ------------------------------------------------------------------ sealed code roots */
+
+/* Whether path is a code root or inside one (lexically: the service names code by these paths;
+ * a symlink planted on disk under a root is never followed for a sealed path). */
+int under_code_root(const char *path)
+{
+    if (!S.cfg.code_root_count || run_time_mount(path)) return 0;
+    for (size_t i = 0; i < S.cfg.code_root_count; i++) {
+        const char *root = S.cfg.code_roots[i];
+        size_t n = strlen(root);
+        if (strncmp(path, root, n) == 0 && (path[n] == '/' || path[n] == '\0')) return 1;
+    }
+    return 0;
+}
+
+/* Whether name is one the interpreter loads as code (runtime config "code_extensions"; ".so"
+ * also matches libfoo.so.1). */
+static int code_name(const char *name)
+{
+    size_t len = strlen(name);
+    for (size_t i = 0; i < S.cfg.code_extension_count; i++) {
+        const char *ext = S.cfg.code_extensions[i];
+        size_t n = strlen(ext);
+        if (n > 1 && len > n && strcmp(name + len - n, ext) == 0) return 1;
+        if (strcmp(ext, ".so") == 0 && strstr(name, ".so.")) return 1;
+    }
+    return 0;
+}
+
+/* Whether a shallow code root (a system directory on the search path: /usr/local/bin for a
+ * console script there, / for WORKDIR /; runtime config "code_shallow") would load path as
+ * code: a module or .pth directly in it, its __pycache__, the __init__ of a package directly
+ * in it, or anything in a package the conversion embedded there. The rest of it is not code. */
+int shallow_code(const char *path)
+{
+    for (size_t i = 0; i < S.cfg.code_shallow_count; i++) {
+        const char *root = S.cfg.code_shallow[i];
+        size_t n = strcmp(root, "/") == 0 ? 0 : strlen(root);
+        if (strncmp(path, root, n) != 0 || path[n] != '/' || !path[n + 1]) continue;
+        const char *rest = path + n + 1, *slash = strchr(rest, '/');
+        if (!slash) {
+            if (code_name(rest) || strcmp(rest, "__pycache__") == 0) return 1;
+            continue;
+        }
+        if (slash - rest == 11 && strncmp(rest, "__pycache__", 11) == 0) return 1;
+        if (!strchr(slash + 1, '/') && strncmp(slash + 1, "__init__.", 9) == 0 && code_name(slash + 1)) return 1;
+        char init[PATH_MAX];
+        int len = snprintf(init, sizeof init, "%.*s/__init__.py", (int)(slash - path - 1), path + 1);
+        if (S.has_emb && len > 0 && (size_t)len < sizeof init && embedfs_lookup(&S.emb, init, (size_t)len)) return 1;
+    }
+    return 0;
+}
+
+/* Whether one of the n sorted paths lies below directory dir. */
+static int leads_to(char *const *sorted, size_t n, const char *dir)
+{
+    char below[PATH_MAX];
+    int len = snprintf(below, sizeof below, "%s/", strcmp(dir, "/") == 0 ? "" : dir);
+    if (len < 0 || (size_t)len >= sizeof below) return 0;
+    size_t lo = 0, hi = n;
+    while (lo < hi) {  /* the first path >= "dir/": any path below dir is there or after it */
+        size_t mid = lo + (hi - lo) / 2;
+        if (strcmp(sorted[mid], below) < 0) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < n && strncmp(sorted[lo], below, (size_t)len) == 0;
+}
+
+static int compare_path(const void *key, const void *entry)
+{
+    return strcmp(key, *(char *const *)entry);
+}
+
+/* Whether a path under a code root that is not embedded is there all the same: a file the
+ * conversion left on disk as not code (runtime config "code_left"), a directory on the way to
+ * one, or a volume or ephemeral region (not code) or a directory on the way to one. */
+int unsealed(const char *path)
+{
+    const struct rt_config *c = &S.cfg;
+    if (bsearch(path, c->code_left, c->code_left_count, sizeof *c->code_left, compare_path)) return 1;
+    if (leads_to(c->code_left, c->code_left_count, path)) return 1;
+    size_t n = strlen(path);
+    for (size_t i = 0; i < c->volume_count + c->ephemeral_count; i++) {
+        const char *region = i < c->volume_count ? c->volumes[i].path : c->ephemeral[i - c->volume_count];
+        size_t r = strlen(region);
+        if (strncmp(path, region, r) == 0 && (path[r] == '/' || path[r] == '\0' || r == 1)) return 1;  /* in it */
+        if (strncmp(region, path, n) == 0 && region[n] == '/') return 1;                       /* on the way */
+    }
     return 0;
 }
 

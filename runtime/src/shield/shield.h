@@ -8,6 +8,10 @@
  *    member SHA-256 first; stat/lstat/access/readlink/realpath/opendir/scandir see the
  *    embedded tree merged over the real one; dlopen() loads an embedded shared object from
  *    its memfd.
+ *  - sealed code roots (runtime config code_roots, code_left, code_shallow): under a code root
+ *    only the embedfs is there. A path there that is not embedded, not a file left on disk as
+ *    not code and not a nested region (or on the way to one) is ENOENT (EROFS for a write or
+ *    mkdir), left out of listings, refused by dlopen: a planted module, .pth or pyc never loads.
  *  - volumes: a protected region (encrypted or authenticated) has its own fspf. open() of a
  *    file there returns a memfd with the checked plaintext; a file opened for writing is
  *    protected again on close()/fsync() with a fresh key and file id, written to a temp file,
@@ -35,7 +39,8 @@
  *   init.c       start-up: the constructor (config, embedfs, keys and volume fspfs, ephemeral
  *                regions, the seccomp filter) and the stdin definition libjansson needs
  *   paths.c      paths: absolute and normalised, embedded symlinks resolved, which region a
- *                path is in (target_of), run-time mounts, the names volumes hide
+ *                path is in (target_of), sealed code roots, run-time mounts, the names
+ *                volumes hide
  *   embedded.c   embedded code: sealed memfds with a member's checked content, its stat, dlopen
  *   volumes.c    files in a volume or an ephemeral region: open (a plaintext memfd), unlink,
  *                rename, O_TMPFILE, the mkstemp family and tmpfile
@@ -43,9 +48,10 @@
  *                retargeting on unlink/rename, protection again on close/fsync
  *   commit.c     the commit protocol: the only place a volume's stored files and fspf are written
  *   dirs.c       directory listings (opendir, fdopendir, readdir*, scandir*, ...): the real one
- *                merged with the embedded tree, without what a volume hides
+ *                merged with the embedded tree, without what a volume hides or a code root seals
  *   interpose.c  the other exported libc entry points (open*, fopen*, close, fclose, fsync,
- *                dup*, stat*, access, readlink*, realpath, unlink*, rename*, mkstemp*, tmpfile):
+ *                dup*, stat*, access, readlink*, realpath, mkdir*, unlink*, rename*, mkstemp*,
+ *                tmpfile):
  *                each one decides which piece serves the path, or calls the real function
  *
  * Only the libc entry points are exported (EXPORT); everything declared here is hidden.
@@ -109,6 +115,8 @@
     REAL(int, scandir64, const char *, struct dirent64 ***, int (*)(const struct dirent64 *), \
          int (*)(const struct dirent64 **, const struct dirent64 **))                        \
     REAL(void *, dlopen, const char *, int) \
+    REAL(int, mkdir, const char *, mode_t) \
+    REAL(int, mkdirat, int, const char *, mode_t) \
     REAL(int, close, int) \
     REAL(int, fclose, FILE *) \
     REAL(int, fsync, int) \
@@ -179,10 +187,14 @@ void shield_refusal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 
 /* ------------------------------------------------------------------ paths (paths.c) */
 
-enum { T_PASS, T_EMB, T_VOL };
+/* T_SEALED: under a code root, neither embedded nor left on disk as not code nor on the way to
+ * a region: not there for the measured process (ENOENT; EROFS for a write). */
+enum { T_PASS, T_EMB, T_VOL, T_SEALED };
 
 struct target {
     int kind;
+    int in_code;                        /* under a code root (T_PASS: a left file or on the way
+                                         * to one or to a region): listings of it are filtered */
     int is_dir;                         /* T_EMB: an embedded (implied) directory */
     const struct embedfs_member *m;     /* T_EMB: the member (file or unfollowed symlink) */
     struct svol *vol;                   /* T_VOL */
@@ -194,6 +206,9 @@ void normalise(char *path);
 int run_time_mount(const char *path);
 struct svol *volume_of(const char *path);
 int target_of(int dirfd, const char *path, int follow, struct target *t);
+int under_code_root(const char *path);
+int shallow_code(const char *path);
+int unsealed(const char *path);
 const char *base_name(const char *path);
 int reserved_name(const struct svol *vol, const char *name);
 
