@@ -31,12 +31,14 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
 import zstandard
 
-from embedfs.codecrypt import CodeCipher
 from embedfs.errors import FormatError, InputError, IntegrityError, KeyRequiredError
+
+if TYPE_CHECKING:  # cryptography loads only for encrypted members (embedfs.runtime runs without it)
+    from embedfs.codecrypt import CodeCipher
 
 MAGIC = b"EMBEDFS\x00"
 TRAILER_MAGIC = b"EMBEDFSI"
@@ -273,7 +275,7 @@ class Packed:
 
 
 def sealed_content(entry: ArchiveEntry, path: bytes, compressor: zstandard.ZstdCompressor,
-                   cipher: CodeCipher) -> bytes:
+                   cipher: "CodeCipher") -> bytes:
     """The stored bytes of an encrypted member: its whole content as the frames a plain member
     would have (one per chunk), sealed (embedfs.codecrypt). Held whole: code files are small,
     and the reader decrypts a member at once."""
@@ -283,7 +285,7 @@ def sealed_content(entry: ArchiveEntry, path: bytes, compressor: zstandard.ZstdC
 
 
 def pack_small_members(batch: list[tuple[ArchiveEntry, bytes]], compressors: ThreadCompressors,
-                       cipher: CodeCipher | None = None) -> Packed:
+                       cipher: "CodeCipher | None" = None) -> Packed:
     """Read, hash and compress a run of small files and symlinks (on a worker thread); seal the
     encrypted ones."""
     compressor = compressors.compressor
@@ -361,7 +363,7 @@ def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT
     encrypted = any(entry.encrypted for entry, _ in ordered)
     if encrypted and code_key is None:
         raise InputError("some entries are marked encrypted but no code key was given; pass code_key")
-    cipher = CodeCipher(code_key) if encrypted else None
+    cipher = code_cipher(code_key) if encrypted else None
     written = 0
 
     def write(data: bytes) -> None:
@@ -436,6 +438,12 @@ def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT
     root_hash = root.digest()
     write(TRAILER.pack(TRAILER_MAGIC, index_offset, len(index), len(ordered), root_hash))
     return PackResult(root_hash=root_hash.hex(), file_count=len(ordered), size=written, files=files)
+
+
+def code_cipher(code_key: bytes) -> "CodeCipher":
+    from embedfs.codecrypt import CodeCipher
+
+    return CodeCipher(code_key)
 
 
 def sort_entries(entries: Iterable[ArchiveEntry]) -> list[tuple[ArchiveEntry, bytes]]:
@@ -647,7 +655,7 @@ class Archive:
     def __init__(self, source: ByteSource, code_key: bytes | None = None):
         self.source = source
         self.version = VERSION
-        self.cipher = CodeCipher(code_key) if code_key is not None else None
+        self.cipher = code_cipher(code_key) if code_key is not None else None
         self.members: dict[str, Member] = {}
         self.root_hash = ""
         self.chunk_size = CHUNK_SIZE

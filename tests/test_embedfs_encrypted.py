@@ -128,3 +128,22 @@ def test_encrypting_needs_a_key_and_a_regular_file() -> None:
         packed([ArchiveEntry("l", "symlink", 0o777, 0, 0, 0, linkname="x", encrypted=True)])
     with pytest.raises(InputError, match="32 bytes"):
         packed(entries(), key=b"short")
+
+
+def test_the_measurement_changes_when_one_encrypted_file_changes(tmp_path) -> None:
+    """MRENCLAVE covers the stored (encrypted) bytes: a changed plaintext changes it, and
+    measuring needs no key."""
+    import shutil
+
+    from embedfs.elf import inject
+    from embedfs.measure import measure_elf
+
+    executable = shutil.which("true")
+    measured = []
+    for secret in (SECRET, SECRET.replace(b"1337", b"1338"), SECRET):
+        archive = tmp_path / "a.efs"
+        archive.write_bytes(packed(entries(secret)))
+        out = tmp_path / f"exe-{len(measured)}"
+        inject(executable, archive, out)
+        measured.append(measure_elf(str(out)).mrenclave)
+    assert measured[0] != measured[1] and measured[0] == measured[2]
