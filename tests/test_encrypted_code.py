@@ -1,6 +1,8 @@
-"""--encrypted-code DIR on the Python demo: its code is embedded encrypted under a code key that
+"""--encrypted-code DIR on the demos: their code is embedded encrypted under a code key that
 only the keys file holds, still measured, gone from the rootfs, and run by the shield with the
-keys (the original's output) or refused without them (one line).
+keys (the original's output) or refused without them (one line). The Python demo is converted
+with --encrypted-code /app alone, the Node demo with --dir /app/data too (a volume under the
+encrypted root stays a volume).
 
 The oracle for "no plaintext" is the demo's own source (sconify.demoapps): its distinctive
 lines, and the zstd frame a plain embedfs member would have stored for each file."""
@@ -18,7 +20,7 @@ import zstandard
 
 from embedfs.archive import DEFAULT_LEVEL
 from embedfs.elf import open_embedded
-from sconify.demoapps import PYTHON_MAIN, PYTHON_SERVICE
+from sconify.demoapps import NODE_INDEX, PYTHON_MAIN, PYTHON_SERVICE
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
 from sconify.keys import KeysFile
@@ -27,6 +29,7 @@ from sconify.pipeline import ConvertOptions, sconify_image
 pytestmark = pytest.mark.slow
 
 SOURCES = {"app/main.py": PYTHON_MAIN, **PYTHON_SERVICE}
+NODE_SOURCES = {"app/index.js": NODE_INDEX}
 
 
 def secrets_of(sources: dict[str, str]) -> list[bytes]:
@@ -40,11 +43,11 @@ def secrets_of(sources: dict[str, str]) -> list[bytes]:
     return found
 
 
-def convert(python_image: Path, out: Path, *extra_options: str, seed: Path | None = None, **options) -> Path:
+def convert(layout: Path, out: Path, seed: Path | None = None, **options) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     sconify_image(ConvertOptions(
-        source=f"oci:{python_image}:latest", destination=f"oci:{out / 'image'}:latest",
-        encrypted_code=["/app", *extra_options], manifest_out=str(out / "manifest.json"),
+        source=f"oci:{layout}:latest", destination=f"oci:{out / 'image'}:latest",
+        encrypted_code=["/app"], manifest_out=str(out / "manifest.json"),
         session_out=str(out / "session.yaml"), keys_out=str(out / "keys.json"),
         deterministic_keys_from=str(seed) if seed else None, **options))
     return out
@@ -60,6 +63,11 @@ def seed(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def converted(python_image, seed, tmp_path_factory) -> Path:
     return convert(python_image, tmp_path_factory.mktemp("enc"), seed=seed)
+
+
+@pytest.fixture(scope="module")
+def node_converted(node_image, tmp_path_factory) -> Path:
+    return convert(node_image, tmp_path_factory.mktemp("enc-node"), encrypted_dirs=["/app/data"])
 
 
 def blobs(layout: Path) -> dict[str, bytes]:
@@ -92,8 +100,10 @@ def test_the_code_key_is_in_the_keys_file_only(converted: Path) -> None:
         assert secret not in data and keys.code_key not in data, name
 
 
-def test_the_executable_and_the_new_layers_hold_no_plaintext_of_encrypted_code(converted: Path) -> None:
-    secrets = secrets_of(SOURCES)
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_the_executable_and_the_new_layers_hold_no_plaintext_of_encrypted_code(kind, request) -> None:
+    converted = request.getfixturevalue("converted" if kind == "python" else "node_converted")
+    secrets = secrets_of(SOURCES if kind == "python" else NODE_SOURCES)
     written = new_blobs(converted)
     assert len(written) >= 5  # code, data and runtime layers, config, manifest
     for name, data in written.items():
@@ -159,13 +169,16 @@ def test_deterministic_keys_give_the_same_image_and_keep_embedded_still_removes(
 
 
 @pytest.mark.docker
-def test_the_converted_image_runs_with_the_keys_and_refuses_without(python_image, converted: Path, docker_client,
+@pytest.mark.parametrize("kind", ["python", "node"])
+def test_the_converted_image_runs_with_the_keys_and_refuses_without(kind, request, docker_client,
                                                                     tmp_path: Path) -> None:
-    from test_runtime_docker import load_original, run, SECRETS  # noqa: F401
+    from test_runtime_docker import SECRETS, load_original, run
 
-    name = f"sconify-enc-{uuid.uuid4().hex[:8]}"
+    converted = request.getfixturevalue("converted" if kind == "python" else "node_converted")
+    layout = request.getfixturevalue(f"{kind}_image")
+    name = f"sconify-enc-{kind}-{uuid.uuid4().hex[:8]}"
     original, tag = f"{name}:original", f"{name}:conf"
-    load_original(docker_client, python_image, original, tmp_path)
+    load_original(docker_client, layout, original, tmp_path)
     archive = tmp_path / "conf.tar"
     write_image(read_image(f"oci:{converted / 'image'}:latest"), f"docker-archive:{archive}:{tag}")
     with archive.open("rb") as handle:
@@ -188,8 +201,11 @@ def test_the_converted_image_runs_with_the_keys_and_refuses_without(python_image
             container.remove(force=True)
         status, out, err = run(docker_client, tag)  # no keys mounted
         assert status != 0 and out == ""
-        shield_lines = [line for line in err.splitlines() if line.startswith("sconify-shield:")]
-        assert len(shield_lines) == 1 and "/app/main.py is encrypted code" in shield_lines[0], err
+        if kind == "python":  # no volume: the service starts, and cannot read its code (one line)
+            shield_lines = [line for line in err.splitlines() if line.startswith("sconify-shield:")]
+            assert len(shield_lines) == 1 and "/app/main.py is encrypted code" in shield_lines[0], err
+        else:  # a volume: the launcher refuses before anything runs
+            assert err.startswith("sconify-run: no keys file") and len(err.splitlines()) == 1, err
     finally:
         for image in (original, tag):
             docker_client.images.remove(image, force=True)
