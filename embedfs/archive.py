@@ -787,7 +787,7 @@ class Archive:
         checked against the recorded size."""
         self._check_stored(member, raw)
         if self.cipher is None:
-            raise KeyRequiredError(f"{member.path}: is encrypted code; reading it needs the code key "
+            raise KeyRequiredError(f"{member.path} is encrypted code; reading it needs the code key "
                                    "(the code_key of the keys file the conversion wrote)")
         frames = self.cipher.open(member.path, raw)
         data = self._decompress_frames(member, frames) if frames else b""

@@ -72,7 +72,7 @@ def test_without_encrypted_members_the_archive_is_version_1_as_before() -> None:
 def test_without_the_key_reading_refuses_and_verify_checks_the_stored_bytes() -> None:
     data = packed(entries())
     with Archive.open(data) as arc:
-        with pytest.raises(KeyRequiredError, match="app/algo.py: is encrypted code"):
+        with pytest.raises(KeyRequiredError, match="app/algo.py is encrypted code"):
             arc.read("app/algo.py")
         assert arc.read("usr/lib/python3.11/os.py").startswith(b"import sys")
         assert arc.verify().file_count == 5
@@ -147,3 +147,30 @@ def test_the_measurement_changes_when_one_encrypted_file_changes(tmp_path) -> No
         inject(executable, archive, out)
         measured.append(measure_elf(str(out)).mrenclave)
     assert measured[0] != measured[1] and measured[0] == measured[2]
+
+
+def test_the_embedfs_cli_reads_encrypted_members_with_keys(tmp_path) -> None:
+    import json
+    import subprocess
+    import sys
+
+    archive = tmp_path / "a.efs"
+    archive.write_bytes(packed(entries()))
+    keys = tmp_path / "keys.json"
+    keys.write_text(json.dumps({"code_key": KEY.hex()}))
+
+    def embedfs(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", "from embedfs.cli import main; main()", *args],
+                              capture_output=True, timeout=120)
+
+    listing = json.loads(embedfs("ls", str(archive), "--json").stdout)
+    assert {m["path"] for m in listing["members"] if m["encrypted"]} == {"app/algo.py", "app/big.so", "app/empty.py"}
+    refused = embedfs("cat", str(archive), "app/algo.py")
+    assert refused.returncode != 0 and refused.stdout == b""
+    assert b"app/algo.py is encrypted code" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    assert embedfs("cat", str(archive), "app/algo.py", "--keys", str(keys)).stdout == SECRET
+    assert embedfs("verify", str(archive)).returncode == 0
+    assert embedfs("verify", str(archive), "--keys", str(keys)).returncode == 0
+    keys.write_text(json.dumps({"code_key": (b"\x01" * 32).hex()}))
+    wrong = embedfs("verify", str(archive), "--keys", str(keys))
+    assert wrong.returncode != 0 and b"code key" in wrong.stderr and KEY.hex().encode() not in wrong.stderr
