@@ -209,3 +209,27 @@ def test_the_converted_image_runs_with_the_keys_and_refuses_without(kind, reques
     finally:
         for image in (original, tag):
             docker_client.images.remove(image, force=True)
+
+
+@pytest.mark.parametrize("root, refusal", [
+    ("/usr/bin", "holds /usr/bin/python3.11, the executable"),
+    ("/", "is not a directory of the image"),
+    ("/nowhere", "does not exist in the image"),
+])
+def test_what_cannot_be_encrypted_code_is_refused(python_image, tmp_path: Path, root: str, refusal: str) -> None:
+    from sconify.errors import UsageError
+
+    with pytest.raises(UsageError, match=refusal):
+        sconify_image(ConvertOptions(source=f"oci:{python_image}:latest", destination=f"oci:{tmp_path / 'x'}:latest",
+                                     encrypted_code=[root], dry_run=True))
+
+
+def test_the_plan_names_encrypted_code_and_its_forbidden_roots(python_image, tmp_path: Path) -> None:
+    result = sconify_image(ConvertOptions(source=f"oci:{python_image}:latest",
+                                          destination=f"oci:{tmp_path / 'x'}:latest", encrypted_code=["/app"],
+                                          encrypted_dirs=["/app/data"], dry_run=True))
+    plan = result.plan
+    assert plan.plaintext_forbidden == ["/app"]
+    assert set(SOURCES) <= set(plan.encrypted_code) and not [p for p in plan.encrypted_code if p.startswith("app/data/")]
+    assert plan.data_files["/app/data"]  # a volume under the encrypted root stays a volume
+    assert set(plan.encrypted_code) <= set(plan.removed_code())
