@@ -2,7 +2,8 @@
 
 Layout (all integers little-endian; see docs/embedfs-format.md):
 
-    header   16 bytes  magic "EMBEDFS\\0", u16 version, u16 flags (0), u32 chunk size
+    header   16 bytes  magic "EMBEDFS\\0", u16 version (1, or 2 with encrypted members),
+             u16 flags (0, or 1 = FLAG_ENCRYPTED with version 2), u32 chunk size
     data     per file, in index order: its content as independent zstd frames of
              at most ``chunk size`` uncompressed bytes each
     index    one record per member, sorted by path (UTF-8 bytes)
@@ -12,6 +13,10 @@ Layout (all integers little-endian; see docs/embedfs-format.md):
 The root hash is SHA-256 over a domain tag and every member's canonical record (kind, mode,
 uid, gid, size, SHA-256 of the content, path, link target): it names the content, not the
 compression. Reading one file decompresses only that file's frames.
+
+Version 2 adds encrypted members (kind 3, embedfs.codecrypt): their data is the AES-GCM
+sealing of their frames under a code key, and their recorded SHA-256 is of those stored bytes.
+An archive without encrypted members is written as version 1, byte for byte as before.
 """
 
 from __future__ import annotations
@@ -26,15 +31,20 @@ import threading
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Callable, Iterable, Iterator
 
 import zstandard
 
-from embedfs.errors import FormatError, InputError, IntegrityError
+from embedfs.errors import FormatError, InputError, IntegrityError, KeyRequiredError
+
+if TYPE_CHECKING:  # cryptography loads only for encrypted members (embedfs.runtime runs without it)
+    from embedfs.codecrypt import CodeCipher
 
 MAGIC = b"EMBEDFS\x00"
 TRAILER_MAGIC = b"EMBEDFSI"
 VERSION = 1
+VERSION_ENCRYPTED = 2  # the version of an archive holding encrypted members
+FLAG_ENCRYPTED = 1  # header flag: some members are encrypted (version 2 only)
 CHUNK_SIZE = 1 << 20  # uncompressed bytes per zstd frame
 DEFAULT_LEVEL = 3
 ROOT_DOMAIN = b"embedfs-root-v1\x00"
@@ -48,6 +58,7 @@ CANONICAL_RECORD = struct.Struct("<BHHIIIQ32s")
 
 KIND_FILE = 1
 KIND_SYMLINK = 2
+KIND_ENCRYPTED_FILE = 3  # version 2: a regular file whose stored bytes are sealed (embedfs.codecrypt)
 KIND_CODES = {"file": KIND_FILE, "symlink": KIND_SYMLINK}
 KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
 
@@ -80,6 +91,7 @@ class ArchiveEntry:
     size: int
     linkname: str = ""
     source: Source = field(default=None, compare=False, repr=False)
+    encrypted: bool = False  # a file stored sealed under the code key (embedfs.codecrypt)
 
 
 @dataclass(frozen=True)
@@ -96,6 +108,7 @@ class Member:
     linkname: str
     data_offset: int
     data_length: int
+    encrypted: bool = False  # kind 3: sha256 is of the stored (sealed) bytes, size the plaintext's
 
 
 @dataclass(frozen=True)
@@ -148,6 +161,8 @@ def validate_entry(entry: ArchiveEntry) -> None:
         value = getattr(entry, name)
         if not 0 <= value < 2**32:
             raise InputError(f"{entry.path}: {name} {value} is out of range; give a 32-bit id")
+    if entry.encrypted and entry.kind != "file":
+        raise InputError(f"{entry.path}: only regular files can be encrypted; a symlink's target is in the index")
     if entry.kind == "symlink":
         if not entry.linkname or "\x00" in entry.linkname:
             raise InputError(f"{entry.path}: symlink has an empty or invalid target; give its link target")
@@ -259,8 +274,20 @@ class Packed:
     members: list[tuple[Finished, int]]
 
 
-def pack_small_members(batch: list[tuple[ArchiveEntry, bytes]], compressors: ThreadCompressors) -> Packed:
-    """Read, hash and compress a run of small files and symlinks (on a worker thread)."""
+def sealed_content(entry: ArchiveEntry, path: bytes, compressor: zstandard.ZstdCompressor,
+                   cipher: "CodeCipher") -> bytes:
+    """The stored bytes of an encrypted member: its whole content as the frames a plain member
+    would have (one per chunk), sealed (embedfs.codecrypt). Held whole: code files are small,
+    and the reader decrypts a member at once."""
+    content = memoryview(read_content(entry))
+    frames = b"".join(compressor.compress(content[at:at + CHUNK_SIZE]) for at in range(0, len(content), CHUNK_SIZE))
+    return cipher.seal(path, frames)
+
+
+def pack_small_members(batch: list[tuple[ArchiveEntry, bytes]], compressors: ThreadCompressors,
+                       cipher: "CodeCipher | None" = None) -> Packed:
+    """Read, hash and compress a run of small files and symlinks (on a worker thread); seal the
+    encrypted ones."""
     compressor = compressors.compressor
     frames: list[bytes] = []
     members: list[tuple[Finished, int]] = []
@@ -269,6 +296,11 @@ def pack_small_members(batch: list[tuple[ArchiveEntry, bytes]], compressors: Thr
         if entry.kind == "symlink":
             link = entry.linkname.encode("utf-8", "surrogateescape")
             members.append((Finished(entry, path, len(link), hashlib.sha256(link).digest()), end))
+            continue
+        if entry.encrypted:
+            frames.append(sealed_content(entry, path, compressor, cipher))
+            end += len(frames[-1])
+            members.append((Finished(entry, path, entry.size, hashlib.sha256(frames[-1]).digest()), end))
             continue
         content = read_content(entry)
         if entry.size:  # empty files have no frame
@@ -285,8 +317,9 @@ def compress_piece(chunk: bytes, compressors: ThreadCompressors) -> Packed:
 
 
 def is_large(entry: ArchiveEntry) -> bool:
-    """A file of more than one chunk: streamed chunk by chunk rather than read whole."""
-    return entry.kind == "file" and entry.size > CHUNK_SIZE
+    """A file of more than one chunk: streamed chunk by chunk rather than read whole (an
+    encrypted file is always read whole: its nonce depends on all of it)."""
+    return entry.kind == "file" and entry.size > CHUNK_SIZE and not entry.encrypted
 
 
 def iter_batches(ordered: list[tuple[ArchiveEntry, bytes]]) -> Iterator[list[tuple[ArchiveEntry, bytes]]]:
@@ -310,7 +343,8 @@ def iter_batches(ordered: list[tuple[ArchiveEntry, bytes]]) -> Iterator[list[tup
         yield batch
 
 
-def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT_LEVEL) -> PackResult:
+def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT_LEVEL,
+         code_key: bytes | None = None) -> PackResult:
     """Write an archive of ``entries`` (any order; written sorted by path) to ``out``.
 
     Content is read once, hashed and compressed on a small thread pool, and written in order, so
@@ -320,8 +354,16 @@ def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT
     being read (independent file objects, or readers that use ``os.pread`` on a shared fd, are).
     Large files are read on the calling thread, one chunk at a time. At most PENDING_BYTES of
     uncompressed content is in flight, so memory stays at a few MiB whatever the file sizes.
+
+    Entries marked ``encrypted`` are sealed under ``code_key`` (embedfs.codecrypt), read whole;
+    the archive is then version 2 with FLAG_ENCRYPTED. Without encrypted entries the output is
+    version 1 and ``code_key`` is unused.
     """
     ordered = sort_entries(entries)
+    encrypted = any(entry.encrypted for entry, _ in ordered)
+    if encrypted and code_key is None:
+        raise InputError("some entries are marked encrypted but no code key was given; pass code_key")
+    cipher = code_cipher(code_key) if encrypted else None
     written = 0
 
     def write(data: bytes) -> None:
@@ -329,7 +371,8 @@ def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT
         out.write(data)
         written += len(data)
 
-    write(HEADER.pack(MAGIC, VERSION, 0, CHUNK_SIZE))
+    write(HEADER.pack(MAGIC, VERSION_ENCRYPTED if encrypted else VERSION, FLAG_ENCRYPTED if encrypted else 0,
+                      CHUNK_SIZE))
     index = bytearray()
     root = hashlib.sha256(ROOT_DOMAIN)
     files: dict[str, str] = {}
@@ -342,7 +385,7 @@ def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT
         records = []  # the root hash takes a run's canonical records in one update
         for member, end in packed.members:
             entry = member.entry
-            kind = KIND_CODES[entry.kind]
+            kind = KIND_ENCRYPTED_FILE if entry.encrypted else KIND_CODES[entry.kind]
             link = entry.linkname.encode("utf-8", "surrogateescape")
             data_end = data_start + end
             index.extend(INDEX_RECORD.pack(kind, len(member.path), len(link), entry.mode, entry.uid, entry.gid,
@@ -378,7 +421,7 @@ def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT
             entry, path = batch[0]
             if not is_large(entry):
                 weight = sum(e.size for e, _ in batch if e.kind == "file")
-                enqueue(weight, pool.submit(pack_small_members, batch, compressors))
+                enqueue(weight, pool.submit(pack_small_members, batch, compressors, cipher))
                 continue
             # a large file: read and hash here, in order; compress its chunks on the pool
             hasher = hashlib.sha256()
@@ -395,6 +438,12 @@ def pack(entries: Iterable[ArchiveEntry], out: BinaryIO, *, level: int = DEFAULT
     root_hash = root.digest()
     write(TRAILER.pack(TRAILER_MAGIC, index_offset, len(index), len(ordered), root_hash))
     return PackResult(root_hash=root_hash.hex(), file_count=len(ordered), size=written, files=files)
+
+
+def code_cipher(code_key: bytes) -> "CodeCipher":
+    from embedfs.codecrypt import CodeCipher
+
+    return CodeCipher(code_key)
 
 
 def sort_entries(entries: Iterable[ArchiveEntry]) -> list[tuple[ArchiveEntry, bytes]]:
@@ -556,7 +605,10 @@ def zstd_frame_error(member: Member, exc: zstandard.ZstdError) -> IntegrityError
 
 def is_streamed(member: Member) -> bool:
     """A file verified piece by piece rather than held whole: more than one chunk of content
-    or of frames, or frames for an empty file (whose content ``read`` does not bound)."""
+    or of frames, or frames for an empty file (whose content ``read`` does not bound). An
+    encrypted file is checked whole, as it is sealed."""
+    if member.encrypted:
+        return False
     return member.size > CHUNK_SIZE or member.data_length > CHUNK_SIZE or (member.size == 0 and member.data_length > 0)
 
 
@@ -594,10 +646,16 @@ def iter_verify_runs(files: list[Member]) -> Iterator[list[Member]]:
 
 
 class Archive:
-    """Random-access reader: list, stat, read one file, verify everything."""
+    """Random-access reader: list, stat, read one file, verify everything.
 
-    def __init__(self, source: ByteSource):
+    With ``code_key`` (keys.json "code_key") encrypted members are decrypted by ``read`` and
+    ``verify``; without it ``read`` of one raises KeyRequiredError and ``verify`` checks its
+    stored bytes against the recorded SHA-256 only (what the root hash and MRENCLAVE cover)."""
+
+    def __init__(self, source: ByteSource, code_key: bytes | None = None):
         self.source = source
+        self.version = VERSION
+        self.cipher = code_cipher(code_key) if code_key is not None else None
         self.members: dict[str, Member] = {}
         self.root_hash = ""
         self.chunk_size = CHUNK_SIZE
@@ -610,9 +668,9 @@ class Archive:
 
     @classmethod
     def open(cls, src: str | os.PathLike | BinaryIO | bytes | bytearray | memoryview, *,
-             offset: int = 0, size: int | None = None) -> "Archive":
+             offset: int = 0, size: int | None = None, code_key: bytes | None = None) -> "Archive":
         """Open an archive held in a path, an open file or a buffer (optionally a byte range)."""
-        return cls(byte_source(src, offset, size))
+        return cls(byte_source(src, offset, size), code_key)
 
     def close(self) -> None:
         self.source.close()
@@ -637,9 +695,14 @@ class Archive:
             raise FormatError("input is not an embedfs archive (bad magic); give an archive built by 'embedfs pack'")
         if total < HEADER.size + TRAILER.size:
             raise FormatError(f"embedfs archive is truncated to {total} bytes; rebuild it with 'embedfs pack'")
-        magic, version, _flags, chunk_size = HEADER.unpack(self._read_exact(0, HEADER.size, "header"))
-        if version != VERSION:
-            raise FormatError(f"embedfs archive version {version} is not supported (this reader knows {VERSION}); upgrade embedfs")
+        magic, version, flags, chunk_size = HEADER.unpack(self._read_exact(0, HEADER.size, "header"))
+        if version not in (VERSION, VERSION_ENCRYPTED):
+            raise FormatError(f"embedfs archive version {version} is not supported (this reader knows "
+                              f"{VERSION} and {VERSION_ENCRYPTED}); upgrade embedfs")
+        if version == VERSION_ENCRYPTED and flags & ~FLAG_ENCRYPTED:
+            raise FormatError(f"embedfs archive has unknown flags 0x{flags:x}; upgrade embedfs")
+        kinds = KIND_NAMES if version == VERSION else {**KIND_NAMES, KIND_ENCRYPTED_FILE: "file"}
+        self.version = version
         self.chunk_size = chunk_size
         tmagic, index_offset, index_size, count, root = TRAILER.unpack(
             self._read_exact(total - TRAILER.size, TRAILER.size, "trailer"))
@@ -661,7 +724,7 @@ class Archive:
             path = index[pos:pos + path_len]
             link = index[pos + path_len:pos + path_len + link_len]
             pos += path_len + link_len
-            if pos > len(index) or kind not in KIND_NAMES:
+            if pos > len(index) or kind not in kinds:
                 raise FormatError("embedfs archive index has a malformed record; the archive is damaged")
             if path <= previous:
                 raise FormatError("embedfs archive index is not sorted by path; the archive is damaged")
@@ -670,8 +733,9 @@ class Archive:
                 raise FormatError(f"{path.decode(errors='replace')}: content lies outside the data area; the archive is damaged")
             computed.update(canonical_record(kind, mode, uid, gid, size, digest, path, link))
             name = path.decode("utf-8", "surrogateescape")
-            self.members[name] = Member(name, KIND_NAMES[kind], mode, uid, gid, size, digest.hex(),
-                                        link.decode("utf-8", "surrogateescape"), data_offset, data_length)
+            self.members[name] = Member(name, kinds[kind], mode, uid, gid, size, digest.hex(),
+                                        link.decode("utf-8", "surrogateescape"), data_offset, data_length,
+                                        encrypted=kind == KIND_ENCRYPTED_FILE)
         if pos != len(index):
             raise FormatError("embedfs archive index has trailing bytes; the archive is damaged")
         if computed.digest() != root:
@@ -699,10 +763,37 @@ class Archive:
         raw = self._read_exact(member.data_offset, member.data_length, member.path) if member.data_length else b""
         return self._checked(member, raw)
 
+    @property
+    def encrypted(self) -> list[Member]:
+        """The encrypted members, in path order."""
+        return [m for m in self.members.values() if m.encrypted]
+
     def _checked(self, member: Member, raw: bytes | memoryview) -> bytes:
         """A file's content from its zstd frames ``raw``, checked against its size and SHA-256."""
+        if member.encrypted:
+            return self._opened(member, raw)
         data = self._decompress_frames(member, raw) if member.data_length else b""
         check_content(member, len(data), hashlib.sha256(data).hexdigest())
+        return data
+
+    def _check_stored(self, member: Member, raw: bytes | memoryview) -> None:
+        """An encrypted member's stored bytes against the recorded SHA-256 (no key needed)."""
+        if hashlib.sha256(raw).hexdigest() != member.sha256:
+            raise IntegrityError(f"{member.path}: encrypted content does not match its SHA-256; the archive was modified",
+                                 path=member.path, check="file sha256")
+
+    def _opened(self, member: Member, raw: bytes | memoryview) -> bytes:
+        """An encrypted member's content: stored bytes checked, decrypted, decompressed and
+        checked against the recorded size."""
+        self._check_stored(member, raw)
+        if self.cipher is None:
+            raise KeyRequiredError(f"{member.path} is encrypted code; reading it needs the code key "
+                                   "(the code_key of the keys file the conversion wrote)")
+        frames = self.cipher.open(member.path, raw)
+        data = self._decompress_frames(member, frames) if frames else b""
+        if len(data) != member.size:
+            raise IntegrityError(f"{member.path}: content is {len(data)} bytes, index says {member.size}; the archive "
+                                 "was modified", path=member.path, check="file size")
         return data
 
     def _decompress_frames(self, member: Member, raw: bytes | memoryview) -> bytes:
@@ -745,7 +836,11 @@ class Archive:
         view = memoryview(raw)
         for member in run:
             at = member.data_offset - start
-            self._checked(member, view[at:at + member.data_length])
+            stored = view[at:at + member.data_length]
+            if member.encrypted and self.cipher is None:
+                self._check_stored(member, stored)
+            else:
+                self._checked(member, stored)
         return sum(m.size for m in run)
 
     def _verify_streamed(self, member: Member) -> None:

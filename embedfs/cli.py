@@ -25,14 +25,28 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 70
 
 
-def open_any(path: str) -> Archive:
-    """An archive file, or the archive embedded in an ELF executable."""
+def open_any(path: str, keys: str | None = None) -> Archive:
+    """An archive file, or the archive embedded in an ELF executable; with ``keys`` (a keys.json
+    holding a "code_key") its encrypted members can be read."""
     try:
         with open(path, "rb") as handle:
             magic = handle.read(4)
     except OSError as exc:
         raise InputError(f"cannot open {path}: {exc.strerror}; check the path") from None
-    return open_embedded(path) if magic == b"\x7fELF" else Archive.open(path)
+    code_key = read_code_key(keys) if keys else None
+    return open_embedded(path, code_key) if magic == b"\x7fELF" else Archive.open(path, code_key=code_key)
+
+
+def read_code_key(keys: str) -> bytes:
+    """The "code_key" of a keys file (never echoed: the file holds keys)."""
+    try:
+        with open(keys, encoding="utf-8") as handle:
+            return bytes.fromhex(json.load(handle)["code_key"])
+    except OSError as exc:
+        raise InputError(f"cannot read --keys {keys}: {exc.strerror}") from None
+    except (ValueError, KeyError, TypeError):
+        raise InputError(f"--keys {keys} has no usable code_key; pass the keys.json of an image converted "
+                         "with --encrypted-code") from None
 
 
 def print_json(value: object) -> None:
@@ -83,16 +97,18 @@ def cmd_ls(args: argparse.Namespace) -> int:
         if args.json:
             print_json({"root_hash": archive.root_hash, "members": [
                 {"path": m.path, "kind": m.kind, "mode": m.mode, "uid": m.uid, "gid": m.gid,
-                 "size": m.size, "sha256": m.sha256, "linkname": m.linkname} for m in members]})
+                 "size": m.size, "sha256": m.sha256, "linkname": m.linkname, "encrypted": m.encrypted}
+                for m in members]})
             return 0
         rows = [[f"{m.mode:04o}", f"{m.uid}:{m.gid}", str(m.size), m.sha256[:16],
-                 m.path + (f" -> {m.linkname}" if m.kind == "symlink" else "")] for m in members]
+                 m.path + (f" -> {m.linkname}" if m.kind == "symlink" else " (encrypted)" if m.encrypted else "")]
+                for m in members]
         print_table(f"root hash {archive.root_hash}", ["mode", "owner", "size", "sha256", "path"], rows)
     return 0
 
 
 def cmd_cat(args: argparse.Namespace) -> int:
-    with open_any(args.source) as archive:
+    with open_any(args.source, args.keys) as archive:
         data = archive.read(args.path)
     sys.stdout.buffer.write(data)
     sys.stdout.buffer.flush()
@@ -101,7 +117,7 @@ def cmd_cat(args: argparse.Namespace) -> int:
 
 def cmd_extract(args: argparse.Namespace) -> int:
     if args.dir:
-        with open_any(args.source) as archive:
+        with open_any(args.source, args.keys) as archive:
             count = archive.extract(args.dir)
         print(f"extracted {count} members to {args.dir}")
         return 0
@@ -115,7 +131,7 @@ def cmd_extract(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    with open_any(args.source) as archive:
+    with open_any(args.source, args.keys) as archive:
         result = archive.verify()
     if args.json:
         print_json({"ok": True, "root_hash": result.root_hash, "file_count": result.file_count,
@@ -175,14 +191,17 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("cat", cmd_cat, "write one member's content to stdout (checked against its hash)")
     p.add_argument("source", metavar="BINARY_OR_ARCHIVE")
     p.add_argument("path")
+    p.add_argument("--keys", metavar="KEYS_JSON", help="keys.json whose code_key decrypts encrypted members")
 
     p = add("extract", cmd_extract, "copy the archive out of a binary (-o) or its files into a directory (--dir)")
     p.add_argument("source", metavar="BINARY_OR_ARCHIVE")
     p.add_argument("-o", "--output", help="write the archive bytes here")
     p.add_argument("--dir", help="write the member files below this new directory")
+    p.add_argument("--keys", metavar="KEYS_JSON", help="keys.json whose code_key decrypts encrypted members")
 
     p = add("verify", cmd_verify, "check every member hash and the root hash")
     p.add_argument("source", metavar="BINARY_OR_ARCHIVE")
+    p.add_argument("--keys", metavar="KEYS_JSON", help="keys.json whose code_key decrypts encrypted members")
     p.add_argument("--json", action="store_true")
 
     p = add("measure", cmd_measure, "compute the MRENCLAVE of an executable with its archive")

@@ -225,10 +225,12 @@ def require_embedded(binary: str | os.PathLike) -> Descriptor:
     return descriptor
 
 
-def open_embedded(binary: str | os.PathLike) -> Archive:
-    """Open the archive embedded in ``binary`` for reading (offline, without lief)."""
+def open_embedded(binary: str | os.PathLike, code_key: bytes | None = None) -> Archive:
+    """Open the archive embedded in ``binary`` for reading (offline, without lief); with
+    ``code_key`` its encrypted members can be read too."""
     descriptor = require_embedded(binary)
-    archive = Archive.open(binary, offset=descriptor.archive_offset, size=descriptor.archive_size)
+    archive = Archive.open(binary, offset=descriptor.archive_offset, size=descriptor.archive_size,
+                           code_key=code_key)
     if archive.root_hash != descriptor.root_hash:
         archive.close()
         raise FormatError(f"{binary}: the archive's root hash differs from its descriptor; re-inject")

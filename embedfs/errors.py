@@ -26,6 +26,10 @@ class IntegrityError(EmbedfsError):
         self.check = check
 
 
+class KeyRequiredError(EmbedfsError):
+    """An encrypted member was read without the code key that decrypts it."""
+
+
 class InputError(EmbedfsError):
     """An argument is unusable: a bad member path or entry, a missing file, an unknown member."""
 

@@ -6,7 +6,9 @@ file with HKDF-SHA256 (same seed, same image: anyone holding the seed can decryp
 seed like the keys themselves).
 
 The keys file (schema ``sconify.keys/v2``, docs/session.md) holds one entry per volume: the
-path, fspf path, fspf key, fspf tag and protection of every protected region.
+path, fspf path, fspf key, fspf tag and protection of every protected region; and, when the
+image has encrypted code (``--encrypted-code``), the ``code_key`` its embedfs members are
+sealed with (embedfs.codecrypt). Keys never go into the image, the manifest or a log.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ KEYS_FILE_SCHEMA = "sconify.keys/v2"
 OLD_KEYS_FILE_SCHEMA = "sconify.keys/v1"  # one fspf for every region: refused, see KeysFile.read
 FSPF_KEY_SIZE = 32
 FSPF_TAG_SIZE = 16
+CODE_KEY_SIZE = 32  # embedfs.codecrypt.CODE_KEY_SIZE
 MIN_SEED_BYTES = 32
 
 RandomSource = Callable[[int], bytes]
@@ -71,6 +74,14 @@ def random_source(seed_file: str | None, context: bytes = b"") -> RandomSource:
             f"{MIN_SEED_BYTES} secret random bytes (head -c 32 /dev/urandom > {seed_file})"
         )
     return DeterministicRandom(seed, context)
+
+
+def new_code_key(seed_file: str | None, context: bytes = b"") -> bytes:
+    """The key encrypted code is sealed with: random, or derived from the seed file like the
+    volume keys but from a source of its own (so the volume keys of a conversion do not change
+    when --encrypted-code is added). Sealing uses synthetic nonces (embedfs.codecrypt), so one
+    key across conversions never meets two messages under one nonce."""
+    return random_source(seed_file, context + b"|sconify code key")(CODE_KEY_SIZE)
 
 
 PROTECTIONS = ("encrypted", "authenticated")  # what a volume's files are
@@ -127,6 +138,8 @@ class KeysFile:
     # SHA-256 of the whole measured executable: the runtime refuses a file whose bytes outside
     # every loaded segment (not in MRENCLAVE) were changed. "" when not recorded.
     executable_sha256: str = ""
+    # The key of the embedfs's encrypted members (--encrypted-code); None when there are none.
+    code_key: bytes | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "volumes", tuple(sorted(self.volumes, key=lambda v: v.path)))
@@ -144,6 +157,8 @@ class KeysFile:
         }
         if self.executable_sha256:
             doc["executable_sha256"] = self.executable_sha256
+        if self.code_key is not None:
+            doc["code_key"] = self.code_key.hex()
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
     def write(self, path: str | os.PathLike, staged: StagedFiles | None = None) -> None:
@@ -170,8 +185,11 @@ class KeysFile:
             executable_sha256 = doc.get("executable_sha256", "")
             if not isinstance(executable_sha256, str):
                 raise ValueError("executable_sha256")
+            code_key = bytes.fromhex(doc["code_key"]) if "code_key" in doc else None
+            if code_key is not None and len(code_key) != CODE_KEY_SIZE:
+                raise ValueError("code_key")
             return cls(volumes=volumes, mrenclave=doc["mrenclave"], session_name=doc["session"],
-                       executable_sha256=executable_sha256)
+                       executable_sha256=executable_sha256, code_key=code_key)
         except OSError as exc:
             raise UsageError(f"cannot read keys file {path}: {exc.strerror}") from None
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -36,7 +36,7 @@ from sconify.image.reference import parse_reference
 from sconify.image.rewrite import rewrite_layers
 from sconify.image.rootfs import RootFS, RootFSLimits
 from sconify.image.transports import read_image, write_image
-from sconify.keys import KeysFile, VolumeKeys, random_source
+from sconify.keys import KeysFile, VolumeKeys, new_code_key, random_source
 from sconify.libraries import candidate_libraries, library_closure
 from sconify.manifest import (
     RuntimeFigures,
@@ -70,6 +70,7 @@ class ConvertOptions:
     binary: str | None = None
     fs_dirs: list[str] = field(default_factory=list)
     fs_files: list[str] = field(default_factory=list)
+    encrypted_code: list[str] = field(default_factory=list)  # --encrypted-code DIR: embedded encrypted
     encrypted_dirs: list[str] = field(default_factory=list)
     authenticated_dirs: list[str] = field(default_factory=list)
     heap_size: int | None = None
@@ -177,6 +178,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
         if options.dry_run:
             return result
         random = random_source(options.deterministic_keys_from, key_context(image, plan))
+        code_key = new_code_key(options.deterministic_keys_from, key_context(image, plan)) if plan.encrypted_code else None
         with phase(reporter, timings, "runtime"):
             runtime = build_runtime() if options.runtime == "sim" else None  # built once, then cached
         with writing(f"the temp directory {tempfile.gettempdir()} (TMPDIR)",
@@ -203,9 +205,12 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 spool.copy_to_file(extents[plan.executable.path], str(original_exe))
                 sconified_exe = Path(work, "sconified")
                 elf.validate(str(original_exe), absolute(plan.executable.path))
+                secret = set(plan.encrypted_code)
                 packed, injected = pack_into(sconified_exe, original_exe,
-                                             [archive_entry(fs, spool, extents, p) for p in embedded])
-                removed = [] if options.keep_embedded else plan.removed_code()
+                                             [archive_entry(fs, spool, extents, p, encrypted=p in secret)
+                                              for p in embedded], code_key)
+                # encrypted code leaves the rootfs whatever --keep-embedded says
+                removed = plan.encrypted_code if options.keep_embedded else plan.removed_code()
                 executable = executable_figures(plan, original_exe, sconified_exe)
                 embedfs = embedfs_figures(packed, removed)
                 embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
@@ -291,6 +296,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                         mrenclave=measurement.mrenclave,
                         session_name=session_name(options),
                         executable_sha256=executable.sconified_sha256,
+                        code_key=code_key,
                     )
                     with writing(f"--keys-out {options.keys_out}"):
                         keys.write(options.keys_out, staged)
@@ -533,23 +539,25 @@ def resolve_libraries(
 
 
 def pack_into(
-    sconified: Path, original: Path, entries: list[ArchiveEntry]
+    sconified: Path, original: Path, entries: list[ArchiveEntry], code_key: bytes | None = None
 ) -> tuple[PackResult, InjectResult]:
     """Pack ``entries`` straight into ``sconified``, the original executable with its embedfs
-    archive appended (no archive file between them)."""
+    archive appended (no archive file between them); encrypted entries are sealed under
+    ``code_key``."""
     packed: list[PackResult] = []
 
     def append(out: BinaryIO) -> tuple[int, str]:
-        packed.append(pack(entries, out))
+        packed.append(pack(entries, out, code_key=code_key))
         return packed[0].size, packed[0].root_hash
 
     injected = inject_with(str(original), append, str(sconified), validate=False)  # lief validated it
     return packed[0], injected
 
 
-def archive_entry(fs: RootFS, spool: Spool, extents: dict[str, Extent], path: str) -> ArchiveEntry:
+def archive_entry(fs: RootFS, spool: Spool, extents: dict[str, Extent], path: str,
+                  encrypted: bool = False) -> ArchiveEntry:
     entry = fs.entries[path]
-    if entry.kind == "symlink":
+    if entry.kind == "symlink":  # a symlink's target is in the index: never encrypted
         return ArchiveEntry(
             path=path,
             kind="symlink",
@@ -569,6 +577,7 @@ def archive_entry(fs: RootFS, spool: Spool, extents: dict[str, Extent], path: st
         gid=entry.gid,
         size=extent.size,
         source=lambda: spool.open(extent),
+        encrypted=encrypted,
     )
 
 

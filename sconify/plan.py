@@ -44,6 +44,9 @@ from sconify.volumes import fspf_path_of, is_volume
 if TYPE_CHECKING:
     from sconify.pipeline import ConvertOptions
 
+# Why a directory is in Plan.protected besides the encrypted volumes.
+ENCRYPTED_CODE = "encrypted code"
+
 
 @dataclass
 class Plan:
@@ -58,10 +61,17 @@ class Plan:
     roots: CodeRoots | None = None  # where its interpreter loads code from, and why
     warnings: list[str] = field(default_factory=list)  # code the measurement may miss
     # Directories whose plaintext must leave every input layer (sconify.image.rewrite), and the
-    # input layers rewritten without it: the encrypted volumes today; any other source of
-    # confidential paths (encrypted code) adds its roots to the same list.
+    # input layers rewritten without it: the encrypted volumes and the --encrypted-code roots.
     protected: list[ProtectedPrefix] = field(default_factory=list)
     rewrites: list[LayerRewrite] = field(default_factory=list)
+    # --encrypted-code: the code files (relative) embedded encrypted under the code key; they are
+    # removed from the rootfs whatever --keep-embedded says, and their roots are in `protected`.
+    encrypted_code: list[str] = field(default_factory=list)
+
+    @property
+    def encrypted_code_roots(self) -> list[str]:
+        """The --encrypted-code directories (absolute), as listed in ``protected``."""
+        return [prefix.path for prefix in self.protected if prefix.reason == ENCRYPTED_CODE]
 
     def region(self, path: str) -> dict:
         """The region whose path is ``path``."""
@@ -73,8 +83,10 @@ class Plan:
         return [region for region in self.regions if is_volume(region)]
 
     def removed_code(self) -> list[str]:
-        """The code files whited out of the rootfs (without --keep-embedded)."""
-        return removable_code(self.code_files, self.service)
+        """The code files whited out of the rootfs (without --keep-embedded): encrypted code
+        always goes, shared objects included (they are loaded from a memfd)."""
+        encrypted = set(self.encrypted_code)
+        return sorted(set(removable_code(self.code_files, self.service)) | encrypted)
 
     def data_paths(self) -> list[str]:
         """The files of every region, region by region."""
@@ -96,7 +108,7 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
     executable = Executable(path=rel(service.executable), requested=service.requested,
                             recipe=load_recipe(options.recipe) if options.recipe else recipe_for(rel(service.executable)))
     check_extra_code(fs, options)
-    recipe = executable.recipe.with_extra_code(options.fs_dirs, options.fs_files)
+    recipe = executable.recipe.with_extra_code([*options.fs_dirs, *options.encrypted_code], options.fs_files)
     application = app_dir(config, fs)
     placeholders = Placeholders(version=interpreter_version(executable.path, fs), app=application)
     regions = plan_regions(recipe, options, fs)
@@ -112,7 +124,8 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
         f"{missing} is code the interpreter will look for, but the image lacks it: it is not measured"
         for missing in roots.missing
     ]
-    covered = [*options.fs_dirs, *options.fs_files, *(r["path"] for r in regions if r["path"] != "/")]
+    covered = [*options.fs_dirs, *options.encrypted_code, *options.fs_files,
+               *(r["path"] for r in regions if r["path"] != "/")]
     for place in suspicious_code_dirs(fs, roots, service.workdir, covered=covered,
                                       path_var=service.env.get("PATH", DEFAULT_PATH)):
         warnings.append(f"{place} looks like code but is on no path the interpreter searches: it is not "
@@ -145,7 +158,10 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
                 f"{posixpath.dirname(absolute(path))} goes; remove it from the input image or protect "
                 "another directory"
             )
-    fspf_excluded = {executable.path, *fspf_files}
+    secret_roots = encrypted_code_roots(fs, options)
+    encrypted_code = [p for p in code_files if any(under(p, root) for root in secret_roots)]
+    check_encrypted_code(executable, service, secret_roots)
+    fspf_excluded = {executable.path, *fspf_files, *encrypted_code}
     if not options.keep_embedded:  # code kept in place is in a '/' volume, as the libraries are
         fspf_excluded.update(removable_code(code_files, service))
     data_files: dict[str, list[str]] = {}
@@ -158,20 +174,54 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
         data_files[region["path"]] = sorted(
             p for p in candidates if p not in fspf_excluded and region_of(p, regions) is region
         )
-    protected = protected_prefixes(volumes)
+    protected = protected_prefixes(volumes, secret_roots)
     rewrites = plan_rewrites(fs, protected)
     warnings += link_warnings(rewrites)
     return Plan(executable, application, code_files, regions, data_files, service=service, roots=roots,
-                warnings=warnings, protected=protected, rewrites=rewrites)
+                warnings=warnings, protected=protected, rewrites=rewrites, encrypted_code=encrypted_code)
 
 
-def protected_prefixes(volumes: list[dict]) -> list[ProtectedPrefix]:
-    """The encrypted volumes: the data layer holds their files' ciphertext, so their plaintext
-    leaves the input layers. Authenticated volumes keep their files where they are (their
-    protected form is the plaintext, checked against the fspf), and ephemeral regions are
-    empty in-memory places: neither is listed."""
-    return [ProtectedPrefix(volume["path"], "encrypted volume") for volume in volumes
-            if volume["protection"] == "encrypted" and volume["path"] != "/"]
+def protected_prefixes(volumes: list[dict], secret_roots: list[str]) -> list[ProtectedPrefix]:
+    """The encrypted volumes and the --encrypted-code roots: the data layer holds the volumes'
+    ciphertext and the embedfs the code's, so their plaintext leaves the input layers.
+    Authenticated volumes keep their files where they are (their protected form is the
+    plaintext, checked against the fspf), and ephemeral regions are empty in-memory places:
+    neither is listed."""
+    return [
+        *(ProtectedPrefix(volume["path"], "encrypted volume") for volume in volumes
+          if volume["protection"] == "encrypted" and volume["path"] != "/"),
+        *(ProtectedPrefix(absolute(root), ENCRYPTED_CODE) for root in secret_roots),
+    ]
+
+
+def under(path: str, root: str) -> bool:
+    """Whether relative ``path`` is ``root`` or below it."""
+    return path == root or path.startswith(root + "/")
+
+
+def encrypted_code_roots(fs: RootFS, options: ConvertOptions) -> list[str]:
+    """The --encrypted-code directories, relative and resolved through the image's symlinks."""
+    roots = []
+    for path in options.encrypted_code:
+        resolved = try_resolve(fs, path)
+        if not resolved:
+            raise UsageError(f"--encrypted-code {path} is not a directory of the image; pass a path inside the image")
+        roots.append(resolved)
+    return sorted(set(roots))
+
+
+def check_encrypted_code(executable: Executable, service: Service | None, roots: list[str]) -> None:
+    """What must stay on disk in plaintext cannot be encrypted code: the executable (the kernel
+    maps it) and the scripts crossed to start the service (the kernel and the shell read them)."""
+    for root in roots:
+        for path, what in [(executable.path, "the executable"),
+                           *((rel(s), "a script that starts the service") for s in (service.scripts if service else []))]:
+            if under(path, root):
+                raise UsageError(
+                    f"--encrypted-code {absolute(root)} holds {absolute(path)}, {what}: the kernel or the shell "
+                    "reads it before the runtime starts, so it cannot be encrypted; encrypt a directory that "
+                    "holds only code the interpreter loads"
+                )
 
 
 MERGED_USR = ("bin", "sbin", "lib", "lib32", "lib64", "libx32")  # /X is a link to /usr/X on most bases
@@ -194,7 +244,7 @@ def contents_to_keep(config: dict, options: ConvertOptions) -> Callable[[str], b
         recipe = next((r for r in builtin_recipes() if name and r.matches_executable(name)), None)
         if recipe is None:
             return None
-    recipe = recipe.with_extra_code(options.fs_dirs, options.fs_files)
+    recipe = recipe.with_extra_code([*options.fs_dirs, *options.encrypted_code], options.fs_files)
     workdir = workdir_of(config)
     apps = {workdir} | {posixpath.dirname(posixpath.join(workdir, arg)) for arg in command[1:] if not arg.startswith("-")}
     apps = {rel(app) for app in apps} - {""}
@@ -262,7 +312,8 @@ def check_code_not_data(code: set[str], regions: list[dict]) -> None:
 
 
 def check_extra_code(fs: RootFS, options: ConvertOptions) -> None:
-    for option, paths in (("--fs-dir", options.fs_dirs), ("--fs-file", options.fs_files)):
+    for option, paths in (("--fs-dir", options.fs_dirs), ("--encrypted-code", options.encrypted_code),
+                          ("--fs-file", options.fs_files)):
         for path in paths:
             if try_resolve(fs, path) is None:
                 raise UsageError(f"{option} {path} does not exist in the image; pass a path inside the image")

@@ -13,6 +13,7 @@ import os
 import shutil
 import struct
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -319,3 +320,75 @@ def test_opening_thousands_of_members_is_fast(tool: Path, tmp_path) -> None:
     assert micros < 50_000, line  # about 1 ms here; generous for a loaded CI machine
     assert ok(binary, "self", "ls", "usr/lib").decode().splitlines()[:2] == ["d pkg000", "d pkg001"]
     assert ok(binary, "self", "cat", "usr/lib/pkg049/mod99.py") == entries[4999].source
+
+
+# --- encrypted members (version 2) ------------------------------------------------------------
+
+
+CODE_KEY = bytes(range(100, 132))
+
+
+@pytest.fixture(scope="module")
+def injected_encrypted(tool: Path, tmp_path_factory) -> tuple[Path, Path]:
+    """A copy of the driver with a version-2 archive: the tree with app/ encrypted (a file of
+    several frames and an empty file among them), and the archive alone."""
+    base = tmp_path_factory.mktemp("embedfs-c-encrypted")
+    tree = make_tree(base / "tree")
+    (tree / "app").mkdir()
+    (tree / "app/secret.py").write_bytes(b"SECRET = 'the-distinctive-secret'\n" * 30)
+    (tree / "app/empty.py").write_bytes(b"")
+    (tree / "app/big.bin").write_bytes(os.urandom(BIG))
+    entries = [replace(e, encrypted=e.path.startswith(("app/", "a/b/"))) if e.kind == "file" else e
+               for e in directory_entries(tree)]
+    archive_path = base / "enc.efs"
+    with open(archive_path, "wb") as out:
+        pack(entries, out, code_key=CODE_KEY)
+    out = base / "embedfs_tool"
+    inject(tool, archive_path, out)
+    return out, archive_path
+
+
+def run_keyed(binary: Path, elf: str | Path, key: bytes | None, *args: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "EMBEDFS_CODE_KEY"}
+    if key is not None:
+        env["EMBEDFS_CODE_KEY"] = key.hex()
+    return subprocess.run([str(binary), str(elf), *args], capture_output=True, timeout=60, env=env)
+
+
+def test_the_c_reader_decrypts_encrypted_members_as_python_does(tool: Path, injected_encrypted) -> None:
+    injected, archive_path = injected_encrypted
+    with Archive.open(archive_path, code_key=CODE_KEY) as arc:
+        assert arc.encrypted
+        for binary, elf in ((tool, injected), (injected, "self")):
+            assert ok(binary, elf, "root").decode() == f"{arc.root_hash} {len(arc.list())}\n"
+            for member in arc.list():
+                stat = run_keyed(binary, elf, None, "stat", member.path).stdout.decode()
+                kind = "encrypted" if member.encrypted else member.kind
+                assert stat == f"{kind} {member.mode:o} {member.size} {member.sha256}\n"
+                got = run_keyed(binary, elf, CODE_KEY, "cat", member.path)
+                assert got.returncode == 0, got.stderr
+                assert got.stdout == arc.read(member.path), member.path
+
+
+def test_the_c_reader_refuses_encrypted_members_without_or_with_a_wrong_key(tool: Path, injected_encrypted) -> None:
+    injected, _ = injected_encrypted
+    missing = run_keyed(tool, injected, None, "cat", "app/secret.py")
+    assert missing.returncode == 2 and b"has no code key" in missing.stderr and missing.stdout == b""
+    assert len(missing.stderr.splitlines()) == 1
+    wrong = run_keyed(tool, injected, bytes(32), "cat", "app/secret.py")
+    assert wrong.returncode == 2 and b"check: code decryption" in wrong.stderr and wrong.stdout == b""
+    plain = run_keyed(tool, injected, None, "cat", "z")  # the other members read as before
+    assert plain.returncode == 0 and plain.stdout == b"last\n"
+
+
+def test_the_c_reader_refuses_tampered_ciphertext(tool: Path, injected_encrypted, tmp_path: Path) -> None:
+    _, archive_path = injected_encrypted
+    data = bytearray(archive_path.read_bytes())
+    member = Archive.open(bytes(data)).stat("app/secret.py")
+    data[member.data_offset + member.data_length - 1] ^= 0x40  # the GCM tag
+    damaged = tmp_path / "damaged.efs"
+    damaged.write_bytes(bytes(data))
+    out = tmp_path / "embedfs_tool"
+    inject(tool, damaged, out)
+    result = run_keyed(tool, out, CODE_KEY, "cat", "app/secret.py")
+    assert result.returncode == 2 and b"check: file sha256" in result.stderr and result.stdout == b""

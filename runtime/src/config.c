@@ -187,6 +187,17 @@ int keys_load(const char *path, struct rt_keys *keys, struct rt_error *err)
         return rt_fail(err, "keys file %s %s", path, malformed_keys(path));
     }
     if (file_sha) memcpy(keys->executable_sha256, file_sha, 65);
+    /* "code_key" (--encrypted-code): absent when the image has no encrypted code */
+    json_t *code = json_object_get(doc, "code_key");
+    if (code) {
+        const char *code_hex = json_string_value(code);
+        if (!is_hex(code_hex, 64)) {
+            json_decref(doc);
+            return rt_fail(err, "keys file %s %s", path, malformed_keys(path));
+        }
+        hex_decode(code_hex, keys->code_key, 32);
+        keys->has_code_key = 1;
+    }
     keys->count = json_array_size(vols);
     keys->keys = calloc(keys->count + 1, sizeof *keys->keys);
     for (size_t i = 0; i < keys->count; i++) {
@@ -242,6 +253,7 @@ void keys_free(struct rt_keys *keys)
         OPENSSL_cleanse(keys->keys[i].key, sizeof keys->keys[i].key);
     }
     free(keys->keys);
+    OPENSSL_cleanse(keys->code_key, sizeof keys->code_key);
     memset(keys, 0, sizeof *keys);
 }
 

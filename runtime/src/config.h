@@ -53,6 +53,8 @@ struct rt_key {
 struct rt_keys {
     char mrenclave[65];
     char executable_sha256[65];  /* "" when the keys file does not record it */
+    int has_code_key;            /* "code_key": the key of the embedfs's encrypted members */
+    unsigned char code_key[32];
     size_t count;
     struct rt_key *keys;
 };

@@ -1,4 +1,4 @@
-/* Reader of the embedfs archive format, version 1 (docs/embedfs-format.md; the Python reference
+/* Reader of the embedfs archive format, versions 1 and 2 (docs/embedfs-format.md; the Python reference
  * is embedfs/archive.py Archive.open/read, embedfs/elf.py and embedfs/runtime.py).
  *
  * The archive may be hostile until its root hash has been compared with a trusted one, and its
@@ -24,6 +24,8 @@
  * and the same SHA-NI/AVX2 code as EVP. Deprecated in OpenSSL 3.0, not removed; the pinned
  * libcrypto.a has it. */
 #define OPENSSL_SUPPRESS_DEPRECATED
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/sha.h>
 #include <zstd.h>
 #include <zstd_errors.h>
@@ -37,11 +39,18 @@
 #define DESCRIPTOR_SIZE 88      /* <IIQQQQQHHI32s */
 #define NT_EMBEDFS 0x53464245u  /* "EBFS" */
 #define MAX_NOTE_SEGMENT (1u << 20)
+#define KIND_ENCRYPTED_FILE 3   /* version 2 */
+#define FLAG_ENCRYPTED 1u
+#define NONCE_SIZE 12
+#define TAG_SIZE 16
 
 static const char MAGIC[8] = "EMBEDFS";   /* with its NUL: "EMBEDFS\0" */
 static const char TRAILER_MAGIC[8] = {'E', 'M', 'B', 'E', 'D', 'F', 'S', 'I'};
 static const char ROOT_DOMAIN[16] = "embedfs-root-v1"; /* with its NUL */
 static const char NOTE_NAME[8] = "EMBEDFS";
+/* embedfs/codecrypt.py: the HKDF-Expand label of the encryption subkey, the associated data's domain */
+static const char ENCRYPTION_INFO[] = "embedfs-v2 code encryption key";
+static const char AD_DOMAIN[18] = "embedfs-v2 member"; /* with its NUL */
 
 /* ------------------------------------------------------------------------------------------ */
 /* small helpers */
@@ -177,9 +186,9 @@ int embedfs_open(struct embedfs *fs, const void *archive, size_t size, struct rt
     if (memcmp(b, MAGIC, 8) != 0)
         return rt_fail(err, "input is not an embedfs archive (bad magic); give an archive built by 'embedfs pack'");
     uint16_t version = le16(b + 8), flags = le16(b + 10);
-    if (version != 1)
-        return rt_fail(err, "embedfs archive version %u is not supported (this reader knows 1); upgrade the runtime", version);
-    if (flags != 0)
+    if (version != 1 && version != 2)
+        return rt_fail(err, "embedfs archive version %u is not supported (this reader knows 1 and 2); upgrade the runtime", version);
+    if ((version == 1 && flags != 0) || (flags & ~FLAG_ENCRYPTED))
         return rt_fail(err, "embedfs archive has unknown flags 0x%x; upgrade the runtime", flags);
 
     const unsigned char *t = b + size - TRAILER_SIZE;
@@ -205,7 +214,7 @@ int embedfs_open(struct embedfs *fs, const void *archive, size_t size, struct rt
     root_add(&h, ROOT_DOMAIN, sizeof ROOT_DOMAIN);
 
     const unsigned char *index = b + index_offset;
-    uint64_t pos = 0;
+    uint64_t pos = 0, encrypted = 0;
     int rc = -1;
     for (uint64_t i = 0; i < count; i++) {
         if (index_size - pos < RECORD_SIZE) {
@@ -215,6 +224,12 @@ int embedfs_open(struct embedfs *fs, const void *archive, size_t size, struct rt
         const unsigned char *r = index + pos;
         struct embedfs_member *m = &members[i];
         m->kind = r[0];
+        m->encrypted = 0;
+        if (m->kind == KIND_ENCRYPTED_FILE && version == 2) {
+            m->kind = EMBEDFS_FILE;
+            m->encrypted = 1;
+            encrypted++;
+        }
         m->path_len = le16(r + 1);
         m->link_len = le16(r + 3);
         m->mode = le32(r + 5);
@@ -241,6 +256,7 @@ int embedfs_open(struct embedfs *fs, const void *archive, size_t size, struct rt
         const char *why = NULL;
         if (m->kind == EMBEDFS_FILE) {
             if (m->link_len) why = "a regular file with a link target";
+            else if (m->encrypted && m->data_length < NONCE_SIZE + TAG_SIZE) why = "an encrypted file without nonce and tag";
         } else if (m->kind == EMBEDFS_SYMLINK) {
             if (!m->link_len || memchr(m->link, '\0', m->link_len)) why = "a symlink with an empty or invalid target";
             else if (m->size != m->link_len) why = "a symlink whose size is not its target's length";
@@ -297,6 +313,7 @@ int embedfs_open(struct embedfs *fs, const void *archive, size_t size, struct rt
     fs->size = size;
     fs->count = count;
     fs->members = members;
+    fs->encrypted_count = encrypted;
     memcpy(fs->root_hash, t + 32, 32);
     members = NULL;
     rc = 0;
@@ -562,7 +579,95 @@ int embedfs_list_dir(const struct embedfs *fs, const char *path, size_t len, emb
 /* ------------------------------------------------------------------------------------------ */
 /* read */
 
+/* Decompress the zstd frames [src, src + len) into out (exactly cap bytes expected), hashing
+ * the output into sha when it is not NULL. */
+static int inflate_frames(const char *name, const unsigned char *src, size_t len, unsigned char *out, size_t cap,
+                          SHA256_CTX *sha, struct rt_error *err)
+{
+    int owned;
+    ZSTD_DCtx *dctx = thread_dctx(&owned);
+    if (!dctx) return rt_fail(err, "%s: out of memory for a zstd decompression context", name);
+    int rc = -1;
+    size_t left = len, done = 0;
+    while (left) {
+        size_t fsz = ZSTD_findFrameCompressedSize(src, left);
+        if (ZSTD_isError(fsz)) {
+            rt_fail(err, "%s: compressed content is corrupt at byte %zu of its frames (check: zstd frame: %s); the archive was modified",
+                    name, len - left, ZSTD_getErrorName(fsz));
+            goto out;
+        }
+        size_t n = ZSTD_decompressDCtx(dctx, out + done, cap - done, src, fsz);
+        if (ZSTD_isError(n)) {
+            if (ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall)
+                rt_fail(err, "%s: content is more than the %zu bytes the index says (check: file size); the archive was modified",
+                        name, cap);
+            else
+                rt_fail(err, "%s: compressed content is corrupt (check: zstd frame: %s); the archive was modified",
+                        name, ZSTD_getErrorName(n));
+            goto out;
+        }
+        if (n && sha) SHA256_Update(sha, out + done, n);
+        done += n;
+        src += fsz;
+        left -= fsz;
+    }
+    if (done != cap) {
+        rt_fail(err, "%s: content is %zu bytes, index says %zu (check: file size); the archive was modified", name, done, cap);
+        goto out;
+    }
+    rc = 0;
+out:
+    if (owned) ZSTD_freeDCtx(dctx);
+    return rc;
+}
+
+/* AES-256-GCM open of stored = nonce || ciphertext || tag into frames (len - 28 bytes), under
+ * the encryption subkey HKDF-Expand-SHA256(code_key, ENCRYPTION_INFO) (one HMAC block), with
+ * associated data AD_DOMAIN || u16 path length || path (embedfs/codecrypt.py). */
+static int open_sealed(const struct embedfs_member *m, const char *name, const unsigned char *stored, size_t len,
+                       const unsigned char *code_key, unsigned char *frames, struct rt_error *err)
+{
+    unsigned char info[sizeof ENCRYPTION_INFO], subkey[32];
+    memcpy(info, ENCRYPTION_INFO, sizeof ENCRYPTION_INFO - 1);
+    info[sizeof ENCRYPTION_INFO - 1] = 1;  /* HKDF-Expand: T(1) = HMAC(K, info || 0x01) */
+    unsigned int sublen = 0;
+    if (!HMAC(EVP_sha256(), code_key, EMBEDFS_CODE_KEY_SIZE, info, sizeof info, subkey, &sublen) || sublen != 32)
+        return rt_fail(err, "%s: cannot derive the code encryption key", name);
+    unsigned char ad_head[sizeof AD_DOMAIN + 2];
+    memcpy(ad_head, AD_DOMAIN, sizeof AD_DOMAIN);
+    ad_head[sizeof AD_DOMAIN] = (unsigned char)(m->path_len & 0xff);
+    ad_head[sizeof AD_DOMAIN + 1] = (unsigned char)(m->path_len >> 8);
+    size_t clen = len - NONCE_SIZE - TAG_SIZE;
+    EVP_CIPHER_CTX *ctx = EVP_CIPHER_CTX_new();
+    int outl = 0, ok = ctx != NULL;
+    ok = ok && EVP_DecryptInit_ex(ctx, EVP_aes_256_gcm(), NULL, NULL, NULL) == 1;
+    ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_IVLEN, NONCE_SIZE, NULL) == 1;
+    ok = ok && EVP_DecryptInit_ex(ctx, NULL, NULL, subkey, stored) == 1;
+    ok = ok && EVP_DecryptUpdate(ctx, NULL, &outl, ad_head, sizeof ad_head) == 1;
+    ok = ok && EVP_DecryptUpdate(ctx, NULL, &outl, (const unsigned char *)m->path, m->path_len) == 1;
+    /* in pieces: EVP takes an int length */
+    for (size_t at = 0; ok && at < clen;) {
+        int piece = clen - at > (1u << 30) ? 1 << 30 : (int)(clen - at);
+        ok = EVP_DecryptUpdate(ctx, frames + at, &outl, stored + NONCE_SIZE + at, piece) == 1 && outl == piece;
+        at += (size_t)piece;
+    }
+    ok = ok && EVP_CIPHER_CTX_ctrl(ctx, EVP_CTRL_GCM_SET_TAG, TAG_SIZE, (void *)(stored + len - TAG_SIZE)) == 1;
+    ok = ok && EVP_DecryptFinal_ex(ctx, frames + clen, &outl) == 1;
+    EVP_CIPHER_CTX_free(ctx);
+    OPENSSL_cleanse(subkey, sizeof subkey);
+    if (!ok)
+        return rt_fail(err, "%s: encrypted content does not decrypt under this code key (check: code decryption; wrong key, or the archive was modified)",
+                       name);
+    return 0;
+}
+
 int embedfs_read(const struct embedfs *fs, const struct embedfs_member *m, unsigned char *out, struct rt_error *err)
+{
+    return embedfs_read_keyed(fs, m, NULL, out, err);
+}
+
+int embedfs_read_keyed(const struct embedfs *fs, const struct embedfs_member *m, const unsigned char *code_key,
+                       unsigned char *out, struct rt_error *err)
 {
     char shown[204];
     const char *name = printable(m->path, m->path_len, shown);
@@ -578,49 +683,31 @@ int embedfs_read(const struct embedfs *fs, const struct embedfs_member *m, unsig
     if (m->kind != EMBEDFS_FILE || m->data_offset > fs->size || m->data_length > fs->size - m->data_offset)
         return rt_fail(err, "%s: not a regular file of this archive", name);
     if (m->size > SIZE_MAX) return rt_fail(err, "%s: %llu bytes do not fit in memory", name, (unsigned long long)m->size);
-    int owned;
-    ZSTD_DCtx *dctx = thread_dctx(&owned);
-    if (!dctx) return rt_fail(err, "%s: out of memory for a zstd decompression context", name);
-    int rc = -1;
+    const unsigned char *src = fs->base + m->data_offset;
+    size_t len = (size_t)m->data_length;
+    unsigned char digest[32];
+    if (m->encrypted) {
+        /* the stored bytes are what the root hash (and MRENCLAVE) cover: checked before the key is used */
+        SHA256(src, len, digest);
+        if (memcmp(digest, m->sha256, 32) != 0)
+            return rt_fail(err, "%s: encrypted content does not match its SHA-256 (check: file sha256); the archive was modified", name);
+        if (!code_key)
+            return rt_fail(err, "%s: is encrypted code and the service has no code key (keys.json code_key)", name);
+        if (len < NONCE_SIZE + TAG_SIZE) return rt_fail(err, "%s: encrypted content lacks nonce and tag", name);
+        size_t flen = len - NONCE_SIZE - TAG_SIZE;
+        unsigned char *frames = malloc(flen ? flen : 1);
+        if (!frames) return rt_fail(err, "%s: out of memory for %zu encrypted bytes", name, flen);
+        int rc = open_sealed(m, name, src, len, code_key, frames, err);
+        if (rc == 0) rc = inflate_frames(name, frames, flen, out, (size_t)m->size, NULL, err);
+        OPENSSL_cleanse(frames, flen);
+        free(frames);
+        return rc;
+    }
     SHA256_CTX sha;
     SHA256_Init(&sha);
-    const unsigned char *src = fs->base + m->data_offset;
-    size_t left = (size_t)m->data_length, cap = (size_t)m->size, done = 0;
-    while (left) {
-        size_t fsz = ZSTD_findFrameCompressedSize(src, left);
-        if (ZSTD_isError(fsz)) {
-            rt_fail(err, "%s: compressed content is corrupt at byte %zu of its frames (check: zstd frame: %s); the archive was modified",
-                    name, (size_t)m->data_length - left, ZSTD_getErrorName(fsz));
-            goto out;
-        }
-        size_t n = ZSTD_decompressDCtx(dctx, out + done, cap - done, src, fsz);
-        if (ZSTD_isError(n)) {
-            if (ZSTD_getErrorCode(n) == ZSTD_error_dstSize_tooSmall)
-                rt_fail(err, "%s: content is more than the %llu bytes the index says (check: file size); the archive was modified",
-                        name, (unsigned long long)m->size);
-            else
-                rt_fail(err, "%s: compressed content is corrupt (check: zstd frame: %s); the archive was modified",
-                        name, ZSTD_getErrorName(n));
-            goto out;
-        }
-        if (n) SHA256_Update(&sha, out + done, n);
-        done += n;
-        src += fsz;
-        left -= fsz;
-    }
-    if (done != cap) {
-        rt_fail(err, "%s: content is %zu bytes, index says %llu (check: file size); the archive was modified",
-                name, done, (unsigned long long)m->size);
-        goto out;
-    }
-    unsigned char digest[32];
+    if (inflate_frames(name, src, len, out, (size_t)m->size, &sha, err) != 0) return -1;
     SHA256_Final(digest, &sha);
-    if (memcmp(digest, m->sha256, 32) != 0) {
-        rt_fail(err, "%s: content does not match its SHA-256 (check: file sha256); the archive was modified", name);
-        goto out;
-    }
-    rc = 0;
-out:
-    if (owned) ZSTD_freeDCtx(dctx);
-    return rc;
+    if (memcmp(digest, m->sha256, 32) != 0)
+        return rt_fail(err, "%s: content does not match its SHA-256 (check: file sha256); the archive was modified", name);
+    return 0;
 }

@@ -1,4 +1,4 @@
-/* Read-only access to an embedfs archive (docs/embedfs-format.md, version 1) held in memory:
+/* Read-only access to an embedfs archive (docs/embedfs-format.md, versions 1 and 2) held in memory:
  * the archive mapped by the running executable's own PT_LOAD, or a buffer. */
 #ifndef SCONIFY_EMBEDFS_H
 #define SCONIFY_EMBEDFS_H
@@ -8,9 +8,13 @@
 #include "util.h"
 
 enum { EMBEDFS_FILE = 1, EMBEDFS_SYMLINK = 2 };
+#define EMBEDFS_CODE_KEY_SIZE 32
+
 
 struct embedfs_member {
     uint8_t kind;             /* EMBEDFS_FILE or EMBEDFS_SYMLINK */
+    uint8_t encrypted;        /* a file stored sealed under the code key (index kind 3, version 2):
+                                 sha256 is of the stored bytes, size the plaintext's */
     uint32_t mode, uid, gid;  /* mode: permission bits only */
     uint64_t size;            /* content size; a symlink: length of its target */
     uint64_t data_offset, data_length;
@@ -27,6 +31,7 @@ struct embedfs {
     uint64_t count;
     struct embedfs_member *members;  /* count entries, sorted by path bytes (owned) */
     unsigned char root_hash[32];
+    uint64_t encrypted_count;      /* members with encrypted set */
 };
 
 /* Parse and check an archive: header and trailer magic and version, index bounds, every record
@@ -71,5 +76,13 @@ int embedfs_list_dir(const struct embedfs *fs, const char *path, size_t len, emb
  * frame", "file size", "file sha256"). A symlink gives its target, checked the same way.
  * Thread-safe (per-thread zstd and hash contexts, freed at thread exit). */
 int embedfs_read(const struct embedfs *fs, const struct embedfs_member *m, unsigned char *out, struct rt_error *err);
+
+/* The same, for any member: an encrypted one (m->encrypted) is checked against its SHA-256 (of
+ * the stored bytes), decrypted with code_key (AES-256-GCM, the path as associated data; see
+ * embedfs/codecrypt.py), decompressed and checked against its size. code_key NULL: an
+ * encrypted member fails with "needs the code key". A wrong key or changed bytes fail with
+ * check "code decryption". embedfs_read is this with code_key NULL. */
+int embedfs_read_keyed(const struct embedfs *fs, const struct embedfs_member *m,
+                       const unsigned char *code_key, unsigned char *out, struct rt_error *err);
 
 #endif

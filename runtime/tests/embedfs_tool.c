@@ -1,7 +1,9 @@
 /* Test driver of src/embedfs.c (used by tests/test_runtime_embedfs.py):
  *
  *   embedfs_tool ELF ls DIR      each direct child: "d name", "f name" or "l name -> target"
- *   embedfs_tool ELF cat PATH    the checked content (a symlink: its target) on stdout
+ *   embedfs_tool ELF cat PATH    the checked content (a symlink: its target) on stdout; an
+ *                                encrypted member is decrypted with the code key given in hex
+ *                                in EMBEDFS_CODE_KEY (none: refused, as without keys)
  *   embedfs_tool ELF stat PATH   "kind mode size sha256hex" (mode in octal) or "dir"
  *   embedfs_tool ELF root        "roothashhex count"
  *   embedfs_tool ELF time-open N opens the archive N times, prints "open: X us (count members)"
@@ -72,6 +74,12 @@ int main(int argc, char **argv)
     if (found < 0) return fail(2, "%s: %s", elf, err.msg);
     if (found == 0) return fail(2, "%s carries no embedfs archive", elf);
 
+    unsigned char code_key[EMBEDFS_CODE_KEY_SIZE];
+    const char *key_hex = getenv("EMBEDFS_CODE_KEY");
+    int have_key = key_hex && *key_hex;
+    if (have_key && (strlen(key_hex) != 2 * sizeof code_key || hex_decode(key_hex, code_key, sizeof code_key) != 0))
+        return fail(2, "EMBEDFS_CODE_KEY must be %zu hex digits", 2 * sizeof code_key);
+
     struct embedfs fs;
     if (strcmp(cmd, "time-open") == 0) {
         long n = atol(arg);
@@ -120,13 +128,13 @@ int main(int argc, char **argv)
         } else if (is_stat) {
             char hex[65];
             hex_encode(m->sha256, 32, hex);
-            printf("%s %o %llu %s\n", m->kind == EMBEDFS_FILE ? "file" : "symlink", m->mode,
+            printf("%s %o %llu %s\n", m->kind == EMBEDFS_FILE ? (m->encrypted ? "encrypted" : "file") : "symlink", m->mode,
                    (unsigned long long)m->size, hex);
         } else {
             unsigned char *buf = malloc(m->size ? m->size : 1);
             if (!buf) {
                 rc = fail(2, "%s: out of memory", arg);
-            } else if (embedfs_read(&fs, m, buf, &err) != 0) {
+            } else if (embedfs_read_keyed(&fs, m, have_key ? code_key : NULL, buf, &err) != 0) {
                 rc = fail(2, "%s", err.msg);
             } else if (write_full(STDOUT_FILENO, buf, m->size) != 0) {
                 rc = fail(2, "cannot write to stdout: %s", strerror(errno));

@@ -328,7 +328,7 @@ static void test_refused(void)
     struct rt_error err;
     uint64_t io = le64(a + size - 56);
     struct { size_t at; unsigned char v; const char *needle; } cases[] = {
-        {0, 'X', "bad magic"}, {8, 2, "version"}, {10, 1, "flags"}, {size - 64, 'X', "trailer magic"},
+        {0, 'X', "bad magic"}, {8, 3, "version"}, {10, 1, "flags"}, {10, 2, "flags"}, {size - 64, 'X', "trailer magic"},
         {io, 3, "unknown kind"}, {io + 5 + 1, 0x10, "mode"}, {io + 25 + 6, 1, "outside the data area"},
         {io + 33 + 5, 1, "outside the data area"}, {size - 64 + 24, 9, "more than its"},
         {size - 64 + 24, 1, "trailing bytes"}, {size - 64 + 8, 0, "outside the archive"},

@@ -106,7 +106,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="also embed FILE (repeatable)",
     )
     code.add_argument(
-        "--keep-embedded", action="store_true", help="keep embedded files in the image's filesystem too"
+        "--encrypted-code",
+        dest="encrypted_code",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="embed every file under DIR encrypted (code that must stay secret: measured, and absent in "
+        "plaintext from the image; the key is in the keys file) (repeatable)",
+    )
+    code.add_argument(
+        "--keep-embedded", action="store_true",
+        help="keep embedded files in the image's filesystem too (never --encrypted-code files)"
     )
     code.add_argument(
         "--strict",
@@ -290,6 +300,8 @@ def summary(result: ConvertResult) -> dict:
         "recipe": plan.executable.recipe.name,
         "app_dir": plan.app_dir,
         "code_files": len(plan.code_files),
+        "encrypted_code_files": len(plan.encrypted_code),
+        "protected": [{"path": prefix.path, "reason": prefix.reason} for prefix in plan.protected],
         "why": plan.service.reasons if plan.service else [],
         "code_roots": [{"path": r.path, "kind": r.kind, "reason": r.reason} for r in plan.roots.roots] if plan.roots else [],
         "warnings": plan.warnings,
@@ -333,6 +345,17 @@ def summary(result: ConvertResult) -> dict:
     return doc
 
 
+def code_protection(plan) -> str:
+    """Integrity-only code (stdlib, site-packages) may stay in shared base layers; encrypted
+    code (--encrypted-code) may not."""
+    integrity = len(plan.code_files) - len(plan.encrypted_code)
+    line = f"{integrity} files integrity-protected (measured; their originals may stay in shared base layers)"
+    if plan.encrypted_code:
+        line += (f"\n{len(plan.encrypted_code)} files encrypted (measured; no plaintext in any layer): "
+                 + ", ".join(plan.encrypted_code_roots))
+    return line
+
+
 def print_table(result: ConvertResult, *, dry_run: bool, push=None, attached: dict | None = None) -> None:
     from rich.table import Table
 
@@ -351,6 +374,7 @@ def print_table(result: ConvertResult, *, dry_run: bool, push=None, attached: di
     if plan.roots is not None:
         table.add_row("code roots", "\n".join(f"{r.path} ({r.kind})" for r in plan.roots.roots) or "-")
     table.add_row("application dir", plan.app_dir or "-")
+    table.add_row("code protection", code_protection(plan))
     table.add_row("input rootfs", human_size(result.input_bytes))
     for region in plan.regions:
         count = len(plan.data_files.get(region["path"], []))

@@ -110,7 +110,7 @@ def check_contents(
         copy_out(fs, exe_path, exe)
         executable_checks = [
             pool.submit(checks_of, check_executable_digest, exe, manifest),
-            pool.submit(checks_of, check_embedfs, exe, manifest, Path(work)),
+            pool.submit(checks_of, check_embedfs, exe, manifest, Path(work), keys.code_key if keys else None),
             pool.submit(checks_of, check_measurement, exe, manifest, sgxs_out),
         ]
         here = VerifyReport("")

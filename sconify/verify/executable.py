@@ -25,8 +25,12 @@ def check_executable_digest(report: VerifyReport, exe: Path, manifest: Manifest)
     )
 
 
-def check_embedfs(report: VerifyReport, exe: Path, manifest: Manifest, work: Path) -> None:
-    """The embedfs in the executable (root hash, every member) and the original underneath."""
+def check_embedfs(report: VerifyReport, exe: Path, manifest: Manifest, work: Path,
+                  code_key: bytes | None = None) -> None:
+    """The embedfs in the executable (root hash, every member) and the original underneath.
+
+    Encrypted members (--encrypted-code) are checked by the SHA-256 of their stored bytes, as
+    the measurement covers them; with the keys file's ``code_key`` they are decrypted too."""
     try:
         descriptor = find_embedded(exe)
     except EmbedfsError as exc:
@@ -36,7 +40,7 @@ def check_embedfs(report: VerifyReport, exe: Path, manifest: Manifest, work: Pat
         report.add("embedfs present", False, f"{manifest.executable.path} carries no embedfs")
         return
     try:
-        archive = open_embedded(exe)
+        archive = open_embedded(exe, code_key)
     except EmbedfsError as exc:
         report.add("embedfs root hash", False, str(exc))
         return
@@ -53,6 +57,9 @@ def check_embedfs(report: VerifyReport, exe: Path, manifest: Manifest, work: Pat
             report.add(
                 "embedfs file hashes", True, f"{verified.file_count} files, {verified.content_bytes} bytes"
             )
+            if archive.encrypted:
+                report.add("encrypted code", True, f"{len(archive.encrypted)} files, "
+                           + ("decrypted with the code key" if code_key else "stored bytes checked (no code key)"))
         except EmbedfsError as exc:
             report.add("embedfs file hashes", False, str(exc))
         actual_files = {absolute(m.path): m.sha256 for m in archive.list()}

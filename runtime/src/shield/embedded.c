@@ -1,5 +1,7 @@
 /* Embedded code: the files of the executable's embedfs, served from sealed memfds holding their
- * checked content, their stat, and dlopen of an embedded shared object. */
+ * checked content, their stat, and dlopen of an embedded shared object. An encrypted member
+ * (--encrypted-code) is decrypted with the keys' code key into its memfd; without that key it
+ * is EACCES (one line on stderr, once), and its plaintext never touches a disk. */
 #include <dlfcn.h>
 #include <openssl/sha.h>
 #include <sys/mman.h>
@@ -17,9 +19,21 @@ int new_memfd(const char *path, int cloexec)
     return fd;
 }
 
+/* EACCES for an encrypted member when the service has no code key (said once per process). */
+static int no_code_key(const char *path)
+{
+    static int said;
+    if (!__atomic_exchange_n(&said, 1, __ATOMIC_RELAXED))
+        shield_log("%s is encrypted code and the service has no code key: start it with the keys.json the "
+                   "conversion wrote; encrypted code is not readable without it", path);
+    errno = EACCES;
+    return -1;
+}
+
 /* A sealed memfd with the checked content of an embedded file. */
 int open_embedded(const struct embedfs_member *m, const char *path, int cloexec)
 {
+    if (m->encrypted && !S.has_code_key) return no_code_key(path);
     int fd = new_memfd(path, cloexec);
     if (fd < 0) return -1;
     unsigned char *buf = NULL;
@@ -28,7 +42,7 @@ int open_embedded(const struct embedfs_member *m, const char *path, int cloexec)
         buf = mmap(NULL, m->size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
         if (buf == MAP_FAILED) goto fail_errno;
         struct rt_error err;
-        int rc = embedfs_read(&S.emb, m, buf, &err);
+        int rc = embedfs_read_keyed(&S.emb, m, S.has_code_key ? S.code_key : NULL, buf, &err);
         munmap(buf, m->size);
         if (rc != 0) {
             shield_log("embedded code refused: %s", err.msg);
@@ -44,6 +58,46 @@ fail_errno:;
     RESOLVE(close)(fd);
     errno = saved;
     return -1;
+}
+
+/* ------------------------------------------------------------------ beside encrypted code */
+
+/* The directories (relative, pointing into the archive's index) that directly hold an
+ * encrypted member, in index order, without repeats: built once, on first use. */
+struct span { const char *p; size_t n; };
+static struct span *secret_dirs;
+static size_t secret_dir_count;
+static pthread_once_t secret_dirs_once = PTHREAD_ONCE_INIT;
+
+static void find_secret_dirs(void)
+{
+    secret_dirs = calloc(S.emb.encrypted_count + 1, sizeof *secret_dirs);
+    if (!secret_dirs) return;
+    for (uint64_t i = 0; i < S.emb.count; i++) {
+        const struct embedfs_member *m = &S.emb.members[i];
+        if (!m->encrypted) continue;
+        const char *slash = memrchr(m->path, '/', m->path_len);
+        size_t n = slash ? (size_t)(slash - m->path) : 0;
+        struct span *last = secret_dir_count ? &secret_dirs[secret_dir_count - 1] : NULL;
+        if (n && !(last && last->n == n && memcmp(last->p, m->path, n) == 0))
+            secret_dirs[secret_dir_count++] = (struct span){m->path, n};
+    }
+}
+
+/* 1 if the absolute path lies below a directory holding encrypted code. A write-open there is
+ * refused: what the service writes beside secret code (CPython's __pycache__/*.pyc, compiled
+ * from it) would be plaintext on disk. */
+int beside_encrypted_code(const char *path)
+{
+    if (!S.emb.encrypted_count || path[0] != '/') return 0;
+    pthread_once(&secret_dirs_once, find_secret_dirs);
+    const char *rel = path + 1;
+    size_t len = strlen(rel);
+    for (size_t i = 0; i < secret_dir_count; i++) {
+        const struct span *d = &secret_dirs[i];
+        if (len > d->n && rel[d->n] == '/' && memcmp(rel, d->p, d->n) == 0) return 1;
+    }
+    return 0;
 }
 
 /* ------------------------------------------------------------------ stat */
@@ -116,7 +170,9 @@ EXPORT void *dlopen(const char *path, int flags)
     in_shield++;
     int on_disk = stat64(t.path, &st) == 0;
     in_shield--;
-    if (on_disk) {
+    /* Encrypted code is never loaded from disk (a copy there would be plaintext, and the
+     * conversion removed it): always from a memfd of the decrypted member. */
+    if (on_disk && !t.m->encrypted) {
         if (same_as_member(t.path, t.m)) return RESOLVE(dlopen)(t.path, flags);
         shield_log("embedded code refused: %s on disk differs from the measured copy", t.path);
         return NULL;

@@ -93,10 +93,16 @@ __attribute__((constructor)) static void shield_init(void)
     const char *keys_path = getenv("SCONIFY_KEYS");
     S.vols = calloc(S.cfg.volume_count + S.cfg.ephemeral_count + 1, sizeof *S.vols);
     if (!S.vols) fatal("out of memory");
-    if (S.cfg.volume_count) {
+    /* Encrypted code without volumes runs without keys too: its members are then refused
+     * (EACCES, embedded.c), every other file served as usual. */
+    if (S.cfg.volume_count || (S.emb.encrypted_count && keys_path)) {
         struct rt_keys keys;
         if (!keys_path) fatal("no keys: start the service through sconify-run");
         if (keys_load(keys_path, &keys, &err) != 0) fatal(err.msg);
+        if (keys.has_code_key) {
+            memcpy(S.code_key, keys.code_key, sizeof S.code_key);
+            S.has_code_key = 1;
+        }
         S.keys_path = strdup(keys_path);
         S.keys_persist = strncmp(keys_path, "/proc/", 6) != 0;
         for (size_t i = 0; i < S.cfg.volume_count; i++) {

@@ -166,6 +166,8 @@ struct shield_state {
     int active;
     int has_emb;
     struct embedfs emb;
+    int has_code_key;          /* the keys' code_key, for the embedfs's encrypted members */
+    unsigned char code_key[32];
     struct rt_config cfg;
     char *keys_path;
     int keys_persist;          /* 0: debug-mode keys from the environment (tags printed) */
@@ -217,6 +219,7 @@ int reserved_name(const struct svol *vol, const char *name);
 int new_memfd(const char *path, int cloexec);
 int open_embedded(const struct embedfs_member *m, const char *path, int cloexec);
 void embedded_stat(const struct target *t, struct stat64 *st);
+int beside_encrypted_code(const char *path);
 
 /* ------------------------------------------------------------------ volumes (volumes.c) */
 
