@@ -646,6 +646,27 @@ def test_usr_local_prefix_of_the_official_images(py_local):
     assert not any(f.startswith("usr/lib/python3") for f in files)
 
 
+def test_dash_m_takes_the_whole_package_it_runs_even_one_the_recipe_leaves_out():
+    """``python3 -m test``: Debian's CPython test suite lives in the stdlib's ``test/``, which the
+    recipe leaves out of the stdlib (a service does not import it); the command runs it, so the
+    package is a root of its own and its modules are code (sealed code roots hide the rest)."""
+    from sconify.image.rootfs import RootFS
+    from sconify.image.transports import read_image
+    from sconify.select import recipe_for
+
+    with RootFS.from_image(read_image(f"oci:{debimage.build_image('python-tests')}:latest")) as fs:
+        service = find_service(fs, config(["python3", "-m", "test", "-j2", "test_os"], workdir="/app"))
+        roots = python_roots(fs, service)
+        assert ("/usr/lib/python3.11/test", "main") in [(root.path, root.kind) for root in roots.roots]
+        files = set(code_files(fs, roots))
+        assert {"usr/lib/python3.11/test/__main__.py", "usr/lib/python3.11/test/support/os_helper.py",
+                "usr/lib/python3.11/test/test_importlib/test_api.py"} <= files
+        stdlib_rule = recipe_for("usr/bin/python3.11").code[0]
+        assert "test" in stdlib_rule.exclude  # what the recipe alone would leave out
+        service = find_service(fs, config(["python3", "-m", "json.tool"], workdir="/app"))
+        assert not [root for root in python_roots(fs, service).roots if root.path.endswith("/json")]  # a module of a package already whole
+
+
 def test_binary_option_and_errors(py_shapes):
     fs = py_shapes
     service = find_service(fs, VENV_M_APP, binary="/usr/bin/python3.11")

@@ -41,6 +41,7 @@ from sconify.codepaths.common import (
     which,
 )
 from sconify.codepaths.service import Service
+from sconify.recipe import excluded
 from sconify.select import rel
 
 MAX_BINARY = 256 << 20  # bytes of an interpreter or libpython read to find its frozen site module
@@ -522,6 +523,30 @@ def _is_zip(fs, path: str) -> bool:
     return head.startswith(b"PK\x03\x04") or path.endswith((".zip", ".pyz", ".egg", ".whl"))
 
 
+def main_package(main: str, invocation: Invocation) -> str | None:
+    """The top-level package directory of the ``-m`` module whose file is ``main`` (resolved),
+    or None for a top-level module or another mode: ``-m test`` -> ``.../test``, ``-m a.b``
+    (``.../a/b.py`` or ``.../a/b/__main__.py``) -> ``.../a``."""
+    if invocation.mode != "module":
+        return None
+    depth = invocation.target.count(".")  # packages above the named module
+    directory = posixpath.dirname(main)
+    if posixpath.basename(main) in ("__main__.py", "__init__.py"):
+        depth += 1  # the named module is itself a package: its directory counts
+    if depth == 0:
+        return None
+    for _ in range(depth - 1):
+        directory = posixpath.dirname(directory)
+    return directory
+
+
+def walked_into(fs, roots: CodeRoots, path: str) -> bool:
+    """Whether the walk of a root takes the directory ``path``: a root covers it and no
+    component below that root is one the walk leaves out (``test``, ``__pycache__``...)."""
+    return any(root.covers(fs, path) and not excluded(path[len(root.path):].strip("/"), roots.exclude)
+               for root in roots.roots)
+
+
 def find_module(fs, name: str, sys_path: list[str]) -> str | None:
     """The file ``import name`` loads first along ``sys_path`` (for ``-m``: a package's
     ``__main__.py``), or None. Regular packages, modules, C extensions, namespace packages."""
@@ -586,6 +611,9 @@ def python_roots(fs, service: Service, env: dict[str, str] | None = None, workdi
         target = resolve(fs, layout.main)
         if target is not None and not roots.covers(fs, target):
             roots.add(CodeRoot(target, "main", f"{layout.main}: the main module"))
+        package = main_package(target, layout.invocation) if target is not None else None
+        if package is not None and not walked_into(fs, roots, package):  # `-m test`: the stdlib's test/
+            roots.add(CodeRoot(package, "main", f"-m {layout.invocation.target}: the package {package} runs"))
     cwd = resolve(fs, service.workdir if workdir is None else workdir)
     console_script = layout.invocation.mode == "script" and layout.main in service.scripts
     if console_script and cwd is not None and cwd not in SYSTEM_DIRS and is_dir(fs, cwd) and not roots.covers(fs, cwd):
