@@ -16,6 +16,10 @@ static int is_write_open(int flags)
 static int shield_open(int dirfd, const char *path, int flags, mode_t mode, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, !(flags & O_NOFOLLOW), t) != 0) return -2;
+    if (S.locked && t->kind == T_PASS && !(flags & (O_DIRECTORY | O_PATH)) && locked_volume_file(t->path)) {
+        errno = EACCES;
+        return -1;
+    }
     if (t->kind == T_EMB && t->m && t->m->kind == EMBEDFS_FILE && !(flags & O_DIRECTORY)) {
         if (is_write_open(flags)) {
             errno = EROFS;

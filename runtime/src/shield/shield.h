@@ -157,6 +157,7 @@ struct shield_state {
     struct rt_config cfg;
     char *keys_path;
     int keys_persist;          /* 0: debug-mode keys from the environment (tags printed) */
+    int locked;                /* no keys granted: the volumes' files are refused (EACCES) */
     struct svol *vols;
     size_t nvols;
     pthread_mutex_t lock;      /* volumes, tracked fds, fake directories */
@@ -171,6 +172,10 @@ extern __thread int in_shield;  /* our own libc calls pass straight through */
 #define ACTIVE() (S.active && !in_shield)
 
 void shield_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+
+/* init.c: 1 (and one line the first time) if path is a file in a volume this process has no
+ * keys for. */
+int locked_volume_file(const char *path);
 
 /* ------------------------------------------------------------------ paths (paths.c) */
 
