@@ -127,6 +127,9 @@ class KeysFile:
     # SHA-256 of the whole measured executable: the runtime refuses a file whose bytes outside
     # every loaded segment (not in MRENCLAVE) were changed. "" when not recorded.
     executable_sha256: str = ""
+    # SHA-256 of the image's /.sconify/runtime.json (its policy and volumes): the launcher
+    # refuses another one. "" when not recorded (--runtime none).
+    runtime_config_sha256: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "volumes", tuple(sorted(self.volumes, key=lambda v: v.path)))
@@ -144,6 +147,8 @@ class KeysFile:
         }
         if self.executable_sha256:
             doc["executable_sha256"] = self.executable_sha256
+        if self.runtime_config_sha256:
+            doc["runtime_config_sha256"] = self.runtime_config_sha256
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
     def write(self, path: str | os.PathLike) -> None:
@@ -167,10 +172,11 @@ class KeysFile:
             if len({v.path for v in volumes}) != len(volumes) or not isinstance(doc["mrenclave"], str):
                 raise ValueError("duplicate volume")
             executable_sha256 = doc.get("executable_sha256", "")
-            if not isinstance(executable_sha256, str):
+            runtime_config_sha256 = doc.get("runtime_config_sha256", "")
+            if not isinstance(executable_sha256, str) or not isinstance(runtime_config_sha256, str):
                 raise ValueError("executable_sha256")
             return cls(volumes=volumes, mrenclave=doc["mrenclave"], session_name=doc["session"],
-                       executable_sha256=executable_sha256)
+                       executable_sha256=executable_sha256, runtime_config_sha256=runtime_config_sha256)
         except OSError as exc:
             raise UsageError(f"cannot read keys file {path}: {exc.strerror}") from None
         except (ValueError, KeyError, TypeError, AttributeError):

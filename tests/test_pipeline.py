@@ -224,6 +224,11 @@ def test_python_manifest_session_and_keys_agree(python_converted):
     assert session["secrets"] == [{"name": "app_data_key", "kind": "binary", "export_public": False}]
     assert "fspf_path" not in service and "fspf_key" not in service
     assert service["command"] == "/usr/bin/python3.11 /app/main.py" and service["pwd"] == "/app"  # the measured executable
+    # The policy: what the launcher grants the keys to, bound to the keys by runtime.json's SHA-256.
+    assert keys.runtime_config_sha256 == m.runtime.files["/.sconify/runtime.json"]
+    assert m.runtime.policy["command"] == ["python3", "/app/main.py"] and not m.runtime.policy["allow_args"]
+    assert m.runtime.policy["service_command"] == ["/usr/bin/python3.11", "/app/main.py"]
+    assert service["environment"] == m.runtime.policy["environment"] and "PATH" in service["environment"]
     assert stat.S_IMODE((python_converted.workdir / "keys.json").stat().st_mode) == 0o600
     regions = {r["path"]: (r["kind"], r["protection"]) for r in m.all_regions()}
     assert regions == {
