@@ -42,6 +42,7 @@ def verify_image(
     keys: KeysFile | None = None,
     sgxs_out: str | None = None,
     platform: str | None = None,
+    session: dict | None = None,
 ) -> VerifyReport:
     """Recompute every figure of ``manifest`` from the image at ``reference``.
 
@@ -74,7 +75,8 @@ def verify_image(
             # the diff_id of an input blob stored as recorded is not recomputed (see below).
             fs = RootFS.from_image(image, cache_layers=range(base, len(image.layers)),
                                    diff_ids_known=recorded_input_blobs(image.layers[:base], manifest))
-        check_contents(report, fs, manifest, keys, sgxs_out, pool, whiteouts_needed=added_layers_only)
+        check_contents(report, fs, manifest, keys, sgxs_out, pool, whiteouts_needed=added_layers_only,
+                       session=session)
         if lower is not None:
             report.checks += lower.result()  # an ImageError (corrupt input blob) propagates: could not read
     return report
@@ -89,6 +91,7 @@ def check_contents(
     pool: concurrent.futures.Executor,
     *,
     whiteouts_needed: bool,
+    session: dict | None = None,
 ) -> None:
     """Every check that reads files: executable, embedfs, MRENCLAVE, whiteouts, fspf and, with
     keys, every protected file.
@@ -115,7 +118,7 @@ def check_contents(
             check_added_layers(here, fs, manifest)
         check_volumes(here, fs, manifest, keys)
         if manifest.runtime is not None:
-            check_runtime(here, fs, manifest)
+            check_runtime(here, fs, manifest, session)
         for future in executable_checks:
             report.checks += future.result()
         report.checks += here.checks
