@@ -375,6 +375,7 @@ MAX_THREADS = 1024
 def check_options(options: ConvertOptions) -> None:
     """Everything about the options that can be checked before reading the image."""
     layer_limits(options)  # refuses bounds that are not positive
+    check_env_names(options.allow_env)
     if options.max_entries is not None and options.max_entries <= 0:
         raise UsageError("--max-entries must be positive")
     if same_image_location(options.source, options.destination):

@@ -517,6 +517,8 @@ def test_script_entrypoint_is_followed_to_its_interpreter_and_measured(python_im
         (["--fs-dir", "/nope"], "--fs-dir /nope does not exist in the image"),
         (["--fs-file", "/app/data/config.json", "--dir", "/app/data"], "is both code"),
         (["--dir", "/usr/bin"], "the executable /usr/bin/python3.11 lies in the encrypted region /usr/bin"),
+        (["--allow-env", "NODE OPTIONS"], "--allow-env 'NODE OPTIONS' is not an environment variable name"),
+        (["--allow-env", "PYTHONPATH=/x"], "--allow-env 'PYTHONPATH=/x' is not an environment variable name"),
     ],
 )
 def test_bad_options_give_one_line_and_no_output(python_image, tmp_path, extra, expected):
