@@ -594,3 +594,16 @@ def test_granted_process_checks_its_own_executable(world):
     result = world.python_code(code, check=False)
     assert result.stdout.strip() == "EACCES"
     assert "but the keys were issued for" in result.stderr
+
+
+def test_grant_is_passed_to_executed_children_even_with_close_fds(world):
+    # subprocess closes every inherited descriptor (close_fds=True) before the exec: the shield
+    # writes the grant again for the child; a child whose environment leaves it out gets none.
+    read = READ_COUNT % str(world.volume / "count.txt")
+    out = world.python_code(
+        "import os, subprocess, sys\n"
+        "print(subprocess.run([sys.executable, '-c', %r], capture_output=True, text=True).stdout.strip())\n"
+        "env = {k: v for k, v in os.environ.items() if k != 'SCONIFY_GRANT'}\n"
+        "print(subprocess.run([sys.executable, '-c', %r], capture_output=True, text=True, env=env).stdout.strip())\n"
+        % (read, read)).stdout
+    assert out == "0\nEACCES\n"

@@ -18,6 +18,11 @@
 #define GRANT_SCHEMA "sconify.grant/v1"
 #define GRANT_SEALS (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
 
+/* The grant this process inherited, as read (NULL: none), and the descriptor number it came
+ * in: passed on to the programs the service executes (see execve below). */
+static char *grant_text;
+static size_t grant_len;
+
 struct grant {
     struct rt_keys keys;
     char *config;           /* the runtime config's bytes the launcher checked */
@@ -100,8 +105,6 @@ static int read_grant(struct grant *g)
     json_t *doc = NULL;
     if (text && pread_full((int)fd, text, (size_t)st.st_size, 0) == 0)
         doc = json_loadb(text, (size_t)st.st_size, JSON_REJECT_DUPLICATES, NULL);
-    if (text) OPENSSL_cleanse(text, (size_t)st.st_size);
-    free(text);
     const char *schema = json_string_value(json_object_get(doc, "schema"));
     json_t *config = json_object_get(doc, "runtime_config");
     const char *keys_path = json_string_value(json_object_get(doc, "keys_path"));
@@ -114,6 +117,11 @@ static int read_grant(struct grant *g)
         memcpy(g->config, json_string_value(config), g->config_len + 1);
         g->keys_path = strdup(keys_path);
         g->persist = json_is_true(json_object_get(doc, "persist"));
+        grant_text = text;  /* kept to pass the grant on (execve below) */
+        grant_len = (size_t)st.st_size;
+    } else if (text) {
+        OPENSSL_cleanse(text, (size_t)st.st_size);
+        free(text);
     }
     json_decref(doc);  /* the key strings are freed with it; jansson does not clear them */
     return ok;
@@ -261,6 +269,48 @@ __attribute__((constructor)) static void shield_init(void)
     install_seccomp();
     S.active = S.has_emb || S.nvols || S.locked;
     in_shield--;
+}
+
+/* ------------------------------------------------------------------ passing the grant on */
+
+/* Programs the granted service executes inherit its grant (its code chose them), also when the
+ * caller closed every other descriptor first (Python's subprocess and multiprocessing's spawn:
+ * close_fds=True). Just before the exec, in the child, a grant named in the new environment
+ * whose descriptor is gone is written again into a new sealed memfd at that number. A caller
+ * that leaves SCONIFY_GRANT out of the environment gives the program no grant; a number taken
+ * by another descriptor is left alone (no grant). Only system calls here: this runs between
+ * fork and exec. */
+static void pass_grant_on(char *const envp[])
+{
+    static const char name[] = "SCONIFY_GRANT=";
+    if (!grant_text || !envp) return;
+    long number = -1;
+    for (char *const *e = envp; *e; e++)
+        if (strncmp(*e, name, sizeof name - 1) == 0) {
+            char *end;
+            number = strtol(*e + sizeof name - 1, &end, 10);
+            if (*end || number < 0 || number > INT_MAX) return;
+        }
+    if (number < 0 || fcntl((int)number, F_GET_SEALS) == GRANT_SEALS || fcntl((int)number, F_GETFD) >= 0) return;
+    int fd = memfd_create("sconify-grant", MFD_ALLOW_SEALING);
+    if (fd < 0) return;
+    if (write_full(fd, grant_text, grant_len) == 0 && fcntl(fd, F_ADD_SEALS, GRANT_SEALS) == 0 && fd != (int)number)
+        dup2(fd, (int)number);
+    if (fd != (int)number) RESOLVE(close)(fd);
+}
+
+extern char **environ;
+
+EXPORT int execve(const char *path, char *const argv[], char *const envp[])
+{
+    pass_grant_on(envp);
+    return RESOLVE(execve)(path, argv, envp);
+}
+
+EXPORT int execv(const char *path, char *const argv[])
+{
+    pass_grant_on(environ);
+    return RESOLVE(execv)(path, argv);
 }
 
 /* Debian's libjansson.a is built as position-dependent code: its json_loadf path refers to

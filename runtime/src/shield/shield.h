@@ -122,7 +122,9 @@
     REAL(int, mkostemps64, char *, int, int) \
     REAL(FILE *, tmpfile, void) \
     REAL(FILE *, tmpfile64, void) \
-    REAL(int, renameat, int, const char *, int, const char *)
+    REAL(int, renameat, int, const char *, int, const char *) \
+    REAL(int, execve, const char *, char *const *, char *const *) \
+    REAL(int, execv, const char *, char *const *)
 
 #define REAL_DECLARE(ret, name, ...)       \
     typedef ret (*name##_fn)(__VA_ARGS__); \
