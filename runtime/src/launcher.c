@@ -2,13 +2,16 @@
  *
  *   sconify-run [--] COMMAND [ARGS...]
  *
- * Before the service starts it plays the attestation SCONE's CAS performs: it recomputes the
- * MRENCLAVE of the measured executable (parameters from the image's runtime config, checked by
- * the result, never trusted on their own), compares it with the one in the keys file, and checks
- * every volume's fspf against the key and tag recorded there (a restored older copy is a
- * rollback). Then it runs COMMAND with the shield preloaded (libsconify-shield.so, which serves
- * the embedfs and the volumes inside the measured process), forwards signals to it, reaps
- * zombies when it is PID 1, and exits with its status.
+ * Before the service starts it enforces the policy the runtime config records (a variable that
+ * chooses code, changed by the host, is refused; a command other than the recorded one runs
+ * without keys) and plays the attestation SCONE's CAS performs: the keys file must bind this
+ * runtime config; it recomputes the MRENCLAVE of the measured executable (parameters from the
+ * image's runtime config, checked by the result, never trusted on their own), compares it with
+ * the one in the keys file, and checks every volume's fspf against the key and tag recorded
+ * there (a restored older copy is a rollback). Then it runs COMMAND with the shield preloaded
+ * (libsconify-shield.so, which serves the embedfs and the volumes inside the measured process)
+ * and the keys granted to it in a sealed memfd, forwards signals to it, reaps zombies when it
+ * is PID 1, and exits with its status.
  *
  *   sconify-run --measure EXE HEAP STACK THREADS SSA    print the MRENCLAVE of EXE
  */
@@ -318,7 +321,7 @@ int main(int argc, char **argv)
     unsetenv("SCONIFY_GRANT");
     if (policy_check_environment(&cfg, environ, shield, why, sizeof why) != 0) die("%s", why);
     int granted = policy_check_command(&cfg, argc - first, command, why, sizeof why) == 0;
-    if (!granted)
+    if (!granted && cfg.volume_count)  /* an image without volumes has no keys to withhold: nothing to say */
         fprintf(stderr, "sconify-run: %s: the keys are granted only to the command the conversion recorded, so this "
                         "one runs without keys and its volumes are unreadable (to let the host append arguments, "
                         "re-convert with --allow-args)\n", why);
