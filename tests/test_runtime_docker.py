@@ -51,6 +51,8 @@ DRIVER_SOURCE = (
     "del sys.argv[1]\n"
     "exec(compile(code, '<driver>', 'exec'), {'__name__': '__main__'})\n"
 )
+NODE_DRIVER = "/app/run_code.js"
+NODE_DRIVER_SOURCE = "const code = process.argv[2];\nprocess.argv.splice(2, 1);\neval(code);\n"
 PLAINTEXT = "celsius"  # in the demo's /app/data/config.json and readings.csv
 
 
@@ -108,12 +110,12 @@ def derived_image(docker_client, base: str, tag: str, files: dict[str, tuple[byt
     docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
 
 
-def driver_image(python: Converted, docker_client, tmp: Path) -> Converted:
-    """The Python demo with the driver as its CMD, converted with --allow-args."""
+def driver_image(base: Converted, docker_client, tmp: Path, node: bool = False) -> Converted:
+    """The Python (or Node) demo with a driver as its CMD, converted with --allow-args."""
     name = f"sconify-rt-driver-{uuid.uuid4().hex[:8]}"
     original, tag = f"{name}:original", f"{name}:conf"
-    derived_image(docker_client, python.original, original, {DRIVER: (DRIVER_SOURCE.encode(), 0o644)},
-                  cmd=["python3", DRIVER])
+    path, source, interpreter = (NODE_DRIVER, NODE_DRIVER_SOURCE, "node") if node else (DRIVER, DRIVER_SOURCE, "python3")
+    derived_image(docker_client, base.original, original, {path: (source.encode(), 0o644)}, cmd=[interpreter, path])
     convert_into_engine(f"docker-daemon:{original}", tag, tmp / "out", "--dir", "/app/data", "--allow-args")
     manifest = json.loads((tmp / "out" / "manifest.json").read_text())
     return Converted(original, tag, tmp / "out", manifest["executable"]["path"])
@@ -127,8 +129,9 @@ def conversions(python_image, node_image, docker_client, tmp_path_factory):
     def get(kind: str) -> Converted:
         if kind not in made:
             tmp = tmp_path_factory.mktemp(f"rt-{kind}")
-            if kind == "driver":
-                made[kind] = driver_image(get("python"), docker_client, tmp)
+            if kind in ("driver", "node-driver"):
+                made[kind] = driver_image(get("node" if kind == "node-driver" else "python"), docker_client, tmp,
+                                          node=kind == "node-driver")
             else:
                 made[kind] = converted_image(kind, {"python": python_image, "node": node_image}[kind],
                                              docker_client, tmp)
@@ -522,3 +525,12 @@ def test_verify_fails_on_a_derived_image_with_another_runtime_config(python_conv
         docker_client.images.remove(image, force=True)
     assert status == 1
     assert not checks["runtime files"]["ok"] and "runtime.json" in checks["runtime files"]["detail"]
+
+
+def test_child_process_of_the_granted_node_service_inherits_the_grant(conversions, docker_client, tmp_path):
+    conv = conversions("node-driver")
+    child = "process.stdout.write(require('fs').readFileSync('/app/data/config.json', 'utf8'))"
+    code = ("const out = require('child_process').execFileSync(process.execPath, ['-e', %s]);"
+            "console.log('child read', JSON.parse(out).units);" % json.dumps(child))
+    status, out, err = run(docker_client, conv.tag, ["node", NODE_DRIVER, code], secrets=secrets_dir(conv, tmp_path))
+    assert status == 0 and out == "child read celsius\n", err

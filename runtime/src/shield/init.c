@@ -276,7 +276,8 @@ __attribute__((constructor)) static void shield_init(void)
 /* Programs the granted service executes inherit its grant (its code chose them), also when the
  * caller closed every other descriptor first (Python's subprocess and multiprocessing's spawn:
  * close_fds=True). Just before the exec, in the child, a grant named in the new environment
- * whose descriptor is gone is written again into a new sealed memfd at that number. A caller
+ * whose descriptor is gone (closed, or marked close-on-exec: Node marks the descriptors it
+ * inherits) is written again into a new sealed memfd at that number. A caller
  * that leaves SCONIFY_GRANT out of the environment gives the program no grant; a number taken
  * by another descriptor is left alone (no grant). Only system calls here: this runs between
  * fork and exec. */
@@ -291,7 +292,13 @@ static void pass_grant_on(char *const envp[])
             number = strtol(*e + sizeof name - 1, &end, 10);
             if (*end || number < 0 || number > INT_MAX) return;
         }
-    if (number < 0 || fcntl((int)number, F_GET_SEALS) == GRANT_SEALS || fcntl((int)number, F_GETFD) >= 0) return;
+    if (number < 0) return;
+    int flags = fcntl((int)number, F_GETFD);
+    if (flags >= 0 && fcntl((int)number, F_GET_SEALS) == GRANT_SEALS) {
+        if (flags & FD_CLOEXEC) fcntl((int)number, F_SETFD, flags & ~FD_CLOEXEC);  /* keep it across the exec */
+        return;
+    }
+    if (flags >= 0) return;  /* the number names another descriptor: no grant */
     int fd = memfd_create("sconify-grant", MFD_ALLOW_SEALING);
     if (fd < 0) return;
     if (write_full(fd, grant_text, grant_len) == 0 && fcntl(fd, F_ADD_SEALS, GRANT_SEALS) == 0 && fd != (int)number)
@@ -311,6 +318,19 @@ EXPORT int execv(const char *path, char *const argv[])
 {
     pass_grant_on(environ);
     return RESOLVE(execv)(path, argv);
+}
+
+/* libuv (Node's child_process) sets environ to the child's environment and calls execvp. */
+EXPORT int execvp(const char *file, char *const argv[])
+{
+    pass_grant_on(environ);
+    return RESOLVE(execvp)(file, argv);
+}
+
+EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
+{
+    pass_grant_on(envp);
+    return RESOLVE(execvpe)(file, argv, envp);
 }
 
 /* Debian's libjansson.a is built as position-dependent code: its json_loadf path refers to

@@ -124,7 +124,9 @@
     REAL(FILE *, tmpfile64, void) \
     REAL(int, renameat, int, const char *, int, const char *) \
     REAL(int, execve, const char *, char *const *, char *const *) \
-    REAL(int, execv, const char *, char *const *)
+    REAL(int, execv, const char *, char *const *) \
+    REAL(int, execvp, const char *, char *const *) \
+    REAL(int, execvpe, const char *, char *const *, char *const *)
 
 #define REAL_DECLARE(ret, name, ...)       \
     typedef ret (*name##_fn)(__VA_ARGS__); \
