@@ -69,6 +69,19 @@ def startup_rows(work: Path, repeats: int, layout: Path, Row) -> list:
                    overhead <= STARTUP_TARGET_S)]
 
 
+def record_policy(config: Path, keys: Path | None, command: list[str]) -> None:
+    """Record ``command`` as the one the keys are granted to (the runtime config's policy, as
+    sconify-image writes it), and bind the config to the keys file (its SHA-256)."""
+    doc = json.loads(config.read_text())
+    doc["policy"] = {"command": command, "service_command": command, "environment": {"PATH": os.environ["PATH"]},
+                     "allow_args": False, "allow_env": []}
+    config.write_text(json.dumps(doc))
+    if keys is not None:
+        bound = json.loads(keys.read_text())
+        bound["runtime_config_sha256"] = hashlib.sha256(config.read_bytes()).hexdigest()
+        keys.write_text(json.dumps(bound))
+
+
 def local_startup_rows(work: Path, repeats: int, Row) -> list:
     """The runtime's own start-up cost, without Docker's container set-up: this machine's
     python3.11 with its whole standard library embedded (the shield serves every module from
@@ -96,6 +109,7 @@ def local_startup_rows(work: Path, repeats: int, Row) -> list:
     }))
     env = {"PATH": os.environ["PATH"], "SCONIFY_RUNTIME_CONFIG": str(config)}
     code = "import json, ssl, sqlite3, csv, hashlib"  # what the Python demo imports
+    record_policy(config, None, [str(exe), "-c", code])
     ours = repeat([str(build_runtime().launcher), str(exe), "-c", code], repeats + 2, env=env)
     plain = repeat([str(python), "-c", code], repeats + 2, env={"PATH": os.environ["PATH"]})
     return [Row.of("runtime start-up (local, stdlib embedded)", "sconify-run + shield", ours, None,
@@ -143,6 +157,12 @@ def volume_world(work: Path, size_mb: int) -> tuple[Path, dict, Path, Path]:
     return exe, env, plain_dir, volume
 
 
+def volume_command(env: dict, argv: list[str]) -> list[str]:
+    """argv, recorded as the command the volume world's keys are granted to."""
+    record_policy(Path(env["SCONIFY_RUNTIME_CONFIG"]), Path(env["SCONIFY_KEYS"]), argv)
+    return argv
+
+
 def volume_rows(work: Path, repeats: int, size_mb: int, Row) -> list:
     launcher = build_runtime().launcher
     exe, env, plain_dir, volume = volume_world(work / "volume-world", size_mb)
@@ -151,7 +171,8 @@ def volume_rows(work: Path, repeats: int, size_mb: int, Row) -> list:
              f"for _ in range({size_mb}): f.write(b)\nf.close()")
     rows = []
     for label, code, name in (("read", read, "data.bin"), ("write + close", write, "written.bin")):
-        ours = repeat([str(launcher), str(exe), "-c", code, str(volume / name)], repeats, env=env)
+        ours = repeat([str(launcher), *volume_command(env, [str(exe), "-c", code, str(volume / name)])], repeats,
+                      env=env)
         plain = repeat([str(exe), "-c", code, str(plain_dir / name)], repeats)
         rows.append(Row.of(f"encrypted volume {label} {size_mb} MB", f"python {label} through the shield", ours,
                            size_mb * 1.048576 / ours.wall, f"python {label} plain file", plain.wall,

@@ -140,6 +140,9 @@ class KeysFile:
     executable_sha256: str = ""
     # The key of the embedfs's encrypted members (--encrypted-code); None when there are none.
     code_key: bytes | None = field(default=None, repr=False)
+    # SHA-256 of the image's /.sconify/runtime.json (its policy and volumes): the launcher
+    # refuses another one. "" when not recorded (--runtime none).
+    runtime_config_sha256: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "volumes", tuple(sorted(self.volumes, key=lambda v: v.path)))
@@ -159,6 +162,8 @@ class KeysFile:
             doc["executable_sha256"] = self.executable_sha256
         if self.code_key is not None:
             doc["code_key"] = self.code_key.hex()
+        if self.runtime_config_sha256:
+            doc["runtime_config_sha256"] = self.runtime_config_sha256
         return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
     def write(self, path: str | os.PathLike, staged: StagedFiles | None = None) -> None:
@@ -183,13 +188,15 @@ class KeysFile:
             if len({v.path for v in volumes}) != len(volumes) or not isinstance(doc["mrenclave"], str):
                 raise ValueError("duplicate volume")
             executable_sha256 = doc.get("executable_sha256", "")
-            if not isinstance(executable_sha256, str):
+            runtime_config_sha256 = doc.get("runtime_config_sha256", "")
+            if not isinstance(executable_sha256, str) or not isinstance(runtime_config_sha256, str):
                 raise ValueError("executable_sha256")
             code_key = bytes.fromhex(doc["code_key"]) if "code_key" in doc else None
             if code_key is not None and len(code_key) != CODE_KEY_SIZE:
                 raise ValueError("code_key")
             return cls(volumes=volumes, mrenclave=doc["mrenclave"], session_name=doc["session"],
-                       executable_sha256=executable_sha256, code_key=code_key)
+                       executable_sha256=executable_sha256, code_key=code_key,
+                       runtime_config_sha256=runtime_config_sha256)
         except OSError as exc:
             raise UsageError(f"cannot read keys file {path}: {exc.strerror}") from None
         except (ValueError, KeyError, TypeError, AttributeError):

@@ -98,6 +98,9 @@ class RuntimeFigures:
     layer: str  # diff_id of the runtime layer
     entrypoint: list[str]  # the output's ENTRYPOINT: the launcher, then the input's ENTRYPOINT
     files: dict[str, str]  # image path -> SHA-256 (launcher, shield, runtime config)
+    # The policy runtime.json records (command, service_command, environment, allow_args,
+    # allow_env): the auditor compares it with the config and with session.yaml.
+    policy: dict | None = None
 
 
 @dataclass

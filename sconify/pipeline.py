@@ -8,6 +8,7 @@ new config -> write image -> manifest, CAS session, keys file.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import posixpath
 import tempfile
@@ -49,7 +50,17 @@ from sconify.manifest import (
 )
 from sconify.newlayers import TarEntry, source_date_epoch, whiteout_for, write_layer_tar
 from sconify.sealed import embedded_packages, left_files, sealed_roots, shallow_roots
-from sconify.runtime import LAUNCHER_PATH, build_runtime, check_runtime_mode, runtime_config, runtime_layer, wrap_entrypoint
+from sconify.runtime import (
+    LAUNCHER_PATH,
+    Policy,
+    build_runtime,
+    check_env_names,
+    check_runtime_mode,
+    policy_environment,
+    runtime_config,
+    runtime_layer,
+    wrap_entrypoint,
+)
 from sconify.select import (
     Executable,
     absolute,
@@ -93,6 +104,8 @@ class ConvertOptions:
     force: bool = False  # overwrite an existing keys file
     strict: bool = False  # fail instead of warning when code may be missed (Plan.warnings)
     runtime: str = "sim"  # "sim": the runtime layer and ENTRYPOINT (docs/runtime.md); "none": neither
+    allow_args: bool = False  # the host may append arguments to the recorded command (SCONE's @@1)
+    allow_env: list[str] = field(default_factory=list)  # variables the host may set (docs/runtime.md)
 
 
 class Reporter(Protocol):
@@ -242,16 +255,17 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 if push is not None:
                     push.add(code_layer)
                 added = [code_layer, data_layer]
+                policy = command_policy(options, image, plan)
+                runtime_json = b""
                 if runtime is not None:
                     sealed, shallow = sealed_roots(fs, plan.roots), shallow_roots(plan.roots)
                     extensions = plan.roots.extensions if plan.roots else ()
                     left = left_files(fs, sealed + embedded_packages(shallow, embedded), embedded, extensions,
                                       [r["path"] for r in plan.regions if r["path"] != "/"])
-                    config = runtime_config(plan.executable.path, executable.sconified_sha256,
-                                            measurement.parameters, measurement.mrenclave, volumes,
-                                            [r["path"] for r in plan.regions if r["kind"] == "ephemeral"],
-                                            [absolute(p) for p in plan_scripts(plan)], sealed, left, shallow,
-                                            extensions)
+                    runtime_json = config = runtime_config(
+                        plan.executable.path, executable.sconified_sha256, measurement.parameters,
+                        measurement.mrenclave, volumes, [r["path"] for r in plan.regions if r["kind"] == "ephemeral"],
+                        [absolute(p) for p in plan_scripts(plan)], sealed, left, shallow, extensions, policy)
                     layer, runtime_files = runtime_layer(runtime, config, work, layer_compression(options),
                                                          direct=linked)
                     added.append(layer)
@@ -287,7 +301,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                         tool_version=__version__,
                         runtime=None if runtime is None else RuntimeFigures(
                             mode=options.runtime, layer=added[2].diff_id,
-                            entrypoint=output.config["config"]["Entrypoint"], files=runtime_files),
+                            entrypoint=output.config["config"]["Entrypoint"], files=runtime_files,
+                            policy=policy.to_dict()),
                     )
                     keys = KeysFile(
                         volumes=tuple(
@@ -297,13 +312,14 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                         session_name=session_name(options),
                         executable_sha256=executable.sconified_sha256,
                         code_key=code_key,
+                        runtime_config_sha256=hashlib.sha256(runtime_json).hexdigest() if runtime_json else "",
                     )
                     with writing(f"--keys-out {options.keys_out}"):
                         keys.write(options.keys_out, staged)
                     with writing(f"--manifest-out {options.manifest_out}"):
                         manifest.write(options.manifest_out, staged)
                     with writing(f"--session-out {options.session_out}"):
-                        write_session(session_spec(options, image, plan, measurement.mrenclave, volumes),
+                        write_session(session_spec(options, image, plan, measurement.mrenclave, volumes, policy),
                                       options.session_out, staged)
                     manifests.append(manifest)
 
@@ -399,6 +415,7 @@ MAX_THREADS = 1024
 def check_options(options: ConvertOptions) -> None:
     """Everything about the options that can be checked before reading the image."""
     layer_limits(options)  # refuses bounds that are not positive
+    check_env_names(options.allow_env)
     if options.max_entries is not None and options.max_entries <= 0:
         raise UsageError("--max-entries must be positive")
     if same_image_location(options.source, options.destination):
@@ -758,21 +775,34 @@ def image_figures(reference: str, image: Image, written=None) -> ImageFigures:
     )
 
 
-def session_spec(options, image, plan, mrenclave, volumes: list[SealedVolume]) -> SessionSpec:
+def command_policy(options, image, plan) -> Policy:
+    """The policy the launcher enforces: the image's ENTRYPOINT + CMD as the launcher receives
+    them, the command the measured executable runs with, and the image's environment."""
     config = image.config
-    inner = config.get("config") or {}
-    env = env_of(config)
+    return Policy(
+        command=command_of(config),
+        # What the enclave runs: the measured executable with the arguments it receives once the
+        # entrypoint scripts and console scripts are crossed (not `docker-entrypoint.sh node ...`).
+        service_command=[absolute(plan.executable.path), *plan.service.argv[1:]] if plan.service
+        else command_of(config) or [absolute(plan.executable.path)],
+        environment=policy_environment(env_of(config)),
+        allow_args=options.allow_args,
+        allow_env=check_env_names(options.allow_env),
+    )
+
+
+def session_spec(options, image, plan, mrenclave, volumes: list[SealedVolume], policy: Policy) -> SessionSpec:
+    inner = image.config.get("config") or {}
     names = volume_names([volume.path for volume in volumes])
     return SessionSpec(
         name=session_name(options),
         service=plan.executable.recipe.name,
         image_name=options.destination,
         mrenclave=mrenclave,
-        # What the enclave runs: the measured executable with the arguments it receives once the
-        # entrypoint scripts and console scripts are crossed (not `docker-entrypoint.sh node ...`).
-        command=[absolute(plan.executable.path), *plan.service.argv[1:]] if plan.service
-        else command_of(config) or [absolute(plan.executable.path)],
-        environment=plan.service.env if plan.service else env,
+        command=policy.service_command,
+        environment=policy.environment,
+        allow_args=policy.allow_args,
+        allow_env=policy.allow_env,
         pwd=(plan.service.workdir if plan.service else None) or inner.get("WorkingDir") or "/",
         volumes=tuple(
             SessionVolume(

@@ -162,17 +162,56 @@ def check_runtime_mode(mode: str) -> str:
     return mode
 
 
+# Docker puts this PATH into a container whose image sets none.
+DOCKER_DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+@dataclass(frozen=True)
+class Policy:
+    """What the keys are granted to (docs/runtime.md, "The policy"), like a CAS session's
+    ``command`` and ``environment``. ``command``: the argv the launcher receives after ``--``
+    (the image's ENTRYPOINT + CMD); ``service_command``: what the measured executable then
+    runs with (the session's command); ``environment``: the image's Env (Docker's default PATH
+    when it sets none), which the host may not change for a variable that chooses code unless
+    it is in ``allow_env``; ``allow_args``: the host may append arguments to ``command``."""
+
+    command: list[str]
+    service_command: list[str]
+    environment: dict[str, str]
+    allow_args: bool = False
+    allow_env: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict:
+        return {"command": list(self.command), "service_command": list(self.service_command),
+                "environment": dict(sorted(self.environment.items())), "allow_args": self.allow_args,
+                "allow_env": sorted(self.allow_env)}
+
+
+def policy_environment(image_env: dict[str, str]) -> dict[str, str]:
+    """The environment the service starts with, as the image sets it (PATH: Docker's default)."""
+    return {"PATH": DOCKER_DEFAULT_PATH, **image_env}
+
+
+def check_env_names(names: list[str]) -> tuple[str, ...]:
+    for name in names:
+        if not name or "=" in name or not name.replace("_", "a").isalnum() or name[0].isdigit():
+            raise UsageError(f"--allow-env {name!r} is not an environment variable name; pass a name such as "
+                             "--allow-env NODE_OPTIONS")
+    return tuple(sorted(set(names)))
+
+
 def runtime_config(executable: str, executable_sha256: str, parameters: dict, mrenclave: str,
                    volumes: list, ephemeral: list[str], scripts: list[str] = (), code_roots: list[str] = (),
                    code_left: list[str] = (), code_shallow: list[str] = (),
-                   code_extensions: tuple[str, ...] = ()) -> bytes:
+                   code_extensions: tuple[str, ...] = (), policy: Policy | None = None) -> bytes:
     """The launcher's config (not secret: everything in it is checked or public). ``volumes``:
     the sealed volumes (``.path``, ``.fspf_path``, ``.protection``). ``scripts``: the embedded
     scripts kept in place (entrypoint and console scripts), checked by the launcher at start.
     ``code_roots``: the directories the shield serves from the embedfs only; ``code_left``: the
     files under them left on disk as not code, which it shows from the disk; ``code_shallow``:
     system directories on the search path, where only ``code_extensions`` names and
-    ``__pycache__`` are sealed (sconify.sealed)."""
+    ``__pycache__`` are sealed (sconify.sealed). ``policy``: the command and environment the
+    keys are granted to."""
     doc = {
         "schema": CONFIG_SCHEMA,
         "executable": "/" + executable.lstrip("/"),
@@ -189,15 +228,28 @@ def runtime_config(executable: str, executable_sha256: str, parameters: dict, mr
         "code_shallow": sorted(code_shallow),
         "code_extensions": sorted(code_extensions),
     }
+    if policy is not None:
+        doc["policy"] = policy.to_dict()
     return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
 
 
 def wrap_entrypoint(config: dict) -> dict:
-    """The image config with the launcher in front of its ENTRYPOINT (CMD unchanged)."""
+    """The image config with the launcher in front of its ENTRYPOINT (CMD unchanged), and the
+    shield in LD_PRELOAD, so that any start of the measured executable (``docker exec C
+    python3``) gets its embedded code served; without the launcher's grant it gets no keys, and
+    other programs (sh, perl) find the shield passive."""
     inner = dict(config.get("config") or {})
     entrypoint = list(inner.get("Entrypoint") or [])
     if entrypoint[:1] != [LAUNCHER_PATH]:
         inner["Entrypoint"] = [LAUNCHER_PATH, "--", *entrypoint]
+    env = list(inner.get("Env") or [])
+    preload = next((i for i, item in enumerate(env) if item.startswith("LD_PRELOAD=")), None)
+    if preload is None:
+        env.append(f"LD_PRELOAD={SHIELD_PATH}")
+    elif SHIELD_PATH not in env[preload].partition("=")[2].replace(" ", ":").split(":"):
+        rest = env[preload].partition("=")[2]
+        env[preload] = f"LD_PRELOAD={SHIELD_PATH}:{rest}" if rest else f"LD_PRELOAD={SHIELD_PATH}"
+    inner["Env"] = env
     return {**config, "config": inner}
 
 

@@ -48,6 +48,8 @@ class SessionSpec:
     environment: dict[str, str]
     pwd: str
     volumes: tuple[SessionVolume, ...] = ()
+    allow_args: bool = False  # the command ends in @@1: the host's arguments follow
+    allow_env: tuple[str, ...] = ()  # environment NAME: "@@NAME": the host's value
 
     @property
     def inline_keys(self) -> bool:
@@ -80,14 +82,29 @@ def volume_names(paths: list[str]) -> dict[str, str]:
     return names
 
 
+HOST_ARGUMENTS = "@@1"
+
+
+def session_command(command: list[str], allow_args: bool) -> str:
+    """The service's command as the session writes it: ``@@1`` at the end when the host may
+    append arguments (--allow-args)."""
+    return shlex.join(command) + (f" {HOST_ARGUMENTS}" if allow_args else "")
+
+
+def session_environment(environment: dict[str, str], allow_env: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """The environment the service gets: the image's values, ``@@NAME`` for a variable the host
+    may set (--allow-env NAME)."""
+    return dict(sorted({**environment, **{name: f"@@{name}" for name in allow_env}}.items()))
+
+
 def session_document(spec: SessionSpec) -> dict:
     """The session as a plain dict, in the order SCONE's documentation writes it."""
     service = {
         "name": spec.service,
         "image_name": str(spec.image_name),  # a reference may be an ImageRef (a str subclass)
         "mrenclaves": [spec.mrenclave],
-        "command": shlex.join(spec.command),
-        "environment": dict(sorted(spec.environment.items())),
+        "command": session_command(spec.command, spec.allow_args),
+        "environment": session_environment(spec.environment, spec.allow_env),
         "pwd": spec.pwd,
     }
     mounts = [{"name": volume.name, "path": volume.path} for volume in spec.volumes]

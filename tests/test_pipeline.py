@@ -228,6 +228,11 @@ def test_python_manifest_session_and_keys_agree(python_converted):
     assert session["secrets"] == [{"name": "app_data_key", "kind": "binary", "export_public": False}]
     assert "fspf_path" not in service and "fspf_key" not in service
     assert service["command"] == "/usr/bin/python3.11 /app/main.py" and service["pwd"] == "/app"  # the measured executable
+    # The policy: what the launcher grants the keys to, bound to the keys by runtime.json's SHA-256.
+    assert keys.runtime_config_sha256 == m.runtime.files["/.sconify/runtime.json"]
+    assert m.runtime.policy["command"] == ["python3", "/app/main.py"] and not m.runtime.policy["allow_args"]
+    assert m.runtime.policy["service_command"] == ["/usr/bin/python3.11", "/app/main.py"]
+    assert service["environment"] == m.runtime.policy["environment"] and "PATH" in service["environment"]
     assert stat.S_IMODE((python_converted.workdir / "keys.json").stat().st_mode) == 0o600
     regions = {r["path"]: (r["kind"], r["protection"]) for r in m.all_regions()}
     assert regions == {
@@ -516,6 +521,8 @@ def test_script_entrypoint_is_followed_to_its_interpreter_and_measured(python_im
         (["--fs-dir", "/nope"], "--fs-dir /nope does not exist in the image"),
         (["--fs-file", "/app/data/config.json", "--dir", "/app/data"], "is both code"),
         (["--dir", "/usr/bin"], "the executable /usr/bin/python3.11 lies in the encrypted region /usr/bin"),
+        (["--allow-env", "NODE OPTIONS"], "--allow-env 'NODE OPTIONS' is not an environment variable name"),
+        (["--allow-env", "PYTHONPATH=/x"], "--allow-env 'PYTHONPATH=/x' is not an environment variable name"),
     ],
 )
 def test_bad_options_give_one_line_and_no_output(python_image, tmp_path, extra, expected):

@@ -4,15 +4,22 @@ The Python and Node demo images are converted with ``--dir /app/data`` straight 
 engine; the keys directory is mounted where the runtime looks for it
 (``/run/secrets/sconify``). The originals are the oracle for output and exit codes; the
 volume's bytes on the host are the oracle for "only ciphertext on disk".
+
+The keys go only to the command a conversion recorded. The tests that exercise volumes with
+code of their own use ``driver_conv``: the Python demo with a measured driver script
+(``/app/run_code.py``, which runs its first argument) as its CMD, converted with
+``--allow-args``. The hostile runs (``test_hostile_run``) use the demo images as they are.
 """
 
 from __future__ import annotations
 
 import _ctypes
+import io
 import json
 import os
 import re
 import shutil
+import tarfile
 import subprocess
 import sys
 import time
@@ -37,6 +44,19 @@ WRITER = (
     "    f.write(str(n + 1))\n"
     "print(n + 1)\n"
 )
+
+
+# The measured command of driver_conv: python3 /app/run_code.py CODE runs CODE.
+DRIVER = "/app/run_code.py"
+DRIVER_SOURCE = (
+    "import sys\n"
+    "code = sys.argv[1]\n"
+    "del sys.argv[1]\n"
+    "exec(compile(code, '<driver>', 'exec'), {'__name__': '__main__'})\n"
+)
+NODE_DRIVER = "/app/run_code.js"
+NODE_DRIVER_SOURCE = "const code = process.argv[2];\nprocess.argv.splice(2, 1);\neval(code);\n"
+PLAINTEXT = "celsius"  # in the demo's /app/data/config.json and readings.csv
 
 
 @dataclass
@@ -72,6 +92,38 @@ def converted_image(kind: str, layout: Path, docker_client, tmp: Path) -> Conver
     return Converted(original, tag, tmp / "out", manifest["executable"]["path"])
 
 
+def derived_image(docker_client, base: str, tag: str, files: dict[str, tuple[bytes, int]],
+                  cmd: list[str] | None = None) -> None:
+    """docker build: FROM base, COPY each image path -> (content, mode), then CMD."""
+    context = io.BytesIO()
+    lines = [f"FROM {base}"]
+    with tarfile.open(fileobj=context, mode="w") as tar:
+        for number, (path, (data, mode)) in enumerate(sorted(files.items())):
+            info = tarfile.TarInfo(f"f{number}")
+            info.size, info.mode = len(data), mode
+            tar.addfile(info, io.BytesIO(data))
+            lines.append(f"COPY f{number} {path}")
+        if cmd is not None:
+            lines.append(f"CMD {json.dumps(cmd)}")
+        dockerfile = ("\n".join(lines) + "\n").encode()
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    context.seek(0)
+    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
+
+
+def driver_image(base: Converted, docker_client, tmp: Path, node: bool = False) -> Converted:
+    """The Python (or Node) demo with a driver as its CMD, converted with --allow-args."""
+    name = f"sconify-rt-driver-{uuid.uuid4().hex[:8]}"
+    original, tag = f"{name}:original", f"{name}:conf"
+    path, source, interpreter = (NODE_DRIVER, NODE_DRIVER_SOURCE, "node") if node else (DRIVER, DRIVER_SOURCE, "python3")
+    derived_image(docker_client, base.original, original, {path: (source.encode(), 0o644)}, cmd=[interpreter, path])
+    convert_into_engine(f"docker-daemon:{original}", tag, tmp / "out", "--dir", "/app/data", "--allow-args")
+    manifest = json.loads((tmp / "out" / "manifest.json").read_text())
+    return Converted(original, tag, tmp / "out", manifest["executable"]["path"])
+
+
 @pytest.fixture(scope="module")
 def conversions(python_image, node_image, docker_client, tmp_path_factory):
     """kind -> its Converted, made on first use and removed from the engine at the end."""
@@ -79,8 +131,13 @@ def conversions(python_image, node_image, docker_client, tmp_path_factory):
 
     def get(kind: str) -> Converted:
         if kind not in made:
-            layout = {"python": python_image, "node": node_image}[kind]
-            made[kind] = converted_image(kind, layout, docker_client, tmp_path_factory.mktemp(f"rt-{kind}"))
+            tmp = tmp_path_factory.mktemp(f"rt-{kind}")
+            if kind in ("driver", "node-driver"):
+                made[kind] = driver_image(get("node" if kind == "node-driver" else "python"), docker_client, tmp,
+                                          node=kind == "node-driver")
+            else:
+                made[kind] = converted_image(kind, {"python": python_image, "node": node_image}[kind],
+                                             docker_client, tmp)
         return made[kind]
 
     yield get
@@ -117,6 +174,16 @@ def python_conv(conversions) -> Converted:
 @pytest.fixture(scope="module")
 def node_conv(conversions) -> Converted:
     return conversions("node")
+
+
+@pytest.fixture(scope="module")
+def driver_conv(conversions) -> Converted:
+    return conversions("driver")
+
+
+def driver(code: str) -> list[str]:
+    """driver_conv's recorded command with CODE appended (what --allow-args lets the host do)."""
+    return ["python3", DRIVER, code]
 
 
 def secrets_dir(conv: Converted, tmp: Path, mode: int = 0o600) -> Path:
@@ -179,11 +246,13 @@ def test_config_keeps_the_original_command_behind_the_launcher(python_conv, dock
     assert not any("KEY" in item for item in converted.get("Env") or [])
 
 
-def test_cmd_override_exit_code_and_arguments(python_conv, docker_client, tmp_path):
-    status, out, _ = run(docker_client, python_conv.tag,
-                         ["python3", "-c", "import sys; print(sys.argv[1:]); sys.exit(3)", "a b", "c"],
-                         secrets=secrets_dir(python_conv, tmp_path))
-    assert status == 3 and out.strip() == "['a b', 'c']"
+def test_appended_arguments_and_exit_code_pass_through(driver_conv, docker_client, tmp_path):
+    status, out, err = run(docker_client, driver_conv.tag,
+                           [*driver("import sys; print(sys.argv[1:], open('/app/data/config.json').read().strip()); "
+                                    "sys.exit(3)"), "a b", "c"],
+                           secrets=secrets_dir(driver_conv, tmp_path))
+    assert status == 3 and out.strip().startswith("['a b', 'c'] {") and PLAINTEXT in out, err
+    assert err == ""  # the recorded command with appended arguments: granted, nothing to say
 
 
 def test_a_command_that_is_not_the_measured_executable_sees_ciphertext(python_conv, docker_client, tmp_path):
@@ -261,12 +330,12 @@ def test_tampered_executable_is_refused(python_conv, docker_client, tmp_path):
 
 
 def test_writer_count_persists_across_three_containers_and_the_volume_holds_no_plaintext(
-        python_conv, docker_client, volume, tmp_path):
-    secrets = secrets_dir(python_conv, tmp_path)
+        driver_conv, docker_client, volume, tmp_path):
+    secrets = secrets_dir(driver_conv, tmp_path)
     mounts = {volume: {"bind": "/app/data", "mode": "rw"}}
     counts = []
     for _ in range(3):
-        status, out, err = run(docker_client, python_conv.tag, ["python3", "-c", WRITER], secrets=secrets,
+        status, out, err = run(docker_client, driver_conv.tag, driver(WRITER), secrets=secrets,
                                volumes=mounts)
         assert status == 0, err
         counts.append(out.strip())
@@ -278,15 +347,15 @@ def test_writer_count_persists_across_three_containers_and_the_volume_holds_no_p
         assert b"celsius" not in data, name  # the demo's readings.csv and config.json, in plaintext
 
 
-def test_ciphertext_only_while_running_and_after_docker_kill(python_conv, docker_client, volume, tmp_path):
-    secrets = secrets_dir(python_conv, tmp_path)
+def test_ciphertext_only_while_running_and_after_docker_kill(driver_conv, docker_client, volume, tmp_path):
+    secrets = secrets_dir(driver_conv, tmp_path)
     marker = "PLAINTEXT-MARKER-" + uuid.uuid4().hex
     code = ("import os, time\n"
             f"f = open('/app/data/secret.txt', 'w'); f.write('{marker}'); f.flush(); os.fsync(f.fileno())\n"
             "print('written', flush=True)\n"
             f"g = open('/app/data/unsynced.txt', 'w'); g.write('{marker}')\n"
             "time.sleep(120)\n")
-    container = docker_client.containers.run(python_conv.tag, ["python3", "-c", code], detach=True,
+    container = docker_client.containers.run(driver_conv.tag, driver(code), detach=True,
                                              network_disabled=True,
                                              volumes={str(secrets): {"bind": SECRETS, "mode": "rw"},
                                                       volume: {"bind": "/app/data", "mode": "rw"}})
@@ -303,36 +372,36 @@ def test_ciphertext_only_while_running_and_after_docker_kill(python_conv, docker
         container.remove(force=True)
     for name, data in volume_files(docker_client, volume).items():
         assert marker.encode() not in data, name  # after the crash
-    status, out, err = run(docker_client, python_conv.tag,
-                           ["python3", "-c", "print(open('/app/data/secret.txt').read())"], secrets=secrets,
+    status, out, err = run(docker_client, driver_conv.tag,
+                           driver("print(open('/app/data/secret.txt').read())"), secrets=secrets,
                            volumes={volume: {"bind": "/app/data", "mode": "rw"}})
     assert status == 0, err
     assert out.strip() == marker  # fsynced before the kill: survived
 
 
-def test_restored_older_copy_of_the_volume_is_refused(python_conv, docker_client, volume, tmp_path):
-    secrets = secrets_dir(python_conv, tmp_path)
+def test_restored_older_copy_of_the_volume_is_refused(driver_conv, docker_client, volume, tmp_path):
+    secrets = secrets_dir(driver_conv, tmp_path)
     mounts = {volume: {"bind": "/app/data", "mode": "rw"}}
-    assert run(docker_client, python_conv.tag, ["python3", "-c", WRITER], secrets=secrets, volumes=mounts)[0] == 0
+    assert run(docker_client, driver_conv.tag, driver(WRITER), secrets=secrets, volumes=mounts)[0] == 0
     mountpoint = Path(docker_client.volumes.get(volume).attrs["Mountpoint"])
     backup = tmp_path / "backup"
     shutil.copytree(mountpoint, backup)
-    assert run(docker_client, python_conv.tag, ["python3", "-c", WRITER], secrets=secrets, volumes=mounts)[1].strip() == "2"
+    assert run(docker_client, driver_conv.tag, driver(WRITER), secrets=secrets, volumes=mounts)[1].strip() == "2"
     shutil.rmtree(mountpoint)
     shutil.copytree(backup, mountpoint)
-    status, out, err = run(docker_client, python_conv.tag, ["python3", "-c", WRITER], secrets=secrets, volumes=mounts)
+    status, out, err = run(docker_client, driver_conv.tag, driver(WRITER), secrets=secrets, volumes=mounts)
     assert status == 2 and out == ""
     assert "volume /app/data" in err and "rollback" in err
 
 
-def test_read_only_keys_refuse_writes_without_losing_data(python_conv, docker_client, volume, tmp_path):
-    secrets = secrets_dir(python_conv, tmp_path, mode=0o644)
+def test_read_only_keys_refuse_writes_without_losing_data(driver_conv, docker_client, volume, tmp_path):
+    secrets = secrets_dir(driver_conv, tmp_path, mode=0o644)
     mounts = {volume: {"bind": "/app/data", "mode": "rw"}}
-    run(docker_client, python_conv.tag, ["python3", "-c", "print(1)"], secrets=secrets, volumes=mounts)
+    run(docker_client, driver_conv.tag, driver("print(1)"), secrets=secrets, volumes=mounts)
     before = volume_files(docker_client, volume)
     code = ("import errno\ntry:\n    f = open('/app/data/config.json', 'w'); f.write('{}'); f.close()\n"
             "except OSError as e:\n    print(errno.errorcode[e.errno])\n")
-    status, out, err = run(docker_client, python_conv.tag, ["python3", "-c", code], secrets=secrets,
+    status, out, err = run(docker_client, driver_conv.tag, driver(code), secrets=secrets,
                            secrets_mode="ro", volumes=mounts, environment={"SCONIFY_LOG": "stderr"})
     assert status == 0 and out.strip() in ("EROFS", "EIO"), err
     assert "keys file" in err and "read-write" in err
@@ -491,3 +560,154 @@ def test_the_service_writes_no_bytecode_under_a_code_root(python_conv, docker_cl
     # root fails with EROFS, which it ignores. The original writes its pycs there.
     assert "/app/service/__pycache__" in pyc_written(docker_client, python_conv.original)
     assert pyc_written(docker_client, python_conv.tag, secrets_dir(python_conv, tmp_path)) == []
+
+
+# --- the policy: keys only for the recorded command and environment -------------------------------
+
+READ_CONFIG = "print(open('/app/data/config.json').read())"
+OTHER_SCRIPT = "import sys\nprint(open('/app/data/config.json').read())\n"
+INJECTED_JSON = "print(open('/app/data/config.json').read())\nraise SystemExit(0)\n"
+NODE_READ = "console.log(require('fs').readFileSync('/app/data/config.json', 'utf8'))"
+
+
+def tampered_config(conv: Converted) -> bytes:
+    """The image's runtime.json with no volumes and a policy that grants `python3 -c`."""
+    fs = RootFS.from_image(read_image(f"docker-daemon:{conv.tag}"))
+    doc = json.loads(fs.read(".sconify/runtime.json"))
+    doc["volumes"] = []
+    doc["policy"]["command"] = ["python3", "-c"]
+    doc["policy"]["allow_args"] = True
+    return (json.dumps(doc, indent=2, sort_keys=True) + "\n").encode()
+
+
+def changed_executable(conv: Converted) -> bytes:
+    """The measured executable with one byte changed that no segment loads (in .gnu_debuglink):
+    it still runs and serves its embedfs, MRENCLAVE is the same, its SHA-256 is not."""
+    import lief
+
+    fs = RootFS.from_image(read_image(f"docker-daemon:{conv.tag}"))
+    exe = bytearray(fs.read(conv.executable.lstrip("/")))
+    section = lief.parse(list(exe)).get_section(".gnu_debuglink")
+    exe[section.offset + section.size - 1] ^= 1
+    return bytes(exe)
+
+
+# kind, command, environment, files mounted at /inj, derived image files (path -> builder), why
+HOSTILE = {
+    "python -c": ("python", ["python3", "-c", READ_CONFIG], {}, {}, {}, "argument 2 of the command is '-c'"),
+    "python -m other": ("python", ["python3", "-m", "json.tool", "/app/data/config.json"], {}, {}, {},
+                        "argument 2 of the command is '-m'"),
+    "python other.py": ("python", ["python3", "/inj/other.py"], {}, {"other.py": OTHER_SCRIPT}, {},
+                        "argument 2 of the command is '/inj/other.py'"),
+    "python -i PYTHONSTARTUP": ("python", ["python3", "-i"], {"PYTHONSTARTUP": "/inj/startup.py"},
+                                {"startup.py": OTHER_SCRIPT}, {}, "the environment sets PYTHONSTARTUP,"),
+    "PYTHONPATH json.py": ("python", None, {"PYTHONPATH": "/inj"}, {"json.py": INJECTED_JSON}, {},
+                           "the environment sets PYTHONPATH,"),
+    "node -e": ("node", ["node", "-e", NODE_READ], {}, {}, {}, "argument 2 of the command is '-e'"),
+    "NODE_OPTIONS --require": ("node", None, {"NODE_OPTIONS": "--require /inj/x.js"},
+                               {"x.js": NODE_READ + "; process.exit(0)\n"}, {}, "the environment sets NODE_OPTIONS,"),
+    "runtime.json edited": ("python", ["python3", "-c", READ_CONFIG], {}, {},
+                            {"/.sconify/runtime.json": tampered_config}, "runtime config /.sconify/runtime.json has SHA-256"),
+    "shield preloaded by hand into a changed executable": (
+        "python", ["-c", READ_CONFIG], {"SCONIFY_KEYS": f"{SECRETS}/keys.json"}, {},
+        {"/usr/bin/python3.11": changed_executable}, "no keys were granted to this process"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE))
+def test_hostile_run(case, request, docker_client, tmp_path):
+    kind, command, environment, injected, derived, why = HOSTILE[case]
+    conv = request.getfixturevalue(f"{kind}_conv")
+    image, extra = conv.tag, {}
+    if derived:
+        image = f"sconify-rt-derived-{uuid.uuid4().hex[:8]}:1"
+        derived_image(docker_client, conv.tag, image,
+                      {path: (build(conv), 0o755) for path, build in derived.items()})
+    if case.startswith("shield preloaded"):
+        extra["entrypoint"] = ["/usr/bin/python3.11"]
+    mounts = {}
+    if injected:
+        inj = tmp_path / "inj"
+        inj.mkdir()
+        for name, text in injected.items():
+            (inj / name).write_text(text)
+        mounts[str(inj)] = {"bind": "/inj", "mode": "ro"}
+    try:
+        status, out, err = run(docker_client, image, command, secrets=secrets_dir(conv, tmp_path), volumes=mounts,
+                               environment=environment, stdin_open=True, **extra)
+    finally:
+        if derived:
+            docker_client.images.remove(image, force=True)
+    assert status != 0, (out, err)
+    assert PLAINTEXT not in out and PLAINTEXT not in err
+    explained = [line for line in err.splitlines() if why in line]
+    assert len(explained) == 1 and explained[0].startswith(("sconify-run: ", "sconify-shield: ")), err
+
+
+def test_docker_exec_gets_embedded_code_but_no_keys(python_conv, docker_client, tmp_path):
+    secrets = secrets_dir(python_conv, tmp_path)
+    container = docker_client.containers.run(python_conv.tag, ["python3", "-c", "import time; time.sleep(120)"],
+                                             detach=True, network_disabled=True,
+                                             volumes={str(secrets): {"bind": SECRETS, "mode": "rw"}})
+    try:
+        code, output = container.exec_run(["python3", "-c", "import json; print(1)"], demux=True)
+        assert code == 0 and output[0] == b"1\n", output
+        code, output = container.exec_run(
+            ["python3", "-c", "import errno\ntry: open('/app/data/config.json').read()\n"
+                              "except OSError as e: print(errno.errorcode[e.errno])"],
+            environment={"SCONIFY_KEYS": f"{SECRETS}/keys.json"}, demux=True)
+        stdout, stderr = output
+        assert code == 0 and stdout == b"EACCES\n", output
+        assert stderr.decode().count("\n") == 1 and "no keys were granted to this process" in stderr.decode()
+    finally:
+        container.remove(force=True)
+
+
+# --- the auditor: runtime.json and the session against what the manifest binds -----------------
+
+
+def verify_json(image: str, conv: Converted, *extra: str) -> tuple[int, dict]:
+    result = subprocess.run(
+        [sys.executable, "-m", "sconify", "verify", f"docker-daemon:{image}", "--manifest",
+         str(conv.out / "manifest.json"), "--json", *extra],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.returncode, {check["name"]: check for check in json.loads(result.stdout)["checks"]}
+
+
+def test_verify_checks_the_policy_against_the_session(driver_conv, tmp_path):
+    session = (driver_conv.out / "session.yaml").read_text()
+    assert "command: python3 /app/run_code.py @@1" not in session  # the measured executable, absolute
+    assert "/usr/bin/python3.11 /app/run_code.py @@1" in session
+    status, checks = verify_json(driver_conv.tag, driver_conv, "--session", str(driver_conv.out / "session.yaml"))
+    assert status == 0 and checks["runtime policy"]["ok"], checks["runtime policy"]
+    edited = tmp_path / "session.yaml"
+    edited.write_text(session.replace("/app/run_code.py @@1", "/app/other.py @@1"))
+    status, checks = verify_json(driver_conv.tag, driver_conv, "--session", str(edited))
+    assert status == 1 and not checks["runtime policy"]["ok"]
+    assert "command" in checks["runtime policy"]["detail"]
+    edited.write_text(session.replace("environment:", "environment:\n    PYTHONPATH: /inj", 1))
+    status, checks = verify_json(driver_conv.tag, driver_conv, "--session", str(edited))
+    assert status == 1 and "PYTHONPATH" in checks["runtime policy"]["detail"]
+
+
+def test_verify_fails_on_a_derived_image_with_another_runtime_config(python_conv, docker_client):
+    image = f"sconify-rt-derived-{uuid.uuid4().hex[:8]}:1"
+    derived_image(docker_client, python_conv.tag, image,
+                  {"/.sconify/runtime.json": (tampered_config(python_conv), 0o644)})
+    try:
+        status, checks = verify_json(image, python_conv)
+    finally:
+        docker_client.images.remove(image, force=True)
+    assert status == 1
+    assert not checks["runtime files"]["ok"] and "runtime.json" in checks["runtime files"]["detail"]
+
+
+def test_child_process_of_the_granted_node_service_inherits_the_grant(conversions, docker_client, tmp_path):
+    conv = conversions("node-driver")
+    child = "process.stdout.write(require('fs').readFileSync('/app/data/config.json', 'utf8'))"
+    code = ("const out = require('child_process').execFileSync(process.execPath, ['-e', %s]);"
+            "console.log('child read', JSON.parse(out).units);" % json.dumps(child))
+    status, out, err = run(docker_client, conv.tag, ["node", NODE_DRIVER, code], secrets=secrets_dir(conv, tmp_path))
+    assert status == 0 and out == "child read celsius\n", err

@@ -28,6 +28,7 @@ from sconify.runtime import build_runtime
 REAL_PYTHON = Path(os.path.realpath(shutil.which("python3.11") or "/usr/bin/python3.11"))
 ROOT = "/opt/sconify-encrypted-test"  # exists only inside the embedfs
 CODE_KEY = bytes(range(7, 39))
+DRIVER_SOURCE = "import sys\ncode = sys.argv.pop(1)\nexec(compile(code, '<test>', 'exec'), {'__name__': '__main__'})\n"
 
 pytestmark = pytest.mark.skipif(not REAL_PYTHON.is_file(), reason="needs a python3.11 ELF executable")
 
@@ -41,6 +42,7 @@ def world(tmp_path_factory) -> dict:
     (tree / "secret" / "__init__.py").write_text("from secret.algo import solve\n")
     (tree / "secret" / "algo.py").write_text("def solve(x):\n    return x * 1337  # the-distinctive-secret\n")
     (tree / "plain.py").write_text("OPEN = 'not secret'\n")
+    (tree / "driver.py").write_text(DRIVER_SOURCE)  # the recorded command: the keys are granted to it only
     source = root / "answer.c"
     source.write_text("int answer(void) { return 4242; }\n")
     subprocess.run(["gcc", "-shared", "-fPIC", "-o", str(tree / "secret" / "libanswer.so"), str(source)], check=True)
@@ -56,12 +58,16 @@ def world(tmp_path_factory) -> dict:
     file_sha256 = hashlib.sha256(python.read_bytes()).hexdigest()
     parameters = {k: measurement.parameters[k] for k in ("heap_size", "stack_size", "threads", "ssa_frame_size")}
     config = root / "runtime.json"
+    command = [str(python), ROOT + "/driver.py"]
     config.write_text(json.dumps({
         "schema": "sconify.runtime/v1", "executable": str(python), "measurement": parameters,
         "mrenclave": measurement.mrenclave, "executable_sha256": file_sha256, "volumes": [], "ephemeral": [],
+        "policy": {"command": command, "service_command": command, "environment": {"PATH": os.environ["PATH"]},
+                   "allow_args": True, "allow_env": []},
     }))
     keys = {"schema": "sconify.keys/v2", "session": "test", "mrenclave": measurement.mrenclave,
-            "executable_sha256": file_sha256, "volumes": []}
+            "executable_sha256": file_sha256, "volumes": [],
+            "runtime_config_sha256": hashlib.sha256(config.read_bytes()).hexdigest()}
     (root / "keys.json").write_text(json.dumps({**keys, "code_key": CODE_KEY.hex()}))
     (root / "keys-without-code-key.json").write_text(json.dumps(keys))
     return {"root": root, "runtime": runtime, "python": python, "config": config}
@@ -71,7 +77,7 @@ def run(world: dict, code: str, keys: str | None) -> subprocess.CompletedProcess
     env = {"PATH": os.environ["PATH"], "SCONIFY_RUNTIME_CONFIG": str(world["config"]), "SCONIFY_LOG": "stderr"}
     if keys:
         env["SCONIFY_KEYS"] = str(world["root"] / keys)
-    return subprocess.run([str(world["runtime"].launcher), str(world["python"]), "-c", code],
+    return subprocess.run([str(world["runtime"].launcher), str(world["python"]), ROOT + "/driver.py", code],
                           capture_output=True, text=True, env=env, cwd=world["root"], timeout=60)
 
 

@@ -28,6 +28,20 @@ from fidelity_scripts import NODE_WRITES, PYTHON_FILE_OPS
 
 REAL_PYTHON = Path(os.path.realpath(shutil.which("python3.11") or "/usr/bin/python3.11"))
 EMBEDDED_ROOT = "/opt/sconify-shield-test"  # exists only inside the embedfs
+# The measured command of these tests: a driver script in the embedfs that runs the code it is
+# given as its first argument (recorded with allow_args, as --allow-args records it). The keys
+# are granted to it only; `python -c` runs without them (test_policy_*).
+DRIVER = EMBEDDED_ROOT + "/driver.py"
+DRIVER_SOURCE = (
+    "import sys\n"
+    "code = sys.argv[1]\n"
+    "del sys.argv[1]\n"
+    "exec(compile(code, '<test>', 'exec'), {'__name__': '__main__'})\n"
+)
+# The same for a node injected in place of python: `node driver.js CODE ARGS` runs CODE with
+# process.argv as `node FILE ARGS` has it.
+NODE_DRIVER = EMBEDDED_ROOT + "/driver.js"
+NODE_DRIVER_SOURCE = "const code = process.argv[2];\nprocess.argv.splice(2, 1);\neval(code);\n"
 
 pytestmark = pytest.mark.skipif(not REAL_PYTHON.is_file(), reason="needs a python3.11 ELF executable")
 
@@ -55,6 +69,10 @@ class World:
         (tree / "pkg" / "__init__.py").write_text("NAME = 'embedded package'\n")
         (tree / "pkg" / "mod.py").write_text("import os\nX = 'embedded module'\nHERE = sorted(os.listdir(os.path.dirname(__file__)))\n")
         (tree / "alias.py").symlink_to("pkg/mod.py")
+        (tree / "driver.py").write_text(DRIVER_SOURCE)
+        self.driver = NODE_DRIVER if executable.name.startswith("node") else DRIVER
+        if self.driver == NODE_DRIVER:
+            (tree / "driver.js").write_text(NODE_DRIVER_SOURCE)
         with (root / "archive").open("wb") as out:
             pack(directory_entries(root / "tree"), out)
         self.python = root / "python"
@@ -83,7 +101,6 @@ class World:
         self.tmp = root / "tmp"  # an ephemeral region, as /tmp in an image
         self.tmp.mkdir()
         self.config = root / "runtime.json"
-        self.write_config(parameters, measurement.mrenclave, file_sha256, [volume], [str(self.tmp)])
         self.keys = root / "secrets" / "keys.json"
         self.keys.parent.mkdir()
         self.keys.write_text(json.dumps({
@@ -91,15 +108,23 @@ class World:
             "executable_sha256": file_sha256,
             "volumes": [{**volume, "fspf_key": key.hex(), "fspf_tag": tag.hex()}],
         }))
+        self.policy = {"command": [str(self.python), self.driver], "service_command": [str(self.python), self.driver],
+                       "environment": {"PATH": os.environ["PATH"]}, "allow_args": True, "allow_env": []}
+        self.write_config(parameters, measurement.mrenclave, file_sha256, [volume], [str(self.tmp)])
 
     def write_config(self, parameters, mrenclave, file_sha256, volumes, ephemeral) -> None:
+        """The runtime config, and its SHA-256 in the keys file (as sconify-image binds them)."""
         self._config = (parameters, mrenclave, file_sha256, volumes)
         self.config.write_text(json.dumps({
             "schema": "sconify.runtime/v1", "executable": str(self.python), "measurement": parameters,
             "mrenclave": mrenclave, "executable_sha256": file_sha256, "volumes": volumes, "ephemeral": ephemeral,
             "code_roots": self.code_roots, "code_left": self.code_left, "code_shallow": self.code_shallow,
             "code_extensions": [".py", ".pyc", ".pth", ".so"],
+            "policy": self.policy,
         }))
+        keys = json.loads(self.keys.read_text())
+        keys["runtime_config_sha256"] = hashlib.sha256(self.config.read_bytes()).hexdigest()
+        self.keys.write_text(json.dumps(keys))
 
     def seal(self, roots: list[str], left: list[str] = (), shallow: list[str] = ()) -> None:
         self.code_roots, self.code_left, self.code_shallow = list(roots), list(left), list(shallow)
@@ -120,8 +145,10 @@ class World:
             assert result.returncode == 0, result.stderr
         return result
 
-    def python_code(self, code: str, **kwargs) -> subprocess.CompletedProcess:
-        return self.run(str(self.python), "-c", code, **kwargs)
+    def python_code(self, code: str, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        """Run code (with args) through the measured driver (the recorded command, so it gets
+        the keys); for an injected node, JavaScript through its driver."""
+        return self.run(str(self.python), self.driver, code, *args, **kwargs)
 
 
 @pytest.fixture
@@ -140,7 +167,7 @@ def test_embedded_code_is_served_at_its_paths(world):
             EMBEDDED_ROOT + "/pkg/mod.py")
     ).stdout.splitlines()
     assert out[0] == "embedded package embedded module embedded module ['__init__.py', 'mod.py']"
-    assert out[1] == f"True ['alias.py', 'pkg'] {EMBEDDED_ROOT}/pkg/mod.py"
+    assert out[1] == f"True ['alias.py', 'driver.py', 'pkg'] {EMBEDDED_ROOT}/pkg/mod.py"
     assert out[2] == "X = 'embedded module'"
     assert not Path(EMBEDDED_ROOT).exists()  # only the measured process sees it
 
@@ -321,7 +348,7 @@ def test_authenticated_volume(tmp_path, runtime):
 
 
 def test_exit_status_and_arguments_pass_through(world):
-    result = world.run(str(world.python), "-c", "import sys; print(sys.argv[1:]); sys.exit(7)",
+    result = world.run(str(world.python), DRIVER, "import sys; print(sys.argv[1:]); sys.exit(7)",
                        "a b", "c", check=False)
     assert result.returncode == 7 and result.stdout.strip() == "['a b', 'c']"
 
@@ -530,11 +557,11 @@ def test_libc_mkstemp_and_tmpfile_in_an_ephemeral_region(world):
 def test_truncate_slash_missing_dir_and_modes_as_on_a_plain_directory(world):
     plain = world.root / "plain-ops"
     plain.mkdir()
-    expected = world.run(str(world.python), "-c", PYTHON_FILE_OPS, str(plain)).stdout
+    expected = world.python_code(PYTHON_FILE_OPS, str(plain)).stdout
     assert "truncate 5 (None, b'hello', 5)" in expected and "open wb slash EISDIR" in expected  # the oracle
     for region in (world.volume / "ops", world.tmp / "ops"):
         region.mkdir()
-        result = world.run(str(world.python), "-c", PYTHON_FILE_OPS, str(region))
+        result = world.python_code(PYTHON_FILE_OPS, str(region))
         assert result.stdout == expected, region
     stored = world.volume / "ops"
     assert {p.name: oct(p.stat().st_mode) for p in stored.iterdir() if p.name.startswith("m")} == {
@@ -569,13 +596,13 @@ def test_node_writes_reach_the_volume_and_the_ephemeral_region(tmp_path, runtime
     plain.mkdir()
     expected = subprocess.run([HOST_NODE, "-e", NODE_WRITES, str(plain), str(plain)], capture_output=True,
                               text=True, check=True, timeout=60).stdout.split("\n")[0]
-    result = world.run(str(world.python), "-e", NODE_WRITES, str(world.volume / "node"), str(world.tmp))
+    result = world.python_code(NODE_WRITES, str(world.volume / "node"), str(world.tmp))
     lines = result.stdout.splitlines()
     assert [line.split(" ", 1)[1] for line in lines] == [expected.split(" ", 1)[1]] * 2, result.stderr
     for name, data in stored_files(world.tmp).items():
         assert b"hello" not in data and b"line 999" not in data, name
     assert b"hello" not in (world.volume / "node" / "sync.txt").read_bytes()
-    again = world.run(str(world.python), "-e", "console.log(require('fs').readFileSync(process.argv[1], 'utf8'))",
+    again = world.python_code("console.log(require('fs').readFileSync(process.argv[2], 'utf8'))",
                       str(world.volume / "node" / "append.txt"))
     assert again.stdout.strip() == "a1;a2;a3;"  # committed: a new process reads it
 
@@ -714,3 +741,106 @@ def test_the_seal_holds_without_keys(tmp_path, runtime):
                                  "SCONIFY_RUNTIME_CONFIG": str(world.config)},
                             capture_output=True, text=True, timeout=60, check=True)
     assert result.stdout.splitlines() == ["measured True"]
+
+
+# ---------------------------------------------------------------- the policy: keys are granted
+
+READ_COUNT = "import errno\ntry:\n print(open(%r).read().strip())\nexcept OSError as e: print(errno.errorcode[e.errno])"
+
+
+def test_policy_another_command_runs_without_keys(world):
+    result = world.run(str(world.python), "-c", READ_COUNT % str(world.volume / "count.txt"), check=False,
+                       env={"SCONIFY_LOG": "stderr"})
+    assert result.returncode == 0 and result.stdout.strip() == "EACCES"
+    launcher, shield = [line for line in result.stderr.splitlines() if line]
+    assert launcher.startswith("sconify-run: argument 2 of the command is '-c' where the recorded command has")
+    assert "--allow-args" in launcher
+    assert shield.startswith(f"sconify-shield: {world.volume}/count.txt: volume {world.volume} is unreadable")
+
+
+def test_policy_code_choosing_environment_is_refused(world, tmp_path):
+    injected = tmp_path / "inj"
+    injected.mkdir()
+    for name, value in (("PYTHONPATH", str(injected)), ("PYTHONSTARTUP", str(injected / "s.py")),
+                        ("LD_LIBRARY_PATH", str(injected)), ("NODE_OPTIONS", "--require /inj/x.js"),
+                        ("PATH", f"{injected}:{os.environ['PATH']}")):
+        result = world.python_code("print('started')", env={name: value}, check=False)
+        assert result.returncode == 2 and "started" not in result.stdout, name
+        assert result.stderr.count("\n") == 1 and f"the environment sets {name}," in result.stderr, result.stderr
+        assert f"--allow-env {name}" in result.stderr and value not in result.stderr
+    # harmless variables are the host's to set
+    assert world.python_code("print('started')", env={"PYTHONUNBUFFERED": "1", "LANG": "C"}).stdout == "started\n"
+
+
+def test_policy_allowed_environment_variable(world, tmp_path):
+    world.policy["allow_env"] = ["PYTHONPATH"]
+    world.set_ephemeral(world.tmp)
+    (tmp_path / "extra.py").write_text("VALUE = 'extra'\n")
+    out = world.python_code("import extra; print(extra.VALUE, open(%r).read().strip())" % str(world.volume / "count.txt"),
+                            env={"PYTHONPATH": str(tmp_path)}).stdout
+    assert out == "extra 0\n"
+
+
+def test_policy_changed_runtime_config_is_refused(world):
+    doc = json.loads(world.config.read_text())
+    doc["policy"]["command"] = [str(world.python), "-c"]
+    world.config.write_text(json.dumps(doc))  # the keys still bind the original
+    result = world.run(str(world.python), "-c", "print('started')", check=False)
+    assert result.returncode == 2 and "started" not in result.stdout and result.stderr.count("\n") == 1
+    assert f"runtime config {world.config} has SHA-256" in result.stderr and "refusing to start" in result.stderr
+
+
+def test_policy_keys_file_without_the_binding_is_refused(world):
+    doc = json.loads(world.keys.read_text())
+    del doc["runtime_config_sha256"]
+    world.keys.write_text(json.dumps(doc))
+    result = world.python_code("print('started')", check=False)
+    assert result.returncode == 2 and "does not bind the runtime config" in result.stderr and "re-convert" in result.stderr
+
+
+def test_shield_preloaded_by_hand_gets_no_keys(world):
+    # No launcher, so no grant: the keys file and SCONIFY_KEYS are there, yet the volume stays shut.
+    env = {"PATH": os.environ["PATH"], "LD_PRELOAD": str(world.runtime.shield), "SCONIFY_KEYS": str(world.keys),
+           "SCONIFY_LOG": "stderr",
+           "SCONIFY_RUNTIME_CONFIG": str(world.config), "SCONIFY_GRANT": "0"}
+    code = READ_COUNT % str(world.volume / "count.txt") + "\nimport sys; sys.path.insert(0, %r); import pkg; print(pkg.NAME)" % EMBEDDED_ROOT
+    result = subprocess.run([str(world.python), "-c", code], capture_output=True, text=True, env=env, timeout=60)
+    assert result.stdout.splitlines() == ["EACCES", "embedded package"]  # code served, data not
+    assert "no keys were granted to this process" in result.stderr
+
+
+def test_grant_is_inherited_by_forked_children(world):
+    out = world.python_code(
+        "import os\npid = os.fork()\n"
+        "if pid == 0:\n    print('child', open(%r).read().strip(), flush=True)\n    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n" % str(world.volume / "count.txt")).stdout
+    assert out == "child 0\n"
+
+
+def test_granted_process_checks_its_own_executable(world):
+    # The granted service replaces the measured file and execs it: the new process inherits the
+    # grant, but its /proc/self/exe no longer has the keys' executable_sha256.
+    changed = world.root / "python.changed"
+    data = bytearray(world.python.read_bytes())
+    data[-1] ^= 1
+    changed.write_bytes(bytes(data))
+    changed.chmod(0o755)
+    code = ("import os, sys\nos.rename(%r, %r)\n"
+            "os.execv(%r, [%r, '-c', %r])\n") % (str(changed), str(world.python), str(world.python),
+                                                 str(world.python), READ_COUNT % str(world.volume / "count.txt"))
+    result = world.python_code(code, check=False, env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout.strip() == "EACCES"
+    assert "but the keys were issued for" in result.stderr
+
+
+def test_grant_is_passed_to_executed_children_even_with_close_fds(world):
+    # subprocess closes every inherited descriptor (close_fds=True) before the exec: the shield
+    # writes the grant again for the child; a child whose environment leaves it out gets none.
+    read = READ_COUNT % str(world.volume / "count.txt")
+    out = world.python_code(
+        "import os, subprocess, sys\n"
+        "print(subprocess.run([sys.executable, '-c', %r], capture_output=True, text=True).stdout.strip())\n"
+        "env = {k: v for k, v in os.environ.items() if k != 'SCONIFY_GRANT'}\n"
+        "print(subprocess.run([sys.executable, '-c', %r], capture_output=True, text=True, env=env).stdout.strip())\n"
+        % (read, read)).stdout
+    assert out == "0\nEACCES\n"

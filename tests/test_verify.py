@@ -486,3 +486,20 @@ def test_a_file_slipped_into_the_data_layer_is_named(python_out, tmp_path):
     code, report = verify(ref, python_out.manifest_path)
     assert code == 1
     assert "/app/backdoor.py added" in failed(report)["added layers hold only what the manifest lists"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("services: [\n", "is not YAML"),
+    ("- just a list\n", "is not a session"),
+])
+def test_unreadable_session_is_one_line(tmp_path, text, expected):
+    from sconify.cli.verify import read_session
+    from sconify.errors import UsageError
+
+    session = tmp_path / "session.yaml"
+    session.write_text(text)
+    with pytest.raises(UsageError) as raised:
+        read_session(str(session))
+    assert expected in str(raised.value) and "\n" not in str(raised.value)
+    with pytest.raises(UsageError, match="cannot read --session"):
+        read_session(str(tmp_path / "missing.yaml"))

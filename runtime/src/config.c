@@ -13,6 +13,7 @@
 
 #include "fspf.h"
 #include <openssl/crypto.h>
+#include <openssl/sha.h>
 
 static int compare_volumes(const void *a, const void *b)
 {
@@ -59,11 +60,77 @@ static char **absolute_paths(json_t *array, size_t *count)
     return paths;
 }
 
+/* A JSON array of strings as a NULL-terminated copy; -1 if it is not one. */
+static int string_array(json_t *array, char ***out, size_t *count)
+{
+    if (!json_is_array(array)) return -1;
+    *count = json_array_size(array);
+    *out = calloc(*count + 1, sizeof **out);
+    for (size_t i = 0; i < *count; i++) {
+        const char *s = json_string_value(json_array_get(array, i));
+        (*out)[i] = strdup(s ? s : "");
+        if (!s) return -1;
+    }
+    return 0;
+}
+
+/* "policy": the recorded command, whether the host may append arguments, the image's
+ * environment and the variables the host may set. */
+static int parse_policy(json_t *policy, struct rt_config *cfg)
+{
+    json_t *env = json_object_get(policy, "environment");
+    json_t *allow_args = json_object_get(policy, "allow_args");
+    if (!json_is_object(policy) || !json_is_object(env) || !json_is_boolean(allow_args) ||
+        string_array(json_object_get(policy, "command"), &cfg->command, &cfg->command_count) != 0 ||
+        string_array(json_object_get(policy, "allow_env"), &cfg->allow_env, &cfg->allow_env_count) != 0)
+        return -1;
+    cfg->allow_args = json_is_true(allow_args);
+    cfg->env_count = json_object_size(env);
+    cfg->env_names = calloc(cfg->env_count + 1, sizeof *cfg->env_names);
+    cfg->env_values = calloc(cfg->env_count + 1, sizeof *cfg->env_values);
+    size_t i = 0;
+    const char *name;
+    json_t *value;
+    json_object_foreach(env, name, value) {
+        if (!json_is_string(value)) return -1;
+        cfg->env_names[i] = strdup(name);
+        cfg->env_values[i++] = strdup(json_string_value(value));
+    }
+    return 0;
+}
+
 int config_load(const char *path, struct rt_config *cfg, struct rt_error *err)
 {
     memset(cfg, 0, sizeof *cfg);
+    FILE *f = fopen(path, "re");
+    char *text = NULL;
+    size_t len = 0;
+    if (f) {
+        FILE *mem = open_memstream(&text, &len);
+        char buf[8192];
+        size_t n;
+        while (mem && (n = fread(buf, 1, sizeof buf, f)) > 0) fwrite(buf, 1, n, mem);
+        int bad = ferror(f);
+        fclose(f);
+        if (mem) fclose(mem);
+        if (bad || !text) {
+            free(text);
+            text = NULL;
+        }
+    }
+    if (!text)
+        return rt_fail(err, "cannot read the runtime config %s (%s); the image was not converted by this "
+                            "sconify-image, re-convert it", path, strerror(errno));
+    int rc = config_parse(text, len, path, cfg, err);
+    free(text);
+    return rc;
+}
+
+int config_parse(const char *text, size_t len, const char *path, struct rt_config *cfg, struct rt_error *err)
+{
+    memset(cfg, 0, sizeof *cfg);
     json_error_t jerr;
-    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, &jerr);
+    json_t *doc = json_loadb(text, len, JSON_REJECT_DUPLICATES, &jerr);
     if (!doc)
         return rt_fail(err, "cannot read the runtime config %s (%s); the image was not converted by this "
                             "sconify-image, re-convert it", path, jerr.text);
@@ -124,8 +191,27 @@ int config_load(const char *path, struct rt_config *cfg, struct rt_error *err)
         free(cfg->code_roots[0]);
         memmove(cfg->code_roots, cfg->code_roots + 1, cfg->code_root_count-- * sizeof *cfg->code_roots);
     }
+    if (parse_policy(json_object_get(doc, "policy"), cfg) != 0) {
+        config_free(cfg);
+        json_decref(doc);
+        return rt_fail(err, "runtime config %s has no valid policy (command, environment), it was written by an "
+                            "older sconify-image; re-convert the image", path);
+    }
     json_decref(doc);
+    cfg->source = malloc(len + 1);
+    memcpy(cfg->source, text, len);
+    cfg->source[len] = '\0';
+    cfg->source_len = len;
+    unsigned char digest[32];
+    SHA256((const unsigned char *)text, len, digest);
+    hex_encode(digest, 32, cfg->source_sha256);
     return 0;
+}
+
+static void free_strings(char **list, size_t count)
+{
+    for (size_t i = 0; list && i < count; i++) free(list[i]);
+    free(list);
 }
 
 void config_free(struct rt_config *cfg)
@@ -148,6 +234,11 @@ void config_free(struct rt_config *cfg)
     free(cfg->code_shallow);
     for (size_t i = 0; i < cfg->code_extension_count; i++) free(cfg->code_extensions[i]);
     free(cfg->code_extensions);
+    free_strings(cfg->command, cfg->command_count);
+    free_strings(cfg->env_names, cfg->env_count);
+    free_strings(cfg->env_values, cfg->env_count);
+    free_strings(cfg->allow_env, cfg->allow_env_count);
+    free(cfg->source);
     memset(cfg, 0, sizeof *cfg);
 }
 
@@ -173,31 +264,35 @@ int keys_load(const char *path, struct rt_keys *keys, struct rt_error *err)
     json_error_t jerr;
     json_t *doc = json_loadf(f, JSON_REJECT_DUPLICATES, &jerr);
     fclose(f);
+    int rc = keys_from_json(doc, path, keys, err);
+    json_decref(doc);
+    return rc;
+}
+
+int keys_from_json(void *document, const char *path, struct rt_keys *keys, struct rt_error *err)
+{
+    json_t *doc = document;
+    memset(keys, 0, sizeof *keys);
     const char *schema = doc ? json_string_value(json_object_get(doc, "schema")) : NULL;
     const char *mr = doc ? json_string_value(json_object_get(doc, "mrenclave")) : NULL;
     json_t *vols = doc ? json_object_get(doc, "volumes") : NULL;
-    if (!schema || strcmp(schema, KEYS_SCHEMA) != 0 || !is_hex(mr, 64) || !json_is_array(vols)) {
-        json_decref(doc);
+    if (!schema || strcmp(schema, KEYS_SCHEMA) != 0 || !is_hex(mr, 64) || !json_is_array(vols))
         return rt_fail(err, "keys file %s %s", path, malformed_keys(path));
-    }
     memcpy(keys->mrenclave, mr, 65);
     const char *file_sha = json_string_value(json_object_get(doc, "executable_sha256"));
-    if (file_sha && !is_hex(file_sha, 64)) {
-        json_decref(doc);
+    const char *config_sha = json_string_value(json_object_get(doc, "runtime_config_sha256"));
+    if ((file_sha && !is_hex(file_sha, 64)) || (config_sha && !is_hex(config_sha, 64)))
         return rt_fail(err, "keys file %s %s", path, malformed_keys(path));
-    }
     if (file_sha) memcpy(keys->executable_sha256, file_sha, 65);
     /* "code_key" (--encrypted-code): absent when the image has no encrypted code */
     json_t *code = json_object_get(doc, "code_key");
     if (code) {
         const char *code_hex = json_string_value(code);
-        if (!is_hex(code_hex, 64)) {
-            json_decref(doc);
-            return rt_fail(err, "keys file %s %s", path, malformed_keys(path));
-        }
+        if (!is_hex(code_hex, 64)) return rt_fail(err, "keys file %s %s", path, malformed_keys(path));
         hex_decode(code_hex, keys->code_key, 32);
         keys->has_code_key = 1;
     }
+    if (config_sha) memcpy(keys->runtime_config_sha256, config_sha, 65);
     keys->count = json_array_size(vols);
     keys->keys = calloc(keys->count + 1, sizeof *keys->keys);
     for (size_t i = 0; i < keys->count; i++) {
@@ -210,7 +305,6 @@ int keys_load(const char *path, struct rt_keys *keys, struct rt_error *err)
         if (!vp || vp[0] != '/' || !is_hex(key, 64) || !is_hex(tag, 32) || (next && !is_hex(next, 32))) {
             keys->count = i;
             keys_free(keys);
-            json_decref(doc);
             return rt_fail(err, "keys file %s: volume entry %zu is malformed; mount the keys.json written by "
                                 "sconify-image", path, i);
         }
@@ -222,8 +316,41 @@ int keys_load(const char *path, struct rt_keys *keys, struct rt_error *err)
             hex_decode(next, k->next_tag, 16);
         }
     }
-    json_decref(doc);
     return 0;
+}
+
+void *keys_to_json(const struct rt_keys *keys)
+{
+    json_t *doc = json_object(), *vols = json_array();
+    json_object_set_new(doc, "schema", json_string(KEYS_SCHEMA));
+    json_object_set_new(doc, "mrenclave", json_string(keys->mrenclave));
+    if (*keys->executable_sha256) json_object_set_new(doc, "executable_sha256", json_string(keys->executable_sha256));
+    if (*keys->runtime_config_sha256)
+        json_object_set_new(doc, "runtime_config_sha256", json_string(keys->runtime_config_sha256));
+    if (keys->has_code_key) {
+        char code_hex[65];
+        hex_encode(keys->code_key, 32, code_hex);
+        json_object_set_new(doc, "code_key", json_string(code_hex));
+        OPENSSL_cleanse(code_hex, sizeof code_hex);
+    }
+    for (size_t i = 0; i < keys->count; i++) {
+        const struct rt_key *k = &keys->keys[i];
+        char key_hex[65], tag_hex[33];
+        json_t *v = json_object();
+        hex_encode(k->key, 32, key_hex);
+        json_object_set_new(v, "path", json_string(k->path));
+        json_object_set_new(v, "fspf_key", json_string(key_hex));
+        OPENSSL_cleanse(key_hex, sizeof key_hex);
+        hex_encode(k->tag, 16, tag_hex);
+        json_object_set_new(v, "fspf_tag", json_string(tag_hex));
+        if (k->has_next) {
+            hex_encode(k->next_tag, 16, tag_hex);
+            json_object_set_new(v, "fspf_tag_next", json_string(tag_hex));
+        }
+        json_array_append_new(vols, v);
+    }
+    json_object_set_new(doc, "volumes", vols);
+    return doc;
 }
 
 int keys_from_scone_env(const struct rt_config *cfg, const char *fspf, const char *key_hex, const char *tag_hex,
@@ -238,6 +365,7 @@ int keys_from_scone_env(const struct rt_config *cfg, const char *fspf, const cha
         return rt_fail(err, "SCONE_FSPF_KEY must be 64 and SCONE_FSPF_TAG 32 lower-case hex digits");
     memcpy(keys->mrenclave, cfg->mrenclave, 65);
     memcpy(keys->executable_sha256, cfg->executable_sha256, 65);
+    memcpy(keys->runtime_config_sha256, cfg->source_sha256, 65);
     keys->count = 1;
     keys->keys = calloc(1, sizeof *keys->keys);
     keys->keys[0].path = strdup(vol->path);

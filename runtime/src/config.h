@@ -40,6 +40,18 @@ struct rt_config {
     char **code_shallow;            /* shallow code roots (a system dir on sys.path): code names sealed */
     size_t code_extension_count;
     char **code_extensions;         /* the names that are code there (".py", ".pth", ".so"...) */
+    /* The policy (docs/runtime.md, "The policy"): what the keys are granted to. */
+    size_t command_count;
+    char **command;                 /* argv after `--` as the conversion recorded it */
+    int allow_args;                 /* the host may append arguments after the command */
+    size_t env_count;
+    char **env_names;               /* the image's environment (PATH default added), sorted */
+    char **env_values;
+    size_t allow_env_count;
+    char **allow_env;               /* variables the host may set or override */
+    char *source;                   /* the config's bytes as read, NUL-terminated */
+    size_t source_len;
+    char source_sha256[65];         /* SHA-256 of source (hex): the keys file binds it */
 };
 
 struct rt_key {
@@ -55,15 +67,22 @@ struct rt_keys {
     char executable_sha256[65];  /* "" when the keys file does not record it */
     int has_code_key;            /* "code_key": the key of the embedfs's encrypted members */
     unsigned char code_key[32];
+    char runtime_config_sha256[65];  /* the runtime config the keys belong to; "" when not recorded */
     size_t count;
     struct rt_key *keys;
 };
 
 int config_load(const char *path, struct rt_config *cfg, struct rt_error *err);
+/* The same from the config's bytes (text, NUL-terminated; origin names it in messages). */
+int config_parse(const char *text, size_t len, const char *origin, struct rt_config *cfg, struct rt_error *err);
 void config_free(struct rt_config *cfg);
 
 /* Load keys.json; messages never quote the file's content. */
 int keys_load(const char *path, struct rt_keys *keys, struct rt_error *err);
+/* The same from a parsed keys document (a json_t *; origin names it in messages). */
+int keys_from_json(void *doc, const char *origin, struct rt_keys *keys, struct rt_error *err);
+/* The keys as a keys document (a new json_t *, to json_decref), or NULL. */
+void *keys_to_json(const struct rt_keys *keys);
 /* Build keys from SCONE's debug-mode variables for a single volume (SCONE_FSPF, _KEY, _TAG). */
 int keys_from_scone_env(const struct rt_config *cfg, const char *fspf, const char *key_hex, const char *tag_hex,
                         struct rt_keys *keys, struct rt_error *err);

@@ -2,13 +2,16 @@
  *
  *   sconify-run [--] COMMAND [ARGS...]
  *
- * Before the service starts it plays the attestation SCONE's CAS performs: it recomputes the
- * MRENCLAVE of the measured executable (parameters from the image's runtime config, checked by
- * the result, never trusted on their own), compares it with the one in the keys file, and checks
- * every volume's fspf against the key and tag recorded there (a restored older copy is a
- * rollback). Then it runs COMMAND with the shield preloaded (libsconify-shield.so, which serves
- * the embedfs and the volumes inside the measured process), forwards signals to it, reaps
- * zombies when it is PID 1, and exits with its status.
+ * Before the service starts it enforces the policy the runtime config records (a variable that
+ * chooses code, changed by the host, is refused; a command other than the recorded one runs
+ * without keys) and plays the attestation SCONE's CAS performs: the keys file must bind this
+ * runtime config; it recomputes the MRENCLAVE of the measured executable (parameters from the
+ * image's runtime config, checked by the result, never trusted on their own), compares it with
+ * the one in the keys file, and checks every volume's fspf against the key and tag recorded
+ * there (a restored older copy is a rollback). Then it runs COMMAND with the shield preloaded
+ * (libsconify-shield.so, which serves the embedfs and the volumes inside the measured process)
+ * and the keys granted to it in a sealed memfd, forwards signals to it, reaps zombies when it
+ * is PID 1, and exits with its status.
  *
  *   sconify-run --measure EXE HEAP STACK THREADS SSA    print the MRENCLAVE of EXE
  */
@@ -25,14 +28,17 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <jansson.h>
 #include <openssl/crypto.h>
-#include <openssl/evp.h>
 
 #include "config.h"
 #include "embedfs.h"
 #include "fspf.h"
 #include "measure.h"
+#include "policy.h"
 #include "util.h"
+
+extern char **environ;
 
 #define EXIT_REFUSED 2    /* attestation or keys refused: the service never starts */
 #define EXIT_NOT_RUN 127  /* the command could not be executed */
@@ -86,25 +92,6 @@ static int measure_main(int argc, char **argv)
     hex_encode(mr, 32, hex);
     printf("%s\n", hex);
     return 0;
-}
-
-static int file_sha256(int fd, unsigned char digest[32])
-{
-    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
-    static unsigned char buf[1 << 20];
-    uint64_t off = 0;
-    int ok = ctx && EVP_DigestInit_ex(ctx, EVP_sha256(), NULL);
-    for (ssize_t n; ok && (n = pread(fd, buf, sizeof buf, (off_t)off)) != 0; off += (uint64_t)n) {
-        if (n < 0) {
-            if (errno == EINTR) { n = 0; continue; }
-            ok = 0;
-            break;
-        }
-        ok = EVP_DigestUpdate(ctx, buf, (size_t)n);
-    }
-    ok = ok && EVP_DigestFinal_ex(ctx, digest, NULL);
-    EVP_MD_CTX_free(ctx);
-    return ok ? 0 : -1;
 }
 
 /* Attestation, simulated: the measured executable must have the MRENCLAVE the keys were issued
@@ -240,18 +227,67 @@ static int exit_status(int status)
     return 1;
 }
 
+/* The shield in front of LD_PRELOAD, once (the image's Env already names it, so that any
+ * start of the measured executable, a `docker exec` too, gets its embedded code served). */
 static void set_preload(const char *lib)
 {
     const char *old = getenv("LD_PRELOAD");
-    if (old && *old) {
-        size_t len = strlen(old) + strlen(lib) + 2;
+    char rest[4096];
+    policy_preload_without(old ? old : "", lib, rest, sizeof rest);
+    if (*rest) {
+        size_t len = strlen(rest) + strlen(lib) + 2;
         char *value = malloc(len);
-        snprintf(value, len, "%s:%s", lib, old);
+        snprintf(value, len, "%s:%s", lib, rest);
         setenv("LD_PRELOAD", value, 1);
         free(value);
     } else {
         setenv("LD_PRELOAD", lib, 1);
     }
+}
+
+/* The runtime config must be the one the keys were issued for: its policy says which command
+ * the keys are granted to, its volumes which data they open. */
+static void check_config_binding(const struct rt_config *cfg, const struct rt_keys *keys, const char *config_path)
+{
+    char line[1024];
+    if (!*keys->runtime_config_sha256) {
+        snprintf(line, sizeof line, "the keys file does not bind the runtime config %s (it was written by an older "
+                                    "sconify-image); re-convert the image", config_path);
+        die("%s", line);
+    }
+    if (strcmp(keys->runtime_config_sha256, cfg->source_sha256) != 0) {
+        snprintf(line, sizeof line, "runtime config %s has SHA-256 %s but the keys file expects %s: it was changed "
+                                    "(a derived image?) or the keys belong to another conversion; refusing to start",
+                 config_path, cfg->source_sha256, keys->runtime_config_sha256);
+        die("%s", line);
+    }
+}
+
+/* Keys are granted, not found: the launcher hands the checked keys and the checked runtime
+ * config to the shield in a sealed memfd the command inherits (SCONIFY_GRANT=<fd>). A process
+ * the launcher did not start this way (docker exec, a preload by hand, a command the policy
+ * refused) has no grant and gets no keys, whatever keys file it can read. */
+static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, const char *keys_path, int persist)
+{
+    json_t *doc = json_object();
+    json_object_set_new(doc, "schema", json_string("sconify.grant/v1"));
+    json_object_set_new(doc, "keys_path", json_string(keys_path));
+    json_object_set_new(doc, "persist", json_boolean(persist));
+    json_object_set_new(doc, "runtime_config", json_stringn(cfg->source, cfg->source_len));
+    json_object_set_new(doc, "keys", keys_to_json(keys));
+    char *text = json_dumps(doc, JSON_COMPACT);
+    json_decref(doc);
+    int fd = memfd_create("sconify-grant", MFD_ALLOW_SEALING);
+    if (!text || fd < 0) die("%s", "cannot create the memfd that grants the keys to the service");
+    size_t len = strlen(text);
+    int ok = write_full(fd, text, len) == 0 &&
+             fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0;
+    OPENSSL_cleanse(text, len);
+    free(text);
+    if (!ok) die("cannot write the memfd that grants the keys to the service: %s", strerror(errno));
+    char number[16];
+    snprintf(number, sizeof number, "%d", fd);
+    setenv("SCONIFY_GRANT", number, 1);
 }
 
 int main(int argc, char **argv)
@@ -265,6 +301,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "sconify-run: no command to run; the image's CMD is empty, pass one: docker run IMAGE COMMAND\n");
         return EXIT_NOT_RUN;
     }
+    char **command = argv + first;
 
     char root[PATH_MAX], config_path[PATH_MAX + 32], shield[PATH_MAX + 32];
     runtime_root(argv[0], root, sizeof root);
@@ -278,6 +315,17 @@ int main(int argc, char **argv)
     if (config_load(config_path, &cfg, &err) != 0) die("%s", err.msg);
     if (access(shield, R_OK) != 0) die("the shield library %s is missing; the image is damaged, re-convert it", shield);
 
+    /* The policy: the environment may not choose other code (refused), and the keys go only to
+     * the recorded command (another command runs, without keys). */
+    char why[1024];
+    unsetenv("SCONIFY_GRANT");
+    if (policy_check_environment(&cfg, environ, shield, why, sizeof why) != 0) die("%s", why);
+    int granted = policy_check_command(&cfg, argc - first, command, why, sizeof why) == 0;
+    if (!granted && cfg.volume_count)  /* an image without volumes has no keys to withhold: nothing to say */
+        fprintf(stderr, "sconify-run: %s: the keys are granted only to the command the conversion recorded, so this "
+                        "one runs without keys and its volumes are unreadable (to let the host append arguments, "
+                        "re-convert with --allow-args)\n", why);
+
     /* Keys: SCONE's debug-mode variables, else the keys file (a secret mount). */
     const char *scone_fspf = getenv("SCONE_FSPF");
     const char *scone_key = getenv("SCONE_FSPF_KEY");
@@ -285,49 +333,34 @@ int main(int argc, char **argv)
     const char *keys_path = keys_env && *keys_env ? keys_env : DEFAULT_KEYS_PATH;
     struct rt_keys keys;
     int have_keys = 0, from_env = 0;
-    if (scone_key && *scone_key) {
+    if (granted && scone_key && *scone_key) {
         if (keys_from_scone_env(&cfg, scone_fspf ? scone_fspf : "", scone_key, getenv("SCONE_FSPF_TAG"), &keys,
                                 &err) != 0)
             die("%s", err.msg);
         have_keys = from_env = 1;
-    } else if (access(keys_path, F_OK) == 0 || cfg.volume_count > 0 || (keys_env && *keys_env)) {
+    } else if (granted && (access(keys_path, F_OK) == 0 || cfg.volume_count > 0 || (keys_env && *keys_env))) {
         if (keys_load(keys_path, &keys, &err) != 0) die("%s", err.msg);
         have_keys = 1;
     }
-    /* Key bytes never reach the service's environment. */
+    /* Key bytes and key paths never reach the service's environment. */
     unsetenv("SCONE_FSPF_KEY");
     unsetenv("SCONE_FSPF_TAG");
     unsetenv("SCONE_FSPF");
+    unsetenv("SCONIFY_KEYS");
 
+    if (have_keys) check_config_binding(&cfg, &keys, config_path);
     if (have_keys) check_measurement(&cfg, keys.mrenclave, keys.executable_sha256, "the keys file");
     else check_measurement(&cfg, cfg.mrenclave, cfg.executable_sha256, "the image's runtime config");
     check_scripts(&cfg);
     if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env);
 
-    if (from_env) {
-        /* Hand the debug-mode keys to the shield through an inherited memfd, never the environment. */
-        int mfd = memfd_create("sconify-keys", 0);
-        if (mfd < 0) die("%s", "cannot create a memfd for the keys");
-        FILE *out = fdopen(dup(mfd), "w");
-        char key_hex[65], tag_hex[33];
-        hex_encode(keys.keys[0].key, 32, key_hex);
-        hex_encode(keys.keys[0].tag, 16, tag_hex);
-        fprintf(out, "{\"schema\": \"%s\", \"mrenclave\": \"%s\", \"volumes\": [{\"path\": \"%s\", \"fspf_key\": "
-                     "\"%s\", \"fspf_tag\": \"%s\"}]}\n", KEYS_SCHEMA, keys.mrenclave, keys.keys[0].path, key_hex,
-                tag_hex);
-        fclose(out);
-        memset(key_hex, 0, sizeof key_hex);
-        char fdpath[64];
-        snprintf(fdpath, sizeof fdpath, "/proc/self/fd/%d", mfd);
-        setenv("SCONIFY_KEYS", fdpath, 1);
-    } else if (have_keys) {
-        setenv("SCONIFY_KEYS", keys_path, 1);
+    if (have_keys) {
+        grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env);
+        keys_free(&keys);
     }
-    if (have_keys) keys_free(&keys);
     setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);
     set_preload(shield);
 
-    char **command = argv + first;
     if (getpid() != 1) {
         execvp(command[0], command);
         fprintf(stderr, "sconify-run: cannot run %s: %s\n", command[0], strerror(errno));

@@ -440,3 +440,27 @@ out:
     free(h.out);
     return rc;
 }
+
+int file_sha256(int fd, unsigned char digest[32])
+{
+    const size_t block = (size_t)1 << 20;
+    unsigned char *buf = malloc(block);
+    if (!buf) return -1;
+    SHA256_CTX sha;
+    SHA256_Init(&sha);
+    uint64_t off = 0;
+    for (;;) {
+        ssize_t n = pread(fd, buf, block, (off_t)off);
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) {
+            free(buf);
+            return -1;
+        }
+        if (n == 0) break;
+        SHA256_Update(&sha, buf, (size_t)n);
+        off += (uint64_t)n;
+    }
+    SHA256_Final(digest, &sha);
+    free(buf);
+    return 0;
+}

@@ -18,4 +18,7 @@ struct sgx_params {
  * file, ...) with a one-line error. Returns 0 and the 32-byte MRENCLAVE, or -1. */
 int sgx_measure_fd(int fd, const struct sgx_params *params, unsigned char mrenclave[32], struct rt_error *err);
 
+/* SHA-256 of the whole file open at fd (read with pread from offset 0): 0, or -1 with errno. */
+int file_sha256(int fd, unsigned char digest[32]);
+
 #endif

@@ -11,17 +11,7 @@
 
 #define FILE_SIZE (48 * 1024)
 
-static int failures;
-
-#define CHECK(cond, ...)                                       \
-    do {                                                       \
-        if (!(cond)) {                                         \
-            fprintf(stderr, "FAIL %s:%d: ", __FILE__, __LINE__); \
-            fprintf(stderr, __VA_ARGS__);                      \
-            fputc('\n', stderr);                               \
-            failures++;                                        \
-        }                                                      \
-    } while (0)
+#include "check.h"
 
 static unsigned char file[FILE_SIZE];
 

@@ -131,6 +131,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="sim (default): add the simulation-mode runtime as the ENTRYPOINT, so the image runs with "
         "docker run (docs/runtime.md); none: no runtime layer, the ENTRYPOINT stays (a hardware runtime)",
     )
+    code.add_argument(
+        "--allow-args",
+        action="store_true",
+        help="let the host append arguments to the recorded command (docker run IMAGE CMD... ARGS; SCONE's @@1); "
+        "by default any other command runs without keys",
+    )
+    code.add_argument(
+        "--allow-env",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="let the host set or override NAME although it chooses code (PYTHONPATH, NODE_OPTIONS...; "
+        "repeatable; docs/runtime.md lists them)",
+    )
     data = parser.add_argument_group("data (fspf regions)")
     data.add_argument(
         "--dir",

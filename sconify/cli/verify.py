@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sconify.cli.registry import add_registry_arguments, bind, registry_options
@@ -46,6 +47,10 @@ def register(subparsers) -> None:
     )
     verify.add_argument(
         "--sgxs", metavar="FILE", help="write the SGX record stream (its SHA-256 is the MRENCLAVE)"
+    )
+    verify.add_argument(
+        "--session", metavar="FILE",
+        help="session.yaml: also check that its command and environment are what the runtime enforces"
     )
     verify.add_argument(
         "--signer", metavar="PUB.pem",
@@ -105,6 +110,21 @@ def register(subparsers) -> None:
     sign.set_defaults(func=run_sign)
 
 
+def read_session(path: str) -> dict:
+    """session.yaml as a dict, or a one-line UsageError."""
+    import yaml
+
+    try:
+        doc = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise UsageError(f"cannot read --session {path}: {exc.strerror}") from None
+    except (yaml.YAMLError, UnicodeDecodeError):
+        raise UsageError(f"--session {path} is not YAML; pass the session.yaml written by sconify-image") from None
+    if not isinstance(doc, dict):
+        raise UsageError(f"--session {path} is not a session; pass the session.yaml written by sconify-image")
+    return doc
+
+
 def run_verify(args: argparse.Namespace) -> int:
     from sconify.manifest import Manifest
     from sconify.verify import VerifyReport, verify_image
@@ -125,7 +145,9 @@ def run_verify(args: argparse.Namespace) -> int:
         from sconify.verify import check_signature
 
         check_signature(signed, args.manifest, args.signature, args.signer)
-    report = verify_image(bind(reference, registry), manifest, keys=keys, sgxs_out=args.sgxs, platform=args.platform)
+    session = read_session(args.session) if args.session else None
+    report = verify_image(bind(reference, registry), manifest, keys=keys, sgxs_out=args.sgxs, platform=args.platform,
+                          session=session)
     report.reference = args.reference
     report.checks[:0] = signed.checks
     if args.json:

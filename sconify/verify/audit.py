@@ -43,6 +43,7 @@ def verify_image(
     keys: KeysFile | None = None,
     sgxs_out: str | None = None,
     platform: str | None = None,
+    session: dict | None = None,
 ) -> VerifyReport:
     """Recompute every figure of ``manifest`` from the image at ``reference``.
 
@@ -77,7 +78,7 @@ def verify_image(
             fs = RootFS.from_image(image, cache_layers=range(base, len(image.layers)),
                                    diff_ids_known=recorded_input_blobs(image.layers[:base], manifest))
         check_contents(report, fs, manifest, keys, sgxs_out, pool, whiteouts_needed=added_layers_only,
-                       first=base if added_layers_only else 0)
+                       first=base if added_layers_only else 0, session=session)
         if lower is not None:
             report.checks += lower.result()  # an ImageError (corrupt input blob) propagates: could not read
     return report
@@ -93,6 +94,7 @@ def check_contents(
     *,
     whiteouts_needed: bool,
     first: int = 0,
+    session: dict | None = None,
 ) -> None:
     """Every check that reads files: executable, embedfs, MRENCLAVE, whiteouts, fspf and, with
     keys, every protected file.
@@ -120,7 +122,7 @@ def check_contents(
         check_no_plaintext(here, fs, manifest, first)
         check_volumes(here, fs, manifest, keys)
         if manifest.runtime is not None:
-            check_runtime(here, fs, manifest)
+            check_runtime(here, fs, manifest, session)
         for future in executable_checks:
             report.checks += future.result()
         report.checks += here.checks

@@ -10,6 +10,7 @@ from sconify.image.rootfs import PathNotFound, RootFS
 from sconify.manifest import Manifest
 from sconify.runtime import CONFIG_PATH as RUNTIME_CONFIG_PATH
 from sconify.select import is_regular, rel
+from sconify.session import session_command, session_environment
 from sconify.verify.report import VerifyReport, summarise
 
 
@@ -18,10 +19,11 @@ def runtime_paths(manifest: Manifest) -> set[str]:
     return {rel(path) for path in manifest.runtime.files} if manifest.runtime is not None else set()
 
 
-def check_runtime(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
+def check_runtime(report: VerifyReport, fs: RootFS, manifest: Manifest, session: dict | None = None) -> None:
     """The runtime layer: each file byte for byte as recorded, and a runtime config that names
     the measured executable, the measurement and the volumes the manifest records (the launcher
-    checks the measurement against the keys, so a wrong config only stops the service)."""
+    checks the measurement against the keys, so a wrong config only stops the service), and
+    whose policy is what the manifest and the session (``session``: session.yaml, parsed) say."""
     runtime = manifest.runtime
     problems = []
     for path, digest in sorted(runtime.files.items()):
@@ -56,3 +58,35 @@ def check_runtime(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
                    else f"{RUNTIME_CONFIG_PATH}: {', '.join(wrong)} differ from the manifest")
     except (PathNotFound, KeyError, TypeError, ValueError) as exc:
         report.add("runtime config", False, f"{RUNTIME_CONFIG_PATH} is missing or malformed ({exc})")
+        return
+    check_policy(report, config.get("policy"), manifest, session)
+
+
+def check_policy(report: VerifyReport, policy, manifest: Manifest, session: dict | None) -> None:
+    """What the launcher grants the keys to (runtime.json's policy) must be what the manifest
+    records and what the session says the service runs: ``command`` (``@@1`` at the end with
+    --allow-args) and ``environment`` (``@@NAME`` for --allow-env NAME)."""
+    if not isinstance(policy, dict):
+        report.add("runtime policy", False, f"{RUNTIME_CONFIG_PATH} records no policy (command, environment); "
+                                            "re-convert the image with this sconify-image")
+        return
+    problems = []
+    if manifest.runtime.policy is not None and manifest.runtime.policy != policy:
+        problems.append("the manifest's policy differs from it")
+    if session is not None:
+        try:
+            service = session["services"][0]
+            command = session_command(list(policy["service_command"]), bool(policy["allow_args"]))
+            environment = session_environment(dict(policy["environment"]), list(policy["allow_env"]))
+            if service.get("command") != command:
+                problems.append(f"session.yaml's command {str(service.get('command'))[:120]!r} is not {command[:120]!r}")
+            if dict(service.get("environment") or {}) != environment:
+                names = sorted(set(environment) ^ set(service.get("environment") or {}) | {
+                    name for name in environment if (service.get("environment") or {}).get(name) != environment[name]})
+                problems.append(f"session.yaml's environment differs in {', '.join(names)[:200]}")
+        except (KeyError, IndexError, TypeError, AttributeError, ValueError):
+            problems.append("session.yaml has no service with a command and an environment")
+    report.add("runtime policy", not problems,
+               "the command and environment the keys are granted to match the manifest"
+               + (" and the session" if session is not None else "")
+               if not problems else f"{RUNTIME_CONFIG_PATH}: {summarise(problems)}")

@@ -1,10 +1,35 @@
 /* Start-up, in the measured executable only: the runtime config, the embedfs, the keys and
- * each volume's fspf, the ephemeral regions, and the seccomp filter. */
+ * each volume's fspf, the ephemeral regions, and the seccomp filter.
+ *
+ * Keys are granted, not found: only a process that inherited the launcher's grant (a sealed
+ * memfd, SCONIFY_GRANT=<fd>, holding the keys and the runtime config the launcher checked)
+ * and whose own executable is the one the keys were issued for serves volumes. Any other
+ * start of the measured executable (docker exec, a command the policy refused) gets its
+ * embedded code served and finds its volumes locked (EACCES). */
 #include <dlfcn.h>
+#include <jansson.h>
 #include <openssl/crypto.h>
 #include <seccomp.h>
+#include <sys/mman.h>
 
+#include "measure.h"
 #include "shield.h"
+
+#define GRANT_SCHEMA "sconify.grant/v1"
+#define GRANT_SEALS (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
+
+/* The grant this process inherited, as read (NULL: none), and the descriptor number it came
+ * in: passed on to the programs the service executes (see execve below). */
+static char *grant_text;
+static size_t grant_len;
+
+struct grant {
+    struct rt_keys keys;
+    char *config;           /* the runtime config's bytes the launcher checked */
+    size_t config_len;
+    char *keys_path;        /* where tags are recorded ("" for SCONE_FSPF debug keys) */
+    int persist;
+};
 
 static int same_file(const char *a, const char *b)
 {
@@ -64,22 +89,167 @@ static void add_ephemeral(const char *config_path)
     S.nvols++;
 }
 
+/* The grant the launcher handed down, if any: 1 and g filled, else 0 (no grant, or something
+ * that is not one: a number that names no sealed memfd, another document). */
+static int read_grant(struct grant *g)
+{
+    const char *number = getenv("SCONIFY_GRANT");
+    char *end;
+    if (!number || !*number) return 0;
+    long fd = strtol(number, &end, 10);
+    struct stat64 st;
+    if (*end || fd < 0 || fd > INT_MAX || fcntl((int)fd, F_GET_SEALS) != GRANT_SEALS || fstat64((int)fd, &st) != 0 ||
+        st.st_size <= 0 || st.st_size > (1 << 20))
+        return 0;
+    char *text = malloc((size_t)st.st_size);
+    json_t *doc = NULL;
+    if (text && pread_full((int)fd, text, (size_t)st.st_size, 0) == 0)
+        doc = json_loadb(text, (size_t)st.st_size, JSON_REJECT_DUPLICATES, NULL);
+    const char *schema = json_string_value(json_object_get(doc, "schema"));
+    json_t *config = json_object_get(doc, "runtime_config");
+    const char *keys_path = json_string_value(json_object_get(doc, "keys_path"));
+    struct rt_error err;
+    int ok = schema && strcmp(schema, GRANT_SCHEMA) == 0 && json_is_string(config) && keys_path &&
+             keys_from_json(json_object_get(doc, "keys"), "granted by sconify-run", &g->keys, &err) == 0;
+    if (ok) {
+        g->config_len = json_string_length(config);
+        g->config = malloc(g->config_len + 1);
+        memcpy(g->config, json_string_value(config), g->config_len + 1);
+        g->keys_path = strdup(keys_path);
+        g->persist = json_is_true(json_object_get(doc, "persist"));
+        grant_text = text;  /* kept to pass the grant on (execve below) */
+        grant_len = (size_t)st.st_size;
+    } else if (text) {
+        OPENSSL_cleanse(text, (size_t)st.st_size);
+        free(text);
+    }
+    json_decref(doc);  /* the key strings are freed with it; jansson does not clear them */
+    return ok;
+}
+
+static void grant_free(struct grant *g)
+{
+    keys_free(&g->keys);
+    free(g->config);
+    free(g->keys_path);
+    memset(g, 0, sizeof *g);
+}
+
+/* The runtime config of a start without a grant: SCONIFY_RUNTIME_CONFIG, else runtime.json
+ * beside the shield's lib/ directory (/.sconify/lib/libsconify-shield.so -> /.sconify/runtime.json). */
+static int ungranted_config(struct rt_config *cfg, struct rt_error *err)
+{
+    const char *configured = getenv("SCONIFY_RUNTIME_CONFIG");
+    if (configured && *configured) return config_load(configured, cfg, err);
+    Dl_info self;
+    char path[PATH_MAX];
+    if (!dladdr((void *)ungranted_config, &self) || !self.dli_fname || strlen(self.dli_fname) >= sizeof path)
+        return rt_fail(err, "cannot find the shield's own path");
+    strcpy(path, self.dli_fname);
+    char *slash = strrchr(path, '/');
+    if (slash) *slash = '\0';           /* .../lib */
+    slash = strrchr(path, '/');
+    if (!slash) return rt_fail(err, "the shield is not in a lib/ directory");
+    snprintf(slash, sizeof path - (size_t)(slash - path), "/runtime.json");
+    return config_load(path, cfg, err);
+}
+
+/* With a grant: the keys serve volumes only in the executable they were issued for (this
+ * process is not the launcher, which measured the file: it checks its own /proc/self/exe, once
+ * per process start, ~10 ms for 17 MB) and with the runtime config they bind. */
+static int grant_fits(const struct grant *g)
+{
+    if (strcmp(g->keys.runtime_config_sha256, S.cfg.source_sha256) != 0) {
+        shield_log("the granted runtime config is not the one the keys bind; no keys: volumes are unreadable");
+        return 0;
+    }
+    const char *expected = *g->keys.executable_sha256 ? g->keys.executable_sha256 : S.cfg.executable_sha256;
+    unsigned char digest[32];
+    char hex[65];
+    int fd = RESOLVE(open)("/proc/self/exe", O_RDONLY | O_CLOEXEC);
+    int rc = fd >= 0 ? file_sha256(fd, digest) : -1;
+    if (fd >= 0) RESOLVE(close)(fd);
+    if (rc != 0) {
+        shield_log("cannot read this process's executable to check it; no keys: volumes are unreadable");
+        return 0;
+    }
+    hex_encode(digest, 32, hex);
+    if (strcmp(hex, expected) != 0) {
+        shield_log("this process's executable %s has SHA-256 %s but the keys were issued for %s; no keys: volumes "
+                   "are unreadable", S.cfg.executable, hex, expected);
+        return 0;
+    }
+    return 1;
+}
+
+/* A volume without keys: its files are refused (EACCES, one line the first time). */
+int locked_volume_file(const char *path)
+{
+    for (size_t i = 0; i < S.cfg.volume_count; i++) {
+        const char *v = S.cfg.volumes[i].path;
+        size_t len = strlen(v);
+        if (strncmp(path, v, len) == 0 && (path[len] == '/' || len == 1) && path[len + (len > 1)] != '\0') {
+            struct stat64 st;
+            if (RESOLVE(stat64)(path, &st) == 0 && S_ISDIR(st.st_mode)) return 0;
+            static int told;
+            if (!__atomic_exchange_n(&told, 1, __ATOMIC_RELAXED))
+                shield_log("%s: volume %s is unreadable: no keys were granted to this process (only the command "
+                           "the conversion recorded, started by sconify-run, gets them)", path, v);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+/* The volumes, each with its fspf opened with the granted key and tag. */
+static void open_volumes(const struct grant *g)
+{
+    S.keys_path = strdup(g->keys_path);
+    S.keys_persist = g->persist;
+    for (size_t i = 0; i < S.cfg.volume_count; i++) {
+        const struct rt_volume *v = &S.cfg.volumes[i];
+        struct rt_key *k = keys_find((struct rt_keys *)&g->keys, v->path);
+        if (!k) continue;  /* sconify-run checked every volume; a SCONE_FSPF debug key covers one */
+        struct svol *sv = &S.vols[S.nvols];
+        struct rt_error err;
+        sv->v = v;
+        sv->len = strlen(v->path);
+        memcpy(sv->key, k->key, 32);
+        int fd = RESOLVE(open)(v->fspf_path, O_RDONLY | O_CLOEXEC);
+        struct stat64 st;
+        if (fd < 0 || fstat64(fd, &st) != 0) fatal("a volume's fspf disappeared after start-up");
+        unsigned char *data = malloc((size_t)st.st_size + 1);
+        if (!data || pread_full(fd, data, (size_t)st.st_size, 0) != 0) fatal("cannot read a volume's fspf");
+        RESOLVE(close)(fd);
+        const unsigned char *tag = st.st_size >= 16 ? data + st.st_size - 16 : k->tag;
+        int next = k->has_next && memcmp(tag, k->next_tag, 16) == 0;
+        if (fspf_load(&sv->fs, data, (size_t)st.st_size, k->key, next ? k->next_tag : k->tag, &err) != 0)
+            fatal(err.msg);
+        if (sv->fs.region_count != 1 || strcmp(sv->fs.regions[0].path, v->path) != 0)
+            fatal("a volume's fspf does not describe that volume");
+        memcpy(sv->tag, tag, 16);
+        free(data);
+        S.nvols++;
+    }
+}
+
 __attribute__((constructor)) static void shield_init(void)
 {
-    const char *config_path = getenv("SCONIFY_RUNTIME_CONFIG");
-    if (!config_path) return;
     in_shield++;
-    OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
     struct rt_error err;
-    if (config_load(config_path, &S.cfg, &err) != 0) {
+    struct grant g;
+    memset(&g, 0, sizeof g);
+    int granted = read_grant(&g);
+    if ((granted ? config_parse(g.config, g.config_len, "granted by sconify-run", &S.cfg, &err)
+                 : ungranted_config(&S.cfg, &err)) != 0 ||
+        !same_file("/proc/self/exe", S.cfg.executable)) {
+        /* not the measured executable (sh, perl...): passive, it sees what is on disk */
+        if (S.cfg.executable) config_free(&S.cfg);
+        if (granted) grant_free(&g);
         in_shield--;
         return;
     }
-    if (!same_file("/proc/self/exe", S.cfg.executable)) {
-        config_free(&S.cfg);
-        in_shield--;
-        return;  /* not the measured executable: it gets no keys and sees what is on disk */
-    }
+    OPENSSL_init_crypto(OPENSSL_INIT_NO_LOAD_CONFIG, NULL);
     const void *archive;
     size_t size;
     unsigned char root[32];
@@ -90,51 +260,84 @@ __attribute__((constructor)) static void shield_init(void)
         if (memcmp(root, S.emb.root_hash, 32) != 0) fatal("the embedfs root hash differs from its descriptor's");
         S.has_emb = 1;
     }
-    const char *keys_path = getenv("SCONIFY_KEYS");
     S.vols = calloc(S.cfg.volume_count + S.cfg.ephemeral_count + 1, sizeof *S.vols);
     if (!S.vols) fatal("out of memory");
-    /* Encrypted code without volumes runs without keys too: its members are then refused
-     * (EACCES, embedded.c), every other file served as usual. */
-    if (S.cfg.volume_count || (S.emb.encrypted_count && keys_path)) {
-        struct rt_keys keys;
-        if (!keys_path) fatal("no keys: start the service through sconify-run");
-        if (keys_load(keys_path, &keys, &err) != 0) fatal(err.msg);
-        if (keys.has_code_key) {
-            memcpy(S.code_key, keys.code_key, sizeof S.code_key);
+    if (granted && grant_fits(&g)) {
+        open_volumes(&g);
+        if (g.keys.has_code_key) {  /* --encrypted-code: without it its members are EACCES (embedded.c) */
+            memcpy(S.code_key, g.keys.code_key, sizeof S.code_key);
             S.has_code_key = 1;
         }
-        S.keys_path = strdup(keys_path);
-        S.keys_persist = strncmp(keys_path, "/proc/", 6) != 0;
-        for (size_t i = 0; i < S.cfg.volume_count; i++) {
-            const struct rt_volume *v = &S.cfg.volumes[i];
-            struct rt_key *k = keys_find(&keys, v->path);
-            if (!k) continue;  /* sconify-run checked every volume; a SCONE_FSPF debug key covers one */
-            struct svol *sv = &S.vols[S.nvols];
-            sv->v = v;
-            sv->len = strlen(v->path);
-            memcpy(sv->key, k->key, 32);
-            int fd = RESOLVE(open)(v->fspf_path, O_RDONLY | O_CLOEXEC);
-            struct stat64 st;
-            if (fd < 0 || fstat64(fd, &st) != 0) fatal("a volume's fspf disappeared after start-up");
-            unsigned char *data = malloc((size_t)st.st_size + 1);
-            if (!data || pread_full(fd, data, (size_t)st.st_size, 0) != 0) fatal("cannot read a volume's fspf");
-            RESOLVE(close)(fd);
-            const unsigned char *tag = st.st_size >= 16 ? data + st.st_size - 16 : k->tag;
-            int next = k->has_next && memcmp(tag, k->next_tag, 16) == 0;
-            if (fspf_load(&sv->fs, data, (size_t)st.st_size, k->key, next ? k->next_tag : k->tag, &err) != 0)
-                fatal(err.msg);
-            if (sv->fs.region_count != 1 || strcmp(sv->fs.regions[0].path, v->path) != 0)
-                fatal("a volume's fspf does not describe that volume");
-            memcpy(sv->tag, tag, 16);
-            free(data);
-            S.nvols++;
-        }
-        keys_free(&keys);
+    } else {
+        S.locked = S.cfg.volume_count > 0;
     }
+    if (granted) grant_free(&g);
     for (size_t i = 0; i < S.cfg.ephemeral_count; i++) add_ephemeral(S.cfg.ephemeral[i]);
     install_seccomp();
-    S.active = S.has_emb || S.nvols;
+    S.active = S.has_emb || S.nvols || S.locked;
     in_shield--;
+}
+
+/* ------------------------------------------------------------------ passing the grant on */
+
+/* Programs the granted service executes inherit its grant (its code chose them), also when the
+ * caller closed every other descriptor first (Python's subprocess and multiprocessing's spawn:
+ * close_fds=True). Just before the exec, in the child, a grant named in the new environment
+ * whose descriptor is gone (closed, or marked close-on-exec: Node marks the descriptors it
+ * inherits) is written again into a new sealed memfd at that number. A caller
+ * that leaves SCONIFY_GRANT out of the environment gives the program no grant; a number taken
+ * by another descriptor is left alone (no grant). Only system calls here: this runs between
+ * fork and exec. */
+static void pass_grant_on(char *const envp[])
+{
+    static const char name[] = "SCONIFY_GRANT=";
+    if (!grant_text || !envp) return;
+    long number = -1;
+    for (char *const *e = envp; *e; e++)
+        if (strncmp(*e, name, sizeof name - 1) == 0) {
+            char *end;
+            number = strtol(*e + sizeof name - 1, &end, 10);
+            if (*end || number < 0 || number > INT_MAX) return;
+        }
+    if (number < 0) return;
+    int flags = fcntl((int)number, F_GETFD);
+    if (flags >= 0 && fcntl((int)number, F_GET_SEALS) == GRANT_SEALS) {
+        if (flags & FD_CLOEXEC) fcntl((int)number, F_SETFD, flags & ~FD_CLOEXEC);  /* keep it across the exec */
+        return;
+    }
+    if (flags >= 0) return;  /* the number names another descriptor: no grant */
+    int fd = memfd_create("sconify-grant", MFD_ALLOW_SEALING);
+    if (fd < 0) return;
+    if (write_full(fd, grant_text, grant_len) == 0 && fcntl(fd, F_ADD_SEALS, GRANT_SEALS) == 0 && fd != (int)number)
+        dup2(fd, (int)number);
+    if (fd != (int)number) RESOLVE(close)(fd);
+}
+
+extern char **environ;
+
+EXPORT int execve(const char *path, char *const argv[], char *const envp[])
+{
+    pass_grant_on(envp);
+    return RESOLVE(execve)(path, argv, envp);
+}
+
+EXPORT int execv(const char *path, char *const argv[])
+{
+    pass_grant_on(environ);
+    return RESOLVE(execv)(path, argv);
+}
+
+/* libuv (Node's child_process) sets environ to the child's environment and calls execvp. */
+EXPORT int execvp(const char *file, char *const argv[])
+{
+    pass_grant_on(environ);
+    return RESOLVE(execvp)(file, argv);
+}
+
+EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
+{
+    pass_grant_on(envp);
+    return RESOLVE(execvpe)(file, argv, envp);
 }
 
 /* Debian's libjansson.a is built as position-dependent code: its json_loadf path refers to

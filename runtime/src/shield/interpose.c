@@ -21,6 +21,10 @@ static int shield_open(int dirfd, const char *path, int flags, mode_t mode, stru
         errno = is_write_open(flags) ? EROFS : ENOENT;  /* code roots hold the measured code only */
         return -1;
     }
+    if (S.locked && t->kind == T_PASS && !(flags & (O_DIRECTORY | O_PATH)) && locked_volume_file(t->path)) {
+        errno = EACCES;
+        return -1;
+    }
     struct stat64 st;
     if (t->kind == T_PASS && !(flags & (O_NOFOLLOW | O_DIRECTORY | O_PATH)) && S.nvols &&
         follow_into_region(dirfd, path, t, &st) != 1)

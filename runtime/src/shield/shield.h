@@ -134,7 +134,11 @@
     REAL(int, renameat, int, const char *, int, const char *) \
     REAL(int, truncate, const char *, off_t) \
     REAL(int, truncate64, const char *, off64_t) \
-    REAL(long, syscall, long, ...)
+    REAL(long, syscall, long, ...) \
+    REAL(int, execve, const char *, char *const *, char *const *) \
+    REAL(int, execv, const char *, char *const *) \
+    REAL(int, execvp, const char *, char *const *) \
+    REAL(int, execvpe, const char *, char *const *, char *const *)
 
 #define REAL_DECLARE(ret, name, ...)       \
     typedef ret (*name##_fn)(__VA_ARGS__); \
@@ -171,6 +175,7 @@ struct shield_state {
     struct rt_config cfg;
     char *keys_path;
     int keys_persist;          /* 0: debug-mode keys from the environment (tags printed) */
+    int locked;                /* no keys granted: the volumes' files are refused (EACCES) */
     struct svol *vols;
     size_t nvols;
     pthread_mutex_t lock;      /* volumes, tracked fds, fake directories */
@@ -186,6 +191,10 @@ extern __thread int in_shield;  /* our own libc calls pass straight through */
 
 void shield_log(const char *fmt, ...) __attribute__((format(printf, 1, 2)));      /* SCONIFY_LOG */
 void shield_refusal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));  /* stderr */
+
+/* init.c: 1 (and one line the first time) if path is a file in a volume this process has no
+ * keys for. */
+int locked_volume_file(const char *path);
 
 /* ------------------------------------------------------------------ paths (paths.c) */
 
