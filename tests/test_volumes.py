@@ -100,8 +100,9 @@ def test_each_volume_has_its_own_fspf_key_and_tag(three, python_image):
 
 def test_keys_file_v2(three):
     doc = json.loads((three.tmp / "keys.json").read_text())
-    assert set(doc) == {"schema", "session", "mrenclave", "executable_sha256", "volumes"}
+    assert set(doc) == {"schema", "session", "mrenclave", "executable_sha256", "runtime_config_sha256", "volumes"}
     assert doc["executable_sha256"] == three.manifest.executable.sconified_sha256
+    assert len(doc["runtime_config_sha256"]) == 64  # the /.sconify/runtime.json the launcher then requires
     assert doc["schema"] == "sconify.keys/v2" and doc["mrenclave"] == three.manifest.measurement.mrenclave
     assert [v["path"] for v in doc["volumes"]] == ["/app/data", "/etc/sconify-demo", "/usr/share/doc"]
     for entry in doc["volumes"]:
