@@ -2,6 +2,7 @@
  * one asks the piece that serves the path (embedded.c, volumes.c, tracked.c), or calls the
  * real function, with the path resolved through embedded symlinks when that changed it. */
 #include <stdarg.h>
+#include <linux/openat2.h>
 #include <sys/syscall.h>
 
 #include "shield.h"
@@ -164,8 +165,62 @@ EXPORT int close(int fd)
     return RESOLVE(close)(fd);
 }
 
-/* libuv (Node.js) closes files with syscall(SYS_close, fd) (uv__close_nocancel), past close():
- * a tracked memfd closed that way would never be protected again, and every write lost. */
+/* syscall(): C code (a C extension, a library) that calls syscall(SYS_openat, ...) instead of
+ * openat() reaches the same shield function as the libc entry point, so a volume file gives its
+ * plaintext, an embedded file its measured content, a sealed path ENOENT. libuv (Node.js) closes
+ * its files with syscall(SYS_close, fd) (uv__close_nocancel): a tracked memfd closed that way
+ * must be protected again like one close() closes. Routed: the calls on a path the shield serves
+ * (open, openat, openat2, creat, stat, lstat, newfstatat, access, faccessat(2), readlink(at),
+ * unlink(at), rename(at), renameat2, truncate, mkdir(at), execve) and on the fds it tracks
+ * (close, dup*, fsync, fdatasync). Everything else, and every call of a process where the shield
+ * is passive, is the real syscall(). A routed call returns as syscall() does (-1 and errno). */
+static long routed_syscall(long number, const long *a, int *routed)
+{
+    const char *p0 = (const char *)a[0], *p1 = (const char *)a[1];
+    *routed = 1;
+    switch (number) {
+    case SYS_open: return open64(p0, (int)a[1], (mode_t)a[2]);
+    case SYS_openat: return openat64((int)a[0], p1, (int)a[2], (mode_t)a[3]);
+    case SYS_creat: return creat64(p0, (mode_t)a[1]);
+    case SYS_openat2: {
+        const struct open_how *how = (const struct open_how *)a[2];
+        if (!how || (size_t)a[3] < sizeof *how) break;
+        struct target t;
+        t.changed = 0;  /* how->resolve is not applied to what the shield serves */
+        int fd = shield_open((int)a[0], p1, (int)how->flags, (mode_t)how->mode, &t);
+        if (fd != -2) return fd;
+        if (ACTIVE() && t.changed) return RESOLVE(syscall)(SYS_openat2, AT_FDCWD, t.path, a[2], a[3]);
+        break;
+    }
+    case SYS_close: return close((int)a[0]);
+    case SYS_dup: return dup((int)a[0]);
+    case SYS_dup2: return dup2((int)a[0], (int)a[1]);
+    case SYS_dup3: return dup3((int)a[0], (int)a[1], (int)a[2]);
+    case SYS_fsync: return fsync((int)a[0]);
+    case SYS_fdatasync: return fdatasync((int)a[0]);
+    /* the kernel's struct stat of x86_64 is glibc's struct stat64 */
+    case SYS_stat: return stat64(p0, (struct stat64 *)a[1]);
+    case SYS_lstat: return lstat64(p0, (struct stat64 *)a[1]);
+    case SYS_newfstatat: return fstatat64((int)a[0], p1, (struct stat64 *)a[2], (int)a[3]);
+    case SYS_access: return access(p0, (int)a[1]);
+    case SYS_faccessat: return faccessat((int)a[0], p1, (int)a[2], 0);
+    case SYS_faccessat2: return faccessat((int)a[0], p1, (int)a[2], (int)a[3]);
+    case SYS_readlink: return readlink(p0, (char *)a[1], (size_t)a[2]);
+    case SYS_readlinkat: return readlinkat((int)a[0], p1, (char *)a[2], (size_t)a[3]);
+    case SYS_unlink: return unlink(p0);
+    case SYS_unlinkat: return unlinkat((int)a[0], p1, (int)a[2]);
+    case SYS_rename: return rename(p0, p1);
+    case SYS_renameat: return renameat((int)a[0], p1, (int)a[2], (const char *)a[3]);
+    case SYS_renameat2: return renameat2((int)a[0], p1, (int)a[2], (const char *)a[3], (unsigned)a[4]);
+    case SYS_truncate: return truncate64(p0, (off64_t)a[1]);
+    case SYS_mkdir: return mkdir(p0, (mode_t)a[1]);
+    case SYS_mkdirat: return mkdirat((int)a[0], p1, (mode_t)a[2]);
+    case SYS_execve: return execve(p0, (char *const *)a[1], (char *const *)a[2]);
+    }
+    *routed = 0;
+    return 0;
+}
+
 EXPORT long syscall(long number, ...)
 {
     va_list ap;
@@ -173,7 +228,11 @@ EXPORT long syscall(long number, ...)
     long a[6];
     for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
     va_end(ap);
-    if (number == SYS_close && S.active && tracked_fd((int)a[0])) return close_tracked((int)a[0]);
+    if (ACTIVE()) {
+        int routed;
+        long rc = routed_syscall(number, a, &routed);
+        if (routed) return rc;
+    }
     return RESOLVE(syscall)(number, a[0], a[1], a[2], a[3], a[4], a[5]);
 }
 
@@ -520,6 +579,26 @@ EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const char 
     }
     int rc = shield_rename(olddirfd, oldpath, newdirfd, newpath);
     return rc != -2 ? rc : RESOLVE(renameat)(olddirfd, oldpath, newdirfd, newpath);
+}
+
+/* RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT: the shield cannot do them atomically in a
+ * region (a file there is its fspf record as well as its stored file): EINVAL, the answer of a
+ * file system without them; embedded: EROFS. Without flags, renameat. */
+EXPORT int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags)
+{
+    if (!flags) return renameat(olddirfd, oldpath, newdirfd, newpath);
+    if (!code_root_allows(olddirfd, oldpath)) return -1;
+    if (!code_root_allows(newdirfd, newpath)) {
+        errno = EROFS;
+        return -1;
+    }
+    struct target from, to;
+    if (ACTIVE() && oldpath && newpath && target_of(olddirfd, oldpath, 0, &from) == 0 &&
+        target_of(newdirfd, newpath, 0, &to) == 0 && (from.kind != T_PASS || to.kind != T_PASS)) {
+        errno = from.kind == T_EMB || to.kind == T_EMB ? EROFS : EINVAL;
+        return -1;
+    }
+    return RESOLVE(renameat2)(olddirfd, oldpath, newdirfd, newpath, flags);
 }
 
 /* ------------------------------------------------------------------ mkstemp, tmpfile */

@@ -132,6 +132,7 @@
     REAL(FILE *, tmpfile, void) \
     REAL(FILE *, tmpfile64, void) \
     REAL(int, renameat, int, const char *, int, const char *) \
+    REAL(int, renameat2, int, const char *, int, const char *, unsigned int) \
     REAL(int, truncate, const char *, off_t) \
     REAL(int, truncate64, const char *, off64_t) \
     REAL(long, syscall, long, ...) \
