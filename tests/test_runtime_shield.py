@@ -850,7 +850,7 @@ def test_grant_is_passed_to_executed_children_even_with_close_fds(world):
 
 # A CPython C extension as C libraries read files: stdio (fopen, fread, fgets, fclose), open and
 # openat with flags the compiler cannot see (so -D_FORTIFY_SOURCE=2 makes them __open64_2 and
-# __openat64_2), syscall(SYS_openat) then read and syscall(SYS_close), stat and
+# __openat64_2), syscall(SYS_openat) then read and syscall(SYS_close), freopen, stat, statx and
 # syscall(SYS_newfstatat).
 CEXT_SOURCE = r"""
 #define PY_SSIZE_T_CLEAN
@@ -933,6 +933,45 @@ static PyObject *read_syscall(PyObject *self, PyObject *args)
     return drain((int)fd, path, 1);
 }
 
+static PyObject *read_freopen(PyObject *self, PyObject *args)
+{
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    FILE *f = fopen("/dev/null", "r");
+    if (!f || !(f = freopen(path, "r", f))) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    int fd = dup(fileno(f));
+    fclose(f);
+    return drain(fd, path, 0);
+}
+
+static PyObject *statx_size(PyObject *self, PyObject *args)
+{
+    const char *path;
+    struct statx stx;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    if (statx(AT_FDCWD, path, 0, STATX_SIZE, &stx) != 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    return PyLong_FromLongLong((long long)stx.stx_size);
+}
+
+static PyObject *write_file(PyObject *self, PyObject *args)
+{
+    const char *path, *how, *data;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "ssy#", &path, &how, &data, &len)) return NULL;
+    int ok;
+    if (strcmp(how, "syscall") == 0) {
+        long fd = syscall(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        ok = fd >= 0 && write((int)fd, data, (size_t)len) == len;
+        ok = fd >= 0 && syscall(SYS_close, fd) == 0 && ok;
+    } else {
+        FILE *f = strcmp(how, "freopen") == 0 ? freopen(path, "w", fopen("/dev/null", "r")) : fopen(path, "w");
+        ok = f && fwrite(data, 1, (size_t)len, f) == (size_t)len;
+        ok = f && fclose(f) == 0 && ok;
+    }
+    if (!ok) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    Py_RETURN_NONE;
+}
+
 static PyObject *stat_size(PyObject *self, PyObject *args)
 {
     const char *path;
@@ -957,7 +996,10 @@ static PyMethodDef methods[] = {
     {"read_open", read_open, METH_VARARGS, NULL},
     {"read_openat", read_openat, METH_VARARGS, NULL},
     {"read_syscall", read_syscall, METH_VARARGS, NULL},
+    {"read_freopen", read_freopen, METH_VARARGS, NULL},
+    {"write_file", write_file, METH_VARARGS, NULL},
     {"stat_size", stat_size, METH_VARARGS, NULL},
+    {"statx_size", statx_size, METH_VARARGS, NULL},
     {"syscall_stat_size", syscall_stat_size, METH_VARARGS, NULL},
     {NULL, NULL, 0, NULL},
 };
@@ -981,8 +1023,8 @@ def show(call, *args):
     return hashlib.sha256(got).hexdigest()[:16] if isinstance(got, bytes) else got
 for path in sys.argv[2:]:
     print(show(cprobe.read_fopen, path), show(cprobe.first_line, path), show(cprobe.read_open, path, os.O_RDONLY),
-          show(cprobe.read_openat, path, os.O_RDONLY), show(cprobe.read_syscall, path),
-          show(cprobe.stat_size, path), show(cprobe.syscall_stat_size, path))
+          show(cprobe.read_openat, path, os.O_RDONLY), show(cprobe.read_syscall, path), show(cprobe.read_freopen, path),
+          show(cprobe.stat_size, path), show(cprobe.statx_size, path), show(cprobe.syscall_stat_size, path))
 """
 
 
@@ -1000,7 +1042,7 @@ def cprobe(tmp_path_factory) -> Path:
                     str(out / "cprobe.c"), "-o", str(out / "cprobe.so")], check=True)
     imports = subprocess.run(["nm", "-D", "--undefined-only", str(out / "cprobe.so")], capture_output=True,
                              text=True, check=True).stdout.split()
-    assert {"fopen64", "__open64_2", "__openat64_2", "stat64", "syscall"} <= {name.split("@")[0] for name in imports}  # what the flags make of it
+    assert {"fopen64", "freopen64", "__open64_2", "__openat64_2", "stat64", "statx", "syscall"} <= {name.split("@")[0] for name in imports}  # what the flags make of it
     return out
 
 
@@ -1008,13 +1050,13 @@ def test_c_extension_reads_volume_plaintext_with_stdio_open_and_syscall(world, c
     names = ["count.txt", "sub/blob.bin"]
     oracle = subprocess.run([str(REAL_PYTHON), "-c", CEXT_PROBE, str(cprobe), *(str(world.root / "plain" / n) for n in names)],
                             capture_output=True, text=True, check=True).stdout.splitlines()
-    assert oracle[0].split()[5:] == ["2", "2"] and oracle[1].split()[5:] == ["200000", "200000"]
+    assert oracle[0].split()[6:] == ["2"] * 3 and oracle[1].split()[6:] == ["200000"] * 3
     result = world.python_code(CEXT_PROBE, str(cprobe), *(str(world.volume / n) for n in names))
     assert result.stdout.splitlines() == oracle, result.stderr
     # Without the shield, the same reads see what is on disk: ciphertext.
     raw = subprocess.run([str(REAL_PYTHON), "-c", CEXT_PROBE, str(cprobe), str(world.volume / "count.txt")],
                          capture_output=True, text=True, check=True).stdout.split()
-    assert raw[0] != oracle[0].split()[0] and raw[5:] == ["18", "18"]
+    assert raw[0] != oracle[0].split()[0] and raw[6:] == ["18"] * 3
 
 
 def test_c_extension_reads_embedded_code_and_not_sealed_paths(tmp_path, runtime, cprobe):
@@ -1027,4 +1069,18 @@ def test_c_extension_reads_embedded_code_and_not_sealed_paths(tmp_path, runtime,
                                str(code / "templates" / "planted.html"))
     lines = result.stdout.splitlines()
     assert lines[0] == oracle[0], result.stderr  # the measured mod.py, not the planted one on disk
-    assert lines[1:] == [" ".join(["ENOENT"] * 7)] * 2
+    assert lines[1:] == [" ".join(["ENOENT"] * 9)] * 2
+
+
+def test_c_extension_writes_reach_the_volume_protected(world, cprobe):
+    # fopen("w"), freopen("w") and syscall(SYS_openat) + syscall(SYS_close): each file is
+    # protected again when C code closes it, and a new process reads what was written.
+    hows = ["fopen", "freopen", "syscall"]
+    world.python_code("import sys; sys.path.insert(0, sys.argv[1]); import cprobe\n"
+                      "for how in sys.argv[3:]: cprobe.write_file(sys.argv[2] + '/' + how + '.txt', how, b'written by ' + how.encode())",
+                      str(cprobe), str(world.volume / "sub"), *hows)
+    again = world.python_code("import sys\nfor how in sys.argv[2:]: print(open(sys.argv[1] + '/' + how + '.txt').read())",
+                              str(world.volume / "sub"), *hows)
+    assert again.stdout.splitlines() == [f"written by {how}" for how in hows], again.stderr
+    for how in hows:
+        assert b"written" not in (world.volume / "sub" / f"{how}.txt").read_bytes()

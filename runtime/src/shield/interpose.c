@@ -4,6 +4,7 @@
 #include <stdarg.h>
 #include <linux/openat2.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 
 #include "shield.h"
 
@@ -133,6 +134,17 @@ static int fopen_flags(const char *mode)
     return flags;
 }
 
+/* Close an fd the shield opened for a stream that did not take it (errno kept). */
+static void drop_fd(int fd)
+{
+    int saved = errno;
+    pthread_mutex_lock(&S.lock);
+    untrack(fd);
+    pthread_mutex_unlock(&S.lock);
+    RESOLVE(close)(fd);
+    errno = saved;
+}
+
 static FILE *shield_fopen(const char *path, const char *mode, fopen_fn real)
 {
     struct target t;
@@ -143,19 +155,71 @@ static FILE *shield_fopen(const char *path, const char *mode, fopen_fn real)
     if (fd == -2) return real(PATH_OR_RESOLVED, mode);
     if (fd < 0) return NULL;
     FILE *f = fdopen(fd, mode);
-    if (!f) {
-        int saved = errno;
-        pthread_mutex_lock(&S.lock);
-        untrack(fd);
-        pthread_mutex_unlock(&S.lock);
-        RESOLVE(close)(fd);
-        errno = saved;
-    }
+    if (!f) drop_fd(fd);
     return f;
 }
 
 EXPORT FILE *fopen(const char *path, const char *mode) { return shield_fopen(path, mode, RESOLVE(fopen)); }
 EXPORT FILE *fopen64(const char *path, const char *mode) { return shield_fopen(path, mode, (fopen_fn)RESOLVE(fopen64)); }
+
+/* freopen: glibc closes the stream's fd and opens the new path inside itself, past open(). The
+ * stream's old file, if tracked, is protected again first (as fclose does). A path the shield
+ * serves is opened here; the stream is reopened on /dev/null with the same mode (less 'x': the
+ * shield checked it) and its fd replaced by the shield's (as fopen's fdopen of it: the memfd,
+ * readable for the commit), its tracking carried over. */
+static FILE *shield_freopen(const char *path, const char *mode, FILE *stream, freopen_fn real)
+{
+    if (!ACTIVE() || !stream) return real(path, mode, stream);
+    int old = fileno(stream);
+    if (old >= 0 && tracked_fd(old)) {
+        int flushed = fflush(stream);
+        int rc = flush_tracked(old);
+        pthread_mutex_lock(&S.lock);
+        untrack(old);
+        pthread_mutex_unlock(&S.lock);
+        if (rc != 0 || flushed != 0) shield_log("freopen: the stream's earlier file could not be protected again");
+    }
+    char null_mode[64];
+    int flags = path && mode && strlen(mode) < sizeof null_mode ? fopen_flags(mode) : -1;
+    if (flags < 0) return real(path, mode, stream);
+    struct target t;
+    t.changed = 0;
+    int fd = shield_open(AT_FDCWD, path, flags, 0666, &t);
+    if (fd == -2) return real(PATH_OR_RESOLVED, mode, stream);
+    if (fd < 0) {
+        int saved = errno;
+        fclose(stream);  /* freopen closes the stream when it fails */
+        errno = saved;
+        return NULL;
+    }
+    size_t n = 0;
+    for (const char *c = mode; *c; c++)
+        if (*c != 'x') null_mode[n++] = *c;
+    null_mode[n] = 0;
+    if (flags & O_APPEND) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_APPEND);
+    in_shield++;
+    FILE *f = real("/dev/null", null_mode, stream);
+    in_shield--;
+    if (f && RESOLVE(dup3)(fd, fileno(f), flags & O_CLOEXEC) < 0) {
+        int saved = errno;
+        fclose(f);
+        errno = saved;
+        f = NULL;
+    }
+    if (f) dup_tracked(fd, fileno(f));
+    drop_fd(fd);
+    return f;
+}
+
+EXPORT FILE *freopen(const char *path, const char *mode, FILE *stream)
+{
+    return shield_freopen(path, mode, stream, RESOLVE(freopen));
+}
+
+EXPORT FILE *freopen64(const char *path, const char *mode, FILE *stream)
+{
+    return shield_freopen(path, mode, stream, (freopen_fn)RESOLVE(freopen64));
+}
 
 /* ------------------------------------------------------------------ close, fsync, dup */
 
@@ -367,6 +431,42 @@ EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags)
         if (ACTIVE() && t.changed) return RESOLVE(fstatat64)(AT_FDCWD, t.path, st, flags);
     }
     return RESOLVE(fstatat64)(dirfd, path, st, flags);
+}
+
+/* statx(): glibc's asks the kernel (ENOSYS under the shield's seccomp filter, for libuv) and
+ * then emulates it with its internal fstatat64, past stat(): a path the shield serves is
+ * answered here from its stat. (syscall(SYS_statx) stays ENOSYS.) */
+EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx)
+{
+    struct target t;
+    t.changed = 0;
+    struct stat64 st;
+    int rc = -2;
+    if (!(flags & AT_EMPTY_PATH) || (path && *path))
+        rc = shield_stat(dirfd, path, &st, !(flags & AT_SYMLINK_NOFOLLOW), &t);
+    if (rc == -1) return -1;
+    if (rc == -2) {
+        if (ACTIVE() && t.changed) return RESOLVE(statx)(AT_FDCWD, t.path, flags, mask, stx);
+        return RESOLVE(statx)(dirfd, path, flags, mask, stx);
+    }
+    memset(stx, 0, sizeof *stx);
+    stx->stx_mask = STATX_BASIC_STATS;
+    stx->stx_blksize = (unsigned)st.st_blksize;
+    stx->stx_nlink = (unsigned)st.st_nlink;
+    stx->stx_uid = st.st_uid;
+    stx->stx_gid = st.st_gid;
+    stx->stx_mode = (unsigned short)st.st_mode;
+    stx->stx_ino = st.st_ino;
+    stx->stx_size = (unsigned long long)st.st_size;
+    stx->stx_blocks = (unsigned long long)st.st_blocks;
+    stx->stx_atime = (struct statx_timestamp){.tv_sec = st.st_atim.tv_sec, .tv_nsec = (unsigned)st.st_atim.tv_nsec};
+    stx->stx_mtime = (struct statx_timestamp){.tv_sec = st.st_mtim.tv_sec, .tv_nsec = (unsigned)st.st_mtim.tv_nsec};
+    stx->stx_ctime = (struct statx_timestamp){.tv_sec = st.st_ctim.tv_sec, .tv_nsec = (unsigned)st.st_ctim.tv_nsec};
+    stx->stx_rdev_major = major(st.st_rdev);
+    stx->stx_rdev_minor = minor(st.st_rdev);
+    stx->stx_dev_major = major(st.st_dev);
+    stx->stx_dev_minor = minor(st.st_dev);
+    return 0;
 }
 
 /* The pre-2.33 glibc entry points, for executables built against an older glibc. */

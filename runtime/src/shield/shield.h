@@ -92,12 +92,15 @@
     REAL(int, openat64, int, const char *, int, ...) \
     REAL(FILE *, fopen, const char *, const char *) \
     REAL(FILE *, fopen64, const char *, const char *) \
+    REAL(FILE *, freopen, const char *, const char *, FILE *) \
+    REAL(FILE *, freopen64, const char *, const char *, FILE *) \
     REAL(int, stat, const char *, struct stat *) \
     REAL(int, stat64, const char *, struct stat64 *) \
     REAL(int, lstat, const char *, struct stat *) \
     REAL(int, lstat64, const char *, struct stat64 *) \
     REAL(int, fstatat, int, const char *, struct stat *, int) \
     REAL(int, fstatat64, int, const char *, struct stat64 *, int) \
+    REAL(int, statx, int, const char *, int, unsigned int, struct statx *) \
     REAL(int, access, const char *, int) \
     REAL(int, faccessat, int, const char *, int, int) \
     REAL(ssize_t, readlink, const char *, char *, size_t) \
