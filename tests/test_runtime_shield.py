@@ -972,6 +972,14 @@ static PyObject *write_file(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+static PyObject *remove_file(PyObject *self, PyObject *args)
+{
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    if (remove(path) != 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    Py_RETURN_NONE;
+}
+
 static PyObject *stat_size(PyObject *self, PyObject *args)
 {
     const char *path;
@@ -998,6 +1006,7 @@ static PyMethodDef methods[] = {
     {"read_syscall", read_syscall, METH_VARARGS, NULL},
     {"read_freopen", read_freopen, METH_VARARGS, NULL},
     {"write_file", write_file, METH_VARARGS, NULL},
+    {"remove_file", remove_file, METH_VARARGS, NULL},
     {"stat_size", stat_size, METH_VARARGS, NULL},
     {"statx_size", statx_size, METH_VARARGS, NULL},
     {"syscall_stat_size", syscall_stat_size, METH_VARARGS, NULL},
@@ -1074,13 +1083,20 @@ def test_c_extension_reads_embedded_code_and_not_sealed_paths(tmp_path, runtime,
 
 def test_c_extension_writes_reach_the_volume_protected(world, cprobe):
     # fopen("w"), freopen("w") and syscall(SYS_openat) + syscall(SYS_close): each file is
-    # protected again when C code closes it, and a new process reads what was written.
+    # protected again when C code closes it, and a new process reads what was written; remove()
+    # takes a file out of the volume (its record too: the volume still opens).
     hows = ["fopen", "freopen", "syscall"]
     world.python_code("import sys; sys.path.insert(0, sys.argv[1]); import cprobe\n"
-                      "for how in sys.argv[3:]: cprobe.write_file(sys.argv[2] + '/' + how + '.txt', how, b'written by ' + how.encode())",
+                      "for how in sys.argv[3:]: cprobe.write_file(sys.argv[2] + '/' + how + '.txt', how, b'written by ' + how.encode())\n"
+                      "cprobe.remove_file(sys.argv[2] + '/blob.bin')",
                       str(cprobe), str(world.volume / "sub"), *hows)
-    again = world.python_code("import sys\nfor how in sys.argv[2:]: print(open(sys.argv[1] + '/' + how + '.txt').read())",
-                              str(world.volume / "sub"), *hows)
-    assert again.stdout.splitlines() == [f"written by {how}" for how in hows], again.stderr
+    again = world.python_code("import os, sys\nfor how in sys.argv[2:]: print(open(sys.argv[1] + '/' + how + '.txt').read())\n"
+                              "print(sorted(os.listdir(sys.argv[1])))", str(world.volume / "sub"), *hows)
+    assert again.stdout.splitlines() == [f"written by {how}" for how in hows] + [
+        str(sorted(f"{how}.txt" for how in hows))], again.stderr
+    assert not (world.volume / "sub" / "blob.bin").exists()
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    stored = [str(p) for p in world.volume.rglob("*") if p.is_file() and p.name != ".sconify.fspf"]
+    assert not shield.verify_all(present=stored).problems  # no record left of what remove() removed
     for how in hows:
         assert b"written" not in (world.volume / "sub" / f"{how}.txt").read_bytes()

@@ -659,6 +659,14 @@ EXPORT int unlinkat(int dirfd, const char *path, int flags)
     return RESOLVE(unlinkat)(dirfd, path, flags);
 }
 
+/* remove(): glibc's calls its internal unlinkat, past unlinkat(); the same steps through ours. */
+EXPORT int remove(const char *path)
+{
+    if (unlinkat(AT_FDCWD, path, 0) == 0) return 0;
+    if (errno != EISDIR) return -1;
+    return unlinkat(AT_FDCWD, path, AT_REMOVEDIR);
+}
+
 EXPORT int rename(const char *oldpath, const char *newpath)
 {
     if (!code_root_allows(AT_FDCWD, oldpath)) return -1;
