@@ -256,7 +256,9 @@ static long routed_syscall(long number, const long *a, int *routed)
         if (ACTIVE() && t.changed) return RESOLVE(syscall)(SYS_openat2, AT_FDCWD, t.path, a[2], a[3]);
         break;
     }
-    case SYS_close: return close((int)a[0]);
+    case SYS_close:
+        if (!tracked_fd((int)a[0])) break;  /* libuv's close without a cancellation point */
+        return close_tracked((int)a[0]);
     case SYS_dup: return dup((int)a[0]);
     case SYS_dup2: return dup2((int)a[0], (int)a[1]);
     case SYS_dup3: return dup3((int)a[0], (int)a[1], (int)a[2]);
