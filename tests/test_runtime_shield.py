@@ -844,3 +844,259 @@ def test_grant_is_passed_to_executed_children_even_with_close_fds(world):
         "print(subprocess.run([sys.executable, '-c', %r], capture_output=True, text=True, env=env).stdout.strip())\n"
         % (read, read)).stdout
     assert out == "0\nEACCES\n"
+
+
+# --- C code in the measured process: stdio, fortified open, syscall() (issue 23) -----------
+
+# A CPython C extension as C libraries read files: stdio (fopen, fread, fgets, fclose), open and
+# openat with flags the compiler cannot see (so -D_FORTIFY_SOURCE=2 makes them __open64_2 and
+# __openat64_2), syscall(SYS_openat) then read and syscall(SYS_close), freopen, stat, statx and
+# syscall(SYS_newfstatat).
+CEXT_SOURCE = r"""
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+static PyObject *drain(int fd, const char *path, int raw_close)
+{
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 0);
+    char buf[8192];
+    ssize_t n = 0;
+    while (out && (n = read(fd, buf, sizeof buf)) > 0) PyBytes_ConcatAndDel(&out, PyBytes_FromStringAndSize(buf, n));
+    int saved = errno;
+    if (raw_close) syscall(SYS_close, fd);
+    else close(fd);
+    if (n < 0) {
+        Py_XDECREF(out);
+        errno = saved;
+        return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    }
+    return out;
+}
+
+static PyObject *read_fopen(PyObject *self, PyObject *args)
+{
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    FILE *f = fopen(path, "r");
+    if (!f) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, 0);
+    char buf[8192];
+    size_t n;
+    while (out && (n = fread(buf, 1, sizeof buf, f)) > 0) PyBytes_ConcatAndDel(&out, PyBytes_FromStringAndSize(buf, n));
+    fclose(f);
+    return out;
+}
+
+static PyObject *first_line(PyObject *self, PyObject *args)
+{
+    const char *path;
+    char line[256];
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    FILE *f = fopen(path, "re");
+    if (!f) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    char *got = fgets(line, sizeof line, f);
+    fclose(f);
+    return PyBytes_FromString(got ? line : "");
+}
+
+static PyObject *read_open(PyObject *self, PyObject *args)
+{
+    const char *path;
+    int flags;
+    if (!PyArg_ParseTuple(args, "si", &path, &flags)) return NULL;
+    int fd = open(path, flags);
+    if (fd < 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    return drain(fd, path, 0);
+}
+
+static PyObject *read_openat(PyObject *self, PyObject *args)
+{
+    const char *path;
+    int flags;
+    if (!PyArg_ParseTuple(args, "si", &path, &flags)) return NULL;
+    int fd = openat(AT_FDCWD, path, flags);
+    if (fd < 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    return drain(fd, path, 0);
+}
+
+static PyObject *read_syscall(PyObject *self, PyObject *args)
+{
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    long fd = syscall(SYS_openat, AT_FDCWD, path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    return drain((int)fd, path, 1);
+}
+
+static PyObject *read_freopen(PyObject *self, PyObject *args)
+{
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    FILE *f = fopen("/dev/null", "r");
+    if (!f || !(f = freopen(path, "r", f))) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    int fd = dup(fileno(f));
+    fclose(f);
+    return drain(fd, path, 0);
+}
+
+static PyObject *statx_size(PyObject *self, PyObject *args)
+{
+    const char *path;
+    struct statx stx;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    if (statx(AT_FDCWD, path, 0, STATX_SIZE, &stx) != 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    return PyLong_FromLongLong((long long)stx.stx_size);
+}
+
+static PyObject *write_file(PyObject *self, PyObject *args)
+{
+    const char *path, *how, *data;
+    Py_ssize_t len;
+    if (!PyArg_ParseTuple(args, "ssy#", &path, &how, &data, &len)) return NULL;
+    int ok;
+    if (strcmp(how, "syscall") == 0) {
+        long fd = syscall(SYS_openat, AT_FDCWD, path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        ok = fd >= 0 && write((int)fd, data, (size_t)len) == len;
+        ok = fd >= 0 && syscall(SYS_close, fd) == 0 && ok;
+    } else {
+        FILE *f = strcmp(how, "freopen") == 0 ? freopen(path, "w", fopen("/dev/null", "r")) : fopen(path, "w");
+        ok = f && fwrite(data, 1, (size_t)len, f) == (size_t)len;
+        ok = f && fclose(f) == 0 && ok;
+    }
+    if (!ok) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    Py_RETURN_NONE;
+}
+
+static PyObject *remove_file(PyObject *self, PyObject *args)
+{
+    const char *path;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    if (remove(path) != 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    Py_RETURN_NONE;
+}
+
+static PyObject *stat_size(PyObject *self, PyObject *args)
+{
+    const char *path;
+    struct stat st;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    if (stat(path, &st) != 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    return PyLong_FromLongLong((long long)st.st_size);
+}
+
+static PyObject *syscall_stat_size(PyObject *self, PyObject *args)
+{
+    const char *path;
+    struct stat st;
+    if (!PyArg_ParseTuple(args, "s", &path)) return NULL;
+    if (syscall(SYS_newfstatat, AT_FDCWD, path, &st, 0) != 0) return PyErr_SetFromErrnoWithFilename(PyExc_OSError, path);
+    return PyLong_FromLongLong((long long)st.st_size);
+}
+
+static PyMethodDef methods[] = {
+    {"read_fopen", read_fopen, METH_VARARGS, NULL},
+    {"first_line", first_line, METH_VARARGS, NULL},
+    {"read_open", read_open, METH_VARARGS, NULL},
+    {"read_openat", read_openat, METH_VARARGS, NULL},
+    {"read_syscall", read_syscall, METH_VARARGS, NULL},
+    {"read_freopen", read_freopen, METH_VARARGS, NULL},
+    {"write_file", write_file, METH_VARARGS, NULL},
+    {"remove_file", remove_file, METH_VARARGS, NULL},
+    {"stat_size", stat_size, METH_VARARGS, NULL},
+    {"statx_size", statx_size, METH_VARARGS, NULL},
+    {"syscall_stat_size", syscall_stat_size, METH_VARARGS, NULL},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "cprobe", NULL, -1, methods};
+
+PyMODINIT_FUNC PyInit_cprobe(void) { return PyModule_Create(&module); }
+"""
+
+# Each way of reading, for each path: a digest of what it read (or the errno name), the first
+# line, the sizes stat gives.
+CEXT_PROBE = """
+import errno, hashlib, os, sys
+sys.path.insert(0, sys.argv[1])
+import cprobe
+def show(call, *args):
+    try:
+        got = call(*args)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    return hashlib.sha256(got).hexdigest()[:16] if isinstance(got, bytes) else got
+for path in sys.argv[2:]:
+    print(show(cprobe.read_fopen, path), show(cprobe.first_line, path), show(cprobe.read_open, path, os.O_RDONLY),
+          show(cprobe.read_openat, path, os.O_RDONLY), show(cprobe.read_syscall, path), show(cprobe.read_freopen, path),
+          show(cprobe.stat_size, path), show(cprobe.statx_size, path), show(cprobe.syscall_stat_size, path))
+"""
+
+
+@pytest.fixture(scope="module")
+def cprobe(tmp_path_factory) -> Path:
+    """The extension, built with the host's gcc against REAL_PYTHON's headers with Debian's
+    default flags for extensions (python3-dev's sysconfig: -O2 -D_FORTIFY_SOURCE=2): a directory
+    holding cprobe.so."""
+    include = subprocess.run([str(REAL_PYTHON), "-c", "import sysconfig; print(sysconfig.get_paths()['include'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    assert (Path(include) / "Python.h").is_file(), f"no Python.h in {include}: install python3-dev"
+    out = tmp_path_factory.mktemp("cprobe")
+    (out / "cprobe.c").write_text(CEXT_SOURCE)
+    subprocess.run(["gcc", "-O2", "-D_FORTIFY_SOURCE=2", "-Wall", "-Werror", "-fPIC", "-shared", "-I", include,
+                    str(out / "cprobe.c"), "-o", str(out / "cprobe.so")], check=True)
+    imports = subprocess.run(["nm", "-D", "--undefined-only", str(out / "cprobe.so")], capture_output=True,
+                             text=True, check=True).stdout.split()
+    assert {"fopen64", "freopen64", "__open64_2", "__openat64_2", "stat64", "statx", "syscall"} <= {name.split("@")[0] for name in imports}  # what the flags make of it
+    return out
+
+
+def test_c_extension_reads_volume_plaintext_with_stdio_open_and_syscall(world, cprobe):
+    names = ["count.txt", "sub/blob.bin"]
+    oracle = subprocess.run([str(REAL_PYTHON), "-c", CEXT_PROBE, str(cprobe), *(str(world.root / "plain" / n) for n in names)],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    assert oracle[0].split()[6:] == ["2"] * 3 and oracle[1].split()[6:] == ["200000"] * 3
+    result = world.python_code(CEXT_PROBE, str(cprobe), *(str(world.volume / n) for n in names))
+    assert result.stdout.splitlines() == oracle, result.stderr
+    # Without the shield, the same reads see what is on disk: ciphertext.
+    raw = subprocess.run([str(REAL_PYTHON), "-c", CEXT_PROBE, str(cprobe), str(world.volume / "count.txt")],
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert raw[0] != oracle[0].split()[0] and raw[6:] == ["18"] * 3
+
+
+def test_c_extension_reads_embedded_code_and_not_sealed_paths(tmp_path, runtime, cprobe):
+    world, code = sealed_world(tmp_path, runtime)
+    measured = tmp_path / "measured-mod.py"
+    measured.write_text(MEASURED_MOD)
+    oracle = subprocess.run([str(REAL_PYTHON), "-c", CEXT_PROBE, str(cprobe), str(measured)],
+                            capture_output=True, text=True, check=True).stdout.splitlines()
+    result = world.python_code(CEXT_PROBE, str(cprobe), str(code / "mod.py"), str(code / "json.py"),
+                               str(code / "templates" / "planted.html"))
+    lines = result.stdout.splitlines()
+    assert lines[0] == oracle[0], result.stderr  # the measured mod.py, not the planted one on disk
+    assert lines[1:] == [" ".join(["ENOENT"] * 9)] * 2
+
+
+def test_c_extension_writes_reach_the_volume_protected(world, cprobe):
+    # fopen("w"), freopen("w") and syscall(SYS_openat) + syscall(SYS_close): each file is
+    # protected again when C code closes it, and a new process reads what was written; remove()
+    # takes a file out of the volume (its record too: the volume still opens).
+    hows = ["fopen", "freopen", "syscall"]
+    world.python_code("import sys; sys.path.insert(0, sys.argv[1]); import cprobe\n"
+                      "for how in sys.argv[3:]: cprobe.write_file(sys.argv[2] + '/' + how + '.txt', how, b'written by ' + how.encode())\n"
+                      "cprobe.remove_file(sys.argv[2] + '/blob.bin')",
+                      str(cprobe), str(world.volume / "sub"), *hows)
+    again = world.python_code("import os, sys\nfor how in sys.argv[2:]: print(open(sys.argv[1] + '/' + how + '.txt').read())\n"
+                              "print(sorted(os.listdir(sys.argv[1])))", str(world.volume / "sub"), *hows)
+    assert again.stdout.splitlines() == [f"written by {how}" for how in hows] + [
+        str(sorted(f"{how}.txt" for how in hows))], again.stderr
+    assert not (world.volume / "sub" / "blob.bin").exists()
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    stored = [str(p) for p in world.volume.rglob("*") if p.is_file() and p.name != ".sconify.fspf"]
+    assert not shield.verify_all(present=stored).problems  # no record left of what remove() removed
+    for how in hows:
+        assert b"written" not in (world.volume / "sub" / f"{how}.txt").read_bytes()

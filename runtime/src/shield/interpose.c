@@ -2,7 +2,9 @@
  * one asks the piece that serves the path (embedded.c, volumes.c, tracked.c), or calls the
  * real function, with the path resolved through embedded symlinks when that changed it. */
 #include <stdarg.h>
+#include <linux/openat2.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 
 #include "shield.h"
 
@@ -132,6 +134,17 @@ static int fopen_flags(const char *mode)
     return flags;
 }
 
+/* Close an fd the shield opened for a stream that did not take it (errno kept). */
+static void drop_fd(int fd)
+{
+    int saved = errno;
+    pthread_mutex_lock(&S.lock);
+    untrack(fd);
+    pthread_mutex_unlock(&S.lock);
+    RESOLVE(close)(fd);
+    errno = saved;
+}
+
 static FILE *shield_fopen(const char *path, const char *mode, fopen_fn real)
 {
     struct target t;
@@ -142,19 +155,71 @@ static FILE *shield_fopen(const char *path, const char *mode, fopen_fn real)
     if (fd == -2) return real(PATH_OR_RESOLVED, mode);
     if (fd < 0) return NULL;
     FILE *f = fdopen(fd, mode);
-    if (!f) {
-        int saved = errno;
-        pthread_mutex_lock(&S.lock);
-        untrack(fd);
-        pthread_mutex_unlock(&S.lock);
-        RESOLVE(close)(fd);
-        errno = saved;
-    }
+    if (!f) drop_fd(fd);
     return f;
 }
 
 EXPORT FILE *fopen(const char *path, const char *mode) { return shield_fopen(path, mode, RESOLVE(fopen)); }
 EXPORT FILE *fopen64(const char *path, const char *mode) { return shield_fopen(path, mode, (fopen_fn)RESOLVE(fopen64)); }
+
+/* freopen: glibc closes the stream's fd and opens the new path inside itself, past open(). The
+ * stream's old file, if tracked, is protected again first (as fclose does). A path the shield
+ * serves is opened here; the stream is reopened on /dev/null with the same mode (less 'x': the
+ * shield checked it) and its fd replaced by the shield's (as fopen's fdopen of it: the memfd,
+ * readable for the commit), its tracking carried over. */
+static FILE *shield_freopen(const char *path, const char *mode, FILE *stream, freopen_fn real)
+{
+    if (!ACTIVE() || !stream) return real(path, mode, stream);
+    int old = fileno(stream);
+    if (old >= 0 && tracked_fd(old)) {
+        int flushed = fflush(stream);
+        int rc = flush_tracked(old);
+        pthread_mutex_lock(&S.lock);
+        untrack(old);
+        pthread_mutex_unlock(&S.lock);
+        if (rc != 0 || flushed != 0) shield_log("freopen: the stream's earlier file could not be protected again");
+    }
+    char null_mode[64];
+    int flags = path && mode && strlen(mode) < sizeof null_mode ? fopen_flags(mode) : -1;
+    if (flags < 0) return real(path, mode, stream);
+    struct target t;
+    t.changed = 0;
+    int fd = shield_open(AT_FDCWD, path, flags, 0666, &t);
+    if (fd == -2) return real(PATH_OR_RESOLVED, mode, stream);
+    if (fd < 0) {
+        int saved = errno;
+        fclose(stream);  /* freopen closes the stream when it fails */
+        errno = saved;
+        return NULL;
+    }
+    size_t n = 0;
+    for (const char *c = mode; *c; c++)
+        if (*c != 'x') null_mode[n++] = *c;
+    null_mode[n] = 0;
+    if (flags & O_APPEND) fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_APPEND);
+    in_shield++;
+    FILE *f = real("/dev/null", null_mode, stream);
+    in_shield--;
+    if (f && RESOLVE(dup3)(fd, fileno(f), flags & O_CLOEXEC) < 0) {
+        int saved = errno;
+        fclose(f);
+        errno = saved;
+        f = NULL;
+    }
+    if (f) dup_tracked(fd, fileno(f));
+    drop_fd(fd);
+    return f;
+}
+
+EXPORT FILE *freopen(const char *path, const char *mode, FILE *stream)
+{
+    return shield_freopen(path, mode, stream, RESOLVE(freopen));
+}
+
+EXPORT FILE *freopen64(const char *path, const char *mode, FILE *stream)
+{
+    return shield_freopen(path, mode, stream, (freopen_fn)RESOLVE(freopen64));
+}
 
 /* ------------------------------------------------------------------ close, fsync, dup */
 
@@ -164,8 +229,64 @@ EXPORT int close(int fd)
     return RESOLVE(close)(fd);
 }
 
-/* libuv (Node.js) closes files with syscall(SYS_close, fd) (uv__close_nocancel), past close():
- * a tracked memfd closed that way would never be protected again, and every write lost. */
+/* syscall(): C code (a C extension, a library) that calls syscall(SYS_openat, ...) instead of
+ * openat() reaches the same shield function as the libc entry point, so a volume file gives its
+ * plaintext, an embedded file its measured content, a sealed path ENOENT. libuv (Node.js) closes
+ * its files with syscall(SYS_close, fd) (uv__close_nocancel): a tracked memfd closed that way
+ * must be protected again like one close() closes. Routed: the calls on a path the shield serves
+ * (open, openat, openat2, creat, stat, lstat, newfstatat, access, faccessat(2), readlink(at),
+ * unlink(at), rename(at), renameat2, truncate, mkdir(at), execve) and on the fds it tracks
+ * (close, dup*, fsync, fdatasync). Everything else, and every call of a process where the shield
+ * is passive, is the real syscall(). A routed call returns as syscall() does (-1 and errno). */
+static long routed_syscall(long number, const long *a, int *routed)
+{
+    const char *p0 = (const char *)a[0], *p1 = (const char *)a[1];
+    *routed = 1;
+    switch (number) {
+    case SYS_open: return open64(p0, (int)a[1], (mode_t)a[2]);
+    case SYS_openat: return openat64((int)a[0], p1, (int)a[2], (mode_t)a[3]);
+    case SYS_creat: return creat64(p0, (mode_t)a[1]);
+    case SYS_openat2: {
+        const struct open_how *how = (const struct open_how *)a[2];
+        if (!how || (size_t)a[3] < sizeof *how) break;
+        struct target t;
+        t.changed = 0;  /* how->resolve is not applied to what the shield serves */
+        int fd = shield_open((int)a[0], p1, (int)how->flags, (mode_t)how->mode, &t);
+        if (fd != -2) return fd;
+        if (ACTIVE() && t.changed) return RESOLVE(syscall)(SYS_openat2, AT_FDCWD, t.path, a[2], a[3]);
+        break;
+    }
+    case SYS_close:
+        if (!tracked_fd((int)a[0])) break;  /* libuv's close without a cancellation point */
+        return close_tracked((int)a[0]);
+    case SYS_dup: return dup((int)a[0]);
+    case SYS_dup2: return dup2((int)a[0], (int)a[1]);
+    case SYS_dup3: return dup3((int)a[0], (int)a[1], (int)a[2]);
+    case SYS_fsync: return fsync((int)a[0]);
+    case SYS_fdatasync: return fdatasync((int)a[0]);
+    /* the kernel's struct stat of x86_64 is glibc's struct stat64 */
+    case SYS_stat: return stat64(p0, (struct stat64 *)a[1]);
+    case SYS_lstat: return lstat64(p0, (struct stat64 *)a[1]);
+    case SYS_newfstatat: return fstatat64((int)a[0], p1, (struct stat64 *)a[2], (int)a[3]);
+    case SYS_access: return access(p0, (int)a[1]);
+    case SYS_faccessat: return faccessat((int)a[0], p1, (int)a[2], 0);
+    case SYS_faccessat2: return faccessat((int)a[0], p1, (int)a[2], (int)a[3]);
+    case SYS_readlink: return readlink(p0, (char *)a[1], (size_t)a[2]);
+    case SYS_readlinkat: return readlinkat((int)a[0], p1, (char *)a[2], (size_t)a[3]);
+    case SYS_unlink: return unlink(p0);
+    case SYS_unlinkat: return unlinkat((int)a[0], p1, (int)a[2]);
+    case SYS_rename: return rename(p0, p1);
+    case SYS_renameat: return renameat((int)a[0], p1, (int)a[2], (const char *)a[3]);
+    case SYS_renameat2: return renameat2((int)a[0], p1, (int)a[2], (const char *)a[3], (unsigned)a[4]);
+    case SYS_truncate: return truncate64(p0, (off64_t)a[1]);
+    case SYS_mkdir: return mkdir(p0, (mode_t)a[1]);
+    case SYS_mkdirat: return mkdirat((int)a[0], p1, (mode_t)a[2]);
+    case SYS_execve: return execve(p0, (char *const *)a[1], (char *const *)a[2]);
+    }
+    *routed = 0;
+    return 0;
+}
+
 EXPORT long syscall(long number, ...)
 {
     va_list ap;
@@ -173,7 +294,11 @@ EXPORT long syscall(long number, ...)
     long a[6];
     for (int i = 0; i < 6; i++) a[i] = va_arg(ap, long);
     va_end(ap);
-    if (number == SYS_close && S.active && tracked_fd((int)a[0])) return close_tracked((int)a[0]);
+    if (ACTIVE()) {
+        int routed;
+        long rc = routed_syscall(number, a, &routed);
+        if (routed) return rc;
+    }
     return RESOLVE(syscall)(number, a[0], a[1], a[2], a[3], a[4], a[5]);
 }
 
@@ -308,6 +433,42 @@ EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags)
         if (ACTIVE() && t.changed) return RESOLVE(fstatat64)(AT_FDCWD, t.path, st, flags);
     }
     return RESOLVE(fstatat64)(dirfd, path, st, flags);
+}
+
+/* statx(): glibc's asks the kernel (ENOSYS under the shield's seccomp filter, for libuv) and
+ * then emulates it with its internal fstatat64, past stat(): a path the shield serves is
+ * answered here from its stat. (syscall(SYS_statx) stays ENOSYS.) */
+EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, struct statx *stx)
+{
+    struct target t;
+    t.changed = 0;
+    struct stat64 st;
+    int rc = -2;
+    if (!(flags & AT_EMPTY_PATH) || (path && *path))
+        rc = shield_stat(dirfd, path, &st, !(flags & AT_SYMLINK_NOFOLLOW), &t);
+    if (rc == -1) return -1;
+    if (rc == -2) {
+        if (ACTIVE() && t.changed) return RESOLVE(statx)(AT_FDCWD, t.path, flags, mask, stx);
+        return RESOLVE(statx)(dirfd, path, flags, mask, stx);
+    }
+    memset(stx, 0, sizeof *stx);
+    stx->stx_mask = STATX_BASIC_STATS;
+    stx->stx_blksize = (unsigned)st.st_blksize;
+    stx->stx_nlink = (unsigned)st.st_nlink;
+    stx->stx_uid = st.st_uid;
+    stx->stx_gid = st.st_gid;
+    stx->stx_mode = (unsigned short)st.st_mode;
+    stx->stx_ino = st.st_ino;
+    stx->stx_size = (unsigned long long)st.st_size;
+    stx->stx_blocks = (unsigned long long)st.st_blocks;
+    stx->stx_atime = (struct statx_timestamp){.tv_sec = st.st_atim.tv_sec, .tv_nsec = (unsigned)st.st_atim.tv_nsec};
+    stx->stx_mtime = (struct statx_timestamp){.tv_sec = st.st_mtim.tv_sec, .tv_nsec = (unsigned)st.st_mtim.tv_nsec};
+    stx->stx_ctime = (struct statx_timestamp){.tv_sec = st.st_ctim.tv_sec, .tv_nsec = (unsigned)st.st_ctim.tv_nsec};
+    stx->stx_rdev_major = major(st.st_rdev);
+    stx->stx_rdev_minor = minor(st.st_rdev);
+    stx->stx_dev_major = major(st.st_dev);
+    stx->stx_dev_minor = minor(st.st_dev);
+    return 0;
 }
 
 /* The pre-2.33 glibc entry points, for executables built against an older glibc. */
@@ -500,6 +661,14 @@ EXPORT int unlinkat(int dirfd, const char *path, int flags)
     return RESOLVE(unlinkat)(dirfd, path, flags);
 }
 
+/* remove(): glibc's calls its internal unlinkat, past unlinkat(); the same steps through ours. */
+EXPORT int remove(const char *path)
+{
+    if (unlinkat(AT_FDCWD, path, 0) == 0) return 0;
+    if (errno != EISDIR) return -1;
+    return unlinkat(AT_FDCWD, path, AT_REMOVEDIR);
+}
+
 EXPORT int rename(const char *oldpath, const char *newpath)
 {
     if (!code_root_allows(AT_FDCWD, oldpath)) return -1;
@@ -520,6 +689,26 @@ EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const char 
     }
     int rc = shield_rename(olddirfd, oldpath, newdirfd, newpath);
     return rc != -2 ? rc : RESOLVE(renameat)(olddirfd, oldpath, newdirfd, newpath);
+}
+
+/* RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT: the shield cannot do them atomically in a
+ * region (a file there is its fspf record as well as its stored file): EINVAL, the answer of a
+ * file system without them; embedded: EROFS. Without flags, renameat. */
+EXPORT int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, unsigned int flags)
+{
+    if (!flags) return renameat(olddirfd, oldpath, newdirfd, newpath);
+    if (!code_root_allows(olddirfd, oldpath)) return -1;
+    if (!code_root_allows(newdirfd, newpath)) {
+        errno = EROFS;
+        return -1;
+    }
+    struct target from, to;
+    if (ACTIVE() && oldpath && newpath && target_of(olddirfd, oldpath, 0, &from) == 0 &&
+        target_of(newdirfd, newpath, 0, &to) == 0 && (from.kind != T_PASS || to.kind != T_PASS)) {
+        errno = from.kind == T_EMB || to.kind == T_EMB ? EROFS : EINVAL;
+        return -1;
+    }
+    return RESOLVE(renameat2)(olddirfd, oldpath, newdirfd, newpath, flags);
 }
 
 /* ------------------------------------------------------------------ mkstemp, tmpfile */

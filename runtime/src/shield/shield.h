@@ -31,7 +31,9 @@
  * ciphertext. Errors the service cannot be told about in detail are reported as EIO, with one
  * line ("sconify-shield: ...") where SCONIFY_LOG says (stderr, a file; by default nowhere: never
  * into the service's own streams). Interposed are the public libc entry points the measured
- * runtimes use (CPython, libuv: also syscall(SYS_close)); glibc's internal calls are not.
+ * runtimes and C code use (CPython, libuv, stdio, the fortified __open*_2), and syscall() for
+ * the file calls the shield serves (SYS_openat, SYS_newfstatat, libuv's SYS_close...); glibc's
+ * internal calls (ld.so, gconv, NSS, nftw) and inline syscall instructions are not.
  *
  * Where things are (src/shield/):
  *   shield.h     what the pieces share: the state S, volumes, targets, the real libc functions
@@ -49,9 +51,10 @@
  *   commit.c     the commit protocol: the only place a volume's stored files and fspf are written
  *   dirs.c       directory listings (opendir, fdopendir, readdir*, scandir*, ...): the real one
  *                merged with the embedded tree, without what a volume hides or a code root seals
- *   interpose.c  the other exported libc entry points (open*, fopen*, close, fclose, fsync,
- *                dup*, stat*, access, readlink*, realpath, mkdir*, unlink*, rename*, mkstemp*,
- *                tmpfile):
+ *   interpose.c  the other exported libc entry points (open*, fopen*, freopen*, close, fclose,
+ *                fsync, dup*, stat*, statx, access, readlink*, realpath, mkdir*, unlink*,
+ *                remove, rename*, renameat2, mkstemp*, tmpfile) and syscall(), which routes the
+ *                file calls the shield serves to them:
  *                each one decides which piece serves the path, or calls the real function
  *
  * Only the libc entry points are exported (EXPORT); everything declared here is hidden.
@@ -92,12 +95,15 @@
     REAL(int, openat64, int, const char *, int, ...) \
     REAL(FILE *, fopen, const char *, const char *) \
     REAL(FILE *, fopen64, const char *, const char *) \
+    REAL(FILE *, freopen, const char *, const char *, FILE *) \
+    REAL(FILE *, freopen64, const char *, const char *, FILE *) \
     REAL(int, stat, const char *, struct stat *) \
     REAL(int, stat64, const char *, struct stat64 *) \
     REAL(int, lstat, const char *, struct stat *) \
     REAL(int, lstat64, const char *, struct stat64 *) \
     REAL(int, fstatat, int, const char *, struct stat *, int) \
     REAL(int, fstatat64, int, const char *, struct stat64 *, int) \
+    REAL(int, statx, int, const char *, int, unsigned int, struct statx *) \
     REAL(int, access, const char *, int) \
     REAL(int, faccessat, int, const char *, int, int) \
     REAL(ssize_t, readlink, const char *, char *, size_t) \
@@ -132,6 +138,7 @@
     REAL(FILE *, tmpfile, void) \
     REAL(FILE *, tmpfile64, void) \
     REAL(int, renameat, int, const char *, int, const char *) \
+    REAL(int, renameat2, int, const char *, int, const char *, unsigned int) \
     REAL(int, truncate, const char *, off_t) \
     REAL(int, truncate64, const char *, off64_t) \
     REAL(long, syscall, long, ...) \
