@@ -38,7 +38,7 @@ from sconify.demoapps import CPYTHON_ORACLE_TESTS  # noqa: E402
 from sconify.image.transports import read_image, write_image  # noqa: E402
 
 # "[ 3/24] test_json passed", "[4/24/1] test_os failed (2 errors)", "... test_x crashed (Exit code -11)"
-PROGRESS = re.compile(r"\[\s*\d+/\d+(?:/\d+)?\]\s+(test_\w+)\s+(passed|failed|skipped|crashed|resource denied|interrupted)"
+PROGRESS = re.compile(r"\[\s*\d+/\d+(?:/\d+)?\]\s+(test_\w+)\s+(passed|failed|skipped|crashed|resource denied|interrupted|ran no tests)"
                       r"(?:\s*\(([^)]*)\))?")
 WHERE = {
     "tmp": [],
