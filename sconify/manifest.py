@@ -64,6 +64,9 @@ class EmbedfsFigures:
     archive_size: int
     files: dict[str, str]  # image path -> sha256 of the content
     removed: list[str] = field(default_factory=list)  # embedded paths whited out of the rootfs
+    # --encrypted-code directories: their files are embedded encrypted, and no layer may hold
+    # their plaintext (absent in manifests of conversions without it)
+    encrypted_roots: list[str] = field(default_factory=list)
 
 
 @dataclass

@@ -225,7 +225,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 # encrypted code leaves the rootfs whatever --keep-embedded says
                 removed = plan.encrypted_code if options.keep_embedded else plan.removed_code()
                 executable = executable_figures(plan, original_exe, sconified_exe)
-                embedfs = embedfs_figures(packed, removed)
+                embedfs = embedfs_figures(packed, removed, plan.encrypted_code_roots)
                 embedded_bytes = sum(extents[p].size for p in embedded if p in extents)
                 # The code is in the executable now: from here on only data files are read.
                 data_files = plan.data_paths()
@@ -741,13 +741,14 @@ def executable_figures(plan: Plan, original: Path, sconified: Path) -> Executabl
     )
 
 
-def embedfs_figures(packed, removed: list[str]) -> EmbedfsFigures:
+def embedfs_figures(packed, removed: list[str], encrypted_roots: list[str]) -> EmbedfsFigures:
     return EmbedfsFigures(
         root_hash=packed.root_hash,
         file_count=packed.file_count,
         archive_size=packed.size,
         files={absolute(path): sha256 for path, sha256 in packed.files.items()},
         removed=[absolute(p) for p in removed],
+        encrypted_roots=list(encrypted_roots),
     )
 
 

@@ -12,6 +12,8 @@ from __future__ import annotations
 import gzip
 import json
 import shutil
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -21,6 +23,7 @@ import zstandard
 from embedfs.archive import DEFAULT_LEVEL
 from embedfs.elf import open_embedded
 from sconify.demoapps import NODE_INDEX, PYTHON_MAIN, PYTHON_SERVICE
+from sconify.image.model import canonical_json, make_image
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
 from sconify.keys import KeysFile
@@ -223,6 +226,35 @@ def test_what_cannot_be_encrypted_code_is_refused(python_image, tmp_path: Path, 
     with pytest.raises(UsageError, match=refusal):
         sconify_image(ConvertOptions(source=f"oci:{python_image}:latest", destination=f"oci:{tmp_path / 'x'}:latest",
                                      encrypted_code=[root], dry_run=True))
+
+
+def test_verify_without_keys_names_a_layer_that_holds_plaintext_of_encrypted_code(converted: Path, python_image: Path,
+                                                                                  tmp_path: Path) -> None:
+    manifest = json.loads((converted / "manifest.json").read_text())
+    assert manifest["embedfs"]["encrypted_roots"] == ["/app"]
+    ref = f"oci:{converted / 'image'}:latest"
+
+    def verify(image_ref: str) -> tuple[int, dict]:
+        result = subprocess.run([sys.executable, "-m", "sconify", "verify", image_ref, "--manifest",
+                                 str(converted / "manifest.json"), "--json"], capture_output=True, text=True,
+                                timeout=600, check=False)
+        assert "Traceback" not in result.stderr, result.stderr
+        return result.returncode, {c["name"]: c for c in json.loads(result.stdout)["checks"]}
+
+    code, checks = verify(ref)
+    check = checks["no plaintext of encrypted volumes in any layer"]
+    assert code == 0 and check["ok"] and "1 encrypted code directories" in check["detail"]
+    # the input's app layer (the plaintext of /app) put back under the new layers
+    output, source = read_image(ref), read_image(f"oci:{python_image}:latest")
+    config = output.config
+    config["rootfs"]["diff_ids"][1] = source.diff_ids[1]
+    old_way = f"oci:{tmp_path / 'old'}:v"
+    write_image(make_image(canonical_json(config), output.layers[:1] + source.layers[1:2] + output.layers[2:], "old"),
+                old_way)
+    code, checks = verify(old_way)
+    assert code == 1
+    detail = checks["no plaintext of encrypted volumes in any layer"]["detail"]
+    assert detail.startswith(f"layer 1 ({source.diff_ids[1]}) holds ") and " /app/" in detail
 
 
 def test_the_plan_names_encrypted_code_and_its_forbidden_roots(python_image, tmp_path: Path) -> None:

@@ -97,11 +97,14 @@ def expected_lower_diff_ids(manifest: Manifest) -> list[str]:
 
 
 def check_no_plaintext(report: VerifyReport, fs: RootFS, manifest: Manifest, first: int = 0) -> None:
-    """No layer holds a regular file or hardlink under an encrypted volume, hidden by an upper
-    layer or not (its bytes would be in the blob every pull downloads), except the data layer,
-    whose files there are ciphertext. ``fs`` holds the image's layers from index ``first`` on."""
-    roots = sorted(rel(volume.path) for volume in manifest.volumes
-                   if volume.protection == "encrypted" and volume.path != "/")
+    """No layer holds a regular file or hardlink under an encrypted volume or an
+    --encrypted-code directory, hidden by an upper layer or not (its bytes would be in the blob
+    every pull downloads), except the data layer, whose files there are ciphertext. ``fs``
+    holds the image's layers from index ``first`` on."""
+    volumes = sorted(rel(volume.path) for volume in manifest.volumes
+                     if volume.protection == "encrypted" and volume.path != "/")
+    code = sorted(rel(root) for root in manifest.embedfs.encrypted_roots)
+    roots = volumes + code
     problems = []
     for index, layer in enumerate(fs.image.layers):
         if layer.diff_id == manifest.data_layer:
@@ -113,7 +116,8 @@ def check_no_plaintext(report: VerifyReport, fs: RootFS, manifest: Manifest, fir
     report.add(
         "no plaintext of encrypted volumes in any layer",
         not problems,
-        f"{len(fs.image.layers)} layers, {len(roots)} encrypted volumes" if not problems else summarise(problems),
+        f"{len(fs.image.layers)} layers, {len(volumes)} encrypted volumes"
+        + (f", {len(code)} encrypted code directories" if code else "") if not problems else summarise(problems),
     )
 
 
