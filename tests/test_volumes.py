@@ -100,12 +100,13 @@ def test_each_volume_has_its_own_fspf_key_and_tag(three, python_image):
 
 def test_keys_file_v2(three):
     doc = json.loads((three.tmp / "keys.json").read_text())
-    assert set(doc) == {"schema", "session", "mrenclave", "executable_sha256", "volumes"}
+    assert set(doc) == {"schema", "session", "mrenclave", "executable_sha256", "runtime_config_sha256", "volumes"}
     assert doc["executable_sha256"] == three.manifest.executable.sconified_sha256
     assert doc["schema"] == "sconify.keys/v2" and doc["mrenclave"] == three.manifest.measurement.mrenclave
     assert [v["path"] for v in doc["volumes"]] == ["/app/data", "/etc/sconify-demo", "/usr/share/doc"]
     for entry in doc["volumes"]:
-        assert set(entry) == {"path", "fspf_path", "fspf_key", "fspf_tag", "protection"}
+        assert set(entry) == {"path", "fspf_path", "fspf_key", "fspf_tag", "fspf_tag_image", "protection"}
+        assert entry["fspf_tag_image"] == entry["fspf_tag"]
         assert len(bytes.fromhex(entry["fspf_key"])) == 32 and len(bytes.fromhex(entry["fspf_tag"])) == 16
         assert entry["fspf_tag"] == three.manifest.volume(entry["path"]).tag
     assert (three.tmp / "keys.json").stat().st_mode & 0o777 == 0o600

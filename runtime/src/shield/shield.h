@@ -156,6 +156,7 @@ struct svol {
     unsigned char key[32];
     unsigned char tag[16];
     int ephemeral;             /* fs lives in memory only: no fspf file, no key, no tag */
+    int container_copy;        /* the container's own copy: tags go to its state file (commit.c) */
     struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL) */
 };
 
