@@ -8,7 +8,8 @@
  * runtime config; it recomputes the MRENCLAVE of the measured executable (parameters from the
  * image's runtime config, checked by the result, never trusted on their own), compares it with
  * the one in the keys file, and checks every volume's fspf against the key and tag recorded
- * there (a restored older copy is a rollback). Then it runs COMMAND with the shield preloaded
+ * there (a restored older copy is a rollback); a volume with no mount at or above its path is the
+ * container's own copy, checked against the image's tag or the container's own state file instead. Then it runs COMMAND with the shield preloaded
  * (libsconify-shield.so, which serves the embedfs and the volumes inside the measured process)
  * and the keys granted to it in a sealed memfd, forwards signals to it, reaps zombies when it
  * is PID 1, and exits with its status.
