@@ -574,7 +574,8 @@ def test_code_planted_by_a_derived_image_never_runs(kind, request, docker_client
     _, out, err = run(docker_client, derived(context, conv.original))
     ran = set(re.findall(r"PLANTED-([\w-]+)", out + err))
     assert ran >= ({"pth", "usercustomize", "json"} if kind == "python" else {"supports-color", "common"})
-    status, out, err = run(docker_client, derived(context, conv.tag), secrets=secrets_dir(conv, tmp_path))
+    status, out, err = run(docker_client, derived(context, conv.tag), secrets=secrets_dir(conv, tmp_path),
+                           environment={"SCONIFY_LOG": "stderr"})  # the shield's refusal, in its own log
     assert status == 0, err
     assert out == expected and "PLANTED-" not in out + err
     if kind == "python":  # json falls back to its Python code: the changed object was not loaded
@@ -692,7 +693,7 @@ def test_hostile_run(case, request, docker_client, tmp_path):
         mounts[str(inj)] = {"bind": "/inj", "mode": "ro"}
     try:
         status, out, err = run(docker_client, image, command, secrets=secrets_dir(conv, tmp_path), volumes=mounts,
-                               environment=environment, stdin_open=True, **extra)
+                               environment={**environment, "SCONIFY_LOG": "stderr"}, stdin_open=True, **extra)
     finally:
         if derived:
             docker_client.images.remove(image, force=True)
@@ -713,7 +714,7 @@ def test_docker_exec_gets_embedded_code_but_no_keys(python_conv, docker_client, 
         code, output = container.exec_run(
             ["python3", "-c", "import errno\ntry: open('/app/data/config.json').read()\n"
                               "except OSError as e: print(errno.errorcode[e.errno])"],
-            environment={"SCONIFY_KEYS": f"{SECRETS}/keys.json"}, demux=True)
+            environment={"SCONIFY_KEYS": f"{SECRETS}/keys.json", "SCONIFY_LOG": "stderr"}, demux=True)
         stdout, stderr = output
         assert code == 0 and stdout == b"EACCES\n", output
         assert stderr.decode().count("\n") == 1 and "no keys were granted to this process" in stderr.decode()
