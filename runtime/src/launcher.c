@@ -8,11 +8,11 @@
  * runtime config; it recomputes the MRENCLAVE of the measured executable (parameters from the
  * image's runtime config, checked by the result, never trusted on their own), compares it with
  * the one in the keys file, and checks every volume's fspf against the key and tag recorded
- * there (a restored older copy is a rollback); a volume with no mount at or above its path is the
- * container's own copy, checked against the image's tag or the container's own state file instead. Then it runs COMMAND with the shield preloaded
- * (libsconify-shield.so, which serves the embedfs and the volumes inside the measured process)
- * and the keys granted to it in a sealed memfd, forwards signals to it, reaps zombies when it
- * is PID 1, and exits with its status.
+ * there (a restored older copy is a rollback; a volume with no mount at or above its path is the
+ * container's own copy, checked against the image's tag or the container's own state file). Then
+ * it runs COMMAND with the shield preloaded (libsconify-shield.so, which serves the embedfs and
+ * the volumes inside the measured process) and the keys granted to it in a sealed memfd,
+ * forwards signals to it, reaps zombies when it is PID 1, and exits with its status.
  *
  *   sconify-run --measure EXE HEAP STACK THREADS SSA    print the MRENCLAVE of EXE
  */
@@ -218,7 +218,8 @@ static int container_copy(const char *volume_path)
     return found && strcmp(best, "/") == 0;
 }
 
-/* The fspf of a volume, read whole; its tag (the last 16 bytes) or NULL. */
+/* The fspf of a volume, read whole (its tag is the last 16 bytes); one line and exit if it
+ * cannot be read. */
 static unsigned char *read_fspf(const struct rt_volume *vol, size_t *size)
 {
     int fd = open(vol->fspf_path, O_RDONLY | O_CLOEXEC);
