@@ -339,6 +339,30 @@ def test_own_copy_child_started_after_a_write_sees_it(world):
     assert own_copy_run(world, child).stdout.split() == ["1", "1"]
 
 
+@pytest.mark.parametrize("at", ["volume", "parent"])
+def test_a_mount_at_the_volume_or_a_parent_is_a_mounted_volume(world, at):
+    """In a mount namespace of its own, the volume's directory (or the directory above it) is
+    bind-mounted onto itself: the launcher takes it for a mounted volume, so freshness stays in
+    the keys file and nothing is said at start."""
+    if not on_the_root_mount(world.volume):
+        pytest.skip("the test directory is on a mount of its own here")
+    point = world.volume if at == "volume" else world.root
+    code = COUNTER % str(world.volume / "count.txt")
+    argv = [str(world.runtime.launcher), str(world.python), world.driver, code]
+    script = 'mount --bind "$1" "$1" && shift && exec "$@"'
+    env = {"PATH": os.environ["PATH"], "SCONIFY_RUNTIME_CONFIG": str(world.config), "SCONIFY_KEYS": str(world.keys)}
+    try:
+        result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(point), *argv], capture_output=True,
+                                text=True, env=env, cwd=world.root, timeout=60)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if result.returncode != 0 and "sconify" not in result.stderr:
+        pytest.skip(f"cannot make a mount namespace here: {result.stderr.strip()}")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "1\n", "")
+    assert world.tag() == (world.volume / ".sconify.fspf").read_bytes()[-16:].hex()  # recorded in the keys file
+    assert not (world.volume / ".sconify.state").exists()
+
+
 def test_freshness_choice_other_than_auto_or_keys_is_refused(world):
     result = world.python_code("print('started')", env={"SCONIFY_FRESHNESS": "none"}, check=False)
     assert result.returncode == 2 and result.stderr.startswith("sconify-run: SCONIFY_FRESHNESS is neither")
