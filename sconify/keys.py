@@ -6,7 +6,8 @@ file with HKDF-SHA256 (same seed, same image: anyone holding the seed can decryp
 seed like the keys themselves).
 
 The keys file (schema ``sconify.keys/v2``, docs/session.md) holds one entry per volume: the
-path, fspf path, fspf key, fspf tag and protection of every protected region; and, when the
+path, fspf path, fspf key, fspf tag (and the image's tag, which the runtime never moves) and
+protection of every protected region; and, when the
 image has encrypted code (``--encrypted-code``), the ``code_key`` its embedfs members are
 sealed with (embedfs.codecrypt). Keys never go into the image, the manifest or a log.
 """
@@ -96,6 +97,10 @@ class VolumeKeys:
     fspf_key: bytes = field(repr=False)
     fspf_tag: bytes
     protection: str  # encrypted | authenticated
+    # The tag of the image's own copy (the conversion's fspf_tag), kept as fspf_tag_image when the
+    # runtime moves fspf_tag for a mounted volume: a container that runs on the image's copy (no
+    # volume mounted) is still accepted (docs/runtime.md, "Freshness").
+    image_tag: bytes | None = field(default=None, compare=False)
 
     def to_dict(self) -> dict:
         return {
@@ -103,6 +108,7 @@ class VolumeKeys:
             "fspf_path": self.fspf_path,
             "fspf_key": self.fspf_key.hex(),
             "fspf_tag": self.fspf_tag.hex(),
+            "fspf_tag_image": (self.image_tag or self.fspf_tag).hex(),
             "protection": self.protection,
         }
 
@@ -114,6 +120,7 @@ class VolumeKeys:
             fspf_key=bytes.fromhex(doc["fspf_key"]),
             fspf_tag=bytes.fromhex(doc["fspf_tag"]),
             protection=doc["protection"],
+            image_tag=bytes.fromhex(doc["fspf_tag_image"]) if "fspf_tag_image" in doc else None,
         )
         if (
             not isinstance(volume.path, str)
@@ -121,6 +128,7 @@ class VolumeKeys:
             or not isinstance(volume.fspf_path, str)
             or len(volume.fspf_key) != FSPF_KEY_SIZE
             or len(volume.fspf_tag) != FSPF_TAG_SIZE
+            or (volume.image_tag is not None and len(volume.image_tag) != FSPF_TAG_SIZE)
             or volume.protection not in PROTECTIONS
         ):
             raise ValueError("malformed volume")

@@ -57,6 +57,8 @@ DRIVER_SOURCE = (
 NODE_DRIVER = "/app/run_code.js"
 NODE_DRIVER_SOURCE = "const code = process.argv[2];\nprocess.argv.splice(2, 1);\neval(code);\n"
 PLAINTEXT = "celsius"  # in the demo's /app/data/config.json and readings.csv
+OWN_COPY_LINE = ("sconify-run: volume /app/data is the container's own copy (no volume mounted there): its writes "
+                 "last as long as this container; mount a volume there to keep them\n")
 
 
 @dataclass
@@ -252,7 +254,7 @@ def test_appended_arguments_and_exit_code_pass_through(driver_conv, docker_clien
                                     "sys.exit(3)"), "a b", "c"],
                            secrets=secrets_dir(driver_conv, tmp_path))
     assert status == 3 and out.strip().startswith("['a b', 'c'] {") and PLAINTEXT in out, err
-    assert err == ""  # the recorded command with appended arguments: granted, nothing to say
+    assert err == OWN_COPY_LINE  # granted: nothing to say but where the volume's writes go
 
 
 def test_a_command_that_is_not_the_measured_executable_sees_ciphertext(python_conv, docker_client, tmp_path):
@@ -339,7 +341,10 @@ def test_writer_count_persists_across_three_containers_and_the_volume_holds_no_p
                                volumes=mounts)
         assert status == 0, err
         counts.append(out.strip())
+        assert "own copy" not in err  # a mounted volume: freshness in the keys file
     assert counts == ["1", "2", "3"]
+    assert json.loads((secrets / "keys.json").read_text())["volumes"][0]["fspf_tag"] != \
+        json.loads((driver_conv.out / "keys.json").read_text())["volumes"][0]["fspf_tag"]
     stored = volume_files(docker_client, volume)
     assert ".sconify.fspf" in stored and "count.txt" in stored
     assert stored["count.txt"] != b"3" and len(stored["count.txt"]) == 1 + 16
@@ -392,6 +397,59 @@ def test_restored_older_copy_of_the_volume_is_refused(driver_conv, docker_client
     status, out, err = run(docker_client, driver_conv.tag, driver(WRITER), secrets=secrets, volumes=mounts)
     assert status == 2 and out == ""
     assert "volume /app/data" in err and "rollback" in err
+
+
+# --- the container's own copy (no volume mounted): no freshness trap --------------------------
+
+
+def test_own_copy_writes_go_with_the_container_and_the_keys_stay_the_images(driver_conv, docker_client, tmp_path):
+    secrets = secrets_dir(driver_conv, tmp_path)
+    keys_before = (secrets / "keys.json").read_text()
+    for _ in range(2):  # docker run --rm twice: each starts on the image's copy
+        status, out, err = run(docker_client, driver_conv.tag, driver(WRITER), secrets=secrets)
+        assert (status, out, err) == (0, "1\n", OWN_COPY_LINE)
+    assert (secrets / "keys.json").read_text() == keys_before
+    # A mounted volume moves the recorded tag; a run on the image's copy still starts after it.
+    name = f"sconify-rt-{uuid.uuid4().hex[:8]}"
+    docker_client.volumes.create(name)
+    try:
+        mounted = run(docker_client, driver_conv.tag, driver(WRITER), secrets=secrets,
+                      volumes={name: {"bind": "/app/data", "mode": "rw"}})
+        assert mounted[:2] == (0, "1\n") and (secrets / "keys.json").read_text() != keys_before
+    finally:
+        docker_client.volumes.get(name).remove(force=True)
+    assert run(docker_client, driver_conv.tag, driver(WRITER), secrets=secrets) == (0, "1\n", OWN_COPY_LINE)
+
+
+def test_own_copy_restarted_and_committed_container_sees_its_writes(driver_conv, docker_client, tmp_path):
+    secrets = secrets_dir(driver_conv, tmp_path)
+    keys_before = (secrets / "keys.json").read_text()
+    container = docker_client.containers.run(driver_conv.tag, driver(WRITER), detach=True, network_disabled=True,
+                                             volumes={str(secrets): {"bind": SECRETS, "mode": "rw"}})
+    committed = f"sconify-rt-committed-{uuid.uuid4().hex[:8]}:1"
+    try:
+        assert container.wait(timeout=120)["StatusCode"] == 0
+        container.start()  # the same container again (docker start; docker restart does the same)
+        assert container.wait(timeout=120)["StatusCode"] == 0, container.logs().decode()
+        assert container.logs(stdout=True, stderr=False).decode().split() == ["1", "2"]
+        assert container.logs(stdout=False, stderr=True).decode() == OWN_COPY_LINE * 2
+        container.commit(*committed.split(":"))
+    finally:
+        container.remove(force=True)
+    try:  # docker commit: an image whose copy is the container's; each run starts on it
+        for _ in range(2):
+            assert run(docker_client, committed, driver(WRITER), secrets=secrets) == (0, "3\n", OWN_COPY_LINE)
+    finally:
+        docker_client.images.remove(committed, force=True)
+    assert (secrets / "keys.json").read_text() == keys_before
+
+
+def test_own_copy_read_only_root_refuses_writes(driver_conv, docker_client, tmp_path):
+    code = ("import errno\ntry:\n    open('/app/data/count.txt', 'w').close()\n"
+            "except OSError as e:\n    print(errno.errorcode[e.errno])\n")
+    status, out, err = run(docker_client, driver_conv.tag, driver(code), secrets=secrets_dir(driver_conv, tmp_path),
+                           read_only=True)
+    assert (status, out, err) == (0, "EROFS\n", OWN_COPY_LINE)
 
 
 def test_read_only_keys_refuse_writes_without_losing_data(driver_conv, docker_client, volume, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import _ctypes
 import hashlib
+import hmac
 import json
 import os
 import shutil
@@ -137,8 +138,11 @@ class World:
         return json.loads(self.keys.read_text())["volumes"][0]["fspf_tag"]
 
     def run(self, *argv: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        # This machine's /tmp is no container's own copy: freshness in the keys file, as for a
+        # mounted volume, unless a test sets SCONIFY_FRESHNESS itself (None: detected).
         environment = {"PATH": os.environ["PATH"], "SCONIFY_RUNTIME_CONFIG": str(self.config),
-                       "SCONIFY_KEYS": str(self.keys), **(env or {})}
+                       "SCONIFY_KEYS": str(self.keys), "SCONIFY_FRESHNESS": "keys", **(env or {})}
+        environment = {name: value for name, value in environment.items() if value is not None}
         result = subprocess.run([str(self.runtime.launcher), *argv], capture_output=True, text=True,
                                 env=environment, cwd=self.root, timeout=60)
         if check:
@@ -239,6 +243,129 @@ def test_rolled_back_volume_is_refused(world):
     result = world.python_code("print('started')", check=False)
     assert result.returncode == 2 and "started" not in result.stdout
     assert f"volume {world.volume}" in result.stderr and "rollback" in result.stderr
+
+
+def on_the_root_mount(path: Path) -> bool:
+    """No mount at path or a parent of it but "/": what the launcher takes for the container's
+    own copy of a volume (here: this machine's root file system)."""
+    best = ""
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].encode().decode("unicode_escape")
+        if point == "/" or str(path) == point or str(path).startswith(point.rstrip("/") + "/"):
+            best = point if len(point) >= len(best) else best
+    return best == "/"
+
+
+def own_copy_run(world, code: str, **kwargs) -> subprocess.CompletedProcess:
+    if not on_the_root_mount(world.volume):
+        pytest.skip("the test directory is on a mount of its own here: no volume is the 'container copy'")
+    return world.python_code(code, env={"SCONIFY_FRESHNESS": None}, **kwargs)
+
+
+COUNTER = ("p = %r\nn = int(open(p).read()) + 1\nopen(p, 'w').write('%%d\\n' %% n)\nprint(n)\n")
+
+
+def test_own_copy_keeps_its_freshness_with_itself_not_in_the_keys_file(world):
+    keys_before = world.keys.read_text()
+    image_copy = world.root / "image-copy"
+    shutil.copytree(world.volume, image_copy)
+    code = COUNTER % str(world.volume / "count.txt")
+    first = own_copy_run(world, code)
+    assert first.stdout == "1\n"
+    line = f"sconify-run: volume {world.volume} is the container's own copy (no volume mounted there)"
+    assert first.stderr.startswith(line) and first.stderr.count("\n") == 1
+    assert world.keys.read_text() == keys_before  # nothing recorded in the keys file
+    state = json.loads((world.volume / ".sconify.state").read_text())
+    assert state["volume"] == str(world.volume) and "fspf_tag_next" not in state
+    assert bytes.fromhex(state["fspf_tag"]) == (world.volume / ".sconify.fspf").read_bytes()[-16:]
+    # The same container started again (docker restart): its own copy and its state.
+    assert own_copy_run(world, code).stdout == "2\n"
+    assert own_copy_run(world, "import os; print(sorted(os.listdir(%r)))" % str(world.volume)).stdout == \
+        "['count.txt', 'sub']\n"  # the state file is not the service's
+    # A new container from the image (docker run --rm again): the image's copy starts.
+    shutil.rmtree(world.volume)
+    shutil.copytree(image_copy, world.volume)
+    assert own_copy_run(world, code).stdout == "1\n"
+    assert world.keys.read_text() == keys_before
+
+
+def test_own_copy_an_older_copy_or_a_forged_state_is_refused(world):
+    code = COUNTER % str(world.volume / "count.txt")
+    own_copy_run(world, code)
+    older = world.root / "older"
+    shutil.copytree(world.volume, older)
+    own_copy_run(world, code)
+    # The older copy with its own (genuine) state is a state this container left behind.
+    (world.volume / ".sconify.fspf").write_bytes((older / ".sconify.fspf").read_bytes())
+    shutil.copy(older / "count.txt", world.volume / "count.txt")
+    result = own_copy_run(world, "print('started')", check=False)
+    assert result.returncode == 2 and "started" not in result.stdout
+    assert f"volume {world.volume} (the container's own copy" in result.stderr
+    # A state file written without the keys names the older tag: refused as well.
+    state = json.loads((world.volume / ".sconify.state").read_text())
+    state["fspf_tag"] = (older / ".sconify.fspf").read_bytes()[-16:].hex()
+    (world.volume / ".sconify.state").write_text(json.dumps(state))
+    result = own_copy_run(world, "print('started')", check=False)
+    assert result.returncode == 2 and "started" not in result.stdout
+
+
+def state_mac(key: bytes, volume: str, tag: str, next_tag: str = "") -> str:
+    mac_key = hmac.new(key, b"sconify container state v1", "sha256").digest()
+    return hmac.new(mac_key, f"sconify.state/v1\n{volume}\n{tag}\n{next_tag}".encode(), "sha256").hexdigest()
+
+
+def test_own_copy_commit_under_way_is_promoted(world):
+    code = COUNTER % str(world.volume / "count.txt")
+    image_tag = world.tag()
+    own_copy_run(world, code)
+    # A crash after the renames: the state still names the image's tag, the new one as next.
+    state_file = world.volume / ".sconify.state"
+    state = json.loads(state_file.read_text())
+    new_tag = state["fspf_tag"]
+    assert state["mac"] == state_mac(world.key, str(world.volume), new_tag)
+    crashed = {**state, "fspf_tag": image_tag, "fspf_tag_next": new_tag,
+               "mac": state_mac(world.key, str(world.volume), image_tag, new_tag)}
+    state_file.write_text(json.dumps(crashed))
+    assert own_copy_run(world, "print(open(%r).read().strip())" % str(world.volume / "count.txt")).stdout == "1\n"
+    promoted = json.loads(state_file.read_text())
+    assert promoted["fspf_tag"] == new_tag and "fspf_tag_next" not in promoted
+
+
+def test_own_copy_child_started_after_a_write_sees_it(world):
+    read = "print(open(%r).read().strip())" % str(world.volume / "count.txt")
+    child = ("import subprocess, sys\n" + COUNTER % str(world.volume / "count.txt") +
+             "print(subprocess.run([sys.executable, %r, %r], capture_output=True, text=True).stdout.strip())\n"
+             % (world.driver, read))
+    assert own_copy_run(world, child).stdout.split() == ["1", "1"]
+
+
+@pytest.mark.parametrize("at", ["volume", "parent"])
+def test_a_mount_at_the_volume_or_a_parent_is_a_mounted_volume(world, at):
+    """In a mount namespace of its own, the volume's directory (or the directory above it) is
+    bind-mounted onto itself: the launcher takes it for a mounted volume, so freshness stays in
+    the keys file and nothing is said at start."""
+    if not on_the_root_mount(world.volume):
+        pytest.skip("the test directory is on a mount of its own here")
+    point = world.volume if at == "volume" else world.root
+    code = COUNTER % str(world.volume / "count.txt")
+    argv = [str(world.runtime.launcher), str(world.python), world.driver, code]
+    script = 'mount --bind "$1" "$1" && shift && exec "$@"'
+    env = {"PATH": os.environ["PATH"], "SCONIFY_RUNTIME_CONFIG": str(world.config), "SCONIFY_KEYS": str(world.keys)}
+    try:
+        result = subprocess.run(["unshare", "-m", "sh", "-c", script, "sh", str(point), *argv], capture_output=True,
+                                text=True, env=env, cwd=world.root, timeout=60)
+    except FileNotFoundError:
+        pytest.skip("no unshare here")
+    if result.returncode != 0 and "sconify" not in result.stderr:
+        pytest.skip(f"cannot make a mount namespace here: {result.stderr.strip()}")
+    assert (result.returncode, result.stdout, result.stderr) == (0, "1\n", "")
+    assert world.tag() == (world.volume / ".sconify.fspf").read_bytes()[-16:].hex()  # recorded in the keys file
+    assert not (world.volume / ".sconify.state").exists()
+
+
+def test_freshness_choice_other_than_auto_or_keys_is_refused(world):
+    result = world.python_code("print('started')", env={"SCONIFY_FRESHNESS": "none"}, check=False)
+    assert result.returncode == 2 and result.stderr.startswith("sconify-run: SCONIFY_FRESHNESS is neither")
 
 
 def test_tampered_chunk_is_an_io_error(world):

@@ -106,7 +106,8 @@ def test_keys_file_v2(three):
     assert doc["schema"] == "sconify.keys/v2" and doc["mrenclave"] == three.manifest.measurement.mrenclave
     assert [v["path"] for v in doc["volumes"]] == ["/app/data", "/etc/sconify-demo", "/usr/share/doc"]
     for entry in doc["volumes"]:
-        assert set(entry) == {"path", "fspf_path", "fspf_key", "fspf_tag", "protection"}
+        assert set(entry) == {"path", "fspf_path", "fspf_key", "fspf_tag", "fspf_tag_image", "protection"}
+        assert entry["fspf_tag_image"] == entry["fspf_tag"]
         assert len(bytes.fromhex(entry["fspf_key"])) == 32 and len(bytes.fromhex(entry["fspf_tag"])) == 16
         assert entry["fspf_tag"] == three.manifest.volume(entry["path"]).tag
     assert (three.tmp / "keys.json").stat().st_mode & 0o777 == 0o600

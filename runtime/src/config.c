@@ -13,6 +13,8 @@
 
 #include "fspf.h"
 #include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
 #include <openssl/sha.h>
 
 static int compare_volumes(const void *a, const void *b)
@@ -301,8 +303,10 @@ int keys_from_json(void *document, const char *path, struct rt_keys *keys, struc
         const char *key = json_string_value(json_object_get(v, "fspf_key"));
         const char *tag = json_string_value(json_object_get(v, "fspf_tag"));
         const char *next = json_string_value(json_object_get(v, "fspf_tag_next"));
+        const char *image = json_string_value(json_object_get(v, "fspf_tag_image"));
         struct rt_key *k = &keys->keys[i];
-        if (!vp || vp[0] != '/' || !is_hex(key, 64) || !is_hex(tag, 32) || (next && !is_hex(next, 32))) {
+        if (!vp || vp[0] != '/' || !is_hex(key, 64) || !is_hex(tag, 32) || (next && !is_hex(next, 32)) ||
+            (image && !is_hex(image, 32))) {
             keys->count = i;
             keys_free(keys);
             return rt_fail(err, "keys file %s: volume entry %zu is malformed; mount the keys.json written by "
@@ -315,6 +319,11 @@ int keys_from_json(void *document, const char *path, struct rt_keys *keys, struc
             k->has_next = 1;
             hex_decode(next, k->next_tag, 16);
         }
+        if (image) {
+            k->has_image = 1;
+            hex_decode(image, k->image_tag, 16);
+        }
+        k->container_copy = json_is_true(json_object_get(v, "container_copy"));
     }
     return 0;
 }
@@ -347,6 +356,11 @@ void *keys_to_json(const struct rt_keys *keys)
             hex_encode(k->next_tag, 16, tag_hex);
             json_object_set_new(v, "fspf_tag_next", json_string(tag_hex));
         }
+        if (k->has_image) {
+            hex_encode(k->image_tag, 16, tag_hex);
+            json_object_set_new(v, "fspf_tag_image", json_string(tag_hex));
+        }
+        if (k->container_copy) json_object_set_new(v, "container_copy", json_true());
         json_array_append_new(vols, v);
     }
     json_object_set_new(doc, "volumes", vols);
@@ -403,6 +417,23 @@ static int fsync_dir_of(const char *path)
     return rc;
 }
 
+/* text and a newline to path, atomically: a temp file (tmp) written and fsynced, renamed over
+ * path, the directory fsynced. 0, or the errno of what failed (nothing changed then). */
+static int write_atomically(const char *path, const char *tmp, const char *text, mode_t mode)
+{
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) return errno ? errno : EIO;
+    int rc = write_full(fd, text, strlen(text)) == 0 && write_full(fd, "\n", 1) == 0 && fsync(fd) == 0 ? 0 : errno;
+    close(fd);
+    if (rc == 0 && rename(tmp, path) != 0) rc = errno;
+    if (rc != 0) {
+        unlink(tmp);
+        return rc ? rc : EIO;
+    }
+    fsync_dir_of(path);
+    return 0;
+}
+
 int keys_record_tag(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
                     struct rt_error *err)
 {
@@ -432,24 +463,93 @@ int keys_record_tag(const char *keys_path, const char *volume_path, const unsign
     if (!text) return rt_fail(err, "out of memory writing the keys file");
     char tmp[PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s.sconify-tmp-%ld", keys_path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    int rc = -1, saved = 0;
-    if (fd >= 0) {
-        size_t len = strlen(text);
-        text[len] = '\0';
-        if (write_full(fd, text, len) == 0 && write_full(fd, "\n", 1) == 0 && fsync(fd) == 0) rc = 0;
-        saved = errno;
-        close(fd);
-        if (rc == 0 && rename(tmp, keys_path) != 0) { rc = -1; saved = errno; }
-        if (rc != 0) unlink(tmp);
-        else fsync_dir_of(keys_path);
-    } else {
-        saved = errno;
-    }
+    int saved = write_atomically(keys_path, tmp, text, 0600);
     free(text);
-    if (rc != 0)
+    if (saved)
         return rt_fail(err, "cannot record the new fspf tag of volume %s in the keys file %s (%s); mount the keys "
                             "directory read-write (the tag is what protects the volume against rollback)",
                        volume_path, keys_path, strerror(saved));
+    return 0;
+}
+
+/* ------------------------------------------------------------------ a container copy's state */
+
+/* MAC of a state: HMAC-SHA256 under HMAC-SHA256(fspf key, "sconify container state v1"), over the
+ * schema, the volume's path and the tags. */
+static int state_mac(const char *volume_path, const unsigned char key[32], const char *tag_hex,
+                     const char *next_hex, char out[65])
+{
+    static const char label[] = "sconify container state v1";
+    unsigned char mac_key[32], mac[32];
+    unsigned int len = 0;
+    if (!HMAC(EVP_sha256(), key, 32, (const unsigned char *)label, sizeof label - 1, mac_key, &len) || len != 32)
+        return -1;
+    size_t n = strlen(STATE_SCHEMA) + strlen(volume_path) + 32 + 32 + 4;
+    char *message = malloc(n);
+    if (!message) return -1;
+    snprintf(message, n, "%s\n%s\n%s\n%s", STATE_SCHEMA, volume_path, tag_hex, next_hex ? next_hex : "");
+    int ok = HMAC(EVP_sha256(), mac_key, 32, (const unsigned char *)message, strlen(message), mac, &len) && len == 32;
+    free(message);
+    OPENSSL_cleanse(mac_key, sizeof mac_key);
+    if (!ok) return -1;
+    hex_encode(mac, 32, out);
+    return 0;
+}
+
+static void state_path(const char *volume_path, const char *name, char *out, size_t len)
+{
+    snprintf(out, len, "%s%s%s", volume_path, strcmp(volume_path, "/") == 0 ? "" : "/", name);
+}
+
+int state_load(const char *volume_path, const unsigned char key[32], struct rt_state *st)
+{
+    char path[PATH_MAX], want[65];
+    state_path(volume_path, VOLUME_STATE_NAME, path, sizeof path);
+    memset(st, 0, sizeof *st);
+    json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
+    const char *schema = json_string_value(json_object_get(doc, "schema"));
+    const char *volume = json_string_value(json_object_get(doc, "volume"));
+    const char *tag = json_string_value(json_object_get(doc, "fspf_tag"));
+    const char *next = json_string_value(json_object_get(doc, "fspf_tag_next"));
+    const char *mac = json_string_value(json_object_get(doc, "mac"));
+    int ok = schema && strcmp(schema, STATE_SCHEMA) == 0 && volume && strcmp(volume, volume_path) == 0 &&
+             is_hex(tag, 32) && (!next || is_hex(next, 32)) && is_hex(mac, 64) &&
+             state_mac(volume_path, key, tag, next, want) == 0 && CRYPTO_memcmp(want, mac, 64) == 0;
+    if (ok) {
+        hex_decode(tag, st->tag, 16);
+        if (next) {
+            st->has_next = 1;
+            hex_decode(next, st->next_tag, 16);
+        }
+    }
+    json_decref(doc);
+    return ok;
+}
+
+int state_record(const char *volume_path, const unsigned char key[32], const unsigned char tag[16],
+                 const unsigned char *next, struct rt_error *err)
+{
+    char tag_hex[33], next_hex[33], mac[65], path[PATH_MAX], tmp[PATH_MAX], name[64];
+    hex_encode(tag, 16, tag_hex);
+    if (next) hex_encode(next, 16, next_hex);
+    if (state_mac(volume_path, key, tag_hex, next ? next_hex : NULL, mac) != 0)
+        return rt_fail(err, "cannot compute the state of volume %s", volume_path);
+    json_t *doc = json_object();
+    json_object_set_new(doc, "schema", json_string(STATE_SCHEMA));
+    json_object_set_new(doc, "volume", json_string(volume_path));
+    json_object_set_new(doc, "fspf_tag", json_string(tag_hex));
+    if (next) json_object_set_new(doc, "fspf_tag_next", json_string(next_hex));
+    json_object_set_new(doc, "mac", json_string(mac));
+    char *text = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
+    json_decref(doc);
+    if (!text) return rt_fail(err, "out of memory writing the state of volume %s", volume_path);
+    state_path(volume_path, VOLUME_STATE_NAME, path, sizeof path);
+    snprintf(name, sizeof name, ".sconify-tmp.state.%ld", (long)getpid());  /* hidden like the commit's */
+    state_path(volume_path, name, tmp, sizeof tmp);
+    int saved = write_atomically(path, tmp, text, 0644);
+    free(text);
+    if (saved)
+        return rt_fail(err, "cannot record the new fspf tag of volume %s (the container's own copy) in %s (%s)",
+                       volume_path, path, strerror(saved));
     return 0;
 }

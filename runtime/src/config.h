@@ -14,6 +14,10 @@
 #define KEYS_SCHEMA "sconify.keys/v2"
 #define DEFAULT_KEYS_PATH "/run/secrets/sconify/keys.json"
 #define VOLUME_FSPF_NAME ".sconify.fspf"
+/* The freshness state of a volume that is the container's own copy (no mount at its path): in
+ * the volume's directory, so it lives and dies with that copy (docs/runtime.md, "Freshness"). */
+#define VOLUME_STATE_NAME ".sconify.state"
+#define STATE_SCHEMA "sconify.state/v1"
 
 struct rt_volume {
     char *path;        /* region path, absolute */
@@ -60,6 +64,10 @@ struct rt_key {
     unsigned char tag[16];       /* the recorded fspf tag */
     int has_next;                /* a commit was under way: its tag is accepted too */
     unsigned char next_tag[16];
+    int has_image;               /* "fspf_tag_image": the tag of the image's own copy, never moved */
+    unsigned char image_tag[16];
+    int container_copy;          /* in a grant only ("container_copy"): the volume is the container's
+                                  * own copy; its tags go to its state file, not to the keys file */
 };
 
 struct rt_keys {
@@ -94,5 +102,20 @@ struct rt_key *keys_find(struct rt_keys *keys, const char *volume_path);
  * tag stays valid); next=0 makes tag the recorded one and drops any "fspf_tag_next". */
 int keys_record_tag(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
                     struct rt_error *err);
+
+/* The freshness state of a container's own copy of a volume (<volume>/.sconify.state): the tag
+ * its fspf carries and, while a commit is under way, the next one, authenticated with a MAC keyed
+ * from the volume's fspf key (a party without the keys cannot write one). */
+struct rt_state {
+    unsigned char tag[16];
+    int has_next;
+    unsigned char next_tag[16];
+};
+/* 1 and st filled if volume_path holds a state file written with key for that volume; 0 if it
+ * holds none or one that is not (unreadable, malformed, another key or volume). */
+int state_load(const char *volume_path, const unsigned char key[32], struct rt_state *st);
+/* Record tag (and next, a commit under way, if not NULL) in the state file, atomically. */
+int state_record(const char *volume_path, const unsigned char key[32], const unsigned char tag[16],
+                 const unsigned char *next, struct rt_error *err);
 
 #endif

@@ -8,10 +8,11 @@
  * runtime config; it recomputes the MRENCLAVE of the measured executable (parameters from the
  * image's runtime config, checked by the result, never trusted on their own), compares it with
  * the one in the keys file, and checks every volume's fspf against the key and tag recorded
- * there (a restored older copy is a rollback). Then it runs COMMAND with the shield preloaded
- * (libsconify-shield.so, which serves the embedfs and the volumes inside the measured process)
- * and the keys granted to it in a sealed memfd, forwards signals to it, reaps zombies when it
- * is PID 1, and exits with its status.
+ * there (a restored older copy is a rollback; a volume with no mount at or above its path is the
+ * container's own copy, checked against the image's tag or the container's own state file). Then
+ * it runs COMMAND with the shield preloaded (libsconify-shield.so, which serves the embedfs and
+ * the volumes inside the measured process) and the keys granted to it in a sealed memfd,
+ * forwards signals to it, reaps zombies when it is PID 1, and exits with its status.
  *
  *   sconify-run --measure EXE HEAP STACK THREADS SSA    print the MRENCLAVE of EXE
  */
@@ -165,9 +166,127 @@ static void check_scripts(const struct rt_config *cfg)
     free(archive);
 }
 
+/* A mount point from /proc/self/mountinfo, its octal escapes (\040 for a space...) decoded. */
+static void unescape_mount_point(const char *in, char *out, size_t len)
+{
+    size_t n = 0;
+    while (*in && n + 1 < len) {
+        if (in[0] == '\\' && in[1] >= '0' && in[1] <= '3' && in[2] >= '0' && in[2] <= '7' && in[3] >= '0' &&
+            in[3] <= '7') {
+            out[n++] = (char)((in[1] - '0') * 64 + (in[2] - '0') * 8 + (in[3] - '0'));
+            in += 4;
+        } else {
+            out[n++] = *in++;
+        }
+    }
+    out[n] = '\0';
+}
+
+/* Is the volume's directory the container's own copy? The mount that covers it is the one with
+ * the longest mount point that is the directory or a parent of it (the last such line wins: a
+ * later mount at the same point hides the earlier). If that is the root mount "/", no volume is
+ * mounted at or above the directory: it is the image's copy in the container's writable layer.
+ * A mount there (`-v data:/app/data`) or at a parent (`-v dir:/app`) makes it external. 0 too
+ * when mountinfo cannot be read (freshness then stays in the keys file, as for a volume). */
+static int container_copy(const char *volume_path)
+{
+    char real[PATH_MAX], point[PATH_MAX], best[PATH_MAX] = "";
+    if (!realpath(volume_path, real)) snprintf(real, sizeof real, "%s", volume_path);
+    FILE *f = fopen("/proc/self/mountinfo", "re");
+    if (!f) return 0;
+    char *line = NULL;
+    size_t cap = 0;
+    size_t best_len = 0;
+    int found = 0;
+    while (getline(&line, &cap, f) > 0) {
+        /* ID PARENT MAJOR:MINOR ROOT MOUNT-POINT OPTIONS ... - TYPE SOURCE SUPER-OPTIONS */
+        char *field = line, *save = NULL, *mp = NULL;
+        for (int i = 0; i < 5 && (field = strtok_r(i ? NULL : line, " ", &save)) != NULL; i++) mp = field;
+        if (!field || !mp) continue;
+        unescape_mount_point(mp, point, sizeof point);
+        size_t len = strlen(point);
+        int covers = strcmp(point, "/") == 0 ||
+                     (strncmp(real, point, len) == 0 && (real[len] == '\0' || real[len] == '/'));
+        if (covers && len >= best_len) {
+            best_len = len;
+            snprintf(best, sizeof best, "%s", point);
+            found = 1;
+        }
+    }
+    free(line);
+    fclose(f);
+    return found && strcmp(best, "/") == 0;
+}
+
+/* The fspf of a volume, read whole (its tag is the last 16 bytes); one line and exit if it
+ * cannot be read. */
+static unsigned char *read_fspf(const struct rt_volume *vol, size_t *size)
+{
+    int fd = open(vol->fspf_path, O_RDONLY | O_CLOEXEC);
+    struct stat st;
+    if (fd < 0 || fstat(fd, &st) != 0) {
+        char line[1024];
+        snprintf(line, sizeof line, "volume %s: cannot open its fspf %s (%s); mount the volume written for "
+                                    "this image (an empty directory is not one)",
+                 vol->path, vol->fspf_path, strerror(errno));
+        die("%s", line);
+    }
+    unsigned char *data = malloc((size_t)st.st_size + 1);
+    if (!data || pread_full(fd, data, (size_t)st.st_size, 0) != 0) die("%s", "cannot read a volume's fspf");
+    close(fd);
+    *size = (size_t)st.st_size;
+    return data;
+}
+
+/* The container's own copy of a volume: its freshness lives with the container (the state file
+ * in the volume's directory), so a run that writes it and is thrown away moves nothing in the
+ * keys file. Its fspf must carry the tag of the image's copy (the keys file's fspf_tag_image, or
+ * its fspf_tag), or the tag this container's state records (a container started again: `docker
+ * restart`), or the next one of a commit that was under way (promoted). The key's tag is set to
+ * the accepted one for the grant. */
+static void check_container_copy(const struct rt_volume *vol, struct rt_key *key, const unsigned char *data,
+                                 size_t size)
+{
+    const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
+    struct rt_state state;
+    int have_state = state_load(vol->path, key->key, &state);
+    const unsigned char *accepted = NULL;
+    if (tag && memcmp(tag, key->tag, 16) == 0) accepted = key->tag;
+    else if (tag && key->has_image && memcmp(tag, key->image_tag, 16) == 0) accepted = key->image_tag;
+    else if (tag && have_state && memcmp(tag, state.tag, 16) == 0) accepted = state.tag;
+    else if (tag && have_state && state.has_next && memcmp(tag, state.next_tag, 16) == 0) accepted = state.next_tag;
+    char line[1024];
+    struct fspf fs;
+    struct rt_error err;
+    if (!accepted) {
+        char got[33] = "none";
+        if (tag) hex_encode(tag, 16, got);
+        snprintf(line, sizeof line,
+                 "volume %s (the container's own copy, no volume mounted there): its fspf tag is %s, neither the "
+                 "image's nor the one this container recorded: it was replaced by an older or another copy; "
+                 "remove the container and run the image again", vol->path, got);
+        die("%s", line);
+    }
+    if (fspf_load(&fs, data, size, key->key, accepted, &err) != 0) {
+        snprintf(line, sizeof line, "volume %s: %s", vol->path, err.msg);
+        die("%s", line);
+    }
+    fspf_free(&fs);
+    if (have_state && state.has_next && accepted == state.next_tag && state_record(vol->path, key->key, tag, NULL, &err) != 0)
+        die("%s", err.msg);
+    memcpy(key->tag, tag, 16);
+    key->has_next = 0;
+    key->container_copy = 1;
+    fprintf(stderr, "sconify-run: volume %s is the container's own copy (no volume mounted there): its writes last "
+                    "as long as this container; mount a volume there to keep them\n", vol->path);
+}
+
 /* Every volume must open with its key and carry the recorded tag (or the tag of a commit that
- * was under way when the last container stopped, which then becomes the recorded one). */
-static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, const char *keys_path, int persist)
+ * was under way when the last container stopped, which then becomes the recorded one). A volume
+ * that is the container's own copy is checked against the image's tag or the container's state
+ * instead (check_container_copy), unless SCONIFY_FRESHNESS=keys. */
+static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, const char *keys_path, int persist,
+                          int detect)
 {
     for (size_t i = 0; i < cfg->volume_count; i++) {
         const struct rt_volume *vol = &cfg->volumes[i];
@@ -178,22 +297,19 @@ static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, con
                                         "sconify-image for this image", vol->path);
             die("%s", line);
         }
-        int fd = open(vol->fspf_path, O_RDONLY | O_CLOEXEC);
-        struct stat st;
-        if (fd < 0 || fstat(fd, &st) != 0) {
-            snprintf(line, sizeof line, "volume %s: cannot open its fspf %s (%s); mount the volume written for "
-                                        "this image (an empty directory is not one)",
-                     vol->path, vol->fspf_path, strerror(errno));
-            die("%s", line);
+        key->container_copy = 0;  /* the launcher decides, never the keys file */
+        size_t size;
+        unsigned char *data = read_fspf(vol, &size);
+        if (persist && detect && container_copy(vol->path)) {
+            check_container_copy(vol, key, data, size);
+            free(data);
+            continue;
         }
-        unsigned char *data = malloc((size_t)st.st_size + 1);
-        if (!data || pread_full(fd, data, (size_t)st.st_size, 0) != 0) die("%s", "cannot read a volume's fspf");
-        close(fd);
-        const unsigned char *tag = st.st_size >= 16 ? data + st.st_size - 16 : NULL;
+        const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
         int next = tag && key->has_next && memcmp(tag, key->next_tag, 16) == 0;
         struct fspf fs;
         struct rt_error err;
-        if (fspf_load(&fs, data, (size_t)st.st_size, key->key, next ? key->next_tag : key->tag, &err) != 0) {
+        if (fspf_load(&fs, data, size, key->key, next ? key->next_tag : key->tag, &err) != 0) {
             char got[33] = "none", want[33];
             if (tag) hex_encode(tag, 16, got);
             hex_encode(key->tag, 16, want);
@@ -347,12 +463,19 @@ int main(int argc, char **argv)
     unsetenv("SCONE_FSPF_TAG");
     unsetenv("SCONE_FSPF");
     unsetenv("SCONIFY_KEYS");
+    /* SCONIFY_FRESHNESS=keys: every volume's freshness in the keys file, as for a mounted one
+     * (the stricter choice, for a run outside a container); unset or "auto": detected. */
+    const char *freshness = getenv("SCONIFY_FRESHNESS");
+    int detect = !freshness || !*freshness || strcmp(freshness, "auto") == 0;
+    if (!detect && strcmp(freshness, "keys") != 0)
+        die("%s", "SCONIFY_FRESHNESS is neither auto (the default) nor keys; refusing to start");
+    unsetenv("SCONIFY_FRESHNESS");
 
     if (have_keys) check_config_binding(&cfg, &keys, config_path);
     if (have_keys) check_measurement(&cfg, keys.mrenclave, keys.executable_sha256, "the keys file");
     else check_measurement(&cfg, cfg.mrenclave, cfg.executable_sha256, "the image's runtime config");
     check_scripts(&cfg);
-    if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env);
+    if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env, detect);
 
     if (have_keys) {
         grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env);

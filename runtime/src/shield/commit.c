@@ -33,9 +33,14 @@ static int copy_fd(int from, int to, uint64_t size)
     return 0;
 }
 
-/* Record a new fspf tag: phase 1 ("next", before the renames) or 2 (after). */
+/* Record a new fspf tag: phase 1 ("next", before the renames) or 2 (after). In the keys file,
+ * or, for the container's own copy of a volume, in its state file (the keys file keeps the
+ * image's tag: docs/runtime.md, "Freshness"). */
 static int record_tag(struct svol *vol, const unsigned char tag[16], int next, struct rt_error *err)
 {
+    if (vol->container_copy)
+        return next ? state_record(vol->v->path, vol->key, vol->tag, tag, err)
+                    : state_record(vol->v->path, vol->key, tag, NULL, err);
     if (!S.keys_persist) {
         if (!next) {
             char hex[33];

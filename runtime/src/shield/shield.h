@@ -16,7 +16,8 @@
  *    file there returns a memfd with the checked plaintext; a file opened for writing is
  *    protected again on close()/fsync() with a fresh key and file id, written to a temp file,
  *    fsynced and renamed over the old one with the re-encrypted fspf, and the new fspf tag is
- *    recorded in the keys file (two phases: "next" before the renames, "current" after). So
+ *    recorded in the keys file, or for the container's own copy of a volume (nothing mounted
+ *    there) in its state file (two phases: "next" before the renames, "current" after). So
  *    only ciphertext is ever on disk and a closed or fsynced write survives a crash.
  *  - ephemeral regions (/tmp): served like an encrypted volume whose fspf exists only in this
  *    process's memory and starts empty. Files the service writes there are ciphertext on disk
@@ -163,6 +164,7 @@ struct svol {
     unsigned char key[32];
     unsigned char tag[16];
     int ephemeral;             /* fs lives in memory only: no fspf file, no key, no tag */
+    int container_copy;        /* the container's own copy: tags go to its state file (commit.c) */
     struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL) */
 };
 
