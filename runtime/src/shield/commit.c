@@ -74,7 +74,7 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
     in_shield++;
     if (path) {
         struct stat64 st;
-        if (fstat64(plain_fd, &st) != 0) goto fail_errno;
+        if (RESOLVE(fstat64)(plain_fd, &st) != 0) goto fail_errno;
         tmp_name(path, stored_tmp, sizeof stored_tmp);
         struct stat64 was;
         int keep = (remove && stat64(remove, &was) == 0) || stat64(path, &was) == 0;

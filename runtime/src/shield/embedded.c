@@ -140,7 +140,7 @@ static int same_as_member(const char *path, const struct embedfs_member *m)
     in_shield--;
     struct stat64 st;
     int same = 0;
-    if (fd >= 0 && fstat64(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == m->size) {
+    if (fd >= 0 && RESOLVE(fstat64)(fd, &st) == 0 && S_ISREG(st.st_mode) && (uint64_t)st.st_size == m->size) {
         unsigned char digest[32], *data = m->size ? mmap(NULL, m->size, PROT_READ, MAP_PRIVATE, fd, 0) : NULL;
         if (m->size == 0 || data != MAP_FAILED) {
             SHA256(data, m->size, digest);

@@ -98,7 +98,7 @@ static int read_grant(struct grant *g)
     if (!number || !*number) return 0;
     long fd = strtol(number, &end, 10);
     struct stat64 st;
-    if (*end || fd < 0 || fd > INT_MAX || fcntl((int)fd, F_GET_SEALS) != GRANT_SEALS || fstat64((int)fd, &st) != 0 ||
+    if (*end || fd < 0 || fd > INT_MAX || fcntl((int)fd, F_GET_SEALS) != GRANT_SEALS || RESOLVE(fstat64)((int)fd, &st) != 0 ||
         st.st_size <= 0 || st.st_size > (1 << 20))
         return 0;
     char *text = malloc((size_t)st.st_size);
@@ -217,7 +217,7 @@ static void open_volumes(const struct grant *g)
         memcpy(sv->key, k->key, 32);
         int fd = RESOLVE(open)(v->fspf_path, O_RDONLY | O_CLOEXEC);
         struct stat64 st;
-        if (fd < 0 || fstat64(fd, &st) != 0) fatal("a volume's fspf disappeared after start-up");
+        if (fd < 0 || RESOLVE(fstat64)(fd, &st) != 0) fatal("a volume's fspf disappeared after start-up");
         unsigned char *data = malloc((size_t)st.st_size + 1);
         if (!data || pread_full(fd, data, (size_t)st.st_size, 0) != 0) fatal("cannot read a volume's fspf");
         RESOLVE(close)(fd);

@@ -351,6 +351,39 @@ EXPORT int dup3(int fd, int to, int flags)
 /* ------------------------------------------------------------------ stat */
 
 /* 0: filled, -1: error (errno), -2: not ours (real call with t->path). */
+/* A region file's identity: st_ino is a digest of its path, the same for stat(path) and for
+ * fstat of an fd the shield serves it in (the fd is a memfd, with an identity of its own), and
+ * stable across commits (each one renames a new stored file into place, a new inode). SQLite
+ * compares the two to tell whether its database was moved or deleted while open: without this
+ * its default rollback journal failed with "attempt to write a readonly database". The top
+ * bits keep it clear of the small numbers real files get. */
+static ino64_t region_ino(const char *path)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;  /* FNV-1a */
+    for (const unsigned char *p = (const unsigned char *)path; *p; p++) h = (h ^ *p) * 0x100000001b3ULL;
+    return (ino64_t)(h | (3ULL << 62));
+}
+
+/* fstat of an fd the service may write a region file through: the file's identity (its
+ * volume's device, region_ino of its path), as stat(path) gives; the memfd's size and times. */
+static void served_identity(int fd, struct stat64 *st)
+{
+    if (!ACTIVE() || !S_ISREG(st->st_mode)) return;
+    char path[PATH_MAX];
+    const char *root = NULL;
+    pthread_mutex_lock(&S.lock);
+    struct tracked *t = tracked_fd(fd);
+    if (t && t->vol && st->st_dev == t->dev && st->st_ino == t->ino) {
+        snprintf(path, sizeof path, "%s", t->path);
+        root = t->vol->v->path;
+    }
+    pthread_mutex_unlock(&S.lock);
+    struct stat64 dir;
+    if (!root || RESOLVE(stat64)(root, &dir) != 0) return;
+    st->st_dev = dir.st_dev;
+    st->st_ino = region_ino(path);
+}
+
 static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follow, struct target *t)
 {
     if (!ACTIVE() || !path || !*path || target_of(dirfd, path, follow, t) != 0) return -2;
@@ -395,6 +428,7 @@ static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follo
                 st->st_blocks = (blkcnt_t)((rec->size + 511) / 512);
             }
             pthread_mutex_unlock(&S.lock);
+            st->st_ino = region_ino(t->path);
         }
         return 0;
     }
@@ -413,6 +447,20 @@ EXPORT int stat64(const char *path, struct stat64 *st) { STAT_BODY(1, RESOLVE(st
 EXPORT int lstat(const char *path, struct stat *st) { STAT_BODY(0, RESOLVE(lstat)(PATH_OR_RESOLVED, st)) }
 EXPORT int lstat64(const char *path, struct stat64 *st) { STAT_BODY(0, RESOLVE(lstat64)(PATH_OR_RESOLVED, st)) }
 
+EXPORT int fstat(int fd, struct stat *st)
+{
+    int rc = RESOLVE(fstat)(fd, st);
+    if (rc == 0) served_identity(fd, (struct stat64 *)st);
+    return rc;
+}
+
+EXPORT int fstat64(int fd, struct stat64 *st)
+{
+    int rc = RESOLVE(fstat64)(fd, st);
+    if (rc == 0) served_identity(fd, st);
+    return rc;
+}
+
 EXPORT int fstatat(int dirfd, const char *path, struct stat *st, int flags)
 {
     struct target t;
@@ -421,7 +469,9 @@ EXPORT int fstatat(int dirfd, const char *path, struct stat *st, int flags)
         if (rc != -2) return rc;
         if (ACTIVE() && t.changed) return RESOLVE(fstatat)(AT_FDCWD, t.path, st, flags);
     }
-    return RESOLVE(fstatat)(dirfd, path, st, flags);
+    int rc = RESOLVE(fstatat)(dirfd, path, st, flags);
+    if (rc == 0 && (flags & AT_EMPTY_PATH) && (!path || !*path)) served_identity(dirfd, (struct stat64 *)st);
+    return rc;
 }
 
 EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags)
@@ -432,7 +482,9 @@ EXPORT int fstatat64(int dirfd, const char *path, struct stat64 *st, int flags)
         if (rc != -2) return rc;
         if (ACTIVE() && t.changed) return RESOLVE(fstatat64)(AT_FDCWD, t.path, st, flags);
     }
-    return RESOLVE(fstatat64)(dirfd, path, st, flags);
+    int rc = RESOLVE(fstatat64)(dirfd, path, st, flags);
+    if (rc == 0 && (flags & AT_EMPTY_PATH) && (!path || !*path)) served_identity(dirfd, st);
+    return rc;
 }
 
 /* statx(): glibc's asks the kernel (ENOSYS under the shield's seccomp filter, for libuv) and
@@ -446,6 +498,8 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
     int rc = -2;
     if (!(flags & AT_EMPTY_PATH) || (path && *path))
         rc = shield_stat(dirfd, path, &st, !(flags & AT_SYMLINK_NOFOLLOW), &t);
+    else if (ACTIVE())
+        rc = fstat64(dirfd, &st);  /* an fd's: a served region file's identity (served_identity) */
     if (rc == -1) return -1;
     if (rc == -2) {
         if (ACTIVE() && t.changed) return RESOLVE(statx)(AT_FDCWD, t.path, flags, mask, stx);
@@ -474,6 +528,8 @@ EXPORT int statx(int dirfd, const char *path, int flags, unsigned int mask, stru
 /* The pre-2.33 glibc entry points, for executables built against an older glibc. */
 EXPORT int __xstat(int ver, const char *path, struct stat *st) { (void)ver; return stat(path, st); }
 EXPORT int __xstat64(int ver, const char *path, struct stat64 *st) { (void)ver; return stat64(path, st); }
+EXPORT int __fxstat(int ver, int fd, struct stat *st) { (void)ver; return fstat(fd, st); }
+EXPORT int __fxstat64(int ver, int fd, struct stat64 *st) { (void)ver; return fstat64(fd, st); }
 EXPORT int __lxstat(int ver, const char *path, struct stat *st) { (void)ver; return lstat(path, st); }
 EXPORT int __lxstat64(int ver, const char *path, struct stat64 *st) { (void)ver; return lstat64(path, st); }
 EXPORT int __fxstatat(int ver, int dirfd, const char *path, struct stat *st, int flags)

@@ -100,6 +100,8 @@
     REAL(FILE *, freopen64, const char *, const char *, FILE *) \
     REAL(int, stat, const char *, struct stat *) \
     REAL(int, stat64, const char *, struct stat64 *) \
+    REAL(int, fstat, int, struct stat *) \
+    REAL(int, fstat64, int, struct stat64 *) \
     REAL(int, lstat, const char *, struct stat *) \
     REAL(int, lstat64, const char *, struct stat64 *) \
     REAL(int, fstatat, int, const char *, struct stat *, int) \

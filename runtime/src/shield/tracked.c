@@ -16,7 +16,7 @@ void track(int fd, struct svol *vol, const char *path)
     S.fds[fd].vol = vol;
     S.fds[fd].path = strdup(path);
     struct stat64 st;
-    int known = fstat64(fd, &st) == 0;
+    int known = RESOLVE(fstat64)(fd, &st) == 0;
     S.fds[fd].dev = known ? st.st_dev : 0;
     S.fds[fd].ino = known ? st.st_ino : 0;
 }
@@ -73,7 +73,7 @@ int reopen_tracked(struct svol *vol, const char *path, int flags)
         struct tracked *t = &S.fds[fd];
         struct stat64 st;
         if (!t->path || t->vol != vol || strcmp(t->path, path) != 0) continue;
-        if (fstat64(fd, &st) != 0 || st.st_dev != t->dev || st.st_ino != t->ino) continue;
+        if (RESOLVE(fstat64)(fd, &st) != 0 || st.st_dev != t->dev || st.st_ino != t->ino) continue;
         char proc[64];
         snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
         in_shield++;
@@ -93,7 +93,7 @@ int flush_tracked(int fd)
     pthread_mutex_lock(&S.lock);
     struct tracked *t = tracked_fd(fd);
     struct stat64 st;
-    if (t && (fstat64(fd, &st) != 0 || st.st_dev != t->dev || st.st_ino != t->ino)) {
+    if (t && (RESOLVE(fstat64)(fd, &st) != 0 || st.st_dev != t->dev || st.st_ino != t->ino)) {
         untrack(fd);
         t = NULL;
     }
