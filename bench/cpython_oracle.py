@@ -80,7 +80,7 @@ def run_tests(image: str, modules: list[str], where: str, keys: Path | None, tim
 def convert(layout: Path, tag: str, out: Path) -> None:
     subprocess.run(
         [sys.executable, "-m", "sconify", "image", "--from", f"oci:{layout}:latest", "--to", f"docker-daemon:{tag}",
-         "--dir", "/app/data", "--out-dir", str(out)],
+         "--dir", "/app/data", "--allow-env", "TMPDIR", "--out-dir", str(out)],  # TMPDIR: the volume run
         check=True, capture_output=True, text=True,
     )
 

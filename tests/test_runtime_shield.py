@@ -587,6 +587,8 @@ def test_tempfile_in_an_ephemeral_region(world):
         "print(os.path.exists(t), sorted(os.listdir(os.environ['TMPDIR'])) == sorted([os.path.basename(kept), os.path.basename(left)]))\n"
         "print(open(left).read() == m + ' not deleted')\n" % MARKER
     )
+    world.policy["allow_env"] = ["TMPDIR"]  # where temporary files go is the policy's (--allow-env TMPDIR)
+    world.set_ephemeral(world.tmp)
     out = world.python_code(code, env={"TMPDIR": str(world.tmp)}).stdout.split()
     assert out == ["True", "True", "True", "True", "True", "False", "True", "True", "['a',", "'sub']",
                    "['b',", "'deeper']", "True", "True", "False", "True", "True"]
@@ -977,6 +979,44 @@ def test_shield_preloaded_by_hand_gets_no_keys(world):
     result = subprocess.run([str(world.python), "-c", code], capture_output=True, text=True, env=env, timeout=60)
     assert result.stdout.splitlines() == ["EACCES", "embedded package"]  # code served, data not
     assert "no keys were granted to this process" in result.stderr
+
+
+def test_policy_a_variable_set_twice_is_refused(world):
+    # libc's getenv sees the first LD_PRELOAD, ld.so loads the last: the check must not judge
+    # one value while another takes effect (a bytes key and a str key are two entries).
+    env = {"LD_PRELOAD": str(world.runtime.shield), b"LD_PRELOAD": b"/nonexistent/evil.so"}
+    result = world.python_code("print('started')", env=env, check=False)
+    assert result.returncode == 2 and "started" not in result.stdout
+    assert result.stderr.count("\n") == 1 and "sets LD_PRELOAD more than once" in result.stderr
+
+
+def test_policy_another_program_at_the_recorded_name_gets_no_keys(world, tmp_path):
+    """The recorded command names `python` found in PATH (a link to the measured executable);
+    a derived layer could put another program there, with the measured file intact."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(world.python)
+    path = f"{bin_dir}:{os.environ['PATH']}"
+    world.policy.update(command=["python", world.driver], service_command=["python", world.driver],
+                        environment={"PATH": path})
+    world.set_ephemeral(world.tmp)
+    assert world.run("python", world.driver, READ_COUNT % str(world.volume / "count.txt"),
+                     env={"PATH": path}).stdout == "0\n"  # the link: granted
+    (bin_dir / "python").unlink()
+    (bin_dir / "python").write_text("#!/bin/sh\necho grant=$SCONIFY_GRANT\nfor f in /proc/self/fd/*; do [ -f \"$f\" ] && head -c 2000 \"$f\"; done\n")
+    (bin_dir / "python").chmod(0o755)
+    result = world.run("python", world.driver, "x", env={"PATH": path}, check=False)
+    assert "fspf_key" not in result.stdout and world.key.hex() not in result.stdout and "grant=\n" in result.stdout
+    assert f"python is {bin_dir}/python, neither the measured executable" in result.stderr
+
+
+def test_a_program_the_service_executes_does_not_inherit_the_grant(world):
+    # a shell or tool the granted service runs sees no grant descriptor; the measured
+    # executable it runs does (test_grant_is_inherited_by_subprocesses)
+    code = ("import os, sys\nfd = os.environ['SCONIFY_GRANT']\nsys.stdout.flush()\n"
+            "os.execv('/bin/sh', ['sh', '-c', 'cat /proc/self/fd/' + fd + ' || echo no-grant'])\n")
+    result = world.python_code(code, check=False)
+    assert "no-grant" in result.stdout and "fspf_key" not in result.stdout
 
 
 def test_grant_is_inherited_by_forked_children(world):

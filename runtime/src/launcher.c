@@ -350,6 +350,7 @@ static void set_preload(const char *lib)
     const char *old = getenv("LD_PRELOAD");
     char rest[4096];
     policy_preload_without(old ? old : "", lib, rest, sizeof rest);
+    unsetenv("LD_PRELOAD");  /* every entry of it, then the one value */
     if (*rest) {
         size_t len = strlen(rest) + strlen(lib) + 2;
         char *value = malloc(len);
@@ -359,6 +360,35 @@ static void set_preload(const char *lib)
     } else {
         setenv("LD_PRELOAD", lib, 1);
     }
+}
+
+/* The program COMMAND starts (name looked up in PATH as execvp does, into program): 1 if it is
+ * the measured executable or one of the scripts check_scripts compares with their measured
+ * copies, the same file, else 0. A derived layer can put another program at `python3` while
+ * the measured python3.11 stays intact; that program must not inherit the grant. */
+static int measured_program(const struct rt_config *cfg, const char *name, char *program, size_t len)
+{
+    program[0] = '\0';
+    if (strchr(name, '/')) {
+        snprintf(program, len, "%s", name);
+    } else {
+        const char *path = getenv("PATH");
+        for (const char *p = path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"; *p;) {
+            size_t n = strcspn(p, ":");
+            snprintf(program, len, "%.*s/%s", (int)n, p, name);
+            struct stat st;
+            if (n && stat(program, &st) == 0 && S_ISREG(st.st_mode) && access(program, X_OK) == 0) break;
+            program[0] = '\0';
+            p += n;
+            if (*p) p++;
+        }
+    }
+    struct stat got, want;
+    if (!*program || stat(program, &got) != 0) return 0;
+    if (stat(cfg->executable, &want) == 0 && got.st_dev == want.st_dev && got.st_ino == want.st_ino) return 1;
+    for (size_t i = 0; i < cfg->script_count; i++)
+        if (stat(cfg->scripts[i], &want) == 0 && got.st_dev == want.st_dev && got.st_ino == want.st_ino) return 1;
+    return 0;
 }
 
 /* The runtime config must be the one the keys were issued for: its policy says which command
@@ -436,11 +466,20 @@ int main(int argc, char **argv)
     char why[1024];
     unsetenv("SCONIFY_GRANT");
     if (policy_check_environment(&cfg, environ, shield, why, sizeof why) != 0) die("%s", why);
-    int granted = policy_check_command(&cfg, argc - first, command, why, sizeof why) == 0;
+    int granted = cfg.command_count > 0 && policy_check_command(&cfg, argc - first, command, why, sizeof why) == 0;
+    const char *hint = granted || !cfg.command_count ? "" : " (to let the host append arguments, re-convert with --allow-args)";
+    if (!cfg.command_count) snprintf(why, sizeof why, "the conversion recorded no command");
+    char program[PATH_MAX];
+    if (granted && !measured_program(&cfg, command[0], program, sizeof program)) {
+        granted = 0;
+        hint = "";
+        snprintf(why, sizeof why, "%.200s is %.200s, neither the measured executable %.200s nor a script the "
+                                  "conversion measured (another program at that name: a derived image?)",
+                 command[0], *program ? program : "not found", cfg.executable);
+    }
     if (!granted && cfg.volume_count)  /* an image without volumes has no keys to withhold: nothing to say */
         fprintf(stderr, "sconify-run: %s: the keys are granted only to the command the conversion recorded, so this "
-                        "one runs without keys and its volumes are unreadable (to let the host append arguments, "
-                        "re-convert with --allow-args)\n", why);
+                        "one runs without keys and its volumes are unreadable%s\n", why, hint);
 
     /* Keys: SCONE's debug-mode variables, else the keys file (a secret mount). */
     const char *scone_fspf = getenv("SCONE_FSPF");
@@ -484,8 +523,9 @@ int main(int argc, char **argv)
     setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);
     set_preload(shield);
 
+    const char *run = granted ? program : command[0];  /* the file checked above, not a second lookup */
     if (getpid() != 1) {
-        execvp(command[0], command);
+        execvp(run, command);
         fprintf(stderr, "sconify-run: cannot run %s: %s\n", command[0], strerror(errno));
         return errno == ENOENT ? EXIT_NOT_RUN : 126;
     }
@@ -498,7 +538,7 @@ int main(int argc, char **argv)
     if (child_pid < 0) die("%s", "cannot fork");
     if (child_pid == 0) {
         sigprocmask(SIG_SETMASK, &old, NULL);
-        execvp(command[0], command);
+        execvp(run, command);
         fprintf(stderr, "sconify-run: cannot run %s: %s\n", command[0], strerror(errno));
         _exit(errno == ENOENT ? EXIT_NOT_RUN : 126);
     }

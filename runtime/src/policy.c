@@ -24,6 +24,10 @@ static const char *const CODE_NAMES[] = {
     "ENV",              /* sh sources it (interactive, POSIX mode) */
     "SHELLOPTS",        /* bash options (xtrace with PS4 runs code) */
     "BASHOPTS",
+    "GUNICORN_CMD_ARGS", /* gunicorn: -c FILE runs a config file as Python */
+    "TMPDIR",           /* where tempfile and mkstemp put files: out of the encrypted /tmp, in plaintext */
+    "TMP",
+    "TEMP",
 };
 /* PYTHON* and NODE_* variables that load no code and choose none. */
 static const char *const HARMLESS[] = {
@@ -123,7 +127,7 @@ static int differs(const struct rt_config *cfg, char **envp, const char *name, c
     const char *now = current(envp, name, shield, buf, sizeof buf), *want = recorded(cfg, name);
     if (now && want && strcmp(now, want) == 0) return 0;
     if (!now && !want) return 0;
-    snprintf(msg, len, "the environment %s %s, which chooses the code the service loads, %s; refusing to start (to "
+    snprintf(msg, len, "the environment %s %s, which chooses the code the service loads (or where it writes), %s; refusing to start (to "
                        "let the host set it, re-convert with --allow-env %s)",
              now ? "sets" : "unsets", name, want ? (now ? "to another value than the image's" : "that the image sets")
                                                  : "that the image leaves unset", name);
@@ -132,6 +136,17 @@ static int differs(const struct rt_config *cfg, char **envp, const char *name, c
 
 int policy_check_environment(const struct rt_config *cfg, char **envp, const char *shield, char *msg, size_t len)
 {
+    /* A name set twice: libc's getenv and setenv see the first, ld.so and shells use the last,
+     * so the check below would judge another value than the one that takes effect. */
+    for (char **e = envp; *e; e++) {
+        size_t n = strcspn(*e, "=");
+        for (char **later = e + 1; *later; later++)
+            if (strncmp(*e, *later, n) == 0 && (*later)[n] == (*e)[n]) {
+                snprintf(msg, len, "the environment sets %.*s more than once; refusing to start (set each variable "
+                                   "once)", (int)n, *e);
+                return -1;
+            }
+    }
     for (char **e = envp; *e; e++) {
         char *name = strndup(*e, strcspn(*e, "="));
         int rc = name ? differs(cfg, envp, name, shield, msg, len) : -1;

@@ -22,6 +22,8 @@
  * in: passed on to the programs the service executes (see execve below). */
 static char *grant_text;
 static size_t grant_len;
+/* The measured executable the grant belongs to: only an exec of it inherits the grant. */
+static char grant_exe[PATH_MAX];
 
 struct grant {
     struct rt_keys keys;
@@ -119,6 +121,9 @@ static int read_grant(struct grant *g)
         g->persist = json_is_true(json_object_get(doc, "persist"));
         grant_text = text;  /* kept to pass the grant on (execve below) */
         grant_len = (size_t)st.st_size;
+        /* Another program this one executes (a shell, a tool) must not inherit it: pass_grant_on
+         * clears this flag again only for an exec of the measured executable. */
+        fcntl((int)fd, F_SETFD, fcntl((int)fd, F_GETFD) | FD_CLOEXEC);
     } else if (text) {
         OPENSSL_cleanse(text, (size_t)st.st_size);
         free(text);
@@ -185,7 +190,10 @@ static int grant_fits(const struct grant *g)
 /* A volume without keys: its files are refused (EACCES, one line the first time). */
 int locked_volume_file(const char *path)
 {
+    if (run_time_mount(path)) return 0;  /* /proc, /dev...: never a volume's */
     for (size_t i = 0; i < S.cfg.volume_count; i++) {
+        /* an authenticated volume is plaintext on disk: locking it would protect nothing */
+        if (S.cfg.volumes[i].protection != FSPF_ENCRYPTED) continue;
         const char *v = S.cfg.volumes[i].path;
         size_t len = strlen(v);
         if (strncmp(path, v, len) == 0 && (path[len] == '/' || len == 1) && path[len + (len > 1)] != '\0') {
@@ -250,6 +258,7 @@ __attribute__((constructor)) static void shield_init(void)
                  : ungranted_config(&S.cfg, &err)) != 0 ||
         !same_file("/proc/self/exe", S.cfg.executable)) {
         /* not the measured executable (sh, perl...): passive, it sees what is on disk */
+        if (granted && S.cfg.executable) snprintf(grant_exe, sizeof grant_exe, "%s", S.cfg.executable);
         if (S.cfg.executable) config_free(&S.cfg);
         if (granted) grant_free(&g);
         in_shield--;
@@ -268,6 +277,7 @@ __attribute__((constructor)) static void shield_init(void)
     }
     S.vols = calloc(S.cfg.volume_count + S.cfg.ephemeral_count + 1, sizeof *S.vols);
     if (!S.vols) fatal("out of memory");
+    if (granted) snprintf(grant_exe, sizeof grant_exe, "%s", S.cfg.executable);
     if (granted && grant_fits(&g)) {
         open_volumes(&g);
         if (g.keys.has_code_key) {  /* --encrypted-code: without it its members are EACCES (embedded.c) */
@@ -286,6 +296,33 @@ __attribute__((constructor)) static void shield_init(void)
 
 /* ------------------------------------------------------------------ passing the grant on */
 
+/* Whether exec of program (a path, or a name looked up in envp's PATH as execvp does) starts
+ * the measured executable: any other program (a shell, a tool, something a derived layer put
+ * at a name) gets no grant, its descriptor being close-on-exec. Only system calls here. */
+static int executes_measured(const char *program, char *const envp[])
+{
+    struct stat64 want, got;
+    if (!program || !*program || !*grant_exe || RESOLVE(stat64)(grant_exe, &want) != 0) return 0;
+    if (strchr(program, '/')) return RESOLVE(stat64)(program, &got) == 0 && got.st_dev == want.st_dev && got.st_ino == want.st_ino;
+    const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    for (char *const *e = envp; *e; e++)
+        if (strncmp(*e, "PATH=", 5) == 0) path = *e + 5;
+    for (const char *p = path; *p;) {
+        size_t n = strcspn(p, ":");
+        char candidate[PATH_MAX];
+        if (n && n + strlen(program) + 2 <= sizeof candidate) {
+            memcpy(candidate, p, n);
+            candidate[n] = '/';
+            strcpy(candidate + n + 1, program);
+            if (RESOLVE(stat64)(candidate, &got) == 0 && S_ISREG(got.st_mode) && RESOLVE(access)(candidate, X_OK) == 0)
+                return got.st_dev == want.st_dev && got.st_ino == want.st_ino;  /* the first one execvp runs */
+        }
+        p += n;
+        if (*p) p++;
+    }
+    return 0;
+}
+
 /* Programs the granted service executes inherit its grant (its code chose them), also when the
  * caller closed every other descriptor first (Python's subprocess and multiprocessing's spawn:
  * close_fds=True). Just before the exec, in the child, a grant named in the new environment
@@ -294,10 +331,10 @@ __attribute__((constructor)) static void shield_init(void)
  * that leaves SCONIFY_GRANT out of the environment gives the program no grant; a number taken
  * by another descriptor is left alone (no grant). Only system calls here: this runs between
  * fork and exec. */
-static void pass_grant_on(char *const envp[])
+static void pass_grant_on(const char *program, char *const envp[])
 {
     static const char name[] = "SCONIFY_GRANT=";
-    if (!grant_text || !envp) return;
+    if (!grant_text || !envp || !executes_measured(program, envp)) return;
     long number = -1;
     for (char *const *e = envp; *e; e++)
         if (strncmp(*e, name, sizeof name - 1) == 0) {
@@ -323,26 +360,26 @@ extern char **environ;
 
 EXPORT int execve(const char *path, char *const argv[], char *const envp[])
 {
-    pass_grant_on(envp);
+    pass_grant_on(path, envp);
     return RESOLVE(execve)(path, argv, envp);
 }
 
 EXPORT int execv(const char *path, char *const argv[])
 {
-    pass_grant_on(environ);
+    pass_grant_on(path, environ);
     return RESOLVE(execv)(path, argv);
 }
 
 /* libuv (Node's child_process) sets environ to the child's environment and calls execvp. */
 EXPORT int execvp(const char *file, char *const argv[])
 {
-    pass_grant_on(environ);
+    pass_grant_on(file, environ);
     return RESOLVE(execvp)(file, argv);
 }
 
 EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
-    pass_grant_on(envp);
+    pass_grant_on(file, envp);
     return RESOLVE(execvpe)(file, argv, envp);
 }
 

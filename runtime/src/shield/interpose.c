@@ -27,6 +27,10 @@ static int shield_open(int dirfd, const char *path, int flags, mode_t mode, stru
         errno = EACCES;
         return -1;
     }
+    if (t->kind == T_PASS && is_write_open(flags) && beside_encrypted_code(t->path)) {
+        errno = EACCES;  /* no plaintext written beside encrypted code (embedded.c) */
+        return -1;
+    }
     struct stat64 st;
     if (t->kind == T_PASS && !(flags & (O_NOFOLLOW | O_DIRECTORY | O_PATH)) && S.nvols &&
         follow_into_region(dirfd, path, t, &st) != 1)
@@ -54,10 +58,6 @@ static int shield_open(int dirfd, const char *path, int flags, mode_t mode, stru
     if (t->kind == T_VOL && !(flags & (O_DIRECTORY | O_PATH)) && !reserved_name(t->vol, base_name(t->path)) &&
         strcmp(t->path, t->vol->v->path) != 0)
         return dir_syntax(path) ? region_dir_syntax(t, flags) : open_volume_file(t, flags, mode);
-    if (t->kind != T_VOL && is_write_open(flags) && beside_encrypted_code(t->path)) {
-        errno = EACCES;  /* no plaintext written beside encrypted code (embedded.c) */
-        return -1;
-    }
     return -2;
 }
 
