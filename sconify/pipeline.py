@@ -780,6 +780,11 @@ def command_policy(options, image, plan) -> Policy:
     """The policy the launcher enforces: the image's ENTRYPOINT + CMD as the launcher receives
     them, the command the measured executable runs with, and the image's environment."""
     config = image.config
+    if options.allow_args and not command_of(config):
+        raise UsageError(
+            "--allow-args appends host arguments to the recorded command, but the image has no ENTRYPOINT or CMD: "
+            "any command would get the keys; give the image a CMD (the service's command) or leave out --allow-args"
+        )
     return Policy(
         command=command_of(config),
         # What the enclave runs: the measured executable with the arguments it receives once the

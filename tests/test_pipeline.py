@@ -534,6 +534,24 @@ def test_bad_options_give_one_line_and_no_output(python_image, tmp_path, extra, 
     assert sorted(p.name for p in tmp_path.iterdir()) == []
 
 
+def test_allow_args_without_a_recorded_command_is_refused(python_image, tmp_path):
+    """With no ENTRYPOINT or CMD, every argv starts with the (empty) recorded command: appended
+    host arguments would make any command the measured one."""
+    from sconify.image.mutate import with_config
+
+    image = read_image(f"oci:{python_image}:latest")
+    config = image.config
+    config["config"]["Cmd"] = []
+    source = tmp_path / "src"
+    write_image(with_config(image, config), f"oci:{source}:s")
+    out = tmp_path / "out"
+    out.mkdir()
+    line = one_line_error(sconify_cli("--from", f"oci:{source}:s", "--to", f"oci:{out / 'o'}:o", "--binary",
+                                      "/usr/bin/python3.11", "--allow-args", cwd=out))
+    assert "--allow-args" in line and "no ENTRYPOINT or CMD" in line
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
 def test_output_equal_to_input_is_refused(python_image, tmp_path):
     before = sorted(p.stat().st_mtime_ns for p in Path(python_image).rglob("*"))
     line = one_line_error(
