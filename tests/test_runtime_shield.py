@@ -9,6 +9,7 @@ embedded code and the volume's plaintext to that python only.
 from __future__ import annotations
 
 import _ctypes
+import errno
 import hashlib
 import json
 import os
@@ -24,7 +25,7 @@ from embedfs.measure import measure_elf
 from sconify.fspf import Fspf, Shield
 from sconify.runtime import build_runtime
 
-from fidelity_scripts import NODE_WRITES, PYTHON_FILE_OPS
+from fidelity_scripts import NODE_WRITES, PYTHON_FILE_OPS, PYTHON_LINK_OPS
 
 REAL_PYTHON = Path(os.path.realpath(shutil.which("python3.11") or "/usr/bin/python3.11"))
 EMBEDDED_ROOT = "/opt/sconify-shield-test"  # exists only inside the embedfs
@@ -569,6 +570,46 @@ def test_truncate_slash_missing_dir_and_modes_as_on_a_plain_directory(world):
     assert b"hello" not in (stored / "t.txt").read_bytes()
     again = world.python_code("print(open(%r, 'rb').read())" % str(stored / "t.txt"))
     assert again.stdout.strip() == "b'hell'"  # committed, readable by the next process
+
+
+def test_symlinks_in_regions_as_on_a_plain_directory_hard_links_refused(world):
+    plain = world.root / "plain-links"
+    plain.mkdir()
+    expected = world.python_code(PYTHON_LINK_OPS, str(plain)).stdout.splitlines()
+    assert "hardlink None" in expected and "readlink f.txt EINVAL" in expected  # the oracle
+    for region in (world.volume / "links", world.tmp / "links"):
+        region.mkdir()
+        result = world.python_code(PYTHON_LINK_OPS, str(region))
+        got = result.stdout.splitlines()
+        assert "hardlink EPERM" in got, result.stderr  # hard links are refused in a region
+        expected_here = [line.replace("'hl', ", "") for line in expected if line != "hardlink None"]
+        assert [line for line in got if line != "hardlink EPERM"] == expected_here, (region, result.stderr)
+        assert b"hello" not in (region / "f.txt").read_bytes()
+    assert_no_plaintext(world.tmp)
+
+
+def test_a_symlink_in_a_volume_is_there_for_the_next_process(world):
+    link = world.volume / "link.txt"
+    made = world.python_code("import os; os.symlink('count.txt', %r); os.symlink('sub', %r)"
+                             % (str(link), str(world.volume / "dir")))
+    assert made.returncode == 0 and os.readlink(link) == "count.txt"  # a kernel symlink, its target plain
+    code = ("import os\n"
+            "print(os.readlink(%r), os.stat(%r).st_size, open(%r).read().strip(), len(open(%r, 'rb').read()))\n"
+            % (str(link), str(link), str(link), str(world.volume / "dir" / "blob.bin")))
+    assert world.python_code(code).stdout.split() == ["count.txt", "2", "0", "200000"]
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    assert shield.fspf.file(str(link)).protection == "symlink" and shield.check_file(str(link)) is None  # sconify reads it
+    # changed behind the service's back: refused, not followed
+    link.unlink()
+    link.symlink_to("sub/blob.bin")
+    bad = world.python_code("import os\n"
+                            "for f in (os.readlink, os.stat, open):\n"
+                            "    try: f(%r); print('served')\n"
+                            "    except OSError as e: print(e.errno)\n" % str(link))
+    assert bad.stdout.split() == [str(errno.EIO)] * 3
+    assert Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/").check_file(str(link)) is not None
+    gone = world.python_code("import os; os.unlink(%r); print(sorted(os.listdir(%r)))" % (str(link), str(world.volume)))
+    assert gone.stdout.strip() == "['count.txt', 'dir', 'sub']"
 
 
 def test_a_symlink_outside_a_region_leads_to_its_plaintext(world):

@@ -21,6 +21,10 @@
 
 enum { FSPF_KERNEL = 0, FSPF_EPHEMERAL = 1 };
 enum { FSPF_NOT_PROTECTED = 0, FSPF_AUTHENTICATED = 1, FSPF_ENCRYPTED = 2 };
+/* A file record's protection only: a symlink the service made in a region. Its target string is
+ * the record's authenticated content (size = target length, one tag per chunk, as for
+ * FSPF_AUTHENTICATED); the link itself is a kernel symlink at the record's path. */
+enum { FSPF_SYMLINK = 3 };
 
 struct fspf_region {
     char *path;          /* absolute, normalised, NUL-terminated */
@@ -92,5 +96,10 @@ int fspf_open_file(const struct fspf_file *f, int stored_fd, int plain_fd, struc
 int fspf_protect_file(const char *path, uint8_t protection, uint32_t chunk_size, uint8_t key_len, int plain_fd,
                       uint64_t size, int stored_fd, struct fspf_file *rec, struct rt_error *err);
 void fspf_file_free(struct fspf_file *rec);
+
+/* Check a symlink's target (len bytes, as readlink gives it) against its FSPF_SYMLINK record:
+ * 0, or -1 with an "integrity check failed for PATH..." message. (A record is made with
+ * fspf_protect_file(FSPF_AUTHENTICATED) over the target, its protection then set.) */
+int fspf_check_link(const struct fspf_file *f, const char *target, size_t len, struct rt_error *err);
 
 #endif

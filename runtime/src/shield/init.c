@@ -228,6 +228,7 @@ static void open_volumes(const struct grant *g)
         if (sv->fs.region_count != 1 || strcmp(sv->fs.regions[0].path, v->path) != 0)
             fatal("a volume's fspf does not describe that volume");
         memcpy(sv->tag, tag, 16);
+        for (uint32_t i = 0; i < sv->fs.file_count; i++) sv->has_links |= sv->fs.files[i].protection == FSPF_SYMLINK;
         free(data);
         S.nvols++;
     }

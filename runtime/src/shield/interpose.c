@@ -249,6 +249,16 @@ static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follo
     }
     if (t->kind == T_VOL && dir_syntax(path) && strcmp(t->path, t->vol->v->path) != 0) return region_dir_syntax(t, 0);
     if (t->kind == T_VOL) {
+        if (follow) {
+            pthread_mutex_lock(&S.lock);
+            struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
+            int unchecked = rec && rec->protection == FSPF_SYMLINK;  /* its target did not check (logged) */
+            pthread_mutex_unlock(&S.lock);
+            if (unchecked) {
+                errno = EIO;
+                return -1;
+            }
+        }
         in_shield++;
         int rc = follow ? stat64(t->path, st) : lstat64(t->path, st);
         in_shield--;
@@ -366,13 +376,24 @@ static ssize_t shield_readlink(int dirfd, const char *path, char *buf, size_t le
         errno = ENOENT;
         return -1;
     }
-    if (t->kind == T_VOL && t->vol->ephemeral) {
+    if (t->kind == T_VOL) {
         pthread_mutex_lock(&S.lock);
-        int hidden = ephemeral_hidden(t->vol, t->path);
+        struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
+        char link[PATH_MAX];
+        ssize_t n = -2;
+        if (rec && rec->protection == FSPF_SYMLINK) {  /* the target the service wrote, checked */
+            n = region_link(t->vol, rec, NULL, link, sizeof link);
+            if (n > 0) memcpy(buf, link, (size_t)n < len ? (size_t)n : len);
+            if (n > 0 && (size_t)n > len) n = (ssize_t)len;
+        } else if (rec) {
+            errno = EINVAL;  /* a file */
+            n = -1;
+        } else if (ephemeral_hidden(t->vol, t->path)) {
+            errno = ENOENT;  /* not this process's */
+            n = -1;
+        }
         pthread_mutex_unlock(&S.lock);
-        if (!hidden) return -2;
-        errno = ENOENT;
-        return -1;
+        return n;
     }
     if (t->kind != T_EMB) return -2;
     if (!t->m || t->m->kind != EMBEDFS_SYMLINK) {
@@ -520,6 +541,32 @@ EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const char 
     }
     int rc = shield_rename(olddirfd, oldpath, newdirfd, newpath);
     return rc != -2 ? rc : RESOLVE(renameat)(olddirfd, oldpath, newdirfd, newpath);
+}
+
+/* ------------------------------------------------------------------ symlink, link */
+
+EXPORT int symlink(const char *target, const char *path)
+{
+    int rc = shield_symlink(target, AT_FDCWD, path);
+    return rc != -2 ? rc : RESOLVE(symlink)(target, path);
+}
+
+EXPORT int symlinkat(const char *target, int dirfd, const char *path)
+{
+    int rc = shield_symlink(target, dirfd, path);
+    return rc != -2 ? rc : RESOLVE(symlinkat)(target, dirfd, path);
+}
+
+EXPORT int link(const char *oldpath, const char *newpath)
+{
+    int rc = shield_link(AT_FDCWD, oldpath, AT_FDCWD, newpath, 0);
+    return rc != -2 ? rc : RESOLVE(link)(oldpath, newpath);
+}
+
+EXPORT int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)
+{
+    int rc = shield_link(olddirfd, oldpath, newdirfd, newpath, flags);
+    return rc != -2 ? rc : RESOLVE(linkat)(olddirfd, oldpath, newdirfd, newpath, flags);
 }
 
 /* ------------------------------------------------------------------ mkstemp, tmpfile */

@@ -77,7 +77,7 @@ struct svol *volume_of(const char *path)
 
 /* Resolve embedded symlinks in t->path (the last component only when follow) and find out
  * whether it names embedded code, a volume, or neither. */
-static void locate(struct target *t, int follow)
+static void locate_once(struct target *t, int follow)
 {
     t->kind = T_PASS;
     t->m = NULL;
@@ -128,6 +128,16 @@ volumes:
     }
     if (t->kind == T_PASS && (under_code_root(t->path) || shallow_code(t->path)) && !unsealed(t->path))
         t->kind = T_SEALED;
+}
+
+/* locate_once, then the symlinks the service made in a region (volumes.c), as often as one of
+ * them leads on (40 at most, as the kernel's ELOOP limit). */
+static void locate(struct target *t, int follow)
+{
+    for (int round = 0;; round++) {
+        locate_once(t, follow);
+        if (t->kind != T_VOL || !t->vol->has_links || round >= 40 || resolve_region_links(t, follow) != 1) return;
+    }
 }
 
 /* What path (relative to dirfd) names, in t: -1 if it cannot be made absolute. */
