@@ -588,6 +588,18 @@ def test_symlinks_in_regions_as_on_a_plain_directory_hard_links_refused(world):
     assert_no_plaintext(world.tmp)
 
 
+def test_a_second_write_only_open_of_an_open_temp_file_is_saved(world):
+    code = ("import os, sys\n"
+            "p = os.path.join(sys.argv[1], 'wo.txt')\n"
+            "keep = open(p, 'w'); keep.write('first'); keep.flush()\n"
+            "with open(p, 'wb') as f: f.write(b'second')  # shutil.copyfile onto a file still open\n"
+            "print(open(p, 'rb').read()); keep.close(); print(open(p, 'rb').read())\n")
+    expected = world.python_code(code, str(world.root)).stdout
+    assert expected.split() == ["b'second'"] * 2  # the oracle
+    result = world.python_code(code, str(world.tmp))
+    assert result.stdout == expected, result.stderr
+
+
 def test_a_symlink_in_a_volume_is_there_for_the_next_process(world):
     link = world.volume / "link.txt"
     made = world.python_code("import os; os.symlink('count.txt', %r); os.symlink('sub', %r)"
