@@ -143,5 +143,8 @@ print('hardlink', e(os.link, 'f.txt', 'hl'))
 print('unlink', e(os.unlink, 'l2'), e(os.unlink, 'dl'), e(os.unlink, 'ld'), e(os.unlink, 'al'), os.path.lexists('l2'))
 os.mkdir('t'); os.symlink('../f.txt', 't/x')
 print('rmdir', e(os.rmdir, 't'), e(os.unlink, 't/x'), e(os.rmdir, 't'))
+os.symlink('loop', 'loop'); os.symlink('loop2', 'loop1'); os.symlink('loop1', 'loop2')
+print('loop', e(os.stat, 'loop'), e(open, 'loop'), e(os.stat, 'loop1'), os.path.islink('loop2'), e(os.unlink, 'loop'))
+os.unlink('loop1'); os.unlink('loop2')
 print('final', sorted(os.listdir('.')))
 """

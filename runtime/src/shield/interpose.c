@@ -254,8 +254,8 @@ static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follo
             struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
             int unchecked = rec && rec->protection == FSPF_SYMLINK;  /* its target did not check (logged) */
             pthread_mutex_unlock(&S.lock);
-            if (unchecked) {
-                errno = EIO;
+            if (unchecked || t->loop) {
+                errno = t->loop ? ELOOP : EIO;
                 return -1;
             }
         }

@@ -136,14 +136,18 @@ static void locate(struct target *t, int follow)
 {
     for (int round = 0;; round++) {
         locate_once(t, follow);
-        if (t->kind != T_VOL || !t->vol->has_links || round >= 40 || resolve_region_links(t, follow) != 1) return;
+        if (t->kind != T_VOL || !t->vol->has_links || resolve_region_links(t, follow) != 1) return;
+        if (round == 40) {
+            t->loop = 1;  /* a link loop: the kernel's ELOOP */
+            return;
+        }
     }
 }
 
 /* What path (relative to dirfd) names, in t: -1 if it cannot be made absolute. */
 int target_of(int dirfd, const char *path, int follow, struct target *t)
 {
-    t->changed = 0;
+    t->changed = t->loop = 0;
     if (absolute(dirfd, path, t->path, sizeof t->path) != 0) return -1;
     /* t->changed only once locate() resolved an embedded symlink: otherwise a call passed to
      * the kernel keeps the caller's spelling ("name/" names a directory, ".." is the kernel's) */

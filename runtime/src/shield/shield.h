@@ -218,6 +218,7 @@ struct target {
     const struct embedfs_member *m;     /* T_EMB: the member (file or unfollowed symlink) */
     struct svol *vol;                   /* T_VOL */
     int changed;                        /* path differs from what the caller passed */
+    int loop;                           /* T_VOL: too many region symlinks on the way (ELOOP) */
     char path[PATH_MAX];                /* absolute, normalised, embedded symlinks resolved */
 };
 

@@ -279,7 +279,7 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
     } else if (rec->protection == FSPF_SYMLINK) {
         /* not followed: O_NOFOLLOW, or a link whose target did not check (logged) */
         pthread_mutex_unlock(&S.lock);
-        errno = flags & O_NOFOLLOW ? ELOOP : EIO;
+        errno = flags & O_NOFOLLOW || t->loop ? ELOOP : EIO;
         return -1;
     }
     if (rec && t->vol->ephemeral && (fd = reopen_tracked(t->vol, t->path, flags)) >= 0) {
