@@ -588,6 +588,15 @@ def test_symlinks_in_regions_as_on_a_plain_directory_hard_links_refused(world):
     assert_no_plaintext(world.tmp)
 
 
+def test_statvfs_of_embedded_code_is_its_file_systems(world):
+    out = world.python_code("import os, shutil, sys; sys.path.insert(0, %r)\n"
+                            "import pkg.mod\n"
+                            "print(os.path.exists(pkg.mod.__file__), shutil.disk_usage(pkg.mod.__file__).total > 0)\n"
+                            "print(os.statvfs(%r).f_bsize == os.statvfs('/').f_bsize)\n"
+                            % (EMBEDDED_ROOT, EMBEDDED_ROOT + "/pkg/__init__.py"))
+    assert out.stdout.split() == ["True", "True", "True"], out.stderr
+
+
 def test_a_second_write_only_open_of_an_open_temp_file_is_saved(world):
     code = ("import os, sys\n"
             "p = os.path.join(sys.argv[1], 'wo.txt')\n"

@@ -543,6 +543,47 @@ EXPORT int renameat(int olddirfd, const char *oldpath, int newdirfd, const char 
     return rc != -2 ? rc : RESOLVE(renameat)(olddirfd, oldpath, newdirfd, newpath);
 }
 
+/* ------------------------------------------------------------------ statvfs */
+
+/* statvfs of embedded code (shutil.disk_usage(__file__)): the file system of its deepest
+ * directory on disk, where the file would be; a sealed path is not there. -2: not ours. */
+static int shield_statvfs(const char *path, char *dir)
+{
+    struct target t;
+    if (!ACTIVE() || !path || target_of(AT_FDCWD, path, 1, &t) != 0 || (t.kind != T_EMB && t.kind != T_SEALED)) return -2;
+    if (t.kind == T_SEALED) {
+        errno = ENOENT;
+        return -1;
+    }
+    strcpy(dir, t.path);
+    for (;;) {
+        struct stat64 st;
+        in_shield++;
+        int there = stat64(dir, &st) == 0 && S_ISDIR(st.st_mode);
+        in_shield--;
+        char *slash = strrchr(dir, '/');
+        if (there || !slash || slash == dir) {
+            if (!there) strcpy(dir, "/");
+            return 0;
+        }
+        *slash = '\0';
+    }
+}
+
+EXPORT int statvfs(const char *path, struct statvfs *buf)
+{
+    char dir[PATH_MAX];
+    int rc = shield_statvfs(path, dir);
+    return rc == -2 ? RESOLVE(statvfs)(path, buf) : rc < 0 ? rc : RESOLVE(statvfs)(dir, buf);
+}
+
+EXPORT int statvfs64(const char *path, struct statvfs64 *buf)
+{
+    char dir[PATH_MAX];
+    int rc = shield_statvfs(path, dir);
+    return rc == -2 ? RESOLVE(statvfs64)(path, buf) : rc < 0 ? rc : RESOLVE(statvfs64)(dir, buf);
+}
+
 /* ------------------------------------------------------------------ symlink, link */
 
 EXPORT int symlink(const char *target, const char *path)

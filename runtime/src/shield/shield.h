@@ -53,7 +53,8 @@
  *   dirs.c       directory listings (opendir, fdopendir, readdir*, scandir*, ...): the real one
  *                merged with the embedded tree, without what a volume hides or a code root seals
  *   interpose.c  the other exported libc entry points (open*, fopen*, close, fclose, fsync,
- *                dup*, stat*, access, readlink*, realpath, mkdir*, unlink*, rename*, mkstemp*,
+ *                dup*, stat*, access, readlink*, realpath, mkdir*, unlink*, rename*, statvfs*,
+ *                symlink*, link*, mkstemp*,
  *                tmpfile):
  *                each one decides which piece serves the path, or calls the real function
  *
@@ -71,6 +72,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -135,6 +137,8 @@
     REAL(FILE *, tmpfile, void) \
     REAL(FILE *, tmpfile64, void) \
     REAL(int, renameat, int, const char *, int, const char *) \
+    REAL(int, statvfs, const char *, struct statvfs *) \
+    REAL(int, statvfs64, const char *, struct statvfs64 *) \
     REAL(int, symlink, const char *, const char *) \
     REAL(int, symlinkat, const char *, int, const char *) \
     REAL(int, link, const char *, const char *) \
