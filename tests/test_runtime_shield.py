@@ -597,6 +597,22 @@ def test_statvfs_of_embedded_code_is_its_file_systems(world):
     assert out.stdout.split() == ["True", "True", "True"], out.stderr
 
 
+def test_mmap_resized_after_its_file_was_closed_is_saved(world):
+    code = ("import mmap, os, sys\n"
+            "p = os.path.join(sys.argv[1], 'mm.bin')\n"
+            "f = open(p, 'wb+'); f.write(b'x' * 10); f.flush()\n"
+            "m = mmap.mmap(f.fileno(), 0)  # its own copy of the fd: fcntl(F_DUPFD_CLOEXEC)\n"
+            "f.close()\n"
+            "m.resize(20); m[10:20] = b'y' * 10; m.flush(); m.close()\n"
+            "print(os.path.getsize(p), open(p, 'rb').read())\n")
+    expected = world.python_code(code, str(world.root)).stdout
+    assert expected.split() == ["20", "b'xxxxxxxxxxyyyyyyyyyy'"]  # the oracle
+    for region in (world.volume, world.tmp):
+        result = world.python_code(code, str(region))
+        assert result.stdout == expected, (region, result.stderr)
+    assert b"yyyy" not in (world.volume / "mm.bin").read_bytes()
+
+
 def test_a_second_write_only_open_of_an_open_temp_file_is_saved(world):
     code = ("import os, sys\n"
             "p = os.path.join(sys.argv[1], 'wo.txt')\n"

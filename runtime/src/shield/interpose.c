@@ -211,6 +211,35 @@ EXPORT int fdatasync(int fd)
 
 EXPORT int dup(int fd) { return dup_tracked(fd, RESOLVE(dup)(fd)); }
 
+/* fcntl(F_DUPFD[_CLOEXEC]) is a dup too: CPython's mmap keeps its own copy of the fd that
+ * way, and a file resized through the map after the file object was closed must be protected
+ * again when that copy is closed. Every other command is passed on with its argument. */
+static int shield_fcntl(fcntl_fn real, int fd, int cmd, va_list ap)
+{
+    void *arg = va_arg(ap, void *);
+    int rc = real(fd, cmd, arg);
+    if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && rc >= 0 && ACTIVE()) return dup_tracked(fd, rc);
+    return rc;
+}
+
+EXPORT int fcntl(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    int rc = shield_fcntl(RESOLVE(fcntl), fd, cmd, ap);
+    va_end(ap);
+    return rc;
+}
+
+EXPORT int fcntl64(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    int rc = shield_fcntl((fcntl_fn)RESOLVE(fcntl64), fd, cmd, ap);
+    va_end(ap);
+    return rc;
+}
+
 EXPORT int dup2(int fd, int to)
 {
     if (S.active && fd != to && tracked_fd(to)) close(to);

@@ -127,6 +127,8 @@
     REAL(int, fsync, int) \
     REAL(int, fdatasync, int) \
     REAL(int, dup, int) \
+    REAL(int, fcntl, int, int, ...) \
+    REAL(int, fcntl64, int, int, ...) \
     REAL(int, dup2, int, int) \
     REAL(int, dup3, int, int, int) \
     REAL(int, unlink, const char *) \
