@@ -613,6 +613,20 @@ def test_mmap_resized_after_its_file_was_closed_is_saved(world):
     assert b"yyyy" not in (world.volume / "mm.bin").read_bytes()
 
 
+def test_non_utf8_file_names_in_the_ephemeral_region(world):
+    code = ("import os, sys\n"
+            "d = os.fsencode(sys.argv[1]); name = os.path.join(d, b'caf\\xe9-\\xff.txt')\n"
+            "open(name, 'w').write('latin-1 name')\n"
+            "print(os.listdir(d), os.stat(name).st_size, open(name).read())\n"
+            "os.rename(name, name + b'2'); print(os.listdir(d)); os.unlink(name + b'2'); print(os.listdir(d))\n")
+    (world.root / "plain-names").mkdir()
+    expected = world.python_code(code, str(world.root / "plain-names")).stdout
+    assert "12 latin-1 name" in expected  # the oracle
+    result = world.python_code(code, str(world.tmp))
+    assert result.stdout == expected, result.stderr
+    assert_no_plaintext(world.tmp)
+
+
 def test_a_second_write_only_open_of_an_open_temp_file_is_saved(world):
     code = ("import os, sys\n"
             "p = os.path.join(sys.argv[1], 'wo.txt')\n"

@@ -506,9 +506,8 @@ int fspf_protect_file(const char *path, uint8_t protection, uint32_t chunk_size,
     char where[304];
     memset(rec, 0, sizeof *rec);
     if (crypto_init(err)) return -1;
-    if (!path || !path_normalised((const unsigned char *)path, strlen(path)) || !strcmp(path, "/") ||
-        !utf8_ok((const unsigned char *)path, strlen(path)))
-        return rt_fail(err, "file path %s is not an absolute normalised UTF-8 path (no '.', '..', '//', trailing '/')",
+    if (!path || !path_normalised((const unsigned char *)path, strlen(path)) || !strcmp(path, "/"))
+        return rt_fail(err, "file path %s is not an absolute normalised path (no '.', '..', '//', trailing '/')",
                        path ? shown(path, where) : "(null)");
     if (protection != FSPF_AUTHENTICATED && protection != FSPF_ENCRYPTED)
         return rt_fail(err, "%s: only authenticated or encrypted files are recorded (protection %u)", shown(path, where), protection);
@@ -809,6 +808,7 @@ int fspf_save_encrypted(const struct fspf *fs, const unsigned char key[32], unsi
     char where[304];
     *out = NULL;
     *out_len = 0;
+    if (fs->any_bytes) return rt_fail(err, "an fspf held in memory only (paths of any bytes) is never saved");
     if (crypto_init(err)) return -1;
     /* The body, exactly as format.encode_body writes it. */
     size_t body_len = 8;
@@ -929,7 +929,7 @@ int fspf_put(struct fspf *fs, struct fspf_file *rec, struct rt_error *err)
 {
     char where[304];
     if (!rec->path || !path_normalised((const unsigned char *)rec->path, strlen(rec->path)) || !strcmp(rec->path, "/") ||
-        !utf8_ok((const unsigned char *)rec->path, strlen(rec->path)))
+        (!fs->any_bytes && !utf8_ok((const unsigned char *)rec->path, strlen(rec->path))))
         return rt_fail(err, "file path %s is not an absolute normalised UTF-8 path", rec->path ? shown(rec->path, where) : "(null)");
     if ((rec->protection != FSPF_AUTHENTICATED && rec->protection != FSPF_ENCRYPTED && rec->protection != FSPF_SYMLINK) ||
         !key_length_ok(rec->key_len) || !chunk_size_ok(rec->chunk_size))

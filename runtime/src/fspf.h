@@ -50,6 +50,8 @@ struct fspf {
     struct fspf_region *regions;   /* sorted by path */
     uint32_t file_count;
     struct fspf_file *files;       /* sorted by path, unique */
+    int any_bytes;                 /* file paths need not be UTF-8: an fspf held in memory only,
+                                    * never saved (an ephemeral region); fspf_load clears it */
 };
 
 /* Load an fspf file's bytes. With key (32 bytes) the envelope must be "encrypted"; the last 16
@@ -88,7 +90,8 @@ uint64_t fspf_stored_size(uint64_t size, uint32_t chunk_size, uint8_t protection
  * caller discards it. Chunks are read in batches of about 1 MiB through one buffer. */
 int fspf_open_file(const struct fspf_file *f, int stored_fd, int plain_fd, struct rt_error *err);
 
-/* Protect size bytes of plaintext read from plain_fd (offset 0) as path: fill rec (fresh file id
+/* Protect size bytes of plaintext read from plain_fd (offset 0) as path (normalised; any bytes:
+ * fspf_put decides whether the record may be kept): fill rec (fresh file id
  * and key of key_len bytes from RAND_bytes; path strdup'ed; tags malloc'ed when authenticated)
  * and, for encrypted files, write the stored bytes to stored_fd (offset 0; a longer old
  * content is truncated). stored_fd is unused for authenticated files (-1). On failure rec is

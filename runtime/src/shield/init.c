@@ -82,6 +82,7 @@ static void add_ephemeral(const char *config_path)
     region->key_length = 32;
     region->chunk_size = 64 * 1024;
     sv->fs.region_count = 1;
+    sv->fs.any_bytes = 1;  /* never saved: a file name need not be UTF-8 */
     sv->fs.regions = region;
     sv->v = &sv->own;
     sv->len = strlen(path);
