@@ -627,6 +627,30 @@ def test_non_utf8_file_names_in_the_ephemeral_region(world):
     assert_no_plaintext(world.tmp)
 
 
+TIMES = r"""
+import os, sys
+d = sys.argv[1]; p = os.path.join(d, 't.txt')
+with open(p, 'wb', 0) as f:
+    f.write(b'data'); os.utime(f.fileno(), ns=(1_000_000_000, 2_000_000_000))
+print('utime fd', os.stat(p).st_mtime_ns, os.stat(p).st_atime_ns)
+os.utime(p, ns=(3_000_000_000, 4_000_000_000))
+with open(p, 'rb') as f: f.read()
+with open(p, 'r+b') as f: pass
+print('kept', os.stat(p).st_mtime_ns)
+os.rename(p, p + '2'); print('renamed', os.stat(p + '2').st_mtime_ns)
+with open(p + '2', 'ab') as f: f.write(b'more')
+print('written', os.stat(p + '2').st_mtime_ns > 4_000_000_000)
+"""
+
+
+def test_file_times_as_on_a_plain_directory(world):
+    expected = world.python_code(TIMES, str(world.root)).stdout
+    assert "utime fd 2000000000 1000000000" in expected and "renamed 4000000000" in expected  # the oracle
+    for region in (world.volume, world.tmp):
+        result = world.python_code(TIMES, str(region))
+        assert result.stdout == expected, (region, result.stderr)
+
+
 def test_a_second_write_only_open_of_an_open_temp_file_is_saved(world):
     code = ("import os, sys\n"
             "p = os.path.join(sys.argv[1], 'wo.txt')\n"

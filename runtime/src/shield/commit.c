@@ -50,7 +50,7 @@ static int record_tag(struct svol *vol, const unsigned char tag[16], int next, s
 /* The commit of a volume change: protect the plaintext in plain_fd (if path) as path, drop the
  * record of remove (if any), and write both the stored file and the fspf crash-safely. The
  * stored file keeps the mode of the one it replaces (or of remove, a rename); a new one gets
- * mode, less the umask, as the kernel's create would. Called with S.lock held. Returns 0, or
+ * mode, less the umask, as the kernel's create would; it gets plain_fd's access and modification times. Called with S.lock held. Returns 0, or
  * -1 with errno set and one line logged. mode S_IFLNK: plain_fd holds a symlink's target; the
  * stored object is a symlink to it, its record FSPF_SYMLINK. An error creating the stored file (a missing
  * directory: ENOENT, EACCES...) is the service's own, as the kernel's open would have given it,
@@ -108,6 +108,10 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
         int rc = fspf_protect_file(path, region->protection, region->chunk_size, region->key_length, plain_fd,
                                    (uint64_t)st.st_size, out, &rec, &err);
         if (rc == 0 && region->protection == FSPF_AUTHENTICATED) rc = copy_fd(plain_fd, out, (uint64_t)st.st_size);
+        if (rc == 0) {  /* the plaintext's times (its writes, utime on the fd) are the file's */
+            struct timespec times[2] = {st.st_atim, st.st_mtim};
+            futimens(out, times);
+        }
         if (rc == 0 && !vol->ephemeral && fsync(out) != 0) { rc = -1; rt_fail(&err, "cannot fsync %s: %s", path, strerror(errno)); }
         saved_errno = errno;
         close(out);

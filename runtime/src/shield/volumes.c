@@ -90,6 +90,16 @@ int follow_into_region(int dirfd, const char *path, struct target *t, struct sta
     return 1;
 }
 
+/* A file moved keeps its times, as with the kernel's rename: plain (its new plaintext) gets
+ * those of its stored file. */
+static void keep_times(int stored, int plain)
+{
+    struct stat64 st;
+    if (fstat64(stored, &st) != 0) return;
+    struct timespec times[2] = {st.st_atim, st.st_mtim};
+    futimens(plain, times);
+}
+
 /* ------------------------------------------------------------------ symlinks in a region */
 
 /* The target of the symlink rec records in vol, read from the disk (at ondisk: rec->path unless
@@ -305,7 +315,11 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
         RESOLVE(close)(stored);
         lseek(fd, 0, SEEK_SET);
     }
-    if (exists) fchmod(fd, st.st_mode & 07777);  /* fstat of the memfd: the file's mode */
+    if (exists) {  /* fstat of the memfd: the file's mode and times (a commit keeps them) */
+        struct timespec times[2] = {st.st_atim, st.st_mtim};
+        if (rec && !(flags & O_TRUNC && writable)) futimens(fd, times);
+        fchmod(fd, st.st_mode & 07777);
+    }
     if (writable) {
         if (flags & O_APPEND) fcntl(fd, F_SETFL, O_APPEND);
         if (!rec || (flags & O_TRUNC)) {
@@ -431,7 +445,10 @@ static int rename_ephemeral_dir(struct svol *vol, const char *from, const char *
             in_shield++;
             stored = open(next, O_RDONLY | O_CLOEXEC);  /* already moved: the old record reads it */
             in_shield--;
-            if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) ok = commit(vol, next, plain, NULL, 0600) == 0;
+            if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) {
+                keep_times(stored, plain);
+                ok = commit(vol, next, plain, NULL, 0600) == 0;
+            }
             else shield_log("ephemeral region %s: %s", vol->v->path, stored < 0 ? strerror(errno) : err.msg);
         }
         if (stored >= 0) RESOLVE(close)(stored);
@@ -515,6 +532,7 @@ int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *n
         in_shield--;
         struct rt_error err;
         if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) {
+            keep_times(stored, plain);
             rc = commit(to.vol, to.path, plain, from.path, 0600);
             if (rc == 0 && strcmp(from.path, to.path) != 0) {
                 retarget_tracked(to.vol, to.path, NULL, 0);  /* the replaced file's fds */
