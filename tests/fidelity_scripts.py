@@ -109,3 +109,42 @@ os.rename(p('m644'), p('m644-moved'))
 run('stat renamed 0640', mode, p('m644-moved'))
 print('names', sorted(os.listdir(d)))
 """
+
+# Symlinks and hard links in a directory (a volume, an ephemeral region, or a plain one as the
+# oracle): create, readlink, lstat/stat and open through a link (to a file, a directory, a missing
+# name, by an absolute path), O_NOFOLLOW, listings, rename, unlink, rmdir. One line per step.
+PYTHON_LINK_OPS = r"""
+import errno, os, sys
+d = sys.argv[1]
+os.chdir(d)
+def e(f, *a, **k):
+    try:
+        r = f(*a, **k)
+        return r
+    except OSError as x:
+        return errno.errorcode[x.errno]
+open('f.txt', 'w').write('hello world')
+print('symlink', e(os.symlink, 'f.txt', 'l'), e(os.symlink, 'f.txt', 'l'))
+print('readlink', e(os.readlink, 'l'), e(os.readlink, 'f.txt'))
+print('lstat', os.path.islink('l'), os.lstat('l').st_size, 'stat', os.stat('l').st_size)
+print('read', open('l').read())
+with open('l', 'a') as f: f.write('!')
+print('write through', open('f.txt').read())
+print('nofollow', e(os.open, 'l', os.O_RDONLY | os.O_NOFOLLOW))
+print('list', sorted(os.listdir('.')), sorted((x.name, x.is_symlink(), x.is_file()) for x in os.scandir('.')))
+os.mkdir('sub'); open('sub/g', 'w').write('in sub')
+print('dirlink', e(os.symlink, 'sub', 'ld'), open('ld/g').read(), sorted(os.listdir('ld')), os.path.isdir('ld'))
+open('ld/h', 'w').write('made via link')
+print('via link', sorted(os.listdir('sub')), open('sub/h').read())
+print('dangling', e(os.symlink, 'nothere', 'dl'), os.path.exists('dl'), os.path.lexists('dl'), e(os.stat, 'dl'))
+print('abs', e(os.symlink, os.path.join(d, 'f.txt'), 'al'), open('al').read())
+print('rename', e(os.rename, 'l', 'l2'), os.readlink('l2'), open('l2').read(), os.path.lexists('l'))
+print('hardlink', e(os.link, 'f.txt', 'hl'))
+print('unlink', e(os.unlink, 'l2'), e(os.unlink, 'dl'), e(os.unlink, 'ld'), e(os.unlink, 'al'), os.path.lexists('l2'))
+os.mkdir('t'); os.symlink('../f.txt', 't/x')
+print('rmdir', e(os.rmdir, 't'), e(os.unlink, 't/x'), e(os.rmdir, 't'))
+os.symlink('loop', 'loop'); os.symlink('loop2', 'loop1'); os.symlink('loop1', 'loop2')
+print('loop', e(os.stat, 'loop'), e(open, 'loop'), e(os.stat, 'loop1'), os.path.islink('loop2'), e(os.unlink, 'loop'))
+os.unlink('loop1'); os.unlink('loop2')
+print('final', sorted(os.listdir('.')))
+"""

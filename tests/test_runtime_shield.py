@@ -9,6 +9,7 @@ embedded code and the volume's plaintext to that python only.
 from __future__ import annotations
 
 import _ctypes
+import errno
 import hashlib
 import hmac
 import json
@@ -25,7 +26,7 @@ from embedfs.measure import measure_elf
 from sconify.fspf import Fspf, Shield
 from sconify.runtime import build_runtime
 
-from fidelity_scripts import NODE_WRITES, PYTHON_FILE_OPS
+from fidelity_scripts import NODE_WRITES, PYTHON_FILE_OPS, PYTHON_LINK_OPS
 
 REAL_PYTHON = Path(os.path.realpath(shutil.which("python3.11") or "/usr/bin/python3.11"))
 EMBEDDED_ROOT = "/opt/sconify-shield-test"  # exists only inside the embedfs
@@ -741,6 +742,121 @@ def test_truncate_slash_missing_dir_and_modes_as_on_a_plain_directory(world):
     assert b"hello" not in (stored / "t.txt").read_bytes()
     again = world.python_code("print(open(%r, 'rb').read())" % str(stored / "t.txt"))
     assert again.stdout.strip() == "b'hell'"  # committed, readable by the next process
+
+
+def test_symlinks_in_regions_as_on_a_plain_directory_hard_links_refused(world):
+    plain = world.root / "plain-links"
+    plain.mkdir()
+    expected = world.python_code(PYTHON_LINK_OPS, str(plain)).stdout.splitlines()
+    assert "hardlink None" in expected and "readlink f.txt EINVAL" in expected  # the oracle
+    for region in (world.volume / "links", world.tmp / "links"):
+        region.mkdir()
+        result = world.python_code(PYTHON_LINK_OPS, str(region))
+        got = result.stdout.splitlines()
+        assert "hardlink EPERM" in got, result.stderr  # hard links are refused in a region
+        expected_here = [line.replace("'hl', ", "") for line in expected if line != "hardlink None"]
+        assert [line for line in got if line != "hardlink EPERM"] == expected_here, (region, result.stderr)
+        assert b"hello" not in (region / "f.txt").read_bytes()
+    assert_no_plaintext(world.tmp)
+
+
+def test_statvfs_of_embedded_code_is_its_file_systems(world):
+    out = world.python_code("import os, shutil, sys; sys.path.insert(0, %r)\n"
+                            "import pkg.mod\n"
+                            "print(os.path.exists(pkg.mod.__file__), shutil.disk_usage(pkg.mod.__file__).total > 0)\n"
+                            "print(os.statvfs(%r).f_bsize == os.statvfs('/').f_bsize)\n"
+                            % (EMBEDDED_ROOT, EMBEDDED_ROOT + "/pkg/__init__.py"))
+    assert out.stdout.split() == ["True", "True", "True"], out.stderr
+
+
+def test_mmap_resized_after_its_file_was_closed_is_saved(world):
+    code = ("import mmap, os, sys\n"
+            "p = os.path.join(sys.argv[1], 'mm.bin')\n"
+            "f = open(p, 'wb+'); f.write(b'x' * 10); f.flush()\n"
+            "m = mmap.mmap(f.fileno(), 0)  # its own copy of the fd: fcntl(F_DUPFD_CLOEXEC)\n"
+            "f.close()\n"
+            "m.resize(20); m[10:20] = b'y' * 10; m.flush(); m.close()\n"
+            "print(os.path.getsize(p), open(p, 'rb').read())\n")
+    expected = world.python_code(code, str(world.root)).stdout
+    assert expected.split() == ["20", "b'xxxxxxxxxxyyyyyyyyyy'"]  # the oracle
+    for region in (world.volume, world.tmp):
+        result = world.python_code(code, str(region))
+        assert result.stdout == expected, (region, result.stderr)
+    assert b"yyyy" not in (world.volume / "mm.bin").read_bytes()
+
+
+def test_non_utf8_file_names_in_the_ephemeral_region(world):
+    code = ("import os, sys\n"
+            "d = os.fsencode(sys.argv[1]); name = os.path.join(d, b'caf\\xe9-\\xff.txt')\n"
+            "open(name, 'w').write('latin-1 name')\n"
+            "print(os.listdir(d), os.stat(name).st_size, open(name).read())\n"
+            "os.rename(name, name + b'2'); print(os.listdir(d)); os.unlink(name + b'2'); print(os.listdir(d))\n")
+    (world.root / "plain-names").mkdir()
+    expected = world.python_code(code, str(world.root / "plain-names")).stdout
+    assert "12 latin-1 name" in expected  # the oracle
+    result = world.python_code(code, str(world.tmp))
+    assert result.stdout == expected, result.stderr
+    assert_no_plaintext(world.tmp)
+
+
+TIMES = r"""
+import os, sys
+d = sys.argv[1]; p = os.path.join(d, 't.txt')
+with open(p, 'wb', 0) as f:
+    f.write(b'data'); os.utime(f.fileno(), ns=(1_000_000_000, 2_000_000_000))
+print('utime fd', os.stat(p).st_mtime_ns, os.stat(p).st_atime_ns)
+os.utime(p, ns=(3_000_000_000, 4_000_000_000))
+with open(p, 'rb') as f: f.read()
+with open(p, 'r+b') as f: pass
+print('kept', os.stat(p).st_mtime_ns)
+os.rename(p, p + '2'); print('renamed', os.stat(p + '2').st_mtime_ns)
+with open(p + '2', 'ab') as f: f.write(b'more')
+print('written', os.stat(p + '2').st_mtime_ns > 4_000_000_000)
+"""
+
+
+def test_file_times_as_on_a_plain_directory(world):
+    expected = world.python_code(TIMES, str(world.root)).stdout
+    assert "utime fd 2000000000 1000000000" in expected and "renamed 4000000000" in expected  # the oracle
+    for region in (world.volume, world.tmp):
+        result = world.python_code(TIMES, str(region))
+        assert result.stdout == expected, (region, result.stderr)
+
+
+def test_a_second_write_only_open_of_an_open_temp_file_is_saved(world):
+    code = ("import os, sys\n"
+            "p = os.path.join(sys.argv[1], 'wo.txt')\n"
+            "keep = open(p, 'w'); keep.write('first'); keep.flush()\n"
+            "with open(p, 'wb') as f: f.write(b'second')  # shutil.copyfile onto a file still open\n"
+            "print(open(p, 'rb').read()); keep.close(); print(open(p, 'rb').read())\n")
+    expected = world.python_code(code, str(world.root)).stdout
+    assert expected.split() == ["b'second'"] * 2  # the oracle
+    result = world.python_code(code, str(world.tmp))
+    assert result.stdout == expected, result.stderr
+
+
+def test_a_symlink_in_a_volume_is_there_for_the_next_process(world):
+    link = world.volume / "link.txt"
+    made = world.python_code("import os; os.symlink('count.txt', %r); os.symlink('sub', %r)"
+                             % (str(link), str(world.volume / "dir")))
+    assert made.returncode == 0 and os.readlink(link) == "count.txt"  # a kernel symlink, its target plain
+    code = ("import os\n"
+            "print(os.readlink(%r), os.stat(%r).st_size, open(%r).read().strip(), len(open(%r, 'rb').read()))\n"
+            % (str(link), str(link), str(link), str(world.volume / "dir" / "blob.bin")))
+    assert world.python_code(code).stdout.split() == ["count.txt", "2", "0", "200000"]
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    assert shield.fspf.file(str(link)).protection == "symlink" and shield.check_file(str(link)) is None  # sconify reads it
+    # changed behind the service's back: refused, not followed
+    link.unlink()
+    link.symlink_to("sub/blob.bin")
+    bad = world.python_code("import os\n"
+                            "for f in (os.readlink, os.stat, open):\n"
+                            "    try: f(%r); print('served')\n"
+                            "    except OSError as e: print(e.errno)\n" % str(link))
+    assert bad.stdout.split() == [str(errno.EIO)] * 3
+    assert Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/").check_file(str(link)) is not None
+    gone = world.python_code("import os; os.unlink(%r); print(sorted(os.listdir(%r)))" % (str(link), str(world.volume)))
+    assert gone.stdout.strip() == "['count.txt', 'dir', 'sub']"
 
 
 def test_a_symlink_outside_a_region_leads_to_its_plaintext(world):

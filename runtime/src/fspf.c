@@ -463,6 +463,35 @@ done:
     return rc;
 }
 
+int fspf_check_link(const struct fspf_file *f, const char *target, size_t len, struct rt_error *err)
+{
+    char where[304];
+    struct fspf_file as_file = *f;
+    as_file.protection = FSPF_AUTHENTICATED;
+    if (f->protection != FSPF_SYMLINK) return rt_fail(err, "%s is not recorded as a symlink", shown(f->path, where));
+    if (record_ok(&as_file, err) || crypto_init(err)) return -1;
+    if (len != f->size)
+        return integrity(err, f->path, -1, "the symlink's target is %zu bytes, the fspf records %llu", len,
+                         (unsigned long long)f->size);
+    struct chunker c = {0};
+    if (chunker_init(&c, 1, f->key, f->key_len, f->file_id, f->path)) {
+        chunker_free(&c);
+        return rt_fail(err, "AES-GCM setup failed for %s", shown(f->path, where));
+    }
+    const uint64_t n = chunk_count(len, f->chunk_size);
+    int rc = 0;
+    for (uint64_t i = 0; i < n && rc == 0; i++) {
+        const size_t off = (size_t)i * f->chunk_size, piece = len - off < f->chunk_size ? len - off : f->chunk_size;
+        unsigned char tag[TAG_SIZE];
+        if (chunk_mac(&c, i, i == n - 1, (const unsigned char *)target + off, piece, tag))
+            rc = rt_fail(err, "AES-GCM failed on %s chunk %llu", shown(f->path, where), (unsigned long long)i);
+        else if (CRYPTO_memcmp(tag, f->tags[i], TAG_SIZE) != 0)
+            rc = integrity(err, f->path, (long long)i, "symlink target mismatch (the link was changed or moved)");
+    }
+    chunker_free(&c);
+    return rc;
+}
+
 void fspf_file_free(struct fspf_file *rec)
 {
     if (!rec) return;
@@ -477,9 +506,8 @@ int fspf_protect_file(const char *path, uint8_t protection, uint32_t chunk_size,
     char where[304];
     memset(rec, 0, sizeof *rec);
     if (crypto_init(err)) return -1;
-    if (!path || !path_normalised((const unsigned char *)path, strlen(path)) || !strcmp(path, "/") ||
-        !utf8_ok((const unsigned char *)path, strlen(path)))
-        return rt_fail(err, "file path %s is not an absolute normalised UTF-8 path (no '.', '..', '//', trailing '/')",
+    if (!path || !path_normalised((const unsigned char *)path, strlen(path)) || !strcmp(path, "/"))
+        return rt_fail(err, "file path %s is not an absolute normalised path (no '.', '..', '//', trailing '/')",
                        path ? shown(path, where) : "(null)");
     if (protection != FSPF_AUTHENTICATED && protection != FSPF_ENCRYPTED)
         return rt_fail(err, "%s: only authenticated or encrypted files are recorded (protection %u)", shown(path, where), protection);
@@ -666,14 +694,14 @@ static int decode_body(struct fspf *fs, const unsigned char *body, size_t len, s
         f->chunk_size = le32(p + 9);
         memcpy(f->file_id, p + 13, 16);
         f->key_len = p[29];
-        if (f->protection > FSPF_ENCRYPTED) return corrupt(err, "unknown file protection %u", f->protection);
+        if (f->protection > FSPF_SYMLINK) return corrupt(err, "unknown file protection %u", f->protection);
         if (!path_normalised(s, n) || (n == 1 && s[0] == '/')) return corrupt(err, "file path '%s' is not normalised", shown_n(s, n, a));
         if (f->protection == FSPF_NOT_PROTECTED) return corrupt(err, "file %s is recorded without protection", shown(f->path, a));
         if (!key_length_ok(f->key_len)) return corrupt(err, "key length %u is not supported; use 16, 24 or 32 bytes", f->key_len);
         memcpy(f->key, k, f->key_len);
         if (!chunk_size_ok(f->chunk_size))
             return corrupt(err, "chunk size %u is out of range; pick %u..%u bytes", f->chunk_size, MIN_CHUNK_SIZE, MAX_CHUNK_SIZE);
-        uint64_t want = f->protection == FSPF_AUTHENTICATED ? chunk_count(f->size, f->chunk_size) : 0;
+        uint64_t want = f->protection != FSPF_ENCRYPTED ? chunk_count(f->size, f->chunk_size) : 0;
         if (tags != want)
             return corrupt(err, "file %s has %u chunk tags, expected %llu", shown(f->path, a), tags, (unsigned long long)want);
         f->tag_count = tags;
@@ -780,6 +808,7 @@ int fspf_save_encrypted(const struct fspf *fs, const unsigned char key[32], unsi
     char where[304];
     *out = NULL;
     *out_len = 0;
+    if (fs->any_bytes) return rt_fail(err, "an fspf held in memory only (paths of any bytes) is never saved");
     if (crypto_init(err)) return -1;
     /* The body, exactly as format.encode_body writes it. */
     size_t body_len = 8;
@@ -900,12 +929,12 @@ int fspf_put(struct fspf *fs, struct fspf_file *rec, struct rt_error *err)
 {
     char where[304];
     if (!rec->path || !path_normalised((const unsigned char *)rec->path, strlen(rec->path)) || !strcmp(rec->path, "/") ||
-        !utf8_ok((const unsigned char *)rec->path, strlen(rec->path)))
+        (!fs->any_bytes && !utf8_ok((const unsigned char *)rec->path, strlen(rec->path))))
         return rt_fail(err, "file path %s is not an absolute normalised UTF-8 path", rec->path ? shown(rec->path, where) : "(null)");
-    if ((rec->protection != FSPF_AUTHENTICATED && rec->protection != FSPF_ENCRYPTED) || !key_length_ok(rec->key_len) ||
-        !chunk_size_ok(rec->chunk_size))
+    if ((rec->protection != FSPF_AUTHENTICATED && rec->protection != FSPF_ENCRYPTED && rec->protection != FSPF_SYMLINK) ||
+        !key_length_ok(rec->key_len) || !chunk_size_ok(rec->chunk_size))
         return rt_fail(err, "the record of %s is malformed (protection, key length or chunk size)", shown(rec->path, where));
-    uint64_t want = rec->protection == FSPF_AUTHENTICATED ? chunk_count(rec->size, rec->chunk_size) : 0;
+    uint64_t want = rec->protection != FSPF_ENCRYPTED ? chunk_count(rec->size, rec->chunk_size) : 0;
     if (rec->tag_count != want || (want && !rec->tags))
         return rt_fail(err, "the record of %s has %u chunk tags, expected %llu", shown(rec->path, where), rec->tag_count,
                        (unsigned long long)want);

@@ -21,6 +21,10 @@
 
 enum { FSPF_KERNEL = 0, FSPF_EPHEMERAL = 1 };
 enum { FSPF_NOT_PROTECTED = 0, FSPF_AUTHENTICATED = 1, FSPF_ENCRYPTED = 2 };
+/* A file record's protection only: a symlink the service made in a region. Its target string is
+ * the record's authenticated content (size = target length, one tag per chunk, as for
+ * FSPF_AUTHENTICATED); the link itself is a kernel symlink at the record's path. */
+enum { FSPF_SYMLINK = 3 };
 
 struct fspf_region {
     char *path;          /* absolute, normalised, NUL-terminated */
@@ -46,6 +50,8 @@ struct fspf {
     struct fspf_region *regions;   /* sorted by path */
     uint32_t file_count;
     struct fspf_file *files;       /* sorted by path, unique */
+    int any_bytes;                 /* file paths need not be UTF-8: an fspf held in memory only,
+                                    * never saved (an ephemeral region); fspf_load clears it */
 };
 
 /* Load an fspf file's bytes. With key (32 bytes) the envelope must be "encrypted"; the last 16
@@ -84,7 +90,8 @@ uint64_t fspf_stored_size(uint64_t size, uint32_t chunk_size, uint8_t protection
  * caller discards it. Chunks are read in batches of about 1 MiB through one buffer. */
 int fspf_open_file(const struct fspf_file *f, int stored_fd, int plain_fd, struct rt_error *err);
 
-/* Protect size bytes of plaintext read from plain_fd (offset 0) as path: fill rec (fresh file id
+/* Protect size bytes of plaintext read from plain_fd (offset 0) as path (normalised; any bytes:
+ * fspf_put decides whether the record may be kept): fill rec (fresh file id
  * and key of key_len bytes from RAND_bytes; path strdup'ed; tags malloc'ed when authenticated)
  * and, for encrypted files, write the stored bytes to stored_fd (offset 0; a longer old
  * content is truncated). stored_fd is unused for authenticated files (-1). On failure rec is
@@ -92,5 +99,10 @@ int fspf_open_file(const struct fspf_file *f, int stored_fd, int plain_fd, struc
 int fspf_protect_file(const char *path, uint8_t protection, uint32_t chunk_size, uint8_t key_len, int plain_fd,
                       uint64_t size, int stored_fd, struct fspf_file *rec, struct rt_error *err);
 void fspf_file_free(struct fspf_file *rec);
+
+/* Check a symlink's target (len bytes, as readlink gives it) against its FSPF_SYMLINK record:
+ * 0, or -1 with an "integrity check failed for PATH..." message. (A record is made with
+ * fspf_protect_file(FSPF_AUTHENTICATED) over the target, its protection then set.) */
+int fspf_check_link(const struct fspf_file *f, const char *target, size_t len, struct rt_error *err);
 
 #endif

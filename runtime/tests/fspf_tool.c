@@ -27,7 +27,7 @@
 #include "fspf.h"
 
 static const char *const KINDS[] = {"kernel", "ephemeral"};
-static const char *const PROTECTIONS[] = {"not-protected", "authenticated", "encrypted"};
+static const char *const PROTECTIONS[] = {"not-protected", "authenticated", "encrypted", "symlink"};
 
 static int is_integrity(const char *msg)
 {

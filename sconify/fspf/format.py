@@ -28,6 +28,9 @@ FSPF_KEY_SIZE = 32
 
 KINDS = ("kernel", "ephemeral")
 PROTECTIONS = ("not-protected", "authenticated", "encrypted")
+# A file record may also be a symlink the service made in a volume at run time: its target
+# string is the record's authenticated content (docs/fspf-format.md).
+FILE_PROTECTIONS = PROTECTIONS + ("symlink",)
 KEY_LENGTHS = (16, 24, 32)
 # 64 KiB: AES-GCM reaches its plateau here on this machine (measured 1.9 GB/s at 4 KiB,
 # 2.9 at 16 KiB, 3.3 at 64 KiB, 3.3 at 1 MiB on one core) while random reads stay cheap.
@@ -96,7 +99,7 @@ def encode_body(regions: list[Region], files: list[FileRecord]) -> bytes:
         _put_str(out, record.path)
         out += _FILE.pack(
             record.size,
-            PROTECTIONS.index(record.protection),
+            FILE_PROTECTIONS.index(record.protection),
             record.chunk_size,
             record.file_id,
             len(record.key),
@@ -134,7 +137,7 @@ def decode_body(body: bytes) -> tuple[list[Region], list[FileRecord]]:
         record = FileRecord(
             path=path,
             size=size,
-            protection=_enum(PROTECTIONS, protection, "file protection"),
+            protection=_enum(FILE_PROTECTIONS, protection, "file protection"),
             chunk_size=chunk_size,
             file_id=file_id,
             key=key,
@@ -267,7 +270,7 @@ def _check_file(record: FileRecord) -> None:
         raise _corrupt(f"file {record.path} is recorded without protection")
     check_key_length(len(record.key))
     check_chunk_size(record.chunk_size)
-    expected = chunk_count(record.size, record.chunk_size) if record.protection == "authenticated" else 0
+    expected = chunk_count(record.size, record.chunk_size) if record.protection != "encrypted" else 0
     if len(record.chunk_tags) != expected:
         raise _corrupt(f"file {record.path} has {len(record.chunk_tags)} chunk tags, expected {expected}")
 

@@ -125,6 +125,9 @@ class Shield:
 
     def check_file(self, path: str) -> IntegrityError | None:
         """Read one recorded file through the shield to its end: the IntegrityError found, or None."""
+        record = self._fspf.file(fmt.normalise_path(path))
+        if record is not None and record.protection == "symlink":
+            return self._check_link(record)
         try:
             with self.open(path) as handle:
                 while handle.read(1 << 20):
@@ -174,6 +177,27 @@ class Shield:
                 self._tag = self._fspf.save(self._fspf_path)
         return self._tag
 
+    def _check_link(self, record: fmt.FileRecord) -> IntegrityError | None:
+        """A symlink the runtime recorded: its target (authenticated content) as stored, when a
+        root to read it from was given (with only an opener it cannot be read: not checked)."""
+        region = self._fspf.region_for(record.path)
+        if self._root is None or region is None:
+            return None
+        try:
+            target = os.readlink(self._stored_location(record.path, region))
+        except OSError:
+            return IntegrityError(record.path, "recorded symlink is missing or not a symlink")
+        data = os.fsencode(target)
+        cipher = ChunkCipher(record.key, record.file_id, record.path)
+        count = fmt.chunk_count(record.size, record.chunk_size)
+        pieces = [data[i * record.chunk_size : (i + 1) * record.chunk_size] for i in range(count)]
+        if len(data) != record.size or any(
+            not hmac.compare_digest(cipher.mac(i, i == count - 1, piece), tag)
+            for i, (piece, tag) in enumerate(zip(pieces, record.chunk_tags))
+        ):
+            return IntegrityError(record.path, "symlink target mismatch (the link was changed or moved)")
+        return None
+
     def _open_stored(self, path: str, region: Region | None) -> BinaryIO:
         stored = _stored_path(path, region)
         try:
@@ -199,8 +223,9 @@ class Shield:
             if region.protection == "not-protected" or region.kernel_path is None:
                 continue
             base = self._root / region.kernel_path.lstrip("/")
-            for dirpath, _, filenames in os.walk(base):
-                for name in filenames:
+            for dirpath, dirnames, filenames in os.walk(base):
+                links = [name for name in dirnames if os.path.islink(os.path.join(dirpath, name))]
+                for name in filenames + links:
                     rel = os.path.relpath(os.path.join(dirpath, name), base)
                     path = fmt.normalise_path(f"{region.path}/{rel}")
                     if self._fspf.region_for(path) == region:

@@ -55,8 +55,9 @@ static int record_tag(struct svol *vol, const unsigned char tag[16], int next, s
 /* The commit of a volume change: protect the plaintext in plain_fd (if path) as path, drop the
  * record of remove (if any), and write both the stored file and the fspf crash-safely. The
  * stored file keeps the mode of the one it replaces (or of remove, a rename); a new one gets
- * mode, less the umask, as the kernel's create would. Called with S.lock held. Returns 0, or
- * -1 with errno set and one line logged. An error creating the stored file (a missing
+ * mode, less the umask, as the kernel's create would; it gets plain_fd's access and modification times. Called with S.lock held. Returns 0, or
+ * -1 with errno set and one line logged. mode S_IFLNK: plain_fd holds a symlink's target; the
+ * stored object is a symlink to it, its record FSPF_SYMLINK. An error creating the stored file (a missing
  * directory: ENOENT, EACCES...) is the service's own, as the kernel's open would have given it,
  * without a line.
  * An ephemeral region's fspf lives in memory only: there the stored file is still written to a
@@ -72,7 +73,29 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
     unsigned char *sealed = NULL, tag[16];
     size_t sealed_len = 0;
     in_shield++;
-    if (path) {
+    if (path && S_ISLNK(mode)) {
+        /* a symlink: plain_fd holds its target, recorded as authenticated content */
+        char target[PATH_MAX];
+        ssize_t n = pread(plain_fd, target, sizeof target - 1, 0);
+        if (n <= 0) goto fail_errno;
+        target[n] = '\0';
+        tmp_name(path, stored_tmp, sizeof stored_tmp);
+        unlink(stored_tmp);
+        if (symlink(target, stored_tmp) != 0) {
+            saved_errno = errno;
+            stored_tmp[0] = '\0';
+            in_shield--;
+            errno = saved_errno;
+            return -1;
+        }
+        if (fspf_protect_file(path, FSPF_AUTHENTICATED, region->chunk_size, region->key_length, plain_fd, (uint64_t)n, -1,
+                              &rec, &err) != 0) {
+            errno = EIO;
+            goto fail_errno;
+        }
+        rec.protection = FSPF_SYMLINK;
+        have_rec = 1;
+    } else if (path) {
         struct stat64 st;
         if (RESOLVE(fstat64)(plain_fd, &st) != 0) goto fail_errno;
         tmp_name(path, stored_tmp, sizeof stored_tmp);
@@ -90,6 +113,10 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
         int rc = fspf_protect_file(path, region->protection, region->chunk_size, region->key_length, plain_fd,
                                    (uint64_t)st.st_size, out, &rec, &err);
         if (rc == 0 && region->protection == FSPF_AUTHENTICATED) rc = copy_fd(plain_fd, out, (uint64_t)st.st_size);
+        if (rc == 0) {  /* the plaintext's times (its writes, utime on the fd) are the file's */
+            struct timespec times[2] = {st.st_atim, st.st_mtim};
+            futimens(out, times);
+        }
         if (rc == 0 && !vol->ephemeral && fsync(out) != 0) { rc = -1; rt_fail(&err, "cannot fsync %s: %s", path, strerror(errno)); }
         saved_errno = errno;
         close(out);

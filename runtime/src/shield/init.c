@@ -84,6 +84,7 @@ static void add_ephemeral(const char *config_path)
     region->key_length = 32;
     region->chunk_size = 64 * 1024;
     sv->fs.region_count = 1;
+    sv->fs.any_bytes = 1;  /* never saved: a file name need not be UTF-8 */
     sv->fs.regions = region;
     sv->v = &sv->own;
     sv->len = strlen(path);
@@ -242,6 +243,7 @@ static void open_volumes(const struct grant *g)
         if (sv->fs.region_count != 1 || strcmp(sv->fs.regions[0].path, v->path) != 0)
             fatal("a volume's fspf does not describe that volume");
         memcpy(sv->tag, tag, 16);
+        for (uint32_t i = 0; i < sv->fs.file_count; i++) sv->has_links |= sv->fs.files[i].protection == FSPF_SYMLINK;
         free(data);
         S.nvols++;
     }

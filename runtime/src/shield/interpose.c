@@ -336,6 +336,35 @@ EXPORT int fdatasync(int fd)
 
 EXPORT int dup(int fd) { return dup_tracked(fd, RESOLVE(dup)(fd)); }
 
+/* fcntl(F_DUPFD[_CLOEXEC]) is a dup too: CPython's mmap keeps its own copy of the fd that
+ * way, and a file resized through the map after the file object was closed must be protected
+ * again when that copy is closed. Every other command is passed on with its argument. */
+static int shield_fcntl(fcntl_fn real, int fd, int cmd, va_list ap)
+{
+    void *arg = va_arg(ap, void *);
+    int rc = real(fd, cmd, arg);
+    if ((cmd == F_DUPFD || cmd == F_DUPFD_CLOEXEC) && rc >= 0 && ACTIVE()) return dup_tracked(fd, rc);
+    return rc;
+}
+
+EXPORT int fcntl(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    int rc = shield_fcntl(RESOLVE(fcntl), fd, cmd, ap);
+    va_end(ap);
+    return rc;
+}
+
+EXPORT int fcntl64(int fd, int cmd, ...)
+{
+    va_list ap;
+    va_start(ap, cmd);
+    int rc = shield_fcntl((fcntl_fn)RESOLVE(fcntl64), fd, cmd, ap);
+    va_end(ap);
+    return rc;
+}
+
 EXPORT int dup2(int fd, int to)
 {
     if (S.active && fd != to && tracked_fd(to)) close(to);
@@ -407,6 +436,16 @@ static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follo
     }
     if (t->kind == T_VOL && dir_syntax(path) && strcmp(t->path, t->vol->v->path) != 0) return region_dir_syntax(t, 0);
     if (t->kind == T_VOL) {
+        if (follow) {
+            pthread_mutex_lock(&S.lock);
+            struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
+            int unchecked = rec && rec->protection == FSPF_SYMLINK;  /* its target did not check (logged) */
+            pthread_mutex_unlock(&S.lock);
+            if (unchecked || t->loop) {
+                errno = t->loop ? ELOOP : EIO;
+                return -1;
+            }
+        }
         in_shield++;
         int rc = follow ? stat64(t->path, st) : lstat64(t->path, st);
         in_shield--;
@@ -583,13 +622,24 @@ static ssize_t shield_readlink(int dirfd, const char *path, char *buf, size_t le
         errno = ENOENT;
         return -1;
     }
-    if (t->kind == T_VOL && t->vol->ephemeral) {
+    if (t->kind == T_VOL) {
         pthread_mutex_lock(&S.lock);
-        int hidden = ephemeral_hidden(t->vol, t->path);
+        struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
+        char link[PATH_MAX];
+        ssize_t n = -2;
+        if (rec && rec->protection == FSPF_SYMLINK) {  /* the target the service wrote, checked */
+            n = region_link(t->vol, rec, NULL, link, sizeof link);
+            if (n > 0) memcpy(buf, link, (size_t)n < len ? (size_t)n : len);
+            if (n > 0 && (size_t)n > len) n = (ssize_t)len;
+        } else if (rec) {
+            errno = EINVAL;  /* a file */
+            n = -1;
+        } else if (ephemeral_hidden(t->vol, t->path)) {
+            errno = ENOENT;  /* not this process's */
+            n = -1;
+        }
         pthread_mutex_unlock(&S.lock);
-        if (!hidden) return -2;
-        errno = ENOENT;
-        return -1;
+        return n;
     }
     if (t->kind != T_EMB) return -2;
     if (!t->m || t->m->kind != EMBEDFS_SYMLINK) {
@@ -765,6 +815,73 @@ EXPORT int renameat2(int olddirfd, const char *oldpath, int newdirfd, const char
         return -1;
     }
     return RESOLVE(renameat2)(olddirfd, oldpath, newdirfd, newpath, flags);
+}
+
+/* ------------------------------------------------------------------ statvfs */
+
+/* statvfs of embedded code (shutil.disk_usage(__file__)): the file system of its deepest
+ * directory on disk, where the file would be; a sealed path is not there. -2: not ours. */
+static int shield_statvfs(const char *path, char *dir)
+{
+    struct target t;
+    if (!ACTIVE() || !path || target_of(AT_FDCWD, path, 1, &t) != 0 || (t.kind != T_EMB && t.kind != T_SEALED)) return -2;
+    if (t.kind == T_SEALED) {
+        errno = ENOENT;
+        return -1;
+    }
+    strcpy(dir, t.path);
+    for (;;) {
+        struct stat64 st;
+        in_shield++;
+        int there = stat64(dir, &st) == 0 && S_ISDIR(st.st_mode);
+        in_shield--;
+        char *slash = strrchr(dir, '/');
+        if (there || !slash || slash == dir) {
+            if (!there) strcpy(dir, "/");
+            return 0;
+        }
+        *slash = '\0';
+    }
+}
+
+EXPORT int statvfs(const char *path, struct statvfs *buf)
+{
+    char dir[PATH_MAX];
+    int rc = shield_statvfs(path, dir);
+    return rc == -2 ? RESOLVE(statvfs)(path, buf) : rc < 0 ? rc : RESOLVE(statvfs)(dir, buf);
+}
+
+EXPORT int statvfs64(const char *path, struct statvfs64 *buf)
+{
+    char dir[PATH_MAX];
+    int rc = shield_statvfs(path, dir);
+    return rc == -2 ? RESOLVE(statvfs64)(path, buf) : rc < 0 ? rc : RESOLVE(statvfs64)(dir, buf);
+}
+
+/* ------------------------------------------------------------------ symlink, link */
+
+EXPORT int symlink(const char *target, const char *path)
+{
+    int rc = shield_symlink(target, AT_FDCWD, path);
+    return rc != -2 ? rc : RESOLVE(symlink)(target, path);
+}
+
+EXPORT int symlinkat(const char *target, int dirfd, const char *path)
+{
+    int rc = shield_symlink(target, dirfd, path);
+    return rc != -2 ? rc : RESOLVE(symlinkat)(target, dirfd, path);
+}
+
+EXPORT int link(const char *oldpath, const char *newpath)
+{
+    int rc = shield_link(AT_FDCWD, oldpath, AT_FDCWD, newpath, 0);
+    return rc != -2 ? rc : RESOLVE(link)(oldpath, newpath);
+}
+
+EXPORT int linkat(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)
+{
+    int rc = shield_link(olddirfd, oldpath, newdirfd, newpath, flags);
+    return rc != -2 ? rc : RESOLVE(linkat)(olddirfd, oldpath, newdirfd, newpath, flags);
 }
 
 /* ------------------------------------------------------------------ mkstemp, tmpfile */

@@ -77,7 +77,7 @@ struct svol *volume_of(const char *path)
 
 /* Resolve embedded symlinks in t->path (the last component only when follow) and find out
  * whether it names embedded code, a volume, or neither. */
-static void locate(struct target *t, int follow)
+static void locate_once(struct target *t, int follow)
 {
     t->kind = T_PASS;
     t->m = NULL;
@@ -130,10 +130,24 @@ volumes:
         t->kind = T_SEALED;
 }
 
+/* locate_once, then the symlinks the service made in a region (volumes.c), as often as one of
+ * them leads on (40 at most, as the kernel's ELOOP limit). */
+static void locate(struct target *t, int follow)
+{
+    for (int round = 0;; round++) {
+        locate_once(t, follow);
+        if (t->kind != T_VOL || !t->vol->has_links || resolve_region_links(t, follow) != 1) return;
+        if (round == 40) {
+            t->loop = 1;  /* a link loop: the kernel's ELOOP */
+            return;
+        }
+    }
+}
+
 /* What path (relative to dirfd) names, in t: -1 if it cannot be made absolute. */
 int target_of(int dirfd, const char *path, int follow, struct target *t)
 {
-    t->changed = 0;
+    t->changed = t->loop = 0;
     if (absolute(dirfd, path, t->path, sizeof t->path) != 0) return -1;
     /* t->changed only once locate() resolved an embedded symlink: otherwise a call passed to
      * the kernel keeps the caller's spelling ("name/" names a directory, ".." is the kernel's) */

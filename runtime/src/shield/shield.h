@@ -27,6 +27,9 @@
  *    hidden from listings, ENOENT for stat/open/unlink, replaced by a create. Directories,
  *    sockets and fifos pass through; O_TMPFILE and tmpfile() give an anonymous memfd, and the
  *    libc mkstemp family (which opens inside glibc) is served through open().
+ *  - links in a region: symlink()/symlinkat() make a kernel symlink recorded in the region's
+ *    fspf (FSPF_SYMLINK, its target authenticated); paths through a recorded link are resolved
+ *    by the shield (target_of) after the target is checked. link()/linkat() there: EPERM.
  *
  * Every other process (a shell, `ls`) gets plain pass-through: without the keys it sees only
  * ciphertext. Errors the service cannot be told about in detail are reported as EIO, with one
@@ -46,7 +49,7 @@
  *                volumes hide
  *   embedded.c   embedded code: sealed memfds with a member's checked content, its stat, dlopen
  *   volumes.c    files in a volume or an ephemeral region: open (a plaintext memfd), unlink,
- *                rename, O_TMPFILE, the mkstemp family and tmpfile
+ *                rename, symlinks and hard links, O_TMPFILE, the mkstemp family and tmpfile
  *   tracked.c    the memfds the service may write (tracked fds): which file each one is, dup,
  *                retargeting on unlink/rename, protection again on close/fsync
  *   commit.c     the commit protocol: the only place a volume's stored files and fspf are written
@@ -54,8 +57,8 @@
  *                merged with the embedded tree, without what a volume hides or a code root seals
  *   interpose.c  the other exported libc entry points (open*, fopen*, freopen*, close, fclose,
  *                fsync, dup*, stat*, statx, access, readlink*, realpath, mkdir*, unlink*,
- *                remove, rename*, renameat2, mkstemp*, tmpfile) and syscall(), which routes the
- *                file calls the shield serves to them:
+ *                remove, rename*, renameat2, statvfs*, symlink*, link*, mkstemp*, tmpfile)
+ *                and syscall(), which routes the file calls the shield serves to them:
  *                each one decides which piece serves the path, or calls the real function
  *
  * Only the libc entry points are exported (EXPORT); everything declared here is hidden.
@@ -72,6 +75,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include "config.h"
@@ -131,6 +135,8 @@
     REAL(int, fsync, int) \
     REAL(int, fdatasync, int) \
     REAL(int, dup, int) \
+    REAL(int, fcntl, int, int, ...) \
+    REAL(int, fcntl64, int, int, ...) \
     REAL(int, dup2, int, int) \
     REAL(int, dup3, int, int, int) \
     REAL(int, unlink, const char *) \
@@ -142,6 +148,12 @@
     REAL(FILE *, tmpfile64, void) \
     REAL(int, renameat, int, const char *, int, const char *) \
     REAL(int, renameat2, int, const char *, int, const char *, unsigned int) \
+    REAL(int, statvfs, const char *, struct statvfs *) \
+    REAL(int, statvfs64, const char *, struct statvfs64 *) \
+    REAL(int, symlink, const char *, const char *) \
+    REAL(int, symlinkat, const char *, int, const char *) \
+    REAL(int, link, const char *, const char *) \
+    REAL(int, linkat, int, const char *, int, const char *, int) \
     REAL(int, truncate, const char *, off_t) \
     REAL(int, truncate64, const char *, off64_t) \
     REAL(long, syscall, long, ...) \
@@ -167,6 +179,7 @@ struct svol {
     unsigned char tag[16];
     int ephemeral;             /* fs lives in memory only: no fspf file, no key, no tag */
     int container_copy;        /* the container's own copy: tags go to its state file (commit.c) */
+    int has_links;             /* fs has (or had) an FSPF_SYMLINK record: paths are resolved */
     struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL) */
 };
 
@@ -221,6 +234,7 @@ struct target {
     const struct embedfs_member *m;     /* T_EMB: the member (file or unfollowed symlink) */
     struct svol *vol;                   /* T_VOL */
     int changed;                        /* path differs from what the caller passed */
+    int loop;                           /* T_VOL: too many region symlinks on the way (ELOOP) */
     char path[PATH_MAX];                /* absolute, normalised, embedded symlinks resolved */
 };
 
@@ -253,6 +267,10 @@ int shield_truncate(const char *path, off64_t length, struct target *t);
 int open_anonymous(const struct target *t, int flags);
 int shield_unlink(int dirfd, const char *path, int flags, struct target *t);
 int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *newpath);
+ssize_t region_link(struct svol *vol, const struct fspf_file *rec, const char *ondisk, char *buf, size_t size);
+int resolve_region_links(struct target *t, int follow);
+int shield_symlink(const char *target, int dirfd, const char *path);
+int shield_link(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags);
 int shield_mkostemps(char *tmpl, int suffixlen, int flags, int large);
 FILE *shield_tmpfile(int large);
 

@@ -97,7 +97,29 @@ int flush_tracked(int fd)
         untrack(fd);
         t = NULL;
     }
-    int rc = t ? commit(t->vol, t->path, fd, NULL, 0666) : 0;
+    int readable = fd, rc = 0;
+    if (t && (fcntl(fd, F_GETFL) & O_ACCMODE) == O_WRONLY) {
+        /* a write-only open file description (reopen_tracked): the commit reads the same
+         * memfd through a readable one */
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+        in_shield++;
+        readable = open(proc, O_RDONLY | O_CLOEXEC);
+        in_shield--;
+    }
+    if (t && readable < 0) {
+        shield_log("%s %s: write of %s not saved: cannot read its plaintext back: %s", region_word(t->vol),
+                   t->vol->v->path, t->path, strerror(errno));
+        errno = EIO;
+        rc = -1;
+    } else if (t) {
+        rc = commit(t->vol, t->path, readable, NULL, 0666);
+    }
+    if (readable != fd && readable >= 0) {
+        int saved = errno;
+        RESOLVE(close)(readable);
+        errno = saved;
+    }
     pthread_mutex_unlock(&S.lock);
     return rc;
 }

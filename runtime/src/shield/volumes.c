@@ -90,6 +90,155 @@ int follow_into_region(int dirfd, const char *path, struct target *t, struct sta
     return 1;
 }
 
+/* A file moved keeps its times, as with the kernel's rename: plain (its new plaintext) gets
+ * those of its stored file. */
+static void keep_times(int stored, int plain)
+{
+    struct stat64 st;
+    if (fstat64(stored, &st) != 0) return;
+    struct timespec times[2] = {st.st_atim, st.st_mtim};
+    futimens(plain, times);
+}
+
+/* ------------------------------------------------------------------ symlinks in a region */
+
+/* The target of the symlink rec records in vol, read from the disk (at ondisk: rec->path unless
+ * the kernel already moved it) and checked against the record (the target is not secret, but
+ * it must be the one the service wrote): its length (NUL-terminated in buf), or -1 with EIO and
+ * one line. Called with S.lock held. */
+ssize_t region_link(struct svol *vol, const struct fspf_file *rec, const char *ondisk, char *buf, size_t size)
+{
+    in_shield++;
+    ssize_t n = RESOLVE(readlink)(ondisk ? ondisk : rec->path, buf, size - 1);
+    int saved = errno;
+    in_shield--;
+    struct rt_error err = {{0}};
+    if (n < 0) rt_fail(&err, "symlink %s: %s", rec->path, strerror(saved));
+    else if ((size_t)n == size - 1) rt_fail(&err, "symlink %s: target too long", rec->path);
+    if (n < 0 || (size_t)n == size - 1 || fspf_check_link(rec, buf, (size_t)n, &err) != 0) {
+        shield_log("%s %s: %s", region_word(vol), vol->v->path, err.msg);
+        errno = EIO;
+        return -1;
+    }
+    buf[n] = '\0';
+    return n;
+}
+
+/* The kernel keeps a region's symlinks (their targets are plain strings on disk, checked by
+ * their records) but the shield names files by path: a path through a recorded symlink (the
+ * last component only when follow) is rewritten to where it leads, as the kernel would. 1: t
+ * changed (locate again), 0: no recorded symlink on the way (or one whose target does not
+ * check: the path is left as it is and its record refuses it). */
+int resolve_region_links(struct target *t, int follow)
+{
+    struct svol *vol = t->vol;
+    char *p = t->path;
+    size_t len = strlen(p);
+    int changed = 0;
+    pthread_mutex_lock(&S.lock);
+    for (size_t end = vol->len + 1; end <= len && !changed; end++) {
+        if (end < len && p[end] != '/') continue;
+        if (end == len && !follow) break;
+        char saved = p[end];
+        p[end] = '\0';
+        struct fspf_file *rec = fspf_find(&vol->fs, p);
+        p[end] = saved;
+        if (!rec || rec->protection != FSPF_SYMLINK) continue;
+        char link[PATH_MAX], next[PATH_MAX];
+        if (region_link(vol, rec, NULL, link, sizeof link) < 0) break;
+        int n;
+        if (link[0] == '/') n = snprintf(next, sizeof next, "%s%s", link, p + end);
+        else {
+            const char *slash = memrchr(p, '/', end);
+            n = snprintf(next, sizeof next, "%.*s/%s%s", (int)(slash - p), p, link, p + end);
+        }
+        if (n < 0 || (size_t)n >= sizeof next) break;
+        normalise(next);
+        strcpy(t->path, next);
+        t->changed = changed = 1;
+    }
+    pthread_mutex_unlock(&S.lock);
+    return changed;
+}
+
+/* The symlink rec records, found on disk at ondisk, recorded again as to (its path is bound
+ * into its tag), remove's record dropped: commit()'s result. Called with S.lock held. */
+static int move_link(struct svol *vol, const struct fspf_file *rec, const char *ondisk, const char *to, const char *remove)
+{
+    char link[PATH_MAX];
+    ssize_t n = region_link(vol, rec, ondisk, link, sizeof link);
+    if (n < 0) return -1;
+    int fd = new_memfd(to, 1), rc = -1;
+    if (fd < 0) return -1;
+    if (pwrite_full(fd, link, (size_t)n, 0) == 0) rc = commit(vol, to, fd, remove, S_IFLNK | 0777);
+    else errno = EIO;
+    int saved = errno;
+    RESOLVE(close)(fd);
+    errno = saved;
+    return rc;
+}
+
+/* symlink, symlinkat with the link in a region: a kernel symlink, recorded in the region's fspf
+ * (FSPF_SYMLINK: a volume's later processes follow it too). 0, -1 (errno), -2: not ours. */
+int shield_symlink(const char *target, int dirfd, const char *path)
+{
+    struct target t;
+    if (!ACTIVE() || !path || !target || target_of(dirfd, path, 0, &t) != 0) return -2;
+    if (t.kind == T_EMB || t.kind == T_SEALED || (t.kind == T_PASS && t.in_code)) {
+        errno = t.kind == T_EMB ? EEXIST : EROFS;
+        return -1;
+    }
+    if (t.kind != T_VOL || dir_syntax(path)) return -2;
+    if (strcmp(t.path, t.vol->v->path) == 0 || reserved_name(t.vol, base_name(t.path))) {
+        errno = EEXIST;
+        return -1;
+    }
+    size_t n = strlen(target);
+    if (!n || n >= PATH_MAX) {
+        errno = n ? ENAMETOOLONG : ENOENT;
+        return -1;
+    }
+    pthread_mutex_lock(&S.lock);
+    struct stat64 st;
+    in_shield++;
+    int exists = lstat64(t.path, &st) == 0;
+    in_shield--;
+    int rc = -1;
+    if (fspf_find(&t.vol->fs, t.path) || (exists && !ephemeral_hidden(t.vol, t.path))) {
+        errno = EEXIST;  /* (a hidden one in an ephemeral region is replaced) */
+    } else {
+        int fd = new_memfd(t.path, 1);
+        if (fd >= 0 && pwrite_full(fd, target, n, 0) == 0) {
+            rc = commit(t.vol, t.path, fd, NULL, S_IFLNK | 0777);
+            if (rc == 0) t.vol->has_links = 1;
+        } else if (fd >= 0) {
+            errno = EIO;
+        }
+        if (fd >= 0) {
+            int saved = errno;
+            RESOLVE(close)(fd);
+            errno = saved;
+        }
+    }
+    pthread_mutex_unlock(&S.lock);
+    return rc;
+}
+
+/* link, linkat with either name in a region: refused with EPERM, what file systems without
+ * hard links say (callers such as CPython's tests then skip). A second name would need a second
+ * record sharing the first one's content and key: not served. */
+int shield_link(int olddirfd, const char *oldpath, int newdirfd, const char *newpath, int flags)
+{
+    struct target from, to;
+    if (!ACTIVE()) return -2;
+    int old_in = oldpath && *oldpath && target_of(olddirfd, oldpath, !!(flags & AT_SYMLINK_FOLLOW), &from) == 0 &&
+                 from.kind == T_VOL;
+    int new_in = newpath && target_of(newdirfd, newpath, 0, &to) == 0 && to.kind == T_VOL;
+    if (!old_in && !new_in) return -2;
+    errno = EPERM;
+    return -1;
+}
+
 /* ------------------------------------------------------------------ open */
 
 /* t names a file in t->vol: a memfd with its checked plaintext (writable: tracked, protected
@@ -137,6 +286,11 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
         pthread_mutex_unlock(&S.lock);
         errno = EEXIST;
         return -1;
+    } else if (rec->protection == FSPF_SYMLINK) {
+        /* not followed: O_NOFOLLOW, or a link whose target did not check (logged) */
+        pthread_mutex_unlock(&S.lock);
+        errno = flags & O_NOFOLLOW || t->loop ? ELOOP : EIO;
+        return -1;
     }
     if (rec && t->vol->ephemeral && (fd = reopen_tracked(t->vol, t->path, flags)) >= 0) {
         if (writable) track(fd, t->vol, t->path);  /* the content is shared: either close commits it */
@@ -161,7 +315,11 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
         RESOLVE(close)(stored);
         lseek(fd, 0, SEEK_SET);
     }
-    if (exists) fchmod(fd, st.st_mode & 07777);  /* fstat of the memfd: the file's mode */
+    if (exists) {  /* fstat of the memfd: the file's mode and times (a commit keeps them) */
+        struct timespec times[2] = {st.st_atim, st.st_mtim};
+        if (rec && !(flags & O_TRUNC && writable)) futimens(fd, times);
+        fchmod(fd, st.st_mode & 07777);
+    }
     if (writable) {
         if (flags & O_APPEND) fcntl(fd, F_SETFL, O_APPEND);
         if (!rec || (flags & O_TRUNC)) {
@@ -279,12 +437,18 @@ static int rename_ephemeral_dir(struct svol *vol, const char *from, const char *
         struct fspf_file *rec = moved[i] ? fspf_find(&vol->fs, moved[i]) : NULL;
         int plain = -1, stored = -1, ok = 0;
         struct rt_error err = {{0}};
-        if (rec && snprintf(next, sizeof next, "%s%s", to, moved[i] + n) < (int)sizeof next &&
+        if (rec && rec->protection == FSPF_SYMLINK) {
+            if (snprintf(next, sizeof next, "%s%s", to, moved[i] + n) < (int)sizeof next)
+                ok = move_link(vol, rec, next, next, NULL) == 0;  /* already moved by the kernel */
+        } else if (rec && snprintf(next, sizeof next, "%s%s", to, moved[i] + n) < (int)sizeof next &&
             (plain = new_memfd(next, 1)) >= 0) {
             in_shield++;
             stored = open(next, O_RDONLY | O_CLOEXEC);  /* already moved: the old record reads it */
             in_shield--;
-            if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) ok = commit(vol, next, plain, NULL, 0600) == 0;
+            if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) {
+                keep_times(stored, plain);
+                ok = commit(vol, next, plain, NULL, 0600) == 0;
+            }
             else shield_log("ephemeral region %s: %s", vol->v->path, stored < 0 ? strerror(errno) : err.msg);
         }
         if (stored >= 0) RESOLVE(close)(stored);
@@ -355,6 +519,11 @@ int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *n
         errno = EXDEV;  /* callers (shutil.move, mv) then copy and unlink */
         return -1;
     }
+    if (rec->protection == FSPF_SYMLINK) {  /* the link itself moves, as the kernel's rename */
+        int rc = strcmp(from.path, to.path) == 0 ? 0 : move_link(to.vol, rec, NULL, to.path, from.path);
+        pthread_mutex_unlock(&S.lock);
+        return rc;
+    }
     /* The path is bound into every chunk: moving a file re-protects it under its new name. */
     int plain = new_memfd(to.path, 1), rc = -1;
     if (plain >= 0) {
@@ -363,6 +532,7 @@ int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *n
         in_shield--;
         struct rt_error err;
         if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) {
+            keep_times(stored, plain);
             rc = commit(to.vol, to.path, plain, from.path, 0600);
             if (rc == 0 && strcmp(from.path, to.path) != 0) {
                 retarget_tracked(to.vol, to.path, NULL, 0);  /* the replaced file's fds */
