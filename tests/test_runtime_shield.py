@@ -859,6 +859,14 @@ def test_a_symlink_in_a_volume_is_there_for_the_next_process(world):
     assert gone.stdout.strip() == "['count.txt', 'dir', 'sub']"
 
 
+def test_truncate_through_a_symlink_outside_a_region_truncates_the_plaintext(world):
+    (world.root / "count-link.txt").symlink_to(world.volume / "count.txt")
+    code = ("import os\nos.truncate(%r, 1)\nprint(repr(open(%r).read()))"
+            % (str(world.root / "count-link.txt"), str(world.volume / "count.txt")))
+    assert world.python_code(code).stdout == "'0'\n"  # not the ciphertext cut (EIO ever after)
+    assert world.python_code("print(repr(open(%r).read()))" % str(world.volume / "count.txt")).stdout == "'0'\n"
+
+
 def test_a_symlink_outside_a_region_leads_to_its_plaintext(world):
     (world.root / "link.txt").symlink_to(world.volume / "count.txt")
     (world.root / "rel-link.txt").symlink_to("volume/count.txt")

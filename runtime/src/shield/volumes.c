@@ -376,6 +376,11 @@ int shield_truncate(const char *path, off64_t length, struct target *t)
         errno = dir_syntax(path) ? ENOTDIR : EROFS;
         return -1;
     }
+    struct stat64 st;
+    if (t->kind == T_PASS && S.nvols && !dir_syntax(path)) {  /* a link outside a region to a file in one */
+        int followed = follow_into_region(AT_FDCWD, path, t, &st);
+        if (followed != 1) return followed == -1 ? -1 : -2;
+    }
     if (t->kind != T_VOL || strcmp(t->path, t->vol->v->path) == 0 || reserved_name(t->vol, base_name(t->path)))
         return -2;
     if (dir_syntax(path)) return region_dir_syntax(t, 0);
