@@ -123,3 +123,19 @@ def test_an_opaque_region_and_a_path_through_a_symlinked_directory(tmp_path):
         assert after.entries["app/data"].mode == 0o701 and not after.exists("app/data/a")
     assert [(r.index, sorted(r.removed.values())) for r in rewrites] == [
         (0, ["app/data/a"]), (1, ["app/data/b", "app/data/c"])]
+
+
+def test_a_link_into_the_region_from_a_file_hidden_later_is_warned_about(tmp_path):
+    """COPY s.db /stage/; RUN ln /stage/s.db /app/data/db; RUN rm /stage/s.db: the region's file
+    is the bytes of /stage/s.db in layer 0, which a whiteout hides but every pull downloads."""
+    image = image_of(
+        layer_tar(tmp_path, [member("stage/", "dir"), member("stage/s.db", data=SECRETS["db"]), member("app/data/", "dir")]),
+        layer_tar(tmp_path, [member("app/data/db", "hardlink", target="stage/s.db")]),
+        layer_tar(tmp_path, [member("stage/.wh.s.db")]),
+    )
+    with RootFS.from_image(image) as fs:
+        rewrites = plan_rewrites(fs, [ProtectedPrefix("/app/data", "encrypted region")])
+    assert [r.index for r in rewrites] == [1]
+    assert link_warnings(rewrites) == [
+        "/app/data/db in a protected region is a hardlink to /stage/s.db, outside it: its plaintext stays in layer 0 "
+        "under that name; copy the file into the region instead of linking it, or protect its directory too"]

@@ -53,6 +53,9 @@ class LayerRewrite:
     # hardlinks outside every prefix whose target leaves: written as regular files
     materialized: dict[int, Placed] = field(default_factory=dict)
     regions: list[str] = field(default_factory=list)  # the prefixes (absolute) it held entries of
+    # hardlinks under a prefix (removed) whose bytes sit outside every prefix: those bytes stay
+    # in a lower layer under the outside name, so the conversion warns
+    outside_sources: list[Placed] = field(default_factory=list)
 
     def summary(self) -> dict:
         """What the plan shows of it (``--dry-run`` too)."""
@@ -95,6 +98,8 @@ def plan_rewrites(fs: RootFS, prefixes: list[ProtectedPrefix]) -> list[LayerRewr
                 regions.add("/" + root)
                 if placed.kind == "file":
                     removed_content.add((index, placed.offset_data))
+                elif under(placed.target) is None and (placed.data_layer, placed.data_offset) not in removed_content:
+                    rewrite.outside_sources.append(placed)
             elif placed.kind == "hardlink" and (
                 under(placed.target) is not None or (placed.data_layer, placed.data_offset) in removed_content
             ):
@@ -106,11 +111,18 @@ def plan_rewrites(fs: RootFS, prefixes: list[ProtectedPrefix]) -> list[LayerRewr
 
 
 def link_warnings(rewrites: list[LayerRewrite]) -> list[str]:
-    """One line per hardlink outside the protected prefixes that shares a protected file's bytes."""
+    """One line per hardlink that shares a protected file's bytes with a name outside the
+    protected prefixes: a link out of a region (made a regular file), and a link into one from
+    outside (its bytes stay in their layer under the outside name, hidden by an upper whiteout
+    or not: a whiteout hides, it does not remove)."""
     return [
-        f"/{placed.path} is a hardlink to /{placed.target} in a protected region: it stays outside the "
-        "region as a copy of the plaintext; remove it or protect its directory too"
-        for rewrite in rewrites for placed in rewrite.materialized.values()
+        *(f"/{placed.path} is a hardlink to /{placed.target} in a protected region: it stays outside the "
+          "region as a copy of the plaintext; remove it or protect its directory too"
+          for rewrite in rewrites for placed in rewrite.materialized.values()),
+        *(f"/{placed.path} in a protected region is a hardlink to /{placed.target}, outside it: its plaintext stays "
+          f"in layer {placed.data_layer} under that name; copy the file into the region instead of linking it, or "
+          "protect its directory too"
+          for rewrite in rewrites for placed in rewrite.outside_sources),
     ]
 
 
