@@ -472,6 +472,20 @@ int keys_record_tag(const char *keys_path, const char *volume_path, const unsign
     return 0;
 }
 
+/* ------------------------------------------------------------------ freshness */
+
+const unsigned char *fresh_tag(const struct rt_key *key, int container_copy, const struct rt_state *state,
+                               const unsigned char *tag)
+{
+    if (!tag) return NULL;
+    if (memcmp(tag, key->tag, 16) == 0) return key->tag;
+    if (!container_copy) return key->has_next && memcmp(tag, key->next_tag, 16) == 0 ? key->next_tag : NULL;
+    if (key->has_image && memcmp(tag, key->image_tag, 16) == 0) return key->image_tag;
+    if (state && memcmp(tag, state->tag, 16) == 0) return state->tag;
+    if (state && state->has_next && memcmp(tag, state->next_tag, 16) == 0) return state->next_tag;
+    return NULL;
+}
+
 /* ------------------------------------------------------------------ a container copy's state */
 
 /* MAC of a state: HMAC-SHA256 under HMAC-SHA256(fspf key, "sconify container state v1"), over the

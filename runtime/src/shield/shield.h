@@ -167,6 +167,8 @@ struct svol {
     unsigned char tag[16];
     int ephemeral;             /* fs lives in memory only: no fspf file, no key, no tag */
     int container_copy;        /* the container's own copy: tags go to its state file (commit.c) */
+    struct rt_key granted;     /* the grant's key and tags for it (path NULL): judge the fspf at start */
+    struct stat64 seen;        /* the fspf file as last loaded or written (volume_refresh) */
     struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL) */
 };
 
@@ -206,6 +208,12 @@ void shield_refusal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* init.c: 1 (and one line the first time) if path is a file in a volume this process has no
  * keys for. */
 int locked_volume_file(const char *path);
+/* init.c: the fspf other processes of the service committed since this one loaded vol's: if
+ * the fspf file changed (one stat), it is read again and, if its tag is fresh by the launcher's
+ * rule against what the keys file (or the container copy's state) records now, it replaces
+ * vol->fs. locked: the caller holds the volume's lock (commit.c), else it is taken shared.
+ * 1 reloaded, 0 unchanged (also: ephemeral regions, debug-mode keys), -1 refused (one line). */
+int volume_refresh(struct svol *vol, int locked);
 
 /* ------------------------------------------------------------------ paths (paths.c) */
 
@@ -270,6 +278,9 @@ int dup_tracked(int from, int to);
 /* ------------------------------------------------------------------ the commit (commit.c) */
 
 int commit(struct svol *vol, const char *path, int plain_fd, const char *remove, mode_t mode);
+/* The volume's lock file (<volume>/.sconify.lock) taken with flock(op): its fd (close it to
+ * release), or -1 (errno). A new open per call: a lock shared through a forked fd is no lock. */
+int volume_lock(const struct svol *vol, int op);
 
 #pragma GCC visibility pop
 

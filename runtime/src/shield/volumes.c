@@ -98,6 +98,7 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
 {
     int writable = (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC));
     pthread_mutex_lock(&S.lock);
+    volume_refresh(t->vol, 0);  /* what the service's other processes committed (a child's new file) */
     struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
     int fd = -1;
     struct stat64 st;
@@ -243,6 +244,7 @@ int shield_unlink(int dirfd, const char *path, int flags, struct target *t)
     if (dir_syntax(path)) return region_dir_syntax(t, 0);  /* ENOTDIR for a file, EISDIR... */
     pthread_mutex_lock(&S.lock);
     int rc = -2;
+    volume_refresh(t->vol, 0);
     if (fspf_find(&t->vol->fs, t->path)) {
         rc = commit(t->vol, NULL, -1, t->path, 0);
         if (rc == 0) retarget_tracked(t->vol, t->path, NULL, 0);
@@ -322,6 +324,7 @@ int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *n
         if (!is_dir) return -2;  /* the kernel: ENOTDIR or ENOENT, nothing renamed */
     }
     pthread_mutex_lock(&S.lock);
+    if (from.kind == T_VOL) volume_refresh(from.vol, 0);
     struct fspf_file *rec = from.kind == T_VOL ? fspf_find(&from.vol->fs, from.path) : NULL;
     if (!rec && from.kind == T_VOL && from.vol->ephemeral) {
         struct stat64 st;
