@@ -257,10 +257,10 @@ def on_the_root_mount(path: Path) -> bool:
     return best == "/"
 
 
-def own_copy_run(world, code: str, **kwargs) -> subprocess.CompletedProcess:
+def own_copy_run(world, code: str, *args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     if not on_the_root_mount(world.volume):
         pytest.skip("the test directory is on a mount of its own here: no volume is the 'container copy'")
-    return world.python_code(code, env={"SCONIFY_FRESHNESS": None}, **kwargs)
+    return world.python_code(code, *args, env={"SCONIFY_FRESHNESS": None, **(env or {})}, **kwargs)
 
 
 COUNTER = ("p = %r\nn = int(open(p).read()) + 1\nopen(p, 'w').write('%%d\\n' %% n)\nprint(n)\n")
@@ -1409,3 +1409,49 @@ def test_fspf_rolled_back_while_the_service_runs_is_refused(world):
     assert world.fspf_path.read_bytes()[-16:].hex() != tag  # the old one, still on disk
     refused = world.python_code("print(1)", check=False)
     assert refused.returncode == 2 and "rollback" in refused.stderr
+
+
+def test_own_copy_parent_sees_what_a_child_wrote(world):
+    # The container's own copy: a reloaded fspf is judged by the container's state file.
+    code = (
+        "import os, sys\n"
+        "vol = sys.argv[1]\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    open(vol + '/child.txt', 'w').write('from the child')\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "print(open(vol + '/child.txt').read())\n"
+        "open(vol + '/parent.txt', 'w').write('from the parent')\n")
+    result = own_copy_run(world, code, str(world.volume), env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout == "from the child\n", result.stderr
+    assert "sconify-shield" not in result.stderr
+    state = json.loads((world.volume / ".sconify.state").read_text())
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(state["fspf_tag"]), root="/")
+    assert shield.read(str(world.volume / "child.txt")) == b"from the child"
+    assert shield.read(str(world.volume / "parent.txt")) == b"from the parent"
+
+
+def test_reader_keeps_up_with_a_rewriting_process(world):
+    # A child rewrites one file over and over while the parent reads it: every read gives one
+    # whole version, or the empty file each rewrite commits first (open with O_TRUNC), never EIO:
+    # a stored file replaced after the parent's reload is read again at its new record.
+    code = (
+        "import errno, os, sys\n"
+        "p = sys.argv[1] + '/count.txt'\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    for i in range(1, 151): open(p, 'w').write('version %03d\\n' % i * 50)\n"
+        "    os._exit(0)\n"
+        "bad, seen = [], set()\n"
+        "while True:\n"
+        "    done = os.waitpid(pid, os.WNOHANG)[0] == pid\n"
+        "    try:\n"
+        "        text = open(p).read()\n"
+        "        if text not in ('0\\n', ''): seen.add(text[:11]); bad += [text[:20]] if text != text[:12] * 50 else []\n"
+        "    except OSError as e: bad.append(errno.errorcode[e.errno])\n"
+        "    if done: break\n"
+        "print(bad, len(seen) > 1, open(p).read()[:11])\n")
+    result = world.python_code(code, str(world.volume), env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout == "[] True version 150\n", result.stderr
+    assert "sconify-shield" not in result.stderr

@@ -18,7 +18,10 @@
  *    fsynced and renamed over the old one with the re-encrypted fspf, and the new fspf tag is
  *    recorded in the keys file, or for the container's own copy of a volume (nothing mounted
  *    there) in its state file (two phases: "next" before the renames, "current" after). So
- *    only ciphertext is ever on disk and a closed or fsynced write survives a crash.
+ *    only ciphertext is ever on disk and a closed or fsynced write survives a crash. The
+ *    processes of the service share a volume: a commit runs under the volume's lock
+ *    (.sconify.lock) onto the fspf last committed, and a changed fspf is reloaded (if its tag is
+ *    fresh) before open/stat, so a parent sees what its workers wrote.
  *  - ephemeral regions (/tmp): served like an encrypted volume whose fspf exists only in this
  *    process's memory and starts empty. Files the service writes there are ciphertext on disk
  *    under per-file keys that never leave the process, so nobody else can read them and they

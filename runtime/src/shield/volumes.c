@@ -1,5 +1,6 @@
 /* Files in a volume or an ephemeral region: open (a memfd with the checked plaintext), unlink
  * and rename (a commit each), O_TMPFILE, and the libc mkstemp family and tmpfile(). */
+#include <sys/file.h>
 #include <sys/random.h>
 
 #include "shield.h"
@@ -92,6 +93,28 @@ int follow_into_region(int dirfd, const char *path, struct target *t, struct sta
 
 /* ------------------------------------------------------------------ open */
 
+/* The checked plaintext of t's stored file (record rec) into fd: 0, or -1 (err). Another
+ * process may commit the file between this one's reload of the fspf and its open of the stored
+ * file (a mismatch): then once more, with the fspf reloaded and the stored file opened under the
+ * volume's lock (shared), where the two agree. Called with S.lock held. */
+static int read_stored(struct target *t, struct fspf_file *rec, int fd, struct rt_error *err)
+{
+    for (int attempt = 0;; attempt++) {
+        int lock = attempt ? volume_lock(t->vol, LOCK_SH) : -1;
+        if (attempt && volume_refresh(t->vol, 1) >= 0) rec = fspf_find(&t->vol->fs, t->path);
+        in_shield++;
+        int stored = rec ? open(t->path, O_RDONLY | O_CLOEXEC) : -1, missing = errno;
+        in_shield--;
+        if (lock >= 0) RESOLVE(close)(lock);
+        int rc = !rec ? rt_fail(err, "%s: removed by another process while being opened", t->path)
+                 : stored < 0 ? rt_fail(err, "%s: stored file missing (%s)", t->path, strerror(missing))
+                 : ftruncate(fd, 0) != 0 ? rt_fail(err, "%s: %s", t->path, strerror(errno))
+                 : fspf_open_file(rec, stored, fd, err);
+        if (stored >= 0) RESOLVE(close)(stored);
+        if (rc == 0 || attempt || t->vol->ephemeral) return rc;
+    }
+}
+
 /* t names a file in t->vol: a memfd with its checked plaintext (writable: tracked, protected
  * again on close/fsync), -1 with errno, or -2 when the kernel's (a directory, a socket...). */
 int open_volume_file(struct target *t, int flags, mode_t mode)
@@ -146,20 +169,14 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
     fd = new_memfd(t->path, flags & O_CLOEXEC);
     if (fd < 0) goto out;
     if (rec && !(flags & O_TRUNC && writable)) {
-        in_shield++;
-        int stored = open(t->path, O_RDONLY | O_CLOEXEC);
-        in_shield--;
         struct rt_error err;
-        if (stored < 0 || fspf_open_file(rec, stored, fd, &err) != 0) {
-            if (stored < 0) rt_fail(&err, "%s: stored file missing (%s)", t->path, strerror(errno));
+        if (read_stored(t, rec, fd, &err) != 0) {
             shield_log("%s %s: %s", region_word(t->vol), t->vol->v->path, err.msg);
-            if (stored >= 0) RESOLVE(close)(stored);
             RESOLVE(close)(fd);
             fd = -1;
             errno = EIO;
             goto out;
         }
-        RESOLVE(close)(stored);
         lseek(fd, 0, SEEK_SET);
     }
     if (exists) fchmod(fd, st.st_mode & 07777);  /* fstat of the memfd: the file's mode */
