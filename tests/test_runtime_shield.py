@@ -1455,3 +1455,34 @@ def test_reader_keeps_up_with_a_rewriting_process(world):
     result = world.python_code(code, str(world.volume), env={"SCONIFY_LOG": "stderr"})
     assert result.stdout == "[] True version 150\n", result.stderr
     assert "sconify-shield" not in result.stderr
+
+
+def add_volume(world, name: str) -> Path:
+    """A second encrypted volume (empty), in the runtime config and the keys file."""
+    path = world.root / name
+    path.mkdir()
+    fspf = Fspf.create()
+    fspf.add_region(str(path), kind="kernel", protection="encrypted")
+    key, tag = fspf.encrypt_to(str(path / ".sconify.fspf"))
+    entry = {"path": str(path), "fspf_path": str(path / ".sconify.fspf"), "protection": "encrypted"}
+    keys = json.loads(world.keys.read_text())
+    keys["volumes"].append({**entry, "fspf_key": key.hex(), "fspf_tag": tag.hex()})
+    world.keys.write_text(json.dumps(keys))
+    parameters, mrenclave, file_sha256, volumes = world._config
+    world.write_config(parameters, mrenclave, file_sha256, sorted([*volumes, entry], key=lambda v: v["path"]),
+                       json.loads(world.config.read_text())["ephemeral"])
+    return path
+
+
+def test_two_volumes_committed_at_once_keep_both_tags(world):
+    # Two processes commit to two volumes at the same time: each rewrites the keys file with its
+    # volume's tag, one after the other, so neither drops the other's (the next start opens both).
+    other = add_volume(world, "vol2")
+    code = CONCURRENT.replace("vol + '/c-%d-%02d.txt'", "vols[w] + '/c-%d-%02d.txt'").replace(
+        "vol = sys.argv[1]\n", "vol = sys.argv[1]\nvols = sys.argv[1:3]\n")
+    code = code[:code.index("print(len(")]
+    result = world.python_code(code, str(world.volume), str(other), env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout == "[0, 0]\n", result.stderr
+    again = world.python_code("import os, sys\nprint([len([n for n in os.listdir(v) if n.startswith('c-')]) "
+                              "for v in sys.argv[1:]])", str(world.volume), str(other))
+    assert again.stdout == "[50, 50]\n", again.stderr
