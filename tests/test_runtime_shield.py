@@ -230,8 +230,9 @@ def test_new_files_rename_and_unlink(world):
     assert shield.read(str(world.volume / "state.json")) == b'{"a": 1}'
     assert shield.read(str(world.volume / "new" / "x")) == b"x" * 100000
     names = sorted(p.name for p in world.volume.iterdir())
-    assert names == [".sconify.fspf", "new", "state.json", "sub"]
-    stored = [str(p) for p in world.volume.rglob("*") if p.is_file() and p.name != ".sconify.fspf"]
+    assert names == [".sconify.fspf", ".sconify.lock", "new", "state.json", "sub"]  # the commits' lock (empty)
+    assert (world.volume / ".sconify.lock").stat().st_size == 0
+    stored = [str(p) for p in world.volume.rglob("*") if p.is_file() and p.name not in (".sconify.fspf", ".sconify.lock")]
     assert not shield.verify_all(present=stored).problems
 
 
@@ -257,10 +258,10 @@ def on_the_root_mount(path: Path) -> bool:
     return best == "/"
 
 
-def own_copy_run(world, code: str, **kwargs) -> subprocess.CompletedProcess:
+def own_copy_run(world, code: str, *args: str, env: dict | None = None, **kwargs) -> subprocess.CompletedProcess:
     if not on_the_root_mount(world.volume):
         pytest.skip("the test directory is on a mount of its own here: no volume is the 'container copy'")
-    return world.python_code(code, env={"SCONIFY_FRESHNESS": None}, **kwargs)
+    return world.python_code(code, *args, env={"SCONIFY_FRESHNESS": None, **(env or {})}, **kwargs)
 
 
 COUNTER = ("p = %r\nn = int(open(p).read()) + 1\nopen(p, 'w').write('%%d\\n' %% n)\nprint(n)\n")
@@ -1430,7 +1431,222 @@ def test_c_extension_writes_reach_the_volume_protected(world, cprobe):
         str(sorted(f"{how}.txt" for how in hows))], again.stderr
     assert not (world.volume / "sub" / "blob.bin").exists()
     shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
-    stored = [str(p) for p in world.volume.rglob("*") if p.is_file() and p.name != ".sconify.fspf"]
+    stored = [str(p) for p in world.volume.rglob("*") if p.is_file() and p.name not in (".sconify.fspf", ".sconify.lock")]
     assert not shield.verify_all(present=stored).problems  # no record left of what remove() removed
     for how in hows:
         assert b"written" not in (world.volume / "sub" / f"{how}.txt").read_bytes()
+
+
+# --- One volume, many processes (issue 23): each commit is a read-modify-write under the
+# volume's lock onto the latest fspf, and a process sees what the others committed -----------
+
+MP_WORKER = "def write(job):\n    path, n = job\n    with open(path, 'w') as f: f.write('written by worker %d\\n' % n)\n    return n\n"
+MP_PARENT = (
+    "import __main__, multiprocessing, os, sys\n"
+    "del __main__.__file__  # the driver is no script a spawned worker can run again\n"
+    "sys.path.insert(0, sys.argv[2])\n"
+    "import mpwork\n"
+    "vol = sys.argv[1]\n"
+    "with multiprocessing.get_context(sys.argv[3]).Pool(4) as pool:\n"
+    "    print(pool.map(mpwork.write, [(vol + '/mp-%d.txt' % n, n) for n in range(4)], chunksize=1))\n"
+    "print([open(vol + '/mp-%d.txt' % n).read().strip() for n in range(4)])\n"
+    "print([os.stat(vol + '/mp-%d.txt' % n).st_size for n in range(4)])\n"
+    "open(vol + '/parent.txt', 'w').write('the parent, after its workers\\n')  # its commit keeps theirs\n"
+)
+
+
+def volume_records(world) -> dict[str, bytes]:
+    """What the fspf on disk records (at the tag the keys file holds), each file's plaintext."""
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    return {f.path: shield.read(f.path) for f in shield.fspf.files}
+
+
+@pytest.mark.parametrize("method", ["fork", "spawn"])
+def test_multiprocessing_workers_writes_are_seen_by_the_parent(world, method):
+    mods = world.root / "mods"
+    mods.mkdir()
+    (mods / "mpwork.py").write_text(MP_WORKER)
+    result = world.python_code(MP_PARENT, str(world.volume), str(mods), method, env={"SCONIFY_LOG": "stderr"})
+    lines = result.stdout.splitlines()
+    assert lines[0] == "[0, 1, 2, 3]", result.stderr
+    assert lines[1] == str([f"written by worker {n}" for n in range(4)]), result.stderr
+    assert lines[2] == str([len("written by worker 0\n")] * 4)
+    assert "sconify-shield" not in result.stderr
+    again = world.python_code("import os, sys\nvol = sys.argv[1]\n"
+                              "print(sorted(os.listdir(vol)))\n"
+                              "print(open(vol + '/mp-3.txt').read().strip(), open(vol + '/parent.txt').read().strip())",
+                              str(world.volume))
+    names = [f"mp-{n}.txt" for n in range(4)]
+    assert again.stdout.splitlines() == [str(sorted(["count.txt", "parent.txt", "sub", *names])),
+                                         "written by worker 3 the parent, after its workers"], again.stderr
+    records = volume_records(world)
+    for n in range(4):
+        assert records[str(world.volume / f"mp-{n}.txt")] == f"written by worker {n}\n".encode()
+        assert b"written by" not in (world.volume / f"mp-{n}.txt").read_bytes()
+    assert str(world.volume / "parent.txt") in records and str(world.volume / "count.txt") in records
+    assert not list(world.volume.glob(".sconify-tmp.*"))
+    assert (world.volume / ".sconify.lock").exists()  # hidden from the service's listing above
+
+
+CONCURRENT = (
+    "import os, sys\n"
+    "vol = sys.argv[1]\n"
+    "go_r, go_w = os.pipe()\n"
+    "pids = []\n"
+    "for w in range(2):\n"
+    "    pid = os.fork()\n"
+    "    if pid == 0:\n"
+    "        os.close(go_w)\n"
+    "        os.read(go_r, 1)  # both start at once\n"
+    "        for i in range(50):\n"
+    "            with open(vol + '/c-%d-%02d.txt' % (w, i), 'w') as f: f.write('process %d file %d' % (w, i))\n"
+    "        os._exit(0)\n"
+    "    pids.append(pid)\n"
+    "os.close(go_w)\n"
+    "print([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids])\n"
+    "print(len([n for n in os.listdir(vol) if n.startswith('c-')]))\n"
+    "print(sum(open(vol + '/c-%d-%02d.txt' % (w, i)).read() == 'process %d file %d' % (w, i) "
+    "for w in range(2) for i in range(50)))\n"
+)
+
+
+def test_two_processes_committing_at_once_lose_nothing(world):
+    result = world.python_code(CONCURRENT, str(world.volume), env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout.splitlines() == ["[0, 0]", "100", "100"], result.stderr
+    assert "sconify-shield" not in result.stderr
+    records = volume_records(world)
+    written = {p: data for p, data in records.items() if os.path.basename(p).startswith("c-")}
+    assert written == {str(world.volume / f"c-{w}-{i:02d}.txt"): f"process {w} file {i}".encode()
+                       for w in range(2) for i in range(50)}
+    again = world.python_code("import os, sys\nprint(sum(open(os.path.join(sys.argv[1], n)).read().startswith('process') "
+                              "for n in os.listdir(sys.argv[1]) if n.startswith('c-')))", str(world.volume))
+    assert again.stdout == "100\n", again.stderr
+
+
+def test_parent_sees_what_a_child_wrote_and_rewrote(world):
+    # A forked child writes a new file and rewrites one the parent has read: the parent's stat
+    # and open see both (no EACCES "not recorded", no EIO from the old record); a program the
+    # parent starts afterwards opens the volume at its new tag; the parent's own commit keeps
+    # the child's files.
+    read = "import sys\nprint(open(sys.argv[1]).read())"
+    code = (
+        "import os, subprocess, sys\n"
+        "vol = sys.argv[1]\n"
+        "print(open(vol + '/count.txt').read().strip())\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    open(vol + '/child.txt', 'w').write('from the child')\n"
+        "    open(vol + '/count.txt', 'w').write('41\\n')\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "print(os.path.exists(vol + '/child.txt'), os.stat(vol + '/child.txt').st_size, os.stat(vol + '/count.txt').st_size)\n"
+        "print(open(vol + '/child.txt').read(), open(vol + '/count.txt').read().strip())\n"
+        "open(vol + '/count.txt', 'w').write('42\\n')\n"
+        "print(subprocess.run([sys.executable, %r, %r, vol + '/child.txt'], capture_output=True, text=True).stdout.strip())\n"
+        % (world.driver, read))
+    result = world.python_code(code, str(world.volume), env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout.splitlines() == ["0", "True 14 3", "from the child 41", "from the child"], result.stderr
+    assert "sconify-shield" not in result.stderr
+    records = volume_records(world)
+    assert records[str(world.volume / "child.txt")] == b"from the child"
+    assert records[str(world.volume / "count.txt")] == b"42\n"
+    assert b"child" not in (world.volume / "child.txt").read_bytes()
+
+
+def test_fspf_rolled_back_while_the_service_runs_is_refused(world):
+    # Another program (not measured) puts the fspf's older copy back after a commit: the
+    # service keeps what it knows, its next commit is refused (EIO) and records nothing, and
+    # the next start refuses the rolled-back volume.
+    saved = world.root / "fspf.old"
+    code = (
+        "import errno, os, subprocess, sys\n"
+        "vol, fspf, saved = sys.argv[1:4]\n"
+        "subprocess.run(['cp', fspf, saved], check=True)\n"
+        "open(vol + '/a.txt', 'w').write('a')\n"
+        "subprocess.run(['cp', saved, fspf], check=True)\n"
+        "print(open(vol + '/a.txt').read())\n"
+        "try:\n    open(vol + '/b.txt', 'w').write('b')\nexcept OSError as e: print(errno.errorcode[e.errno])\n")
+    result = world.python_code(code, str(world.volume), str(world.fspf_path), str(saved), env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout.splitlines() == ["a", "EIO"], result.stderr
+    assert "which the keys file does not record" in result.stderr
+    tag = world.tag()
+    assert world.fspf_path.read_bytes()[-16:].hex() != tag  # the old one, still on disk
+    refused = world.python_code("print(1)", check=False)
+    assert refused.returncode == 2 and "rollback" in refused.stderr
+
+
+def test_own_copy_parent_sees_what_a_child_wrote(world):
+    # The container's own copy: a reloaded fspf is judged by the container's state file.
+    code = (
+        "import os, sys\n"
+        "vol = sys.argv[1]\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    open(vol + '/child.txt', 'w').write('from the child')\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)\n"
+        "print(open(vol + '/child.txt').read())\n"
+        "open(vol + '/parent.txt', 'w').write('from the parent')\n")
+    result = own_copy_run(world, code, str(world.volume), env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout == "from the child\n", result.stderr
+    assert "sconify-shield" not in result.stderr
+    state = json.loads((world.volume / ".sconify.state").read_text())
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(state["fspf_tag"]), root="/")
+    assert shield.read(str(world.volume / "child.txt")) == b"from the child"
+    assert shield.read(str(world.volume / "parent.txt")) == b"from the parent"
+
+
+def test_reader_keeps_up_with_a_rewriting_process(world):
+    # A child rewrites one file over and over while the parent reads it: every read gives one
+    # whole version, or the empty file each rewrite commits first (open with O_TRUNC), never EIO:
+    # a stored file replaced after the parent's reload is read again at its new record.
+    code = (
+        "import errno, os, sys\n"
+        "p = sys.argv[1] + '/count.txt'\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    for i in range(1, 151): open(p, 'w').write('version %03d\\n' % i * 50)\n"
+        "    os._exit(0)\n"
+        "bad, seen = [], set()\n"
+        "while True:\n"
+        "    done = os.waitpid(pid, os.WNOHANG)[0] == pid\n"
+        "    try:\n"
+        "        text = open(p).read()\n"
+        "        if text not in ('0\\n', ''): seen.add(text[:11]); bad += [text[:20]] if text != text[:12] * 50 else []\n"
+        "    except OSError as e: bad.append(errno.errorcode[e.errno])\n"
+        "    if done: break\n"
+        "print(bad, len(seen) > 1, open(p).read()[:11])\n")
+    result = world.python_code(code, str(world.volume), env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout == "[] True version 150\n", result.stderr
+    assert "sconify-shield" not in result.stderr
+
+
+def add_volume(world, name: str) -> Path:
+    """A second encrypted volume (empty), in the runtime config and the keys file."""
+    path = world.root / name
+    path.mkdir()
+    fspf = Fspf.create()
+    fspf.add_region(str(path), kind="kernel", protection="encrypted")
+    key, tag = fspf.encrypt_to(str(path / ".sconify.fspf"))
+    entry = {"path": str(path), "fspf_path": str(path / ".sconify.fspf"), "protection": "encrypted"}
+    keys = json.loads(world.keys.read_text())
+    keys["volumes"].append({**entry, "fspf_key": key.hex(), "fspf_tag": tag.hex()})
+    world.keys.write_text(json.dumps(keys))
+    parameters, mrenclave, file_sha256, volumes = world._config
+    world.write_config(parameters, mrenclave, file_sha256, sorted([*volumes, entry], key=lambda v: v["path"]),
+                       json.loads(world.config.read_text())["ephemeral"])
+    return path
+
+
+def test_two_volumes_committed_at_once_keep_both_tags(world):
+    # Two processes commit to two volumes at the same time: each rewrites the keys file with its
+    # volume's tag, one after the other, so neither drops the other's (the next start opens both).
+    other = add_volume(world, "vol2")
+    code = CONCURRENT.replace("vol + '/c-%d-%02d.txt'", "vols[w] + '/c-%d-%02d.txt'").replace(
+        "vol = sys.argv[1]\n", "vol = sys.argv[1]\nvols = sys.argv[1:3]\n")
+    code = code[:code.index("print(len(")]
+    result = world.python_code(code, str(world.volume), str(other), env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout == "[0, 0]\n", result.stderr
+    again = world.python_code("import os, sys\nprint([len([n for n in os.listdir(v) if n.startswith('c-')]) "
+                              "for v in sys.argv[1:]])", str(world.volume), str(other))
+    assert again.stdout == "[50, 50]\n", again.stderr

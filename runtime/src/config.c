@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -434,8 +435,19 @@ static int write_atomically(const char *path, const char *tmp, const char *text,
     return 0;
 }
 
-int keys_record_tag(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
-                    struct rt_error *err)
+/* The directory of path, open and locked (flock, exclusive; its inode stays when a rename
+ * replaces the file): the fd to close, or -1. */
+static int lock_dir_of(const char *path)
+{
+    char copy[PATH_MAX];
+    snprintf(copy, sizeof copy, "%s", path);
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    while (fd >= 0 && flock(fd, LOCK_EX) != 0 && errno == EINTR) {}
+    return fd;
+}
+
+static int record_tag_unlocked(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
+                               struct rt_error *err)
 {
     json_error_t jerr;
     json_t *doc = json_load_file(keys_path, JSON_REJECT_DUPLICATES, &jerr);
@@ -470,6 +482,31 @@ int keys_record_tag(const char *keys_path, const char *volume_path, const unsign
                             "directory read-write (the tag is what protects the volume against rollback)",
                        volume_path, keys_path, strerror(saved));
     return 0;
+}
+
+/* The keys file is read, changed and replaced whole: processes of the service that commit to
+ * two volumes at once take turns on it, so neither drops the other's tag. */
+int keys_record_tag(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
+                    struct rt_error *err)
+{
+    int dir = lock_dir_of(keys_path);
+    int rc = record_tag_unlocked(keys_path, volume_path, tag, next, err);
+    if (dir >= 0) close(dir);
+    return rc;
+}
+
+/* ------------------------------------------------------------------ freshness */
+
+const unsigned char *fresh_tag(const struct rt_key *key, int container_copy, const struct rt_state *state,
+                               const unsigned char *tag)
+{
+    if (!tag) return NULL;
+    if (memcmp(tag, key->tag, 16) == 0) return key->tag;
+    if (!container_copy) return key->has_next && memcmp(tag, key->next_tag, 16) == 0 ? key->next_tag : NULL;
+    if (key->has_image && memcmp(tag, key->image_tag, 16) == 0) return key->image_tag;
+    if (state && memcmp(tag, state->tag, 16) == 0) return state->tag;
+    if (state && state->has_next && memcmp(tag, state->next_tag, 16) == 0) return state->next_tag;
+    return NULL;
 }
 
 /* ------------------------------------------------------------------ a container copy's state */

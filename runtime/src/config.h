@@ -18,6 +18,9 @@
  * the volume's directory, so it lives and dies with that copy (docs/runtime.md, "Freshness"). */
 #define VOLUME_STATE_NAME ".sconify.state"
 #define STATE_SCHEMA "sconify.state/v1"
+/* Taken by every commit to a volume (flock, exclusive) and by a process reloading its fspf
+ * (shared): the processes of a service commit one at a time, each onto the latest fspf. */
+#define VOLUME_LOCK_NAME ".sconify.lock"
 
 struct rt_volume {
     char *path;        /* region path, absolute */
@@ -117,5 +120,13 @@ int state_load(const char *volume_path, const unsigned char key[32], struct rt_s
 /* Record tag (and next, a commit under way, if not NULL) in the state file, atomically. */
 int state_record(const char *volume_path, const unsigned char key[32], const unsigned char tag[16],
                  const unsigned char *next, struct rt_error *err);
+
+/* The freshness rule (docs/runtime.md, "Freshness"): the recorded tag at which an fspf carrying
+ * tag (its last 16 bytes, NULL if it has none) is accepted, a pointer into key or state, or NULL
+ * (a rollback, or another deployment's). A mounted volume: the key's tag, or its next one (a
+ * commit under way). The container's own copy: the key's tag, the image's, or the tag or next
+ * tag its state file records (state NULL: none). The launcher and the shield both judge by it. */
+const unsigned char *fresh_tag(const struct rt_key *key, int container_copy, const struct rt_state *state,
+                               const unsigned char *tag);
 
 #endif

@@ -250,11 +250,7 @@ static void check_container_copy(const struct rt_volume *vol, struct rt_key *key
     const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
     struct rt_state state;
     int have_state = state_load(vol->path, key->key, &state);
-    const unsigned char *accepted = NULL;
-    if (tag && memcmp(tag, key->tag, 16) == 0) accepted = key->tag;
-    else if (tag && key->has_image && memcmp(tag, key->image_tag, 16) == 0) accepted = key->image_tag;
-    else if (tag && have_state && memcmp(tag, state.tag, 16) == 0) accepted = state.tag;
-    else if (tag && have_state && state.has_next && memcmp(tag, state.next_tag, 16) == 0) accepted = state.next_tag;
+    const unsigned char *accepted = fresh_tag(key, 1, have_state ? &state : NULL, tag);
     char line[1024];
     struct fspf fs;
     struct rt_error err;
@@ -306,10 +302,11 @@ static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, con
             continue;
         }
         const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
-        int next = tag && key->has_next && memcmp(tag, key->next_tag, 16) == 0;
+        const unsigned char *accepted = fresh_tag(key, 0, NULL, tag);
+        int next = accepted && accepted == key->next_tag;
         struct fspf fs;
         struct rt_error err;
-        if (fspf_load(&fs, data, size, key->key, next ? key->next_tag : key->tag, &err) != 0) {
+        if (fspf_load(&fs, data, size, key->key, accepted ? accepted : key->tag, &err) != 0) {
             char got[33] = "none", want[33];
             if (tag) hex_encode(tag, 16, got);
             hex_encode(key->tag, 16, want);

@@ -1,5 +1,7 @@
 /* The commit protocol: the one place where a volume's or an ephemeral region's stored files,
  * and a volume's fspf, are written. */
+#include <sys/file.h>
+
 #include "shield.h"
 
 static void tmp_name(const char *path, char *out, size_t len)
@@ -52,6 +54,23 @@ static int record_tag(struct svol *vol, const unsigned char tag[16], int next, s
     return keys_record_tag(S.keys_path, vol->v->path, tag, next, err);
 }
 
+int volume_lock(const struct svol *vol, int op)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s%s" VOLUME_LOCK_NAME, vol->v->path, strcmp(vol->v->path, "/") == 0 ? "" : "/");
+    int fd = RESOLVE(open)(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) fd = RESOLVE(open)(path, O_RDONLY | O_CLOEXEC);  /* a read-only volume: none to take */
+    if (fd < 0) return -1;
+    while (flock(fd, op) != 0)
+        if (errno != EINTR) {
+            int saved = errno;
+            RESOLVE(close)(fd);
+            errno = saved;
+            return -1;
+        }
+    return fd;
+}
+
 /* The commit of a volume change: protect the plaintext in plain_fd (if path) as path, drop the
  * record of remove (if any), and write both the stored file and the fspf crash-safely. The
  * stored file keeps the mode of the one it replaces (or of remove, a rename); a new one gets
@@ -69,7 +88,7 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
     const struct fspf_region *region = &vol->fs.regions[0];
     char stored_tmp[PATH_MAX] = "", fspf_tmp[PATH_MAX];
     struct fspf_file rec = {0}, *old = NULL, saved_old = {0}, saved_removed = {0};
-    int have_rec = 0, have_removed = 0, saved_errno = EIO;
+    int have_rec = 0, have_removed = 0, saved_errno = EIO, lock = -1;
     unsigned char *sealed = NULL, tag[16];
     size_t sealed_len = 0;
     in_shield++;
@@ -122,6 +141,17 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
         close(out);
         if (rc != 0) { errno = saved_errno; goto fail_errno; }
         have_rec = 1;
+    }
+    /* Under the volume's lock, onto the fspf as the service's other processes last committed it:
+     * they commit one at a time, and none drops another's records. */
+    if (!vol->ephemeral) {
+        lock = volume_lock(vol, LOCK_EX);
+        if (lock < 0) shield_log("volume %s: cannot take its lock (%s); committing without it", vol->v->path, strerror(errno));
+        if (volume_refresh(vol, 1) < 0) {
+            rt_fail(&err, "the fspf on disk is not one the keys record");
+            saved_errno = EIO;
+            goto fail;
+        }
     }
     /* Change the fspf in memory, keeping what is needed to undo it. */
     if (path && (old = fspf_find(&vol->fs, path)) != NULL) {
@@ -182,7 +212,10 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
     fsync_parent(vol->v->fspf_path);
     if (path) fsync_parent(path);
     memcpy(vol->tag, tag, 16);
+    if (RESOLVE(stat64)(vol->v->fspf_path, &vol->seen) != 0) memset(&vol->seen, 0, sizeof vol->seen);
+    vol->seen.st_nlink = 1;  /* vol->fs is loaded */
     if (record_tag(vol, tag, 0, &err) != 0) shield_log("%s", err.msg);  /* "next" is recorded: start-up promotes it */
+    if (lock >= 0) RESOLVE(close)(lock);
     free(sealed);
     fspf_file_free(&saved_old);
     fspf_file_free(&saved_removed);
@@ -204,6 +237,7 @@ fail:
     fspf_file_free(&saved_removed);
     free(sealed);
     if (stored_tmp[0]) unlink(stored_tmp);
+    if (lock >= 0) RESOLVE(close)(lock);
     shield_log("%s %s: write of %s not saved: %s", region_word(vol), vol->v->path, path ? path : remove, err.msg[0] ? err.msg : strerror(saved_errno));
     in_shield--;
     errno = saved_errno;

@@ -10,6 +10,7 @@
 #include <jansson.h>
 #include <openssl/crypto.h>
 #include <seccomp.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 
 #include "measure.h"
@@ -210,7 +211,99 @@ int locked_volume_file(const char *path)
     return 0;
 }
 
-/* The volumes, each with its fspf opened with the granted key and tag. */
+/* Read the fspf open at fd and, if its tag is fresh, make it sv->fs (freed first when loaded:
+ * sv->seen.st_nlink). Fresh at start-up (start): a tag the grant accepts (what the launcher
+ * checked); else, and always later, a tag that the keys file (or the container copy's state
+ * file) records now, by the launcher's rule (fresh_tag): another process of the service
+ * committed since. 1 loaded, 0 the tag is sv->tag already, -1 refused (err). */
+static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
+{
+    struct stat64 st;
+    if (RESOLVE(fstat64)(fd, &st) != 0) return rt_fail(err, "cannot read the fspf of volume %s", sv->v->path);
+    unsigned char *data = malloc((size_t)st.st_size + 1);
+    if (!data || pread_full(fd, data, (size_t)st.st_size, 0) != 0) {
+        free(data);
+        return rt_fail(err, "cannot read the fspf of volume %s", sv->v->path);
+    }
+    const unsigned char *tag = st.st_size >= 16 ? data + st.st_size - 16 : NULL;
+    if (!start && tag && memcmp(tag, sv->tag, 16) == 0) {
+        sv->seen = st;
+        free(data);
+        return 0;
+    }
+    struct rt_state state;
+    int have_state = sv->container_copy && state_load(sv->v->path, sv->key, &state);
+    const unsigned char *want = start ? fresh_tag(&sv->granted, sv->container_copy, have_state ? &state : NULL, tag)
+                                      : NULL;
+    struct rt_keys keys = {0};
+    if (!want && S.keys_persist && keys_load(S.keys_path, &keys, err) == 0) {
+        struct rt_key *k = keys_find(&keys, sv->v->path);
+        if (k && CRYPTO_memcmp(k->key, sv->key, 32) == 0) want = fresh_tag(k, sv->container_copy, have_state ? &state : NULL, tag);
+    }
+    struct fspf fs;
+    int rc = -1;
+    if (!want) {
+        char got[33] = "none";
+        if (tag) hex_encode(tag, 16, got);
+        rt_fail(err, "volume %s: its fspf on disk carries tag %s, which %s does not record: an older or another "
+                     "copy was put there (rollback); refused", sv->v->path, got,
+                sv->container_copy ? "the container's state" : "the keys file");
+    } else if (fspf_load(&fs, data, (size_t)st.st_size, sv->key, want, err) == 0) {
+        if (fs.region_count != 1 || strcmp(fs.regions[0].path, sv->v->path) != 0) {
+            fspf_free(&fs);
+            rt_fail(err, "a volume's fspf does not describe that volume");
+        } else {
+            if (sv->seen.st_nlink) fspf_free(&sv->fs);
+            sv->fs = fs;
+            memcpy(sv->tag, tag, 16);
+            sv->seen = st;
+            for (uint32_t i = 0; i < sv->fs.file_count; i++) sv->has_links |= sv->fs.files[i].protection == FSPF_SYMLINK;
+            rc = 1;
+        }
+    }
+    keys_free(&keys);
+    free(data);
+    return rc;
+}
+
+int volume_refresh(struct svol *vol, int locked)
+{
+    if (vol->ephemeral || !S.keys_persist) return 0;  /* debug-mode keys record no tags to judge by */
+    struct stat64 st;
+    in_shield++;
+    pthread_mutex_lock(&S.lock);
+    int rc = 0;
+    if (RESOLVE(stat64)(vol->v->fspf_path, &st) == 0 && st.st_dev == vol->seen.st_dev && st.st_ino == vol->seen.st_ino &&
+        st.st_size == vol->seen.st_size && st.st_mtim.tv_sec == vol->seen.st_mtim.tv_sec &&
+        st.st_mtim.tv_nsec == vol->seen.st_mtim.tv_nsec)
+        goto out;
+    int lock = locked ? -1 : volume_lock(vol, LOCK_SH);  /* no half-recorded commit in between */
+    int fd = RESOLVE(open)(vol->v->fspf_path, O_RDONLY | O_CLOEXEC);
+    struct rt_error err = {{0}};
+    rc = fd >= 0 ? load_fspf(vol, fd, 0, &err) : (rt_fail(&err, "volume %s: cannot open its fspf: %s", vol->v->path,
+                                                           strerror(errno)), -1);
+    if (fd >= 0) RESOLVE(close)(fd);
+    if (lock >= 0) RESOLVE(close)(lock);
+    if (rc < 0) shield_log("%s", err.msg);
+out:
+    pthread_mutex_unlock(&S.lock);
+    in_shield--;
+    return rc;
+}
+
+/* fork() waits for a commit under way in another thread of this process (S.lock): a child must
+ * not inherit a half-changed fspf, nor the descriptor of a volume lock it would hold as long as
+ * it lives. The child's own S.lock is a new one (its thread is not the owner the parent's had). */
+static void fork_prepare(void) { pthread_mutex_lock(&S.lock); }
+static void fork_parent(void) { pthread_mutex_unlock(&S.lock); }
+static void fork_child(void)
+{
+    pthread_mutex_t fresh = PTHREAD_RECURSIVE_MUTEX_INITIALIZER_NP;
+    S.lock = fresh;
+}
+
+/* The volumes, each with its fspf opened with the granted key and tag (or a newer one another
+ * process of the service committed since the launcher's check: the keys file records it). */
 static void open_volumes(const struct grant *g)
 {
     S.keys_path = strdup(g->keys_path);
@@ -220,31 +313,24 @@ static void open_volumes(const struct grant *g)
         struct rt_key *k = keys_find((struct rt_keys *)&g->keys, v->path);
         if (!k) continue;  /* sconify-run checked every volume; a SCONE_FSPF debug key covers one */
         struct svol *sv = &S.vols[S.nvols];
-        struct rt_error err;
+        struct rt_error err = {{0}};
         sv->v = v;
         sv->len = strlen(v->path);
         memcpy(sv->key, k->key, 32);
-        int fd = RESOLVE(open)(v->fspf_path, O_RDONLY | O_CLOEXEC);
-        struct stat64 st;
-        if (fd < 0 || RESOLVE(fstat64)(fd, &st) != 0) fatal("a volume's fspf disappeared after start-up");
-        unsigned char *data = malloc((size_t)st.st_size + 1);
-        if (!data || pread_full(fd, data, (size_t)st.st_size, 0) != 0) fatal("cannot read a volume's fspf");
-        RESOLVE(close)(fd);
-        const unsigned char *tag = st.st_size >= 16 ? data + st.st_size - 16 : k->tag;
-        int next = k->has_next && memcmp(tag, k->next_tag, 16) == 0;
-        const unsigned char *want = next ? k->next_tag : k->tag;
-        struct rt_state state;  /* the container's own copy, written since the grant: its state's tag */
-        if (k->container_copy && memcmp(tag, want, 16) != 0 && state_load(v->path, k->key, &state) &&
-            (memcmp(tag, state.tag, 16) == 0 || (state.has_next && memcmp(tag, state.next_tag, 16) == 0)))
-            want = tag;
-        if (fspf_load(&sv->fs, data, (size_t)st.st_size, k->key, want, &err) != 0)
-            fatal(err.msg);
+        sv->granted = *k;
+        sv->granted.path = NULL;
         sv->container_copy = k->container_copy;
-        if (sv->fs.region_count != 1 || strcmp(sv->fs.regions[0].path, v->path) != 0)
-            fatal("a volume's fspf does not describe that volume");
-        memcpy(sv->tag, tag, 16);
-        for (uint32_t i = 0; i < sv->fs.file_count; i++) sv->has_links |= sv->fs.files[i].protection == FSPF_SYMLINK;
-        free(data);
+        int fd = RESOLVE(open)(v->fspf_path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0) fatal("a volume's fspf disappeared after start-up");
+        int rc = load_fspf(sv, fd, 1, &err);
+        RESOLVE(close)(fd);
+        if (rc != 1 && S.keys_persist) {  /* again between two commits: the fspf and its record agree */
+            int lock = volume_lock(sv, LOCK_SH);
+            if ((fd = RESOLVE(open)(v->fspf_path, O_RDONLY | O_CLOEXEC)) >= 0) rc = load_fspf(sv, fd, 1, &err);
+            if (fd >= 0) RESOLVE(close)(fd);
+            if (lock >= 0) RESOLVE(close)(lock);
+        }
+        if (rc != 1) fatal(err.msg);
         S.nvols++;
     }
 }
@@ -292,6 +378,7 @@ __attribute__((constructor)) static void shield_init(void)
     if (granted) grant_free(&g);
     for (size_t i = 0; i < S.cfg.ephemeral_count; i++) add_ephemeral(S.cfg.ephemeral[i]);
     install_seccomp();
+    if (S.nvols) pthread_atfork(fork_prepare, fork_parent, fork_child);
     S.active = S.has_emb || S.nvols || S.locked;
     in_shield--;
 }

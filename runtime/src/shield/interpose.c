@@ -461,6 +461,7 @@ static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follo
         }
         if (S_ISREG(st->st_mode)) {
             pthread_mutex_lock(&S.lock);
+            volume_refresh(t->vol, 0);  /* what the service's other processes committed */
             struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
             if (rec) {
                 st->st_size = (off_t)rec->size;

@@ -250,7 +250,7 @@ int unsealed(const char *path)
 static int hidden_name(const char *name)
 {
     return strcmp(name, VOLUME_FSPF_NAME) == 0 || strcmp(name, VOLUME_STATE_NAME) == 0 ||
-           strncmp(name, HIDDEN_TMP, strlen(HIDDEN_TMP)) == 0;
+           strcmp(name, VOLUME_LOCK_NAME) == 0 || strncmp(name, HIDDEN_TMP, strlen(HIDDEN_TMP)) == 0;
 }
 
 const char *base_name(const char *path)
@@ -260,7 +260,7 @@ const char *base_name(const char *path)
 }
 
 /* Names the service never sees as files of its own in vol: a volume's fspf, a container
- * copy's state file and the commit's temp files (an ephemeral region has no fspf file, so only the latter). */
+ * copy's state file, the commit's lock file and the commit's temp files (an ephemeral region has no fspf file, so only the latter). */
 int reserved_name(const struct svol *vol, const char *name)
 {
     return vol->ephemeral ? strncmp(name, HIDDEN_TMP, strlen(HIDDEN_TMP)) == 0 : hidden_name(name);

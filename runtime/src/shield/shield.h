@@ -18,7 +18,10 @@
  *    fsynced and renamed over the old one with the re-encrypted fspf, and the new fspf tag is
  *    recorded in the keys file, or for the container's own copy of a volume (nothing mounted
  *    there) in its state file (two phases: "next" before the renames, "current" after). So
- *    only ciphertext is ever on disk and a closed or fsynced write survives a crash.
+ *    only ciphertext is ever on disk and a closed or fsynced write survives a crash. The
+ *    processes of the service share a volume: a commit runs under the volume's lock
+ *    (.sconify.lock) onto the fspf last committed, and a changed fspf is reloaded (if its tag is
+ *    fresh) before open/stat, so a parent sees what its workers wrote.
  *  - ephemeral regions (/tmp): served like an encrypted volume whose fspf exists only in this
  *    process's memory and starts empty. Files the service writes there are ciphertext on disk
  *    under per-file keys that never leave the process, so nobody else can read them and they
@@ -180,6 +183,8 @@ struct svol {
     int ephemeral;             /* fs lives in memory only: no fspf file, no key, no tag */
     int container_copy;        /* the container's own copy: tags go to its state file (commit.c) */
     int has_links;             /* fs has (or had) an FSPF_SYMLINK record: paths are resolved */
+    struct rt_key granted;     /* the grant's key and tags for it (path NULL): judge the fspf at start */
+    struct stat64 seen;        /* the fspf file as last loaded or written (volume_refresh) */
     struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL) */
 };
 
@@ -219,6 +224,12 @@ void shield_refusal(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 /* init.c: 1 (and one line the first time) if path is a file in a volume this process has no
  * keys for. */
 int locked_volume_file(const char *path);
+/* init.c: the fspf other processes of the service committed since this one loaded vol's: if
+ * the fspf file changed (one stat), it is read again and, if its tag is fresh by the launcher's
+ * rule against what the keys file (or the container copy's state) records now, it replaces
+ * vol->fs. locked: the caller holds the volume's lock (commit.c), else it is taken shared.
+ * 1 reloaded, 0 unchanged (also: ephemeral regions, debug-mode keys), -1 refused (one line). */
+int volume_refresh(struct svol *vol, int locked);
 
 /* ------------------------------------------------------------------ paths (paths.c) */
 
@@ -288,6 +299,9 @@ int dup_tracked(int from, int to);
 /* ------------------------------------------------------------------ the commit (commit.c) */
 
 int commit(struct svol *vol, const char *path, int plain_fd, const char *remove, mode_t mode);
+/* The volume's lock file (<volume>/.sconify.lock) taken with flock(op): its fd (close it to
+ * release), or -1 (errno). A new open per call: a lock shared through a forked fd is no lock. */
+int volume_lock(const struct svol *vol, int op);
 
 #pragma GCC visibility pop
 

@@ -1,5 +1,6 @@
 /* Files in a volume or an ephemeral region: open (a memfd with the checked plaintext), unlink
  * and rename (a commit each), O_TMPFILE, and the libc mkstemp family and tmpfile(). */
+#include <sys/file.h>
 #include <sys/random.h>
 
 #include "shield.h"
@@ -241,12 +242,35 @@ int shield_link(int olddirfd, const char *oldpath, int newdirfd, const char *new
 
 /* ------------------------------------------------------------------ open */
 
+/* The checked plaintext of t's stored file (record rec) into fd: 0, or -1 (err). Another
+ * process may commit the file between this one's reload of the fspf and its open of the stored
+ * file (a mismatch): then once more, with the fspf reloaded and the stored file opened under the
+ * volume's lock (shared), where the two agree. Called with S.lock held. */
+static int read_stored(struct target *t, struct fspf_file *rec, int fd, struct rt_error *err)
+{
+    for (int attempt = 0;; attempt++) {
+        int lock = attempt ? volume_lock(t->vol, LOCK_SH) : -1;
+        if (attempt && volume_refresh(t->vol, 1) >= 0) rec = fspf_find(&t->vol->fs, t->path);
+        in_shield++;
+        int stored = rec ? open(t->path, O_RDONLY | O_CLOEXEC) : -1, missing = errno;
+        in_shield--;
+        if (lock >= 0) RESOLVE(close)(lock);
+        int rc = !rec ? rt_fail(err, "%s: removed by another process while being opened", t->path)
+                 : stored < 0 ? rt_fail(err, "%s: stored file missing (%s)", t->path, strerror(missing))
+                 : ftruncate(fd, 0) != 0 ? rt_fail(err, "%s: %s", t->path, strerror(errno))
+                 : fspf_open_file(rec, stored, fd, err);
+        if (stored >= 0) RESOLVE(close)(stored);
+        if (rc == 0 || attempt || t->vol->ephemeral) return rc;
+    }
+}
+
 /* t names a file in t->vol: a memfd with its checked plaintext (writable: tracked, protected
  * again on close/fsync), -1 with errno, or -2 when the kernel's (a directory, a socket...). */
 int open_volume_file(struct target *t, int flags, mode_t mode)
 {
     int writable = (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC));
     pthread_mutex_lock(&S.lock);
+    volume_refresh(t->vol, 0);  /* what the service's other processes committed (a child's new file) */
     struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
     int fd = -1;
     struct stat64 st;
@@ -299,20 +323,14 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
     fd = new_memfd(t->path, flags & O_CLOEXEC);
     if (fd < 0) goto out;
     if (rec && !(flags & O_TRUNC && writable)) {
-        in_shield++;
-        int stored = open(t->path, O_RDONLY | O_CLOEXEC);
-        in_shield--;
         struct rt_error err;
-        if (stored < 0 || fspf_open_file(rec, stored, fd, &err) != 0) {
-            if (stored < 0) rt_fail(&err, "%s: stored file missing (%s)", t->path, strerror(errno));
+        if (read_stored(t, rec, fd, &err) != 0) {
             shield_log("%s %s: %s", region_word(t->vol), t->vol->v->path, err.msg);
-            if (stored >= 0) RESOLVE(close)(stored);
             RESOLVE(close)(fd);
             fd = -1;
             errno = EIO;
             goto out;
         }
-        RESOLVE(close)(stored);
         lseek(fd, 0, SEEK_SET);
     }
     if (exists) {  /* fstat of the memfd: the file's mode and times (a commit keeps them) */
@@ -406,6 +424,7 @@ int shield_unlink(int dirfd, const char *path, int flags, struct target *t)
     if (dir_syntax(path)) return region_dir_syntax(t, 0);  /* ENOTDIR for a file, EISDIR... */
     pthread_mutex_lock(&S.lock);
     int rc = -2;
+    volume_refresh(t->vol, 0);
     if (fspf_find(&t->vol->fs, t->path)) {
         rc = commit(t->vol, NULL, -1, t->path, 0);
         if (rc == 0) retarget_tracked(t->vol, t->path, NULL, 0);
@@ -491,6 +510,7 @@ int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *n
         if (!is_dir) return -2;  /* the kernel: ENOTDIR or ENOENT, nothing renamed */
     }
     pthread_mutex_lock(&S.lock);
+    if (from.kind == T_VOL) volume_refresh(from.vol, 0);
     struct fspf_file *rec = from.kind == T_VOL ? fspf_find(&from.vol->fs, from.path) : NULL;
     if (!rec && from.kind == T_VOL && from.vol->ephemeral) {
         struct stat64 st;
