@@ -363,25 +363,16 @@ static void set_preload(const char *lib)
  * the measured executable or one of the scripts check_scripts compares with their measured
  * copies, the same file, else 0. A derived layer can put another program at `python3` while
  * the measured python3.11 stays intact; that program must not inherit the grant. */
+static int executable_file(const char *candidate)
+{
+    struct stat st;
+    return stat(candidate, &st) == 0 && S_ISREG(st.st_mode) && access(candidate, X_OK) == 0;
+}
+
 static int measured_program(const struct rt_config *cfg, const char *name, char *program, size_t len)
 {
-    program[0] = '\0';
-    if (strchr(name, '/')) {
-        snprintf(program, len, "%s", name);
-    } else {
-        const char *path = getenv("PATH");
-        for (const char *p = path ? path : "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"; *p;) {
-            size_t n = strcspn(p, ":");
-            snprintf(program, len, "%.*s/%s", (int)n, p, name);
-            struct stat st;
-            if (n && stat(program, &st) == 0 && S_ISREG(st.st_mode) && access(program, X_OK) == 0) break;
-            program[0] = '\0';
-            p += n;
-            if (*p) p++;
-        }
-    }
     struct stat got, want;
-    if (!*program || stat(program, &got) != 0) return 0;
+    if (!policy_lookup(name, getenv("PATH"), executable_file, program, len) || stat(program, &got) != 0) return 0;
     if (stat(cfg->executable, &want) == 0 && got.st_dev == want.st_dev && got.st_ino == want.st_ino) return 1;
     for (size_t i = 0; i < cfg->script_count; i++)
         if (stat(cfg->scripts[i], &want) == 0 && got.st_dev == want.st_dev && got.st_ino == want.st_ino) return 1;

@@ -74,6 +74,30 @@ int policy_check_command(const struct rt_config *cfg, int argc, char **argv, cha
     return 0;
 }
 
+int policy_lookup(const char *name, const char *path, int (*usable)(const char *candidate), char *out, size_t len)
+{
+    /* string functions only, no stdio: the shield calls this between fork and exec */
+    out[0] = '\0';
+    if (strchr(name, '/')) {
+        if (strlen(name) >= len) return 0;
+        strcpy(out, name);
+        return 1;
+    }
+    for (const char *p = path ? path : POLICY_DEFAULT_PATH; *p;) {
+        size_t n = strcspn(p, ":");
+        if (n && n + strlen(name) + 2 <= len) {
+            memcpy(out, p, n);
+            out[n] = '/';
+            strcpy(out + n + 1, name);
+            if (usable(out)) return 1;
+        }
+        p += n;
+        if (*p) p++;
+    }
+    out[0] = '\0';
+    return 0;
+}
+
 void policy_preload_without(const char *value, const char *shield, char *out, size_t len)
 {
     size_t used = 0;

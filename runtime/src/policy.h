@@ -23,6 +23,14 @@ int policy_check_command(const struct rt_config *cfg, int argc, char **argv, cha
  * is left out of the comparison. 0, or -1 and one line in msg naming the variable. */
 int policy_check_environment(const struct rt_config *cfg, char **envp, const char *shield, char *msg, size_t len);
 
+/* The program execvp would run for name, into out: name itself when it holds a '/', else the
+ * first entry of path (':' separated; NULL: POLICY_DEFAULT_PATH) where usable(candidate) says
+ * an executable file is. 1 if found, else 0 and out "". usable does the file system checks, so
+ * that the shield can pass one that calls past its own interposers (it runs between fork and
+ * exec). */
+#define POLICY_DEFAULT_PATH "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+int policy_lookup(const char *name, const char *path, int (*usable)(const char *candidate), char *out, size_t len);
+
 /* LD_PRELOAD's value without the entries naming shield (':' or ' ' separated) into out. */
 void policy_preload_without(const char *value, const char *shield, char *out, size_t len);
 

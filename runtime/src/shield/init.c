@@ -14,6 +14,7 @@
 #include <sys/mman.h>
 
 #include "measure.h"
+#include "policy.h"
 #include "shield.h"
 
 #define GRANT_SCHEMA "sconify.grant/v1"
@@ -388,28 +389,22 @@ __attribute__((constructor)) static void shield_init(void)
 /* Whether exec of program (a path, or a name looked up in envp's PATH as execvp does) starts
  * the measured executable: any other program (a shell, a tool, something a derived layer put
  * at a name) gets no grant, its descriptor being close-on-exec. Only system calls here. */
+static int executable_file(const char *candidate)
+{
+    struct stat64 st;
+    return RESOLVE(stat64)(candidate, &st) == 0 && S_ISREG(st.st_mode) && RESOLVE(access)(candidate, X_OK) == 0;
+}
+
 static int executes_measured(const char *program, char *const envp[])
 {
     struct stat64 want, got;
     if (!program || !*program || !*grant_exe || RESOLVE(stat64)(grant_exe, &want) != 0) return 0;
-    if (strchr(program, '/')) return RESOLVE(stat64)(program, &got) == 0 && got.st_dev == want.st_dev && got.st_ino == want.st_ino;
-    const char *path = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    const char *path = NULL;
     for (char *const *e = envp; *e; e++)
         if (strncmp(*e, "PATH=", 5) == 0) path = *e + 5;
-    for (const char *p = path; *p;) {
-        size_t n = strcspn(p, ":");
-        char candidate[PATH_MAX];
-        if (n && n + strlen(program) + 2 <= sizeof candidate) {
-            memcpy(candidate, p, n);
-            candidate[n] = '/';
-            strcpy(candidate + n + 1, program);
-            if (RESOLVE(stat64)(candidate, &got) == 0 && S_ISREG(got.st_mode) && RESOLVE(access)(candidate, X_OK) == 0)
-                return got.st_dev == want.st_dev && got.st_ino == want.st_ino;  /* the first one execvp runs */
-        }
-        p += n;
-        if (*p) p++;
-    }
-    return 0;
+    char found[PATH_MAX];  /* the first one execvp runs */
+    return policy_lookup(program, path, executable_file, found, sizeof found) &&
+           RESOLVE(stat64)(found, &got) == 0 && got.st_dev == want.st_dev && got.st_ino == want.st_ino;
 }
 
 /* Programs the granted service executes inherit its grant (its code chose them), also when the
