@@ -225,18 +225,12 @@ void config_free(struct rt_config *cfg)
         free(cfg->volumes[i].fspf_path);
     }
     free(cfg->volumes);
-    for (size_t i = 0; i < cfg->ephemeral_count; i++) free(cfg->ephemeral[i]);
-    free(cfg->ephemeral);
-    for (size_t i = 0; i < cfg->script_count; i++) free(cfg->scripts[i]);
-    free(cfg->scripts);
-    for (size_t i = 0; i < cfg->code_root_count; i++) free(cfg->code_roots[i]);
-    free(cfg->code_roots);
-    for (size_t i = 0; i < cfg->code_left_count; i++) free(cfg->code_left[i]);
-    free(cfg->code_left);
-    for (size_t i = 0; i < cfg->code_shallow_count; i++) free(cfg->code_shallow[i]);
-    free(cfg->code_shallow);
-    for (size_t i = 0; i < cfg->code_extension_count; i++) free(cfg->code_extensions[i]);
-    free(cfg->code_extensions);
+    free_strings(cfg->ephemeral, cfg->ephemeral_count);
+    free_strings(cfg->scripts, cfg->script_count);
+    free_strings(cfg->code_roots, cfg->code_root_count);
+    free_strings(cfg->code_left, cfg->code_left_count);
+    free_strings(cfg->code_shallow, cfg->code_shallow_count);
+    free_strings(cfg->code_extensions, cfg->code_extension_count);
     free_strings(cfg->command, cfg->command_count);
     free_strings(cfg->env_names, cfg->env_count);
     free_strings(cfg->env_values, cfg->env_count);
