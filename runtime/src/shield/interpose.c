@@ -398,19 +398,14 @@ static ino64_t region_ino(const char *path)
 static void served_identity(int fd, struct stat64 *st)
 {
     if (!ACTIVE() || !S_ISREG(st->st_mode)) return;
-    char path[PATH_MAX];
-    const char *root = NULL;
     pthread_mutex_lock(&S.lock);
     struct tracked *t = tracked_fd(fd);
-    if (t && t->vol && st->st_dev == t->dev && st->st_ino == t->ino) {
-        snprintf(path, sizeof path, "%s", t->path);
-        root = t->vol->v->path;
+    dev_t dev;
+    if (t && t->vol && st->st_dev == t->dev && st->st_ino == t->ino && region_device(t->vol, &dev)) {
+        st->st_dev = dev;
+        st->st_ino = region_ino(t->path);
     }
     pthread_mutex_unlock(&S.lock);
-    struct stat64 dir;
-    if (!root || RESOLVE(stat64)(root, &dir) != 0) return;
-    st->st_dev = dir.st_dev;
-    st->st_ino = region_ino(path);
 }
 
 static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follow, struct target *t)

@@ -185,6 +185,8 @@ struct svol {
     int has_links;             /* fs has (or had) an FSPF_SYMLINK record: paths are resolved */
     struct rt_key granted;     /* the grant's key and tags for it (path NULL): judge the fspf at start */
     struct stat64 seen;        /* the fspf file as last loaded or written (volume_refresh) */
+    dev_t dev;                 /* its directory's device, once known (region_device) */
+    int dev_known;
     struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL) */
 };
 
@@ -269,6 +271,7 @@ int beside_encrypted_code(const char *path);
 /* ------------------------------------------------------------------ volumes (volumes.c) */
 
 const char *region_word(const struct svol *vol);
+int region_device(struct svol *vol, dev_t *dev);
 int ephemeral_hidden(struct svol *vol, const char *path);
 int dir_syntax(const char *path);
 int region_dir_syntax(struct target *t, int flags);

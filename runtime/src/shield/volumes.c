@@ -44,21 +44,32 @@ int region_dir_syntax(struct target *t, int flags)
 
 /* ------------------------------------------------------------------ symlinks into a region */
 
-/* Whether dev is the device of a region's directory (each looked up once): a file on another
- * device is in no region. */
+/* The device of the region's directory into dev, looked up once: 1, or 0 if it cannot be
+ * (the directory is missing). Called with S.lock held. */
+int region_device(struct svol *vol, dev_t *dev)
+{
+    if (!vol->dev_known) {
+        struct stat64 st;
+        in_shield++;
+        if (stat64(vol->v->path, &st) == 0) {
+            vol->dev = st.st_dev;
+            vol->dev_known = 1;
+        }
+        in_shield--;
+    }
+    *dev = vol->dev;
+    return vol->dev_known;
+}
+
+/* Whether dev is the device of a region's directory: a file on another device is in no region. */
 static int on_a_region_device(dev_t dev)
 {
-    static dev_t *devs;
     pthread_mutex_lock(&S.lock);
-    if (!devs && (devs = calloc(S.nvols, sizeof *devs)) != NULL)
-        for (size_t i = 0; i < S.nvols; i++) {
-            struct stat64 st;
-            in_shield++;
-            if (stat64(S.vols[i].v->path, &st) == 0) devs[i] = st.st_dev;
-            in_shield--;
-        }
     int found = 0;
-    for (size_t i = 0; devs && i < S.nvols; i++) found |= devs[i] == dev;
+    for (size_t i = 0; i < S.nvols; i++) {
+        dev_t region;
+        found |= region_device(&S.vols[i], &region) && region == dev;
+    }
     pthread_mutex_unlock(&S.lock);
     return found;
 }
