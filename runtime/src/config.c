@@ -88,6 +88,8 @@ static int parse_policy(json_t *policy, struct rt_config *cfg)
         string_array(json_object_get(policy, "allow_env"), &cfg->allow_env, &cfg->allow_env_count) != 0)
         return -1;
     cfg->allow_args = json_is_true(allow_args);
+    json_t *service = json_object_get(policy, "service_command");
+    if (service && string_array(service, &cfg->service_command, &cfg->service_command_count) != 0) return -1;
     cfg->env_count = json_object_size(env);
     cfg->env_names = calloc(cfg->env_count + 1, sizeof *cfg->env_names);
     cfg->env_values = calloc(cfg->env_count + 1, sizeof *cfg->env_values);
@@ -163,14 +165,23 @@ int config_parse(const char *text, size_t len, const char *path, struct rt_confi
         json_t *v = json_array_get(vols, i);
         const char *vp = json_string_value(json_object_get(v, "path"));
         const char *fp = json_string_value(json_object_get(v, "fspf_path"));
-        int prot = protection_of(json_string_value(json_object_get(v, "protection")));
+        /* read leniently (a generic volume is declared: its fspf path and protection may be left
+         * to their defaults, <path>/.sconify.fspf and encrypted) */
+        json_t *given = json_object_get(v, "protection");
+        int prot = given ? protection_of(json_string_value(given)) : FSPF_ENCRYPTED;
+        char fspf_default[PATH_MAX];
+        if (!json_object_get(v, "fspf_path") && vp) {
+            snprintf(fspf_default, sizeof fspf_default, "%s/" VOLUME_FSPF_NAME, strcmp(vp, "/") == 0 ? "" : vp);
+            fp = fspf_default;
+        }
         if (!vp || vp[0] != '/' || !fp || fp[0] != '/' || prot < 0) {
             cfg->volume_count = i;
             config_free(cfg);
             json_decref(doc);
             return rt_fail(err, "runtime config %s: volume %zu is malformed; re-convert the image", path, i);
         }
-        cfg->volumes[i] = (struct rt_volume){strdup(vp), strdup(fp), (uint8_t)prot};
+        cfg->volumes[i] = (struct rt_volume){strdup(vp), strdup(fp), (uint8_t)prot,
+                                             json_is_true(json_object_get(v, "generic"))};
     }
     qsort(cfg->volumes, cfg->volume_count, sizeof *cfg->volumes, compare_volumes);
     cfg->ephemeral = absolute_paths(eph, &cfg->ephemeral_count);
@@ -232,6 +243,7 @@ void config_free(struct rt_config *cfg)
     free_strings(cfg->code_shallow, cfg->code_shallow_count);
     free_strings(cfg->code_extensions, cfg->code_extension_count);
     free_strings(cfg->command, cfg->command_count);
+    free_strings(cfg->service_command, cfg->service_command_count);
     free_strings(cfg->env_names, cfg->env_count);
     free_strings(cfg->env_values, cfg->env_count);
     free_strings(cfg->allow_env, cfg->allow_env_count);
@@ -319,6 +331,8 @@ int keys_from_json(void *document, const char *path, struct rt_keys *keys, struc
             hex_decode(image, k->image_tag, 16);
         }
         k->container_copy = json_is_true(json_object_get(v, "container_copy"));
+        const char *name = json_string_value(json_object_get(v, "name"));
+        if (name) k->name = strdup(name);
     }
     return 0;
 }
@@ -356,6 +370,7 @@ void *keys_to_json(const struct rt_keys *keys)
             json_object_set_new(v, "fspf_tag_image", json_string(tag_hex));
         }
         if (k->container_copy) json_object_set_new(v, "container_copy", json_true());
+        if (k->name) json_object_set_new(v, "name", json_string(k->name));
         json_array_append_new(vols, v);
     }
     json_object_set_new(doc, "volumes", vols);
@@ -387,6 +402,7 @@ void keys_free(struct rt_keys *keys)
 {
     for (size_t i = 0; i < keys->count; i++) {
         free(keys->keys[i].path);
+        free(keys->keys[i].name);
         OPENSSL_cleanse(keys->keys[i].key, sizeof keys->keys[i].key);
     }
     free(keys->keys);
@@ -532,10 +548,9 @@ static void state_path(const char *volume_path, const char *name, char *out, siz
     snprintf(out, len, "%s%s%s", volume_path, strcmp(volume_path, "/") == 0 ? "" : "/", name);
 }
 
-int state_load(const char *volume_path, const unsigned char key[32], struct rt_state *st)
+int state_file_load(const char *path, const char *identity, const unsigned char key[32], struct rt_state *st)
 {
-    char path[PATH_MAX], want[65];
-    state_path(volume_path, VOLUME_STATE_NAME, path, sizeof path);
+    char want[65];
     memset(st, 0, sizeof *st);
     json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
     const char *schema = json_string_value(json_object_get(doc, "schema"));
@@ -543,9 +558,9 @@ int state_load(const char *volume_path, const unsigned char key[32], struct rt_s
     const char *tag = json_string_value(json_object_get(doc, "fspf_tag"));
     const char *next = json_string_value(json_object_get(doc, "fspf_tag_next"));
     const char *mac = json_string_value(json_object_get(doc, "mac"));
-    int ok = schema && strcmp(schema, STATE_SCHEMA) == 0 && volume && strcmp(volume, volume_path) == 0 &&
+    int ok = schema && strcmp(schema, STATE_SCHEMA) == 0 && volume && strcmp(volume, identity) == 0 &&
              is_hex(tag, 32) && (!next || is_hex(next, 32)) && is_hex(mac, 64) &&
-             state_mac(volume_path, key, tag, next, want) == 0 && CRYPTO_memcmp(want, mac, 64) == 0;
+             state_mac(identity, key, tag, next, want) == 0 && CRYPTO_memcmp(want, mac, 64) == 0;
     if (ok) {
         hex_decode(tag, st->tag, 16);
         if (next) {
@@ -557,30 +572,42 @@ int state_load(const char *volume_path, const unsigned char key[32], struct rt_s
     return ok;
 }
 
-int state_record(const char *volume_path, const unsigned char key[32], const unsigned char tag[16],
-                 const unsigned char *next, struct rt_error *err)
+int state_load(const char *volume_path, const unsigned char key[32], struct rt_state *st)
 {
-    char tag_hex[33], next_hex[33], mac[65], path[PATH_MAX], tmp[PATH_MAX], name[64];
+    char path[PATH_MAX];
+    state_path(volume_path, VOLUME_STATE_NAME, path, sizeof path);
+    return state_file_load(path, volume_path, key, st);
+}
+
+int state_file_record(const char *path, const char *tmp, const char *identity, const unsigned char key[32],
+                      const unsigned char tag[16], const unsigned char *next, struct rt_error *err)
+{
+    char tag_hex[33], next_hex[33], mac[65];
     hex_encode(tag, 16, tag_hex);
     if (next) hex_encode(next, 16, next_hex);
-    if (state_mac(volume_path, key, tag_hex, next ? next_hex : NULL, mac) != 0)
-        return rt_fail(err, "cannot compute the state of volume %s", volume_path);
+    if (state_mac(identity, key, tag_hex, next ? next_hex : NULL, mac) != 0)
+        return rt_fail(err, "cannot compute the state of volume %s", identity);
     json_t *doc = json_object();
     json_object_set_new(doc, "schema", json_string(STATE_SCHEMA));
-    json_object_set_new(doc, "volume", json_string(volume_path));
+    json_object_set_new(doc, "volume", json_string(identity));
     json_object_set_new(doc, "fspf_tag", json_string(tag_hex));
     if (next) json_object_set_new(doc, "fspf_tag_next", json_string(next_hex));
     json_object_set_new(doc, "mac", json_string(mac));
     char *text = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(doc);
-    if (!text) return rt_fail(err, "out of memory writing the state of volume %s", volume_path);
+    if (!text) return rt_fail(err, "out of memory writing the state of volume %s", identity);
+    int saved = write_atomically(path, tmp, text, 0644);
+    free(text);
+    if (saved) return rt_fail(err, "cannot record the new fspf tag of volume %s in %s (%s)", identity, path, strerror(saved));
+    return 0;
+}
+
+int state_record(const char *volume_path, const unsigned char key[32], const unsigned char tag[16],
+                 const unsigned char *next, struct rt_error *err)
+{
+    char path[PATH_MAX], tmp[PATH_MAX], name[64];
     state_path(volume_path, VOLUME_STATE_NAME, path, sizeof path);
     snprintf(name, sizeof name, ".sconify-tmp.state.%ld", (long)getpid());  /* hidden like the commit's */
     state_path(volume_path, name, tmp, sizeof tmp);
-    int saved = write_atomically(path, tmp, text, 0644);
-    free(text);
-    if (saved)
-        return rt_fail(err, "cannot record the new fspf tag of volume %s (the container's own copy) in %s (%s)",
-                       volume_path, path, strerror(saved));
-    return 0;
+    return state_file_record(path, tmp, volume_path, key, tag, next, err);
 }

@@ -26,6 +26,8 @@ struct rt_volume {
     char *path;        /* region path, absolute */
     char *fspf_path;   /* <path>/.sconify.fspf */
     uint8_t protection;  /* FSPF_AUTHENTICATED or FSPF_ENCRYPTED */
+    int generic;       /* "generic": declared by sconify-image --generic, no fspf in the image: each
+                        * deployment initialises it with its own key (docs/deploy.md) */
 };
 
 struct rt_config {
@@ -50,6 +52,9 @@ struct rt_config {
     /* The policy (docs/runtime.md, "The policy"): what the keys are granted to. */
     size_t command_count;
     char **command;                 /* argv after `--` as the conversion recorded it */
+    size_t service_command_count;
+    char **service_command;         /* what the measured executable runs with, the scripts crossed
+                                     * (the session's command); none in older configs */
     int allow_args;                 /* the host may append arguments after the command */
     size_t env_count;
     char **env_names;               /* the image's environment (PATH default added), sorted */
@@ -71,6 +76,8 @@ struct rt_key {
     unsigned char image_tag[16];
     int container_copy;          /* in a grant only ("container_copy"): the volume is the container's
                                   * own copy; its tags go to its state file, not to the keys file */
+    char *name;                  /* in a grant only ("name"), policy mode: the policy's name of the
+                                  * volume, under which its tags are kept (tagstate.h) */
 };
 
 struct rt_keys {
@@ -120,6 +127,12 @@ int state_load(const char *volume_path, const unsigned char key[32], struct rt_s
 /* Record tag (and next, a commit under way, if not NULL) in the state file, atomically. */
 int state_record(const char *volume_path, const unsigned char key[32], const unsigned char tag[16],
                  const unsigned char *next, struct rt_error *err);
+/* The same for a state file at path that records the volume named identity (a container copy's
+ * state: its volume's path; a deployment's: "<policy>/<volume name>", tagstate.c); tmp is the
+ * temp file written first. The MAC binds identity, so a file cannot be moved to another one. */
+int state_file_load(const char *path, const char *identity, const unsigned char key[32], struct rt_state *st);
+int state_file_record(const char *path, const char *tmp, const char *identity, const unsigned char key[32],
+                      const unsigned char tag[16], const unsigned char *next, struct rt_error *err);
 
 /* The freshness rule (docs/runtime.md, "Freshness"): the recorded tag at which an fspf carrying
  * tag (its last 16 bytes, NULL if it has none) is accepted, a pointer into key or state, or NULL
