@@ -531,6 +531,22 @@ int deployment_substitute(const struct deployment *d, const char *text, char **o
     return 0;
 }
 
+int deployment_check_references(const struct deployment *d, struct rt_error *err)
+{
+    size_t n = d->env_count + d->file_count + d->volume_count + 1;
+    for (size_t i = 0; i < n; i++) {
+        const char *text = i < d->env_count ? d->env_values[i]
+                         : i < d->env_count + d->file_count ? d->files[i - d->env_count].content
+                         : i < n - 1 ? d->volumes[i - d->env_count - d->file_count].fspf_key
+                         : d->command ? d->command : "";
+        char *out;
+        if (deployment_substitute(d, text, &out, err) != 0) return -1;
+        OPENSSL_cleanse(out, strlen(out));
+        free(out);
+    }
+    return 0;
+}
+
 /* ------------------------------------------------------------------ the command */
 
 void free_words(char **words)

@@ -82,6 +82,11 @@ int deployment_accepts(const struct deployment *d, const char *mrenclave, const 
  * line naming the secret (never a value): undeclared, no value, or a kind the form does not fit. */
 int deployment_substitute(const struct deployment *d, const char *text, char **out, struct rt_error *err);
 
+/* Every secret reference of the policy (environment, injection files, volume keys, command)
+ * resolves: 0, or -1 and deployment_substitute's line. Checked before anything is started or
+ * written, so a missing secret leaves no volume initialised. */
+int deployment_check_references(const struct deployment *d, struct rt_error *err);
+
 /* A SCONE command string split into words as a POSIX shell (and Python's shlex) would: blanks
  * separate, '...' is literal, "..." and \ escape. A last word "@@1" is dropped and *host_args set
  * (the host may append its arguments). *words: NULL-terminated, to free with free_words. */

@@ -165,6 +165,10 @@ static void test_policy(void)
     expect_refusal(&d, "$$SCONE::server_tls:hex$$", "server_tls");
     expect_refusal(&d, "$$SCONE::DB_PASSWORD.crt$$", "DB_PASSWORD.crt");
     expect_refusal(&d, "$$SCONE::DB_PASSWORD", "not closed");
+    CHECK(deployment_check_references(&d, &err) == 0, "every reference of the policy resolves: %s", err.msg);
+    free(d.env_values[1]);
+    d.env_values[1] = strdup("$$SCONE::missing$$");
+    CHECK(deployment_check_references(&d, &err) != 0 && strstr(err.msg, "missing"), "one that does not: %s", err.msg);
     deployment_free(&d);
 
     CHECK(load(&d, POLICY, "{\"schema\": \"sconify.secrets/v1\", \"policy\": \"deployment-b\", \"secrets\": {}}", &err)
