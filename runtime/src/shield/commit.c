@@ -3,6 +3,7 @@
 #include <sys/file.h>
 
 #include "shield.h"
+#include "tagstate.h"
 
 static void tmp_name(const char *path, char *out, size_t len)
 {
@@ -40,6 +41,9 @@ static int copy_fd(int from, int to, uint64_t size)
  * image's tag: docs/runtime.md, "Freshness"). */
 static int record_tag(struct svol *vol, const unsigned char tag[16], int next, struct rt_error *err)
 {
+    if (S.state_dir && vol->granted.name)  /* policy mode: the deployment's state (tagstate.h) */
+        return next ? tag_state_record(S.state_dir, S.state_policy, vol->granted.name, vol->key, vol->tag, tag, err)
+                    : tag_state_record(S.state_dir, S.state_policy, vol->granted.name, vol->key, tag, NULL, err);
     if (vol->container_copy)
         return next ? state_record(vol->v->path, vol->key, vol->tag, tag, err)
                     : state_record(vol->v->path, vol->key, tag, NULL, err);

@@ -16,6 +16,7 @@
 #include "measure.h"
 #include "policy.h"
 #include "shield.h"
+#include "tagstate.h"
 
 #define GRANT_SCHEMA "sconify.grant/v1"
 #define GRANT_SEALS (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
@@ -29,6 +30,9 @@ static char grant_exe[PATH_MAX];
 
 struct grant {
     struct rt_keys keys;
+    json_t *files;          /* policy mode: the injection files [{path, content}] (a new reference) */
+    char *state_dir;        /* policy mode: where the volumes' tags are kept (tagstate.h) */
+    char *state_policy;
     char *config;           /* the runtime config's bytes the launcher checked */
     size_t config_len;
     char *keys_path;        /* where tags are recorded ("" for SCONE_FSPF debug keys) */
@@ -122,6 +126,14 @@ static int read_grant(struct grant *g)
         memcpy(g->config, json_string_value(config), g->config_len + 1);
         g->keys_path = strdup(keys_path);
         g->persist = json_is_true(json_object_get(doc, "persist"));
+        json_t *state = json_object_get(doc, "state");
+        const char *dir = json_string_value(json_object_get(state, "dir"));
+        const char *policy = json_string_value(json_object_get(state, "policy"));
+        if (dir && policy) {
+            g->state_dir = strdup(dir);
+            g->state_policy = strdup(policy);
+        }
+        g->files = json_incref(json_object_get(doc, "files"));
         grant_text = text;  /* kept to pass the grant on (execve below) */
         grant_len = (size_t)st.st_size;
         /* Another program this one executes (a shell, a tool) must not inherit it: pass_grant_on
@@ -138,6 +150,9 @@ static int read_grant(struct grant *g)
 static void grant_free(struct grant *g)
 {
     keys_free(&g->keys);
+    json_decref(g->files);
+    free(g->state_dir);
+    free(g->state_policy);
     free(g->config);
     free(g->keys_path);
     memset(g, 0, sizeof *g);
@@ -212,6 +227,27 @@ int locked_volume_file(const char *path)
     return 0;
 }
 
+/* The injection files of the grant (policy mode), kept for this process's life. */
+static void take_injected(const struct grant *g)
+{
+    size_t n = json_array_size(g->files);
+    S.injected = calloc(n + 1, sizeof *S.injected);
+    if (!S.injected) fatal("out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *f = json_array_get(g->files, i);
+        const char *path = json_string_value(json_object_get(f, "path"));
+        json_t *content = json_object_get(f, "content");
+        if (!path || path[0] != '/' || strlen(path) >= PATH_MAX || !json_is_string(content)) continue;
+        struct injected *inj = &S.injected[S.ninjected++];
+        inj->path = strdup(path);
+        normalise(inj->path);
+        inj->len = json_string_length(content);
+        inj->content = malloc(inj->len + 1);
+        if (!inj->path || !inj->content) fatal("out of memory");
+        memcpy(inj->content, json_string_value(content), inj->len + 1);
+    }
+}
+
 /* Read the fspf open at fd and, if its tag is fresh, make it sv->fs (freed first when loaded:
  * sv->seen.st_nlink). Fresh at start-up (start): a tag the grant accepts (what the launcher
  * checked); else, and always later, a tag that the keys file (or the container copy's state
@@ -237,7 +273,18 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
     const unsigned char *want = start ? fresh_tag(&sv->granted, sv->container_copy, have_state ? &state : NULL, tag)
                                       : NULL;
     struct rt_keys keys = {0};
-    if (!want && S.keys_persist && keys_load(S.keys_path, &keys, err) == 0) {
+    unsigned char recorded_tag[16];
+    if (!want && S.state_dir && sv->granted.name) {  /* policy mode: the deployment's state (tagstate.h) */
+        struct rt_key recorded = {0};
+        struct rt_state now;
+        if (tag_state_read(S.state_dir, S.state_policy, sv->granted.name, sv->key, &now, err) == 1) {
+            memcpy(recorded.tag, now.tag, 16);
+            recorded.has_next = now.has_next;
+            memcpy(recorded.next_tag, now.next_tag, 16);
+            const unsigned char *fresh = fresh_tag(&recorded, 0, NULL, tag);
+            if (fresh) want = memcpy(recorded_tag, fresh, 16);
+        }
+    } else if (!want && S.keys_persist && keys_load(S.keys_path, &keys, err) == 0) {
         struct rt_key *k = keys_find(&keys, sv->v->path);
         if (k && CRYPTO_memcmp(k->key, sv->key, 32) == 0) want = fresh_tag(k, sv->container_copy, have_state ? &state : NULL, tag);
     }
@@ -248,7 +295,7 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
         if (tag) hex_encode(tag, 16, got);
         rt_fail(err, "volume %s: its fspf on disk carries tag %s, which %s does not record: an older or another "
                      "copy was put there (rollback); refused", sv->v->path, got,
-                sv->container_copy ? "the container's state" : "the keys file");
+                sv->container_copy ? "the container's state" : S.state_dir ? "the deployment's state" : "the keys file");
     } else if (fspf_load(&fs, data, (size_t)st.st_size, sv->key, want, err) == 0) {
         if (fs.region_count != 1 || strcmp(fs.regions[0].path, sv->v->path) != 0) {
             fspf_free(&fs);
@@ -309,6 +356,10 @@ static void open_volumes(const struct grant *g)
 {
     S.keys_path = strdup(g->keys_path);
     S.keys_persist = g->persist;
+    if (g->state_dir) {
+        S.state_dir = strdup(g->state_dir);
+        S.state_policy = strdup(g->state_policy);
+    }
     for (size_t i = 0; i < S.cfg.volume_count; i++) {
         const struct rt_volume *v = &S.cfg.volumes[i];
         struct rt_key *k = keys_find((struct rt_keys *)&g->keys, v->path);
@@ -320,6 +371,7 @@ static void open_volumes(const struct grant *g)
         memcpy(sv->key, k->key, 32);
         sv->granted = *k;
         sv->granted.path = NULL;
+        sv->granted.name = k->name ? strdup(k->name) : NULL;
         sv->container_copy = k->container_copy;
         int fd = RESOLVE(open)(v->fspf_path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) fatal("a volume's fspf disappeared after start-up");
@@ -369,6 +421,7 @@ __attribute__((constructor)) static void shield_init(void)
     if (granted) snprintf(grant_exe, sizeof grant_exe, "%s", S.cfg.executable);
     if (granted && grant_fits(&g)) {
         open_volumes(&g);
+        take_injected(&g);
         if (g.keys.has_code_key) {  /* --encrypted-code: without it its members are EACCES (embedded.c) */
             memcpy(S.code_key, g.keys.code_key, sizeof S.code_key);
             S.has_code_key = 1;
@@ -380,7 +433,7 @@ __attribute__((constructor)) static void shield_init(void)
     for (size_t i = 0; i < S.cfg.ephemeral_count; i++) add_ephemeral(S.cfg.ephemeral[i]);
     install_seccomp();
     if (S.nvols) pthread_atfork(fork_prepare, fork_parent, fork_child);
-    S.active = S.has_emb || S.nvols || S.locked;
+    S.active = S.has_emb || S.nvols || S.locked || S.ninjected;
     in_shield--;
 }
 
