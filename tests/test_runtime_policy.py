@@ -267,3 +267,32 @@ def test_a_volume_of_another_deployment_is_refused(app, docker_client, volumes, 
         assert err.count("\n") == 1
     # each still runs on its own
     assert report(run(docker_client, app, tmp_path / "a", data_a, state_a)[1])["count"] == 2
+
+
+def test_an_older_copy_of_the_volume_is_refused(app, docker_client, volumes, tmp_path):
+    deployment(app, tmp_path / "a", "deployment-a")
+    data, state = volumes("data"), volumes("state")
+    assert run(docker_client, app, tmp_path / "a", data, state)[0] == 0
+    mountpoint = Path(docker_client.volumes.get(data).attrs["Mountpoint"])
+    older = volume_files(docker_client, data)
+    assert run(docker_client, app, tmp_path / "a", data, state)[0] == 0
+    for name, content in older.items():  # the copy of the first run put back
+        (mountpoint / name).write_bytes(content)
+    status, out, err = run(docker_client, app, tmp_path / "a", data, state)
+    assert status == 2 and out == "" and "rollback" in err and err.count("\n") == 1, err
+
+
+def test_another_command_gets_no_secrets(app, docker_client, volumes, tmp_path):
+    values = deployment(app, tmp_path / "a", "deployment-a")
+    code = ("import os\nprint(os.environ.get('DB_PASSWORD'), os.path.exists('/app/conf/secret.ini'))\n"
+            "print(open('/app/data/count.txt').read())\n")
+    container = docker_client.containers.run(app.tag, ["python3", "-c", code], detach=True, network_disabled=True,
+                                             mounts=mounts(tmp_path / "a", volumes("data"), volumes("state")))
+    try:
+        status = container.wait(timeout=120)["StatusCode"]
+        out = container.logs(stdout=True, stderr=False).decode()
+        err = container.logs(stdout=False, stderr=True).decode()
+    finally:
+        container.remove(force=True)
+    assert out.startswith("None False\n") and status == 1, (out, err)  # then no volume: nothing initialised
+    assert "runs without them" in err and values["DB_PASSWORD"] not in err + out
