@@ -90,10 +90,11 @@ def app(python_image, docker_client, tmp_path_factory):
 
 
 def deployment(app: App, directory: Path, name: str, mrenclaves: list[str] | None = None,
-               secret_values: dict | None = None) -> dict:
+               secret_values: dict | None = None, command: str | None = None) -> dict:
     """Write DIR/policy.yaml and DIR/secrets.json for deployment NAME of the app (what `sconify
     deploy init` will write); returns the secret values. mrenclaves: the versions it accepts
-    (default: the app's), each with a measurements entry."""
+    (default: the app's), each with a measurements entry; command: the service's (default: the
+    image's, @@1)."""
     directory.mkdir(parents=True)
     directory.chmod(0o755)
     values = secret_values or {"DB_PASSWORD": random.token_urlsafe(18), "api_token": random.token_hex(16),
@@ -103,7 +104,7 @@ def deployment(app: App, directory: Path, name: str, mrenclaves: list[str] | Non
         "name": name, "version": "0.3",
         "services": [{
             "name": "python", "image_name": "app", "mrenclaves": accepted,
-            "command": f"{app.command} @@1",
+            "command": command or f"{app.command} @@1",
             "environment": {"LANG": "C.UTF-8", "DB_PASSWORD": "$$SCONE::DB_PASSWORD$$",
                             "API_TOKEN_HEX_LEN": "$$SCONE::api_token:hex$$"},
             "pwd": "/app/data",
@@ -296,3 +297,14 @@ def test_another_command_gets_no_secrets(app, docker_client, volumes, tmp_path):
         container.remove(force=True)
     assert out.startswith("None False\n") and status == 1, (out, err)  # then no volume: nothing initialised
     assert "runs without them" in err and values["DB_PASSWORD"] not in err + out
+
+
+def test_the_policy_may_give_its_own_command(app, docker_client, volumes, tmp_path):
+    values = deployment(app, tmp_path / "a", "deployment-a",
+                        command=f"{app.command} 'from the policy' $$SCONE::api_token:hex$$ @@1")
+    status, out, err = run(docker_client, app, tmp_path / "a", volumes("data"), volumes("state"), "from the host")
+    assert status == 0, err
+    assert report(out)["argv"] == ["from the policy", values["api_token"], "from the host"]
+    deployment(app, tmp_path / "b", "deployment-b", command=app.command)  # no @@1: the host may not add any
+    status, out, err = run(docker_client, app, tmp_path / "b", volumes("data"), volumes("state"), "from the host")
+    assert "runs without them" in err and status != 0, (out, err)

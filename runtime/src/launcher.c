@@ -550,6 +550,7 @@ static void initialise_volume(const struct rt_volume *vol, const unsigned char k
     struct rt_error err;
     char tmp[PATH_MAX + 64], line[PATH_MAX * 2];
     if (fspf_save_encrypted(&fs, key, &sealed, &len, tag, &err) != 0) die("%s", err.msg);
+    mkdir(vol->path, 0755);  /* a declared volume the image has no directory for (else EEXIST) */
     snprintf(tmp, sizeof tmp, "%s.sconify-tmp-%ld", vol->fspf_path, (long)getpid());
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
     int ok = fd >= 0 && write_full(fd, sealed, len) == 0 && fsync(fd) == 0;
