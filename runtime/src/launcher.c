@@ -778,6 +778,12 @@ static int run_with_policy(struct rt_config *cfg, const char *config_path, const
     check_policy_volumes(cfg, &d, &keys);
     json_t *extra = policy_grant(&d);
     grant_keys(cfg, &keys, "", 1, extra);
+    json_t *file;
+    size_t i;
+    json_array_foreach(json_object_get(extra, "files"), i, file) {  /* jansson frees, never clears */
+        json_t *content = json_object_get(file, "content");
+        OPENSSL_cleanse((char *)json_string_value(content), json_string_length(content));
+    }
     json_decref(extra);
     keys_free(&keys);
     setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);

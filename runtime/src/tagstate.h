@@ -5,9 +5,12 @@
  *
  * THE SEAM for the state store (statestore.c: a directory or etcd, moved by compare-and-swap):
  * the launcher and the shield read and record a deployment volume's tag only through these two
- * functions. Replacing their bodies (or their callers' two call sites each: launcher.c
- * check_policy_volumes, shield/init.c recorded_tags, shield/commit.c record_tag) moves policy
- * mode onto the store; keys.json mode does not use them. */
+ * functions, called from launcher.c check_policy_volumes (read; record a new volume's tag, an
+ * interrupted initialisation's, a promoted commit's), shield/init.c load_fspf (read: what other
+ * processes committed) and shield/commit.c record_tag (record "next" before the renames, then
+ * the current tag). Where the store is comes to the shield in the grant ("state": {"dir",
+ * "policy"}, each key's "name"). Replacing these bodies moves policy mode onto the store;
+ * keys.json mode does not use them. */
 #ifndef SCONIFY_TAGSTATE_H
 #define SCONIFY_TAGSTATE_H
 
