@@ -308,3 +308,16 @@ def test_the_policy_may_give_its_own_command(app, docker_client, volumes, tmp_pa
     deployment(app, tmp_path / "b", "deployment-b", command=app.command)  # no @@1: the host may not add any
     status, out, err = run(docker_client, app, tmp_path / "b", volumes("data"), volumes("state"), "from the host")
     assert "runs without them" in err and status != 0, (out, err)
+
+
+def test_a_mounted_volume_needs_a_mounted_state_directory(app, docker_client, volumes, tmp_path):
+    deployment(app, tmp_path / "a", "deployment-a")
+    container = docker_client.containers.run(
+        app.tag, ["python3", APP], detach=True, network_disabled=True,
+        mounts=mounts(tmp_path / "a", volumes("data"), volumes("state"))[:2])  # no volume at /var/lib/sconify
+    try:
+        status = container.wait(timeout=120)["StatusCode"]
+        err = container.logs(stdout=False, stderr=True).decode()
+    finally:
+        container.remove(force=True)
+    assert status == 2 and "state directory /var/lib/sconify is the container's own copy" in err, err

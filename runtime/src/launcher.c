@@ -591,6 +591,13 @@ static void check_policy_volumes(const struct rt_config *cfg, const struct deplo
                                         "volume of this image; refusing to start", vol->path);
             die("%s", line);
         }
+        if (!container_copy(vol->path) && container_copy(d->state_dir)) {
+            snprintf(line, sizeof line, "volume %s is mounted but the state directory %s is the container's own "
+                                        "copy: its tags would be lost with the container and the volume's next start "
+                                        "would look like a rollback; mount a volume there too (-v STATE:%s)",
+                     vol->path, d->state_dir, d->state_dir);
+            die("%s", line);
+        }
         struct rt_key *k = &keys->keys[i];
         k->path = strdup(vol->path);
         k->name = strdup(dv->name);

@@ -230,5 +230,6 @@ int main(void)
     test_command();
     test_tag_state();
     if (failures) fprintf(stderr, "%d check(s) failed\n", failures);
+    else printf("test_deployment: ok\n");
     return failures != 0;
 }
