@@ -321,3 +321,12 @@ def test_a_mounted_volume_needs_a_mounted_state_directory(app, docker_client, vo
     finally:
         container.remove(force=True)
     assert status == 2 and "state directory /var/lib/sconify is the container's own copy" in err, err
+
+
+def test_injection_files_larger_than_the_grant_are_refused(app, docker_client, volumes, tmp_path):
+    deployment(app, tmp_path / "a", "deployment-a")
+    policy = yaml.safe_load((tmp_path / "a" / "policy.yaml").read_text())
+    policy["images"][0]["injection_files"].append({"path": "/app/conf/big.txt", "content": "x" * (1 << 20)})
+    (tmp_path / "a" / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
+    status, out, err = run(docker_client, app, tmp_path / "a", volumes("data"), volumes("state"))
+    assert status == 2 and "more than the 1048576 the shield reads" in err, err

@@ -21,6 +21,9 @@
 /* Taken by every commit to a volume (flock, exclusive) and by a process reloading its fspf
  * (shared): the processes of a service commit one at a time, each onto the latest fspf. */
 #define VOLUME_LOCK_NAME ".sconify.lock"
+/* The largest grant the shield reads (keys, runtime config, injection files): the launcher
+ * refuses to start with a larger one rather than start a service that would find no grant. */
+#define GRANT_MAX_SIZE (1 << 20)
 
 struct rt_volume {
     char *path;        /* region path, absolute */

@@ -422,6 +422,12 @@ static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, 
     int fd = memfd_create("sconify-grant", MFD_ALLOW_SEALING);
     if (!text || fd < 0) die("%s", "cannot create the memfd that grants the keys to the service");
     size_t len = strlen(text);
+    if (len > GRANT_MAX_SIZE) {
+        char line[256];
+        snprintf(line, sizeof line, "the grant (keys, runtime config, injection files) is %zu bytes, more than the "
+                                    "%d the shield reads; make the policy's injection files smaller", len, GRANT_MAX_SIZE);
+        die("%s", line);
+    }
     int ok = write_full(fd, text, len) == 0 &&
              fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0;
     OPENSSL_cleanse(text, len);

@@ -108,7 +108,7 @@ static int read_grant(struct grant *g)
     long fd = strtol(number, &end, 10);
     struct stat64 st;
     if (*end || fd < 0 || fd > INT_MAX || fcntl((int)fd, F_GET_SEALS) != GRANT_SEALS || RESOLVE(fstat64)((int)fd, &st) != 0 ||
-        st.st_size <= 0 || st.st_size > (1 << 20))
+        st.st_size <= 0 || st.st_size > GRANT_MAX_SIZE)
         return 0;
     char *text = malloc((size_t)st.st_size);
     json_t *doc = NULL;
