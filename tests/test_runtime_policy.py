@@ -53,6 +53,7 @@ print(json.dumps({
     'ini_fstat': size,
     'ini_readable': os.access(ini, os.R_OK), 'ini_writable': os.access(ini, os.W_OK),
     'conf_is_dir': os.path.isdir('/app/conf'),
+    'mkdir_conf': (lambda: os.makedirs('/app/conf', exist_ok=True) or 'ok')(),
     'write': write, 'count': n + 1, 'cwd': os.getcwd(), 'argv': sys.argv[1:],
 }), flush=True)
 if sys.argv[1:] == ['serve']:
@@ -197,6 +198,7 @@ def test_the_service_sees_its_secrets_and_nobody_else_does(app, docker_client, v
         assert seen["ini_mode"] == "0o100444" and seen["ini_fstat"] == len(expected_ini(values))
         assert seen["ini_readable"] and not seen["ini_writable"]
         assert seen["write"] == "EROFS" and seen["conf_is_dir"]  # /app/conf is not on disk
+        assert seen["mkdir_conf"] == "ok"  # EEXIST: it is there (and stays off the disk)
         assert seen["cwd"] == "/app/data" and seen["argv"] == ["serve"] and seen["count"] == 1
         assert err == "sconify-run: volume /app/data is new: initialised with the deployment's key\n"
         # nobody else: the engine's view, another process, the launcher's own environment

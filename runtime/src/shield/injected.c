@@ -7,8 +7,9 @@
  * a truncate, an unlink or rename, access(W_OK) give EROFS (the file system's answer for every
  * user, root included; EACCES would say a permission bit is missing, which chmod could change).
  * stat/fstat show a regular file of mode 0444 with the content's size. A directory on the way to
- * an injected file that does not exist on disk stats as an empty directory (mode 0555); it is
- * not listed, and listing it gives what the disk has (ENOENT). */
+ * an injected file that does not exist on disk stats as an empty directory (mode 0555) and
+ * mkdir of it is EEXIST (os.makedirs(exist_ok=True) works, nothing is made on disk); it is not
+ * listed, and listing it gives what the disk has (ENOENT). */
 #include <sys/mman.h>
 
 #include "shield.h"

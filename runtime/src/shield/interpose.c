@@ -726,7 +726,7 @@ EXPORT int truncate64(const char *path, off64_t length) { return truncate_path(p
 static int shield_mkdir(int dirfd, const char *path, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, 0, t) != 0) return -2;
-    if (t->kind == T_EMB) {
+    if (t->kind == T_EMB || t->kind == T_INJ) {  /* (an injection file or a directory on the way: there) */
         errno = EEXIST;
         return -1;
     }
