@@ -14,6 +14,12 @@
  * the volumes inside the measured process) and the keys granted to it in a sealed memfd,
  * forwards signals to it, reaps zombies when it is PID 1, and exits with its status.
  *
+ * With a deployment's policy.yaml in /run/secrets/sconify (or $SCONIFY_POLICY), the policy and
+ * its secrets.json stand where the keys file stood (run_with_policy; docs/deploy.md): the
+ * measurements it accepts, its command, pwd and environment (secrets substituted, in the
+ * service's execve only), its injection files (in the grant) and its volume keys (a volume with
+ * no fspf is initialised; tags through tagstate.h).
+ *
  *   sconify-run --measure EXE HEAP STACK THREADS SSA    print the MRENCLAVE of EXE
  */
 #include <errno.h>
