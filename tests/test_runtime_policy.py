@@ -332,3 +332,26 @@ def test_injection_files_larger_than_the_grant_are_refused(app, docker_client, v
     (tmp_path / "a" / "policy.yaml").write_text(yaml.safe_dump(policy, sort_keys=False))
     status, out, err = run(docker_client, app, tmp_path / "a", volumes("data"), volumes("state"))
     assert status == 2 and "more than the 1048576 the shield reads" in err, err
+
+
+def test_sconify_policy_names_another_directory(app, docker_client, volumes, tmp_path):
+    values = deployment(app, tmp_path / "a", "deployment-a")
+    elsewhere = [docker.types.Mount("/etc/deployment", str(tmp_path / "a"), type="bind", read_only=True),
+                 *mounts(tmp_path / "a", volumes("data"), volumes("state"))[1:]]
+    container = docker_client.containers.run(app.tag, ["python3", APP], detach=True, network_disabled=True,
+                                             mounts=elsewhere, environment={"SCONIFY_POLICY": "/etc/deployment"})
+    try:
+        status = container.wait(timeout=120)["StatusCode"]
+        out = container.logs(stdout=True, stderr=False).decode()
+        err = container.logs(stdout=False, stderr=True).decode()
+    finally:
+        container.remove(force=True)
+    assert status == 0 and report(out)["password"] == sha256(values["DB_PASSWORD"]), err
+    container = docker_client.containers.run(app.tag, ["python3", APP], detach=True, network_disabled=True,
+                                             mounts=elsewhere, environment={"SCONIFY_POLICY": "/etc/nothing"})
+    try:
+        status = container.wait(timeout=120)["StatusCode"]
+        err = container.logs(stdout=False, stderr=True).decode()
+    finally:
+        container.remove(force=True)
+    assert status == 2 and "SCONIFY_POLICY names /etc/nothing, which holds no policy.yaml" in err, err
