@@ -81,6 +81,8 @@ struct rt_keys {
     char runtime_config_sha256[65];  /* the runtime config the keys belong to; "" when not recorded */
     size_t count;
     struct rt_key *keys;
+    char *state;                 /* "state": where the volumes' tags are kept (a statestore.h spec, compact
+                                  * JSON), NULL: in the keys file itself */
 };
 
 int config_load(const char *path, struct rt_config *cfg, struct rt_error *err);

@@ -239,6 +239,27 @@ void store_describe(const struct store *st, char *out, size_t len)
     if (n < len) snprintf(out + n, len - n, ")");
 }
 
+int store_open_keys_state(const char *state_json, struct store *st, struct rt_error *err)
+{
+    json_t *spec = json_loads(state_json, JSON_REJECT_DUPLICATES, NULL);
+    json_t *name = json_object_get(spec, "name");
+    if (!spec || (name && !json_is_string(name))) {
+        json_decref(spec);
+        memset(st, 0, sizeof *st);
+        return rt_fail(err, "the keys file's \"state\" is not a state store (its name is not a string)");
+    }
+    int rc = store_open(spec, name ? json_string_value(name) : "default", st, err);
+    json_decref(spec);
+    return rc;
+}
+
+const unsigned char *store_fresh_tag(const struct store_record *rec, const unsigned char *tag)
+{
+    if (!tag) return NULL;
+    if (memcmp(tag, rec->tag, 16) == 0) return rec->tag;
+    return rec->has_next && memcmp(tag, rec->next_tag, 16) == 0 ? rec->next_tag : NULL;
+}
+
 void *store_spec_parse(const char *text)
 {
     return json_loads(text, JSON_REJECT_DUPLICATES, NULL);

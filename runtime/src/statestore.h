@@ -59,6 +59,14 @@ int store_read(struct store *st, const char *volume, struct store_record *rec, s
 int store_cas(struct store *st, const char *volume, const struct store_record *expected,
               const struct store_record *new_record, struct rt_error *err);
 
+/* The tag rec accepts for an fspf carrying tag (its last 16 bytes, NULL if none): rec's tag, or
+ * its next one (a commit under way, promoted at start); NULL: a rollback, or another's volume. */
+const unsigned char *store_fresh_tag(const struct store_record *rec, const unsigned char *tag);
+
+/* The store a keys file's "state" block names (compact JSON text: a spec as above, plus "name",
+ * the policy name of the keys file's volumes, "default" when absent): store_open's answer. */
+int store_open_keys_state(const char *state_json, struct store *st, struct rt_error *err);
+
 /* The spec from a JSON text (for tools and tests): a json_t * to json_decref, or NULL. */
 void *store_spec_parse(const char *text);
 

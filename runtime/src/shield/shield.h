@@ -84,6 +84,7 @@
 #include "config.h"
 #include "embedfs.h"
 #include "fspf.h"
+#include "statestore.h"
 #include "util.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -206,6 +207,9 @@ struct shield_state {
     struct rt_config cfg;
     char *keys_path;
     int keys_persist;          /* 0: debug-mode keys from the environment (tags printed) */
+    int has_store;             /* the keys' "state": mounted volumes' tags are kept in store, not in
+                                * the keys file (commit.c, volume_refresh) */
+    struct store store;
     int locked;                /* no keys granted: the volumes' files are refused (EACCES) */
     struct svol *vols;
     size_t nvols;
