@@ -162,3 +162,37 @@ def test_etcd_two_containers_committing_from_one_old_tag_one_wins(driver_conv, d
     finally:
         for name in volumes:
             docker_client.volumes.get(name).remove(force=True)
+
+
+def test_state_directory_several_processes_of_the_service_commit_in_turn(driver_conv, docker_client, volume,  # noqa: F811
+                                                                          tmp_path):
+    """The service's processes share the volume as with tags in the keys file: each commit swaps
+    the record from the latest tag (the volume's lock orders them), the parent reads what every
+    worker wrote, and the next start accepts the last tag."""
+    code = ("import os\n"
+            "pids = []\n"
+            "for i in range(3):\n"
+            "    pid = os.fork()\n"
+            "    if pid == 0:\n"
+            "        for n in range(3):\n"
+            "            with open(f'/app/data/w{i}.txt', 'w') as f:\n"
+            "                f.write(str(n))\n"
+            "        os._exit(0)\n"
+            "    pids.append(pid)\n"
+            "assert all(os.waitpid(pid, 0)[1] == 0 for pid in pids)\n"
+            "print(sorted(open(f'/app/data/w{i}.txt').read() for i in range(3)))\n")
+    secrets = keys_with_state(driver_conv, tmp_path, {"dir": STATE})
+    state = f"sconify-rt-state-{uuid.uuid4().hex[:8]}"
+    docker_client.volumes.create(state)
+    try:
+        mounts = {volume: {"bind": "/app/data", "mode": "rw"}, state: {"bind": STATE, "mode": "rw"}}
+        status, out, err = run(docker_client, driver_conv.tag, driver(code), secrets=secrets, secrets_mode="ro",
+                               volumes=mounts, environment={"SCONIFY_LOG": "stderr"})
+        assert (status, out) == (0, "['2', '2', '2']\n"), err
+        record = json.loads(volume_files(docker_client, state)["demo/%2Fapp%2Fdata.json"])
+        assert volume_files(docker_client, volume)[".sconify.fspf"][-16:].hex() == record["fspf_tag"]
+        status, out, err = run(docker_client, driver_conv.tag, driver(WRITER), secrets=secrets, secrets_mode="ro",
+                               volumes=mounts)
+        assert (status, out) == (0, "1\n"), err
+    finally:
+        docker_client.volumes.get(state).remove(force=True)
