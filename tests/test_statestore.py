@@ -67,6 +67,9 @@ def test_a_second_create_and_a_swap_from_a_stale_record_are_refused(tool, etcd):
     assert f"has tag {B} where the writer started from tag {A}" in stale.stderr
     assert etcd.endpoint in stale.stderr
     assert store(tool, s, "read", "v2").stdout == f"{B}\n"
+    gone = store(tool, s, "cas", "v2-never-made", A, B)  # a writer that believes in a record nobody made
+    assert (gone.returncode, gone.stdout) == (3, "moved\n") and "has no record" in gone.stderr
+    assert store(tool, s, "read", "v2-never-made").stdout == "absent\n"
 
 
 def test_two_writers_racing_from_one_old_tag_one_wins(tool, etcd):
