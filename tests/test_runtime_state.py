@@ -116,3 +116,14 @@ def test_commits_through_etcd(world, tmp_path_factory):
         assert world.keys.read_text() == keys_before
     finally:
         stop(server.process)
+
+
+def test_a_volume_named_in_the_keys_is_recorded_under_its_name(world):
+    # A policy's volumes have names (app_data): the record is the name's, not the path's.
+    keys = json.loads(world.keys.read_text())
+    keys["volumes"][0]["name"] = "app_data"
+    world.keys.write_text(json.dumps(keys))
+    world.python_code(CONCURRENT, str(world.volume))
+    record = json.loads((world.root / "state" / "t" / "app_data.json").read_text())
+    assert record["volume"] == "app_data" and record["fspf_tag"] == fspf_tag(world)
+    assert not record_file(world.root / "state", world.volume).exists()

@@ -303,14 +303,15 @@ static void check_volume_in_store(const struct rt_volume *vol, struct rt_key *ke
     struct rt_error err = {{0}};
     char line[1400], where[600];
     store_describe(store, where, sizeof where);
-    int found = store_read(store, vol->path, &rec, &err);
+    const char *name = key_record_name(key);
+    int found = store_read(store, name, &rec, &err);
     if (found == 0) {
         memcpy(seed.tag, key->tag, 16);
         seed.has_next = key->has_next;
         memcpy(seed.next_tag, key->next_tag, 16);
-        int rc = store_cas(store, vol->path, NULL, &seed, &err);
+        int rc = store_cas(store, name, NULL, &seed, &err);
         if (rc == STORE_SWAPPED) rec = seed;
-        found = rc == STORE_SWAPPED ? 1 : rc == STORE_MOVED ? store_read(store, vol->path, &rec, &err) : -1;
+        found = rc == STORE_SWAPPED ? 1 : rc == STORE_MOVED ? store_read(store, name, &rec, &err) : -1;
     }
     if (found != 1) {
         snprintf(line, sizeof line, "volume %s: cannot read its freshness record: %s", vol->path,
@@ -341,7 +342,7 @@ static void check_volume_in_store(const struct rt_volume *vol, struct rt_key *ke
     if (rec.has_next) {
         struct store_record settled = {0};
         memcpy(settled.tag, accepted, 16);
-        if (store_cas(store, vol->path, &rec, &settled, &err) != STORE_SWAPPED) {
+        if (store_cas(store, name, &rec, &settled, &err) != STORE_SWAPPED) {
             snprintf(line, sizeof line, "volume %s: cannot settle its freshness record: %s", vol->path, err.msg);
             die("%s", line);
         }

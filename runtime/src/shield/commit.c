@@ -62,14 +62,14 @@ static int record_tag(struct svol *vol, const unsigned char from[16], const unsi
         memcpy(with_next.next_tag, tag, 16);
         memcpy(alone.tag, next ? from : tag, 16);
         const struct store_record *expected = next ? &alone : &with_next, *new_record = next ? &with_next : &alone;
-        int rc = store_cas(&S.store, vol->v->path, expected, new_record, err);
+        int rc = store_cas(&S.store, vol->record, expected, new_record, err);
         struct store_record now;
-        if (rc == STORE_MOVED && next && store_read(&S.store, vol->v->path, &now, err) == 1 && now.has_next &&
+        if (rc == STORE_MOVED && next && store_read(&S.store, vol->record, &now, err) == 1 && now.has_next &&
             memcmp(now.next_tag, from, 16) == 0) {
             /* a commit of this service whose second phase was not recorded (a crash after its
              * renames, the store unreachable then): the fspf carries its tag, settle it first */
-            rc = store_cas(&S.store, vol->v->path, &now, &alone, err);
-            if (rc == STORE_SWAPPED) rc = store_cas(&S.store, vol->v->path, expected, new_record, err);
+            rc = store_cas(&S.store, vol->record, &now, &alone, err);
+            if (rc == STORE_SWAPPED) rc = store_cas(&S.store, vol->record, expected, new_record, err);
         }
         if (rc == STORE_MOVED && next) {
             char why[sizeof err->msg];

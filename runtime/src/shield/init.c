@@ -239,7 +239,7 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
     struct rt_keys keys = {0};
     struct store_record rec;
     if (!want && S.has_store && !sv->container_copy) {
-        int found = store_read(&S.store, sv->v->path, &rec, err);
+        int found = store_read(&S.store, sv->record, &rec, err);
         if (found < 0) {
             free(data);
             return -1;
@@ -333,6 +333,8 @@ static void open_volumes(const struct grant *g)
         memcpy(sv->key, k->key, 32);
         sv->granted = *k;
         sv->granted.path = NULL;
+        sv->granted.name = NULL;
+        sv->record = strdup(key_record_name(k));
         sv->container_copy = k->container_copy;
         int fd = RESOLVE(open)(v->fspf_path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) fatal("a volume's fspf disappeared after start-up");

@@ -184,7 +184,8 @@ struct svol {
     int ephemeral;             /* fs lives in memory only: no fspf file, no key, no tag */
     int container_copy;        /* the container's own copy: tags go to its state file (commit.c) */
     int has_links;             /* fs has (or had) an FSPF_SYMLINK record: paths are resolved */
-    struct rt_key granted;     /* the grant's key and tags for it (path NULL): judge the fspf at start */
+    struct rt_key granted;     /* the grant's key and tags for it (path, name NULL): judge the fspf at start */
+    char *record;              /* its record's name in the keys' state store (key_record_name) */
     struct stat64 seen;        /* the fspf file as last loaded or written (volume_refresh) */
     dev_t dev;                 /* its directory's device, once known (region_device) */
     int dev_known;
