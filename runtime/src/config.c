@@ -290,6 +290,10 @@ int keys_from_json(void *document, const char *path, struct rt_keys *keys, struc
         keys->has_code_key = 1;
     }
     if (config_sha) memcpy(keys->runtime_config_sha256, config_sha, 65);
+    /* "state" (issue 24): the volumes' tags are kept in a state store, the keys file is only read */
+    json_t *state = json_object_get(doc, "state");
+    if (state && !json_is_object(state)) return rt_fail(err, "keys file %s: \"state\" is not an object", path);
+    if (state) keys->state = json_dumps(state, JSON_COMPACT | JSON_SORT_KEYS);
     keys->count = json_array_size(vols);
     keys->keys = calloc(keys->count + 1, sizeof *keys->keys);
     for (size_t i = 0; i < keys->count; i++) {
@@ -319,6 +323,8 @@ int keys_from_json(void *document, const char *path, struct rt_keys *keys, struc
             hex_decode(image, k->image_tag, 16);
         }
         k->container_copy = json_is_true(json_object_get(v, "container_copy"));
+        const char *name = json_string_value(json_object_get(v, "name"));
+        if (name && *name) k->name = strdup(name);
     }
     return 0;
 }
@@ -356,9 +362,11 @@ void *keys_to_json(const struct rt_keys *keys)
             json_object_set_new(v, "fspf_tag_image", json_string(tag_hex));
         }
         if (k->container_copy) json_object_set_new(v, "container_copy", json_true());
+        if (k->name) json_object_set_new(v, "name", json_string(k->name));
         json_array_append_new(vols, v);
     }
     json_object_set_new(doc, "volumes", vols);
+    if (keys->state) json_object_set_new(doc, "state", json_loads(keys->state, 0, NULL));
     return doc;
 }
 
@@ -387,11 +395,18 @@ void keys_free(struct rt_keys *keys)
 {
     for (size_t i = 0; i < keys->count; i++) {
         free(keys->keys[i].path);
+        free(keys->keys[i].name);
         OPENSSL_cleanse(keys->keys[i].key, sizeof keys->keys[i].key);
     }
     free(keys->keys);
+    free(keys->state);
     OPENSSL_cleanse(keys->code_key, sizeof keys->code_key);
     memset(keys, 0, sizeof *keys);
+}
+
+const char *key_record_name(const struct rt_key *key)
+{
+    return key->name ? key->name : key->path;
 }
 
 struct rt_key *keys_find(struct rt_keys *keys, const char *volume_path)

@@ -23,6 +23,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -37,6 +38,7 @@
 #include "fspf.h"
 #include "measure.h"
 #include "policy.h"
+#include "statestore.h"
 #include "util.h"
 
 extern char **environ;
@@ -277,12 +279,84 @@ static void check_container_copy(const struct rt_volume *vol, struct rt_key *key
                     "as long as this container; mount a volume there to keep them\n", vol->path);
 }
 
+/* A volume's lock (<volume>/.sconify.lock, the one the shield's commits hold: shield/commit.c),
+ * taken exclusively: the fspf and its record are read between two commits. The fd to close, or
+ * -1 (a read-only volume without one: nothing commits to it). */
+static int lock_volume(const struct rt_volume *vol)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s%s" VOLUME_LOCK_NAME, vol->path, strcmp(vol->path, "/") == 0 ? "" : "/");
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) fd = open(path, O_RDONLY | O_CLOEXEC);
+    while (fd >= 0 && flock(fd, LOCK_EX) != 0 && errno == EINTR) {}
+    return fd;
+}
+
+/* A mounted volume whose tag a state store keeps (the keys file's "state"; the keys file is only
+ * read). The record is read; absent, it is made from the keys file's tag (the volume's first
+ * start with this store). The fspf must carry the record's tag or its next one; a record with a
+ * next tag is settled (the next one if the fspf carries it, else the tag: that commit never
+ * renamed), so the service's commits swap from one tag, which the grant carries. */
+static void check_volume_in_store(const struct rt_volume *vol, struct rt_key *key, struct store *store)
+{
+    struct store_record rec, seed = {0};
+    struct rt_error err = {{0}};
+    char line[1400], where[600];
+    store_describe(store, where, sizeof where);
+    const char *name = key_record_name(key);
+    int found = store_read(store, name, &rec, &err);
+    if (found == 0) {
+        memcpy(seed.tag, key->tag, 16);
+        seed.has_next = key->has_next;
+        memcpy(seed.next_tag, key->next_tag, 16);
+        int rc = store_cas(store, name, NULL, &seed, &err);
+        if (rc == STORE_SWAPPED) rec = seed;
+        found = rc == STORE_SWAPPED ? 1 : rc == STORE_MOVED ? store_read(store, name, &rec, &err) : -1;
+    }
+    if (found != 1) {
+        snprintf(line, sizeof line, "volume %s: cannot read its freshness record: %s", vol->path,
+                 found == 0 ? "it vanished while being made" : err.msg);
+        die("%s", line);
+    }
+    size_t size;
+    unsigned char *data = read_fspf(vol, &size);
+    const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
+    const unsigned char *accepted = store_fresh_tag(&rec, tag);
+    struct fspf fs;
+    if (!accepted) {
+        char got[33] = "none", want[33];
+        if (tag) hex_encode(tag, 16, got);
+        hex_encode(rec.tag, 16, want);
+        snprintf(line, sizeof line,
+                 "volume %s: its fspf tag is %s but %s records %s: an older copy of the volume was restored "
+                 "(rollback), another container moved it on, or it belongs to another deployment; restore the "
+                 "latest copy of the volume", vol->path, got, where, want);
+        die("%s", line);
+    }
+    if (fspf_load(&fs, data, size, key->key, accepted, &err) != 0) {
+        snprintf(line, sizeof line, "volume %s: %s", vol->path, err.msg);
+        die("%s", line);
+    }
+    fspf_free(&fs);
+    free(data);
+    if (rec.has_next) {
+        struct store_record settled = {0};
+        memcpy(settled.tag, accepted, 16);
+        if (store_cas(store, name, &rec, &settled, &err) != STORE_SWAPPED) {
+            snprintf(line, sizeof line, "volume %s: cannot settle its freshness record: %s", vol->path, err.msg);
+            die("%s", line);
+        }
+    }
+    memcpy(key->tag, accepted, 16);
+    key->has_next = 0;
+}
+
 /* Every volume must open with its key and carry the recorded tag (or the tag of a commit that
  * was under way when the last container stopped, which then becomes the recorded one). A volume
  * that is the container's own copy is checked against the image's tag or the container's state
  * instead (check_container_copy), unless SCONIFY_FRESHNESS=keys. */
 static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, const char *keys_path, int persist,
-                          int detect)
+                          int detect, struct store *store)
 {
     for (size_t i = 0; i < cfg->volume_count; i++) {
         const struct rt_volume *vol = &cfg->volumes[i];
@@ -294,6 +368,12 @@ static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, con
             die("%s", line);
         }
         key->container_copy = 0;  /* the launcher decides, never the keys file */
+        if (store && !(detect && container_copy(vol->path))) {
+            int lock = lock_volume(vol);
+            check_volume_in_store(vol, key, store);
+            if (lock >= 0) close(lock);
+            continue;
+        }
         size_t size;
         unsigned char *data = read_fspf(vol, &size);
         if (persist && detect && container_copy(vol->path)) {
@@ -326,6 +406,26 @@ static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, con
             if (keys_record_tag(keys_path, vol->path, key->next_tag, 0, &e2) != 0) die("%s", e2.msg);
         }
     }
+}
+
+/* The keys file's state store (its "state": docs/runtime.md, "Freshness state: a directory or
+ * etcd"). A state directory that is the container's own copy while a volume is mounted is
+ * refused: the state would go with the container, and the volume's next start would look like a
+ * rollback. */
+static void open_state_store(const struct rt_config *cfg, const struct rt_keys *keys, struct store *store, int detect)
+{
+    struct rt_error err;
+    if (store_open_keys_state(keys->state, store, &err) != 0) die("the keys file's state store: %s", err.msg);
+    if (store->kind != STORE_DIR || !detect || !container_copy(store->dir)) return;
+    for (size_t i = 0; i < cfg->volume_count; i++)
+        if (!container_copy(cfg->volumes[i].path)) {
+            char line[PATH_MAX * 2 + 256];
+            snprintf(line, sizeof line, "the state directory %s is the container's own copy (no volume mounted there) "
+                                        "while volume %s is mounted: its tags would be lost with the container and "
+                                        "the volume's next start would look like a rollback; mount a volume there",
+                     store->dir, cfg->volumes[i].path);
+            die("%s", line);
+        }
 }
 
 static void forward(int sig)
@@ -502,7 +602,11 @@ int main(int argc, char **argv)
     if (have_keys) check_measurement(&cfg, keys.mrenclave, keys.executable_sha256, "the keys file");
     else check_measurement(&cfg, cfg.mrenclave, cfg.executable_sha256, "the image's runtime config");
     check_scripts(&cfg);
-    if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env, detect);
+    struct store store = {0};
+    int have_store = have_keys && !from_env && keys.state;
+    if (have_store) open_state_store(&cfg, &keys, &store, detect);
+    if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env, detect, have_store ? &store : NULL);
+    if (have_store) store_close(&store);
 
     if (have_keys) {
         grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env);

@@ -237,7 +237,15 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
     const unsigned char *want = start ? fresh_tag(&sv->granted, sv->container_copy, have_state ? &state : NULL, tag)
                                       : NULL;
     struct rt_keys keys = {0};
-    if (!want && S.keys_persist && keys_load(S.keys_path, &keys, err) == 0) {
+    struct store_record rec;
+    if (!want && S.has_store && !sv->container_copy) {
+        int found = store_read(&S.store, sv->record, &rec, err);
+        if (found < 0) {
+            free(data);
+            return -1;
+        }
+        want = found ? store_fresh_tag(&rec, tag) : NULL;
+    } else if (!want && S.keys_persist && keys_load(S.keys_path, &keys, err) == 0) {
         struct rt_key *k = keys_find(&keys, sv->v->path);
         if (k && CRYPTO_memcmp(k->key, sv->key, 32) == 0) want = fresh_tag(k, sv->container_copy, have_state ? &state : NULL, tag);
     }
@@ -248,7 +256,7 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
         if (tag) hex_encode(tag, 16, got);
         rt_fail(err, "volume %s: its fspf on disk carries tag %s, which %s does not record: an older or another "
                      "copy was put there (rollback); refused", sv->v->path, got,
-                sv->container_copy ? "the container's state" : "the keys file");
+                sv->container_copy ? "the container's state" : S.has_store ? "the state store" : "the keys file");
     } else if (fspf_load(&fs, data, (size_t)st.st_size, sv->key, want, err) == 0) {
         if (fs.region_count != 1 || strcmp(fs.regions[0].path, sv->v->path) != 0) {
             fspf_free(&fs);
@@ -309,6 +317,11 @@ static void open_volumes(const struct grant *g)
 {
     S.keys_path = strdup(g->keys_path);
     S.keys_persist = g->persist;
+    if (g->persist && g->keys.state) {
+        struct rt_error err = {{0}};
+        if (store_open_keys_state(g->keys.state, &S.store, &err) != 0) fatal(err.msg);
+        S.has_store = 1;
+    }
     for (size_t i = 0; i < S.cfg.volume_count; i++) {
         const struct rt_volume *v = &S.cfg.volumes[i];
         struct rt_key *k = keys_find((struct rt_keys *)&g->keys, v->path);
@@ -320,6 +333,8 @@ static void open_volumes(const struct grant *g)
         memcpy(sv->key, k->key, 32);
         sv->granted = *k;
         sv->granted.path = NULL;
+        sv->granted.name = NULL;
+        sv->record = strdup(key_record_name(k));
         sv->container_copy = k->container_copy;
         int fd = RESOLVE(open)(v->fspf_path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) fatal("a volume's fspf disappeared after start-up");
