@@ -12,7 +12,7 @@ each module's result side by side and exits 1 when a module that passes in the o
 pass converted (the promise: every test that passes in the original passes converted).
 
 The converted run uses the image's own command (`python3 -m test -j2` + the modules of
-sconify.demoapps.CPYTHON_ORACLE_TESTS: two worker processes, as the service's own children), so
+sconify.demo.apps.CPYTHON_ORACLE_TESTS: two worker processes, as the service's own children), so
 it is the measured command and gets the keys; another module list is passed as the command.
 """
 
@@ -33,8 +33,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sconify.debimage import build_image  # noqa: E402
-from sconify.demoapps import CPYTHON_ORACLE_TESTS  # noqa: E402
+from sconify.demo.debimage import build_image  # noqa: E402
+from sconify.demo.apps import CPYTHON_ORACLE_TESTS  # noqa: E402
 from sconify.image.transports import read_image, write_image  # noqa: E402
 
 # "[ 3/24] test_json passed", "[4/24/1] test_os failed (2 errors)", "... test_x crashed (Exit code -11)"

@@ -322,7 +322,10 @@ def test_a_mounted_volume_needs_a_mounted_state_directory(app, docker_client, vo
         err = container.logs(stdout=False, stderr=True).decode()
     finally:
         container.remove(force=True)
-    assert status == 2 and "state directory /var/lib/sconify is the container's own copy" in err, err
+    # (the state store refuses a state directory that is not there; one that is the container's own
+    # copy while a volume is mounted is refused too: tests/test_runtime_state_docker.py)
+    assert status == 2 and "the policy's (sconify.state) state store" in err and "/var/lib/sconify" in err, err
+    assert "mount a volume there" in err
 
 
 def test_injection_files_larger_than_the_grant_are_refused(app, docker_client, volumes, tmp_path):

@@ -24,7 +24,7 @@ from embedfs.archive import directory_entries, pack
 from embedfs.elf import inject
 from embedfs.measure import measure_elf
 from sconify.fspf import Fspf, Shield
-from sconify.runtime import build_runtime
+from sconify.conversion.runtime import build_runtime
 
 from fidelity_scripts import NODE_WRITES, PYTHON_FILE_OPS, PYTHON_LINK_OPS
 

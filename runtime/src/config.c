@@ -302,6 +302,10 @@ int keys_from_json(void *document, const char *path, struct rt_keys *keys, struc
         keys->has_code_key = 1;
     }
     if (config_sha) memcpy(keys->runtime_config_sha256, config_sha, 65);
+    /* "state" (issue 24): the volumes' tags are kept in a state store, the keys file is only read */
+    json_t *state = json_object_get(doc, "state");
+    if (state && !json_is_object(state)) return rt_fail(err, "keys file %s: \"state\" is not an object", path);
+    if (state) keys->state = json_dumps(state, JSON_COMPACT | JSON_SORT_KEYS);
     keys->count = json_array_size(vols);
     keys->keys = calloc(keys->count + 1, sizeof *keys->keys);
     for (size_t i = 0; i < keys->count; i++) {
@@ -332,7 +336,7 @@ int keys_from_json(void *document, const char *path, struct rt_keys *keys, struc
         }
         k->container_copy = json_is_true(json_object_get(v, "container_copy"));
         const char *name = json_string_value(json_object_get(v, "name"));
-        if (name) k->name = strdup(name);
+        if (name && *name) k->name = strdup(name);
     }
     return 0;
 }
@@ -374,6 +378,7 @@ void *keys_to_json(const struct rt_keys *keys)
         json_array_append_new(vols, v);
     }
     json_object_set_new(doc, "volumes", vols);
+    if (keys->state) json_object_set_new(doc, "state", json_loads(keys->state, 0, NULL));
     return doc;
 }
 
@@ -406,8 +411,14 @@ void keys_free(struct rt_keys *keys)
         OPENSSL_cleanse(keys->keys[i].key, sizeof keys->keys[i].key);
     }
     free(keys->keys);
+    free(keys->state);
     OPENSSL_cleanse(keys->code_key, sizeof keys->code_key);
     memset(keys, 0, sizeof *keys);
+}
+
+const char *key_record_name(const struct rt_key *key)
+{
+    return key->name ? key->name : key->path;
 }
 
 struct rt_key *keys_find(struct rt_keys *keys, const char *volume_path)
@@ -548,9 +559,10 @@ static void state_path(const char *volume_path, const char *name, char *out, siz
     snprintf(out, len, "%s%s%s", volume_path, strcmp(volume_path, "/") == 0 ? "" : "/", name);
 }
 
-int state_file_load(const char *path, const char *identity, const unsigned char key[32], struct rt_state *st)
+int state_load(const char *volume_path, const unsigned char key[32], struct rt_state *st)
 {
-    char want[65];
+    char path[PATH_MAX], want[65];
+    state_path(volume_path, VOLUME_STATE_NAME, path, sizeof path);
     memset(st, 0, sizeof *st);
     json_t *doc = json_load_file(path, JSON_REJECT_DUPLICATES, NULL);
     const char *schema = json_string_value(json_object_get(doc, "schema"));
@@ -558,9 +570,9 @@ int state_file_load(const char *path, const char *identity, const unsigned char 
     const char *tag = json_string_value(json_object_get(doc, "fspf_tag"));
     const char *next = json_string_value(json_object_get(doc, "fspf_tag_next"));
     const char *mac = json_string_value(json_object_get(doc, "mac"));
-    int ok = schema && strcmp(schema, STATE_SCHEMA) == 0 && volume && strcmp(volume, identity) == 0 &&
+    int ok = schema && strcmp(schema, STATE_SCHEMA) == 0 && volume && strcmp(volume, volume_path) == 0 &&
              is_hex(tag, 32) && (!next || is_hex(next, 32)) && is_hex(mac, 64) &&
-             state_mac(identity, key, tag, next, want) == 0 && CRYPTO_memcmp(want, mac, 64) == 0;
+             state_mac(volume_path, key, tag, next, want) == 0 && CRYPTO_memcmp(want, mac, 64) == 0;
     if (ok) {
         hex_decode(tag, st->tag, 16);
         if (next) {
@@ -572,42 +584,30 @@ int state_file_load(const char *path, const char *identity, const unsigned char 
     return ok;
 }
 
-int state_load(const char *volume_path, const unsigned char key[32], struct rt_state *st)
+int state_record(const char *volume_path, const unsigned char key[32], const unsigned char tag[16],
+                 const unsigned char *next, struct rt_error *err)
 {
-    char path[PATH_MAX];
-    state_path(volume_path, VOLUME_STATE_NAME, path, sizeof path);
-    return state_file_load(path, volume_path, key, st);
-}
-
-int state_file_record(const char *path, const char *tmp, const char *identity, const unsigned char key[32],
-                      const unsigned char tag[16], const unsigned char *next, struct rt_error *err)
-{
-    char tag_hex[33], next_hex[33], mac[65];
+    char tag_hex[33], next_hex[33], mac[65], path[PATH_MAX], tmp[PATH_MAX], name[64];
     hex_encode(tag, 16, tag_hex);
     if (next) hex_encode(next, 16, next_hex);
-    if (state_mac(identity, key, tag_hex, next ? next_hex : NULL, mac) != 0)
-        return rt_fail(err, "cannot compute the state of volume %s", identity);
+    if (state_mac(volume_path, key, tag_hex, next ? next_hex : NULL, mac) != 0)
+        return rt_fail(err, "cannot compute the state of volume %s", volume_path);
     json_t *doc = json_object();
     json_object_set_new(doc, "schema", json_string(STATE_SCHEMA));
-    json_object_set_new(doc, "volume", json_string(identity));
+    json_object_set_new(doc, "volume", json_string(volume_path));
     json_object_set_new(doc, "fspf_tag", json_string(tag_hex));
     if (next) json_object_set_new(doc, "fspf_tag_next", json_string(next_hex));
     json_object_set_new(doc, "mac", json_string(mac));
     char *text = json_dumps(doc, JSON_INDENT(2) | JSON_SORT_KEYS);
     json_decref(doc);
-    if (!text) return rt_fail(err, "out of memory writing the state of volume %s", identity);
-    int saved = write_atomically(path, tmp, text, 0644);
-    free(text);
-    if (saved) return rt_fail(err, "cannot record the new fspf tag of volume %s in %s (%s)", identity, path, strerror(saved));
-    return 0;
-}
-
-int state_record(const char *volume_path, const unsigned char key[32], const unsigned char tag[16],
-                 const unsigned char *next, struct rt_error *err)
-{
-    char path[PATH_MAX], tmp[PATH_MAX], name[64];
+    if (!text) return rt_fail(err, "out of memory writing the state of volume %s", volume_path);
     state_path(volume_path, VOLUME_STATE_NAME, path, sizeof path);
     snprintf(name, sizeof name, ".sconify-tmp.state.%ld", (long)getpid());  /* hidden like the commit's */
     state_path(volume_path, name, tmp, sizeof tmp);
-    return state_file_record(path, tmp, volume_path, key, tag, next, err);
+    int saved = write_atomically(path, tmp, text, 0644);
+    free(text);
+    if (saved)
+        return rt_fail(err, "cannot record the new fspf tag of volume %s (the container's own copy) in %s (%s)",
+                       volume_path, path, strerror(saved));
+    return 0;
 }

@@ -79,8 +79,8 @@ struct rt_key {
     unsigned char image_tag[16];
     int container_copy;          /* in a grant only ("container_copy"): the volume is the container's
                                   * own copy; its tags go to its state file, not to the keys file */
-    char *name;                  /* in a grant only ("name"), policy mode: the policy's name of the
-                                  * volume, under which its tags are kept (tagstate.h) */
+    char *name;                  /* "name": the volume's name in a policy, its record's name in the
+                                  * keys' state store; NULL: the record is named by the path */
 };
 
 struct rt_keys {
@@ -91,6 +91,8 @@ struct rt_keys {
     char runtime_config_sha256[65];  /* the runtime config the keys belong to; "" when not recorded */
     size_t count;
     struct rt_key *keys;
+    char *state;                 /* "state": where the volumes' tags are kept (a statestore.h spec, compact
+                                  * JSON), NULL: in the keys file itself */
 };
 
 int config_load(const char *path, struct rt_config *cfg, struct rt_error *err);
@@ -113,6 +115,9 @@ struct rt_key *keys_find(struct rt_keys *keys, const char *volume_path);
 /* Record a volume's tag in the keys file, atomically (write a temp file beside it, fsync,
  * rename, fsync the directory). next=1 records a commit under way ("fspf_tag_next", the old
  * tag stays valid); next=0 makes tag the recorded one and drops any "fspf_tag_next". */
+/* The name of a volume's record in a state store: its policy name, else its path. */
+const char *key_record_name(const struct rt_key *key);
+
 int keys_record_tag(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
                     struct rt_error *err);
 
@@ -130,12 +135,6 @@ int state_load(const char *volume_path, const unsigned char key[32], struct rt_s
 /* Record tag (and next, a commit under way, if not NULL) in the state file, atomically. */
 int state_record(const char *volume_path, const unsigned char key[32], const unsigned char tag[16],
                  const unsigned char *next, struct rt_error *err);
-/* The same for a state file at path that records the volume named identity (a container copy's
- * state: its volume's path; a deployment's: "<policy>/<volume name>", tagstate.c); tmp is the
- * temp file written first. The MAC binds identity, so a file cannot be moved to another one. */
-int state_file_load(const char *path, const char *identity, const unsigned char key[32], struct rt_state *st);
-int state_file_record(const char *path, const char *tmp, const char *identity, const unsigned char key[32],
-                      const unsigned char tag[16], const unsigned char *next, struct rt_error *err);
 
 /* The freshness rule (docs/runtime.md, "Freshness"): the recorded tag at which an fspf carrying
  * tag (its last 16 bytes, NULL if it has none) is accepted, a pointer into key or state, or NULL

@@ -313,13 +313,12 @@ int deployment_from_json(void *policy, void *secrets, const char *origin, struct
     d->pwd = string_field(service, "pwd");
     if (json_object_get(service, "pwd") && !absolute_path(d->pwd))
         return rt_fail(err, "%s/" POLICY_NAME ": services[0].pwd is not an absolute path", origin);
-    if (json_object_get(state, "etcd"))
-        return rt_fail(err, "%s/" POLICY_NAME ": sconify.state.etcd is not supported by this runtime yet; use "
-                            "sconify.state.dir", origin);
-    const char *dir = json_string_value(json_object_get(state, "dir"));
-    if (json_object_get(state, "dir") && !absolute_path(dir))
-        return rt_fail(err, "%s/" POLICY_NAME ": sconify.state.dir is not an absolute path", origin);
-    d->state_dir = strdup(dir ? dir : DEFAULT_STATE_DIR);
+    if (state && !json_is_object(state))
+        return rt_fail(err, "%s/" POLICY_NAME ": sconify.state is not a mapping (dir: or etcd:)", origin);
+    json_t *spec = state ? json_deep_copy(state) : json_pack("{s:s}", "dir", DEFAULT_STATE_DIR);
+    json_object_set_new(spec, "name", json_string(d->name));  /* the store checks the rest when it opens */
+    d->state = json_dumps(spec, JSON_COMPACT | JSON_SORT_KEYS);
+    json_decref(spec);
     if (read_measurements(service, sconify, origin, d, err) != 0 ||
         read_environment(json_object_get(service, "environment"), origin, d, err) != 0 ||
         read_files(json_object_get(doc, "images"), json_string_value(json_object_get(service, "image_name")), origin,
@@ -403,7 +402,7 @@ void deployment_free(struct deployment *d)
         free(s->private_key);
     }
     free(d->secrets);
-    free(d->state_dir);
+    free(d->state);
     memset(d, 0, sizeof *d);
 }
 

@@ -63,7 +63,9 @@ struct deployment {
     struct dep_volume *volumes;
     size_t secret_count;
     struct dep_secret *secrets;
-    char *state_dir;          /* sconify.state.dir, else DEFAULT_STATE_DIR */
+    char *state;              /* sconify.state as a state store spec (statestore.h: {"dir": ...} or
+                               * {"etcd": ...}; default {"dir": DEFAULT_STATE_DIR}) with "name": the
+                               * policy's name, compact JSON: what a keys file's "state" holds */
 };
 
 /* policy.yaml and secrets.json of dir. Messages name the file and the field, never a value. */

@@ -18,7 +18,7 @@
  * its secrets.json stand where the keys file stood (run_with_policy; docs/deploy.md): the
  * measurements it accepts, its command, pwd and environment (secrets substituted, in the
  * service's execve only), its injection files (in the grant) and its volume keys (a volume with
- * no fspf is initialised; tags through tagstate.h).
+ * no fspf is initialised; its tag in the state store the policy names).
  *
  *   sconify-run --measure EXE HEAP STACK THREADS SSA    print the MRENCLAVE of EXE
  */
@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
@@ -44,7 +45,7 @@
 #include "fspf.h"
 #include "measure.h"
 #include "policy.h"
-#include "tagstate.h"
+#include "statestore.h"
 #include "util.h"
 
 extern char **environ;
@@ -289,12 +290,84 @@ static void check_container_copy(const struct rt_volume *vol, struct rt_key *key
                     "as long as this container; mount a volume there to keep them\n", vol->path);
 }
 
+/* A volume's lock (<volume>/.sconify.lock, the one the shield's commits hold: shield/commit.c),
+ * taken exclusively: the fspf and its record are read between two commits. The fd to close, or
+ * -1 (a read-only volume without one: nothing commits to it). */
+static int lock_volume(const struct rt_volume *vol)
+{
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s%s" VOLUME_LOCK_NAME, vol->path, strcmp(vol->path, "/") == 0 ? "" : "/");
+    int fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+    if (fd < 0) fd = open(path, O_RDONLY | O_CLOEXEC);
+    while (fd >= 0 && flock(fd, LOCK_EX) != 0 && errno == EINTR) {}
+    return fd;
+}
+
+/* A mounted volume whose tag a state store keeps (the keys file's "state"; the keys file is only
+ * read). The record is read; absent, it is made from the keys file's tag (the volume's first
+ * start with this store). The fspf must carry the record's tag or its next one; a record with a
+ * next tag is settled (the next one if the fspf carries it, else the tag: that commit never
+ * renamed), so the service's commits swap from one tag, which the grant carries. */
+static void check_volume_in_store(const struct rt_volume *vol, struct rt_key *key, struct store *store)
+{
+    struct store_record rec, seed = {0};
+    struct rt_error err = {{0}};
+    char line[1400], where[600];
+    store_describe(store, where, sizeof where);
+    const char *name = key_record_name(key);
+    int found = store_read(store, name, &rec, &err);
+    if (found == 0) {
+        memcpy(seed.tag, key->tag, 16);
+        seed.has_next = key->has_next;
+        memcpy(seed.next_tag, key->next_tag, 16);
+        int rc = store_cas(store, name, NULL, &seed, &err);
+        if (rc == STORE_SWAPPED) rec = seed;
+        found = rc == STORE_SWAPPED ? 1 : rc == STORE_MOVED ? store_read(store, name, &rec, &err) : -1;
+    }
+    if (found != 1) {
+        snprintf(line, sizeof line, "volume %s: cannot read its freshness record: %s", vol->path,
+                 found == 0 ? "it vanished while being made" : err.msg);
+        die("%s", line);
+    }
+    size_t size;
+    unsigned char *data = read_fspf(vol, &size);
+    const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
+    const unsigned char *accepted = store_fresh_tag(&rec, tag);
+    struct fspf fs;
+    if (!accepted) {
+        char got[33] = "none", want[33];
+        if (tag) hex_encode(tag, 16, got);
+        hex_encode(rec.tag, 16, want);
+        snprintf(line, sizeof line,
+                 "volume %s: its fspf tag is %s but %s records %s: an older copy of the volume was restored "
+                 "(rollback), another container moved it on, or it belongs to another deployment; restore the "
+                 "latest copy of the volume", vol->path, got, where, want);
+        die("%s", line);
+    }
+    if (fspf_load(&fs, data, size, key->key, accepted, &err) != 0) {
+        snprintf(line, sizeof line, "volume %s: %s", vol->path, err.msg);
+        die("%s", line);
+    }
+    fspf_free(&fs);
+    free(data);
+    if (rec.has_next) {
+        struct store_record settled = {0};
+        memcpy(settled.tag, accepted, 16);
+        if (store_cas(store, name, &rec, &settled, &err) != STORE_SWAPPED) {
+            snprintf(line, sizeof line, "volume %s: cannot settle its freshness record: %s", vol->path, err.msg);
+            die("%s", line);
+        }
+    }
+    memcpy(key->tag, accepted, 16);
+    key->has_next = 0;
+}
+
 /* Every volume must open with its key and carry the recorded tag (or the tag of a commit that
  * was under way when the last container stopped, which then becomes the recorded one). A volume
  * that is the container's own copy is checked against the image's tag or the container's state
  * instead (check_container_copy), unless SCONIFY_FRESHNESS=keys. */
 static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, const char *keys_path, int persist,
-                          int detect)
+                          int detect, struct store *store)
 {
     for (size_t i = 0; i < cfg->volume_count; i++) {
         const struct rt_volume *vol = &cfg->volumes[i];
@@ -306,6 +379,12 @@ static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, con
             die("%s", line);
         }
         key->container_copy = 0;  /* the launcher decides, never the keys file */
+        if (store && !(detect && container_copy(vol->path))) {
+            int lock = lock_volume(vol);
+            check_volume_in_store(vol, key, store);
+            if (lock >= 0) close(lock);
+            continue;
+        }
         size_t size;
         unsigned char *data = read_fspf(vol, &size);
         if (persist && detect && container_copy(vol->path)) {
@@ -338,6 +417,31 @@ static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, con
             if (keys_record_tag(keys_path, vol->path, key->next_tag, 0, &e2) != 0) die("%s", e2.msg);
         }
     }
+}
+
+/* The keys file's state store (its "state": docs/runtime.md, "Freshness state: a directory or
+ * etcd"). A state directory that is the container's own copy while a volume is mounted is
+ * refused: the state would go with the container, and the volume's next start would look like a
+ * rollback. */
+static void open_state_store(const struct rt_config *cfg, const struct rt_keys *keys, struct store *store, int detect,
+                             const char *whose)
+{
+    struct rt_error err;
+    char refusal[sizeof err.msg + 64];
+    if (store_open_keys_state(keys->state, store, &err) != 0) {
+        snprintf(refusal, sizeof refusal, "%s state store: %s", whose, err.msg);
+        die("%s", refusal);
+    }
+    if (store->kind != STORE_DIR || !detect || !container_copy(store->dir)) return;
+    for (size_t i = 0; i < cfg->volume_count; i++)
+        if (!container_copy(cfg->volumes[i].path)) {
+            char line[PATH_MAX * 2 + 256];
+            snprintf(line, sizeof line, "the state directory %s is the container's own copy (no volume mounted there) "
+                                        "while volume %s is mounted: its tags would be lost with the container and "
+                                        "the volume's next start would look like a rollback; mount a volume there",
+                     store->dir, cfg->volumes[i].path);
+            die("%s", line);
+        }
 }
 
 static void forward(int sig)
@@ -582,20 +686,26 @@ static void initialise_volume(const struct rt_volume *vol, const unsigned char k
     }
 }
 
-/* Each volume of the image opened with the deployment's key (docs/deploy.md, step 5): a volume
- * with no fspf and no recorded tag is new (initialised, its tag recorded); an fspf that does not
- * open with the key belongs to another deployment; a tag that is not the recorded one (or the
- * next one of a commit under way, then promoted) was rolled back. The tags are read and
- * recorded through tagstate.h only (the seam the state store replaces). */
+/* Each volume of the image opened with the deployment's key (docs/deploy.md, step 5), its tag in
+ * the state store the policy names (sconify.state, as a keys file's "state"; keys->state is set
+ * to it, so the grant takes it to the shield's commits): a volume with no fspf and no record is
+ * new (initialised, its record made); an fspf that does not open with the key belongs to another
+ * deployment; an fspf with no record is refused (the state was lost), unless it is empty (its
+ * first start stopped before the record was made); then check_volume_in_store as for a keys
+ * file's store (rollback refused, a commit under way settled). */
 static void check_policy_volumes(const struct rt_config *cfg, const struct deployment *d, struct rt_keys *keys)
 {
+    struct store store;
+    char where[600], line[PATH_MAX * 2 + 600];
+    keys->state = strdup(d->state);
+    open_state_store(cfg, keys, &store, 1, "the policy's (sconify.state)");
+    store_describe(&store, where, sizeof where);
     keys->count = cfg->volume_count;
     keys->keys = calloc(cfg->volume_count + 1, sizeof *keys->keys);
     for (size_t i = 0; i < cfg->volume_count; i++) {
         const struct rt_volume *vol = &cfg->volumes[i];
         const struct dep_volume *dv = NULL;
-        char line[PATH_MAX * 2];
-        struct rt_error err;
+        struct rt_error err = {{0}};
         for (size_t j = 0; j < d->volume_count; j++)
             if (strcmp(d->volumes[j].path, vol->path) == 0) dv = &d->volumes[j];
         if (!dv) {
@@ -603,31 +713,35 @@ static void check_policy_volumes(const struct rt_config *cfg, const struct deplo
                                         "volume of this image; refusing to start", vol->path);
             die("%s", line);
         }
-        if (!container_copy(vol->path) && container_copy(d->state_dir)) {
-            snprintf(line, sizeof line, "volume %s is mounted but the state directory %s is the container's own "
-                                        "copy: its tags would be lost with the container and the volume's next start "
-                                        "would look like a rollback; mount a volume there too (-v STATE:%s)",
-                     vol->path, d->state_dir, d->state_dir);
-            die("%s", line);
-        }
         struct rt_key *k = &keys->keys[i];
         k->path = strdup(vol->path);
         k->name = strdup(dv->name);
         policy_volume_key(d, dv, k->key);
-        struct rt_state state;
-        int recorded = tag_state_read(d->state_dir, d->name, dv->name, k->key, &state, &err);
-        if (recorded < 0) die("%s", err.msg);
+        int lock = lock_volume(vol);
+        struct store_record rec;
+        int recorded = store_read(&store, dv->name, &rec, &err);
+        if (recorded < 0) {
+            snprintf(line, sizeof line, "volume %s: cannot read its freshness record: %s", vol->path, err.msg);
+            die("%s", line);
+        }
         int fd = open(vol->fspf_path, O_RDONLY | O_CLOEXEC);
         if (fd < 0 && errno == ENOENT) {
             if (recorded) {
-                snprintf(line, sizeof line, "volume %s has no fspf but %s/%s records one for it: this is not the "
+                snprintf(line, sizeof line, "volume %s has no fspf but %s records one for it: this is not the "
                                             "deployment's volume (an empty directory is not it); mount the volume it "
-                                            "wrote", vol->path, d->state_dir, d->name);
+                                            "wrote", vol->path, where);
                 die("%s", line);
             }
             initialise_volume(vol, k->key, k->tag);
-            if (tag_state_record(d->state_dir, d->name, dv->name, k->key, k->tag, NULL, &err) != 0) die("%s", err.msg);
+            struct store_record first = {0};
+            memcpy(first.tag, k->tag, 16);
+            if (store_cas(&store, dv->name, NULL, &first, &err) != STORE_SWAPPED) {
+                snprintf(line, sizeof line, "volume %s is new but its record cannot be made in %s: %s", vol->path,
+                         where, err.msg);
+                die("%s", line);
+            }
             fprintf(stderr, "sconify-run: volume %s is new: initialised with the deployment's key\n", vol->path);
+            if (lock >= 0) close(lock);
             continue;
         }
         if (fd >= 0) close(fd);
@@ -643,45 +757,24 @@ static void check_policy_volumes(const struct rt_config *cfg, const struct deplo
         }
         int empty = fs.file_count == 0;
         fspf_free(&fs);
-        if (!recorded && empty) {  /* initialised, and stopped before its tag was recorded */
-            if (tag_state_record(d->state_dir, d->name, dv->name, k->key, tag, NULL, &err) != 0) die("%s", err.msg);
-            memcpy(&state.tag, tag, 16);
-            recorded = 1;
-        }
-        if (!recorded) {
-            snprintf(line, sizeof line, "volume %s: %s/%s/%s.json records no tag for it: the state directory was "
-                                        "lost or is not mounted (mount the one this deployment wrote: -v STATE:%s); "
-                                        "refusing to start", vol->path, d->state_dir, d->name, dv->name, d->state_dir);
+        if (!recorded && !empty) {
+            snprintf(line, sizeof line, "volume %s: %s records no tag for it: the state was lost or is not mounted "
+                                        "(mount the one this deployment wrote); refusing to start", vol->path, where);
             die("%s", line);
         }
-        memcpy(k->tag, state.tag, 16);
-        k->has_next = state.has_next;
-        memcpy(k->next_tag, state.next_tag, 16);
-        const unsigned char *accepted = fresh_tag(k, 0, NULL, tag);
-        if (!accepted) {
-            char got[33], want[33];
-            hex_encode(tag, 16, got);
-            hex_encode(state.tag, 16, want);
-            snprintf(line, sizeof line, "volume %s: its fspf tag is %s but the deployment's state records %s: an "
-                                        "older copy of the volume was restored (rollback); restore the latest copy; "
-                                        "refusing to start", vol->path, got, want);
-            die("%s", line);
-        }
-        if (accepted == k->next_tag) {  /* a commit under way when the last container stopped */
-            if (tag_state_record(d->state_dir, d->name, dv->name, k->key, k->next_tag, NULL, &err) != 0)
-                die("%s", err.msg);
-            memcpy(k->tag, k->next_tag, 16);
-        }
-        k->has_next = 0;
+        if (!recorded) memcpy(k->tag, tag, 16);  /* an empty fspf: check_volume_in_store makes its record */
         free(data);
+        check_volume_in_store(vol, k, &store);
+        if (lock >= 0) close(lock);
     }
+    store_close(&store);
 }
 
 /* What the grant carries besides the keys in policy mode: the injection files (path, content
- * with the secrets substituted) and where the volumes' tags are kept. */
+ * with the secrets substituted). (The keys carry the state store: keys->state.) */
 static json_t *policy_grant(const struct deployment *d)
 {
-    json_t *extra = json_object(), *files = json_array(), *state = json_object();
+    json_t *extra = json_object(), *files = json_array();
     struct rt_error err;
     for (size_t i = 0; i < d->file_count; i++) {
         char *content;
@@ -695,10 +788,7 @@ static json_t *policy_grant(const struct deployment *d)
         json_object_set_new(f, "content", text);
         json_array_append_new(files, f);
     }
-    json_object_set_new(state, "dir", json_string(d->state_dir));
-    json_object_set_new(state, "policy", json_string(d->name));
     json_object_set_new(extra, "files", files);
-    json_object_set_new(extra, "state", state);
     return extra;
 }
 
@@ -900,7 +990,11 @@ int main(int argc, char **argv)
     if (have_keys) check_measurement(&cfg, keys.mrenclave, keys.executable_sha256, "the keys file");
     else check_measurement(&cfg, cfg.mrenclave, cfg.executable_sha256, "the image's runtime config");
     check_scripts(&cfg);
-    if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env, detect);
+    struct store store = {0};
+    int have_store = have_keys && !from_env && keys.state;
+    if (have_store) open_state_store(&cfg, &keys, &store, detect, "the keys file's");
+    if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env, detect, have_store ? &store : NULL);
+    if (have_store) store_close(&store);
 
     if (have_keys) {
         grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env, NULL);

@@ -1,8 +1,7 @@
 /* Unit test of a deployment's policy as the launcher reads it: YAML to JSON (src/yamljson.c:
  * scalar types, block scalars, aliases, refusals), the policy and secrets (src/deployment.c:
  * measurements accepted, secret references substituted or refused without their values, the
- * command split as shlex splits it, @@1), and the tag state of a deployment's volume
- * (src/tagstate.c). Exit 0 when all pass. */
+ * command split as shlex splits it, @@1). Exit 0 when all pass. */
 #include "deployment.h"
 
 #include <jansson.h>
@@ -12,7 +11,6 @@
 #include <unistd.h>
 
 #include "check.h"
-#include "tagstate.h"
 #include "yamljson.h"
 
 static json_t *yaml(const char *text, struct rt_error *err)
@@ -143,7 +141,7 @@ static void test_policy(void)
         return;
     }
     CHECK(strcmp(d.name, "deployment-a") == 0 && strcmp(d.pwd, "/app") == 0, "name and pwd");
-    CHECK(strcmp(d.state_dir, "/tmp/state") == 0, "sconify.state.dir");
+    CHECK(strcmp(d.state, "{\"dir\":\"/tmp/state\",\"name\":\"deployment-a\"}") == 0, "sconify.state: %s", d.state);
     CHECK(d.env_count == 3 && strcmp(d.env_values[2], "8080") == 0, "an integer value is its decimal text");
     CHECK(d.file_count == 1 && strcmp(d.files[0].path, "/app/conf/secret.ini") == 0,
           "the injection files of the service's image only");
@@ -194,41 +192,12 @@ static void test_command(void)
     CHECK(command_split("python3 'open", &words, &n, &host, &err) != 0, "an unbalanced quote is refused");
 }
 
-static void test_tag_state(void)
-{
-    char dir[] = "/tmp/sconify-test-tagstate-XXXXXX";
-    CHECK(mkdtemp(dir) != NULL, "mkdtemp");
-    unsigned char key[32] = {1}, other[32] = {2}, t1[16] = {1}, t2[16] = {2};
-    struct rt_state st;
-    struct rt_error err;
-    CHECK(tag_state_read(dir, "dep-a", "app_data", key, &st, &err) == 0, "nothing recorded: a new volume");
-    CHECK(tag_state_record(dir, "dep-a", "app_data", key, t1, NULL, &err) == 0, "record: %s", err.msg);
-    CHECK(tag_state_read(dir, "dep-a", "app_data", key, &st, &err) == 1 && memcmp(st.tag, t1, 16) == 0 && !st.has_next,
-          "the recorded tag");
-    CHECK(tag_state_record(dir, "dep-a", "app_data", key, t1, t2, &err) == 0, "record next: %s", err.msg);
-    CHECK(tag_state_read(dir, "dep-a", "app_data", key, &st, &err) == 1 && st.has_next && memcmp(st.next_tag, t2, 16) == 0,
-          "a commit under way");
-    CHECK(tag_state_read(dir, "dep-a", "app_data", other, &st, &err) == -1 && strstr(err.msg, "another key"),
-          "another key's state is refused: %s", err.msg);
-    CHECK(tag_state_read(dir, "dep-b", "app_data", key, &st, &err) == 0, "another policy has its own");
-    char path[512], moved[512];
-    snprintf(path, sizeof path, "%s/dep-a/app_data.json", dir);
-    snprintf(moved, sizeof moved, "%s/dep-a/other.json", dir);
-    CHECK(rename(path, moved) == 0 && tag_state_read(dir, "dep-a", "other", key, &st, &err) == -1,
-          "a state file moved to another volume's name is refused");
-    unlink(moved);
-    snprintf(path, sizeof path, "%s/dep-a", dir);
-    rmdir(path);
-    rmdir(dir);
-}
-
 int main(void)
 {
     test_scalars();
     test_structure();
     test_policy();
     test_command();
-    test_tag_state();
     if (failures) fprintf(stderr, "%d check(s) failed\n", failures);
     else printf("test_deployment: ok\n");
     return failures != 0;

@@ -15,7 +15,7 @@ from sconify.cli.registry import add_registry_arguments, bind, push_summary, reg
 from sconify.errors import UsageError
 
 if TYPE_CHECKING:
-    from sconify.pipeline import ConvertResult
+    from sconify.conversion.pipeline import ConvertResult
 
 
 def register(subparsers) -> None:
@@ -227,15 +227,15 @@ def output_paths(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sconify.elfworker import take_prestarted
+    from sconify.conversion.elfworker import take_prestarted
 
     # lief's helper process was started at the entry point (main.run), so its import overlaps
-    # ours (sconify.elfworker); without one, sconify_image starts its own when it needs it.
+    # ours (sconify.conversion.elfworker); without one, sconify_image starts its own when it needs it.
     with contextlib.ExitStack() as cleanup:
         elf = take_prestarted()
         if elf is not None:
             cleanup.enter_context(elf)
-        from sconify.pipeline import ConvertOptions, sconify_image  # heavy: imported when it runs
+        from sconify.conversion.pipeline import ConvertOptions, sconify_image  # heavy: imported when it runs
 
         output_paths(args)
         attaching = check_attach_options(args)
@@ -281,7 +281,7 @@ def check_attach_options(args: argparse.Namespace) -> bool:
         raise UsageError("--sign attaches a signed attestation to the pushed image: it needs a docker:// "
                          "output and no --no-attach (sign a manifest file with `sconify sign`)")
     if args.sign:
-        from sconify.attest import load_signing_key
+        from sconify.outputs.attest import load_signing_key
 
         args.signing_key = load_signing_key(args.sign)
     return bool(args.attach)
@@ -289,7 +289,7 @@ def check_attach_options(args: argparse.Namespace) -> bool:
 
 def attach_measurement(args: argparse.Namespace, registry, written) -> dict:
     """Attach manifest.json (and, with --sign, its DSSE/in-toto attestation) to the pushed image."""
-    from sconify import attest
+    from sconify.outputs import attest
     from sconify.image.reference import parse_reference
     from sconify.image.registry import referrers
 

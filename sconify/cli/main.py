@@ -67,9 +67,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def run(argv: list[str], prog: str = "sconify") -> int:
     if argv[:1] == ["image"] and not {"-h", "--help", "--dry-run"} & set(argv):
-        from sconify.elfworker import prestart
+        from sconify.conversion.elfworker import prestart
 
-        prestart()  # lief's helper loads while this process imports (sconify.elfworker)
+        prestart()  # lief's helper loads while this process imports (sconify.conversion.elfworker)
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

@@ -126,7 +126,7 @@ def read_session(path: str) -> dict:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from sconify.manifest import Manifest
+    from sconify.outputs.manifest import Manifest
     from sconify.verify import VerifyReport, verify_image
 
     registry = registry_options(args)
@@ -138,7 +138,7 @@ def run_verify(args: argparse.Namespace) -> int:
         reference, manifest = attached_manifest(args, registry, signed)
     keys = None
     if args.keys:
-        from sconify.keys import KeysFile
+        from sconify.outputs.keys import KeysFile
 
         keys = KeysFile.read(args.keys)
     if args.signer and args.manifest is not None:  # cheap, and a bad signer file should fail before the image is read
@@ -164,7 +164,7 @@ def attached_manifest(args: argparse.Namespace, registry, report: VerifyReport):
     from sconify.image.reference import parse_reference
     from sconify.image.registry import referrers
     from sconify.image.transports import read_image
-    from sconify.manifest import Manifest
+    from sconify.outputs.manifest import Manifest
 
     ref = parse_reference(args.reference)
     if ref.transport != "docker":
@@ -173,7 +173,7 @@ def attached_manifest(args: argparse.Namespace, registry, report: VerifyReport):
         raise UsageError("--signature names a signature file of --manifest; without --manifest the signature is "
                          "the attestation attached in the registry")
     if args.signer:
-        from sconify.attest import load_verify_key
+        from sconify.outputs.attest import load_verify_key
 
         signer = load_verify_key(args.signer)  # a bad signer file fails before the registry is asked
     digest = read_image(bind(args.reference, registry), platform=args.platform).manifest_digest
@@ -193,7 +193,7 @@ def attached_manifest(args: argparse.Namespace, registry, report: VerifyReport):
 
 def check_attestation(report: VerifyReport, ref, digest: str, manifest_data: bytes, signer, signer_name: str,
                       registry) -> None:
-    from sconify import attest
+    from sconify.outputs import attest
     from sconify.image.registry import referrers
 
     found = referrers.find(ref.registry, ref.repository, digest, referrers.DSSE_TYPE, registry)
@@ -243,8 +243,8 @@ def run_measure(args: argparse.Namespace) -> int:
     from embedfs import measure as M
     from sconify.image.rootfs import RootFS
     from sconify.image.transports import read_image
-    from sconify.codepaths import find_service
-    from sconify.select import find_binary
+    from sconify.conversion.codepaths import find_service
+    from sconify.conversion.select import find_binary
     from sconify.verify import LABEL_PREFIX, copy_out, image_labels
 
     image = read_image(args.reference, platform=args.platform, registry=registry_options(args))

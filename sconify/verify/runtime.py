@@ -7,10 +7,10 @@ import hashlib
 import json
 
 from sconify.image.rootfs import PathNotFound, RootFS
-from sconify.manifest import Manifest
-from sconify.runtime import CONFIG_PATH as RUNTIME_CONFIG_PATH
-from sconify.select import is_regular, rel
-from sconify.session import session_command, session_environment
+from sconify.outputs.manifest import Manifest
+from sconify.conversion.runtime import CONFIG_PATH as RUNTIME_CONFIG_PATH
+from sconify.conversion.select import is_regular, rel
+from sconify.outputs.session import session_command, session_environment
 from sconify.verify.report import VerifyReport, summarise
 
 

@@ -12,13 +12,13 @@ from sconify.fspf.errors import FspfError, IntegrityError
 from sconify.fspf.format import tag_of
 from sconify.fspf.shield import VerifyReport as ShieldReport
 from sconify.image.rootfs import RootFS
-from sconify.manifest import Manifest, VolumeFigures
-from sconify.select import absolute, is_regular, iter_tree, region_of, rel, try_resolve
+from sconify.outputs.manifest import Manifest, VolumeFigures
+from sconify.conversion.select import absolute, is_regular, iter_tree, region_of, rel, try_resolve
 from sconify.verify.report import VerifyReport, differences, summarise
 from sconify.verify.runtime import runtime_paths
 
 if TYPE_CHECKING:  # keys are optional: their crypto loads when they are used
-    from sconify.keys import KeysFile, VolumeKeys
+    from sconify.outputs.keys import KeysFile, VolumeKeys
 
 
 def check_volumes(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysFile | None) -> None:

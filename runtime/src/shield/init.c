@@ -16,7 +16,6 @@
 #include "measure.h"
 #include "policy.h"
 #include "shield.h"
-#include "tagstate.h"
 
 #define GRANT_SCHEMA "sconify.grant/v1"
 #define GRANT_SEALS (F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL)
@@ -31,8 +30,6 @@ static char grant_exe[PATH_MAX];
 struct grant {
     struct rt_keys keys;
     json_t *files;          /* policy mode: the injection files [{path, content}] (a new reference) */
-    char *state_dir;        /* policy mode: where the volumes' tags are kept (tagstate.h) */
-    char *state_policy;
     char *config;           /* the runtime config's bytes the launcher checked */
     size_t config_len;
     char *keys_path;        /* where tags are recorded ("" for SCONE_FSPF debug keys) */
@@ -126,13 +123,6 @@ static int read_grant(struct grant *g)
         memcpy(g->config, json_string_value(config), g->config_len + 1);
         g->keys_path = strdup(keys_path);
         g->persist = json_is_true(json_object_get(doc, "persist"));
-        json_t *state = json_object_get(doc, "state");
-        const char *dir = json_string_value(json_object_get(state, "dir"));
-        const char *policy = json_string_value(json_object_get(state, "policy"));
-        if (dir && policy) {
-            g->state_dir = strdup(dir);
-            g->state_policy = strdup(policy);
-        }
         g->files = json_incref(json_object_get(doc, "files"));
         grant_text = text;  /* kept to pass the grant on (execve below) */
         grant_len = (size_t)st.st_size;
@@ -151,8 +141,6 @@ static void grant_free(struct grant *g)
 {
     keys_free(&g->keys);
     json_decref(g->files);
-    free(g->state_dir);
-    free(g->state_policy);
     free(g->config);
     free(g->keys_path);
     memset(g, 0, sizeof *g);
@@ -273,17 +261,14 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
     const unsigned char *want = start ? fresh_tag(&sv->granted, sv->container_copy, have_state ? &state : NULL, tag)
                                       : NULL;
     struct rt_keys keys = {0};
-    unsigned char recorded_tag[16];
-    if (!want && S.state_dir && sv->granted.name) {  /* policy mode: the deployment's state (tagstate.h) */
-        struct rt_key recorded = {0};
-        struct rt_state now;
-        if (tag_state_read(S.state_dir, S.state_policy, sv->granted.name, sv->key, &now, err) == 1) {
-            memcpy(recorded.tag, now.tag, 16);
-            recorded.has_next = now.has_next;
-            memcpy(recorded.next_tag, now.next_tag, 16);
-            const unsigned char *fresh = fresh_tag(&recorded, 0, NULL, tag);
-            if (fresh) want = memcpy(recorded_tag, fresh, 16);
+    struct store_record rec;
+    if (!want && S.has_store && !sv->container_copy) {
+        int found = store_read(&S.store, sv->record, &rec, err);
+        if (found < 0) {
+            free(data);
+            return -1;
         }
+        want = found ? store_fresh_tag(&rec, tag) : NULL;
     } else if (!want && S.keys_persist && keys_load(S.keys_path, &keys, err) == 0) {
         struct rt_key *k = keys_find(&keys, sv->v->path);
         if (k && CRYPTO_memcmp(k->key, sv->key, 32) == 0) want = fresh_tag(k, sv->container_copy, have_state ? &state : NULL, tag);
@@ -295,7 +280,7 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
         if (tag) hex_encode(tag, 16, got);
         rt_fail(err, "volume %s: its fspf on disk carries tag %s, which %s does not record: an older or another "
                      "copy was put there (rollback); refused", sv->v->path, got,
-                sv->container_copy ? "the container's state" : S.state_dir ? "the deployment's state" : "the keys file");
+                sv->container_copy ? "the container's state" : S.has_store ? "the state store" : "the keys file");
     } else if (fspf_load(&fs, data, (size_t)st.st_size, sv->key, want, err) == 0) {
         if (fs.region_count != 1 || strcmp(fs.regions[0].path, sv->v->path) != 0) {
             fspf_free(&fs);
@@ -356,9 +341,10 @@ static void open_volumes(const struct grant *g)
 {
     S.keys_path = strdup(g->keys_path);
     S.keys_persist = g->persist;
-    if (g->state_dir) {
-        S.state_dir = strdup(g->state_dir);
-        S.state_policy = strdup(g->state_policy);
+    if (g->persist && g->keys.state) {
+        struct rt_error err = {{0}};
+        if (store_open_keys_state(g->keys.state, &S.store, &err) != 0) fatal(err.msg);
+        S.has_store = 1;
     }
     for (size_t i = 0; i < S.cfg.volume_count; i++) {
         const struct rt_volume *v = &S.cfg.volumes[i];
@@ -371,7 +357,8 @@ static void open_volumes(const struct grant *g)
         memcpy(sv->key, k->key, 32);
         sv->granted = *k;
         sv->granted.path = NULL;
-        sv->granted.name = k->name ? strdup(k->name) : NULL;
+        sv->granted.name = NULL;
+        sv->record = strdup(key_record_name(k));
         sv->container_copy = k->container_copy;
         int fd = RESOLVE(open)(v->fspf_path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) fatal("a volume's fspf disappeared after start-up");

@@ -86,6 +86,7 @@
 #include "config.h"
 #include "embedfs.h"
 #include "fspf.h"
+#include "statestore.h"
 #include "util.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -185,8 +186,8 @@ struct svol {
     int ephemeral;             /* fs lives in memory only: no fspf file, no key, no tag */
     int container_copy;        /* the container's own copy: tags go to its state file (commit.c) */
     int has_links;             /* fs has (or had) an FSPF_SYMLINK record: paths are resolved */
-    struct rt_key granted;     /* the grant's key and tags for it (path NULL; name: the policy's
-                                * name of the volume, policy mode): judge the fspf at start */
+    struct rt_key granted;     /* the grant's key and tags for it (path, name NULL): judge the fspf at start */
+    char *record;              /* its record's name in the keys' state store (key_record_name) */
     struct stat64 seen;        /* the fspf file as last loaded or written (volume_refresh) */
     dev_t dev;                 /* its directory's device, once known (region_device) */
     int dev_known;
@@ -215,6 +216,9 @@ struct shield_state {
     struct rt_config cfg;
     char *keys_path;
     int keys_persist;          /* 0: debug-mode keys from the environment (tags printed) */
+    int has_store;             /* the keys' "state": mounted volumes' tags are kept in store, not in
+                                * the keys file (commit.c, volume_refresh) */
+    struct store store;
     int locked;                /* no keys granted: the volumes' files are refused (EACCES) */
     struct svol *vols;
     size_t nvols;
@@ -223,8 +227,6 @@ struct shield_state {
     int nfds;
     struct injected *injected; /* policy mode: the injection files (granted processes only) */
     size_t ninjected;
-    char *state_dir;           /* policy mode: where the volumes' tags are kept (tagstate.h) */
-    char *state_policy;
 };
 
 extern struct shield_state S;

@@ -17,14 +17,14 @@ like ``select.select_code``.
   the shared objects among them (C extensions, ``.node`` addons).
 - ``suspicious_code_dirs(fs, roots, workdir)``: code in application places outside every root.
 
-Used by ``sconify.plan.make_plan`` (the service, its roots and files, the warnings; the recipe's
+Used by ``sconify.conversion.plan.make_plan`` (the service, its roots and files, the warnings; the recipe's
 rules are added on top, and the code kept in place is chosen by ``plan.removable_code``) and by
 ``sconify measure`` for an image that carries no sconify labels.
 """
 
 from __future__ import annotations
 
-from sconify.codepaths.common import (
+from sconify.conversion.codepaths.common import (
     APP_PLACES,
     NODE_EXCLUDE,
     NODE_EXTENSIONS,
@@ -37,8 +37,8 @@ from sconify.codepaths.common import (
     native_code,
     suspicious_code_dirs,
 )
-from sconify.codepaths.node import NodeLayout, node_layout, node_roots, parse_node_argv
-from sconify.codepaths.python import (
+from sconify.conversion.codepaths.node import NodeLayout, node_layout, node_roots, parse_node_argv
+from sconify.conversion.codepaths.python import (
     PythonLayout,
     find_module,
     parse_python_argv,
@@ -46,7 +46,7 @@ from sconify.codepaths.python import (
     python_roots,
     python_sys_path,
 )
-from sconify.codepaths.service import Service, find_service, image_settings, kind_of
+from sconify.conversion.codepaths.service import Service, find_service, image_settings, kind_of
 
 
 def code_roots(fs, service: Service, env: dict[str, str] | None = None, workdir: str | None = None) -> CodeRoots:

@@ -3,7 +3,7 @@
 Two small services that summarise the same readings and print one JSON line: a Python one
 (``/app/main.py`` and the package ``/app/service``: settings, an in-memory SQLite store, file
 digests) and a Node.js one (``/app/index.js`` and its ``package.json``; its ``node_modules`` are
-the pinned npm packages ``sconify.debimage`` places under ``/app``). Both read ``/app/data`` (a
+the pinned npm packages ``sconify.demo.debimage`` places under ``/app``). Both read ``/app/data`` (a
 config, readings in a CSV file and its hardlink, an incompressible blob) and
 ``/etc/sconify-demo/defaults.json``.
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 
-from sconify.layerentries import LayerEntry, directory, hardlinks, opaque, regular_file, symlink, whiteout
+from sconify.demo.layerentries import LayerEntry, directory, hardlinks, opaque, regular_file, symlink, whiteout
 
 
 def demo_bytes(seed: str, size: int) -> bytes:

@@ -33,7 +33,7 @@ from sconify.errors import EnvironmentProblem, UsageError
 from sconify.image import layers as L
 from sconify.image.layerwriter import layer_from_blob
 from sconify.image.model import Layer
-from sconify.newlayers import LayerTar, TarEntry, source_date_epoch
+from sconify.conversion.newlayers import LayerTar, TarEntry, source_date_epoch
 
 RUNTIME_DIR = "/.sconify"
 LAUNCHER_PATH = f"{RUNTIME_DIR}/bin/sconify-run"
@@ -63,8 +63,8 @@ class RuntimeBuild:
 def source_tree() -> Path:
     """The runtime's sources: installed beside this module (wheel: ``sconify/runtime_sources``), or
     ``runtime/`` at the top of a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "runtime_sources", here.parent / "runtime"):
+    package = Path(__file__).resolve().parents[1]  # sconify/
+    for candidate in (package / "runtime_sources", package.parent / "runtime"):
         if (candidate / "Makefile").is_file():
             return candidate
     raise EnvironmentProblem("the runtime sources are missing from this installation; reinstall sconify")
@@ -210,7 +210,7 @@ def runtime_config(executable: str, executable_sha256: str, parameters: dict, mr
     ``code_roots``: the directories the shield serves from the embedfs only; ``code_left``: the
     files under them left on disk as not code, which it shows from the disk; ``code_shallow``:
     system directories on the search path, where only ``code_extensions`` names and
-    ``__pycache__`` are sealed (sconify.sealed). ``policy``: the command and environment the
+    ``__pycache__`` are sealed (sconify.conversion.sealed). ``policy``: the command and environment the
     keys are granted to."""
     doc = {
         "schema": CONFIG_SCHEMA,

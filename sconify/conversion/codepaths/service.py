@@ -14,8 +14,8 @@ import posixpath
 import shlex
 from dataclasses import dataclass, field
 
-from sconify.codepaths import shell
-from sconify.codepaths.common import (
+from sconify.conversion.codepaths import shell
+from sconify.conversion.codepaths.common import (
     DEFAULT_PATH,
     ELF_MAGIC,
     is_executable,
@@ -27,7 +27,7 @@ from sconify.codepaths.common import (
     which,
 )
 from sconify.errors import UsageError
-from sconify.recipe import builtin_recipes
+from sconify.conversion.recipe import builtin_recipes
 
 SHELLS = {"sh", "bash", "dash", "ash", "ksh", "mksh", "zsh", "yash", "posh"}
 MAX_STEPS = 16

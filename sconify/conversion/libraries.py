@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from embedfs.elf import structure_parser_config
-from sconify.select import absolute, is_regular, try_resolve
+from sconify.conversion.select import absolute, is_regular, try_resolve
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
 from sconify.image.rootfs import PathNotFound
-from sconify.recipe import excluded, has_extension
+from sconify.conversion.recipe import excluded, has_extension
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ELF_MAGIC = b"\x7fELF"

@@ -25,10 +25,10 @@ from sconify.fspf import Fspf
 from sconify.image.layerwriter import BlobFollower, LayerWriter
 from sconify.image.model import Layer
 from sconify.image.rootfs import RootFS
-from sconify.manifest import VolumeFigures
-from sconify.newlayers import LayerTar, TarEntry, missing_parents, source_date_epoch
-from sconify.select import absolute, rel
-from sconify.spool import Extent, Spool
+from sconify.outputs.manifest import VolumeFigures
+from sconify.conversion.newlayers import LayerTar, TarEntry, missing_parents, source_date_epoch
+from sconify.conversion.select import absolute, rel
+from sconify.conversion.spool import Extent, Spool
 
 FSPF_NAME = ".sconify.fspf"  # a volume's fspf, in the volume's own directory
 VOLUME_PROTECTIONS = ("encrypted", "authenticated")

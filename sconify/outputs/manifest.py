@@ -52,7 +52,7 @@ class ExecutableFigures:
     sconified_sha256: str
     sconified_size: int
     # How ENTRYPOINT/CMD reaches this executable, and where its interpreter loads code from
-    # (sconify.codepaths): one line per step, and {path, kind, reason} per code root.
+    # (sconify.conversion.codepaths): one line per step, and {path, kind, reason} per code root.
     why: list[str] = field(default_factory=list)
     code_roots: list[dict] = field(default_factory=list)
 

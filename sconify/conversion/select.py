@@ -13,7 +13,7 @@ from typing import Iterator
 
 from sconify.errors import UsageError
 from sconify.image.rootfs import PathNotFound
-from sconify.recipe import Placeholders, Recipe, builtin_recipes, excluded, has_extension
+from sconify.conversion.recipe import Placeholders, Recipe, builtin_recipes, excluded, has_extension
 
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 ELF_MAGIC = b"\x7fELF"

@@ -17,7 +17,7 @@ import posixpath
 import shlex
 from dataclasses import dataclass, field
 
-from sconify.codepaths.common import (
+from sconify.conversion.codepaths.common import (
     NODE_EXCLUDE,
     NODE_EXTENSIONS,
     NOT_FOUND_NOTE,
@@ -35,7 +35,7 @@ from sconify.codepaths.common import (
     resolve,
     under,
 )
-from sconify.codepaths.service import Service
+from sconify.conversion.codepaths.service import Service
 
 VALUE_OPTIONS = {
     "-r", "--require", "--import", "--loader", "--experimental-loader", "-e", "--eval", "-p", "--print",

@@ -30,7 +30,7 @@ _LENGTH = struct.Struct(">Q")
 class ElfWorker:
     def __init__(self) -> None:
         # The child gets this process's module path, so it imports this very sconify.
-        code = f"import sys; sys.path[:0] = {sys.path!r}; from sconify.elfworker import serve; serve()"
+        code = f"import sys; sys.path[:0] = {sys.path!r}; from sconify.conversion.elfworker import serve; serve()"
         self._process = subprocess.Popen(
             [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
@@ -66,7 +66,7 @@ class ElfWorker:
         return value
 
     def dynamic_dependencies(self, data: bytes, what: str = "an ELF file"):
-        """``sconify.libraries.dynamic_dependencies`` in the helper."""
+        """``sconify.conversion.libraries.dynamic_dependencies`` in the helper."""
         return self._call(what, "dynamic_dependencies", data)
 
     def dynamic_dependencies_at(self, fd: int, offset: int, size: int, what: str = "an ELF file"):
@@ -127,7 +127,7 @@ def serve() -> None:
     import lief
 
     from embedfs.elf import validate_with_lief
-    from sconify.libraries import dynamic_dependencies, dynamic_dependencies_in
+    from sconify.conversion.libraries import dynamic_dependencies, dynamic_dependencies_in
 
     lief.logging.disable()
     functions = {"dynamic_dependencies": dynamic_dependencies, "dynamic_dependencies_in": dynamic_dependencies_in,

@@ -15,7 +15,7 @@ import re
 import shlex
 from dataclasses import dataclass, field
 
-from sconify.codepaths.common import join
+from sconify.conversion.codepaths.common import join
 
 OPEN = {"if", "while", "until", "case", "for", "{", "select"}
 CLOSE = {"fi", "done", "esac", "}"}

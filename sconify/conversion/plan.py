@@ -1,8 +1,8 @@
 """The plan of a conversion: which executable, which code, which regions and data files,
 decided from the image and the options before any byte is written.
 
-``make_plan`` follows ENTRYPOINT/CMD to the service and its code roots (sconify.codepaths),
-adds the recipe's rules, lays out the regions (sconify.volumes) and refuses what cannot be
+``make_plan`` follows ENTRYPOINT/CMD to the service and its code roots (sconify.conversion.codepaths),
+adds the recipe's rules, lays out the regions (sconify.conversion.volumes) and refuses what cannot be
 right (--dir over code, an fspf path already taken). ``contents_to_keep`` is the guess, made
 before the layers are read, of which files' bytes the conversion will need.
 """
@@ -15,15 +15,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from sconify import codepaths
-from sconify.codepaths import CodeRoots, Service, code_roots, find_service, native_code, suspicious_code_dirs
+from sconify.conversion import codepaths
+from sconify.conversion.codepaths import CodeRoots, Service, code_roots, find_service, native_code, suspicious_code_dirs
 from sconify.errors import UsageError
 from sconify.image.model import Image
 from sconify.image.rewrite import LayerRewrite, ProtectedPrefix, link_warnings, plan_rewrites
 from sconify.image.rootfs import RootFS
-from sconify.manifest import LABEL_PREFIX
-from sconify.recipe import Placeholders, builtin_recipes, has_extension, load_recipe
-from sconify.select import (
+from sconify.outputs.manifest import LABEL_PREFIX
+from sconify.conversion.recipe import Placeholders, builtin_recipes, has_extension, load_recipe
+from sconify.conversion.select import (
     DEFAULT_PATH,
     Executable,
     absolute,
@@ -39,10 +39,10 @@ from sconify.select import (
     try_resolve,
     workdir_of,
 )
-from sconify.volumes import fspf_path_of, is_volume
+from sconify.conversion.volumes import fspf_path_of, is_volume
 
 if TYPE_CHECKING:
-    from sconify.pipeline import ConvertOptions
+    from sconify.conversion.pipeline import ConvertOptions
 
 # Why a directory is in Plan.protected besides the encrypted volumes.
 ENCRYPTED_CODE = "encrypted code"
@@ -57,7 +57,7 @@ class Plan:
     code_files: list[str]
     regions: list[dict]  # {"path", "kind", "protection"}, sorted by path
     data_files: dict[str, list[str]]  # volume path -> files (relative) to protect
-    service: Service | None = None  # how ENTRYPOINT/CMD reaches the executable (sconify.codepaths)
+    service: Service | None = None  # how ENTRYPOINT/CMD reaches the executable (sconify.conversion.codepaths)
     roots: CodeRoots | None = None  # where its interpreter loads code from, and why
     warnings: list[str] = field(default_factory=list)  # code the measurement may miss
     # Directories whose plaintext must leave every input layer (sconify.image.rewrite), and the
@@ -79,7 +79,7 @@ class Plan:
 
     @property
     def volumes(self) -> list[dict]:
-        """The regions with an fspf of their own (sconify.volumes), in path order."""
+        """The regions with an fspf of their own (sconify.conversion.volumes), in path order."""
         return [region for region in self.regions if is_volume(region)]
 
     def removed_code(self) -> list[str]:
@@ -103,7 +103,7 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
             f"(its config digest is the label {LABEL_PREFIX}base.config-digest)"
         )
     # The service as the container runs it (shell forms, entrypoint scripts, console scripts and
-    # venvs followed to the ELF), and where its interpreter loads code from (sconify.codepaths).
+    # venvs followed to the ELF), and where its interpreter loads code from (sconify.conversion.codepaths).
     service = find_service(fs, config, binary=options.binary)
     executable = Executable(path=rel(service.executable), requested=service.requested,
                             recipe=load_recipe(options.recipe) if options.recipe else recipe_for(rel(service.executable)))
@@ -270,7 +270,7 @@ def contents_to_keep(config: dict, options: ConvertOptions) -> Callable[[str], b
         return f"(?:usr/)?{body}" if parts[0] in MERGED_USR else body
 
     alternatives = [f"{pattern(t)}(?:/.*)?" for t in trees if rel(t)]
-    # What sconify.codepaths may read or take beyond the recipe: /etc/pythonX.Y (Debian's
+    # What sconify.conversion.codepaths may read or take beyond the recipe: /etc/pythonX.Y (Debian's
     # sitecustomize.py links there), venv and .pth files, and code in the application places.
     alternatives += [r"etc/python[0-9.]*/.*", r".*/pyvenv\.cfg", r".*\.pth", r"usr/local/bin/[^/]+",
                      r"(?:srv|opt|home|workspace|usr/src)/.*\.(?:py|pyc|so(?:\.[0-9.]+)?|js|mjs|cjs|json|node)"]

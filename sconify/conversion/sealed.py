@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import posixpath
 
-from sconify.codepaths import CodeRoots
-from sconify.codepaths.common import SYSTEM_DIRS, absolute, rel, resolve
-from sconify.recipe import has_extension
+from sconify.conversion.codepaths import CodeRoots
+from sconify.conversion.codepaths.common import SYSTEM_DIRS, absolute, rel, resolve
+from sconify.conversion.recipe import has_extension
 
 # Mounted at run time, never sealed (the shield's run_time_mount).
 RUN_TIME_MOUNTS = ("/proc", "/dev", "/sys", "/run", "/.sconify")

@@ -13,12 +13,12 @@ cache), ``read_deb`` (the .deb's data tar streamed through ``dpkg-deb --fsys-tar
 extracted to disk), ``fetch_npm`` (``npm pack`` of pinned versions, integrity checked),
 ``write_layer_tars`` (the base layer and the app layer, each with ``write_layer_tar``: sorted
 entries, clamped mtimes, uid/gid 0) and ``build_image``. What a layer entry is lives in
-``sconify.layerentries``; what the demo apps are (their sources and data) in ``sconify.demoapps``.
+``sconify.demo.layerentries``; what the demo apps are (their sources and data) in ``sconify.demo.apps``.
 Their public names are importable from here too.
 
 Builds are deterministic and cached under ``cache_dir()`` (``$SCONIFY_CACHE`` or
 ``~/.cache/sconify``), keyed by the pins, the epoch, the compression and the source text of this
-module, ``sconify.layerentries`` and ``sconify.demoapps`` (``BUILDER_SOURCES``).
+module, ``sconify.demo.layerentries`` and ``sconify.demo.apps`` (``BUILDER_SOURCES``).
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Iterable
 
-from sconify.demoapps import (  # noqa: F401  (re-exported: the demo apps were defined here)
+from sconify.demo.apps import (  # noqa: F401  (re-exported: the demo apps were defined here)
     DEMO_DEFAULTS_APP,
     DEMO_DEFAULTS_BASE,
     NODE_INDEX,
@@ -55,7 +55,7 @@ from sconify.demoapps import (  # noqa: F401  (re-exported: the demo apps were d
     readings_csv,
 )
 from sconify.errors import EnvironmentProblem, UsageError
-from sconify.layerentries import (  # noqa: F401  (re-exported: layer entries were defined here)
+from sconify.demo.layerentries import (  # noqa: F401  (re-exported: layer entries were defined here)
     LayerEntry,
     directory,
     hardlinks,
@@ -74,7 +74,7 @@ DEBIAN_ARCH = "amd64"
 DEFAULT_COMPRESSION = "gzip"  # every consumer here (docker load, skopeo, umoci) accepts gzip
 IMAGE_TAG = "latest"
 # The modules whose source text shapes the images' bytes; each one's digest is in every build key.
-BUILDER_SOURCES = ("debimage.py", "layerentries.py", "demoapps.py")
+BUILDER_SOURCES = ("debimage.py", "layerentries.py", "apps.py")
 
 
 @dataclass(frozen=True)
@@ -301,7 +301,7 @@ def unavailable_message(packages: list[DebPackage], apt_output: str) -> str:
     return (
         f"Debian package {package.name}={package.version} cannot be downloaded with apt-get; "
         "run `apt-get update` (bookworm and bookworm-security must be in the apt sources), "
-        "or if Debian dropped that version, update the pins in sconify/debimage.py with resolve_closure()"
+        "or if Debian dropped that version, update the pins in sconify/demo/debimage.py with resolve_closure()"
     )
 
 
@@ -509,7 +509,7 @@ def write_layer_tars(spec: ImageSpec, cache: Path, workdir: Path, epoch: int) ->
 
 
 def app_layer_entries(spec: ImageSpec, tarballs: list[Path]) -> list[LayerEntry]:
-    """The demo app's files (``sconify.demoapps``) and its npm packages, unpacked under /app."""
+    """The demo app's files (``sconify.demo.apps``) and its npm packages, unpacked under /app."""
     app = {"python": python_app_entries, "node": node_app_entries, "python-tests": python_tests_app_entries}[spec.app]()
     for package, tarball in zip(spec.npm_packages, tarballs):
         app.extend(npm_entries(package, tarball))

@@ -1,7 +1,7 @@
 """sconify-image: the end-to-end conversion, one function per step of the data flow.
 
 read image -> choose executable, code and data -> spool their bytes -> embedfs pack + inject ->
-measure -> protect data (one fspf per volume, sconify.volumes) -> code layer + data layer ->
+measure -> protect data (one fspf per volume, sconify.conversion.volumes) -> code layer + data layer ->
 new config -> write image -> manifest, CAS session, keys file.
 """
 
@@ -22,8 +22,8 @@ from embedfs.elf import InjectResult, inject_with
 from embedfs.measure import measure_elf
 from sconify import __version__
 from sconify.atomic import StagedFiles, existing_ancestor, writing
-from sconify.codepaths import native_code
-from sconify.elfworker import ElfWorker
+from sconify.conversion.codepaths import native_code
+from sconify.conversion.elfworker import ElfWorker
 from sconify.errors import EnvironmentProblem, UsageError
 from sconify.hashing import sha256_file
 from sconify.image.layerread import short_gil_switches
@@ -37,9 +37,9 @@ from sconify.image.reference import parse_reference
 from sconify.image.rewrite import rewrite_layers
 from sconify.image.rootfs import RootFS, RootFSLimits
 from sconify.image.transports import read_image, write_image
-from sconify.keys import KeysFile, VolumeKeys, new_code_key, random_source
-from sconify.libraries import candidate_libraries, library_closure
-from sconify.manifest import (
+from sconify.outputs.keys import KeysFile, VolumeKeys, new_code_key, random_source
+from sconify.conversion.libraries import candidate_libraries, library_closure
+from sconify.outputs.manifest import (
     RuntimeFigures,
     LABEL_PREFIX,
     EmbedfsFigures,
@@ -48,9 +48,9 @@ from sconify.manifest import (
     Manifest,
     MeasurementFigures,
 )
-from sconify.newlayers import TarEntry, source_date_epoch, whiteout_for, write_layer_tar
-from sconify.sealed import embedded_packages, left_files, sealed_roots, shallow_roots
-from sconify.runtime import (
+from sconify.conversion.newlayers import TarEntry, source_date_epoch, whiteout_for, write_layer_tar
+from sconify.conversion.sealed import embedded_packages, left_files, sealed_roots, shallow_roots
+from sconify.conversion.runtime import (
     LAUNCHER_PATH,
     Policy,
     build_runtime,
@@ -61,16 +61,16 @@ from sconify.runtime import (
     runtime_layer,
     wrap_entrypoint,
 )
-from sconify.select import (
+from sconify.conversion.select import (
     Executable,
     absolute,
     command_of,
     env_of,
 )
-from sconify.session import SessionSpec, SessionVolume, check_session_name, volume_names, write_session
-from sconify.spool import Extent, Spool
-from sconify.plan import Plan, contents_to_keep, make_plan, plan_scripts
-from sconify.volumes import SealedVolume, is_volume, write_data_layer
+from sconify.outputs.session import SessionSpec, SessionVolume, check_session_name, volume_names, write_session
+from sconify.conversion.spool import Extent, Spool
+from sconify.conversion.plan import Plan, contents_to_keep, make_plan, plan_scripts
+from sconify.conversion.volumes import SealedVolume, is_volume, write_data_layer
 
 
 @dataclass
@@ -166,7 +166,7 @@ def sconify_image(
     timings: dict[str, float] = {}
     check_options(options)
     with contextlib.ExitStack() as cleanup:
-        # lief loads in a helper process while the image is read (see sconify.elfworker).
+        # lief loads in a helper process while the image is read (see sconify.conversion.elfworker).
         if elf is None and not options.dry_run:
             elf = cleanup.enter_context(ElfWorker())
         cleanup.enter_context(short_gil_switches())

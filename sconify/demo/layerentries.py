@@ -6,7 +6,7 @@ A ``LayerEntry`` is one tar member (directory, file or symlink; hardlinked files
 ``opaque`` (hide a lower layer's directory contents). ``write_layer_tar`` writes entries as a
 deterministic tar: sorted by path, parent directories added, mtimes clamped, owner 0:0.
 
-``sconify.debimage`` reads Debian and npm packages into entries, ``sconify.demoapps`` describes
+``sconify.demo.debimage`` reads Debian and npm packages into entries, ``sconify.demo.apps`` describes
 the demo apps with them, and tests build their own images from them.
 """
 

@@ -79,8 +79,8 @@ def load_recipe(spec: str) -> Recipe:
 
 def builtin_recipe_dir() -> Path:
     """``recipes/``: installed beside this module (wheel), or at the top of a source checkout."""
-    here = Path(__file__).resolve().parent
-    for candidate in (here / "recipes", here.parent / "recipes"):
+    package = Path(__file__).resolve().parents[1]  # sconify/
+    for candidate in (package / "recipes", package.parent / "recipes"):
         if (candidate / "python.toml").is_file():
             return candidate
     raise UsageError("the built-in recipes are missing from this installation; reinstall sconify")

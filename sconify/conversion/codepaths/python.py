@@ -18,7 +18,7 @@ import posixpath
 import re
 from dataclasses import dataclass, field
 
-from sconify.codepaths.common import (
+from sconify.conversion.codepaths.common import (
     DEFAULT_PATH,
     NOT_FOUND_NOTE,
     PYTHON_EXCLUDE,
@@ -40,9 +40,9 @@ from sconify.codepaths.common import (
     under,
     which,
 )
-from sconify.codepaths.service import Service
-from sconify.recipe import excluded
-from sconify.select import rel
+from sconify.conversion.codepaths.service import Service
+from sconify.conversion.recipe import excluded
+from sconify.conversion.select import rel
 
 MAX_BINARY = 256 << 20  # bytes of an interpreter or libpython read to find its frozen site module
 VERSION_NAME = re.compile(r"python(\d+)\.(\d+)")
