@@ -25,6 +25,7 @@ import pytest
 import yaml
 
 from test_runtime_docker import SECRETS, convert_into_engine, derived_image, load_original
+from test_runtime_docker import run as run_container
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -154,13 +155,7 @@ def mounts(policy_dir: Path, data: str, state: str) -> list:
 
 
 def run(docker_client, app: App, policy_dir: Path, data: str, state: str, *args: str) -> tuple[int, str, str]:
-    container = docker_client.containers.run(app.tag, ["python3", APP, *args], detach=True, network_disabled=True,
-                                             mounts=mounts(policy_dir, data, state))
-    try:
-        status = container.wait(timeout=120)["StatusCode"]
-        return status, container.logs(stdout=True, stderr=False).decode(), container.logs(stdout=False, stderr=True).decode()
-    finally:
-        container.remove(force=True)
+    return run_container(docker_client, app.tag, ["python3", APP, *args], mounts=mounts(policy_dir, data, state))
 
 
 def report(out: str) -> dict:
@@ -289,14 +284,8 @@ def test_another_command_gets_no_secrets(app, docker_client, volumes, tmp_path):
     values = deployment(app, tmp_path / "a", "deployment-a")
     code = ("import os\nprint(os.environ.get('DB_PASSWORD'), os.path.exists('/app/conf/secret.ini'))\n"
             "print(open('/app/data/count.txt').read())\n")
-    container = docker_client.containers.run(app.tag, ["python3", "-c", code], detach=True, network_disabled=True,
-                                             mounts=mounts(tmp_path / "a", volumes("data"), volumes("state")))
-    try:
-        status = container.wait(timeout=120)["StatusCode"]
-        out = container.logs(stdout=True, stderr=False).decode()
-        err = container.logs(stdout=False, stderr=True).decode()
-    finally:
-        container.remove(force=True)
+    status, out, err = run_container(docker_client, app.tag, ["python3", "-c", code],
+                                     mounts=mounts(tmp_path / "a", volumes("data"), volumes("state")))
     assert out.startswith("None False\n") and status == 1, (out, err)  # then no volume: nothing initialised
     assert "runs without them" in err and values["DB_PASSWORD"] not in err + out
 
@@ -314,14 +303,8 @@ def test_the_policy_may_give_its_own_command(app, docker_client, volumes, tmp_pa
 
 def test_a_mounted_volume_needs_a_mounted_state_directory(app, docker_client, volumes, tmp_path):
     deployment(app, tmp_path / "a", "deployment-a")
-    container = docker_client.containers.run(
-        app.tag, ["python3", APP], detach=True, network_disabled=True,
-        mounts=mounts(tmp_path / "a", volumes("data"), volumes("state"))[:2])  # no volume at /var/lib/sconify
-    try:
-        status = container.wait(timeout=120)["StatusCode"]
-        err = container.logs(stdout=False, stderr=True).decode()
-    finally:
-        container.remove(force=True)
+    status, out, err = run_container(docker_client, app.tag, ["python3", APP],
+                                     mounts=mounts(tmp_path / "a", volumes("data"), volumes("state"))[:2])
     # (the state store refuses a state directory that is not there; one that is the container's own
     # copy while a volume is mounted is refused too: tests/test_runtime_state_docker.py)
     assert status == 2 and "the policy's (sconify.state) state store" in err and "/var/lib/sconify" in err, err
@@ -341,20 +324,9 @@ def test_sconify_policy_names_another_directory(app, docker_client, volumes, tmp
     values = deployment(app, tmp_path / "a", "deployment-a")
     elsewhere = [docker.types.Mount("/etc/deployment", str(tmp_path / "a"), type="bind", read_only=True),
                  *mounts(tmp_path / "a", volumes("data"), volumes("state"))[1:]]
-    container = docker_client.containers.run(app.tag, ["python3", APP], detach=True, network_disabled=True,
-                                             mounts=elsewhere, environment={"SCONIFY_POLICY": "/etc/deployment"})
-    try:
-        status = container.wait(timeout=120)["StatusCode"]
-        out = container.logs(stdout=True, stderr=False).decode()
-        err = container.logs(stdout=False, stderr=True).decode()
-    finally:
-        container.remove(force=True)
+    status, out, err = run_container(docker_client, app.tag, ["python3", APP], mounts=elsewhere,
+                                     environment={"SCONIFY_POLICY": "/etc/deployment"})
     assert status == 0 and report(out)["password"] == sha256(values["DB_PASSWORD"]), err
-    container = docker_client.containers.run(app.tag, ["python3", APP], detach=True, network_disabled=True,
-                                             mounts=elsewhere, environment={"SCONIFY_POLICY": "/etc/nothing"})
-    try:
-        status = container.wait(timeout=120)["StatusCode"]
-        err = container.logs(stdout=False, stderr=True).decode()
-    finally:
-        container.remove(force=True)
+    status, out, err = run_container(docker_client, app.tag, ["python3", APP], mounts=elsewhere,
+                                     environment={"SCONIFY_POLICY": "/etc/nothing"})
     assert status == 2 and "SCONIFY_POLICY names /etc/nothing, which holds no policy.yaml" in err, err
