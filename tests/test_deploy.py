@@ -415,7 +415,7 @@ def test_bad_input_is_one_line_and_writes_nothing(curator, python_image, tmp_pat
         "not a generic image": sconify("deploy", "init", f"oci:{plain / 'image'}:v", "--name", "d", "--manifest",
                                        str(plain / "manifest.json"), "--out", str(target)),
         "--secret": init(curator, target, "--secret", "bad"),
-        "a-b": init(curator, target, "--secret", "a-b:ascii"),
+        "9a": init(curator, target, "--secret", "9a:ascii"),
         "does not declare": init(curator, target, "--env", "X=$$SCONE::nope$$"),
         "as it is": init(curator, target, "--secret", "bin:binary", "--env", "X=$$SCONE::bin$$"),
         "cannot read": init(curator, target, "--inject", "/app/x.ini=@/nonexistent/x.ini"),
@@ -448,5 +448,9 @@ def test_a_policy_reference_checks_the_kind(curator, tmp_path):
            "images": [{"injection_files": [{"path": "/x", "content": "$$SCONE::pw$$ $$SCONE::tls.key$$"}]}]}
     secrets = [Secret("tls", "x509"), Secret("key", "binary", 32), Secret("pw", "ascii", 8)]
     check_references(doc, secrets, "policy")
-    with pytest.raises(UsageError, match="not x509"):
+    with pytest.raises(UsageError, match="pw.crt, which the policy does not declare"):
         check_references({"services": [{"command": "$$SCONE::pw.crt$$"}]}, secrets, "policy")
+    with pytest.raises(UsageError, match="as hex"):
+        check_references({"services": [{"command": "$$SCONE::tls:hex$$"}]}, secrets, "policy")
+    with pytest.raises(UsageError, match="as it is"):
+        check_references({"volumes": [{"name": "v", "fspf_key": "$$SCONE::key$$"}]}, secrets, "policy")

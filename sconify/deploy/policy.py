@@ -31,8 +31,9 @@ from sconify.outputs.session import (
 
 DEFAULT_STATE_DIR = "/var/lib/sconify"
 VOLUME_KEY_SIZE = 32
-# $$SCONE::NAME$$, $$SCONE::NAME:hex$$, $$SCONE::NAME:base64$$, $$SCONE::NAME.crt$$, $$SCONE::NAME.key$$
-REFERENCE = re.compile(r"\$\$SCONE::([A-Za-z0-9_]+)(?::(hex|base64)|\.(crt|key))?\$\$")
+# $$SCONE::NAME$$, $$SCONE::NAME:hex$$, $$SCONE::NAME:base64$$, $$SCONE::NAME.crt$$, $$SCONE::NAME.key$$:
+# what stands between the markers, read as the runtime reads it (runtime/src/deployment.c)
+REFERENCE = re.compile(r"\$\$SCONE::(.*?)\$\$", re.DOTALL)
 RUNTIME_CONFIG = "/.sconify/runtime.json"
 
 
@@ -180,10 +181,9 @@ def declared_secrets(doc: dict, where: str) -> list[tuple[Secret, str | None]]:
     return found
 
 
-def references(doc: dict) -> list[tuple[str, str, str]]:
-    """(where, secret name, form) of every secret reference in the command, the environment, the
-    injection files and the volumes' keys; form is "" (as it is), hex, base64, crt or key."""
-    found = []
+def references(doc: dict) -> list[tuple[str, str]]:
+    """(where, what stands between ``$$SCONE::`` and ``$$``) of every secret reference in the
+    command, the environment, the injection files and the volumes' keys."""
     places: list[tuple[str, object]] = []
     for service in doc.get("services") or []:
         places.append(("command", service.get("command")))
@@ -193,26 +193,36 @@ def references(doc: dict) -> list[tuple[str, str, str]]:
                    for entry in image.get("injection_files") or [] if isinstance(entry, dict)]
     places += [(f"volume {volume.get('name')}", volume.get("fspf_key")) for volume in doc.get("volumes") or []
                if isinstance(volume, dict)]
-    for where, text in places:
-        if isinstance(text, str):
-            found += [(where, match[1], match[2] or match[3] or "") for match in REFERENCE.finditer(text)]
-    return found
+    return [(where, match[1]) for where, text in places if isinstance(text, str) for match in REFERENCE.finditer(text)]
+
+
+def parse_reference(inner: str, kinds: dict[str, str]) -> tuple[str, str]:
+    """(secret name, form) of a reference: form "" (as it is), hex, base64, crt or key; ``.crt`` and
+    ``.key`` are forms only of a declared x509 secret (else part of the name), as the runtime reads them."""
+    for form in ("hex", "base64"):
+        if inner.endswith(f":{form}"):
+            return inner[: -len(form) - 1], form
+    for form in ("crt", "key"):
+        if inner.endswith(f".{form}") and kinds.get(inner[:-4]) == "x509":
+            return inner[:-4], form
+    return inner, ""
 
 
 def check_references(doc: dict, secrets: list[Secret], where: str) -> None:
     """Each reference names a declared secret in a form its kind has (docs/deploy.md)."""
     kinds = {secret.name: secret.kind for secret in secrets}
-    for place, name, form in references(doc):
+    for place, inner in references(doc):
+        name, form = parse_reference(inner, kinds)
         kind = kinds.get(name)
         if kind is None:
-            raise UsageError(f"{where}: {place} references secret {name}, which the policy does not declare; "
-                             f"add it (--secret {name}:ascii) or fix the reference")
+            raise UsageError(f"{where}: {place} references secret {name[:64]}, which the policy does not declare; "
+                             f"add it (--secret {name[:64]}:ascii) or fix the reference")
         if form == "" and kind != "ascii":
             raise UsageError(f"{where}: {place} references {kind} secret {name} as it is; write "
                              f"$$SCONE::{name}:hex$$ or :base64" + (" (or .crt, .key)" if kind == "x509" else ""))
-        if form in ("crt", "key") and kind != "x509":
-            raise UsageError(f"{where}: {place} references $$SCONE::{name}.{form}$$, but {name} is {kind}, "
-                             "not x509")
+        if form in ("hex", "base64") and kind == "x509":
+            raise UsageError(f"{where}: {place} references x509 secret {name} as {form}; write "
+                             f"$$SCONE::{name}.crt$$ or .key")
 
 
 def check_shape(doc: object, where: str) -> dict:

@@ -27,7 +27,7 @@ KINDS = ("ascii", "binary", "x509")
 DEFAULT_SIZE = {"ascii": 24, "binary": 32}
 MAX_SIZE = 4096
 DEFAULT_VALID_DAYS = 365
-NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+NAME_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]{0,127}$")  # a volume's key: <volume name>_key
 ASCII_ALPHABET = string.ascii_letters + string.digits
 
 
@@ -55,8 +55,8 @@ class Secret:
 
 def check_name(name: object, where: str) -> str:
     if not isinstance(name, str) or not NAME_PATTERN.match(name):
-        raise UsageError(f"{where}: secret name {str(name)[:40]!r} is not valid; use letters, digits and '_' "
-                         "(not starting with a digit, at most 64)")
+        raise UsageError(f"{where}: secret name {str(name)[:40]!r} is not valid; use letters, digits, '_' and '-' "
+                         "(starting with a letter or '_', at most 128)")
     return name
 
 
