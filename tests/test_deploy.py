@@ -438,6 +438,15 @@ def test_bad_input_is_one_line_and_writes_nothing(curator, python_image, tmp_pat
     assert init(curator, tmp_path / "e", name="e").returncode == 0
     (target / "policy.yaml").write_bytes((tmp_path / "e" / "policy.yaml").read_bytes())
     assert "deployment 'deployment-a', not 'e'" in one_line_error(sconify("deploy", "show", str(target)))
+    # a secret declared by hand and not made yet: k8s would ship a deployment that cannot start
+    (target / "policy.yaml").write_bytes((tmp_path / "e" / "policy.yaml").read_bytes())
+    (target / "secrets.json").write_bytes((tmp_path / "e" / "secrets.json").read_bytes())
+    policy = yaml.safe_load((target / "policy.yaml").read_text())
+    policy["secrets"].append({"name": "LATER", "kind": "ascii"})
+    (target / "policy.yaml").write_text(yaml.safe_dump(policy))
+    line = one_line_error(sconify("deploy", "k8s", str(target), "--image", "x", "--out", str(tmp_path / "k.yaml")))
+    assert "LATER" in line and "rerun `sconify deploy init`" in line
+    assert not (tmp_path / "k.yaml").exists()
 
 
 def test_a_policy_reference_checks_the_kind(curator, tmp_path):

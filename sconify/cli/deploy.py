@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 from sconify.cli.registry import add_registry_arguments, bind, registry_options
-from sconify.errors import UsageError
 
 
 def register(subparsers) -> None:
@@ -135,15 +134,12 @@ def run_show(args: argparse.Namespace) -> int:
 def run_k8s(args: argparse.Namespace) -> int:
     from sconify.atomic import atomic_write_bytes, writing
     from sconify.deploy import k8s
-    from sconify.deploy.deployment import POLICY_FILE, SECRETS_FILE, read_deployment_policy, read_secrets
+    from sconify.deploy.deployment import POLICY_FILE, SECRETS_FILE, read_settled
 
     directory = Path(args.directory)
-    doc = read_deployment_policy(directory)
-    secrets_path = directory / SECRETS_FILE
-    if not secrets_path.is_file():
-        raise UsageError(f"{directory} holds no {SECRETS_FILE}; rerun `sconify deploy init` to make the secrets")
-    read_secrets(directory, doc["name"])  # a secrets file of another deployment is refused
-    documents = k8s.manifests(doc, (directory / POLICY_FILE).read_bytes(), secrets_path.read_bytes(), args.image)
+    doc, _ = read_settled(directory)  # every secret made, none typed into the policy, none of another deployment
+    documents = k8s.manifests(doc, (directory / POLICY_FILE).read_bytes(), (directory / SECRETS_FILE).read_bytes(),
+                              args.image)
     out = Path(args.out) if args.out else directory / "k8s.yaml"
     with writing(f"--out {out}"):
         atomic_write_bytes(out, k8s.render(documents), mode=0o600)

@@ -124,6 +124,18 @@ def settle(directory: Path, doc: dict, new_measurement: bool) -> Settled:
     return settled
 
 
+def read_settled(directory: Path) -> tuple[dict, SecretsFile]:
+    """The policy and secrets of a deployment whose every declared secret has its value in
+    secrets.json and none in the policy (what the runtime will need), or a one-line UsageError."""
+    doc = read_deployment_policy(directory)
+    kept = read_secrets(directory, doc["name"])
+    for secret, value in P.declared_secrets(doc, str(directory / POLICY_FILE)):
+        if value is not None or secret.name not in kept.values:
+            raise UsageError(f"secret {secret.name} of {directory / POLICY_FILE} has no value in {SECRETS_FILE} yet; "
+                             "rerun `sconify deploy init` to settle the deployment")
+    return doc, kept
+
+
 def show(directory: Path) -> str:
     """The policy with every secret value masked, and what each secret is (never its value)."""
     doc = read_deployment_policy(directory)
