@@ -167,6 +167,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="authenticate every other file of the image ('/' region)",
     )
+    data.add_argument(
+        "--generic",
+        action="store_true",
+        help="a generic image: no keys, no keys.json; the volumes are declared and each deployment brings its "
+        "own keys and secrets (sconify deploy, docs/deploy.md)",
+    )
+    data.add_argument(
+        "--public-initial-content",
+        action="store_true",
+        help="--generic: the input's files under a volume are its public initial content (not supported yet)",
+    )
     measure = parser.add_argument_group("measurement")
     measure.add_argument(
         "--heap",
@@ -423,7 +434,8 @@ def print_table(result: ConvertResult, *, dry_run: bool, push=None, attached: di
         )
         table.add_row("MRENCLAVE", m.measurement.mrenclave)
         for volume in m.volumes:
-            table.add_row(f"volume {volume.path}", f"fspf {volume.fspf_path} tag {volume.tag}")
+            table.add_row(f"volume {volume.path}", f"fspf {volume.fspf_path} tag {volume.tag}" if not m.generic
+                          else "declared: each deployment's launcher makes its fspf with its own key")
         table.add_row(
             "output image", f"{m.output.reference} {m.output.manifest_digest or m.output.config_digest}"
         )

@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "fspf": "sconify.cli.fspf",
     "copy": "sconify.cli.copy",
     "demo": "sconify.cli.demo",
+    "deploy": "sconify.cli.deploy",
 }
 # Every subcommand module once, in that order. A module that is not present yet (work in
 # progress) is skipped rather than breaking the whole CLI.

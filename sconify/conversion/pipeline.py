@@ -70,7 +70,7 @@ from sconify.conversion.select import (
 from sconify.outputs.session import SessionSpec, SessionVolume, check_session_name, volume_names, write_session
 from sconify.conversion.spool import Extent, Spool
 from sconify.conversion.plan import Plan, contents_to_keep, make_plan, plan_scripts
-from sconify.conversion.volumes import SealedVolume, is_volume, write_data_layer
+from sconify.conversion.volumes import SealedVolume, declare_volumes, is_volume, write_data_layer
 
 
 @dataclass
@@ -106,6 +106,8 @@ class ConvertOptions:
     runtime: str = "sim"  # "sim": the runtime layer and ENTRYPOINT (docs/runtime.md); "none": neither
     allow_args: bool = False  # the host may append arguments to the recorded command (SCONE's @@1)
     allow_env: list[str] = field(default_factory=list)  # variables the host may set (docs/runtime.md)
+    generic: bool = False  # no keys: volumes declared, each deployment brings its own (docs/deploy.md)
+    public_initial_content: bool = False  # --generic: files under a volume are public initial content
 
 
 class Reporter(Protocol):
@@ -186,6 +188,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
     with fs:  # the cached layer tars go as soon as the conversion ends, however it ends
         with phase(reporter, timings, "select files"):
             plan = make_plan(image, fs, options)
+            if options.generic:
+                check_declared_volumes(plan)
         result = ConvertResult(plan=plan, phases=timings)
         result.input_bytes = sum(entry.size for entry in fs.entries.values() if entry.kind == "file")
         if options.dry_run:
@@ -241,9 +245,13 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                 # Ciphertext does not compress (zstd saves well under 1 % on it): unless a
                 # compression is asked for, the data layer is a plain tar, which spares
                 # compressing and hashing it twice.
-                data = write_data_layer(fs, plan.volumes, plan.data_files, spool, extents, random, work,
-                                        options.compression or "none", direct=linked,
-                                        follow=push.follow() if push is not None else None)
+                follow = push.follow() if push is not None else None
+                if options.generic:  # no key, no fspf: each deployment's launcher makes its own
+                    data = declare_volumes(fs, plan.volumes, work, options.compression or "none", direct=linked,
+                                           follow=follow)
+                else:
+                    data = write_data_layer(fs, plan.volumes, plan.data_files, spool, extents, random, work,
+                                            options.compression or "none", direct=linked, follow=follow)
                 data_layer, volumes = data.layer, data.volumes
                 if prefetch is not None:
                     prefetch.sync(data_layer)  # to disk while the code layer is written
@@ -296,6 +304,8 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                         measurement=measurement_figures(measurement),
                         volumes=[volume.figures() for volume in volumes],
                         regions=[region for region in plan.regions if not is_volume(region)],
+                        generic=options.generic,
+                        workdir=service_workdir(image, plan) if options.generic else "",
                         rewritten_layers=[rewrite.figures(image.layers[rewrite.index], rewritten[rewrite.index])
                                           for rewrite in plan.rewrites],
                         tool_version=__version__,
@@ -314,8 +324,9 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
                         code_key=code_key,
                         runtime_config_sha256=hashlib.sha256(runtime_json).hexdigest() if runtime_json else "",
                     )
-                    with writing(f"--keys-out {options.keys_out}"):
-                        keys.write(options.keys_out, staged)
+                    if not options.generic:  # a generic image has no key: nothing to write
+                        with writing(f"--keys-out {options.keys_out}"):
+                            keys.write(options.keys_out, staged)
                     with writing(f"--manifest-out {options.manifest_out}"):
                         manifest.write(options.manifest_out, staged)
                     with writing(f"--session-out {options.session_out}"):
@@ -342,7 +353,7 @@ def convert(options: ConvertOptions, reporter: Reporter, timings: dict[str, floa
             "image": written.reference,
             "manifest": options.manifest_out,
             "session": options.session_out,
-            "keys": options.keys_out,
+            **({"keys": options.keys_out} if not options.generic else {}),
         }
         return result
 
@@ -427,8 +438,30 @@ def check_options(options: ConvertOptions) -> None:
         check_session_name(options.session_name)
     check_measurement_parameters(options)
     check_runtime_mode(options.runtime)
+    check_generic_options(options)
     if not options.dry_run:
         check_output_paths(options)
+
+
+def check_generic_options(options: ConvertOptions) -> None:
+    """--generic makes no key: the options that make or use one have nothing to work on."""
+    if options.public_initial_content and not options.generic:
+        raise UsageError("--public-initial-content describes a --generic image's volumes; add --generic or drop it")
+    if not options.generic:
+        return
+    if options.public_initial_content:
+        raise UsageError(
+            "--public-initial-content is not supported yet: a generic image's volumes start empty; move the "
+            "files out of the volume's directory in the input image (docs/deploy.md)")
+    if options.runtime == "none":
+        raise UsageError("--generic needs the runtime layer: a deployment's launcher opens the volumes with the "
+                         "deployment's keys; drop --runtime none")
+    for option, given in (("--inline-keys", options.inline_keys),
+                          ("--deterministic-keys-from", options.deterministic_keys_from),
+                          ("--encrypted-code", options.encrypted_code)):
+        if given:
+            raise UsageError(f"--generic makes no key, and {option} needs one: the image is shared, each deployment "
+                             f"makes its own keys (sconify deploy init); drop {option}")
 
 
 def check_measurement_parameters(options: ConvertOptions) -> None:
@@ -450,7 +483,7 @@ def check_output_paths(options: ConvertOptions) -> None:
     for option, path in (
         ("--manifest-out", options.manifest_out),
         ("--session-out", options.session_out),
-        ("--keys-out", options.keys_out),
+        *((("--keys-out", options.keys_out),) if not options.generic else ()),
     ):
         resolved = os.path.realpath(path)
         if resolved in seen:
@@ -466,7 +499,7 @@ def check_output_paths(options: ConvertOptions) -> None:
         if not os.access(ancestor, os.W_OK):
             raise EnvironmentProblem(f"cannot write {option} {path}: directory {ancestor} is not writable; "
                                      "make it writable or choose another place")
-    if os.path.exists(options.keys_out) and not options.force:
+    if os.path.exists(options.keys_out) and not options.force and not options.generic:
         raise UsageError(
             f"--keys-out {options.keys_out} exists and may hold the only keys of an earlier image; "
             "pass another --keys-out, move it away, or pass --force to overwrite it"
@@ -797,8 +830,26 @@ def command_policy(options, image, plan) -> Policy:
     )
 
 
-def session_spec(options, image, plan, mrenclave, volumes: list[SealedVolume], policy: Policy) -> SessionSpec:
+def service_workdir(image: Image, plan: Plan) -> str:
+    """Where the service runs: the directory its entrypoint scripts end in, else the image's WorkingDir."""
     inner = image.config.get("config") or {}
+    return (plan.service.workdir if plan.service else None) or inner.get("WorkingDir") or "/"
+
+
+def check_declared_volumes(plan: Plan) -> None:
+    """A --generic image's volumes are declared, not filled: files the input holds there would be
+    the same public content in every deployment, so they are refused (docs/deploy.md)."""
+    for volume in plan.volumes:
+        files = plan.data_files.get(volume["path"], [])
+        if files:
+            raise UsageError(
+                f"--generic: the input image holds {len(files)} file(s) under the volume {volume['path']} "
+                f"({absolute(files[0])}{', ...' if len(files) > 1 else ''}); a generic image's volumes start empty: "
+                "remove them from the input image or declare another --dir (--public-initial-content is not "
+                "supported yet)")
+
+
+def session_spec(options, image, plan, mrenclave, volumes: list[SealedVolume], policy: Policy) -> SessionSpec:
     names = volume_names([volume.path for volume in volumes])
     return SessionSpec(
         name=session_name(options),
@@ -809,7 +860,8 @@ def session_spec(options, image, plan, mrenclave, volumes: list[SealedVolume], p
         environment=policy.environment,
         allow_args=policy.allow_args,
         allow_env=policy.allow_env,
-        pwd=(plan.service.workdir if plan.service else None) or inner.get("WorkingDir") or "/",
+        pwd=service_workdir(image, plan),
+        generic=options.generic,
         volumes=tuple(
             SessionVolume(
                 name=names[volume.path],

@@ -168,6 +168,8 @@ def make_plan(image: Image, fs: RootFS, options: ConvertOptions) -> Plan:
     for region in volumes:
         if region["path"] == "/":
             candidates = [p for p, entry in fs.entries.items() if entry.kind in ("file", "hardlink")]
+        elif options.generic and try_resolve(fs, region["path"]) is None:
+            candidates = []  # a declared volume the image lacks: the data layer makes its directory
         else:
             option = "--dir" if region["protection"] == "encrypted" else "--authenticated"
             candidates = select_data(fs, [region["path"]], option)

@@ -205,7 +205,8 @@ def runtime_config(executable: str, executable_sha256: str, parameters: dict, mr
                    code_left: list[str] = (), code_shallow: list[str] = (),
                    code_extensions: tuple[str, ...] = (), policy: Policy | None = None) -> bytes:
     """The launcher's config (not secret: everything in it is checked or public). ``volumes``:
-    the sealed volumes (``.path``, ``.fspf_path``, ``.protection``). ``scripts``: the embedded
+    the sealed volumes (``.path``, ``.fspf_path``, ``.protection``; ``.declared``: a --generic image's
+    volume, ``"generic": true``, with no fspf in the image). ``scripts``: the embedded
     scripts kept in place (entrypoint and console scripts), checked by the launcher at start.
     ``code_roots``: the directories the shield serves from the embedfs only; ``code_left``: the
     files under them left on disk as not code, which it shows from the disk; ``code_shallow``:
@@ -219,7 +220,8 @@ def runtime_config(executable: str, executable_sha256: str, parameters: dict, mr
         "measurement": {key: parameters[key] for key in ("heap_size", "stack_size", "threads", "ssa_frame_size")},
         "mrenclave": mrenclave,
         "volumes": [
-            {"path": v.path, "fspf_path": v.fspf_path, "protection": v.protection} for v in volumes
+            {"path": v.path, "fspf_path": v.fspf_path, "protection": v.protection,
+             **({"generic": True} if getattr(v, "declared", False) else {})} for v in volumes
         ],
         "ephemeral": sorted(ephemeral),
         "scripts": sorted(scripts),

@@ -55,6 +55,7 @@ class SealedVolume:
     key: bytes = field(repr=False)
     tag: bytes
     files: dict[str, int]  # absolute image path -> plaintext size
+    declared: bool = False  # a --generic image's volume: no key, no fspf (key and tag are empty)
 
     def figures(self) -> VolumeFigures:
         """What the manifest records (never the key)."""
@@ -155,3 +156,21 @@ def write_data_layer(
             sealed.append(SealedVolume(region["path"], region["protection"], fspf_path, key, tag, sizes))
         tar.close()
     return DataLayer(replace(writer.layer, compressible=False), sealed)
+
+
+def declare_volumes(fs: RootFS, volumes: list[dict], work: str, compression: str, direct: bool = False,
+                    follow: BlobFollower | None = None) -> DataLayer:
+    """The data layer of a --generic image: no file, no fspf, no key; only each volume's directory
+    where the image lacks it. The volumes are *declared* (docs/deploy.md): each deployment's
+    launcher initialises them with the deployment's own key on its first start."""
+    epoch = source_date_epoch()
+    declared: list[SealedVolume] = []
+    with LayerWriter(compression, directory=work, source="data layer", direct=direct, follow=follow) as writer:
+        tar = LayerTar(writer.stream)
+        for region in volumes:
+            fspf_path = fspf_path_of(region["path"])
+            for parent in missing_parents([rel(fspf_path)], lambda p: p in fs.entries or p in tar.paths, epoch):
+                tar.add(parent)
+            declared.append(SealedVolume(region["path"], region["protection"], fspf_path, b"", b"", {}, declared=True))
+        tar.close()
+    return DataLayer(writer.layer, declared)

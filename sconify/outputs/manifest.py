@@ -122,6 +122,11 @@ class Manifest:
     # {"index", "input_diff_id", "output_diff_id", "removed_entries", "materialized_hardlinks", "regions"}
     rewritten_layers: list[dict] = field(default_factory=list)
     runtime: RuntimeFigures | None = None  # None: --runtime none
+    # --generic (docs/deploy.md): the volumes are declared (no fspf, tag "", no files) and no key
+    # was made; ``workdir`` is where the service runs, for a deployment's policy. Both are left
+    # out of the JSON of other images.
+    generic: bool = False
+    workdir: str = ""
     schema: str = MANIFEST_SCHEMA
     extra: dict = field(default_factory=dict)
 
@@ -146,6 +151,9 @@ class Manifest:
         doc["output"]["data_layer"] = doc.pop("data_layer")
         doc["output"]["code_layer"] = doc.pop("code_layer")
         doc["tool"] = {"name": "sconify", "version": doc.pop("tool_version")}
+        for name in ("generic", "workdir"):
+            if not doc[name]:
+                del doc[name]
         doc.update(doc.pop("extra"))
         return doc
 
@@ -166,7 +174,7 @@ class Manifest:
         data_layer = output.pop("data_layer")
         code_layer = output.pop("code_layer")
         known = {"schema", "input", "output", "executable", "embedfs", "measurement", "volumes", "regions",
-                 "tool", "runtime", "rewritten_layers"}
+                 "tool", "runtime", "rewritten_layers", "generic", "workdir"}
         return cls(
             input=ImageFigures(**doc["input"]),
             output=ImageFigures(**output),
@@ -180,6 +188,8 @@ class Manifest:
             tool_version=doc["tool"]["version"],
             rewritten_layers=[dict(layer) for layer in doc.get("rewritten_layers", [])],
             runtime=RuntimeFigures(**doc["runtime"]) if doc.get("runtime") is not None else None,
+            generic=doc.get("generic", False),
+            workdir=doc.get("workdir", ""),
             extra={k: v for k, v in doc.items() if k not in known},
         )
 
@@ -240,6 +250,10 @@ def check_regions(manifest: Manifest, where: str) -> None:
                 f"manifest {where}: volume {str(volume.path)[:80]!r} is malformed; pass the manifest.json "
                 "written by sconify-image"
             )
+    if not isinstance(manifest.generic, bool) or not isinstance(manifest.workdir, str) or (
+            manifest.generic and any(volume.tag or volume.files for volume in manifest.volumes)):
+        raise UsageError(f"manifest {where}: generic, workdir or a generic image's volume is malformed (a declared "
+                         "volume has no tag and no files); pass the manifest.json written by sconify-image")
     for region in manifest.regions:
         if not all(isinstance(region.get(key), str) for key in ("path", "kind", "protection")):
             raise UsageError(

@@ -30,7 +30,7 @@ class SessionVolume:
     name: str  # letters, digits, '_' and '-' (volume_names)
     path: str  # where the service mounts it: the region's path
     fspf_path: str
-    fspf_tag: str
+    fspf_tag: str  # "" in a template (--generic): the deployment's launcher makes the fspf
     fspf_key: bytes | None = field(default=None, repr=False)  # None: a secret reference (no --inline-keys)
 
     @property
@@ -50,6 +50,7 @@ class SessionSpec:
     volumes: tuple[SessionVolume, ...] = ()
     allow_args: bool = False  # the command ends in @@1: the host's arguments follow
     allow_env: tuple[str, ...] = ()  # environment NAME: "@@NAME": the host's value
+    generic: bool = False  # a template (--generic): no tag, every key a secret each deployment makes
 
     @property
     def inline_keys(self) -> bool:
@@ -125,7 +126,7 @@ def session_document(spec: SessionSpec) -> dict:
                     if volume.fspf_key is not None
                     else f"$$SCONE::{volume.key_secret_name}:hex$$"
                 ),
-                "fspf_tag": volume.fspf_tag,
+                **({"fspf_tag": volume.fspf_tag} if volume.fspf_tag else {}),
             }
             for volume in spec.volumes
         ]
@@ -143,7 +144,10 @@ def session_document(spec: SessionSpec) -> dict:
 
 def render_session(spec: SessionSpec) -> bytes:
     header = "# CAS session written by sconify-image."
-    if spec.inline_keys:
+    if spec.generic:
+        header = ("# CAS session template written by sconify-image --generic: no key, no fspf tag. Each deployment "
+                  "makes its own secrets and volume keys (sconify deploy init, docs/deploy.md).")
+    elif spec.inline_keys:
         header += " The fspf keys are INLINE: keep this file as secret as the keys file."
     elif spec.volumes:
         wanted = ", ".join(f"{v.key_secret_name!r} (volume {v.path!r})" for v in spec.volumes)

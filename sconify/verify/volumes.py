@@ -25,6 +25,9 @@ def check_volumes(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: Ke
     """Each volume's fspf is in the image with the tag the manifest records; with the keys,
     every file of every volume is read through that volume's shield. Checks are per volume
     (``volume PATH: ...``), so a failure names the volume."""
+    if manifest.generic:
+        check_declared_volumes(report, fs, manifest)
+        return
     fresh: dict[str, bytes] = {}  # volume path -> its fspf, carrying the recorded tag
     for volume in manifest.volumes:
         name = f"volume {volume.path}: fspf tag"
@@ -81,6 +84,18 @@ def check_volumes(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: Ke
                 f"volume {volume.path}: protected files present", False,
                 summarise([f"{p} missing" for p in sorted(missing)]),
             )
+
+
+def check_declared_volumes(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
+    """A --generic image's volumes are declared, not filled (docs/deploy.md): no fspf and no file
+    under any of them, so every deployment starts from the same empty volume and its own key."""
+    present = protected_paths(fs, manifest)
+    for volume in manifest.volumes:
+        located = try_resolve(fs, volume.fspf_path)
+        found = ([volume.fspf_path] if located is not None else []) + [absolute(p) for p in present[volume.path]]
+        report.add(f"volume {volume.path}: declared (generic)", not found,
+                   "no fspf, no file: each deployment makes its own" if not found
+                   else f"a generic image's volume holds {summarise(found)}")
 
 
 def volume_keys(report: VerifyReport, manifest: Manifest, keys: KeysFile) -> dict[str, VolumeKeys]:
