@@ -15,6 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets as random
+import subprocess
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -42,7 +44,7 @@ try:
     write = 'allowed'
 except OSError as e:
     write = errno.errorcode[e.errno]
-count = '/app/data/count.txt'
+count = os.path.join(os.environ.get('APP_DATA', '/app/data'), 'count.txt')
 n = int(open(count).read()) if os.path.exists(count) else 0
 with open(count, 'w') as f:
     f.write(str(n + 1))
@@ -68,6 +70,7 @@ CAT = ["perl", "-e", 'open(my $f, "<", $ARGV[0]) or die "$!\\n"; print <$f>;']
 
 @dataclass
 class App:
+    original: str  # the app's image before conversion
     tag: str
     mrenclave: str
     executable_sha256: str
@@ -85,7 +88,7 @@ def app(python_image, docker_client, tmp_path_factory):
     convert_into_engine(f"docker-daemon:{original}", tag, tmp / "out", "--dir", "/app/data")
     keys = json.loads((tmp / "out" / "keys.json").read_text())
     session = yaml.safe_load((tmp / "out" / "session.yaml").read_text())
-    yield App(tag, keys["mrenclave"], keys["executable_sha256"], keys["runtime_config_sha256"],
+    yield App(original, tag, keys["mrenclave"], keys["executable_sha256"], keys["runtime_config_sha256"],
               session["services"][0]["command"])
     for image in (tag, original, base):
         docker_client.images.remove(image, force=True)
@@ -330,3 +333,38 @@ def test_sconify_policy_names_another_directory(app, docker_client, volumes, tmp
     status, out, err = run_container(docker_client, app.tag, ["python3", APP], mounts=elsewhere,
                                      environment={"SCONIFY_POLICY": "/etc/nothing"})
     assert status == 2 and "SCONIFY_POLICY names /etc/nothing, which holds no policy.yaml" in err, err
+
+
+def test_a_generic_image_runs_with_the_policy_sconify_deploy_init_writes(app, docker_client, volumes, tmp_path):
+    """The whole issue 24 flow: the curator's --generic conversion (no keys), the provider's
+    `sconify deploy init` (policy.yaml, secrets.json), `docker run` with them read-only."""
+    tag = app.tag.replace(":conf", ":generic")
+    convert_into_engine(f"docker-daemon:{app.original}", tag, tmp_path / "curator", "--generic", "--dir", "/app/state")
+    try:
+        assert not (tmp_path / "curator" / "keys.json").exists()
+        (tmp_path / "secret.ini").write_text(INI)
+        result = subprocess.run(
+            [sys.executable, "-m", "sconify", "deploy", "init", f"docker-daemon:{tag}", "--name", "shop-a",
+             "--manifest", str(tmp_path / "curator" / "manifest.json"), "--out", str(tmp_path / "shop-a"),
+             "--secret", "DB_PASSWORD:ascii", "--secret", "api_token:binary:16",
+             "--env", "DB_PASSWORD=$$SCONE::DB_PASSWORD$$", "--env", "APP_DATA=/app/state",
+             "--inject", f"/app/conf/secret.ini=@{tmp_path / 'secret.ini'}"],
+            capture_output=True, text=True, timeout=300, check=False)
+        assert result.returncode == 0, result.stderr
+        values = json.loads((tmp_path / "shop-a" / "secrets.json").read_text())["secrets"]
+        (tmp_path / "shop-a").chmod(0o755)
+        (tmp_path / "shop-a" / "secrets.json").chmod(0o644)  # the bind mount keeps the host's owner
+        data, state = volumes("data"), volumes("state")
+        places = [docker.types.Mount(SECRETS, str(tmp_path / "shop-a"), type="bind", read_only=True),
+                  docker.types.Mount("/app/state", data, type="volume"),
+                  docker.types.Mount("/var/lib/sconify", state, type="volume")]
+        for count in (1, 2):
+            status, out, err = run_container(docker_client, tag, None, mounts=places)
+            assert status == 0 and report(out)["count"] == count, err
+        seen = report(out)
+        password = values["DB_PASSWORD"]["value"]
+        assert seen["password"] == sha256(password)
+        assert seen["ini"] == sha256(expected_ini({"DB_PASSWORD": password, "api_token": values["api_token"]["value_hex"]}))
+        assert ".sconify.fspf" in volume_files(docker_client, data)
+    finally:
+        docker_client.images.remove(tag, force=True)
