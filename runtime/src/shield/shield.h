@@ -56,6 +56,8 @@
  *   tracked.c    the memfds the service may write (tracked fds): which file each one is, dup,
  *                retargeting on unlink/rename, protection again on close/fsync
  *   commit.c     the commit protocol: the only place a volume's stored files and fspf are written
+ *   injected.c   policy mode: the injection files the grant carries, served from sealed memfds at
+ *                their paths (read-only: EROFS for a write), and the directories on the way to them
  *   dirs.c       directory listings (opendir, fdopendir, readdir*, scandir*, ...): the real one
  *                merged with the embedded tree, without what a volume hides or a code root seals
  *   interpose.c  the other exported libc entry points (open*, fopen*, freopen*, close, fclose,
@@ -199,6 +201,12 @@ struct tracked {               /* a memfd the service may write: protected again
     ino_t ino;
 };
 
+struct injected {              /* policy mode: a file the grant carries, served from memory */
+    char *path;                /* absolute, normalised */
+    char *content;
+    size_t len;
+};
+
 struct shield_state {
     int active;
     int has_emb;
@@ -217,6 +225,8 @@ struct shield_state {
     pthread_mutex_t lock;      /* volumes, tracked fds, fake directories */
     struct tracked *fds;
     int nfds;
+    struct injected *injected; /* policy mode: the injection files (granted processes only) */
+    size_t ninjected;
 };
 
 extern struct shield_state S;
@@ -240,9 +250,10 @@ int volume_refresh(struct svol *vol, int locked);
 
 /* ------------------------------------------------------------------ paths (paths.c) */
 
+/* T_INJ: an injection file (inj), or a directory on the way to one (inj NULL, is_dir). */
 /* T_SEALED: under a code root, neither embedded nor left on disk as not code nor on the way to
  * a region: not there for the measured process (ENOENT; EROFS for a write). */
-enum { T_PASS, T_EMB, T_VOL, T_SEALED };
+enum { T_PASS, T_EMB, T_VOL, T_SEALED, T_INJ };
 
 struct target {
     int kind;
@@ -251,6 +262,7 @@ struct target {
     int is_dir;                         /* T_EMB: an embedded (implied) directory */
     const struct embedfs_member *m;     /* T_EMB: the member (file or unfollowed symlink) */
     struct svol *vol;                   /* T_VOL */
+    const struct injected *inj;         /* T_INJ: the file (NULL: a directory on the way to one) */
     int changed;                        /* path differs from what the caller passed */
     int loop;                           /* T_VOL: too many region symlinks on the way (ELOOP) */
     char path[PATH_MAX];                /* absolute, normalised, embedded symlinks resolved */
@@ -272,6 +284,12 @@ int new_memfd(const char *path, int cloexec);
 int open_embedded(const struct embedfs_member *m, const char *path, int cloexec);
 void embedded_stat(const struct target *t, struct stat64 *st);
 int beside_encrypted_code(const char *path);
+
+/* ------------------------------------------------------------------ injection files (injected.c) */
+
+int injected_target(struct target *t, int dirs);
+int open_injected(const struct injected *f, int flags);
+int injected_stat(const struct target *t, struct stat64 *st);
 
 /* ------------------------------------------------------------------ volumes (volumes.c) */
 
