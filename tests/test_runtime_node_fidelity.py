@@ -11,7 +11,6 @@ main thread, in the encrypted volume and in /tmp.
 from __future__ import annotations
 
 import pytest
-
 from fidelity_scripts import NODE_THREADS_AND_CHILDREN
 from test_runtime_docker import converted_image, run, secrets_dir, volume_files, with_app_script
 

@@ -20,7 +20,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from test_runtime_docker import SECRETS, convert_into_engine, derived_image, load_original, run, secrets_dir
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
