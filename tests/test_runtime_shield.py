@@ -728,6 +728,44 @@ def test_sqlite_rollback_journals_and_wal_work_as_on_a_plain_directory(world):
     assert out == "secret-row-0019\n"
 
 
+SQLITE_TWO_CONNECTIONS = r"""
+import os, sqlite3, sys
+for mode in ("delete", "wal"):
+    path = os.path.join(sys.argv[1], mode + ".db")
+    a = sqlite3.connect(path)
+    a.execute(f"pragma journal_mode={mode}")
+    a.execute("create table t(x)")
+    a.commit()
+    b = sqlite3.connect(path)
+    seen = [b.execute("select count(*) from t").fetchone()[0]]
+    a.execute("insert into t values (1)")
+    a.commit()
+    seen.append(b.execute("select count(*) from t").fetchone()[0])
+    b.execute("insert into t values (2)")
+    b.commit()
+    seen.append(a.execute("select count(*) from t").fetchone()[0])
+    a.close()
+    b.close()
+    c = sqlite3.connect(path)
+    print(mode, seen, c.execute("select count(*) from t").fetchone()[0], c.execute("pragma integrity_check").fetchone()[0])
+"""
+
+
+def test_sqlite_two_connections_of_one_process_see_each_others_commits(world):
+    """Two connections of one process to one database (a pool, two threads): each sees what the
+    other committed, as on a plain directory. Every descriptor the process opens on a file it has
+    open for writing shares that file's plaintext memfd; with a copy per open, the second
+    connection read a stale database, its commit overwrote the first's row (rollback journal)
+    and WAL gave "disk I/O error"."""
+    plain = world.root / "plain-two"
+    plain.mkdir()
+    expected = world.python_code(SQLITE_TWO_CONNECTIONS, str(plain)).stdout
+    assert expected.splitlines() == ["delete [0, 1, 2] 2 ok", "wal [0, 1, 2] 2 ok"]  # the oracle
+    for region in (world.volume / "two", world.tmp / "two"):
+        region.mkdir()
+        assert world.python_code(SQLITE_TWO_CONNECTIONS, str(region)).stdout == expected, region
+
+
 def test_truncate_slash_missing_dir_and_modes_as_on_a_plain_directory(world):
     plain = world.root / "plain-ops"
     plain.mkdir()

@@ -61,10 +61,11 @@ void retarget_tracked(struct svol *vol, const char *from, const char *to, int pr
     }
 }
 
-/* Ephemeral regions: if this process has path open for writing, a new open file description
- * of that memfd (with its own offset and access mode), so that the service sees its own writes
- * before they are committed, as with the kernel (NamedTemporaryFile: write, flush, open by
- * name). -1 if there is none. Called with S.lock held. */
+/* If this process has path open for writing, a new open file description of that memfd (with
+ * its own offset and access mode), so that the service sees its own writes before they are
+ * committed and every descriptor of the file shares one content, as with the kernel
+ * (NamedTemporaryFile: write, flush, open by name; two SQLite connections to one database).
+ * -1 if there is none. Called with S.lock held. */
 int reopen_tracked(struct svol *vol, const char *path, int flags)
 {
     int reflags = flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_DIRECTORY);
