@@ -282,18 +282,22 @@ def median_result(results: list[Result]) -> Result:
     return rates[len(rates) // 2]
 
 
+def on_fresh_volume(image: str, keys: Path | None, work: Path, steps) -> Result:
+    """``steps(volume) -> Result`` on a fresh volume of ``image``."""
+    volume = Volume(image, keys, work)
+    try:
+        return steps(volume)
+    finally:
+        volume.remove()
+
+
 def both(images: Images, work: Path, repeat: int, steps) -> tuple[Result, Result]:
-    """``steps(volume) -> Result`` on a fresh volume of the original and of the converted image,
-    ``repeat`` times each (alternating); the run with the median rate of each."""
+    """``steps`` on a fresh volume of the original and of the converted image, ``repeat`` times
+    each (alternating); the run with the median rate of each."""
     runs: dict[str, list[Result]] = {"original": [], "converted": []}
     for _ in range(repeat):
-        for which, image, keys in (("original", images.worker, None),
-                                   ("converted", images.worker_conf, images.worker_keys)):
-            volume = Volume(image, keys, work)
-            try:
-                runs[which].append(steps(volume))
-            finally:
-                volume.remove()
+        runs["original"].append(on_fresh_volume(images.worker, None, work, steps))
+        runs["converted"].append(on_fresh_volume(images.worker_conf, images.worker_keys, work, steps))
     return median_result(runs["original"]), median_result(runs["converted"])
 
 
@@ -344,14 +348,14 @@ def read_cases(images: Images, work: Path, sizes: Sizes, repeat: int) -> list[Li
     size = sizes.big_mib
     original, converted = both(images, work, repeat, read_steps(size, sizes.random_reads))
     note = ""
-    while converted.error and not original.error and size > 16:
-        first_error = converted.error
+    first_error = converted.error
+    while converted.error and not original.error and size > 16:  # the size at which it does run
         size //= 2
-        converted = both_converted_only(images, work, read_steps(size, sizes.random_reads))
-        note = f"{sizes.big_mib} MiB converted failed ({first_error}); the figures are at {size} MiB"
+        steps = read_steps(size, sizes.random_reads)
+        converted = on_fresh_volume(images.worker_conf, images.worker_keys, work, steps)
+        note = f"converted failed at {sizes.big_mib} MiB ({first_error}); these figures are at {size} MiB"
         if not converted.error:
-            original = both(images, work, 1, read_steps(size, sizes.random_reads))[0]
-            break
+            original = on_fresh_volume(images.worker, None, work, steps)
     lines = []
     if original.error or converted.error:
         lines.append(Line(f"volume file of {size} MiB", "MB/s", None, None, ">= 0.7x", None,
@@ -382,14 +386,6 @@ def read_cases(images: Images, work: Path, sizes: Sizes, repeat: int) -> list[Li
                       f"ratio {made_c.rate / made_o.rate:.2f}x" if made_o.rate and made_c.rate else ""))
     report(lines[-1])
     return lines
-
-
-def both_converted_only(images: Images, work: Path, steps) -> Result:
-    volume = Volume(images.worker_conf, images.worker_keys, work)
-    try:
-        return steps(volume)
-    finally:
-        volume.remove()
 
 
 def startup(images: Images, work: Path, runs: int) -> list[Line]:
@@ -484,7 +480,7 @@ def main() -> int:
         finally:
             images.remove()
     targets = [line for line in lines if line.target]
-    missed = [line.label for line in targets if not line.met]
+    missed = [line.label.strip() for line in targets if not line.met]
     print(f"\n{len(targets) - len(missed)} of {len(targets)} targets met" + (f"; missed: {'; '.join(missed)}" if missed else ""))
     if args.json:
         Path(args.json).write_text(json.dumps({"commit": commit, "lines": [line.__dict__ for line in lines]}, indent=2,
