@@ -109,10 +109,12 @@ if __name__ == "__main__":
     globals()["scenario_" + sys.argv[1]](*sys.argv[2:])
 '''
 
-MULTI_PROCESS = ("each process holds its own plaintext copy (memfd) of the database: SQLite's POSIX "
-                 "locks lock that copy, not a shared file, and every commit (fsync) writes the whole "
-                 "copy back, so the processes overwrite each other's pages (the shared plaintext cache "
-                 "owned by the launcher, docs/runtime.md 'Volumes', is planned)")
+MULTI_PROCESS = ("each worker opens the database itself (the parent closed it before starting them) and gets "
+                 "a plaintext copy (memfd) of its own: SQLite's POSIX locks lock that copy, not a shared "
+                 "file, and every commit (fsync) writes the whole copy back, so the workers overwrite each "
+                 "other's transactions (the shared plaintext cache owned by the launcher, docs/runtime.md "
+                 "'Volumes', is planned; forked workers of a parent that holds the database open share its "
+                 "memfd and work: test_runtime_shield.py)")
 
 
 class Images:
