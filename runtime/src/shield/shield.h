@@ -14,7 +14,8 @@
  *    mkdir), left out of listings, refused by dlopen: a planted module, .pth or pyc never loads.
  *  - volumes: a protected region (encrypted or authenticated) has its own fspf. open() of a
  *    file there returns a memfd with the checked plaintext; a file opened for writing is
- *    protected again on close()/fsync() with a fresh key and file id, written to a temp file,
+ *    protected again on close()/fsync() (if its plaintext changed since it was loaded or last
+ *    committed: struct content) with a fresh key and file id, written to a temp file,
  *    fsynced and renamed over the old one with the re-encrypted fspf, and the new fspf tag is
  *    recorded in the keys file, or for the container's own copy of a volume (nothing mounted
  *    there) in its state file (two phases: "next" before the renames, "current" after). So
@@ -194,11 +195,20 @@ struct svol {
     struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL) */
 };
 
+struct content {               /* what a memfd held when it was last loaded or committed */
+    int known;                 /* 0: unknown (could not be read): every close and fsync commits */
+    unsigned char sha256[32];
+    off_t size;
+    mode_t mode;
+    struct timespec mtime;     /* utime/futimens on the descriptor change only this */
+};
+
 struct tracked {               /* a memfd the service may write: protected again on close */
     struct svol *vol;
     char *path;
     dev_t dev;                 /* the memfd's identity (reopen_tracked checks the fd is still it) */
     ino_t ino;
+    struct content committed;  /* a close or fsync with the same content commits nothing */
 };
 
 struct injected {              /* policy mode: a file the grant carries, served from memory */
