@@ -30,7 +30,7 @@ import yaml
 from test_attach import write_keys
 from test_deploy import assert_no_key_material, sconify
 from test_registry import REGISTRY, plain_registry  # noqa: F401 - fixture
-from test_runtime_docker import derived_image, load_original
+from test_runtime_docker import OWN_COPY_LINE, SECRETS, derived_image, load_original
 from test_runtime_docker import run as run_container
 from test_runtime_policy import (APP, APP_SOURCE, CAT, INI, REFUSED, expected_ini, mounts, report, sha256,
                                  until_ready, volume_files, volumes)  # noqa: F401 - fixture
@@ -275,4 +275,38 @@ def test_state_in_etcd_two_containers_committing_from_one_old_tag_one_wins(curat
             assert status == 0 and report(out)["count"] == 3, err
         else:
             assert (status, out) == (2, "") and "rollback" in err and etcd.endpoint in err, err
+
+
+def test_without_a_volume_mounted_the_writes_go_with_the_container(curator, docker_client, volumes, tmp_path):
+    """The container's own copy of a declared volume (no volume mounted there) is kept apart from
+    the state store, as a keys file's own copy is (docs/runtime.md, "The container's own copy"): a
+    `docker run --rm` that writes records nothing that outlives it, so the next run starts too
+    (it was refused: the store recorded a tag for a copy thrown away); `docker restart` finds its
+    copy again."""
+    v1 = curator.versions["1"]
+    directory = tmp_path / "deployment-f"
+    init(curator, directory, "deployment-f")
+    own_copy_line = OWN_COPY_LINE.replace("/app/data", VOLUME)
+    policy = docker.types.Mount(SECRETS, str(directory), type="bind", read_only=True)
+    state = volumes("state")
+    with_state = [policy, docker.types.Mount(STATE, state, type="volume", no_copy=True)]
+    for _ in range(2):
+        status, out, err = run_container(docker_client, v1.image, ["python3", APP], mounts=with_state)
+        assert (status, report(out)["count"], err) == (0, 1, own_copy_line)
+    assert volume_files(docker_client, state) == {}  # nothing of a copy thrown away
+    container = docker_client.containers.run(v1.image, ["python3", APP], detach=True, network_disabled=True,
+                                             mounts=[policy])  # no state directory either: none needed
+    try:
+        assert container.wait(timeout=120)["StatusCode"] == 0
+        container.start()  # docker restart: the same copy, its tag in the container's state
+        assert container.wait(timeout=120)["StatusCode"] == 0, container.logs().decode()
+        runs = container.logs(stdout=True, stderr=False).decode().splitlines()
+        assert [report(line)["count"] for line in runs] == [1, 2], container.logs().decode()
+    finally:
+        container.remove(force=True)
+    # a volume mounted afterwards is the deployment's, in the store, as before
+    data = volumes("data")
+    status, out, err = run(docker_client, v1, directory, data, state)
+    assert status == 0 and report(out)["count"] == 1, err
+    assert list(volume_files(docker_client, state)) == ["deployment-f/app_state.json"]
 
