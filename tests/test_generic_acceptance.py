@@ -310,3 +310,15 @@ def test_without_a_volume_mounted_the_writes_go_with_the_container(curator, dock
     assert status == 0 and report(out)["count"] == 1, err
     assert list(volume_files(docker_client, state)) == ["deployment-f/app_state.json"]
 
+
+def test_a_deployment_directory_the_services_user_cannot_read_is_named(curator, docker_client, tmp_path):
+    """`sconify deploy init` makes the directory 0700 (secrets.json 0600): a service that runs as
+    another user cannot look into it. One line says so, naming the directory; it was "cannot read
+    the keys file .../keys.json", a file a deployment does not have."""
+    directory = tmp_path / "deployment-g"
+    init(curator, directory, "deployment-g")
+    policy = docker.types.Mount(SECRETS, str(directory), type="bind", read_only=True)
+    result = run_container(docker_client, curator.versions["1"].image, ["python3", APP], mounts=[policy],
+                           user="1000:1000")
+    assert_one_line_refusal(result, f"cannot look into {SECRETS} (Permission denied)")
+    assert "keys.json" in result[2] and "policy.yaml" in result[2] and "uid 1000" in result[2]

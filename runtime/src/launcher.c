@@ -611,6 +611,14 @@ static int find_policy(char *dir, size_t len)
     unsetenv("SCONIFY_POLICY");
     snprintf(file, sizeof file, "%s/" POLICY_NAME, dir);
     if (access(file, F_OK) == 0) return 1;
+    if (errno == EACCES) {  /* `sconify deploy init` makes the directory 0700: a non-root service cannot look */
+        char line[PATH_MAX + 400];
+        snprintf(line, sizeof line, "cannot look into %s (%s): the container's user (uid %ld) cannot tell whether "
+                                    "it holds a deployment's policy.yaml or a keys.json; make the directory and its "
+                                    "files readable by that user (chown them to it); refusing to start",
+                 dir, strerror(EACCES), (long)getuid());
+        die("%s", line);
+    }
     if (given && *given) die("SCONIFY_POLICY names %s, which holds no policy.yaml; refusing to start", dir);
     return 0;
 }
