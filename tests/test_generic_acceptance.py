@@ -41,6 +41,9 @@ pytestmark = [pytest.mark.docker, pytest.mark.slow,
 
 VOLUME = "/app/state"  # declared by the curator; not in the demo image
 STATE = "/var/lib/sconify"
+# every descriptor the launcher (PID 1) holds: where it leads, and what a file or memfd holds
+PID1_FDS = ["perl", "-e", 'for (glob "/proc/1/fd/*") { my $to = readlink($_); print "$_ -> $to\\n"; '
+            'next if $to =~ /^(pipe|socket|anon_inode):/; open(my $f, "<", $_) or next; local $/; print <$f>; }']
 NEW_LINE = f"sconify-run: volume {VOLUME} is new: initialised with the deployment's key\n"
 
 
@@ -178,6 +181,9 @@ def test_two_deployments_run_one_image_and_only_the_service_sees_their_secrets(c
             assert status != 0 and b"No such file" in output, output
             status, output = container.exec_run(CAT + ["/proc/1/environ"])  # the launcher's environment
             assert status == 0 and b"PATH=" in output
+            assert not any(value.encode() in output for value in every_value)
+            status, output = container.exec_run(PID1_FDS)  # nor what it holds open
+            assert status == 0 and b"/proc/1/fd/0 -> " in output and b"sconify-grant" not in output, output
             assert not any(value.encode() in output for value in every_value)
             scan(container.export(), every_value, f"deployment {name}'s container file system")
     finally:

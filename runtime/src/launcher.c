@@ -54,6 +54,7 @@ extern char **environ;
 #define EXIT_NOT_RUN 127  /* the command could not be executed */
 
 static pid_t child_pid;
+static int grant_fd = -1;  /* the grant's memfd (grant_keys): the service's, closed in PID 1 once it is forked */
 
 static void die(const char *fmt, const char *msg) __attribute__((noreturn));
 static void die(const char *fmt, const char *msg)
@@ -546,6 +547,7 @@ static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, 
     char number[16];
     snprintf(number, sizeof number, "%d", fd);
     setenv("SCONIFY_GRANT", number, 1);
+    grant_fd = fd;
 }
 
 /* Run the service: exec it (not PID 1), or as PID 1 run it as a child, forward signals, reap
@@ -571,6 +573,12 @@ static int run_service(const char *run, char **argv, char **envp)
     }
     if (envp != environ)  /* the substituted environment: the child has its copy, the launcher none */
         for (char **e = envp; *e; e++) OPENSSL_cleanse(*e, strlen(*e));
+    if (grant_fd >= 0) {  /* nor the grant: PID 1 lives as long as the container, and `docker exec` could
+                           * read the keys and the injection files at /proc/1/fd/N */
+        close(grant_fd);
+        grant_fd = -1;
+        unsetenv("SCONIFY_GRANT");
+    }
     static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
     struct sigaction sa = {0};
     sa.sa_handler = forward;
