@@ -190,6 +190,8 @@ def test_two_deployments_run_one_image_and_only_the_service_sees_their_secrets(c
         for container in containers.values():
             container.remove(force=True)
     scan(docker_client.images.get(v1.image_id).save(named=False), every_value, "the image's blobs")
+    for volume in [*data.values(), *state.values()]:  # the volumes: ciphertext and tags
+        scan(volume_files(docker_client, volume).values(), every_value, f"volume {volume}")
 
     # a volume opens only with its own deployment's policy
     assert_one_line_refusal(run(docker_client, v1, b, data["a"], state["b"]), "belongs to another deployment or key")
