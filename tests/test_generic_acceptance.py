@@ -330,3 +330,11 @@ def test_a_deployment_directory_the_services_user_cannot_read_is_named(curator, 
                            user="1000:1000")
     assert_one_line_refusal(result, f"cannot look into {SECRETS} (Permission denied)")
     assert "keys.json" in result[2] and "policy.yaml" in result[2] and "uid 1000" in result[2]
+
+
+def test_a_generic_image_without_a_deployment_says_how_to_make_one(curator, docker_client):
+    """Nothing mounted: the one line names the policy and `sconify deploy init` (it asked for the
+    keys.json written by sconify-image, which a curator of a generic image never writes)."""
+    result = run_container(docker_client, curator.versions["1"].image, ["python3", APP])
+    assert_one_line_refusal(result, f"no deployment policy at {SECRETS}/policy.yaml: this is a generic image")
+    assert "sconify deploy init IMAGE --name NAME" in result[2] and "keys.json" not in result[2]

@@ -609,6 +609,14 @@ static int freshness_detect(void)
 
 /* ------------------------------------------------------------------ a deployment's policy */
 
+/* Converted with --generic: its volumes are declared, their keys are each deployment's. */
+static int generic_image(const struct rt_config *cfg)
+{
+    for (size_t i = 0; i < cfg->volume_count; i++)
+        if (cfg->volumes[i].generic) return 1;
+    return 0;
+}
+
 /* The directory of a deployment's policy: $SCONIFY_POLICY (which must hold one), else
  * /run/secrets/sconify when policy.yaml is there. 1 and dir filled, or 0 (today's keys file). */
 static int find_policy(char *dir, size_t len)
@@ -1058,6 +1066,10 @@ int main(int argc, char **argv)
             die("%s", err.msg);
         have_keys = from_env = 1;
     } else if (granted && (access(keys_path, F_OK) == 0 || cfg.volume_count > 0 || (keys_env && *keys_env))) {
+        if (!(keys_env && *keys_env) && access(keys_path, F_OK) != 0 && errno == ENOENT && generic_image(&cfg))
+            die("no deployment policy at %s/" POLICY_NAME ": this is a generic image (its curator made no keys); "
+                "make a deployment with `sconify deploy init IMAGE --name NAME` and mount its directory there "
+                "(docker run -v \"$PWD/NAME:" DEFAULT_POLICY_DIR ":ro\"), docs/deploy.md", DEFAULT_POLICY_DIR);
         if (keys_load(keys_path, &keys, &err) != 0) die("%s", err.msg);
         have_keys = 1;
     }
