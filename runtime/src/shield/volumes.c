@@ -7,13 +7,15 @@
 
 const char *region_word(const struct svol *vol) { return vol->ephemeral ? "ephemeral region" : "volume"; }
 
-/* Ephemeral regions start empty: a regular file or a symlink at path that the in-memory fspf
- * does not record was not written by this process (another process's, an earlier run's, or
- * planted) and is not there for the service. Directories, sockets, fifos and devices are.
- * Called with S.lock held. */
+/* Ephemeral regions start empty: a regular file or a symlink at path that the region's fspf
+ * does not record was not written by the service in this start (an earlier start's, a process's
+ * without the grant, or planted) and is not there for the service. Directories, sockets, fifos
+ * and devices are. Called with S.lock held. */
 int ephemeral_hidden(struct svol *vol, const char *path)
 {
-    if (!vol->ephemeral || strcmp(path, vol->v->path) == 0 || fspf_find(&vol->fs, path)) return 0;
+    if (!vol->ephemeral || strcmp(path, vol->v->path) == 0) return 0;
+    volume_refresh(vol, 0);  /* what the service's other processes wrote */
+    if (fspf_find(&vol->fs, path)) return 0;
     struct stat64 st;
     in_shield++;
     int rc = lstat64(path, &st);
@@ -271,7 +273,7 @@ static int read_stored(struct target *t, struct fspf_file *rec, int fd, struct r
                  : ftruncate(fd, 0) != 0 ? rt_fail(err, "%s: %s", t->path, strerror(errno))
                  : fspf_open_file(rec, stored, fd, err);
         if (stored >= 0) RESOLVE(close)(stored);
-        if (rc == 0 || attempt || t->vol->ephemeral) return rc;
+        if (rc == 0 || attempt || (t->vol->ephemeral && !t->vol->shared)) return rc;
     }
 }
 
@@ -474,7 +476,7 @@ static int rename_ephemeral_dir(struct svol *vol, const char *from, const char *
         struct rt_error err = {{0}};
         if (rec && rec->protection == FSPF_SYMLINK) {
             if (snprintf(next, sizeof next, "%s%s", to, moved[i] + n) < (int)sizeof next)
-                ok = move_link(vol, rec, next, next, NULL) == 0;  /* already moved by the kernel */
+                ok = move_link(vol, rec, next, next, moved[i]) == 0;  /* already moved by the kernel */
         } else if (rec && snprintf(next, sizeof next, "%s%s", to, moved[i] + n) < (int)sizeof next &&
             (plain = new_memfd(next, 1)) >= 0) {
             in_shield++;
@@ -482,7 +484,7 @@ static int rename_ephemeral_dir(struct svol *vol, const char *from, const char *
             in_shield--;
             if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) {
                 keep_times(stored, plain);
-                ok = commit(vol, next, plain, NULL, 0600) == 0;
+                ok = commit(vol, next, plain, moved[i], 0600) == 0;  /* (the old name is gone already) */
             }
             else shield_log("ephemeral region %s: %s", vol->v->path, stored < 0 ? strerror(errno) : err.msg);
         }
