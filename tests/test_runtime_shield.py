@@ -625,8 +625,10 @@ def test_a_second_run_cannot_read_the_first_runs_files(world):
         " err(os.rmdir, d + '/sub'))\n"
         "open(d + '/state.txt', 'w').write('second')\nprint(open(d + '/state.txt').read())\n" % str(world.tmp)
     ).stdout.splitlines()
-    # The first run's files are not listed and not served; its directory is there, not empty on disk.
-    assert out == ["['sub'] [] ENOENT ENOENT ENOTEMPTY", "second"]
+    # The first run's files are not listed and not served; its directory is there and, empty to
+    # the service, removed as on a local disk (with the first run's ciphertext in it).
+    assert out == ["['sub'] [] ENOENT ENOENT ok", "second"]
+    assert not (world.tmp / "sub").exists()
     assert stored_files(world.tmp)["state.txt"] != first["state.txt"]
 
 
@@ -737,6 +739,33 @@ def test_the_ephemeral_key_is_in_the_grant_only(world):
         "print(grant['ephemeral'][0]['key'], os.path.exists(%r))\n" % str(world.tmp / "x")).stdout.split()
     assert again[0] != key and again[1] == "False"
     assert len([name for name in runtime_files(world.tmp) if name.startswith(".sconify.fspf.")]) == 2
+
+
+def test_what_a_tool_writes_in_the_region_is_hidden_and_removed_with_its_directory(world):
+    # A program without the grant (tar, a shell) writes plaintext the service cannot trust: the
+    # service does not see it, as a planted file, and removing the directory removes it too.
+    out = world.python_code(
+        "import errno, os, shutil, subprocess\nd = %r + '/work'\n"
+        "os.makedirs(d + '/deeper'); open(d + '/mine.txt', 'w').write('mine')\n"
+        "subprocess.run(['sh', '-c', 'echo tool > \"$0\"/tool.txt; echo tool > \"$0\"/deeper/tool.txt', d], check=True)\n"
+        "print(sorted(os.listdir(d)), os.listdir(d + '/deeper'), os.path.exists(d + '/tool.txt'))\n"
+        "try: os.rmdir(d)\nexcept OSError as e: print(errno.errorcode[e.errno])\n"
+        "shutil.rmtree(d); print(os.path.exists(d))\n" % str(world.tmp)).stdout.splitlines()
+    assert out == ["['deeper', 'mine.txt'] [] False", "ENOTEMPTY", "False"]
+    assert not (world.tmp / "work").exists()
+
+
+def test_a_file_opened_for_reading_has_its_paths_identity(world):
+    # fstat of a file opened for reading is the file's identity, as stat gives it: shutil.rmtree
+    # of a file says ENOTDIR (not "Cannot call rmtree on a symbolic link")
+    out = world.python_code(
+        "import os, shutil, sys\n"
+        "for d in sys.argv[1:]:\n"
+        "    open(d + '/f', 'w').write('f')\n"
+        "    with open(d + '/f') as f: same = os.path.samestat(os.lstat(d + '/f'), os.fstat(f.fileno()))\n"
+        "    try: shutil.rmtree(d + '/f')\n"
+        "    except OSError as e: print(same, type(e).__name__)\n", str(world.tmp), str(world.volume)).stdout
+    assert out == "True NotADirectoryError\n" * 2
 
 
 def test_a_process_without_the_grant_keeps_a_region_of_its_own(world):

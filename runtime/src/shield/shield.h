@@ -148,6 +148,7 @@
     REAL(int, dup3, int, int, int) \
     REAL(int, unlink, const char *) \
     REAL(int, unlinkat, int, const char *, int) \
+    REAL(int, rmdir, const char *) \
     REAL(int, rename, const char *, const char *) \
     REAL(int, mkostemps, char *, int, int) \
     REAL(int, mkostemps64, char *, int, int) \
@@ -199,6 +200,7 @@ struct svol {
 struct tracked {               /* a memfd the service may write: protected again on close */
     struct svol *vol;
     char *path;
+    int reader;                /* opened for reading only: never committed, its identity served */
     dev_t dev;                 /* the memfd's identity (reopen_tracked checks the fd is still it) */
     ino_t ino;
 };
@@ -297,6 +299,7 @@ FILE *shield_tmpfile(int large);
 /* ------------------------------------------------------------------ tracked fds (tracked.c) */
 
 void track(int fd, struct svol *vol, const char *path);
+void track_reader(int fd, struct svol *vol, const char *path);
 struct tracked *tracked_fd(int fd);
 void untrack(int fd);
 void retarget_tracked(struct svol *vol, const char *from, const char *to, int prefix);

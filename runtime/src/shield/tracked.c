@@ -15,10 +15,19 @@ void track(int fd, struct svol *vol, const char *path)
     free(S.fds[fd].path);
     S.fds[fd].vol = vol;
     S.fds[fd].path = strdup(path);
+    S.fds[fd].reader = 0;
     struct stat64 st;
     int known = RESOLVE(fstat64)(fd, &st) == 0;
     S.fds[fd].dev = known ? st.st_dev : 0;
     S.fds[fd].ino = known ? st.st_ino : 0;
+}
+
+/* A region file opened for reading only (a sealed memfd, or a reopened one): nothing to commit,
+ * but fstat gives the file's identity, as stat(path) does (shutil.rmtree compares the two). */
+void track_reader(int fd, struct svol *vol, const char *path)
+{
+    track(fd, vol, path);
+    if (tracked_fd(fd)) S.fds[fd].reader = 1;
 }
 
 struct tracked *tracked_fd(int fd)
@@ -72,7 +81,7 @@ int reopen_tracked(struct svol *vol, const char *path, int flags)
     for (int fd = 0; fd < S.nfds; fd++) {
         struct tracked *t = &S.fds[fd];
         struct stat64 st;
-        if (!t->path || t->vol != vol || strcmp(t->path, path) != 0) continue;
+        if (!t->path || t->reader || t->vol != vol || strcmp(t->path, path) != 0) continue;
         if (RESOLVE(fstat64)(fd, &st) != 0 || st.st_dev != t->dev || st.st_ino != t->ino) continue;
         char proc[64];
         snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
@@ -97,6 +106,7 @@ int flush_tracked(int fd)
         untrack(fd);
         t = NULL;
     }
+    if (t && t->reader) t = NULL;  /* nothing written */
     int readable = fd, rc = 0;
     if (t && (fcntl(fd, F_GETFL) & O_ACCMODE) == O_WRONLY) {
         /* a write-only open file description (reopen_tracked): the commit reads the same
@@ -149,7 +159,8 @@ int dup_tracked(int from, int to)
         if (t) {
             struct svol *vol = t->vol;
             char *path = strdup(t->path);
-            track(to, vol, path);
+            int reader = t->reader;
+            (reader ? track_reader : track)(to, vol, path);
             free(path);
         } else {
             untrack(to);

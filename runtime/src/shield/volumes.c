@@ -330,7 +330,7 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
         return -1;
     }
     if (rec && t->vol->ephemeral && (fd = reopen_tracked(t->vol, t->path, flags)) >= 0) {
-        if (writable) track(fd, t->vol, t->path);  /* the content is shared: either close commits it */
+        (writable ? track : track_reader)(fd, t->vol, t->path);  /* the content is shared: either close commits it */
         goto out;
     }
     fd = new_memfd(t->path, flags & O_CLOEXEC);
@@ -369,6 +369,7 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
         track(fd, t->vol, t->path);
     } else {
         fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+        track_reader(fd, t->vol, t->path);
     }
 out:
     pthread_mutex_unlock(&S.lock);
@@ -425,7 +426,48 @@ int shield_truncate(const char *path, off64_t length, struct target *t)
 
 /* ------------------------------------------------------------------ unlink, rename */
 
-/* unlink, unlinkat: 0 or -1 (errno), or -2: not ours (the real call with t->path). */
+/* The entries of directory dir (in an ephemeral region) that the region hides: whether there
+ * are only such (1), and with unlink, removes them. Called with S.lock held. */
+static int only_hidden_entries(struct svol *vol, const char *dir, int unlink)
+{
+    in_shield++;
+    DIR *d = RESOLVE(opendir)(dir);
+    int only = d != NULL;
+    for (struct dirent64 *e; only && (e = RESOLVE(readdir64)(d)) != NULL;) {
+        char entry[PATH_MAX];
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        only = snprintf(entry, sizeof entry, "%s/%s", dir, e->d_name) < (int)sizeof entry && ephemeral_hidden(vol, entry);
+        if (only && unlink) only = unlinkat(RESOLVE(dirfd)(d), e->d_name, 0) == 0 || errno == ENOENT;
+    }
+    if (d) RESOLVE(closedir)(d);
+    in_shield--;
+    return only;
+}
+
+/* rmdir, unlinkat(AT_REMOVEDIR) of a directory in an ephemeral region that holds nothing but
+ * what the region hides (an earlier start's files, a tool's output, planted ones): it is empty
+ * to the service, which removes it as on a local disk, those entries first. 0, -1 (errno), or
+ * -2: the kernel's (t->path). */
+static int remove_region_dir(struct target *t)
+{
+    if (!t->vol->ephemeral || strcmp(t->path, t->vol->v->path) == 0) return -2;
+    in_shield++;
+    int rc = rmdir(t->path);
+    in_shield--;
+    if (rc == 0 || errno != ENOTEMPTY) return rc;
+    pthread_mutex_lock(&S.lock);
+    if (only_hidden_entries(t->vol, t->path, 0) && only_hidden_entries(t->vol, t->path, 1)) {
+        in_shield++;
+        rc = rmdir(t->path);
+        in_shield--;
+    } else {
+        errno = ENOTEMPTY;
+    }
+    pthread_mutex_unlock(&S.lock);
+    return rc;
+}
+
+/* unlink, unlinkat, rmdir: 0 or -1 (errno), or -2: not ours (the real call with t->path). */
 int shield_unlink(int dirfd, const char *path, int flags, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, 0, t) != 0) return -2;
@@ -433,6 +475,7 @@ int shield_unlink(int dirfd, const char *path, int flags, struct target *t)
         errno = EROFS;
         return -1;
     }
+    if (t->kind == T_VOL && (flags & AT_REMOVEDIR)) return remove_region_dir(t);
     if (t->kind != T_VOL || (flags & AT_REMOVEDIR)) return -2;
     if (dir_syntax(path)) return region_dir_syntax(t, 0);  /* ENOTDIR for a file, EISDIR... */
     pthread_mutex_lock(&S.lock);
