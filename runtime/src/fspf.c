@@ -799,6 +799,8 @@ int fspf_load_any_bytes(struct fspf *out, const unsigned char *data, size_t len,
 int fspf_one_region(struct fspf *fs, const char *path, uint8_t protection, struct rt_error *err)
 {
     memset(fs, 0, sizeof *fs);
+    if (!path_normalised((const unsigned char *)path, strlen(path)))
+        return rt_fail(err, "region path %s is not an absolute normalised path", path);
     struct fspf_region *region = calloc(1, sizeof *region);
     if (!region || !(region->path = strdup(path)) || !(region->kernel_path = strdup(path))) {
         if (region) free(region->path);

@@ -68,8 +68,8 @@ int fspf_load_any_bytes(struct fspf *out, const unsigned char *data, size_t len,
                         const unsigned char expected_tag[16], struct rt_error *err);
 void fspf_free(struct fspf *fs);
 
-/* An fspf of one kernel region at path (its files stored at their own paths, 64 KiB chunks,
- * 32-byte file keys) and no files: what a region starts with. 0 or -1 (out of memory). */
+/* An fspf of one kernel region at path (absolute, normalised; its files stored at their own
+ * paths, 64 KiB chunks, 32-byte file keys) and no files: what a region starts with. 0 or -1. */
 int fspf_one_region(struct fspf *fs, const char *path, uint8_t protection, struct rt_error *err);
 
 /* Serialise and encrypt with key (32 bytes) and a fresh random nonce (RAND_bytes): *out is

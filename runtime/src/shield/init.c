@@ -81,8 +81,10 @@ static void read_grant_regions(json_t *regions, struct grant *g)
         const char *key = json_string_value(json_object_get(entry, "key"));
         struct grant_region *r = &g->ephemeral[g->ephemeral_count];
         if (!path || path[0] != '/' || strlen(path) >= PATH_MAX || !fspf_path || fspf_path[0] != '/' || !key ||
-            strlen(key) != 64 || hex_decode(key, r->key, sizeof r->key) != 0)
+            strlen(key) != 64 || hex_decode(key, r->key, sizeof r->key) != 0) {
+            OPENSSL_cleanse(r->key, sizeof r->key);
             continue;
+        }
         r->path = strdup(path);
         r->fspf_path = strdup(fspf_path);
         normalise(r->path);
