@@ -768,6 +768,21 @@ def test_a_file_opened_for_reading_has_its_paths_identity(world):
     assert out == "True NotADirectoryError\n" * 2
 
 
+def test_a_file_left_open_at_exit_keeps_what_was_written(world):
+    # As the kernel's close at exit does (multiprocessing's test_stderr_flush, test_sys_exit): a
+    # child that writes to a file and exits without closing it (exit(), not _exit)
+    child = ("import os, sys\nfd = os.open(sys.argv[1] + '/left-open', os.O_WRONLY | os.O_CREAT)\n"
+             "os.write(fd, b'kept')\nsys.stderr = open(os.open(sys.argv[1] + '/stderr', os.O_WRONLY | os.O_CREAT), 'w')\n"
+             "sys.exit('the reason')\n")
+    out = world.python_code(
+        "import subprocess, sys\n"
+        "for d in sys.argv[2:]:\n"
+        "    rc = subprocess.run([sys.executable, %r, sys.argv[1], d]).returncode\n"
+        "    print(rc, open(d + '/left-open').read(), open(d + '/stderr').read().strip())\n" % DRIVER,
+        child, str(world.tmp), str(world.volume)).stdout
+    assert out == "1 kept the reason\n" * 2
+
+
 def test_a_process_without_the_grant_keeps_a_region_of_its_own(world):
     # The measured executable without a grant (a command the policy did not record, docker exec,
     # a preload by hand) serves /tmp from its own memory: it sees neither the service's files

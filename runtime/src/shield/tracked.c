@@ -169,3 +169,15 @@ int dup_tracked(int from, int to)
     }
     return to;
 }
+
+/* At exit (exit(), a return from main; not _exit), the files the process still has open for
+ * writing are protected as they are: the kernel's close at exit keeps what was written (a
+ * process that sends its stderr to a file and exits without closing it). C streams first, as
+ * exit() would flush them after this. */
+__attribute__((destructor)) static void flush_at_exit(void)
+{
+    if (!S.active || !S.nfds) return;
+    fflush(NULL);
+    for (int fd = 0; fd < S.nfds; fd++)
+        if (tracked_fd(fd) && !S.fds[fd].reader) flush_tracked(fd);
+}
