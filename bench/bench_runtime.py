@@ -28,7 +28,7 @@ from embedfs.archive import directory_entries, pack  # noqa: E402
 from embedfs.elf import inject  # noqa: E402
 from embedfs.measure import measure_elf  # noqa: E402
 from sconify.fspf import Fspf  # noqa: E402
-from sconify.runtime import build_runtime  # noqa: E402
+from sconify.conversion.runtime import build_runtime  # noqa: E402
 
 STARTUP_TARGET_S = 0.3
 

@@ -13,7 +13,7 @@ pass converted (the promise: every test that passes in the original passes conve
 
 The converted run uses the image's own command (`python3 -m test -j2` + the modules: two worker
 processes, as the service's own children), so it is the measured command and gets the keys: for
-another module list than sconify.demoapps.CPYTHON_ORACLE_TESTS, both images are built with that
+another module list than sconify.demo.apps.CPYTHON_ORACLE_TESTS, both images are built with that
 list as their command (a command passed to `docker run` would run without keys).
 """
 
@@ -34,8 +34,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from sconify.debimage import build_image  # noqa: E402
-from sconify.demoapps import CPYTHON_ORACLE_TESTS  # noqa: E402
+from sconify.demo.debimage import build_image  # noqa: E402
+from sconify.demo.apps import CPYTHON_ORACLE_TESTS  # noqa: E402
 from sconify.image.model import Image  # noqa: E402
 from sconify.image.mutate import with_config  # noqa: E402
 from sconify.image.transports import read_image, write_image  # noqa: E402

@@ -6,13 +6,13 @@ image converted ``without`` is not confidential."""
 
 import sys
 
-import sconify.plan
+import sconify.conversion.plan
 from sconify.cli.main import main
 
 if __name__ == "__main__":
     mode, sys.argv[1:] = sys.argv[1], sys.argv[2:]
     if mode == "without":
-        sconify.plan.plan_rewrites = lambda fs, prefixes: []
+        sconify.conversion.plan.plan_rewrites = lambda fs, prefixes: []
     elif mode != "with":
         sys.exit("usage: norewrite.py with|without ARGS...")
     main()

@@ -220,7 +220,7 @@ def rewrite_case(ctx: Context) -> None:
         shutil.rmtree(outdir, ignore_errors=True)
 
 
-SELECTION_SHARE = 0.10  # code selection (sconify.codepaths + recipes): at most 10 % of a conversion
+SELECTION_SHARE = 0.10  # code selection (sconify.conversion.codepaths + recipes): at most 10 % of a conversion
 
 
 def selection_case(ctx: Context, name: str, layout: Path) -> None:
@@ -260,13 +260,13 @@ def build_in_child(code: str) -> Path:
 
 
 def demo_layout(name: str) -> Path:
-    return build_in_child(f"from sconify import debimage; print(debimage.build_image({name!r}))")
+    return build_in_child(f"from sconify.demo import debimage; print(debimage.build_image({name!r}))")
 
 
 def synth_layout(size_gb: float, compression: str) -> Path:
     began = time.perf_counter()
     layout = build_in_child(
-        "from sconify import debimage; from synth import synthetic_image, uncompressed_rootfs_bytes; "
+        "from sconify.demo import debimage; from synth import synthetic_image, uncompressed_rootfs_bytes; "
         f"layout = synthetic_image({int(size_gb * (1 << 30))}, debimage.build_image('python'), {compression!r}); "
         "uncompressed_rootfs_bytes(layout); print(layout)"
     )

@@ -293,7 +293,7 @@ def main() -> None:
     parser.add_argument("--compression", choices=("gzip", "zstd"), default="gzip")
     parser.add_argument("--cache", type=Path, default=None)
     args = parser.parse_args()
-    from sconify import debimage
+    from sconify.demo import debimage
 
     base = debimage.build_image("python")
     layout = synthetic_image(int(args.size_gb * (1 << 30)), base, args.compression, args.cache)

@@ -9,7 +9,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator
 
-from sconify.direct import DirectWriter
+from sconify.conversion.direct import DirectWriter
 from sconify.errors import EnvironmentProblem
 
 # What a place to write can lack, and what the user does about it (exit 3, never a traceback).
@@ -102,7 +102,7 @@ class StagedFiles:
     into place together by ``commit``; as a context, whatever was not committed is removed.
 
     Used to write an output set (manifest, session, keys) only once its image is written too:
-    stage the files, write the image, then commit (see sconify.pipeline)."""
+    stage the files, write the image, then commit (see sconify.conversion.pipeline)."""
 
     def __init__(self) -> None:
         self._staged: list[tuple[str, Path]] = []  # (temporary, target)

@@ -1,7 +1,7 @@
 """Shared fixtures: real images built from Debian packages, and a real Docker engine.
 
 ``python_image`` / ``node_image``: OCI layout directories (tag ``latest``) of the demo images
-from ``sconify.debimage``, built once into the cache (``$SCONIFY_CACHE`` or
+from ``sconify.demo.debimage``, built once into the cache (``$SCONIFY_CACHE`` or
 ``~/.cache/sconify``) and reused while the pins and the builder are unchanged.
 
 ``docker_client``: a docker SDK client for the engine at ``$DOCKER_HOST``; if that is unset the
@@ -24,7 +24,7 @@ from typing import Callable, Iterator
 
 import pytest
 
-from sconify import debimage
+from sconify.demo import debimage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 START_DOCKERD = REPO_ROOT.parent / "shared" / "tools" / "start-dockerd"

@@ -25,7 +25,7 @@ from test_registry import (  # noqa: F401 - fixtures
     token_registry,
 )
 
-from sconify import attest
+from sconify.outputs import attest
 from sconify.image.registry import referrers
 from sconify.image.registry.options import RegistryOptions
 from sconify.image.transports import write_image

@@ -1,4 +1,4 @@
-"""Code selection that follows the interpreter (``sconify.codepaths``), on images shaped like the
+"""Code selection that follows the interpreter (``sconify.conversion.codepaths``), on images shaped like the
 ones teams ship, built from real software only: the Debian python3/nodejs demo images, Debian's
 dash and coreutils, a venv made by CPython's ``venv`` module, PyPI wheels (C extensions, one with
 auditwheel-vendored libraries), setuptools' PEP 660 editable installs, pip's console-script
@@ -27,8 +27,8 @@ from pathlib import Path
 
 import pytest
 
-from sconify import debimage
-from sconify.codepaths import (
+from sconify.demo import debimage
+from sconify.conversion.codepaths import (
     code_files,
     code_roots,
     find_service,
@@ -652,7 +652,7 @@ def test_dash_m_takes_the_whole_package_it_runs_even_one_the_recipe_leaves_out()
     package is a root of its own and its modules are code (sealed code roots hide the rest)."""
     from sconify.image.rootfs import RootFS
     from sconify.image.transports import read_image
-    from sconify.select import recipe_for
+    from sconify.conversion.select import recipe_for
 
     with RootFS.from_image(read_image(f"oci:{debimage.build_image('python-tests')}:latest")) as fs:
         service = find_service(fs, config(["python3", "-m", "test", "-j2", "test_os"], workdir="/app"))
@@ -823,7 +823,7 @@ def test_node_shape_matches_a_real_run(node_shapes, node_root):
 def test_shell_reader_follows_functions_redirections_and_exports():
     """Entrypoints in the style of the postgres/redis images: a main function called with
     "$@", exports, cd, a heredoc, redirections, a conditional set --."""
-    from sconify.codepaths import shell
+    from sconify.conversion.codepaths import shell
 
     script = """#!/usr/bin/env bash
 set -Eeo pipefail

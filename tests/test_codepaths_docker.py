@@ -20,7 +20,7 @@ import pytest
 
 from sconify.image.mutate import with_config
 from sconify.image.transports import write_image
-from sconify.manifest import Manifest
+from sconify.outputs.manifest import Manifest
 from test_codepaths import NODE_SERVICE, VENV_M_APP, VENV_PATH, config, node_shapes, py_shapes  # noqa: F401
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]

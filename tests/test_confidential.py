@@ -25,8 +25,8 @@ from isal import igzip
 from sconify.image.model import canonical_json, make_image
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
-from sconify.manifest import Manifest
-from sconify.pipeline import ConvertOptions, sconify_image
+from sconify.outputs.manifest import Manifest
+from sconify.conversion.pipeline import ConvertOptions, sconify_image
 from registryd import REGISTRY, Registry, start_registry, stop
 
 WINDOW = 32  # bytes of one needle: distinctive in any image

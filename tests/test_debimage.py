@@ -15,7 +15,7 @@ import docker
 import pytest
 
 import sconify
-from sconify import debimage
+from sconify.demo import debimage
 from sconify.cli.main import run as sconify_main
 from sconify.errors import EnvironmentProblem, UsageError
 from sconify.image.transports import read_image
@@ -235,9 +235,9 @@ def test_dockerfile_builds_an_image_that_converts_a_mounted_oci_archive(docker_c
     """The Dockerfile on the Debian-package tool base, from wheels, with no network in the build;
     the tool image then converts the Python demo given as an oci-archive in a mounted directory."""
     from sconify.image.transports import read_image, write_image
-    from sconify.keys import KeysFile
-    from sconify.manifest import Manifest
-    from sconify.runtime import build_runtime
+    from sconify.outputs.keys import KeysFile
+    from sconify.outputs.manifest import Manifest
+    from sconify.conversion.runtime import build_runtime
     from sconify.verify import verify_image
 
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", str(REPO_ROOT), "-w", str(tmp_path / "wheels")], check=True)

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from sconify import direct
-from sconify.direct import DirectWriter
+from sconify.conversion import direct
+from sconify.conversion.direct import DirectWriter
 from sconify.image.layerwriter import LayerWriter
 from sconify.image.model import Image, canonical_json
 from sconify.image.prefetch import BlobPrefetch

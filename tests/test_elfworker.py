@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from embedfs.errors import NotELFError
-from sconify.elfworker import ElfWorker
+from sconify.conversion.elfworker import ElfWorker
 from sconify.errors import ImageError
-from sconify.libraries import dynamic_dependencies
+from sconify.conversion.libraries import dynamic_dependencies
 
 
 def test_answers_like_lief_in_process(tmp_path):

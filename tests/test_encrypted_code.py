@@ -4,7 +4,7 @@ keys (the original's output) or refused without them (one line). The Python demo
 with --encrypted-code /app alone, the Node demo with --dir /app/data too (a volume under the
 encrypted root stays a volume).
 
-The oracle for "no plaintext" is the demo's own source (sconify.demoapps): its distinctive
+The oracle for "no plaintext" is the demo's own source (sconify.demo.apps): its distinctive
 lines, and the zstd frame a plain embedfs member would have stored for each file."""
 
 from __future__ import annotations
@@ -22,12 +22,12 @@ import zstandard
 
 from embedfs.archive import DEFAULT_LEVEL
 from embedfs.elf import open_embedded
-from sconify.demoapps import NODE_INDEX, PYTHON_MAIN, PYTHON_SERVICE
+from sconify.demo.apps import NODE_INDEX, PYTHON_MAIN, PYTHON_SERVICE
 from sconify.image.model import canonical_json, make_image
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
-from sconify.keys import KeysFile
-from sconify.pipeline import ConvertOptions, sconify_image
+from sconify.outputs.keys import KeysFile
+from sconify.conversion.pipeline import ConvertOptions, sconify_image
 
 pytestmark = pytest.mark.slow
 

@@ -31,7 +31,7 @@ from sconify.fspf import Fspf
 from sconify.fspf.errors import FspfError
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
-from sconify.manifest import Manifest
+from sconify.outputs.manifest import Manifest
 
 MAX_RSS_BYTES = 500 << 20
 CLI_TIMEOUT = 300  # seconds; generous: the machine is shared, no timing is asserted

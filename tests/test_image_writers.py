@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from sconify.direct import DirectWriter
+from sconify.conversion.direct import DirectWriter
 from sconify.errors import ImageError
 from sconify.image import layers as L
 from sconify.image import model
@@ -28,8 +28,8 @@ from sconify.image.model import Image, Layer, canonical_json
 from sconify.image.prefetch import BlobPrefetch, same_filesystem
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
-from sconify.newlayers import TarEntry, write_layer_tar
-from sconify.pipeline import prefetch_input_blobs
+from sconify.conversion.newlayers import TarEntry, write_layer_tar
+from sconify.conversion.pipeline import prefetch_input_blobs
 
 FILE_TRANSPORTS = ("oci", "oci-archive", "docker-archive")
 

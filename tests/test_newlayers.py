@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from sconify.newlayers import LayerTar, TarEntry, whiteout_for, write_layer_tar
+from sconify.conversion.newlayers import LayerTar, TarEntry, whiteout_for, write_layer_tar
 
 NAMES = [
     "a", "usr/lib/python3.11/json/decoder.py", "app/synth/pkg1/module_77.py",

@@ -21,14 +21,14 @@ import yaml
 
 from embedfs.elf import open_embedded
 from embedfs.measure import measure_elf
-from sconify import pipeline
+from sconify.conversion import pipeline
 from sconify.fspf import Shield
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
-from sconify.keys import KeysFile
-from sconify.manifest import KEY_DEPENDENT_FIELDS, Manifest
-from sconify.pipeline import ConvertOptions, sconify_image
-from sconify.plan import contents_to_keep
+from sconify.outputs.keys import KeysFile
+from sconify.outputs.manifest import KEY_DEPENDENT_FIELDS, Manifest
+from sconify.conversion.pipeline import ConvertOptions, sconify_image
+from sconify.conversion.plan import contents_to_keep
 from test_direct import cached_bytes, takes_direct_io
 
 
@@ -181,7 +181,7 @@ def test_new_layers_code_compressed_data_plain_tar_unless_asked(python_converted
     assert compression[manifest.runtime.layer] == "zstd"
     converted = convert(tmp_path, f"oci:{python_image}:latest", "gz", "--dir", "/app/data", "--compression", "gzip")
     if takes_direct_io(tmp_path):
-        # Every layer blob of the new layout went to disk past the page cache (sconify.direct).
+        # Every layer blob of the new layout went to disk past the page cache (sconify.conversion.direct).
         blobs = {path.name: cached_bytes(path) for path in (tmp_path / "out" / "blobs" / "sha256").iterdir()
                  if path.stat().st_size > 1 << 20}
         assert len(blobs) >= 3 and set(blobs.values()) == {0}, blobs
@@ -437,7 +437,7 @@ def test_the_index_pass_keeps_what_the_conversion_may_read(kind, python_image, n
     keep = contents_to_keep(image.config, ConvertOptions(source="s", destination="d", encrypted_dirs=["/srv/secret"]))
     common = ["srv/secret/key.pem", "usr/lib/x86_64-linux-gnu/libc.so.6", "lib/x86_64-linux-gnu/libm.so.6",
               "usr/bin/" + ("python3.11" if kind == "python" else "node"), "app/" + ("main.py" if kind == "python" else "index.js"),
-              # what sconify.codepaths may follow beyond the recipe: venvs, .pth, application places
+              # what sconify.conversion.codepaths may follow beyond the recipe: venvs, .pth, application places
               "opt/venv/pyvenv.cfg", "opt/venv/lib/python3.11/site-packages/easy.pth", "srv/app/__init__.py",
               "usr/src/app/server.js", "usr/local/bin/docker-entrypoint.sh"]
     wanted = {"python": ["usr/lib/python3.11/json/decoder.py", "etc/python3.11/sitecustomize.py", "usr/lib/python3/dist-packages/yaml/__init__.py",
@@ -636,7 +636,7 @@ def test_out_dir_that_is_a_file_is_refused(python_image, tmp_path):
 
 
 def test_deterministic_keys_depend_on_what_is_built():
-    from sconify.keys import DeterministicRandom
+    from sconify.outputs.keys import DeterministicRandom
 
     seed = bytes(range(32))
     assert DeterministicRandom(seed, b"input A")(32) == DeterministicRandom(seed, b"input A")(32)

@@ -7,9 +7,9 @@ import pytest
 from sconify.errors import UsageError
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
-from sconify.recipe import Placeholders, load_recipe, parse_recipe
-from sconify.codepaths import find_service
-from sconify.select import app_dir, interpreter_version, recipe_for, rel, select_code, select_data
+from sconify.conversion.recipe import Placeholders, load_recipe, parse_recipe
+from sconify.conversion.codepaths import find_service
+from sconify.conversion.select import app_dir, interpreter_version, recipe_for, rel, select_code, select_data
 
 
 @pytest.fixture(scope="module")

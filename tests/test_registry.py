@@ -320,7 +320,7 @@ def test_a_conversion_downloads_each_input_blob_once(plain_registry, second_regi
     checked and kept as a local copy the writer copies (to the same registry nothing is copied:
     the blobs are there)."""
     from sconify.image.registry.pull import RegistryStream
-    from sconify.pipeline import ConvertOptions, sconify_image
+    from sconify.conversion.pipeline import ConvertOptions, sconify_image
 
     opened: collections.Counter = collections.Counter()
     original = RegistryStream.__init__
@@ -347,7 +347,7 @@ def test_blobs_go_while_the_conversion_runs_and_a_failed_conversion_tags_nothing
                                                                                  pushed_app, tmp_path, monkeypatch):
     """To a registry, the input blobs and the data layer are sent before the code layer is built;
     when the conversion then fails, the push stops there: no manifest, no tag."""
-    import sconify.pipeline as pipeline
+    import sconify.conversion.pipeline as pipeline
 
     def fail(*args, **kwargs):
         # By now the input layers are on their way, and the data layer too.
@@ -371,7 +371,7 @@ def test_the_data_layer_uploads_while_it_is_written_or_else_after(plain_registry
     """The data layer (the large new one) streams into the registry as it is encrypted; when that
     upload breaks, the layer goes the usual way once written. Either way the result verifies."""
     import sconify.image.registry.push as push
-    from sconify.pipeline import ConvertOptions, sconify_image
+    from sconify.conversion.pipeline import ConvertOptions, sconify_image
 
     outcomes = []
     succeeded = push.StreamedUpload.succeeded

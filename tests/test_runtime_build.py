@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from sconify.image import layers as L
-from sconify.runtime import (
+from sconify.conversion.runtime import (
     CONFIG_PATH,
     LAUNCHER_NAME,
     LAUNCHER_PATH,

@@ -152,7 +152,7 @@ def with_app_script(layout: Path, name: str, text: str, cmd: list[str], out: Pat
     """An OCI layout of the image at ``layout`` plus /app/``name`` (before conversion: it is
     embedded code like the rest of /app), with ``cmd`` as its Cmd."""
     from sconify.image.model import Layer, canonical_json, make_image
-    from sconify.layerentries import regular_file, write_layer_tar
+    from sconify.demo.layerentries import regular_file, write_layer_tar
 
     image = read_image(f"oci:{layout}:latest")
     tar = out / "script-layer.tar"
@@ -542,7 +542,7 @@ CHANGED_SO = "/usr/lib/python3.11/lib-dynload/_json.cpython-311-x86_64-linux-gnu
 
 
 def python_plants(tmp: Path) -> Path:
-    from sconify.demoapps import PYTHON_SERVICE
+    from sconify.demo.apps import PYTHON_SERVICE
 
     return plant(tmp / "python-plants", {
         "sitecustomize.py": PY_MARK.format("sitecustomize"),

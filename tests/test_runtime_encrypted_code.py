@@ -23,7 +23,7 @@ import pytest
 from embedfs.archive import directory_entries, pack
 from embedfs.elf import inject
 from embedfs.measure import measure_elf
-from sconify.runtime import build_runtime
+from sconify.conversion.runtime import build_runtime
 
 REAL_PYTHON = Path(os.path.realpath(shutil.which("python3.11") or "/usr/bin/python3.11"))
 ROOT = "/opt/sconify-encrypted-test"  # exists only inside the embedfs

@@ -1,4 +1,4 @@
-"""Which code roots the runtime seals (``sconify.sealed``), on the Debian demo images: every
+"""Which code roots the runtime seals (``sconify.conversion.sealed``), on the Debian demo images: every
 place the interpreter searches for code at start, present in the image or not, and the files
 left there as not code (visible to the service from the disk)."""
 
@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import pytest
 
-from sconify.codepaths import code_files, code_roots, find_service
+from sconify.conversion.codepaths import code_files, code_roots, find_service
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
-from sconify.sealed import embedded_packages, left_files, sealed_roots, shallow_roots
+from sconify.conversion.sealed import embedded_packages, left_files, sealed_roots, shallow_roots
 
 
 def roots_of(layout):

@@ -25,8 +25,8 @@ from sconify.image.model import Layer, canonical_json, make_image
 from sconify.image.mutate import append_layers
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
-from sconify.manifest import Manifest
-from sconify.pipeline import ConvertOptions, sconify_image
+from sconify.outputs.manifest import Manifest
+from sconify.conversion.pipeline import ConvertOptions, sconify_image
 
 
 @dataclass

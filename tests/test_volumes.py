@@ -24,10 +24,10 @@ from sconify.image.model import Layer
 from sconify.image.mutate import append_layers
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
-from sconify.keys import KeysFile, VolumeKeys
-from sconify.manifest import Manifest
-from sconify.pipeline import ConvertOptions, sconify_image
-from sconify.session import volume_names
+from sconify.outputs.keys import KeysFile, VolumeKeys
+from sconify.outputs.manifest import Manifest
+from sconify.conversion.pipeline import ConvertOptions, sconify_image
+from sconify.outputs.session import volume_names
 
 
 @dataclass

@@ -88,6 +88,8 @@ static int parse_policy(json_t *policy, struct rt_config *cfg)
         string_array(json_object_get(policy, "allow_env"), &cfg->allow_env, &cfg->allow_env_count) != 0)
         return -1;
     cfg->allow_args = json_is_true(allow_args);
+    json_t *service = json_object_get(policy, "service_command");
+    if (service && string_array(service, &cfg->service_command, &cfg->service_command_count) != 0) return -1;
     cfg->env_count = json_object_size(env);
     cfg->env_names = calloc(cfg->env_count + 1, sizeof *cfg->env_names);
     cfg->env_values = calloc(cfg->env_count + 1, sizeof *cfg->env_values);
@@ -163,14 +165,23 @@ int config_parse(const char *text, size_t len, const char *path, struct rt_confi
         json_t *v = json_array_get(vols, i);
         const char *vp = json_string_value(json_object_get(v, "path"));
         const char *fp = json_string_value(json_object_get(v, "fspf_path"));
-        int prot = protection_of(json_string_value(json_object_get(v, "protection")));
+        /* read leniently (a generic volume is declared: its fspf path and protection may be left
+         * to their defaults, <path>/.sconify.fspf and encrypted) */
+        json_t *given = json_object_get(v, "protection");
+        int prot = given ? protection_of(json_string_value(given)) : FSPF_ENCRYPTED;
+        char fspf_default[PATH_MAX];
+        if (!json_object_get(v, "fspf_path") && vp) {
+            snprintf(fspf_default, sizeof fspf_default, "%s/" VOLUME_FSPF_NAME, strcmp(vp, "/") == 0 ? "" : vp);
+            fp = fspf_default;
+        }
         if (!vp || vp[0] != '/' || !fp || fp[0] != '/' || prot < 0) {
             cfg->volume_count = i;
             config_free(cfg);
             json_decref(doc);
             return rt_fail(err, "runtime config %s: volume %zu is malformed; re-convert the image", path, i);
         }
-        cfg->volumes[i] = (struct rt_volume){strdup(vp), strdup(fp), (uint8_t)prot};
+        cfg->volumes[i] = (struct rt_volume){strdup(vp), strdup(fp), (uint8_t)prot,
+                                             json_is_true(json_object_get(v, "generic"))};
     }
     qsort(cfg->volumes, cfg->volume_count, sizeof *cfg->volumes, compare_volumes);
     cfg->ephemeral = absolute_paths(eph, &cfg->ephemeral_count);
@@ -232,6 +243,7 @@ void config_free(struct rt_config *cfg)
     free_strings(cfg->code_shallow, cfg->code_shallow_count);
     free_strings(cfg->code_extensions, cfg->code_extension_count);
     free_strings(cfg->command, cfg->command_count);
+    free_strings(cfg->service_command, cfg->service_command_count);
     free_strings(cfg->env_names, cfg->env_count);
     free_strings(cfg->env_values, cfg->env_count);
     free_strings(cfg->allow_env, cfg->allow_env_count);
@@ -290,6 +302,10 @@ int keys_from_json(void *document, const char *path, struct rt_keys *keys, struc
         keys->has_code_key = 1;
     }
     if (config_sha) memcpy(keys->runtime_config_sha256, config_sha, 65);
+    /* "state" (issue 24): the volumes' tags are kept in a state store, the keys file is only read */
+    json_t *state = json_object_get(doc, "state");
+    if (state && !json_is_object(state)) return rt_fail(err, "keys file %s: \"state\" is not an object", path);
+    if (state) keys->state = json_dumps(state, JSON_COMPACT | JSON_SORT_KEYS);
     keys->count = json_array_size(vols);
     keys->keys = calloc(keys->count + 1, sizeof *keys->keys);
     for (size_t i = 0; i < keys->count; i++) {
@@ -319,6 +335,8 @@ int keys_from_json(void *document, const char *path, struct rt_keys *keys, struc
             hex_decode(image, k->image_tag, 16);
         }
         k->container_copy = json_is_true(json_object_get(v, "container_copy"));
+        const char *name = json_string_value(json_object_get(v, "name"));
+        if (name && *name) k->name = strdup(name);
     }
     return 0;
 }
@@ -356,9 +374,11 @@ void *keys_to_json(const struct rt_keys *keys)
             json_object_set_new(v, "fspf_tag_image", json_string(tag_hex));
         }
         if (k->container_copy) json_object_set_new(v, "container_copy", json_true());
+        if (k->name) json_object_set_new(v, "name", json_string(k->name));
         json_array_append_new(vols, v);
     }
     json_object_set_new(doc, "volumes", vols);
+    if (keys->state) json_object_set_new(doc, "state", json_loads(keys->state, 0, NULL));
     return doc;
 }
 
@@ -387,11 +407,18 @@ void keys_free(struct rt_keys *keys)
 {
     for (size_t i = 0; i < keys->count; i++) {
         free(keys->keys[i].path);
+        free(keys->keys[i].name);
         OPENSSL_cleanse(keys->keys[i].key, sizeof keys->keys[i].key);
     }
     free(keys->keys);
+    free(keys->state);
     OPENSSL_cleanse(keys->code_key, sizeof keys->code_key);
     memset(keys, 0, sizeof *keys);
+}
+
+const char *key_record_name(const struct rt_key *key)
+{
+    return key->name ? key->name : key->path;
 }
 
 struct rt_key *keys_find(struct rt_keys *keys, const char *volume_path)

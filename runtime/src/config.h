@@ -25,11 +25,16 @@
  * encrypted with a key the launcher makes for that start and grants (docs/runtime.md,
  * "Ephemeral regions"). */
 #define EPHEMERAL_FSPF_PREFIX ".sconify.fspf."
+/* The largest grant the shield reads (keys, runtime config, injection files): the launcher
+ * refuses to start with a larger one rather than start a service that would find no grant. */
+#define GRANT_MAX_SIZE (1 << 20)
 
 struct rt_volume {
     char *path;        /* region path, absolute */
     char *fspf_path;   /* <path>/.sconify.fspf */
     uint8_t protection;  /* FSPF_AUTHENTICATED or FSPF_ENCRYPTED */
+    int generic;       /* "generic": declared by sconify-image --generic, no fspf in the image: each
+                        * deployment initialises it with its own key (docs/deploy.md) */
 };
 
 struct rt_config {
@@ -54,6 +59,9 @@ struct rt_config {
     /* The policy (docs/runtime.md, "The policy"): what the keys are granted to. */
     size_t command_count;
     char **command;                 /* argv after `--` as the conversion recorded it */
+    size_t service_command_count;
+    char **service_command;         /* what the measured executable runs with, the scripts crossed
+                                     * (the session's command); none in older configs */
     int allow_args;                 /* the host may append arguments after the command */
     size_t env_count;
     char **env_names;               /* the image's environment (PATH default added), sorted */
@@ -75,6 +83,8 @@ struct rt_key {
     unsigned char image_tag[16];
     int container_copy;          /* in a grant only ("container_copy"): the volume is the container's
                                   * own copy; its tags go to its state file, not to the keys file */
+    char *name;                  /* "name": the volume's name in a policy, its record's name in the
+                                  * keys' state store; NULL: the record is named by the path */
 };
 
 struct rt_keys {
@@ -85,6 +95,8 @@ struct rt_keys {
     char runtime_config_sha256[65];  /* the runtime config the keys belong to; "" when not recorded */
     size_t count;
     struct rt_key *keys;
+    char *state;                 /* "state": where the volumes' tags are kept (a statestore.h spec, compact
+                                  * JSON), NULL: in the keys file itself */
 };
 
 int config_load(const char *path, struct rt_config *cfg, struct rt_error *err);
@@ -107,6 +119,9 @@ struct rt_key *keys_find(struct rt_keys *keys, const char *volume_path);
 /* Record a volume's tag in the keys file, atomically (write a temp file beside it, fsync,
  * rename, fsync the directory). next=1 records a commit under way ("fspf_tag_next", the old
  * tag stays valid); next=0 makes tag the recorded one and drops any "fspf_tag_next". */
+/* The name of a volume's record in a state store: its policy name, else its path. */
+const char *key_record_name(const struct rt_key *key);
+
 int keys_record_tag(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
                     struct rt_error *err);
 

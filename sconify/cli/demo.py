@@ -11,7 +11,7 @@ import json
 import sys
 import time
 
-from sconify import debimage
+from sconify.demo import debimage
 from sconify.cli.registry import add_registry_arguments, registry_options
 
 

@@ -15,7 +15,7 @@ from sconify.cli.registry import add_registry_arguments, bind, push_summary, reg
 from sconify.errors import UsageError
 
 if TYPE_CHECKING:
-    from sconify.pipeline import ConvertResult
+    from sconify.conversion.pipeline import ConvertResult
 
 
 def register(subparsers) -> None:
@@ -167,6 +167,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="authenticate every other file of the image ('/' region)",
     )
+    data.add_argument(
+        "--generic",
+        action="store_true",
+        help="a generic image: no keys, no keys.json; the volumes are declared and each deployment brings its "
+        "own keys and secrets (sconify deploy, docs/deploy.md)",
+    )
+    data.add_argument(
+        "--public-initial-content",
+        action="store_true",
+        help="--generic: the input's files under a volume are its public initial content (not supported yet)",
+    )
     measure = parser.add_argument_group("measurement")
     measure.add_argument(
         "--heap",
@@ -227,15 +238,15 @@ def output_paths(args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from sconify.elfworker import take_prestarted
+    from sconify.conversion.elfworker import take_prestarted
 
     # lief's helper process was started at the entry point (main.run), so its import overlaps
-    # ours (sconify.elfworker); without one, sconify_image starts its own when it needs it.
+    # ours (sconify.conversion.elfworker); without one, sconify_image starts its own when it needs it.
     with contextlib.ExitStack() as cleanup:
         elf = take_prestarted()
         if elf is not None:
             cleanup.enter_context(elf)
-        from sconify.pipeline import ConvertOptions, sconify_image  # heavy: imported when it runs
+        from sconify.conversion.pipeline import ConvertOptions, sconify_image  # heavy: imported when it runs
 
         output_paths(args)
         attaching = check_attach_options(args)
@@ -281,7 +292,7 @@ def check_attach_options(args: argparse.Namespace) -> bool:
         raise UsageError("--sign attaches a signed attestation to the pushed image: it needs a docker:// "
                          "output and no --no-attach (sign a manifest file with `sconify sign`)")
     if args.sign:
-        from sconify.attest import load_signing_key
+        from sconify.outputs.attest import load_signing_key
 
         args.signing_key = load_signing_key(args.sign)
     return bool(args.attach)
@@ -289,7 +300,7 @@ def check_attach_options(args: argparse.Namespace) -> bool:
 
 def attach_measurement(args: argparse.Namespace, registry, written) -> dict:
     """Attach manifest.json (and, with --sign, its DSSE/in-toto attestation) to the pushed image."""
-    from sconify import attest
+    from sconify.outputs import attest
     from sconify.image.reference import parse_reference
     from sconify.image.registry import referrers
 
@@ -423,7 +434,8 @@ def print_table(result: ConvertResult, *, dry_run: bool, push=None, attached: di
         )
         table.add_row("MRENCLAVE", m.measurement.mrenclave)
         for volume in m.volumes:
-            table.add_row(f"volume {volume.path}", f"fspf {volume.fspf_path} tag {volume.tag}")
+            table.add_row(f"volume {volume.path}", f"fspf {volume.fspf_path} tag {volume.tag}" if not m.generic
+                          else "declared: each deployment's launcher makes its fspf with its own key")
         table.add_row(
             "output image", f"{m.output.reference} {m.output.manifest_digest or m.output.config_digest}"
         )

@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "fspf": "sconify.cli.fspf",
     "copy": "sconify.cli.copy",
     "demo": "sconify.cli.demo",
+    "deploy": "sconify.cli.deploy",
 }
 # Every subcommand module once, in that order. A module that is not present yet (work in
 # progress) is skipped rather than breaking the whole CLI.
@@ -67,9 +68,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 
 def run(argv: list[str], prog: str = "sconify") -> int:
     if argv[:1] == ["image"] and not {"-h", "--help", "--dry-run"} & set(argv):
-        from sconify.elfworker import prestart
+        from sconify.conversion.elfworker import prestart
 
-        prestart()  # lief's helper loads while this process imports (sconify.elfworker)
+        prestart()  # lief's helper loads while this process imports (sconify.conversion.elfworker)
     parser = build_parser(argv[0] if argv else None)
     args = parser.parse_args(argv)
     if getattr(args, "func", None) is None:

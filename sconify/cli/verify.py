@@ -126,7 +126,7 @@ def read_session(path: str) -> dict:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    from sconify.manifest import Manifest
+    from sconify.outputs.manifest import Manifest
     from sconify.verify import VerifyReport, verify_image
 
     registry = registry_options(args)
@@ -137,8 +137,11 @@ def run_verify(args: argparse.Namespace) -> int:
     else:
         reference, manifest = attached_manifest(args, registry, signed)
     keys = None
+    if args.keys and manifest.generic:
+        raise UsageError(f"{args.reference} is a generic image: it has no keys file (each deployment makes its own "
+                         "keys, docs/deploy.md); drop --keys")
     if args.keys:
-        from sconify.keys import KeysFile
+        from sconify.outputs.keys import KeysFile
 
         keys = KeysFile.read(args.keys)
     if args.signer and args.manifest is not None:  # cheap, and a bad signer file should fail before the image is read
@@ -161,61 +164,13 @@ def run_verify(args: argparse.Namespace) -> int:
 def attached_manifest(args: argparse.Namespace, registry, report: VerifyReport):
     """(the image pinned by digest, the manifest attached to it) for a docker:// image without
     --manifest; with --signer, the attached attestation's checks go into ``report``."""
-    from sconify.image.reference import parse_reference
-    from sconify.image.registry import referrers
-    from sconify.image.transports import read_image
-    from sconify.manifest import Manifest
+    from sconify.verify.attached import read_attached
 
-    ref = parse_reference(args.reference)
-    if ref.transport != "docker":
-        raise UsageError(f"{args.reference}: pass --manifest FILE (only docker:// images carry an attached manifest)")
     if args.signature:
         raise UsageError("--signature names a signature file of --manifest; without --manifest the signature is "
                          "the attestation attached in the registry")
-    if args.signer:
-        from sconify.attest import load_verify_key
-
-        signer = load_verify_key(args.signer)  # a bad signer file fails before the registry is asked
-    digest = read_image(bind(args.reference, registry), platform=args.platform).manifest_digest
-    pinned = f"docker://{ref.registry}/{ref.repository}@{digest}"
-    found = referrers.find(ref.registry, ref.repository, digest, referrers.SCONIFY_MANIFEST_TYPE, registry)
-    if found is None:
-        raise UsageError(
-            f"registry {ref.registry} holds no sconify manifest attached to {args.reference} ({digest}); "
-            "push it with `sconify-image --to docker://... --attach`, or pass --manifest FILE")
-    data, via = found
-    manifest = Manifest.parse(data, f"the manifest attached to {args.reference}")
-    report.add("attached manifest", True, f"{via}")
-    if args.signer:
-        check_attestation(report, ref, digest, data, signer, args.signer, registry)
-    return pinned, manifest
-
-
-def check_attestation(report: VerifyReport, ref, digest: str, manifest_data: bytes, signer, signer_name: str,
-                      registry) -> None:
-    from sconify import attest
-    from sconify.image.registry import referrers
-
-    found = referrers.find(ref.registry, ref.repository, digest, referrers.DSSE_TYPE, registry)
-    if found is None:
-        report.add("attestation signature", False, f"no signed attestation is attached to {digest}; push with "
-                   "`sconify-image --sign KEY`")
-        return
-    data, via = found
-    try:
-        envelope = attest.parse_envelope(data, f"the attestation ({via})")
-        statement = attest.verify_envelope(envelope, signer, signer_name)
-    except attest.EnvelopeError as exc:
-        report.add("attestation signature", False, str(exc))
-        return
-    report.add("attestation signature", True, f"{attest.algorithm(signer)} by {attest.keyid(signer)[:16]}... ({via})")
-    subjects = attest.subject_digests(statement)
-    report.add("attestation subject", digest in subjects,
-               digest if digest in subjects else f"the statement is about {', '.join(subjects) or 'nothing'}, "
-               f"not the image {digest}")
-    same = statement.get("predicate") == json.loads(manifest_data)
-    report.add("attestation predicate", same, "the signed measurement is the attached manifest" if same else
-               "the signed measurement differs from the attached manifest (one of them was replaced)")
+    attached = read_attached(args.reference, registry, report, platform=args.platform, signer_path=args.signer)
+    return attached.pinned, attached.manifest
 
 
 def print_report(report: VerifyReport) -> None:
@@ -243,8 +198,8 @@ def run_measure(args: argparse.Namespace) -> int:
     from embedfs import measure as M
     from sconify.image.rootfs import RootFS
     from sconify.image.transports import read_image
-    from sconify.codepaths import find_service
-    from sconify.select import find_binary
+    from sconify.conversion.codepaths import find_service
+    from sconify.conversion.select import find_binary
     from sconify.verify import LABEL_PREFIX, copy_out, image_labels
 
     image = read_image(args.reference, platform=args.platform, registry=registry_options(args))

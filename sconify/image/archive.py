@@ -190,7 +190,7 @@ class TarWriter:
 def _write_tar(path: str, members: list[tuple[str, bytes | Layer | None]],
                result: WriteResult | None = None, before_commit: BeforeCommit | None = None) -> WriteResult | None:
     """Write members (None = directory) to ``path`` atomically, as a PAX tar, past the page
-    cache (an image archive is written once, then loaded or pushed: sconify.direct);
+    cache (an image archive is written once, then loaded or pushed: sconify.conversion.direct);
     ``before_commit`` gets ``result`` before the archive is renamed into place."""
     with atomic_file(path, direct=True) as handle:
         _write_tar_to(handle, members)

@@ -25,7 +25,7 @@ from typing import BinaryIO, Protocol, Self
 
 import zstandard
 
-from sconify.direct import DirectWriter
+from sconify.conversion.direct import DirectWriter
 from sconify.image import layers as L
 from sconify.image.model import Layer, slice_opener
 
@@ -51,7 +51,7 @@ class LayerWriter:
     when the last Layer that refers to it is garbage-collected, or at once if the ``with`` block
     fails. The blob is file-backed, so image writers copy it kernel-side. ``direct``: the blob is
     bound for disk, not for reading (it will be linked into an OCI layout), so it is written past
-    the page cache (``sconify.direct.DirectWriter``), to the same bytes.
+    the page cache (``sconify.conversion.direct.DirectWriter``), to the same bytes.
     """
 
     def __init__(

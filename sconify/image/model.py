@@ -13,7 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from sconify.direct import DirectWriter
+from sconify.conversion.direct import DirectWriter
 from sconify.errors import ImageError
 from sconify.image import layers as L
 
@@ -494,5 +494,5 @@ class WriteResult:
 
 # Called by an image writer with its WriteResult once everything but the last, atomic step is
 # written (the rename of index.json or of the archive, docker load, the manifest PUT with its
-# tag): an exception there leaves the destination as it was (see sconify.pipeline).
+# tag): an exception there leaves the destination as it was (see sconify.conversion.pipeline).
 BeforeCommit = Callable[[WriteResult], None]

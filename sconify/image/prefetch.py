@@ -8,7 +8,7 @@ them into private temp files beside the conversion's other temp files while the 
 the code layer are written (the pipeline starts it once the code is embedded); the layout writer
 then hard-links these copies like the new layers' own temp blobs (``oci.link_private_blob``).
 A copy is a reflink where the file system has them, else it is written past the page cache
-(``sconify.direct.DirectWriter``): nothing reads it before the output holds it, and fresh page cache is
+(``sconify.conversion.direct.DirectWriter``): nothing reads it before the output holds it, and fresh page cache is
 what costs most here (781 MB of copies: 1.5-1.7 s of system time through the page cache when
 memory is cold, 0.2 s direct). ``sync`` writes a new
 layer's finished temp blob to disk on a thread in the same way, so the fsync of its link later
@@ -29,7 +29,7 @@ from collections.abc import Iterable
 from dataclasses import replace
 
 from sconify.atomic import existing_ancestor, fsync_path
-from sconify.direct import DirectWriter
+from sconify.conversion.direct import DirectWriter
 from sconify.errors import ImageError
 from sconify.image.model import Layer, slice_opener
 

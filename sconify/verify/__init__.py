@@ -22,7 +22,7 @@ A module per concept:
 
 from __future__ import annotations
 
-from sconify.manifest import LABEL_PREFIX
+from sconify.outputs.manifest import LABEL_PREFIX
 from sconify.verify.audit import copy_out, verify_image
 from sconify.verify.diff import diff_images, image_labels
 from sconify.verify.report import Check, VerifyReport

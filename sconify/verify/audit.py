@@ -17,8 +17,8 @@ from sconify.image.layerread import short_gil_switches
 from sconify.image.model import copy_range
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
-from sconify.manifest import Manifest
-from sconify.select import is_regular, try_resolve
+from sconify.outputs.manifest import Manifest
+from sconify.conversion.select import is_regular, try_resolve
 from sconify.verify.executable import check_embedfs, check_executable_digest, check_measurement
 from sconify.verify.layers import (
     check_added_layers,
@@ -33,7 +33,7 @@ from sconify.verify.runtime import check_runtime
 from sconify.verify.volumes import check_volumes
 
 if TYPE_CHECKING:  # keys are optional: their crypto loads when they are used
-    from sconify.keys import KeysFile
+    from sconify.outputs.keys import KeysFile
 
 
 def verify_image(

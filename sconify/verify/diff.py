@@ -15,8 +15,8 @@ from sconify.errors import UsageError
 from sconify.image.model import Image
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image
-from sconify.manifest import LABEL_PREFIX
-from sconify.select import absolute, is_regular, try_resolve
+from sconify.outputs.manifest import LABEL_PREFIX
+from sconify.conversion.select import absolute, is_regular, try_resolve
 from sconify.verify.audit import copy_out
 
 
@@ -55,7 +55,7 @@ def open_sconified(reference: str, work: Path, platform: str | None = None) -> S
             members = {absolute(m.path): m.sha256 for m in archive.list()}
     except EmbedfsError as exc:
         raise UsageError(f"{reference}: {exc}") from None
-    from sconify.volumes import FSPF_NAME  # the data layer's writer: not needed by verify
+    from sconify.conversion.volumes import FSPF_NAME  # the data layer's writer: not needed by verify
 
     # One fspf per volume (label io.sconify.volumes); images converted before volumes had one.
     volumes = [path for path in labels.get(LABEL_PREFIX + "volumes", "").split(",") if path]

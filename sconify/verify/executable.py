@@ -10,8 +10,8 @@ from embedfs.elf import find_embedded, open_embedded, restore_original
 from embedfs.errors import EmbedfsError
 from embedfs.measure import measure_elf
 from sconify.hashing import sha256_file
-from sconify.manifest import Manifest
-from sconify.select import absolute
+from sconify.outputs.manifest import Manifest
+from sconify.conversion.select import absolute
 from sconify.verify.report import VerifyReport, differences, summarise
 
 

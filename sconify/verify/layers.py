@@ -7,8 +7,8 @@ from __future__ import annotations
 from sconify.image import layers as L
 from sconify.image.model import Image, Layer
 from sconify.image.rootfs import RootFS
-from sconify.manifest import LABEL_PREFIX, Manifest
-from sconify.select import absolute, rel
+from sconify.outputs.manifest import LABEL_PREFIX, Manifest
+from sconify.conversion.select import absolute, rel
 from sconify.verify.report import VerifyReport, summarise
 from sconify.verify.runtime import runtime_paths
 

@@ -7,10 +7,10 @@ import hashlib
 import json
 
 from sconify.image.rootfs import PathNotFound, RootFS
-from sconify.manifest import Manifest
-from sconify.runtime import CONFIG_PATH as RUNTIME_CONFIG_PATH
-from sconify.select import is_regular, rel
-from sconify.session import session_command, session_environment
+from sconify.outputs.manifest import Manifest
+from sconify.conversion.runtime import CONFIG_PATH as RUNTIME_CONFIG_PATH
+from sconify.conversion.select import is_regular, rel
+from sconify.outputs.session import session_command, session_environment
 from sconify.verify.report import VerifyReport, summarise
 
 
@@ -43,14 +43,14 @@ def check_runtime(report: VerifyReport, fs: RootFS, manifest: Manifest, session:
             "heap_size": manifest.measurement.heap_size,
             "stack_size": manifest.measurement.stack_size,
             "threads": manifest.measurement.threads,
-            "volumes": [[v.path, v.fspf_path, v.protection] for v in manifest.volumes],
+            "volumes": [[v.path, v.fspf_path, v.protection, manifest.generic] for v in manifest.volumes],
         }
         found = {
             "executable": config["executable"],
             "executable_sha256": config["executable_sha256"],
             "mrenclave": config["mrenclave"],
             **{key: config["measurement"][key] for key in ("heap_size", "stack_size", "threads")},
-            "volumes": [[v["path"], v["fspf_path"], v["protection"]] for v in config["volumes"]],
+            "volumes": [[v["path"], v["fspf_path"], v["protection"], v.get("generic", False)] for v in config["volumes"]],
         }
         wrong = [key for key in expected if expected[key] != found[key]]
         report.add("runtime config", not wrong,

@@ -8,16 +8,16 @@ from pathlib import Path
 
 from sconify.atomic import atomic_write_bytes
 from sconify.errors import UsageError
-from sconify.manifest import Manifest
+from sconify.outputs.manifest import Manifest
 from sconify.verify.report import VerifyReport
 
 SIGNATURE_SCHEMA = "sconify.signature/v1"
 
 
 def sign_manifest(manifest_path: str, key_path: str, signature_path: str) -> tuple[str, str]:
-    """Sign the manifest as a DSSE envelope around an in-toto Statement (sconify.attest) whose
+    """Sign the manifest as a DSSE envelope around an in-toto Statement (sconify.outputs.attest) whose
     subject is the output image; returns (algorithm, keyid)."""
-    from sconify import attest
+    from sconify.outputs import attest
 
     key = attest.load_signing_key(key_path)
     try:
@@ -41,7 +41,7 @@ def default_signature_path(manifest_path: str) -> str:
 
 def check_signature(report: VerifyReport, manifest_path: str, signature_path: str | None, signer_path: str) -> None:
     """A DSSE/in-toto signature file (or the legacy Ed25519-over-bytes ``.sig``) by ``signer_path``."""
-    from sconify import attest
+    from sconify.outputs import attest
 
     signature_path = signature_path or default_signature_path(manifest_path)
     signer = attest.load_verify_key(signer_path)

@@ -12,19 +12,22 @@ from sconify.fspf.errors import FspfError, IntegrityError
 from sconify.fspf.format import tag_of
 from sconify.fspf.shield import VerifyReport as ShieldReport
 from sconify.image.rootfs import RootFS
-from sconify.manifest import Manifest, VolumeFigures
-from sconify.select import absolute, is_regular, iter_tree, region_of, rel, try_resolve
+from sconify.outputs.manifest import Manifest, VolumeFigures
+from sconify.conversion.select import absolute, is_regular, iter_tree, region_of, rel, try_resolve
 from sconify.verify.report import VerifyReport, differences, summarise
 from sconify.verify.runtime import runtime_paths
 
 if TYPE_CHECKING:  # keys are optional: their crypto loads when they are used
-    from sconify.keys import KeysFile, VolumeKeys
+    from sconify.outputs.keys import KeysFile, VolumeKeys
 
 
 def check_volumes(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: KeysFile | None) -> None:
     """Each volume's fspf is in the image with the tag the manifest records; with the keys,
     every file of every volume is read through that volume's shield. Checks are per volume
     (``volume PATH: ...``), so a failure names the volume."""
+    if manifest.generic:
+        check_declared_volumes(report, fs, manifest)
+        return
     fresh: dict[str, bytes] = {}  # volume path -> its fspf, carrying the recorded tag
     for volume in manifest.volumes:
         name = f"volume {volume.path}: fspf tag"
@@ -81,6 +84,18 @@ def check_volumes(report: VerifyReport, fs: RootFS, manifest: Manifest, keys: Ke
                 f"volume {volume.path}: protected files present", False,
                 summarise([f"{p} missing" for p in sorted(missing)]),
             )
+
+
+def check_declared_volumes(report: VerifyReport, fs: RootFS, manifest: Manifest) -> None:
+    """A --generic image's volumes are declared, not filled (docs/deploy.md): no fspf and no file
+    under any of them, so every deployment starts from the same empty volume and its own key."""
+    present = protected_paths(fs, manifest)
+    for volume in manifest.volumes:
+        located = try_resolve(fs, volume.fspf_path)
+        found = ([volume.fspf_path] if located is not None else []) + [absolute(p) for p in present[volume.path]]
+        report.add(f"volume {volume.path}: declared (generic)", not found,
+                   "no fspf, no file: each deployment makes its own" if not found
+                   else f"a generic image's volume holds {summarise(found)}")
 
 
 def volume_keys(report: VerifyReport, manifest: Manifest, keys: KeysFile) -> dict[str, VolumeKeys]:

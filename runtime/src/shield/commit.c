@@ -35,13 +35,16 @@ static int copy_fd(int from, int to, uint64_t size)
     return 0;
 }
 
-/* Record a new fspf tag: phase 1 ("next", before the renames) or 2 (after). In the keys file,
- * or, for the container's own copy of a volume, in its state file (the keys file keeps the
- * image's tag: docs/runtime.md, "Freshness"). */
-static int record_tag(struct svol *vol, const unsigned char tag[16], int next, struct rt_error *err)
+/* Record a new fspf tag: phase 1 ("next", before the renames: from is the volume's tag) or 2
+ * (after: from is the tag it had). In the keys file, in the keys' state store (a compare-and-swap
+ * from what this process committed last: if another writer moved the record, the commit is
+ * refused), or, for the container's own copy of a volume, in its state file (the keys file keeps
+ * the image's tag: docs/runtime.md, "Freshness"). */
+static int record_tag(struct svol *vol, const unsigned char from[16], const unsigned char tag[16], int next,
+                      struct rt_error *err)
 {
     if (vol->container_copy)
-        return next ? state_record(vol->v->path, vol->key, vol->tag, tag, err)
+        return next ? state_record(vol->v->path, vol->key, from, tag, err)
                     : state_record(vol->v->path, vol->key, tag, NULL, err);
     if (!S.keys_persist) {
         if (!next) {
@@ -50,6 +53,31 @@ static int record_tag(struct svol *vol, const unsigned char tag[16], int next, s
             shield_log("volume %s: new fspf tag %s (debug-mode keys: record it as SCONE_FSPF_TAG)", vol->v->path, hex);
         }
         return 0;
+    }
+    if (S.has_store) {
+        /* phase 1: {from} -> {from, next tag}; phase 2: {from, next tag} -> {tag} */
+        struct store_record with_next = {0}, alone = {0};
+        memcpy(with_next.tag, from, 16);
+        with_next.has_next = 1;
+        memcpy(with_next.next_tag, tag, 16);
+        memcpy(alone.tag, next ? from : tag, 16);
+        const struct store_record *expected = next ? &alone : &with_next, *new_record = next ? &with_next : &alone;
+        int rc = store_cas(&S.store, vol->record, expected, new_record, err);
+        struct store_record now;
+        if (rc == STORE_MOVED && next && store_read(&S.store, vol->record, &now, err) == 1 && now.has_next &&
+            memcmp(now.next_tag, from, 16) == 0) {
+            /* a commit of this service whose second phase was not recorded (a crash after its
+             * renames, the store unreachable then): the fspf carries its tag, settle it first */
+            rc = store_cas(&S.store, vol->record, &now, &alone, err);
+            if (rc == STORE_SWAPPED) rc = store_cas(&S.store, vol->record, expected, new_record, err);
+        }
+        if (rc == STORE_MOVED && next) {
+            char why[sizeof err->msg];
+            memcpy(why, err->msg, sizeof why);
+            rt_fail(err, "%.400s; this commit is refused (the volume stays as it was): two writers committed from "
+                         "the same tag", why);
+        }
+        return rc == STORE_SWAPPED ? 0 : -1;
     }
     return keys_record_tag(S.keys_path, vol->v->path, tag, next, err);
 }
@@ -204,7 +232,9 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
         }
         close(out);
     }
-    if (!vol->ephemeral && record_tag(vol, tag, 1, &err) != 0) { unlink(fspf_tmp); goto undo; }
+    unsigned char was[16];
+    memcpy(was, vol->tag, 16);
+    if (!vol->ephemeral && record_tag(vol, was, tag, 1, &err) != 0) { unlink(fspf_tmp); goto undo; }
     if ((stored_tmp[0] && rename(stored_tmp, path) != 0) || rename(fspf_tmp, vol->v->fspf_path) != 0) {
         rt_fail(&err, "cannot replace files of %s %s: %s", region_word(vol), vol->v->path, strerror(errno));
         unlink(fspf_tmp);
@@ -216,7 +246,7 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
     memcpy(vol->tag, tag, 16);
     if (RESOLVE(stat64)(vol->v->fspf_path, &vol->seen) != 0) memset(&vol->seen, 0, sizeof vol->seen);
     vol->seen.st_nlink = 1;  /* vol->fs is loaded */
-    if (!vol->ephemeral && record_tag(vol, tag, 0, &err) != 0) shield_log("%s", err.msg);  /* "next" is recorded: start-up promotes it */
+    if (!vol->ephemeral && record_tag(vol, was, tag, 0, &err) != 0) shield_log("%s", err.msg);  /* "next" is recorded: start-up promotes it */
     if (lock >= 0) RESOLVE(close)(lock);
     free(sealed);
     fspf_file_free(&saved_old);

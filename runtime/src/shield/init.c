@@ -35,6 +35,7 @@ struct grant_region {        /* an ephemeral region of this start (launcher.c, s
 
 struct grant {
     struct rt_keys keys;
+    json_t *files;          /* policy mode: the injection files [{path, content}] (a new reference) */
     char *config;           /* the runtime config's bytes the launcher checked */
     size_t config_len;
     char *keys_path;        /* where tags are recorded ("" for SCONE_FSPF debug keys) */
@@ -102,7 +103,7 @@ static int read_grant(struct grant *g)
     long fd = strtol(number, &end, 10);
     struct stat64 st;
     if (*end || fd < 0 || fd > INT_MAX || fcntl((int)fd, F_GET_SEALS) != GRANT_SEALS || RESOLVE(fstat64)((int)fd, &st) != 0 ||
-        st.st_size <= 0 || st.st_size > (1 << 20))
+        st.st_size <= 0 || st.st_size > GRANT_MAX_SIZE)
         return 0;
     char *text = malloc((size_t)st.st_size);
     json_t *doc = NULL;
@@ -120,6 +121,7 @@ static int read_grant(struct grant *g)
         memcpy(g->config, json_string_value(config), g->config_len + 1);
         g->keys_path = strdup(keys_path);
         g->persist = json_is_true(json_object_get(doc, "persist"));
+        g->files = json_incref(json_object_get(doc, "files"));
         read_grant_regions(json_object_get(doc, "ephemeral"), g);
         grant_text = text;  /* kept to pass the grant on (execve below) */
         grant_len = (size_t)st.st_size;
@@ -143,6 +145,7 @@ static void grant_free(struct grant *g)
     if (g->ephemeral) OPENSSL_cleanse(g->ephemeral, g->ephemeral_count * sizeof *g->ephemeral);
     free(g->ephemeral);
     keys_free(&g->keys);
+    json_decref(g->files);
     free(g->config);
     free(g->keys_path);
     memset(g, 0, sizeof *g);
@@ -217,6 +220,27 @@ int locked_volume_file(const char *path)
     return 0;
 }
 
+/* The injection files of the grant (policy mode), kept for this process's life. */
+static void take_injected(const struct grant *g)
+{
+    size_t n = json_array_size(g->files);
+    S.injected = calloc(n + 1, sizeof *S.injected);
+    if (!S.injected) fatal("out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *f = json_array_get(g->files, i);
+        const char *path = json_string_value(json_object_get(f, "path"));
+        json_t *content = json_object_get(f, "content");
+        if (!path || path[0] != '/' || strlen(path) >= PATH_MAX || !json_is_string(content)) continue;
+        struct injected *inj = &S.injected[S.ninjected++];
+        inj->path = strdup(path);
+        normalise(inj->path);
+        inj->len = json_string_length(content);
+        inj->content = malloc(inj->len + 1);
+        if (!inj->path || !inj->content) fatal("out of memory");
+        memcpy(inj->content, json_string_value(content), inj->len + 1);
+    }
+}
+
 /* Read the fspf open at fd and, if its tag is fresh, make it sv->fs (freed first when loaded:
  * sv->seen.st_nlink). Fresh at start-up (start): a tag the grant accepts (what the launcher
  * checked); else, and always later, a tag that the keys file (or the container copy's state
@@ -245,7 +269,15 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
                                 : start ? fresh_tag(&sv->granted, sv->container_copy, have_state ? &state : NULL, tag)
                                         : NULL;
     struct rt_keys keys = {0};
-    if (!want && !sv->ephemeral && S.keys_persist && keys_load(S.keys_path, &keys, err) == 0) {
+    struct store_record rec;
+    if (!want && !sv->ephemeral && S.has_store && !sv->container_copy) {
+        int found = store_read(&S.store, sv->record, &rec, err);
+        if (found < 0) {
+            free(data);
+            return -1;
+        }
+        want = found ? store_fresh_tag(&rec, tag) : NULL;
+    } else if (!want && !sv->ephemeral && S.keys_persist && keys_load(S.keys_path, &keys, err) == 0) {
         struct rt_key *k = keys_find(&keys, sv->v->path);
         if (k && CRYPTO_memcmp(k->key, sv->key, 32) == 0) want = fresh_tag(k, sv->container_copy, have_state ? &state : NULL, tag);
     }
@@ -258,7 +290,7 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
         if (tag) hex_encode(tag, 16, got);
         rt_fail(err, "volume %s: its fspf on disk carries tag %s, which %s does not record: an older or another "
                      "copy was put there (rollback); refused", sv->v->path, got,
-                sv->container_copy ? "the container's state" : "the keys file");
+                sv->container_copy ? "the container's state" : S.has_store ? "the state store" : "the keys file");
     } else if ((sv->ephemeral ? fspf_load_any_bytes : fspf_load)(&fs, data, (size_t)st.st_size, sv->key, want, err) == 0) {
         if (fs.region_count != 1 || strcmp(fs.regions[0].path, sv->v->path) != 0) {
             fspf_free(&fs);
@@ -322,6 +354,11 @@ static void open_volumes(const struct grant *g)
 {
     S.keys_path = strdup(g->keys_path);
     S.keys_persist = g->persist;
+    if (g->persist && g->keys.state) {
+        struct rt_error err = {{0}};
+        if (store_open_keys_state(g->keys.state, &S.store, &err) != 0) fatal(err.msg);
+        S.has_store = 1;
+    }
     for (size_t i = 0; i < S.cfg.volume_count; i++) {
         const struct rt_volume *v = &S.cfg.volumes[i];
         struct rt_key *k = keys_find((struct rt_keys *)&g->keys, v->path);
@@ -333,6 +370,8 @@ static void open_volumes(const struct grant *g)
         memcpy(sv->key, k->key, 32);
         sv->granted = *k;
         sv->granted.path = NULL;
+        sv->granted.name = NULL;
+        sv->record = strdup(key_record_name(k));
         sv->container_copy = k->container_copy;
         int fd = RESOLVE(open)(v->fspf_path, O_RDONLY | O_CLOEXEC);
         if (fd < 0) fatal("a volume's fspf disappeared after start-up");
@@ -429,6 +468,7 @@ __attribute__((constructor)) static void shield_init(void)
     int fits = granted && grant_fits(&g);
     if (fits) {
         open_volumes(&g);
+        take_injected(&g);
         if (g.keys.has_code_key) {  /* --encrypted-code: without it its members are EACCES (embedded.c) */
             memcpy(S.code_key, g.keys.code_key, sizeof S.code_key);
             S.has_code_key = 1;
@@ -440,7 +480,7 @@ __attribute__((constructor)) static void shield_init(void)
     if (granted) grant_free(&g);
     install_seccomp();
     if (S.nvols) pthread_atfork(fork_prepare, fork_parent, fork_child);
-    S.active = S.has_emb || S.nvols || S.locked;
+    S.active = S.has_emb || S.nvols || S.locked || S.ninjected;
     in_shield--;
 }
 

@@ -14,7 +14,8 @@
  *    mkdir), left out of listings, refused by dlopen: a planted module, .pth or pyc never loads.
  *  - volumes: a protected region (encrypted or authenticated) has its own fspf. open() of a
  *    file there returns a memfd with the checked plaintext; a file opened for writing is
- *    protected again on close()/fsync() with a fresh key and file id, written to a temp file,
+ *    protected again on close()/fsync() (if its plaintext changed since it was loaded or last
+ *    committed: struct content) with a fresh key and file id, written to a temp file,
  *    fsynced and renamed over the old one with the re-encrypted fspf, and the new fspf tag is
  *    recorded in the keys file, or for the container's own copy of a volume (nothing mounted
  *    there) in its state file (two phases: "next" before the renames, "current" after). So
@@ -60,6 +61,8 @@
  *   tracked.c    the memfds the service may write (tracked fds): which file each one is, dup,
  *                retargeting on unlink/rename, protection again on close/fsync
  *   commit.c     the commit protocol: the only place a volume's stored files and fspf are written
+ *   injected.c   policy mode: the injection files the grant carries, served from sealed memfds at
+ *                their paths (read-only: EROFS for a write), and the directories on the way to them
  *   dirs.c       directory listings (opendir, fdopendir, readdir*, scandir*, ...): the real one
  *                merged with the embedded tree, without what a volume hides or a code root seals
  *   interpose.c  the other exported libc entry points (open*, fopen*, freopen*, close, fclose,
@@ -88,6 +91,7 @@
 #include "config.h"
 #include "embedfs.h"
 #include "fspf.h"
+#include "statestore.h"
 #include "util.h"
 
 #define EXPORT __attribute__((visibility("default")))
@@ -190,11 +194,20 @@ struct svol {
                                 * by the service's processes; else in this process's memory only */
     int container_copy;        /* the container's own copy: tags go to its state file (commit.c) */
     int has_links;             /* fs has (or had) an FSPF_SYMLINK record: paths are resolved */
-    struct rt_key granted;     /* the grant's key and tags for it (path NULL): judge the fspf at start */
+    struct rt_key granted;     /* the grant's key and tags for it (path, name NULL): judge the fspf at start */
+    char *record;              /* its record's name in the keys' state store (key_record_name) */
     struct stat64 seen;        /* the fspf file as last loaded or written (volume_refresh) */
     dev_t dev;                 /* its directory's device, once known (region_device) */
     int dev_known;
     struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL unless shared) */
+};
+
+struct content {               /* what a memfd held when it was last loaded or committed */
+    int known;                 /* 0: unknown (could not be read): every close and fsync commits */
+    unsigned char sha256[32];
+    off_t size;
+    mode_t mode;
+    struct timespec mtime;     /* utime/futimens on the descriptor change only this */
 };
 
 struct tracked {               /* a memfd the service may write: protected again on close */
@@ -203,6 +216,13 @@ struct tracked {               /* a memfd the service may write: protected again
     int reader;                /* opened for reading only: never committed, its identity served */
     dev_t dev;                 /* the memfd's identity (reopen_tracked checks the fd is still it) */
     ino_t ino;
+    struct content committed;  /* a close or fsync with the same content commits nothing */
+};
+
+struct injected {              /* policy mode: a file the grant carries, served from memory */
+    char *path;                /* absolute, normalised */
+    char *content;
+    size_t len;
 };
 
 struct shield_state {
@@ -214,12 +234,17 @@ struct shield_state {
     struct rt_config cfg;
     char *keys_path;
     int keys_persist;          /* 0: debug-mode keys from the environment (tags printed) */
+    int has_store;             /* the keys' "state": mounted volumes' tags are kept in store, not in
+                                * the keys file (commit.c, volume_refresh) */
+    struct store store;
     int locked;                /* no keys granted: the volumes' files are refused (EACCES) */
     struct svol *vols;
     size_t nvols;
     pthread_mutex_t lock;      /* volumes, tracked fds, fake directories */
     struct tracked *fds;
     int nfds;
+    struct injected *injected; /* policy mode: the injection files (granted processes only) */
+    size_t ninjected;
 };
 
 extern struct shield_state S;
@@ -243,9 +268,10 @@ int volume_refresh(struct svol *vol, int locked);
 
 /* ------------------------------------------------------------------ paths (paths.c) */
 
+/* T_INJ: an injection file (inj), or a directory on the way to one (inj NULL, is_dir). */
 /* T_SEALED: under a code root, neither embedded nor left on disk as not code nor on the way to
  * a region: not there for the measured process (ENOENT; EROFS for a write). */
-enum { T_PASS, T_EMB, T_VOL, T_SEALED };
+enum { T_PASS, T_EMB, T_VOL, T_SEALED, T_INJ };
 
 struct target {
     int kind;
@@ -254,6 +280,7 @@ struct target {
     int is_dir;                         /* T_EMB: an embedded (implied) directory */
     const struct embedfs_member *m;     /* T_EMB: the member (file or unfollowed symlink) */
     struct svol *vol;                   /* T_VOL */
+    const struct injected *inj;         /* T_INJ: the file (NULL: a directory on the way to one) */
     int changed;                        /* path differs from what the caller passed */
     int loop;                           /* T_VOL: too many region symlinks on the way (ELOOP) */
     char path[PATH_MAX];                /* absolute, normalised, embedded symlinks resolved */
@@ -275,6 +302,12 @@ int new_memfd(const char *path, int cloexec);
 int open_embedded(const struct embedfs_member *m, const char *path, int cloexec);
 void embedded_stat(const struct target *t, struct stat64 *st);
 int beside_encrypted_code(const char *path);
+
+/* ------------------------------------------------------------------ injection files (injected.c) */
+
+int injected_target(struct target *t, int dirs);
+int open_injected(const struct injected *f, int flags);
+int injected_stat(const struct target *t, struct stat64 *st);
 
 /* ------------------------------------------------------------------ volumes (volumes.c) */
 

@@ -7,7 +7,7 @@ else verify it (unless trusted), recompress it where the output asks, and upload
 then one streamed ``PUT ?digest=``, the whole upload tried again on a dropped connection or a
 429/5xx; each attempt reported to ``RegistryOptions.on_blob``). Then the config, then ``PUT
 /manifests/TAG``: a push that fails earlier leaves no tag. ``RegistryPush`` does this in two
-steps, so that a conversion sends blobs while it runs (sconify.pipeline.early_push).
+steps, so that a conversion sends blobs while it runs (sconify.conversion.pipeline.early_push).
 """
 
 from __future__ import annotations
