@@ -36,8 +36,9 @@ static void committed_as(dev_t dev, ino_t ino, const struct content *c)
 }
 
 /* fd, a memfd holding the plaintext of path in vol as last loaded or committed (or a new
- * descriptor of a memfd already tracked: dup, reopen), is tracked from now on. */
-void track(int fd, struct svol *vol, const char *path)
+ * descriptor of a memfd already tracked: dup, reopen), is tracked from now on; a reader's
+ * content is not hashed (it commits nothing). */
+static void track_fd(int fd, struct svol *vol, const char *path, int reader)
 {
     if (fd >= S.nfds) {
         int n = fd + 64;
@@ -50,7 +51,7 @@ void track(int fd, struct svol *vol, const char *path)
     free(S.fds[fd].path);
     S.fds[fd].vol = vol;
     S.fds[fd].path = strdup(path);
-    S.fds[fd].reader = 0;
+    S.fds[fd].reader = reader;
     struct stat64 st;
     int known = RESOLVE(fstat64)(fd, &st) == 0;
     S.fds[fd].dev = known ? st.st_dev : 0;
@@ -62,16 +63,14 @@ void track(int fd, struct svol *vol, const char *path)
             return;
         }
     }
-    if (known) S.fds[fd].committed = content_of(fd);
+    if (known && !reader) S.fds[fd].committed = content_of(fd);
 }
+
+void track(int fd, struct svol *vol, const char *path) { track_fd(fd, vol, path, 0); }
 
 /* A region file opened for reading only (a sealed memfd, or a reopened one): nothing to commit,
  * but fstat gives the file's identity, as stat(path) does (shutil.rmtree compares the two). */
-void track_reader(int fd, struct svol *vol, const char *path)
-{
-    track(fd, vol, path);
-    if (tracked_fd(fd)) S.fds[fd].reader = 1;
-}
+void track_reader(int fd, struct svol *vol, const char *path) { track_fd(fd, vol, path, 1); }
 
 struct tracked *tracked_fd(int fd)
 {
