@@ -11,9 +11,10 @@ default `/tmp`, once with TMPDIR and the working directory inside the encrypted 
 each module's result side by side and exits 1 when a module that passes in the original does not
 pass converted (the promise: every test that passes in the original passes converted).
 
-The converted run uses the image's own command (`python3 -m test -j2` + the modules of
-sconify.demo.apps.CPYTHON_ORACLE_TESTS: two worker processes, as the service's own children), so
-it is the measured command and gets the keys; another module list is passed as the command.
+The converted run uses the image's own command (`python3 -m test -j2` + the modules: two worker
+processes, as the service's own children), so it is the measured command and gets the keys: for
+another module list than sconify.demo.apps.CPYTHON_ORACLE_TESTS, both images are built with that
+list as their command (a command passed to `docker run` would run without keys).
 """
 
 from __future__ import annotations
@@ -35,6 +36,8 @@ sys.path.insert(0, str(REPO))
 
 from sconify.demo.debimage import build_image  # noqa: E402
 from sconify.demo.apps import CPYTHON_ORACLE_TESTS  # noqa: E402
+from sconify.image.model import Image  # noqa: E402
+from sconify.image.mutate import with_config  # noqa: E402
 from sconify.image.transports import read_image, write_image  # noqa: E402
 
 # "[ 3/24] test_json passed", "[4/24/1] test_os failed (2 errors)", "... test_x crashed (Exit code -11)"
@@ -58,13 +61,11 @@ def docker(*args: str, check: bool = True, timeout: float | None = None) -> subp
     return subprocess.run(["docker", *args], capture_output=True, text=True, check=check, timeout=timeout)
 
 
-def run_tests(image: str, modules: list[str], where: str, keys: Path | None, timeout: float) -> Run:
+def run_tests(image: str, where: str, keys: Path | None, timeout: float) -> Run:
     argv = ["run", "--rm", *WHERE[where]]
     if keys is not None:
         argv += ["-v", f"{keys}:/run/secrets/sconify"]
     argv.append(image)
-    if list(modules) != list(CPYTHON_ORACLE_TESTS):
-        argv += ["python3", "-m", "test", "-j2", *modules]
     start = time.monotonic()
     try:
         done = docker(*argv, check=False, timeout=timeout)
@@ -77,9 +78,16 @@ def run_tests(image: str, modules: list[str], where: str, keys: Path | None, tim
     return Run(results, time.monotonic() - start, status, "\n".join(out.splitlines()[-15:]))
 
 
-def convert(layout: Path, tag: str, out: Path) -> None:
+def with_modules(image: Image, modules: list[str]) -> Image:
+    """The test image whose command runs these modules (the command the conversion records)."""
+    config = image.config
+    config["config"]["Cmd"] = ["python3", "-m", "test", "-j2", *modules]
+    return with_config(image, config)
+
+
+def convert(original: str, tag: str, out: Path) -> None:
     subprocess.run(
-        [sys.executable, "-m", "sconify", "image", "--from", f"oci:{layout}:latest", "--to", f"docker-daemon:{tag}",
+        [sys.executable, "-m", "sconify", "image", "--from", f"docker-daemon:{original}", "--to", f"docker-daemon:{tag}",
          "--dir", "/app/data", "--allow-env", "TMPDIR", "--out-dir", str(out)],  # TMPDIR: the volume run
         check=True, capture_output=True, text=True,
     )
@@ -111,13 +119,14 @@ def main() -> int:
     failures: list[str] = []
     with tempfile.TemporaryDirectory(prefix="sconify-oracle-") as tmp_name:
         tmp = Path(tmp_name)
-        write_image(read_image(f"oci:{layout}:latest"), f"docker-archive:{tmp / 'original.tar'}:{original}")
+        image = with_modules(read_image(f"oci:{layout}:latest"), args.modules)
+        write_image(image, f"docker-archive:{tmp / 'original.tar'}:{original}")
         docker("load", "-i", str(tmp / "original.tar"))
-        convert(layout, converted, tmp / "out")
+        convert(original, converted, tmp / "out")
         try:
             for where in wheres:
-                base = run_tests(original, args.modules, where, None, args.timeout)
-                conf = run_tests(converted, args.modules, where, keys_copy(tmp / "out", tmp, f"keys-{where}"), args.timeout)
+                base = run_tests(original, where, None, args.timeout)
+                conf = run_tests(converted, where, keys_copy(tmp / "out", tmp, f"keys-{where}"), args.timeout)
                 print(f"\n== {where}: original {base.seconds:.0f} s, converted {conf.seconds:.0f} s")
                 print(f"{'module':<28} {'original':<24} converted")
                 for module in args.modules:

@@ -444,6 +444,35 @@ def test_own_copy_restarted_and_committed_container_sees_its_writes(driver_conv,
     assert (secrets / "keys.json").read_text() == keys_before
 
 
+# perl (in Debian's python3 closure) is not the measured executable: it sees what is on disk.
+PERL_PEEK = (r'opendir(my $d, "/tmp"); print scalar(grep { /^\.sconify\.fspf\./ } readdir($d)), " "; '
+             r'open(my $f, "<", "/tmp/shared.txt"); local $/; print((<$f> =~ /from/) ? "plaintext" : "ciphertext");')
+TMP_TREE = (
+    "import os, subprocess, sys\n"
+    "print(sorted(os.listdir('/tmp')))\n"
+    "open('/tmp/shared.txt', 'w').write('from the parent')\n"
+    "code = \"print(open('/tmp/shared.txt').read(), end=''); open('/tmp/back.txt', 'w').write('from the child')\"\n"
+    "print(subprocess.run([sys.executable, %r, code], capture_output=True, text=True).stdout, open('/tmp/back.txt').read())\n"
+    "print(subprocess.run(['perl', '-e', %r], capture_output=True, text=True).stdout)\n"
+) % (DRIVER, PERL_PEEK)
+
+
+def test_tmp_is_shared_by_the_service_tree_and_empty_at_every_start(driver_conv, docker_client, tmp_path):
+    # One /tmp for the measured tree (a child sees its parent's file and the reverse), ciphertext
+    # to cat; the same container started again starts on an empty /tmp, and the launcher (PID 1)
+    # removed the earlier start's fspf.
+    container = docker_client.containers.run(driver_conv.tag, driver(TMP_TREE), detach=True, network_disabled=True,
+                                             volumes={str(secrets_dir(driver_conv, tmp_path)): {"bind": SECRETS, "mode": "rw"}})
+    try:
+        assert container.wait(timeout=120)["StatusCode"] == 0, container.logs().decode()
+        container.start()
+        assert container.wait(timeout=120)["StatusCode"] == 0, container.logs().decode()
+        once = ["[]", "from the parent from the child", "1 ciphertext"]
+        assert container.logs(stdout=True, stderr=False).decode().splitlines() == once * 2
+    finally:
+        container.remove(force=True)
+
+
 def test_own_copy_read_only_root_refuses_writes(driver_conv, docker_client, tmp_path):
     code = ("import errno\ntry:\n    open('/app/data/count.txt', 'w').close()\n"
             "except OSError as e:\n    print(errno.errorcode[e.errno])\n")

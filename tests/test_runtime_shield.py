@@ -14,6 +14,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -488,13 +489,20 @@ MARKER = "sconify-ephemeral-plaintext"
 
 
 def stored_files(region: Path) -> dict[str, bytes]:
-    """What is on disk under an ephemeral region, read by this (unshielded) process."""
-    return {str(p.relative_to(region)): p.read_bytes() for p in sorted(region.rglob("*")) if p.is_file()}
+    """What is on disk under an ephemeral region, read by this (unshielded) process: the
+    service's files, without the region's own (each start's fspf, the commit's lock)."""
+    return {str(p.relative_to(region)): p.read_bytes() for p in sorted(region.rglob("*"))
+            if p.is_file() and not p.name.startswith(".sconify.")}
+
+
+def runtime_files(region: Path) -> list[str]:
+    return sorted(p.name for p in region.rglob("*.sconify*"))
 
 
 def assert_no_plaintext(region: Path) -> None:
-    for name, data in stored_files(region).items():
-        assert MARKER.encode() not in data, name
+    for path in region.rglob("*"):
+        if path.is_file():
+            assert MARKER.encode() not in path.read_bytes(), path
 
 
 def test_ephemeral_file_is_ciphertext_on_disk_and_plaintext_to_the_service(world):
@@ -519,7 +527,8 @@ def test_ephemeral_file_is_ciphertext_on_disk_and_plaintext_to_the_service(world
     assert sorted(stored) == ["big.bin", "sub/b.txt"]
     assert len(stored["big.bin"]) == len(MARKER) * 10000 + 16 * -(-len(MARKER) * 10000 // 65536)
     assert_no_plaintext(world.tmp)
-    assert [p.name for p in world.tmp.rglob("*.sconify*")] == []  # no fspf, no temp files left
+    # this start's fspf of the region and the commit's lock, no temp files left
+    assert re.fullmatch(r"\.sconify\.fspf\.[0-9a-f]{16} \.sconify\.lock", " ".join(runtime_files(world.tmp)))
     keys = json.loads(world.keys.read_text())
     assert [v["path"] for v in keys["volumes"]] == [str(world.volume)]  # nothing recorded for it
 
@@ -616,8 +625,10 @@ def test_a_second_run_cannot_read_the_first_runs_files(world):
         " err(os.rmdir, d + '/sub'))\n"
         "open(d + '/state.txt', 'w').write('second')\nprint(open(d + '/state.txt').read())\n" % str(world.tmp)
     ).stdout.splitlines()
-    # The first run's files are not listed and not served; its directory is there, not empty on disk.
-    assert out == ["['sub'] [] ENOENT ENOENT ENOTEMPTY", "second"]
+    # The first run's files are not listed and not served; its directory is there and, empty to
+    # the service, removed as on a local disk (with the first run's ciphertext in it).
+    assert out == ["['sub'] [] ENOENT ENOENT ok", "second"]
+    assert not (world.tmp / "sub").exists()
     assert stored_files(world.tmp)["state.txt"] != first["state.txt"]
 
 
@@ -649,6 +660,142 @@ def test_unlinked_open_file_is_not_brought_back_on_close(world):
     ).stdout.strip()
     assert out == "False []"
     assert stored_files(world.tmp) == {}
+
+
+# --- One ephemeral region for the whole measured process tree (issue 23): the launcher makes
+# the region's key for each start and grants it; the region's fspf is shared as a volume's is ---
+
+TREE_CHILD = (  # run by a measured child: reads what its parent wrote, writes, rewrites, removes
+    "import os, sys\n"
+    "d = sys.argv[1]\n"
+    "print('child reads', open(d + '/from-parent.txt').read(), sorted(os.listdir(d)), os.path.getsize(d + '/from-parent.txt'))\n"
+    "with open(d + '/from-child.txt', 'w') as f: f.write('the child %s' % sys.argv[2])\n"
+    "with open(d + '/sub/rewritten.txt', 'w') as f: f.write('rewritten by the child')\n"
+    "os.unlink(d + '/removed-by-child.txt')\n"
+    "os.replace(d + '/renamed-by-child.txt', d + '/sub/renamed.txt')\n"
+)
+TREE_PARENT = (
+    "import __main__, multiprocessing, os, subprocess, sys\n"
+    "del __main__.__file__  # the driver is no script a spawned worker can run again\n"
+    "d, child = sys.argv[1], sys.argv[2]\n"
+    "sys.path.insert(0, sys.argv[3])\n"
+    "import mpwork\n"
+    "os.mkdir(d + '/sub')\n"
+    "for name, text in (('from-parent.txt', %r), ('sub/rewritten.txt', 'the parent'), ('removed-by-child.txt', 'x'),"
+    " ('renamed-by-child.txt', 'moved')):\n"
+    "    with open(d + '/' + name, 'w') as f: f.write(text)\n"
+    "run = subprocess.run([sys.executable, %r, child, d, 'by subprocess'], capture_output=True, text=True)\n"
+    "print((run.stdout + run.stderr[-300:]).strip())\n"
+    "print('parent reads', open(d + '/from-child.txt').read(), open(d + '/sub/rewritten.txt').read(),"
+    " open(d + '/sub/renamed.txt').read(), sorted(os.listdir(d)), sorted(os.listdir(d + '/sub')))\n"
+    "with multiprocessing.get_context(sys.argv[4]).Pool(2) as pool:\n"
+    "    print(pool.map(mpwork.write, [(d + '/mp-%%d.txt' %% n, n) for n in range(2)], chunksize=1))\n"
+    "    print(pool.apply(mpwork.read, (d + '/from-parent.txt',)))\n"
+    "print([open(d + '/mp-%%d.txt' %% n).read().strip() for n in range(2)])\n"
+    "raw = subprocess.run(['sh', '-c', 'cat \"$0\"/from-parent.txt \"$0\"/from-child.txt', d], capture_output=True).stdout\n"
+    "print('sh reads', len(raw), %r in raw)\n"
+) % (MARKER, DRIVER, MARKER.encode())
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_the_measured_process_tree_shares_its_ephemeral_region(world, method):
+    mods = world.root / "mods"
+    mods.mkdir()
+    (mods / "mpwork.py").write_text(MP_WORKER + "def read(path):\n    return open(path).read()\n")
+    result = world.python_code(TREE_PARENT, str(world.tmp), TREE_CHILD, str(mods), method, env={"SCONIFY_LOG": "stderr"})
+    lines = result.stdout.splitlines()
+    assert lines[0] == (f"child reads {MARKER} ['from-parent.txt', 'removed-by-child.txt', 'renamed-by-child.txt', "
+                        f"'sub'] {len(MARKER)}"), result.stderr
+    assert lines[1] == ("parent reads the child by subprocess rewritten by the child moved "
+                        "['from-child.txt', 'from-parent.txt', 'sub'] ['renamed.txt', 'rewritten.txt']"), result.stderr
+    assert lines[2:5] == ["[0, 1]", MARKER, "['written by worker 0', 'written by worker 1']"], result.stderr
+    # a program that is not the measured executable (a shell, cat) reads what is on disk: ciphertext
+    assert lines[5] == f"sh reads {len(MARKER) + 16 + len('the child by subprocess') + 16} False"
+    assert "sconify-shield" not in result.stderr
+    assert sorted(stored_files(world.tmp)) == ["from-child.txt", "from-parent.txt", "mp-0.txt", "mp-1.txt",
+                                               "sub/renamed.txt", "sub/rewritten.txt"]
+    assert_no_plaintext(world.tmp)  # the region's fspf included: it names the files, encrypted
+
+
+def test_the_ephemeral_key_is_in_the_grant_only(world):
+    out = world.python_code(
+        "import json, os\n"
+        "grant = json.loads(open('/proc/self/fd/' + os.environ['SCONIFY_GRANT']).read())\n"
+        "[region] = grant['ephemeral']\n"
+        "open(region['path'] + '/x', 'w').write('x')\n"
+        "print(region['path'], os.path.basename(region['fspf_path']), region['key'])\n"
+        "print(any(region['key'] in value for value in os.environ.values()))\n"
+    ).stdout.split()
+    path, fspf_name, key = out[:3]
+    assert path == str(world.tmp) and re.fullmatch(r"\.sconify\.fspf\.[0-9a-f]{16}", fspf_name) and out[3] == "False"
+    for file in world.root.rglob("*"):  # not on disk (keys file, region, anywhere), as hex or bytes
+        if file.is_file() and not file.is_symlink():
+            data = file.read_bytes()
+            assert key.encode() not in data and bytes.fromhex(key) not in data, file
+    # A second start makes another key and another fspf: the first one's is not this one's.
+    again = world.python_code(
+        "import json, os\n"
+        "grant = json.loads(open('/proc/self/fd/' + os.environ['SCONIFY_GRANT']).read())\n"
+        "print(grant['ephemeral'][0]['key'], os.path.exists(%r))\n" % str(world.tmp / "x")).stdout.split()
+    assert again[0] != key and again[1] == "False"
+    assert len([name for name in runtime_files(world.tmp) if name.startswith(".sconify.fspf.")]) == 2
+
+
+def test_what_a_tool_writes_in_the_region_is_hidden_and_removed_with_its_directory(world):
+    # A program without the grant (tar, a shell) writes plaintext the service cannot trust: the
+    # service does not see it, as a planted file, and removing the directory removes it too.
+    out = world.python_code(
+        "import errno, os, shutil, subprocess\nd = %r + '/work'\n"
+        "os.makedirs(d + '/deeper'); open(d + '/mine.txt', 'w').write('mine')\n"
+        "subprocess.run(['sh', '-c', 'echo tool > \"$0\"/tool.txt; echo tool > \"$0\"/deeper/tool.txt', d], check=True)\n"
+        "print(sorted(os.listdir(d)), os.listdir(d + '/deeper'), os.path.exists(d + '/tool.txt'))\n"
+        "try: os.rmdir(d)\nexcept OSError as e: print(errno.errorcode[e.errno])\n"
+        "shutil.rmtree(d); print(os.path.exists(d))\n" % str(world.tmp)).stdout.splitlines()
+    assert out == ["['deeper', 'mine.txt'] [] False", "ENOTEMPTY", "False"]
+    assert not (world.tmp / "work").exists()
+
+
+def test_a_file_opened_for_reading_has_its_paths_identity(world):
+    # fstat of a file opened for reading is the file's identity, as stat gives it: shutil.rmtree
+    # of a file says ENOTDIR (not "Cannot call rmtree on a symbolic link")
+    out = world.python_code(
+        "import os, shutil, sys\n"
+        "for d in sys.argv[1:]:\n"
+        "    open(d + '/f', 'w').write('f')\n"
+        "    with open(d + '/f') as f: same = os.path.samestat(os.lstat(d + '/f'), os.fstat(f.fileno()))\n"
+        "    try: shutil.rmtree(d + '/f')\n"
+        "    except OSError as e: print(same, type(e).__name__)\n", str(world.tmp), str(world.volume)).stdout
+    assert out == "True NotADirectoryError\n" * 2
+
+
+def test_a_file_left_open_at_exit_keeps_what_was_written(world):
+    # As the kernel's close at exit does (multiprocessing's test_stderr_flush, test_sys_exit): a
+    # child that writes to a file and exits without closing it (exit(), not _exit)
+    child = ("import os, sys\nfd = os.open(sys.argv[1] + '/left-open', os.O_WRONLY | os.O_CREAT)\n"
+             "os.write(fd, b'kept')\nsys.stderr = open(os.open(sys.argv[1] + '/stderr', os.O_WRONLY | os.O_CREAT), 'w')\n"
+             "sys.exit('the reason')\n")
+    out = world.python_code(
+        "import subprocess, sys\n"
+        "for d in sys.argv[2:]:\n"
+        "    rc = subprocess.run([sys.executable, %r, sys.argv[1], d]).returncode\n"
+        "    print(rc, open(d + '/left-open').read(), open(d + '/stderr').read().strip())\n" % DRIVER,
+        child, str(world.tmp), str(world.volume)).stdout
+    assert out == "1 kept the reason\n" * 2
+
+
+def test_a_process_without_the_grant_keeps_a_region_of_its_own(world):
+    # The measured executable without a grant (a command the policy did not record, docker exec,
+    # a preload by hand) serves /tmp from its own memory: it sees neither the service's files
+    # nor leaves its own to anyone, and it cannot read the shared fspf's key.
+    world.python_code("open(%r, 'w').write(%r)" % (str(world.tmp / "service.txt"), MARKER))
+    code = ("import errno, os\nd = %r\n"
+            "try: open(d + '/service.txt').read()\nexcept OSError as e: print(errno.errorcode[e.errno])\n"
+            "open(d + '/own.txt', 'w').write('own'); print(open(d + '/own.txt').read(), sorted(os.listdir(d)))\n"
+            % str(world.tmp))
+    result = world.run(str(world.python), "-c", code, check=False)
+    assert result.returncode == 0 and result.stdout.splitlines() == ["ENOENT", "own ['own.txt']"], result.stderr
+    later = world.python_code("import os\nprint(sorted(os.listdir(%r)))" % str(world.tmp)).stdout.strip()
+    assert later == "[]"  # a later start sees neither
 
 
 def test_ephemeral_region_nested_in_a_volume(world):

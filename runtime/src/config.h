@@ -21,6 +21,10 @@
 /* Taken by every commit to a volume (flock, exclusive) and by a process reloading its fspf
  * (shared): the processes of a service commit one at a time, each onto the latest fspf. */
 #define VOLUME_LOCK_NAME ".sconify.lock"
+/* An ephemeral region's fspf for one start of the service: <region>/.sconify.fspf.<start id>,
+ * encrypted with a key the launcher makes for that start and grants (docs/runtime.md,
+ * "Ephemeral regions"). */
+#define EPHEMERAL_FSPF_PREFIX ".sconify.fspf."
 /* The largest grant the shield reads (keys, runtime config, injection files): the launcher
  * refuses to start with a larger one rather than start a service that would find no grant. */
 #define GRANT_MAX_SIZE (1 << 20)

@@ -608,6 +608,7 @@ struct reader {
     const unsigned char *p;
     size_t left;
     struct rt_error *err;
+    int any_bytes;  /* paths need not be UTF-8 (fspf_load_any_bytes) */
 };
 
 static int take(struct reader *r, size_t n, const unsigned char **out)
@@ -638,13 +639,14 @@ static int take_string(struct reader *r, const unsigned char **s, size_t *n)
     if (take(r, 2, &p)) return -1;
     *n = le16(p);
     if (take(r, *n, s)) return -1;
-    if (!utf8_ok(*s, *n)) return corrupt(r->err, "a path is not valid UTF-8");
+    if (r->any_bytes ? memchr(*s, '\0', *n) != NULL : !utf8_ok(*s, *n))
+        return corrupt(r->err, r->any_bytes ? "a path holds a NUL byte" : "a path is not valid UTF-8");
     return 0;
 }
 
 static int decode_body(struct fspf *fs, const unsigned char *body, size_t len, struct rt_error *err)
 {
-    struct reader r = {body, len, err};
+    struct reader r = {body, len, err, fs->any_bytes};
     const unsigned char *p = NULL, *s = NULL, *k = NULL;
     size_t n = 0, kn = 0;
     char a[304], b[304];
@@ -720,10 +722,11 @@ static int decode_body(struct fspf *fs, const unsigned char *body, size_t len, s
 
 /* ---------------------------------------------------------------- envelopes */
 
-int fspf_load(struct fspf *out, const unsigned char *data, size_t len, const unsigned char key[32],
-              const unsigned char expected_tag[16], struct rt_error *err)
+static int load(struct fspf *out, const unsigned char *data, size_t len, const unsigned char key[32],
+                const unsigned char expected_tag[16], int any_bytes, struct rt_error *err)
 {
     memset(out, 0, sizeof *out);
+    out->any_bytes = any_bytes;  /* decode_body's rule for paths */
     if (crypto_init(err)) return -1;
     if (len < HEADER_SIZE + TAG_SIZE || memcmp(data, MAGIC, 8) != 0)
         return rt_fail(err, "not an fspf file (bad magic or too short); pass a file written by `sconify fspf create`");
@@ -781,6 +784,38 @@ int fspf_load(struct fspf *out, const unsigned char *data, size_t len, const uns
     return rc;
 }
 
+int fspf_load(struct fspf *out, const unsigned char *data, size_t len, const unsigned char key[32],
+              const unsigned char expected_tag[16], struct rt_error *err)
+{
+    return load(out, data, len, key, expected_tag, 0, err);
+}
+
+int fspf_load_any_bytes(struct fspf *out, const unsigned char *data, size_t len, const unsigned char key[32],
+                        const unsigned char expected_tag[16], struct rt_error *err)
+{
+    return load(out, data, len, key, expected_tag, 1, err);
+}
+
+int fspf_one_region(struct fspf *fs, const char *path, uint8_t protection, struct rt_error *err)
+{
+    memset(fs, 0, sizeof *fs);
+    if (!path_normalised((const unsigned char *)path, strlen(path)))
+        return rt_fail(err, "region path %s is not an absolute normalised path", path);
+    struct fspf_region *region = calloc(1, sizeof *region);
+    if (!region || !(region->path = strdup(path)) || !(region->kernel_path = strdup(path))) {
+        if (region) free(region->path);
+        free(region);
+        return rt_fail(err, "out of memory");
+    }
+    region->kind = FSPF_KERNEL;  /* stored at their own paths */
+    region->protection = protection;
+    region->key_length = 32;
+    region->chunk_size = 64 * 1024;
+    fs->region_count = 1;
+    fs->regions = region;
+    return 0;
+}
+
 void fspf_free(struct fspf *fs)
 {
     if (!fs) return;
@@ -808,7 +843,6 @@ int fspf_save_encrypted(const struct fspf *fs, const unsigned char key[32], unsi
     char where[304];
     *out = NULL;
     *out_len = 0;
-    if (fs->any_bytes) return rt_fail(err, "an fspf held in memory only (paths of any bytes) is never saved");
     if (crypto_init(err)) return -1;
     /* The body, exactly as format.encode_body writes it. */
     size_t body_len = 8;

@@ -11,7 +11,8 @@
  * there (a restored older copy is a rollback; a volume with no mount at or above its path is the
  * container's own copy, checked against the image's tag or the container's own state file). Then
  * it runs COMMAND with the shield preloaded (libsconify-shield.so, which serves the embedfs and
- * the volumes inside the measured process) and the keys granted to it in a sealed memfd,
+ * the volumes inside the measured process) and the keys granted to it in a sealed memfd (with
+ * the key it makes for this start's ephemeral regions, whose fspf it writes empty),
  * forwards signals to it, reaps zombies when it is PID 1, and exits with its status.
  *
  * With a deployment's policy.yaml in /run/secrets/sconify (or $SCONIFY_POLICY), the policy and
@@ -36,8 +37,10 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <dirent.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <openssl/rand.h>
 
 #include "config.h"
 #include "deployment.h"
@@ -514,12 +517,78 @@ static void check_config_binding(const struct rt_config *cfg, const struct rt_ke
     }
 }
 
-/* Keys are granted, not found: the launcher hands the checked keys and the checked runtime
- * config to the shield in a sealed memfd the command inherits (SCONIFY_GRANT=<fd>). A process
+/* As PID 1 (a container start: no other process of the container runs yet), the fspfs that
+ * earlier starts left in an ephemeral region: their keys are gone with those starts. */
+static void remove_earlier_starts(const char *region)
+{
+    DIR *dir = opendir(region);
+    if (!dir) return;
+    for (struct dirent *e; (e = readdir(dir)) != NULL;)
+        if (strncmp(e->d_name, EPHEMERAL_FSPF_PREFIX, strlen(EPHEMERAL_FSPF_PREFIX)) == 0) unlinkat(dirfd(dir), e->d_name, 0);
+    closedir(dir);
+}
+
+/* The ephemeral regions (/tmp) of this start, shared by the measured processes of the service:
+ * each one gets an empty fspf, <region>/.sconify.fspf.<start id>, encrypted with a key made
+ * here for this start. The key is in the launcher's memory and in the grant only (never on
+ * disk, never in the environment): nothing an earlier start left in the region is recorded in
+ * the new fspf, so the service does not see it, and nobody can read it. A region that cannot
+ * hold the fspf (missing, read-only) is left out: each process keeps a region of its own there.
+ * The grant's "ephemeral" array (a new json_t *): path, fspf_path, key (hex). */
+static json_t *start_ephemeral_regions(const struct rt_config *cfg)
+{
+    json_t *regions = json_array();
+    unsigned char id[8];
+    char id_hex[17];
+    if (RAND_bytes(id, sizeof id) != 1) die("%s", "cannot draw random bytes for the ephemeral regions' key");
+    hex_encode(id, sizeof id, id_hex);
+    for (size_t i = 0; i < cfg->ephemeral_count; i++) {
+        const char *region = cfg->ephemeral[i];
+        int volume = 0;
+        for (size_t j = 0; j < cfg->volume_count; j++) volume |= strcmp(cfg->volumes[j].path, region) == 0;
+        if (volume) continue;  /* a volume's fspf serves it */
+        if (getpid() == 1) remove_earlier_starts(region);
+        char path[PATH_MAX], key_hex[65];
+        unsigned char key[32], tag[16], *sealed = NULL;
+        size_t len = 0;
+        struct fspf fs;
+        struct rt_error err;
+        if (snprintf(path, sizeof path, "%s%s" EPHEMERAL_FSPF_PREFIX "%s", region, strcmp(region, "/") == 0 ? "" : "/",
+                     id_hex) >= (int)sizeof path)
+            continue;
+        if (fspf_one_region(&fs, region, FSPF_ENCRYPTED, &err) != 0) continue;  /* not a path the shield serves */
+        if (RAND_bytes(key, sizeof key) != 1) die("%s", "cannot draw random bytes for the ephemeral regions' key");
+        fs.any_bytes = 1;  /* file names need not be UTF-8 there: only the runtime reads this fspf */
+        int rc = fspf_save_encrypted(&fs, key, &sealed, &len, tag, &err);
+        fspf_free(&fs);
+        if (rc != 0) die("%s", err.msg);
+        int fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+        int written = fd >= 0 && write_full(fd, sealed, len) == 0;
+        if (fd >= 0) close(fd);
+        free(sealed);
+        if (written) {
+            hex_encode(key, sizeof key, key_hex);
+            json_t *entry = json_object();
+            json_object_set_new(entry, "path", json_string(region));
+            json_object_set_new(entry, "fspf_path", json_string(path));
+            json_object_set_new(entry, "key", json_string(key_hex));
+            json_array_append_new(regions, entry);
+        } else if (fd >= 0) {
+            unlink(path);
+        }
+        OPENSSL_cleanse(key, sizeof key);
+        OPENSSL_cleanse(key_hex, sizeof key_hex);
+    }
+    return regions;
+}
+
+/* Keys are granted, not found: the launcher hands the checked keys, the checked runtime config
+ * and this start's ephemeral regions (start_ephemeral_regions) to the shield in a sealed memfd
+ * the command inherits (SCONIFY_GRANT=<fd>). A process
  * the launcher did not start this way (docker exec, a preload by hand, a command the policy
  * refused) has no grant and gets no keys, whatever keys file it can read. */
 static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, const char *keys_path, int persist,
-                       json_t *deployment)
+                       json_t *deployment, json_t *ephemeral)
 {
     json_t *doc = json_object();
     if (deployment) json_object_update(doc, deployment);  /* policy mode: "files", "state" */
@@ -528,6 +597,7 @@ static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, 
     json_object_set_new(doc, "persist", json_boolean(persist));
     json_object_set_new(doc, "runtime_config", json_stringn(cfg->source, cfg->source_len));
     json_object_set_new(doc, "keys", keys_to_json(keys));
+    json_object_set_new(doc, "ephemeral", ephemeral);
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     int fd = memfd_create("sconify-grant", MFD_ALLOW_SEALING);
@@ -982,7 +1052,7 @@ static int run_with_policy(struct rt_config *cfg, const char *config_path, const
     memcpy(keys.runtime_config_sha256, cfg->source_sha256, 65);
     check_policy_volumes(cfg, &d, &keys, detect);
     json_t *extra = policy_grant(&d);
-    grant_keys(cfg, &keys, "", 1, extra);
+    grant_keys(cfg, &keys, "", 1, extra, start_ephemeral_regions(cfg));
     json_t *file;
     size_t i;
     json_array_foreach(json_object_get(extra, "files"), i, file) {  /* jansson frees, never clears */
@@ -1091,7 +1161,7 @@ int main(int argc, char **argv)
     if (have_store) store_close(&store);
 
     if (have_keys) {
-        grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env, NULL);
+        grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env, NULL, start_ephemeral_regions(&cfg));
         keys_free(&keys);
     }
     setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);

@@ -107,9 +107,11 @@ int volume_lock(const struct svol *vol, int op)
  * stored object is a symlink to it, its record FSPF_SYMLINK. An error creating the stored file (a missing
  * directory: ENOENT, EACCES...) is the service's own, as the kernel's open would have given it,
  * without a line.
- * An ephemeral region's fspf lives in memory only: there the stored file is still written to a
- * temp file and renamed into place (a reader sees the old or the new ciphertext), but nothing
- * is fsynced (the content is gone at exit anyway), no fspf is written and no tag recorded. */
+ * An ephemeral region's stored file is still written to a temp file and renamed into place (a
+ * reader sees the old or the new ciphertext), but nothing is fsynced (its content is gone at the
+ * next start anyway) and no tag is recorded; its fspf is written as a volume's is (under the
+ * lock, onto the last committed one) when it is this start's shared one, not at all when it
+ * lives in this process's memory only. */
 int commit(struct svol *vol, const char *path, int plain_fd, const char *remove, mode_t mode)
 {
     struct rt_error err = {{0}};
@@ -172,7 +174,7 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
     }
     /* Under the volume's lock, onto the fspf as the service's other processes last committed it:
      * they commit one at a time, and none drops another's records. */
-    if (!vol->ephemeral) {
+    if (!vol->ephemeral || vol->shared) {
         lock = volume_lock(vol, LOCK_EX);
         if (lock < 0) shield_log("volume %s: cannot take its lock (%s); committing without it", vol->v->path, strerror(errno));
         if (volume_refresh(vol, 1) < 0) {
@@ -207,7 +209,7 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
         if (fspf_put(&vol->fs, &rec, &err) != 0) goto undo;
         have_rec = 0;
     }
-    if (vol->ephemeral) {
+    if (vol->ephemeral && !vol->shared) {
         if (stored_tmp[0] && rename(stored_tmp, path) != 0) {
             rt_fail(&err, "cannot replace %s: %s", path, strerror(errno));
             goto undo;
@@ -222,8 +224,8 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
     snprintf(fspf_tmp, sizeof fspf_tmp, "%s" HIDDEN_TMP "%ld", vol->v->fspf_path, (long)getpid());
     {
         int out = open(fspf_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (out < 0 || write_full(out, sealed, sealed_len) != 0 || fsync(out) != 0) {
-            rt_fail(&err, "cannot write the fspf of volume %s: %s", vol->v->path, strerror(errno));
+        if (out < 0 || write_full(out, sealed, sealed_len) != 0 || (!vol->ephemeral && fsync(out) != 0)) {
+            rt_fail(&err, "cannot write the fspf of %s %s: %s", region_word(vol), vol->v->path, strerror(errno));
             if (out >= 0) close(out);
             unlink(fspf_tmp);
             goto undo;
@@ -232,19 +234,19 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
     }
     unsigned char was[16];
     memcpy(was, vol->tag, 16);
-    if (record_tag(vol, was, tag, 1, &err) != 0) { unlink(fspf_tmp); goto undo; }
+    if (!vol->ephemeral && record_tag(vol, was, tag, 1, &err) != 0) { unlink(fspf_tmp); goto undo; }
     if ((stored_tmp[0] && rename(stored_tmp, path) != 0) || rename(fspf_tmp, vol->v->fspf_path) != 0) {
-        rt_fail(&err, "cannot replace files of volume %s: %s", vol->v->path, strerror(errno));
+        rt_fail(&err, "cannot replace files of %s %s: %s", region_word(vol), vol->v->path, strerror(errno));
         unlink(fspf_tmp);
         goto undo;
     }
     if (remove && (!path || strcmp(remove, path) != 0)) unlink(remove);
-    fsync_parent(vol->v->fspf_path);
-    if (path) fsync_parent(path);
+    if (!vol->ephemeral) fsync_parent(vol->v->fspf_path);
+    if (path && !vol->ephemeral) fsync_parent(path);
     memcpy(vol->tag, tag, 16);
     if (RESOLVE(stat64)(vol->v->fspf_path, &vol->seen) != 0) memset(&vol->seen, 0, sizeof vol->seen);
     vol->seen.st_nlink = 1;  /* vol->fs is loaded */
-    if (record_tag(vol, was, tag, 0, &err) != 0) shield_log("%s", err.msg);  /* "next" is recorded: start-up promotes it */
+    if (!vol->ephemeral && record_tag(vol, was, tag, 0, &err) != 0) shield_log("%s", err.msg);  /* "next" is recorded: start-up promotes it */
     if (lock >= 0) RESOLVE(close)(lock);
     free(sealed);
     fspf_file_free(&saved_old);

@@ -91,6 +91,7 @@ static struct fake_dir *make_fake_dir(const struct target *t, DIR *real)
 {
     int emb_dir = t->kind == T_EMB && t->is_dir;
     struct listing l = {0};
+    if (t->kind == T_VOL) volume_refresh(t->vol, 0);  /* the files the service's other processes wrote */
     if (real) {
         struct dirent64 *e;
         in_shield++;

@@ -27,6 +27,12 @@ static size_t grant_len;
 /* The measured executable the grant belongs to: only an exec of it inherits the grant. */
 static char grant_exe[PATH_MAX];
 
+struct grant_region {        /* an ephemeral region of this start (launcher.c, start_ephemeral_regions) */
+    char *path;
+    char *fspf_path;        /* its fspf, shared by the service's processes */
+    unsigned char key[32];  /* made by the launcher for this start: in grants only */
+};
+
 struct grant {
     struct rt_keys keys;
     json_t *files;          /* policy mode: the injection files [{path, content}] (a new reference) */
@@ -34,6 +40,8 @@ struct grant {
     size_t config_len;
     char *keys_path;        /* where tags are recorded ("" for SCONE_FSPF debug keys) */
     int persist;
+    struct grant_region *ephemeral;
+    size_t ephemeral_count;
 };
 
 static int same_file(const char *a, const char *b)
@@ -62,37 +70,27 @@ static void fatal(const char *msg)
     _exit(2);
 }
 
-/* An ephemeral region: a volume whose fspf (one encrypted kernel region, no files) exists in
- * this process's memory only. It has no fspf key: it is never serialised, and the per-file keys
- * it will hold (fresh from RAND_bytes on every write) never leave the process. A region that
- * is a volume too, or a run-time mount (/proc, /dev, ...), is not one. */
-static void add_ephemeral(const char *config_path)
+/* The grant's ephemeral regions (an array of {path, fspf_path, key}; absent: none). An entry
+ * that is not one is left out: that region stays the process's own. */
+static void read_grant_regions(json_t *regions, struct grant *g)
 {
-    char path[PATH_MAX];
-    if (!config_path || config_path[0] != '/' || strlen(config_path) >= sizeof path) return;
-    strcpy(path, config_path);
-    normalise(path);
-    if (run_time_mount(path)) return;
-    for (size_t i = 0; i < S.nvols; i++)
-        if (strcmp(S.vols[i].v->path, path) == 0) return;
-    struct svol *sv = &S.vols[S.nvols];
-    struct fspf_region *region = calloc(1, sizeof *region);
-    sv->own.path = strdup(path);
-    sv->own.fspf_path = NULL;
-    sv->own.protection = FSPF_ENCRYPTED;
-    if (!region || !sv->own.path || !(region->path = strdup(path)) || !(region->kernel_path = strdup(path)))
-        fatal("out of memory");
-    region->kind = FSPF_KERNEL;  /* stored at their own paths */
-    region->protection = FSPF_ENCRYPTED;
-    region->key_length = 32;
-    region->chunk_size = 64 * 1024;
-    sv->fs.region_count = 1;
-    sv->fs.any_bytes = 1;  /* never saved: a file name need not be UTF-8 */
-    sv->fs.regions = region;
-    sv->v = &sv->own;
-    sv->len = strlen(path);
-    sv->ephemeral = 1;
-    S.nvols++;
+    g->ephemeral = calloc(json_array_size(regions) + 1, sizeof *g->ephemeral);
+    for (size_t i = 0; g->ephemeral && i < json_array_size(regions); i++) {
+        json_t *entry = json_array_get(regions, i);
+        const char *path = json_string_value(json_object_get(entry, "path"));
+        const char *fspf_path = json_string_value(json_object_get(entry, "fspf_path"));
+        const char *key = json_string_value(json_object_get(entry, "key"));
+        struct grant_region *r = &g->ephemeral[g->ephemeral_count];
+        if (!path || path[0] != '/' || strlen(path) >= PATH_MAX || !fspf_path || fspf_path[0] != '/' || !key ||
+            strlen(key) != 64 || hex_decode(key, r->key, sizeof r->key) != 0) {
+            OPENSSL_cleanse(r->key, sizeof r->key);
+            continue;
+        }
+        r->path = strdup(path);
+        r->fspf_path = strdup(fspf_path);
+        normalise(r->path);
+        g->ephemeral_count++;
+    }
 }
 
 /* The grant the launcher handed down, if any: 1 and g filled, else 0 (no grant, or something
@@ -124,6 +122,7 @@ static int read_grant(struct grant *g)
         g->keys_path = strdup(keys_path);
         g->persist = json_is_true(json_object_get(doc, "persist"));
         g->files = json_incref(json_object_get(doc, "files"));
+        read_grant_regions(json_object_get(doc, "ephemeral"), g);
         grant_text = text;  /* kept to pass the grant on (execve below) */
         grant_len = (size_t)st.st_size;
         /* Another program this one executes (a shell, a tool) must not inherit it: pass_grant_on
@@ -139,6 +138,12 @@ static int read_grant(struct grant *g)
 
 static void grant_free(struct grant *g)
 {
+    for (size_t i = 0; i < g->ephemeral_count; i++) {
+        free(g->ephemeral[i].path);
+        free(g->ephemeral[i].fspf_path);
+    }
+    if (g->ephemeral) OPENSSL_cleanse(g->ephemeral, g->ephemeral_count * sizeof *g->ephemeral);
+    free(g->ephemeral);
     keys_free(&g->keys);
     json_decref(g->files);
     free(g->config);
@@ -244,11 +249,11 @@ static void take_injected(const struct grant *g)
 static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
 {
     struct stat64 st;
-    if (RESOLVE(fstat64)(fd, &st) != 0) return rt_fail(err, "cannot read the fspf of volume %s", sv->v->path);
+    if (RESOLVE(fstat64)(fd, &st) != 0) return rt_fail(err, "cannot read the fspf of %s %s", region_word(sv), sv->v->path);
     unsigned char *data = malloc((size_t)st.st_size + 1);
     if (!data || pread_full(fd, data, (size_t)st.st_size, 0) != 0) {
         free(data);
-        return rt_fail(err, "cannot read the fspf of volume %s", sv->v->path);
+        return rt_fail(err, "cannot read the fspf of %s %s", region_word(sv), sv->v->path);
     }
     const unsigned char *tag = st.st_size >= 16 ? data + st.st_size - 16 : NULL;
     if (!start && tag && memcmp(tag, sv->tag, 16) == 0) {
@@ -258,33 +263,38 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
     }
     struct rt_state state;
     int have_state = sv->container_copy && state_load(sv->v->path, sv->key, &state);
-    const unsigned char *want = start ? fresh_tag(&sv->granted, sv->container_copy, have_state ? &state : NULL, tag)
-                                      : NULL;
+    /* An ephemeral region's fspf is this start's: the key made for this start alone
+     * authenticates it (no tag is recorded anywhere). */
+    const unsigned char *want = sv->ephemeral ? tag
+                                : start ? fresh_tag(&sv->granted, sv->container_copy, have_state ? &state : NULL, tag)
+                                        : NULL;
     struct rt_keys keys = {0};
     struct store_record rec;
-    if (!want && S.has_store && !sv->container_copy) {
+    if (!want && !sv->ephemeral && S.has_store && !sv->container_copy) {
         int found = store_read(&S.store, sv->record, &rec, err);
         if (found < 0) {
             free(data);
             return -1;
         }
         want = found ? store_fresh_tag(&rec, tag) : NULL;
-    } else if (!want && S.keys_persist && keys_load(S.keys_path, &keys, err) == 0) {
+    } else if (!want && !sv->ephemeral && S.keys_persist && keys_load(S.keys_path, &keys, err) == 0) {
         struct rt_key *k = keys_find(&keys, sv->v->path);
         if (k && CRYPTO_memcmp(k->key, sv->key, 32) == 0) want = fresh_tag(k, sv->container_copy, have_state ? &state : NULL, tag);
     }
     struct fspf fs;
     int rc = -1;
-    if (!want) {
+    if (!want && sv->ephemeral) {
+        rt_fail(err, "ephemeral region %s: its fspf %s is too short", sv->v->path, sv->v->fspf_path);
+    } else if (!want) {
         char got[33] = "none";
         if (tag) hex_encode(tag, 16, got);
         rt_fail(err, "volume %s: its fspf on disk carries tag %s, which %s does not record: an older or another "
                      "copy was put there (rollback); refused", sv->v->path, got,
                 sv->container_copy ? "the container's state" : S.has_store ? "the state store" : "the keys file");
-    } else if (fspf_load(&fs, data, (size_t)st.st_size, sv->key, want, err) == 0) {
+    } else if ((sv->ephemeral ? fspf_load_any_bytes : fspf_load)(&fs, data, (size_t)st.st_size, sv->key, want, err) == 0) {
         if (fs.region_count != 1 || strcmp(fs.regions[0].path, sv->v->path) != 0) {
             fspf_free(&fs);
-            rt_fail(err, "a volume's fspf does not describe that volume");
+            rt_fail(err, "the fspf of %s %s does not describe it", region_word(sv), sv->v->path);
         } else {
             if (sv->seen.st_nlink) fspf_free(&sv->fs);
             sv->fs = fs;
@@ -301,7 +311,8 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
 
 int volume_refresh(struct svol *vol, int locked)
 {
-    if (vol->ephemeral || !S.keys_persist) return 0;  /* debug-mode keys record no tags to judge by */
+    /* a region of this process's own has no fspf file; debug-mode keys record no tags to judge by */
+    if (vol->ephemeral ? !vol->shared : !S.keys_persist) return 0;
     struct stat64 st;
     in_shield++;
     pthread_mutex_lock(&S.lock);
@@ -312,9 +323,11 @@ int volume_refresh(struct svol *vol, int locked)
         goto out;
     int lock = locked ? -1 : volume_lock(vol, LOCK_SH);  /* no half-recorded commit in between */
     int fd = RESOLVE(open)(vol->v->fspf_path, O_RDONLY | O_CLOEXEC);
+    /* an ephemeral region's fspf removed behind the service's back: the next commit writes it again */
+    int gone = fd < 0 && errno == ENOENT && vol->ephemeral;
     struct rt_error err = {{0}};
-    rc = fd >= 0 ? load_fspf(vol, fd, 0, &err) : (rt_fail(&err, "volume %s: cannot open its fspf: %s", vol->v->path,
-                                                           strerror(errno)), -1);
+    rc = fd >= 0 ? load_fspf(vol, fd, 0, &err) : gone ? 0 : (rt_fail(&err, "%s %s: cannot open its fspf: %s",
+                                                                      region_word(vol), vol->v->path, strerror(errno)), -1);
     if (fd >= 0) RESOLVE(close)(fd);
     if (lock >= 0) RESOLVE(close)(lock);
     if (rc < 0) shield_log("%s", err.msg);
@@ -375,6 +388,52 @@ static void open_volumes(const struct grant *g)
     }
 }
 
+/* An ephemeral region (/tmp): served like an encrypted volume that starts empty, without fsyncs
+ * and without tags. Its fspf is
+ *  - with a grant that names the region: the file the launcher wrote for this start, encrypted
+ *    with the key the grant carries (in no file, in no environment), shared by the processes of
+ *    the service as a volume's is (commit.c, volume_refresh): a child sees what its parent wrote;
+ *  - else (no grant: docker exec, a command the policy refused, a start without keys; or a
+ *    region the launcher could not prepare): in this process's memory only, with no key: the
+ *    per-file keys it will hold never leave the process.
+ * A region that is a volume too, or a run-time mount (/proc, /dev, ...), is not one. */
+static void add_ephemeral(const char *config_path, const struct grant *g)
+{
+    char path[PATH_MAX];
+    if (!config_path || config_path[0] != '/' || strlen(config_path) >= sizeof path) return;
+    strcpy(path, config_path);
+    normalise(path);
+    if (run_time_mount(path)) return;
+    for (size_t i = 0; i < S.nvols; i++)
+        if (strcmp(S.vols[i].v->path, path) == 0) return;
+    struct svol *sv = &S.vols[S.nvols];
+    struct rt_error err = {{0}};
+    sv->own.path = strdup(path);
+    sv->own.protection = FSPF_ENCRYPTED;
+    sv->v = &sv->own;
+    sv->len = strlen(path);
+    sv->ephemeral = 1;
+    if (!sv->own.path) fatal("out of memory");
+    for (size_t i = 0; g && i < g->ephemeral_count && !sv->shared; i++) {
+        if (strcmp(g->ephemeral[i].path, path) != 0) continue;
+        if (!(sv->own.fspf_path = strdup(g->ephemeral[i].fspf_path))) fatal("out of memory");
+        memcpy(sv->key, g->ephemeral[i].key, sizeof sv->key);
+        sv->shared = 1;
+    }
+    int fd = sv->shared ? RESOLVE(open)(sv->own.fspf_path, O_RDONLY | O_CLOEXEC) : -1;
+    if (fd >= 0) {
+        int rc = load_fspf(sv, fd, 1, &err);
+        RESOLVE(close)(fd);
+        if (rc != 1) fatal(err.msg);
+    } else {
+        /* none, or removed behind the service's back: empty; the first commit writes it */
+        if (fspf_one_region(&sv->fs, path, FSPF_ENCRYPTED, &err) != 0) fatal(err.msg);
+        sv->fs.any_bytes = 1;  /* never read by sconify: a file name need not be UTF-8 */
+        sv->seen.st_nlink = 1;  /* sv->fs is loaded */
+    }
+    S.nvols++;
+}
+
 __attribute__((constructor)) static void shield_init(void)
 {
     in_shield++;
@@ -406,7 +465,8 @@ __attribute__((constructor)) static void shield_init(void)
     S.vols = calloc(S.cfg.volume_count + S.cfg.ephemeral_count + 1, sizeof *S.vols);
     if (!S.vols) fatal("out of memory");
     if (granted) snprintf(grant_exe, sizeof grant_exe, "%s", S.cfg.executable);
-    if (granted && grant_fits(&g)) {
+    int fits = granted && grant_fits(&g);
+    if (fits) {
         open_volumes(&g);
         take_injected(&g);
         if (g.keys.has_code_key) {  /* --encrypted-code: without it its members are EACCES (embedded.c) */
@@ -416,8 +476,8 @@ __attribute__((constructor)) static void shield_init(void)
     } else {
         S.locked = S.cfg.volume_count > 0;
     }
+    for (size_t i = 0; i < S.cfg.ephemeral_count; i++) add_ephemeral(S.cfg.ephemeral[i], fits ? &g : NULL);
     if (granted) grant_free(&g);
-    for (size_t i = 0; i < S.cfg.ephemeral_count; i++) add_ephemeral(S.cfg.ephemeral[i]);
     install_seccomp();
     if (S.nvols) pthread_atfork(fork_prepare, fork_parent, fork_child);
     S.active = S.has_emb || S.nvols || S.locked || S.ninjected;

@@ -402,8 +402,9 @@ static ino64_t region_ino(const char *path)
     return (ino64_t)(h | (3ULL << 62));
 }
 
-/* fstat of an fd the service may write a region file through: the file's identity (its
- * volume's device, region_ino of its path), as stat(path) gives; the memfd's size and times. */
+/* fstat of an fd the shield serves a region file in (tracked: for writing, or for reading
+ * only): the file's identity (its volume's device, region_ino of its path), as stat(path)
+ * gives; the memfd's size and times. */
 static void served_identity(int fd, struct stat64 *st)
 {
     if (!ACTIVE() || !S_ISREG(st->st_mode)) return;
@@ -792,6 +793,14 @@ EXPORT int unlinkat(int dirfd, const char *path, int flags)
     if (rc != -2) return rc;
     if (ACTIVE() && t.changed) return RESOLVE(unlinkat)(AT_FDCWD, t.path, flags);
     return RESOLVE(unlinkat)(dirfd, path, flags);
+}
+
+EXPORT int rmdir(const char *path)
+{
+    struct target t;
+    int rc = shield_unlink(AT_FDCWD, path, AT_REMOVEDIR, &t);
+    if (rc != -2) return rc;
+    return RESOLVE(rmdir)(PATH_OR_RESOLVED);
 }
 
 /* remove(): glibc's calls its internal unlinkat, past unlinkat(); the same steps through ours. */

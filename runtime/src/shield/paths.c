@@ -138,7 +138,9 @@ static void locate(struct target *t, int follow)
     if (S.ninjected && injected_target(t, 0)) return;  /* an injection file: before anything on disk */
     for (int round = 0;; round++) {
         locate_once(t, follow);
-        if (t->kind != T_VOL || !t->vol->has_links || resolve_region_links(t, follow) != 1) break;
+        if (t->kind != T_VOL) break;
+        volume_refresh(t->vol, 0);  /* a link another process of the service made */
+        if (!t->vol->has_links || resolve_region_links(t, follow) != 1) break;
         if (round == 40) {
             t->loop = 1;  /* a link loop: the kernel's ELOOP */
             break;
@@ -264,8 +266,11 @@ const char *base_name(const char *path)
 }
 
 /* Names the service never sees as files of its own in vol: a volume's fspf, a container
- * copy's state file, the commit's lock file and the commit's temp files (an ephemeral region has no fspf file, so only the latter). */
+ * copy's state file, the commit's lock file and the commit's temp files; in an ephemeral region
+ * the lock file, the temp files and the fspfs of its starts (this one's, those earlier starts left). */
 int reserved_name(const struct svol *vol, const char *name)
 {
-    return vol->ephemeral ? strncmp(name, HIDDEN_TMP, strlen(HIDDEN_TMP)) == 0 : hidden_name(name);
+    if (!vol->ephemeral) return hidden_name(name);
+    return strcmp(name, VOLUME_LOCK_NAME) == 0 || strncmp(name, HIDDEN_TMP, strlen(HIDDEN_TMP)) == 0 ||
+           strncmp(name, EPHEMERAL_FSPF_PREFIX, strlen(EPHEMERAL_FSPF_PREFIX)) == 0;
 }

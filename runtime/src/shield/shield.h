@@ -23,14 +23,18 @@
  *    processes of the service share a volume: a commit runs under the volume's lock
  *    (.sconify.lock) onto the fspf last committed, and a changed fspf is reloaded (if its tag is
  *    fresh) before open/stat, so a parent sees what its workers wrote.
- *  - ephemeral regions (/tmp): served like an encrypted volume whose fspf exists only in this
- *    process's memory and starts empty. Files the service writes there are ciphertext on disk
- *    under per-file keys that never leave the process, so nobody else can read them and they
- *    are undecryptable once it exits. A regular file or symlink the in-memory fspf does not
- *    record (another process's, an earlier run's, a planted one) is not there for the service:
- *    hidden from listings, ENOENT for stat/open/unlink, replaced by a create. Directories,
- *    sockets and fifos pass through; O_TMPFILE and tmpfile() give an anonymous memfd, and the
- *    libc mkstemp family (which opens inside glibc) is served through open().
+ *  - ephemeral regions (/tmp): served like an encrypted volume that starts empty at every start
+ *    of the service. With a grant, its fspf is the one the launcher wrote for this start
+ *    (<region>/.sconify.fspf.<start id>), encrypted with the key it made for this start and
+ *    granted (never on disk, never in the environment), and shared by the whole measured tree
+ *    as a volume's is: a child sees what its parent wrote and the reverse. Without one (docker
+ *    exec, a refused command) the fspf exists only in this process's memory. Files written
+ *    there are ciphertext on disk, unreadable once the start's key is gone. A regular file or
+ *    symlink the fspf does not record (an earlier start's, an ungranted process's, a planted
+ *    one) is not there for the service: hidden from listings, ENOENT for stat/open/unlink,
+ *    replaced by a create. Directories, sockets and fifos pass through; O_TMPFILE and tmpfile()
+ *    give an anonymous memfd, and the libc mkstemp family (which opens inside glibc) is served
+ *    through open().
  *  - links in a region: symlink()/symlinkat() make a kernel symlink recorded in the region's
  *    fspf (FSPF_SYMLINK, its target authenticated); paths through a recorded link are resolved
  *    by the shield (target_of) after the target is checked. link()/linkat() there: EPERM.
@@ -148,6 +152,7 @@
     REAL(int, dup3, int, int, int) \
     REAL(int, unlink, const char *) \
     REAL(int, unlinkat, int, const char *, int) \
+    REAL(int, rmdir, const char *) \
     REAL(int, rename, const char *, const char *) \
     REAL(int, mkostemps, char *, int, int) \
     REAL(int, mkostemps64, char *, int, int) \
@@ -184,7 +189,9 @@ struct svol {
     struct fspf fs;
     unsigned char key[32];
     unsigned char tag[16];
-    int ephemeral;             /* fs lives in memory only: no fspf file, no key, no tag */
+    int ephemeral;             /* starts empty, hides what it does not record; no tag, no fsync */
+    int shared;                /* ephemeral: fs is this start's fspf file (v->fspf_path, key), shared
+                                * by the service's processes; else in this process's memory only */
     int container_copy;        /* the container's own copy: tags go to its state file (commit.c) */
     int has_links;             /* fs has (or had) an FSPF_SYMLINK record: paths are resolved */
     struct rt_key granted;     /* the grant's key and tags for it (path, name NULL): judge the fspf at start */
@@ -192,7 +199,7 @@ struct svol {
     struct stat64 seen;        /* the fspf file as last loaded or written (volume_refresh) */
     dev_t dev;                 /* its directory's device, once known (region_device) */
     int dev_known;
-    struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL) */
+    struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL unless shared) */
 };
 
 struct content {               /* what a memfd held when it was last loaded or committed */
@@ -206,6 +213,7 @@ struct content {               /* what a memfd held when it was last loaded or c
 struct tracked {               /* a memfd the service may write: protected again on close */
     struct svol *vol;
     char *path;
+    int reader;                /* opened for reading only: never committed, its identity served */
     dev_t dev;                 /* the memfd's identity (reopen_tracked checks the fd is still it) */
     ino_t ino;
     struct content committed;  /* a close or fsync with the same content commits nothing */
@@ -324,6 +332,7 @@ FILE *shield_tmpfile(int large);
 /* ------------------------------------------------------------------ tracked fds (tracked.c) */
 
 void track(int fd, struct svol *vol, const char *path);
+void track_reader(int fd, struct svol *vol, const char *path);
 struct tracked *tracked_fd(int fd);
 void untrack(int fd);
 void retarget_tracked(struct svol *vol, const char *from, const char *to, int prefix);

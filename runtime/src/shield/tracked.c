@@ -36,8 +36,9 @@ static void committed_as(dev_t dev, ino_t ino, const struct content *c)
 }
 
 /* fd, a memfd holding the plaintext of path in vol as last loaded or committed (or a new
- * descriptor of a memfd already tracked: dup, reopen), is tracked from now on. */
-void track(int fd, struct svol *vol, const char *path)
+ * descriptor of a memfd already tracked: dup, reopen), is tracked from now on; a reader's
+ * content is not hashed (it commits nothing). */
+static void track_fd(int fd, struct svol *vol, const char *path, int reader)
 {
     if (fd >= S.nfds) {
         int n = fd + 64;
@@ -50,6 +51,7 @@ void track(int fd, struct svol *vol, const char *path)
     free(S.fds[fd].path);
     S.fds[fd].vol = vol;
     S.fds[fd].path = strdup(path);
+    S.fds[fd].reader = reader;
     struct stat64 st;
     int known = RESOLVE(fstat64)(fd, &st) == 0;
     S.fds[fd].dev = known ? st.st_dev : 0;
@@ -61,8 +63,14 @@ void track(int fd, struct svol *vol, const char *path)
             return;
         }
     }
-    if (known) S.fds[fd].committed = content_of(fd);
+    if (known && !reader) S.fds[fd].committed = content_of(fd);
 }
+
+void track(int fd, struct svol *vol, const char *path) { track_fd(fd, vol, path, 0); }
+
+/* A region file opened for reading only (a sealed memfd, or a reopened one): nothing to commit,
+ * but fstat gives the file's identity, as stat(path) does (shutil.rmtree compares the two). */
+void track_reader(int fd, struct svol *vol, const char *path) { track_fd(fd, vol, path, 1); }
 
 struct tracked *tracked_fd(int fd)
 {
@@ -116,7 +124,7 @@ int reopen_tracked(struct svol *vol, const char *path, int flags)
     for (int fd = 0; fd < S.nfds; fd++) {
         struct tracked *t = &S.fds[fd];
         struct stat64 st;
-        if (!t->path || t->vol != vol || strcmp(t->path, path) != 0) continue;
+        if (!t->path || t->reader || t->vol != vol || strcmp(t->path, path) != 0) continue;
         if (RESOLVE(fstat64)(fd, &st) != 0 || st.st_dev != t->dev || st.st_ino != t->ino) continue;
         char proc[64];
         snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
@@ -141,6 +149,7 @@ int flush_tracked(int fd)
         untrack(fd);
         t = NULL;
     }
+    if (t && t->reader) t = NULL;  /* nothing written */
     int readable = fd, rc = 0;
     if (t && (fcntl(fd, F_GETFL) & O_ACCMODE) == O_WRONLY) {
         /* a write-only open file description (reopen_tracked): the commit reads the same
@@ -200,7 +209,8 @@ int dup_tracked(int from, int to)
         if (t) {
             struct svol *vol = t->vol;
             char *path = strdup(t->path);
-            track(to, vol, path);
+            int reader = t->reader;
+            (reader ? track_reader : track)(to, vol, path);
             free(path);
         } else {
             untrack(to);
@@ -208,4 +218,16 @@ int dup_tracked(int from, int to)
         pthread_mutex_unlock(&S.lock);
     }
     return to;
+}
+
+/* At exit (exit(), a return from main; not _exit), the files the process still has open for
+ * writing are protected as they are: the kernel's close at exit keeps what was written (a
+ * process that sends its stderr to a file and exits without closing it). C streams first, as
+ * exit() would flush them after this. */
+__attribute__((destructor)) static void flush_at_exit(void)
+{
+    if (!S.active || !S.nfds) return;
+    fflush(NULL);
+    for (int fd = 0; fd < S.nfds; fd++)
+        if (tracked_fd(fd) && !S.fds[fd].reader) flush_tracked(fd);
 }

@@ -7,13 +7,15 @@
 
 const char *region_word(const struct svol *vol) { return vol->ephemeral ? "ephemeral region" : "volume"; }
 
-/* Ephemeral regions start empty: a regular file or a symlink at path that the in-memory fspf
- * does not record was not written by this process (another process's, an earlier run's, or
- * planted) and is not there for the service. Directories, sockets, fifos and devices are.
- * Called with S.lock held. */
+/* Ephemeral regions start empty: a regular file or a symlink at path that the region's fspf
+ * does not record was not written by the service in this start (an earlier start's, a process's
+ * without the grant, or planted) and is not there for the service. Directories, sockets, fifos
+ * and devices are. Called with S.lock held. */
 int ephemeral_hidden(struct svol *vol, const char *path)
 {
-    if (!vol->ephemeral || strcmp(path, vol->v->path) == 0 || fspf_find(&vol->fs, path)) return 0;
+    if (!vol->ephemeral || strcmp(path, vol->v->path) == 0) return 0;
+    volume_refresh(vol, 0);  /* what the service's other processes wrote */
+    if (fspf_find(&vol->fs, path)) return 0;
     struct stat64 st;
     in_shield++;
     int rc = lstat64(path, &st);
@@ -271,7 +273,7 @@ static int read_stored(struct target *t, struct fspf_file *rec, int fd, struct r
                  : ftruncate(fd, 0) != 0 ? rt_fail(err, "%s: %s", t->path, strerror(errno))
                  : fspf_open_file(rec, stored, fd, err);
         if (stored >= 0) RESOLVE(close)(stored);
-        if (rc == 0 || attempt || t->vol->ephemeral) return rc;
+        if (rc == 0 || attempt || (t->vol->ephemeral && !t->vol->shared)) return rc;
     }
 }
 
@@ -330,7 +332,7 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
     /* a file this process has open for writing: the same plaintext, as with the kernel (two
      * SQLite connections of one process to one database see each other's commits) */
     if (rec && (fd = reopen_tracked(t->vol, t->path, flags)) >= 0) {
-        if (writable) track(fd, t->vol, t->path);  /* the content is shared: either close commits it */
+        (writable ? track : track_reader)(fd, t->vol, t->path);  /* the content is shared: either close commits it */
         goto out;
     }
     fd = new_memfd(t->path, flags & O_CLOEXEC);
@@ -369,6 +371,7 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
         track(fd, t->vol, t->path);
     } else {
         fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+        track_reader(fd, t->vol, t->path);
     }
 out:
     pthread_mutex_unlock(&S.lock);
@@ -425,7 +428,48 @@ int shield_truncate(const char *path, off64_t length, struct target *t)
 
 /* ------------------------------------------------------------------ unlink, rename */
 
-/* unlink, unlinkat: 0 or -1 (errno), or -2: not ours (the real call with t->path). */
+/* The entries of directory dir (in an ephemeral region) that the region hides: whether there
+ * are only such (1), and with unlink, removes them. Called with S.lock held. */
+static int only_hidden_entries(struct svol *vol, const char *dir, int unlink)
+{
+    in_shield++;
+    DIR *d = RESOLVE(opendir)(dir);
+    int only = d != NULL;
+    for (struct dirent64 *e; only && (e = RESOLVE(readdir64)(d)) != NULL;) {
+        char entry[PATH_MAX];
+        if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+        only = snprintf(entry, sizeof entry, "%s/%s", dir, e->d_name) < (int)sizeof entry && ephemeral_hidden(vol, entry);
+        if (only && unlink) only = unlinkat(RESOLVE(dirfd)(d), e->d_name, 0) == 0 || errno == ENOENT;
+    }
+    if (d) RESOLVE(closedir)(d);
+    in_shield--;
+    return only;
+}
+
+/* rmdir, unlinkat(AT_REMOVEDIR) of a directory in an ephemeral region that holds nothing but
+ * what the region hides (an earlier start's files, a tool's output, planted ones): it is empty
+ * to the service, which removes it as on a local disk, those entries first. 0, -1 (errno), or
+ * -2: the kernel's (t->path). */
+static int remove_region_dir(struct target *t)
+{
+    if (!t->vol->ephemeral || strcmp(t->path, t->vol->v->path) == 0) return -2;
+    in_shield++;
+    int rc = rmdir(t->path);
+    in_shield--;
+    if (rc == 0 || errno != ENOTEMPTY) return rc;
+    pthread_mutex_lock(&S.lock);
+    if (only_hidden_entries(t->vol, t->path, 0) && only_hidden_entries(t->vol, t->path, 1)) {
+        in_shield++;
+        rc = rmdir(t->path);
+        in_shield--;
+    } else {
+        errno = ENOTEMPTY;
+    }
+    pthread_mutex_unlock(&S.lock);
+    return rc;
+}
+
+/* unlink, unlinkat, rmdir: 0 or -1 (errno), or -2: not ours (the real call with t->path). */
 int shield_unlink(int dirfd, const char *path, int flags, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, 0, t) != 0) return -2;
@@ -433,6 +477,7 @@ int shield_unlink(int dirfd, const char *path, int flags, struct target *t)
         errno = EROFS;
         return -1;
     }
+    if (t->kind == T_VOL && (flags & AT_REMOVEDIR)) return remove_region_dir(t);
     if (t->kind != T_VOL || (flags & AT_REMOVEDIR)) return -2;
     if (dir_syntax(path)) return region_dir_syntax(t, 0);  /* ENOTDIR for a file, EISDIR... */
     pthread_mutex_lock(&S.lock);
@@ -476,7 +521,7 @@ static int rename_ephemeral_dir(struct svol *vol, const char *from, const char *
         struct rt_error err = {{0}};
         if (rec && rec->protection == FSPF_SYMLINK) {
             if (snprintf(next, sizeof next, "%s%s", to, moved[i] + n) < (int)sizeof next)
-                ok = move_link(vol, rec, next, next, NULL) == 0;  /* already moved by the kernel */
+                ok = move_link(vol, rec, next, next, moved[i]) == 0;  /* already moved by the kernel */
         } else if (rec && snprintf(next, sizeof next, "%s%s", to, moved[i] + n) < (int)sizeof next &&
             (plain = new_memfd(next, 1)) >= 0) {
             in_shield++;
@@ -484,7 +529,7 @@ static int rename_ephemeral_dir(struct svol *vol, const char *from, const char *
             in_shield--;
             if (stored >= 0 && fspf_open_file(rec, stored, plain, &err) == 0) {
                 keep_times(stored, plain);
-                ok = commit(vol, next, plain, NULL, 0600) == 0;
+                ok = commit(vol, next, plain, moved[i], 0600) == 0;  /* (the old name is gone already) */
             }
             else shield_log("ephemeral region %s: %s", vol->v->path, stored < 0 ? strerror(errno) : err.msg);
         }
