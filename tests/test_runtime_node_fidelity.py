@@ -49,15 +49,7 @@ def lines(out: str, place: str, who: str) -> list[str]:
     return [line for line in out.splitlines() if line.startswith(f"{PLACES[place]} {who} ")]
 
 
-TMP_CHILD = ("/tmp is an ephemeral region per process: the spawned child's files there are under keys only the "
-             "child held, so the parent finds none of them (ENOENT) and lists none (the launcher-owned shared "
-             "/tmp of docs/runtime.md's design is planned)")
-
-
-@pytest.mark.parametrize("place, who", [
-    ("volume", "thread"), ("volume", "child"), ("tmp", "thread"),
-    pytest.param("tmp", "child", marks=pytest.mark.xfail(strict=True, reason=TMP_CHILD)),
-])
+@pytest.mark.parametrize("place, who", [("volume", "thread"), ("volume", "child"), ("tmp", "thread"), ("tmp", "child")])
 def test_node_thread_and_child_writes_read_back_as_in_the_original(place, who, outputs):
     original, converted, _ = outputs
     expected = lines(original, place, who)
@@ -65,7 +57,7 @@ def test_node_thread_and_child_writes_read_back_as_in_the_original(place, who, o
     assert lines(converted, place, who) == expected
 
 
-@pytest.mark.parametrize("place", ["volume", pytest.param("tmp", marks=pytest.mark.xfail(strict=True, reason=TMP_CHILD))])
+@pytest.mark.parametrize("place", ["volume", "tmp"])
 def test_node_listing_after_thread_and_child_writes_as_in_the_original(place, outputs):
     original, converted, _ = outputs
     assert lines(converted, place, "listing:") == lines(original, place, "listing:") != []
