@@ -19,6 +19,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -28,6 +29,7 @@
 #include <sys/prctl.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <jansson.h>
@@ -37,6 +39,7 @@
 #include "embedfs.h"
 #include "fspf.h"
 #include "measure.h"
+#include "plaincache.h"
 #include "policy.h"
 #include "statestore.h"
 #include "util.h"
@@ -433,6 +436,17 @@ static void forward(int sig)
     if (child_pid > 0) kill(child_pid, sig);
 }
 
+/* SIGCHLD wakes the poll loop (serve_and_reap) through a pipe. */
+static int child_pipe[2] = {-1, -1};
+
+static void child_exited(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    if (write(child_pipe[1], "c", 1) < 0) {}
+    errno = saved;
+}
+
 static int exit_status(int status)
 {
     if (WIFEXITED(status)) return WEXITSTATUS(status);
@@ -501,7 +515,8 @@ static void check_config_binding(const struct rt_config *cfg, const struct rt_ke
  * config to the shield in a sealed memfd the command inherits (SCONIFY_GRANT=<fd>). A process
  * the launcher did not start this way (docker exec, a preload by hand, a command the policy
  * refused) has no grant and gets no keys, whatever keys file it can read. */
-static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, const char *keys_path, int persist)
+static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, const char *keys_path, int persist,
+                       const struct plaincache *cache)
 {
     json_t *doc = json_object();
     json_object_set_new(doc, "schema", json_string("sconify.grant/v1"));
@@ -509,6 +524,15 @@ static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, 
     json_object_set_new(doc, "persist", json_boolean(persist));
     json_object_set_new(doc, "runtime_config", json_stringn(cfg->source, cfg->source_len));
     json_object_set_new(doc, "keys", keys_to_json(keys));
+    if (cache && cache->listener >= 0) {  /* the shared plaintext cache: where, and the token it asks for */
+        char token[2 * CACHE_TOKEN_LEN + 1];
+        hex_encode(cache->token, CACHE_TOKEN_LEN, token);
+        json_t *c = json_object();
+        json_object_set_new(c, "socket", json_string(cache->name));
+        json_object_set_new(c, "token", json_string(token));
+        json_object_set_new(doc, "cache", c);
+        OPENSSL_cleanse(token, sizeof token);
+    }
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     int fd = memfd_create("sconify-grant", MFD_ALLOW_SEALING);
@@ -522,6 +546,44 @@ static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, 
     char number[16];
     snprintf(number, sizeof number, "%d", fd);
     setenv("SCONIFY_GRANT", number, 1);
+}
+
+/* PID 1 with the shared plaintext cache: one poll loop answers the service's processes, reaps
+ * every zombie (SIGCHLD wakes it through child_pipe) and returns the service's exit status.
+ * Signals are forwarded by their handlers as before; a client is never waited for. Called with
+ * every signal blocked (old: the mask to restore). */
+static int serve_and_reap(struct plaincache *cache, const sigset_t *old)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = child_exited;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    if (pipe2(child_pipe, O_CLOEXEC | O_NONBLOCK) != 0 || sigaction(SIGCHLD, &sa, NULL) != 0)
+        die("%s", "cannot watch the service (pipe, SIGCHLD)");
+    sigprocmask(SIG_SETMASK, old, NULL);
+    static struct pollfd fds[2 + CACHE_MAX_CLIENTS];
+    time_t swept = 0;
+    for (;;) {
+        int status;
+        pid_t pid;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+            if (pid == child_pid) return exit_status(status);
+        if (pid < 0 && errno == ECHILD) return 1;
+        fds[0] = (struct pollfd){.fd = child_pipe[0], .events = POLLIN};
+        size_t n = plaincache_pollfds(cache, fds + 1);
+        int ready = poll(fds, n + 1, 1000);
+        if (ready < 0) continue;  /* EINTR: a forwarded signal */
+        if (fds[0].revents) {
+            char drain[64];
+            while (read(child_pipe[0], drain, sizeof drain) > 0) {}
+        }
+        if (ready > 0) plaincache_serve(cache, fds + 1, n);
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec != swept) {  /* once a second: drop the memfds nobody holds any more */
+            plaincache_sweep(cache);
+            swept = now.tv_sec;
+        }
+    }
 }
 
 int main(int argc, char **argv)
@@ -608,8 +670,20 @@ int main(int argc, char **argv)
     if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env, detect, have_store ? &store : NULL);
     if (have_store) store_close(&store);
 
+    /* As PID 1 the launcher stays beside the service: it owns each volume file's shared
+     * plaintext cache (plaincache.h). Not PID 1 it execs the command, and every process of the
+     * service keeps a private copy of each file it opens, as before. */
+    static struct plaincache cache = {.listener = -1};
+    if (have_keys && getpid() == 1 && cfg.volume_count) {
+        char **paths = calloc(cfg.volume_count, sizeof *paths);
+        for (size_t i = 0; paths && i < cfg.volume_count; i++) paths[i] = cfg.volumes[i].path;
+        if (!paths || plaincache_start(&cache, cfg.executable, paths, cfg.volume_count) != 0)
+            fprintf(stderr, "sconify-run: cannot open the socket of the shared plaintext cache (%s); each process of "
+                            "the service keeps its own copy of the volume files it opens\n", strerror(errno));
+        free(paths);
+    }
     if (have_keys) {
-        grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env);
+        grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env, &cache);
         keys_free(&keys);
     }
     setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);
@@ -639,6 +713,7 @@ int main(int argc, char **argv)
     sa.sa_handler = forward;
     sa.sa_flags = SA_RESTART;
     for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaction(forwarded[i], &sa, NULL);
+    if (cache.listener >= 0) return serve_and_reap(&cache, &old);
     sigprocmask(SIG_SETMASK, &old, NULL);
     for (;;) {
         int status;
