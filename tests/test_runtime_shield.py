@@ -1549,6 +1549,53 @@ def test_sqlite_four_processes_share_one_database_under_the_launcher_as_pid_1(wo
             assert b"secret-row" not in stored.read_bytes(), stored
 
 
+SHARED_FILE = (
+    "import fcntl, mmap, os, sys\n"
+    "path = sys.argv[1]\n"
+    "with open(path, 'w') as f: f.write('0' * 4096)\n"
+    "a = os.open(path, os.O_RDWR)\n"
+    "fcntl.lockf(a, fcntl.LOCK_EX)\n"
+    "r, w = os.pipe()\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    b = os.open(path, os.O_RDWR | os.O_APPEND)\n"
+    "    try:\n"
+    "        fcntl.lockf(b, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+    "        print('child: locked')\n"
+    "    except OSError:\n"
+    "        print('child: the parent holds the lock')\n"
+    "    m = mmap.mmap(b, 4096)\n"
+    "    m[:5] = b'child'\n"
+    "    os.write(b, b'appended')\n"
+    "    m.close()\n"
+    "    os.close(b)\n"
+    "    sys.stdout.flush()\n"
+    "    os._exit(0)\n"
+    "os.pwrite(a, b'parent', 5)\n"
+    "os.waitpid(pid, 0)\n"
+    "print('parent sees', os.pread(a, 11, 0), os.fstat(a).st_size, os.pread(a, 8, 4096))\n"
+    "os.close(a)\n"
+)
+
+
+def test_a_file_open_in_two_processes_is_one_file_under_the_launcher_as_pid_1(world):
+    """fcntl locks, a shared mapping, O_APPEND and plain writes of two processes meet in one
+    plaintext (the launcher's), as on a plain directory; not PID 1, each process has its own copy."""
+    plain = world.root / "plain-shared"
+    plain.mkdir()
+    expected = world.python_code(SHARED_FILE, str(plain / "f")).stdout
+    assert expected.splitlines()[0] == "child: the parent holds the lock"
+    assert expected.splitlines()[-1] == "parent sees b'childparent' 4104 b'appended'"
+    path = str(world.volume / "shared.txt")
+    result = world.python_code(SHARED_FILE, path, env={"SCONIFY_LOG": "stderr"}, pid1=True)
+    assert result.stdout == expected, result.stderr
+    again = world.python_code("import sys\nd = open(sys.argv[1], 'rb').read()\nprint(d[:11], len(d), d[-8:])", path)
+    assert again.stdout == "b'childparent' 4104 b'appended'\n"
+    assert b"childparent" not in (world.volume / "shared.txt").read_bytes()
+    private = world.python_code(SHARED_FILE, path, env={"SCONIFY_LOG": "stderr"}).stdout
+    assert private.splitlines()[0] == "child: locked"  # the launcher not PID 1: private copies
+
+
 CONCURRENT = (
     "import os, sys\n"
     "vol = sys.argv[1]\n"
