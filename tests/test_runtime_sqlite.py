@@ -78,19 +78,33 @@ def scenario_modes(path, mode, marker):
                                       check=True).stdout)
     print(json.dumps({**again, "ids": len(again["ids"]), "sum": sum(again["ids"])}), flush=True)
 
-def scenario_concurrent(path, mode, marker, method, per_process):
+def four_writers(path, mode, marker, method, per_process):
+    """Four processes (multiprocessing's method) insert per_process rows each, at the same time:
+    the workers and the seconds from their start to their end."""
     create(path, mode).close()
     context = multiprocessing.get_context(method)
     barrier = context.Barrier(4)
     workers = [context.Process(target=insert, args=(path, mode, marker, 1 + k * 10_000, int(per_process), barrier))
                for k in range(4)]
+    start = time.monotonic()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
+    return workers, time.monotonic() - start
+
+def scenario_concurrent(path, mode, marker, method, per_process):
+    workers, _ = four_writers(path, mode, marker, method, per_process)
     result = check(path)
     print(json.dumps({"exitcodes": [w.exitcode for w in workers], "integrity": result["integrity"],
                       "rows": len(result["ids"]), "sum": sum(result["ids"])}), flush=True)
+
+def scenario_rate(path, mode, marker, method, per_process):
+    """scenario_concurrent, timed (bench/bench_sqlite_shared.py)."""
+    workers, seconds = four_writers(path, mode, marker, method, per_process)
+    result = check(path)
+    print(json.dumps({"exitcodes": [w.exitcode for w in workers], "integrity": result["integrity"],
+                      "rows": len(result["ids"]), "seconds": seconds}), flush=True)
 
 def scenario_writer(path, mode, marker):
     """Insert one row per transaction forever; print each id once its commit returned."""
