@@ -28,6 +28,7 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -548,10 +549,30 @@ static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, 
     setenv("SCONIFY_GRANT", number, 1);
 }
 
+/* One round of the cache's poll loop: waits up to a second for wake_fd or a request, answers
+ * what came, and once a second drops the memfds nobody holds any more. 1 if wake_fd is
+ * readable. Never waits for a client. */
+static int serve_once(struct plaincache *cache, int wake_fd)
+{
+    static struct pollfd fds[2 + CACHE_MAX_CLIENTS];
+    static time_t swept;
+    fds[0] = (struct pollfd){.fd = wake_fd, .events = POLLIN};
+    size_t n = plaincache_pollfds(cache, fds + 1);
+    int ready = poll(fds, n + 1, 1000);
+    if (ready > 0) plaincache_serve(cache, fds + 1, n);  /* (< 0: EINTR, a forwarded signal) */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec != swept) {
+        plaincache_sweep(cache);
+        swept = now.tv_sec;
+    }
+    return ready > 0 && fds[0].revents != 0;
+}
+
 /* PID 1 with the shared plaintext cache: one poll loop answers the service's processes, reaps
  * every zombie (SIGCHLD wakes it through child_pipe) and returns the service's exit status.
- * Signals are forwarded by their handlers as before; a client is never waited for. Called with
- * every signal blocked (old: the mask to restore). */
+ * Signals are forwarded by their handlers as before. Called with every signal blocked (old: the
+ * mask to restore). */
 static int serve_and_reap(struct plaincache *cache, const sigset_t *old)
 {
     struct sigaction sa = {0};
@@ -560,30 +581,49 @@ static int serve_and_reap(struct plaincache *cache, const sigset_t *old)
     if (pipe2(child_pipe, O_CLOEXEC | O_NONBLOCK) != 0 || sigaction(SIGCHLD, &sa, NULL) != 0)
         die("%s", "cannot watch the service (pipe, SIGCHLD)");
     sigprocmask(SIG_SETMASK, old, NULL);
-    static struct pollfd fds[2 + CACHE_MAX_CLIENTS];
-    time_t swept = 0;
     for (;;) {
         int status;
         pid_t pid;
         while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
             if (pid == child_pid) return exit_status(status);
         if (pid < 0 && errno == ECHILD) return 1;
-        fds[0] = (struct pollfd){.fd = child_pipe[0], .events = POLLIN};
-        size_t n = plaincache_pollfds(cache, fds + 1);
-        int ready = poll(fds, n + 1, 1000);
-        if (ready < 0) continue;  /* EINTR: a forwarded signal */
-        if (fds[0].revents) {
+        if (serve_once(cache, child_pipe[0])) {
             char drain[64];
             while (read(child_pipe[0], drain, sizeof drain) > 0) {}
         }
-        if (ready > 0) plaincache_serve(cache, fds + 1, n);
-        struct timespec now;
-        clock_gettime(CLOCK_MONOTONIC, &now);
-        if (now.tv_sec != swept) {  /* once a second: drop the memfds nobody holds any more */
-            plaincache_sweep(cache);
-            swept = now.tv_sec;
-        }
     }
+}
+
+/* Not PID 1, the launcher execs the service, which keeps its pid: the cache is served by a
+ * keeper, a grandchild of the launcher (orphaned at once, so never the service's child: its
+ * wait() does not see it), in a session of its own (a terminal's ^C is for the service), with
+ * its stdio on /dev/null (a caller reading the service's output to its end does not wait for
+ * it). It serves until the service exits (a pidfd of the launcher's pid). 0, or -1: no keeper. */
+static int start_keeper(struct plaincache *cache)
+{
+    int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (pidfd < 0) return -1;
+    pid_t first = fork();
+    if (first == 0) {
+        if (fork() != 0) _exit(0);
+        setsid();
+        if (cache->listener <= 2) cache->listener = fcntl(cache->listener, F_DUPFD_CLOEXEC, 3);  /* stdio: /dev/null */
+        if (pidfd <= 2) pidfd = fcntl(pidfd, F_DUPFD_CLOEXEC, 3);
+        /* only the socket and the pidfd: not the grant, not the service's descriptors */
+        int low = cache->listener < pidfd ? cache->listener : pidfd, high = cache->listener ^ pidfd ^ low;
+        close_range(3, (unsigned)low - 1, 0);
+        close_range((unsigned)low + 1, (unsigned)high - 1, 0);
+        close_range((unsigned)high + 1, ~0U, 0);
+        int null = open("/dev/null", O_RDWR);
+        for (int fd = 0; null >= 0 && fd <= 2; fd++) dup2(null, fd);
+        if (null > 2) close(null);
+        while (!serve_once(cache, pidfd)) {}
+        _exit(0);
+    }
+    close(pidfd);
+    if (first < 0) return -1;
+    while (waitpid(first, NULL, 0) < 0 && errno == EINTR) {}
+    return 0;
 }
 
 int main(int argc, char **argv)
@@ -670,11 +710,12 @@ int main(int argc, char **argv)
     if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env, detect, have_store ? &store : NULL);
     if (have_store) store_close(&store);
 
-    /* As PID 1 the launcher stays beside the service: it owns each volume file's shared
-     * plaintext cache (plaincache.h). Not PID 1 it execs the command, and every process of the
-     * service keeps a private copy of each file it opens, as before. */
+    /* Each volume file's shared plaintext cache (plaincache.h) has one owner: as PID 1 the
+     * launcher itself, which stays beside the service; else a keeper it forks before it execs
+     * the command. Without one, every process of the service keeps a private copy of each file
+     * it opens. */
     static struct plaincache cache = {.listener = -1};
-    if (have_keys && getpid() == 1 && cfg.volume_count) {
+    if (have_keys && cfg.volume_count) {
         char **paths = calloc(cfg.volume_count, sizeof *paths);
         for (size_t i = 0; paths && i < cfg.volume_count; i++) paths[i] = cfg.volumes[i].path;
         if (!paths || plaincache_start(&cache, cfg.executable, paths, cfg.volume_count) != 0)
@@ -686,6 +727,11 @@ int main(int argc, char **argv)
         grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env, &cache);
         keys_free(&keys);
     }
+    /* (forked after the keys are cleared: the keeper holds none; its requests fail without it,
+     * and the service's processes then keep private copies) */
+    if (cache.listener >= 0 && getpid() != 1 && start_keeper(&cache) != 0)
+        fprintf(stderr, "sconify-run: cannot start the keeper of the shared plaintext cache (%s); each process of "
+                        "the service keeps its own copy of the volume files it opens\n", strerror(errno));
     setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);
     set_preload(shield);
 

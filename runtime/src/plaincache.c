@@ -212,6 +212,12 @@ static int answer(struct plaincache *pc, int client)
         if (f) drop_file(pc, f);
     } else if (req.op == CACHE_OPEN) {
         struct cache_file *f = find_file(pc, req.path);
+        if (f && unheld(f)) {
+            /* nobody has it open: what is stored is the file (a chmod or utime by path changed
+             * it there), the caller reads it again */
+            drop_file(pc, f);
+            f = NULL;
+        }
         if (!f && passed >= 0) f = adopt(pc, req.path, passed, &reply.status);
         else if (!f) reply.status = ENOENT;
         if (f && (out = reopen(f, req.flags)) < 0) reply.status = errno;

@@ -336,6 +336,7 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
      * the kernel's would). */
     int shared = rec && cache_enabled(t->vol), status = ENOENT;
     if (shared && (fd = cache_open(t->path, flags, -1, &status)) >= 0) {
+        if (exists) fchmod(fd, st.st_mode & 07777);  /* a chmod by path changed the stored file's */
         if (writable && (flags & O_TRUNC) && ftruncate(fd, 0) != 0) {
             int saved = errno;
             RESOLVE(close)(fd);
