@@ -148,3 +148,74 @@ print('loop', e(os.stat, 'loop'), e(open, 'loop'), e(os.stat, 'loop1'), os.path.
 os.unlink('loop1'); os.unlink('loop2')
 print('final', sorted(os.listdir('.')))
 """
+
+# Node writing from a worker thread and from a spawned node child (child_process.spawn of
+# process.execPath), each to every directory given: writeFileSync, fs.promises.writeFile,
+# appendFile (sync and promise), a write stream, a FileHandle. Each writer reads its files back
+# itself ("self"), then the main thread reads them ("main"). One line per directory, writer, reader.
+NODE_THREADS_AND_CHILDREN = r"""
+const fs = require('fs'), path = require('path');
+const { Worker } = require('worker_threads');
+const { spawn } = require('child_process');
+const WRITER = `
+const fs = require('fs'), fsp = fs.promises, path = require('path'), crypto = require('crypto');
+const NAMES = ['sync.txt', 'promise.txt', 'append.txt', 'stream.txt', 'handle.txt'];
+function readBack(d, who) {
+  return NAMES.map((n) => {
+    try {
+      const b = fs.readFileSync(path.join(d, who + '-' + n));
+      return n + '=' + (b.length > 40 ? b.length + ':' + crypto.createHash('sha256').update(b).digest('hex').slice(0, 12)
+                                       : JSON.stringify(b.toString()));
+    } catch (e) { return n + '=' + e.code; }
+  }).join(' ');
+}
+async function write(d, who) {
+  const p = (n) => path.join(d, who + '-' + n);
+  fs.mkdirSync(d, {recursive: true});
+  fs.writeFileSync(p('sync.txt'), 'sync by ' + who);
+  await fsp.writeFile(p('promise.txt'), 'promise by ' + who);
+  fs.appendFileSync(p('append.txt'), 'a1;');
+  await fsp.appendFile(p('append.txt'), 'a2;');
+  fs.appendFileSync(p('append.txt'), 'a3;');
+  await new Promise((resolve, reject) => {
+    const s = fs.createWriteStream(p('stream.txt'));
+    s.on('error', reject).on('finish', resolve);
+    for (let i = 0; i < 500; i++) s.write(who + ' line ' + i + String.fromCharCode(10));
+    s.end();
+  });
+  const h = await fsp.open(p('handle.txt'), 'w');
+  await h.write('handle by ' + who);
+  await h.close();
+  return readBack(d, who);
+}
+`;
+const { readBack } = new Function('require', WRITER + 'return {readBack, write};')(require);
+const THREAD = WRITER + `
+const { parentPort, workerData } = require('worker_threads');
+write(workerData.d, 'thread').then((r) => parentPort.postMessage(r), (e) => parentPort.postMessage('failed ' + e.code));
+`;
+const CHILD = WRITER + `
+write(process.argv[1], 'child').then((r) => console.log(r), (e) => { console.log('failed', e.code); process.exit(1); });
+`;
+(async () => {
+  for (const d of process.argv.slice(2)) {
+    fs.mkdirSync(d, {recursive: true});
+    const byThread = await new Promise((resolve, reject) => {
+      const w = new Worker(THREAD, {eval: true, workerData: {d}});
+      let said = '';
+      w.on('message', (m) => { said = m; }).on('error', reject).on('exit', (code) => resolve(said + ' exit=' + code));
+    });
+    console.log(d, 'thread self:', byThread);
+    console.log(d, 'thread main:', readBack(d, 'thread'));
+    const byChild = await new Promise((resolve, reject) => {
+      const c = spawn(process.execPath, ['-e', CHILD, d], {stdio: ['ignore', 'pipe', 'inherit']});
+      let out = '';
+      c.stdout.on('data', (b) => { out += b; });
+      c.on('error', reject).on('close', (code) => resolve(out.trim() + ' exit=' + code));
+    });
+    console.log(d, 'child self:', byChild);
+    console.log(d, 'child main:', readBack(d, 'child'));
+    console.log(d, 'listing:', fs.readdirSync(d).sort().join(','));
+  }
+})().catch((e) => { console.log('failed', e.code, e.message); process.exit(1); });
+"""

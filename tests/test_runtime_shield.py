@@ -732,6 +732,121 @@ def test_sqlite_rollback_journals_and_wal_work_as_on_a_plain_directory(world):
     assert out == "secret-row-0019\n"
 
 
+def as_on_a_plain_directory(world, script: str, name: str, *regions: Path) -> str:
+    """Run script on a plain directory and on NAME in each region; each prints what the plain
+    one printed. The plain directory's output (the oracle, for the caller to check)."""
+    plain = world.root / f"plain-{name}"
+    plain.mkdir()
+    expected = world.python_code(script, str(plain)).stdout
+    for region in regions:
+        (region / name).mkdir()
+        assert world.python_code(script, str(region / name)).stdout == expected, region
+    return expected
+
+
+# A database with a table t(x) in DIR (argv[1]) for each journal mode: created(mode) -> (path, connection).
+SQLITE_CREATED = r"""
+import multiprocessing, os, sqlite3, sys
+def created(mode):
+    path = os.path.join(sys.argv[1], mode + ".db")
+    db = sqlite3.connect(path)
+    db.execute(f"pragma journal_mode={mode}")
+    db.execute("create table t(x)")
+    db.commit()
+    return path, db
+"""
+
+SQLITE_TWO_CONNECTIONS = SQLITE_CREATED + r"""
+for mode in ("delete", "wal"):
+    path, a = created(mode)
+    b = sqlite3.connect(path)
+    seen = [b.execute("select count(*) from t").fetchone()[0]]
+    a.execute("insert into t values (1)")
+    a.commit()
+    seen.append(b.execute("select count(*) from t").fetchone()[0])
+    b.execute("insert into t values (2)")
+    b.commit()
+    seen.append(a.execute("select count(*) from t").fetchone()[0])
+    a.close()
+    b.close()
+    c = sqlite3.connect(path)
+    print(mode, seen, c.execute("select count(*) from t").fetchone()[0], c.execute("pragma integrity_check").fetchone()[0])
+"""
+
+
+def test_sqlite_two_connections_of_one_process_see_each_others_commits(world):
+    """Two connections of one process to one database (a pool, two threads): each sees what the
+    other committed, as on a plain directory. Every descriptor the process opens on a file it has
+    open for writing shares that file's plaintext memfd; with a copy per open, the second
+    connection read a stale database, its commit overwrote the first's row (rollback journal)
+    and WAL gave "disk I/O error"."""
+    expected = as_on_a_plain_directory(world, SQLITE_TWO_CONNECTIONS, "two", world.volume, world.tmp)
+    assert expected.splitlines() == ["delete [0, 1, 2] 2 ok", "wal [0, 1, 2] 2 ok"]  # the oracle
+
+
+SQLITE_FORKED_WRITERS = SQLITE_CREATED + r"""
+def insert(path, first):
+    db = sqlite3.connect(path, timeout=60)
+    for i in range(first, first + 10):
+        with db:
+            db.execute("insert into t values (?)", (i,))
+    db.close()
+for mode in ("delete", "wal"):
+    path, parent = created(mode)
+    workers = [multiprocessing.get_context("fork").Process(target=insert, args=(path, k * 100)) for k in range(4)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    parent.close()
+    db = sqlite3.connect(path)
+    print(mode, [w.exitcode for w in workers], db.execute("select count(*) from t").fetchone()[0],
+          db.execute("pragma integrity_check").fetchone()[0])
+"""
+
+
+def test_sqlite_forked_writers_of_a_parent_holding_the_database_open(world):
+    """A parent that keeps its connection open while 4 forked workers insert (a pre-forking
+    server): the workers' opens share the memfd the parent's descriptor holds, so their POSIX
+    locks and pages are one file's, as on a plain directory (before: the parent's close wrote its
+    stale copy over every worker's rows, and WAL workers failed). Workers that open a database
+    nobody in their process tree holds open still get copies of their own:
+    tests/test_runtime_sqlite.py, xfail."""
+    expected = as_on_a_plain_directory(world, SQLITE_FORKED_WRITERS, "forked", world.volume)
+    assert expected.splitlines() == ["delete [0, 0, 0, 0] 40 ok", "wal [0, 0, 0, 0] 40 ok"]  # the oracle
+
+
+READER_CLOSES_AFTER_ANOTHER_WRITER = r"""
+import os, sqlite3, subprocess, sys
+d = sys.argv[1]
+db_path, text_path = os.path.join(d, "r.db"), os.path.join(d, "r.txt")
+db = sqlite3.connect(db_path)
+db.execute("create table t(x)")
+db.commit()
+db.close()
+with open(text_path, "w") as f:
+    f.write("first")
+reader = sqlite3.connect(db_path)  # SQLite opens its database for writing, always
+print("reader sees", reader.execute("select count(*) from t").fetchone()[0])
+text = open(text_path, "r+")
+subprocess.run([sys.executable, "-c", "import sqlite3, sys; db = sqlite3.connect(sys.argv[1]); "
+                "db.execute('insert into t values (1)'); db.commit(); open(sys.argv[2], 'w').write('second')",
+                db_path, text_path], check=True)
+reader.close()
+text.close()
+print("after the reader closed", sqlite3.connect(db_path).execute("select count(*) from t").fetchone()[0],
+      open(text_path).read())
+"""
+
+
+def test_a_reader_closing_a_file_it_opened_for_writing_keeps_what_another_process_wrote(world):
+    """A process that opened a file for writing and wrote nothing (a SQLite connection that only
+    read, `open(p, 'r+')`) commits nothing when it closes it, as with the kernel: before, its
+    close wrote its copy back over what another process of the service had committed since."""
+    expected = as_on_a_plain_directory(world, READER_CLOSES_AFTER_ANOTHER_WRITER, "reader", world.volume)
+    assert expected.splitlines() == ["reader sees 0", "after the reader closed 1 second"]  # the oracle
+
+
 def test_truncate_slash_missing_dir_and_modes_as_on_a_plain_directory(world):
     plain = world.root / "plain-ops"
     plain.mkdir()

@@ -88,6 +88,8 @@ static int parse_policy(json_t *policy, struct rt_config *cfg)
         string_array(json_object_get(policy, "allow_env"), &cfg->allow_env, &cfg->allow_env_count) != 0)
         return -1;
     cfg->allow_args = json_is_true(allow_args);
+    json_t *service = json_object_get(policy, "service_command");
+    if (service && string_array(service, &cfg->service_command, &cfg->service_command_count) != 0) return -1;
     cfg->env_count = json_object_size(env);
     cfg->env_names = calloc(cfg->env_count + 1, sizeof *cfg->env_names);
     cfg->env_values = calloc(cfg->env_count + 1, sizeof *cfg->env_values);
@@ -163,14 +165,23 @@ int config_parse(const char *text, size_t len, const char *path, struct rt_confi
         json_t *v = json_array_get(vols, i);
         const char *vp = json_string_value(json_object_get(v, "path"));
         const char *fp = json_string_value(json_object_get(v, "fspf_path"));
-        int prot = protection_of(json_string_value(json_object_get(v, "protection")));
+        /* read leniently (a generic volume is declared: its fspf path and protection may be left
+         * to their defaults, <path>/.sconify.fspf and encrypted) */
+        json_t *given = json_object_get(v, "protection");
+        int prot = given ? protection_of(json_string_value(given)) : FSPF_ENCRYPTED;
+        char fspf_default[PATH_MAX];
+        if (!json_object_get(v, "fspf_path") && vp) {
+            snprintf(fspf_default, sizeof fspf_default, "%s/" VOLUME_FSPF_NAME, strcmp(vp, "/") == 0 ? "" : vp);
+            fp = fspf_default;
+        }
         if (!vp || vp[0] != '/' || !fp || fp[0] != '/' || prot < 0) {
             cfg->volume_count = i;
             config_free(cfg);
             json_decref(doc);
             return rt_fail(err, "runtime config %s: volume %zu is malformed; re-convert the image", path, i);
         }
-        cfg->volumes[i] = (struct rt_volume){strdup(vp), strdup(fp), (uint8_t)prot};
+        cfg->volumes[i] = (struct rt_volume){strdup(vp), strdup(fp), (uint8_t)prot,
+                                             json_is_true(json_object_get(v, "generic"))};
     }
     qsort(cfg->volumes, cfg->volume_count, sizeof *cfg->volumes, compare_volumes);
     cfg->ephemeral = absolute_paths(eph, &cfg->ephemeral_count);
@@ -232,6 +243,7 @@ void config_free(struct rt_config *cfg)
     free_strings(cfg->code_shallow, cfg->code_shallow_count);
     free_strings(cfg->code_extensions, cfg->code_extension_count);
     free_strings(cfg->command, cfg->command_count);
+    free_strings(cfg->service_command, cfg->service_command_count);
     free_strings(cfg->env_names, cfg->env_count);
     free_strings(cfg->env_values, cfg->env_count);
     free_strings(cfg->allow_env, cfg->allow_env_count);

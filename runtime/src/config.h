@@ -21,11 +21,16 @@
 /* Taken by every commit to a volume (flock, exclusive) and by a process reloading its fspf
  * (shared): the processes of a service commit one at a time, each onto the latest fspf. */
 #define VOLUME_LOCK_NAME ".sconify.lock"
+/* The largest grant the shield reads (keys, runtime config, injection files): the launcher
+ * refuses to start with a larger one rather than start a service that would find no grant. */
+#define GRANT_MAX_SIZE (1 << 20)
 
 struct rt_volume {
     char *path;        /* region path, absolute */
     char *fspf_path;   /* <path>/.sconify.fspf */
     uint8_t protection;  /* FSPF_AUTHENTICATED or FSPF_ENCRYPTED */
+    int generic;       /* "generic": declared by sconify-image --generic, no fspf in the image: each
+                        * deployment initialises it with its own key (docs/deploy.md) */
 };
 
 struct rt_config {
@@ -50,6 +55,9 @@ struct rt_config {
     /* The policy (docs/runtime.md, "The policy"): what the keys are granted to. */
     size_t command_count;
     char **command;                 /* argv after `--` as the conversion recorded it */
+    size_t service_command_count;
+    char **service_command;         /* what the measured executable runs with, the scripts crossed
+                                     * (the session's command); none in older configs */
     int allow_args;                 /* the host may append arguments after the command */
     size_t env_count;
     char **env_names;               /* the image's environment (PATH default added), sorted */

@@ -14,6 +14,12 @@
  * the volumes inside the measured process) and the keys granted to it in a sealed memfd,
  * forwards signals to it, reaps zombies when it is PID 1, and exits with its status.
  *
+ * With a deployment's policy.yaml in /run/secrets/sconify (or $SCONIFY_POLICY), the policy and
+ * its secrets.json stand where the keys file stood (run_with_policy; docs/deploy.md): the
+ * measurements it accepts, its command, pwd and environment (secrets substituted, in the
+ * service's execve only), its injection files (in the grant) and its volume keys (a volume with
+ * no fspf is initialised; its tag in the state store the policy names).
+ *
  *   sconify-run --measure EXE HEAP STACK THREADS SSA    print the MRENCLAVE of EXE
  */
 #include <errno.h>
@@ -37,6 +43,7 @@
 #include <openssl/crypto.h>
 
 #include "config.h"
+#include "deployment.h"
 #include "embedfs.h"
 #include "fspf.h"
 #include "measure.h"
@@ -101,10 +108,9 @@ static int measure_main(int argc, char **argv)
     return 0;
 }
 
-/* Attestation, simulated: the measured executable must have the MRENCLAVE the keys were issued
- * for (or, in an image without volumes run without keys, the one the conversion recorded). */
-static void check_measurement(const struct rt_config *cfg, const char *expected, const char *expected_file,
-                              const char *source)
+/* The measurement of the executable: its MRENCLAVE (with the image's parameters) and the
+ * SHA-256 of the whole file, both hex. */
+static void measure_executable(const struct rt_config *cfg, char mr_hex[65], char sha_hex[65])
 {
     int fd = open(cfg->executable, O_RDONLY | O_CLOEXEC);
     if (fd < 0) {
@@ -112,11 +118,22 @@ static void check_measurement(const struct rt_config *cfg, const char *expected,
         snprintf(msg, sizeof msg, "%s: %s", cfg->executable, strerror(errno));
         die("cannot open the measured executable %s; the image is damaged, re-convert it", msg);
     }
-    unsigned char mr[32];
+    unsigned char mr[32], digest[32];
     struct rt_error err;
     if (sgx_measure_fd(fd, &cfg->params, mr, &err) != 0) die("cannot measure the executable: %s", err.msg);
-    char hex[65];
-    hex_encode(mr, 32, hex);
+    hex_encode(mr, 32, mr_hex);
+    if (file_sha256(fd, digest) != 0) die("cannot read the measured executable: %s", strerror(errno));
+    hex_encode(digest, 32, sha_hex);
+    close(fd);
+}
+
+/* Attestation, simulated: the measured executable must have the MRENCLAVE the keys were issued
+ * for (or, in an image without volumes run without keys, the one the conversion recorded). */
+static void check_measurement(const struct rt_config *cfg, const char *expected, const char *expected_file,
+                              const char *source)
+{
+    char hex[65], file_hex[65];
+    measure_executable(cfg, hex, file_hex);
     if (strcmp(hex, expected) != 0) {
         fprintf(stderr,
                 "sconify-run: MRENCLAVE mismatch: %s measures %s but %s expects %s; the executable or its "
@@ -125,17 +142,11 @@ static void check_measurement(const struct rt_config *cfg, const char *expected,
         exit(EXIT_REFUSED);
     }
     /* The whole file too: bytes no segment loads (symbols, section headers) are not in MRENCLAVE. */
-    if (*expected_file) {
-        unsigned char digest[32];
-        if (file_sha256(fd, digest) != 0) die("cannot read the measured executable: %s", strerror(errno));
-        hex_encode(digest, 32, hex);
-        if (strcmp(hex, expected_file) != 0) {
-            fprintf(stderr, "sconify-run: executable changed: %s has SHA-256 %s but %s expects %s; refusing to start\n",
-                    cfg->executable, hex, source, expected_file);
-            exit(EXIT_REFUSED);
-        }
+    if (*expected_file && strcmp(file_hex, expected_file) != 0) {
+        fprintf(stderr, "sconify-run: executable changed: %s has SHA-256 %s but %s expects %s; refusing to start\n",
+                cfg->executable, file_hex, source, expected_file);
+        exit(EXIT_REFUSED);
     }
-    close(fd);
 }
 
 /* The scripts crossed to start the service (entrypoint and console scripts) run from disk: the
@@ -416,10 +427,15 @@ static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, con
  * etcd"). A state directory that is the container's own copy while a volume is mounted is
  * refused: the state would go with the container, and the volume's next start would look like a
  * rollback. */
-static void open_state_store(const struct rt_config *cfg, const struct rt_keys *keys, struct store *store, int detect)
+static void open_state_store(const struct rt_config *cfg, const struct rt_keys *keys, struct store *store, int detect,
+                             const char *whose)
 {
     struct rt_error err;
-    if (store_open_keys_state(keys->state, store, &err) != 0) die("the keys file's state store: %s", err.msg);
+    char refusal[sizeof err.msg + 64];
+    if (store_open_keys_state(keys->state, store, &err) != 0) {
+        snprintf(refusal, sizeof refusal, "%s state store: %s", whose, err.msg);
+        die("%s", refusal);
+    }
     if (store->kind != STORE_DIR || !detect || !container_copy(store->dir)) return;
     for (size_t i = 0; i < cfg->volume_count; i++)
         if (!container_copy(cfg->volumes[i].path)) {
@@ -517,9 +533,10 @@ static void check_config_binding(const struct rt_config *cfg, const struct rt_ke
  * the launcher did not start this way (docker exec, a preload by hand, a command the policy
  * refused) has no grant and gets no keys, whatever keys file it can read. */
 static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, const char *keys_path, int persist,
-                       const struct plaincache *cache)
+                       json_t *deployment, const struct plaincache *cache)
 {
     json_t *doc = json_object();
+    if (deployment) json_object_update(doc, deployment);  /* policy mode: "files", "state" */
     json_object_set_new(doc, "schema", json_string("sconify.grant/v1"));
     json_object_set_new(doc, "keys_path", json_string(keys_path));
     json_object_set_new(doc, "persist", json_boolean(persist));
@@ -539,6 +556,12 @@ static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, 
     int fd = memfd_create("sconify-grant", MFD_ALLOW_SEALING);
     if (!text || fd < 0) die("%s", "cannot create the memfd that grants the keys to the service");
     size_t len = strlen(text);
+    if (len > GRANT_MAX_SIZE) {
+        char line[256];
+        snprintf(line, sizeof line, "the grant (keys, runtime config, injection files) is %zu bytes, more than the "
+                                    "%d the shield reads; make the policy's injection files smaller", len, GRANT_MAX_SIZE);
+        die("%s", line);
+    }
     int ok = write_full(fd, text, len) == 0 &&
              fcntl(fd, F_ADD_SEALS, F_SEAL_WRITE | F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) == 0;
     OPENSSL_cleanse(text, len);
@@ -626,6 +649,395 @@ static int start_keeper(struct plaincache *cache)
     return 0;
 }
 
+/* The shared plaintext cache of cfg's volumes (plaincache.h), its socket opened before the
+ * grant names it; the owner is the launcher as PID 1, else a keeper (start_keeper, once the
+ * keys are cleared). Without it every process of the service keeps a private copy of each file
+ * it opens. */
+static void open_cache(const struct rt_config *cfg, struct plaincache *cache)
+{
+    cache->listener = -1;
+    if (!cfg->volume_count) return;
+    char **paths = calloc(cfg->volume_count, sizeof *paths);
+    for (size_t i = 0; paths && i < cfg->volume_count; i++) paths[i] = cfg->volumes[i].path;
+    if (!paths || plaincache_start(cache, cfg->executable, paths, cfg->volume_count) != 0)
+        fprintf(stderr, "sconify-run: cannot open the socket of the shared plaintext cache (%s); each process of "
+                        "the service keeps its own copy of the volume files it opens\n", strerror(errno));
+    free(paths);
+}
+
+static void own_cache(struct plaincache *cache)
+{
+    /* (forked after the keys are cleared: the keeper holds none; without it the requests fail
+     * and the service's processes keep private copies) */
+    if (cache->listener >= 0 && getpid() != 1 && start_keeper(cache) != 0)
+        fprintf(stderr, "sconify-run: cannot start the keeper of the shared plaintext cache (%s); each process of "
+                        "the service keeps its own copy of the volume files it opens\n", strerror(errno));
+}
+
+/* Run the service: exec it (not PID 1), or as PID 1 run it as a child, forward signals, reap
+ * every zombie and exit with its status (serving cache, if it has a socket). envp is the service's environment (policy mode: the
+ * only place the substituted one exists, never the launcher's own environ). */
+static int run_service(const char *run, char **argv, char **envp, struct plaincache *cache)
+{
+    if (getpid() != 1) {
+        execvpe(run, argv, envp);
+        fprintf(stderr, "sconify-run: cannot run %s: %s\n", argv[0], strerror(errno));
+        return errno == ENOENT ? EXIT_NOT_RUN : 126;
+    }
+    sigset_t all, old;
+    sigfillset(&all);
+    sigprocmask(SIG_BLOCK, &all, &old);
+    child_pid = fork();
+    if (child_pid < 0) die("%s", "cannot fork");
+    if (child_pid == 0) {
+        sigprocmask(SIG_SETMASK, &old, NULL);
+        execvpe(run, argv, envp);
+        fprintf(stderr, "sconify-run: cannot run %s: %s\n", argv[0], strerror(errno));
+        _exit(errno == ENOENT ? EXIT_NOT_RUN : 126);
+    }
+    if (envp != environ)  /* the substituted environment: the child has its copy, the launcher none */
+        for (char **e = envp; *e; e++) OPENSSL_cleanse(*e, strlen(*e));
+    static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
+    struct sigaction sa = {0};
+    sa.sa_handler = forward;
+    sa.sa_flags = SA_RESTART;
+    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaction(forwarded[i], &sa, NULL);
+    if (cache && cache->listener >= 0) return serve_and_reap(cache, &old);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+    for (;;) {
+        int status;
+        pid_t pid = waitpid(-1, &status, 0);
+        if (pid < 0 && errno == EINTR) continue;
+        if (pid < 0) return 1;
+        if (pid == child_pid) return exit_status(status);
+    }
+}
+
+/* ------------------------------------------------------------------ a deployment's policy */
+
+/* The directory of a deployment's policy: $SCONIFY_POLICY (which must hold one), else
+ * /run/secrets/sconify when policy.yaml is there. 1 and dir filled, or 0 (today's keys file). */
+static int find_policy(char *dir, size_t len)
+{
+    const char *given = getenv("SCONIFY_POLICY");
+    char file[PATH_MAX + 32];
+    snprintf(dir, len, "%s", given && *given ? given : DEFAULT_POLICY_DIR);
+    unsetenv("SCONIFY_POLICY");
+    snprintf(file, sizeof file, "%s/" POLICY_NAME, dir);
+    if (access(file, F_OK) == 0) return 1;
+    if (given && *given) die("SCONIFY_POLICY names %s, which holds no policy.yaml; refusing to start", dir);
+    return 0;
+}
+
+/* The argv the granted service runs with in policy mode, or NULL when the host's command is not
+ * the one the policy grants (it then runs as given, without keys; why says so). The host's argv
+ * must be the image's recorded command, or with @@1 in the policy's command its prefix. What
+ * runs: the host's argv when the policy's command is the image's (the entrypoint and console
+ * scripts it starts through lead there, as the conversion checked), else the policy's command
+ * (secrets substituted) followed by the host's extra arguments. */
+static char **policy_command(struct rt_config *cfg, const struct deployment *d, int argc, char **argv, char *why,
+                             size_t len)
+{
+    char **words = NULL;
+    size_t count = 0;
+    int host_args = cfg->allow_args;
+    struct rt_error err;
+    if (d->command && command_split(d->command, &words, &count, &host_args, &err) != 0) die("%s", err.msg);
+    if (d->command && !count) die("%s", "the policy's command is empty; refusing to start");
+    cfg->allow_args = host_args;  /* the policy's @@1, not the conversion's --allow-args */
+    if (!cfg->command_count || policy_check_command(cfg, argc, argv, why, len) != 0) {
+        if (!cfg->command_count) snprintf(why, len, "the conversion recorded no command");
+        free_words(words);
+        return NULL;
+    }
+    int same = !d->command || count == cfg->service_command_count;
+    for (size_t i = 0; same && d->command && i < count; i++) same = strcmp(words[i], cfg->service_command[i]) == 0;
+    size_t extra = (size_t)argc - cfg->command_count;
+    char **run = calloc((same ? (size_t)argc : count + extra) + 1, sizeof *run);
+    if (same) {
+        for (int i = 0; i < argc; i++) run[i] = strdup(argv[i]);
+    } else {
+        for (size_t i = 0; i < count; i++)
+            if (deployment_substitute(d, words[i], &run[i], &err) != 0) die("%s", err.msg);
+        for (size_t i = 0; i < extra; i++) run[count + i] = strdup(argv[cfg->command_count + i]);
+    }
+    free_words(words);
+    return run;
+}
+
+/* The key of a volume as the policy gives it: 64 hex digits, after substitution. */
+static void policy_volume_key(const struct deployment *d, const struct dep_volume *dv, unsigned char key[32])
+{
+    char *hex = NULL;
+    struct rt_error err;
+    if (deployment_substitute(d, dv->fspf_key, &hex, &err) != 0) die("%s", err.msg);
+    int bad = strlen(hex) != 64 || hex_decode(hex, key, 32) != 0;
+    OPENSSL_cleanse(hex, strlen(hex));
+    free(hex);
+    if (bad) {
+        char line[512];
+        snprintf(line, sizeof line, "the policy's key of volume %s is not 64 hex digits (fspf_key: "
+                                    "$$SCONE::NAME:hex$$ of a 32-byte binary secret); refusing to start", dv->name);
+        die("%s", line);
+    }
+}
+
+/* A new volume: an empty fspf (one kernel region, the volume's protection) sealed with the
+ * deployment's key, written atomically; its tag into tag. */
+static void initialise_volume(const struct rt_volume *vol, const unsigned char key[32], unsigned char tag[16])
+{
+    struct fspf_region region = {vol->path, FSPF_KERNEL, vol->protection, 32, 64 * 1024, vol->path};
+    struct fspf fs = {1, &region, 0, NULL, 0};
+    unsigned char *sealed = NULL;
+    size_t len = 0;
+    struct rt_error err;
+    char tmp[PATH_MAX + 64], line[PATH_MAX * 2];
+    if (fspf_save_encrypted(&fs, key, &sealed, &len, tag, &err) != 0) die("%s", err.msg);
+    mkdir(vol->path, 0755);  /* a declared volume the image has no directory for (else EEXIST) */
+    snprintf(tmp, sizeof tmp, "%s.sconify-tmp-%ld", vol->fspf_path, (long)getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int ok = fd >= 0 && write_full(fd, sealed, len) == 0 && fsync(fd) == 0;
+    if (fd >= 0) close(fd);
+    ok = ok && rename(tmp, vol->fspf_path) == 0;
+    free(sealed);
+    if (!ok) {
+        snprintf(line, sizeof line, "volume %s is new but its fspf %s cannot be written (%s); mount the volume "
+                                    "read-write", vol->path, vol->fspf_path, strerror(errno));
+        unlink(tmp);
+        die("%s", line);
+    }
+    int dir = open(vol->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dir >= 0) {
+        fsync(dir);
+        close(dir);
+    }
+}
+
+/* Each volume of the image opened with the deployment's key (docs/deploy.md, step 5), its tag in
+ * the state store the policy names (sconify.state, as a keys file's "state"; keys->state is set
+ * to it, so the grant takes it to the shield's commits): a volume with no fspf and no record is
+ * new (initialised, its record made); an fspf that does not open with the key belongs to another
+ * deployment; an fspf with no record is refused (the state was lost), unless it is empty (its
+ * first start stopped before the record was made); then check_volume_in_store as for a keys
+ * file's store (rollback refused, a commit under way settled). */
+static void check_policy_volumes(const struct rt_config *cfg, const struct deployment *d, struct rt_keys *keys)
+{
+    struct store store;
+    char where[600], line[PATH_MAX * 2 + 600];
+    keys->state = strdup(d->state);
+    open_state_store(cfg, keys, &store, 1, "the policy's (sconify.state)");
+    store_describe(&store, where, sizeof where);
+    keys->count = cfg->volume_count;
+    keys->keys = calloc(cfg->volume_count + 1, sizeof *keys->keys);
+    for (size_t i = 0; i < cfg->volume_count; i++) {
+        const struct rt_volume *vol = &cfg->volumes[i];
+        const struct dep_volume *dv = NULL;
+        struct rt_error err = {{0}};
+        for (size_t j = 0; j < d->volume_count; j++)
+            if (strcmp(d->volumes[j].path, vol->path) == 0) dv = &d->volumes[j];
+        if (!dv) {
+            snprintf(line, sizeof line, "the policy has no volume mounted at %s (volumes:, services[0].volumes), a "
+                                        "volume of this image; refusing to start", vol->path);
+            die("%s", line);
+        }
+        struct rt_key *k = &keys->keys[i];
+        k->path = strdup(vol->path);
+        k->name = strdup(dv->name);
+        policy_volume_key(d, dv, k->key);
+        int lock = lock_volume(vol);
+        struct store_record rec;
+        int recorded = store_read(&store, dv->name, &rec, &err);
+        if (recorded < 0) {
+            snprintf(line, sizeof line, "volume %s: cannot read its freshness record: %s", vol->path, err.msg);
+            die("%s", line);
+        }
+        int fd = open(vol->fspf_path, O_RDONLY | O_CLOEXEC);
+        if (fd < 0 && errno == ENOENT) {
+            if (recorded) {
+                snprintf(line, sizeof line, "volume %s has no fspf but %s records one for it: this is not the "
+                                            "deployment's volume (an empty directory is not it); mount the volume it "
+                                            "wrote", vol->path, where);
+                die("%s", line);
+            }
+            initialise_volume(vol, k->key, k->tag);
+            struct store_record first = {0};
+            memcpy(first.tag, k->tag, 16);
+            if (store_cas(&store, dv->name, NULL, &first, &err) != STORE_SWAPPED) {
+                snprintf(line, sizeof line, "volume %s is new but its record cannot be made in %s: %s", vol->path,
+                         where, err.msg);
+                die("%s", line);
+            }
+            fprintf(stderr, "sconify-run: volume %s is new: initialised with the deployment's key\n", vol->path);
+            if (lock >= 0) close(lock);
+            continue;
+        }
+        if (fd >= 0) close(fd);
+        size_t size;
+        unsigned char *data = read_fspf(vol, &size);
+        const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
+        struct fspf fs;
+        if (!tag || fspf_load(&fs, data, size, k->key, tag, &err) != 0) {
+            snprintf(line, sizeof line, "volume %s: its fspf does not open with the deployment's key: it belongs to "
+                                        "another deployment or key%s; refusing to start", vol->path,
+                     vol->generic ? "" : " (the image's own copy, converted without --generic?)");
+            die("%s", line);
+        }
+        int empty = fs.file_count == 0;
+        fspf_free(&fs);
+        if (!recorded && !empty) {
+            snprintf(line, sizeof line, "volume %s: %s records no tag for it: the state was lost or is not mounted "
+                                        "(mount the one this deployment wrote); refusing to start", vol->path, where);
+            die("%s", line);
+        }
+        if (!recorded) memcpy(k->tag, tag, 16);  /* an empty fspf: check_volume_in_store makes its record */
+        free(data);
+        check_volume_in_store(vol, k, &store);
+        if (lock >= 0) close(lock);
+    }
+    store_close(&store);
+}
+
+/* What the grant carries besides the keys in policy mode: the injection files (path, content
+ * with the secrets substituted). (The keys carry the state store: keys->state.) */
+static json_t *policy_grant(const struct deployment *d)
+{
+    json_t *extra = json_object(), *files = json_array();
+    struct rt_error err;
+    for (size_t i = 0; i < d->file_count; i++) {
+        char *content;
+        if (deployment_substitute(d, d->files[i].content, &content, &err) != 0) die("%s", err.msg);
+        json_t *f = json_object();
+        json_object_set_new(f, "path", json_string(d->files[i].path));
+        json_t *text = json_string(content);
+        OPENSSL_cleanse(content, strlen(content));
+        free(content);
+        if (!text) die("injection file %s: its content is not UTF-8 text", d->files[i].path);
+        json_object_set_new(f, "content", text);
+        json_array_append_new(files, f);
+    }
+    json_object_set_new(extra, "files", files);
+    return extra;
+}
+
+/* The service's environment: the launcher's (the host's, checked, with the runtime's own
+ * variables) overlaid with the policy's, secrets substituted; a value "@@NAME" keeps the host's
+ * (SCONE's form for a variable the host may set). A new array: never the launcher's environ. */
+static char **policy_environment(const struct deployment *d)
+{
+    size_t n = 0;
+    while (environ[n]) n++;
+    char **envp = calloc(n + d->env_count + 1, sizeof *envp);
+    size_t count = 0;
+    struct rt_error err;
+    for (size_t i = 0; i < n; i++) {
+        size_t name_len = strcspn(environ[i], "=");
+        int replaced = 0;
+        for (size_t j = 0; j < d->env_count && !replaced; j++) {
+            char host_ref[256];
+            snprintf(host_ref, sizeof host_ref, "@@%s", d->env_names[j]);
+            replaced = strlen(d->env_names[j]) == name_len && strncmp(environ[i], d->env_names[j], name_len) == 0 &&
+                       strcmp(d->env_values[j], host_ref) != 0;
+        }
+        if (!replaced) envp[count++] = strdup(environ[i]);
+    }
+    for (size_t j = 0; j < d->env_count; j++) {
+        const char *name = d->env_names[j];
+        char host_ref[256], *value;
+        snprintf(host_ref, sizeof host_ref, "@@%s", name);
+        if (strcmp(d->env_values[j], host_ref) == 0) continue;
+        if (strcmp(name, "LD_PRELOAD") == 0 || strncmp(name, "SCONIFY_", 8) == 0) {
+            char line[512];
+            snprintf(line, sizeof line, "the policy's environment sets %.128s, which the runtime sets itself; "
+                                        "refusing to start", name);
+            die("%s", line);
+        }
+        if (deployment_substitute(d, d->env_values[j], &value, &err) != 0) die("%s", err.msg);
+        size_t len = strlen(name) + strlen(value) + 2;
+        envp[count] = malloc(len);
+        snprintf(envp[count++], len, "%s=%s", name, value);
+        OPENSSL_cleanse(value, strlen(value));
+        free(value);
+    }
+    return envp;
+}
+
+/* Policy mode (docs/deploy.md, "The runtime with a policy"): the deployment's policy and secrets
+ * stand where the keys file stood. The environment was checked already (main). */
+static int run_with_policy(struct rt_config *cfg, const char *config_path, const char *shield, int argc,
+                           char **command, const char *dir)
+{
+    struct deployment d;
+    struct rt_error err;
+    char why[1024];
+    if (deployment_load(dir, &d, &err) != 0 || deployment_check_references(&d, &err) != 0) die("%s", err.msg);
+    char **run_argv = policy_command(cfg, &d, argc, command, why, sizeof why);
+    char program[PATH_MAX] = "";
+    if (run_argv && !measured_program(cfg, run_argv[0], program, sizeof program)) {
+        snprintf(why, sizeof why, "%.200s is %.200s, neither the measured executable %.200s nor a script the "
+                                  "conversion measured (another program at that name: a derived image?)",
+                 run_argv[0], *program ? program : "not found", cfg->executable);
+        free_words(run_argv);
+        run_argv = NULL;
+    }
+    unsetenv("SCONE_FSPF_KEY");
+    unsetenv("SCONE_FSPF_TAG");
+    unsetenv("SCONE_FSPF");
+    unsetenv("SCONIFY_KEYS");
+    unsetenv("SCONIFY_FRESHNESS");
+    if (!run_argv) {  /* another command: no keys, no secrets, the host's environment */
+        fprintf(stderr, "sconify-run: %s: the deployment's keys and secrets are granted only to the command its "
+                        "policy names, so this one runs without them%s\n", why,
+                cfg->volume_count ? " and its volumes are unreadable" : "");
+        check_measurement(cfg, cfg->mrenclave, cfg->executable_sha256, "the image's runtime config");
+        check_scripts(cfg);
+        deployment_free(&d);
+        setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);
+        set_preload(shield);
+        return run_service(command[0], command, environ, NULL);
+    }
+    char mr[65], file_sha[65];
+    measure_executable(cfg, mr, file_sha);
+    if (!deployment_accepts(&d, mr, file_sha, cfg->source_sha256)) {
+        fprintf(stderr, "sconify-run: %s measures MRENCLAVE %s (executable SHA-256 %s, runtime config %s SHA-256 "
+                        "%s): not a measurement this policy accepts (%s: services[0].mrenclaves, "
+                        "sconify.measurements); another version of the image (sconify deploy add), or it was changed; "
+                        "refusing to start\n",
+                cfg->executable, mr, file_sha, config_path, cfg->source_sha256, d.name);
+        exit(EXIT_REFUSED);
+    }
+    check_scripts(cfg);
+    struct rt_keys keys;
+    memset(&keys, 0, sizeof keys);
+    memcpy(keys.mrenclave, mr, 65);
+    memcpy(keys.executable_sha256, file_sha, 65);
+    memcpy(keys.runtime_config_sha256, cfg->source_sha256, 65);
+    check_policy_volumes(cfg, &d, &keys);
+    json_t *extra = policy_grant(&d);
+    static struct plaincache cache;
+    open_cache(cfg, &cache);
+    grant_keys(cfg, &keys, "", 1, extra, &cache);
+    json_t *file;
+    size_t i;
+    json_array_foreach(json_object_get(extra, "files"), i, file) {  /* jansson frees, never clears */
+        json_t *content = json_object_get(file, "content");
+        OPENSSL_cleanse((char *)json_string_value(content), json_string_length(content));
+    }
+    json_decref(extra);
+    keys_free(&keys);
+    own_cache(&cache);
+    setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);
+    set_preload(shield);
+    char **envp = policy_environment(&d);
+    if (d.pwd && chdir(d.pwd) != 0) {
+        char line[PATH_MAX + 128];
+        snprintf(line, sizeof line, "cannot change to the policy's pwd %s (%s); refusing to start", d.pwd,
+                 strerror(errno));
+        die("%s", line);
+    }
+    deployment_free(&d);
+    return run_service(program, run_argv, envp, &cache);
+}
+
 int main(int argc, char **argv)
 {
     /* The image's openssl.cnf is the service's business, not the runtime's. */
@@ -656,6 +1068,10 @@ int main(int argc, char **argv)
     char why[1024];
     unsetenv("SCONIFY_GRANT");
     if (policy_check_environment(&cfg, environ, shield, why, sizeof why) != 0) die("%s", why);
+    /* A deployment's policy (docs/deploy.md) when there is one; else the keys file, as before. */
+    char policy_dir[PATH_MAX];
+    if (find_policy(policy_dir, sizeof policy_dir))
+        return run_with_policy(&cfg, config_path, shield, argc - first, command, policy_dir);
     int granted = cfg.command_count > 0 && policy_check_command(&cfg, argc - first, command, why, sizeof why) == 0;
     const char *hint = granted || !cfg.command_count ? "" : " (to let the host append arguments, re-convert with --allow-args)";
     if (!cfg.command_count) snprintf(why, sizeof why, "the conversion recorded no command");
@@ -706,66 +1122,20 @@ int main(int argc, char **argv)
     check_scripts(&cfg);
     struct store store = {0};
     int have_store = have_keys && !from_env && keys.state;
-    if (have_store) open_state_store(&cfg, &keys, &store, detect);
+    if (have_store) open_state_store(&cfg, &keys, &store, detect, "the keys file's");
     if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env, detect, have_store ? &store : NULL);
     if (have_store) store_close(&store);
 
-    /* Each volume file's shared plaintext cache (plaincache.h) has one owner: as PID 1 the
-     * launcher itself, which stays beside the service; else a keeper it forks before it execs
-     * the command. Without one, every process of the service keeps a private copy of each file
-     * it opens. */
     static struct plaincache cache = {.listener = -1};
-    if (have_keys && cfg.volume_count) {
-        char **paths = calloc(cfg.volume_count, sizeof *paths);
-        for (size_t i = 0; paths && i < cfg.volume_count; i++) paths[i] = cfg.volumes[i].path;
-        if (!paths || plaincache_start(&cache, cfg.executable, paths, cfg.volume_count) != 0)
-            fprintf(stderr, "sconify-run: cannot open the socket of the shared plaintext cache (%s); each process of "
-                            "the service keeps its own copy of the volume files it opens\n", strerror(errno));
-        free(paths);
-    }
+    if (have_keys) open_cache(&cfg, &cache);
     if (have_keys) {
-        grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env, &cache);
+        grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env, NULL, &cache);
         keys_free(&keys);
     }
-    /* (forked after the keys are cleared: the keeper holds none; its requests fail without it,
-     * and the service's processes then keep private copies) */
-    if (cache.listener >= 0 && getpid() != 1 && start_keeper(&cache) != 0)
-        fprintf(stderr, "sconify-run: cannot start the keeper of the shared plaintext cache (%s); each process of "
-                        "the service keeps its own copy of the volume files it opens\n", strerror(errno));
+    own_cache(&cache);
     setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);
     set_preload(shield);
 
     const char *run = granted ? program : command[0];  /* the file checked above, not a second lookup */
-    if (getpid() != 1) {
-        execvp(run, command);
-        fprintf(stderr, "sconify-run: cannot run %s: %s\n", command[0], strerror(errno));
-        return errno == ENOENT ? EXIT_NOT_RUN : 126;
-    }
-
-    /* PID 1: run the service as a child, forward signals, reap every zombie. */
-    sigset_t all, old;
-    sigfillset(&all);
-    sigprocmask(SIG_BLOCK, &all, &old);
-    child_pid = fork();
-    if (child_pid < 0) die("%s", "cannot fork");
-    if (child_pid == 0) {
-        sigprocmask(SIG_SETMASK, &old, NULL);
-        execvp(run, command);
-        fprintf(stderr, "sconify-run: cannot run %s: %s\n", command[0], strerror(errno));
-        _exit(errno == ENOENT ? EXIT_NOT_RUN : 126);
-    }
-    static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
-    struct sigaction sa = {0};
-    sa.sa_handler = forward;
-    sa.sa_flags = SA_RESTART;
-    for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaction(forwarded[i], &sa, NULL);
-    if (cache.listener >= 0) return serve_and_reap(&cache, &old);
-    sigprocmask(SIG_SETMASK, &old, NULL);
-    for (;;) {
-        int status;
-        pid_t pid = waitpid(-1, &status, 0);
-        if (pid < 0 && errno == EINTR) continue;
-        if (pid < 0) return 1;
-        if (pid == child_pid) return exit_status(status);
-    }
+    return run_service(run, command, environ, &cache);
 }

@@ -85,7 +85,7 @@ static void find_secret_dirs(void)
 }
 
 /* 1 if the absolute path lies below a directory holding encrypted code. A write-open there is
- * refused: what the service writes beside secret code (CPython's __pycache__/*.pyc, compiled
+ * refused: what the service writes beside secret code (CPython's __pycache__/NAME.pyc, compiled
  * from it) would be plaintext on disk. */
 int beside_encrypted_code(const char *path)
 {

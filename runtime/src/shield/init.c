@@ -29,6 +29,7 @@ static char grant_exe[PATH_MAX];
 
 struct grant {
     struct rt_keys keys;
+    json_t *files;          /* policy mode: the injection files [{path, content}] (a new reference) */
     char *config;           /* the runtime config's bytes the launcher checked */
     size_t config_len;
     char *keys_path;        /* where tags are recorded ("" for SCONE_FSPF debug keys) */
@@ -106,7 +107,7 @@ static int read_grant(struct grant *g)
     long fd = strtol(number, &end, 10);
     struct stat64 st;
     if (*end || fd < 0 || fd > INT_MAX || fcntl((int)fd, F_GET_SEALS) != GRANT_SEALS || RESOLVE(fstat64)((int)fd, &st) != 0 ||
-        st.st_size <= 0 || st.st_size > (1 << 20))
+        st.st_size <= 0 || st.st_size > GRANT_MAX_SIZE)
         return 0;
     char *text = malloc((size_t)st.st_size);
     json_t *doc = NULL;
@@ -124,6 +125,7 @@ static int read_grant(struct grant *g)
         memcpy(g->config, json_string_value(config), g->config_len + 1);
         g->keys_path = strdup(keys_path);
         g->persist = json_is_true(json_object_get(doc, "persist"));
+        g->files = json_incref(json_object_get(doc, "files"));
         json_t *cache = json_object_get(doc, "cache");
         const char *socket = json_string_value(json_object_get(cache, "socket"));
         const char *token = json_string_value(json_object_get(cache, "token"));
@@ -146,6 +148,7 @@ static int read_grant(struct grant *g)
 static void grant_free(struct grant *g)
 {
     keys_free(&g->keys);
+    json_decref(g->files);
     free(g->config);
     free(g->keys_path);
     OPENSSL_cleanse(g->cache_token, sizeof g->cache_token);
@@ -219,6 +222,27 @@ int locked_volume_file(const char *path)
         }
     }
     return 0;
+}
+
+/* The injection files of the grant (policy mode), kept for this process's life. */
+static void take_injected(const struct grant *g)
+{
+    size_t n = json_array_size(g->files);
+    S.injected = calloc(n + 1, sizeof *S.injected);
+    if (!S.injected) fatal("out of memory");
+    for (size_t i = 0; i < n; i++) {
+        json_t *f = json_array_get(g->files, i);
+        const char *path = json_string_value(json_object_get(f, "path"));
+        json_t *content = json_object_get(f, "content");
+        if (!path || path[0] != '/' || strlen(path) >= PATH_MAX || !json_is_string(content)) continue;
+        struct injected *inj = &S.injected[S.ninjected++];
+        inj->path = strdup(path);
+        normalise(inj->path);
+        inj->len = json_string_length(content);
+        inj->content = malloc(inj->len + 1);
+        if (!inj->path || !inj->content) fatal("out of memory");
+        memcpy(inj->content, json_string_value(content), inj->len + 1);
+    }
 }
 
 /* Read the fspf open at fd and, if its tag is fresh, make it sv->fs (freed first when loaded:
@@ -393,6 +417,7 @@ __attribute__((constructor)) static void shield_init(void)
     if (granted) snprintf(grant_exe, sizeof grant_exe, "%s", S.cfg.executable);
     if (granted && grant_fits(&g)) {
         open_volumes(&g);
+        take_injected(&g);
         memcpy(S.cache_socket, g.cache_socket, sizeof S.cache_socket);
         memcpy(S.cache_token, g.cache_token, sizeof S.cache_token);
         if (g.keys.has_code_key) {  /* --encrypted-code: without it its members are EACCES (embedded.c) */
@@ -406,7 +431,7 @@ __attribute__((constructor)) static void shield_init(void)
     for (size_t i = 0; i < S.cfg.ephemeral_count; i++) add_ephemeral(S.cfg.ephemeral[i]);
     install_seccomp();
     if (S.nvols) pthread_atfork(fork_prepare, fork_parent, fork_child);
-    S.active = S.has_emb || S.nvols || S.locked;
+    S.active = S.has_emb || S.nvols || S.locked || S.ninjected;
     in_shield--;
 }
 

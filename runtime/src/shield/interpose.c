@@ -19,6 +19,15 @@ static int is_write_open(int flags)
 static int shield_open(int dirfd, const char *path, int flags, mode_t mode, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, !(flags & O_NOFOLLOW), t) != 0) return -2;
+    if (t->kind == T_INJ && t->inj) {  /* read-only, as a secret mount is (injected.c) */
+        int refused = dir_syntax(path) || (flags & O_DIRECTORY) ? ENOTDIR
+                    : (flags & O_CREAT) && (flags & O_EXCL) ? EEXIST
+                    : (flags & O_ACCMODE) != O_RDONLY || (flags & O_TRUNC) ? EROFS : 0;
+        if (!refused) return open_injected(t->inj, flags);
+        errno = refused;
+        return -1;
+    }
+    if (t->kind == T_INJ) return -2;  /* a directory on the way: what the disk has */
     if (t->kind == T_SEALED || (t->in_code && t->kind == T_PASS && is_write_open(flags))) {
         errno = is_write_open(flags) ? EROFS : ENOENT;  /* code roots hold the measured code only */
         return -1;
@@ -415,6 +424,13 @@ static int shield_stat(int dirfd, const char *path, struct stat64 *st, int follo
         errno = ENOENT;
         return -1;
     }
+    if (t->kind == T_INJ) {
+        if (t->inj && dir_syntax(path)) {
+            errno = ENOTDIR;
+            return -1;
+        }
+        return injected_stat(t, st);
+    }
     if (t->kind == T_EMB) {
         if (t->is_dir) {
             in_shield++;
@@ -582,7 +598,8 @@ static int shield_access(int dirfd, const char *path, int amode, int flags, stru
 {
     struct stat64 st;
     int rc = shield_stat(dirfd, path, &st, !(flags & AT_SYMLINK_NOFOLLOW), t);
-    if (rc == -2 || t->kind != T_EMB) return rc == -1 ? -1 : -2;
+    if (rc == 0 && t->kind == T_INJ && st.st_dev != FAKE_DEV) return -2;  /* a directory on disk: the real access */
+    if (rc == -2 || (t->kind != T_EMB && t->kind != T_INJ)) return rc == -1 ? -1 : -2;
     if (amode & W_OK) {
         errno = EROFS;
         return -1;
@@ -637,6 +654,10 @@ static ssize_t shield_readlink(int dirfd, const char *path, char *buf, size_t le
         pthread_mutex_unlock(&S.lock);
         return n;
     }
+    if (t->kind == T_INJ && t->inj) {
+        errno = EINVAL;  /* a file */
+        return -1;
+    }
     if (t->kind != T_EMB) return -2;
     if (!t->m || t->m->kind != EMBEDFS_SYMLINK) {
         errno = EINVAL;
@@ -667,7 +688,8 @@ EXPORT ssize_t readlinkat(int dirfd, const char *path, char *buf, size_t len)
 EXPORT char *realpath(const char *path, char *resolved)
 {
     struct target t;
-    if (!ACTIVE() || !path || target_of(AT_FDCWD, path, 1, &t) != 0 || (t.kind != T_EMB && t.kind != T_SEALED))
+    if (!ACTIVE() || !path || target_of(AT_FDCWD, path, 1, &t) != 0 ||
+        (t.kind != T_EMB && t.kind != T_SEALED && !(t.kind == T_INJ && t.inj)))
         return RESOLVE(realpath)(ACTIVE() && path && t.changed ? t.path : path, resolved);
     if (t.kind == T_SEALED) {
         errno = ENOENT;
@@ -684,6 +706,11 @@ static int truncate_path(const char *path, off64_t length, int large)
 {
     struct target t;
     t.changed = 0;
+    if (ACTIVE() && S.ninjected && path && target_of(AT_FDCWD, path, 1, &t) == 0 && t.kind == T_INJ && t.inj) {
+        errno = EROFS;  /* an injection file is read-only (injected.c) */
+        return -1;
+    }
+    t.changed = 0;
     int rc = shield_truncate(path, length, &t);
     if (rc != -2) return rc;
     return large ? RESOLVE(truncate64)(PATH_OR_RESOLVED, length) : RESOLVE(truncate)(PATH_OR_RESOLVED, length);
@@ -699,7 +726,7 @@ EXPORT int truncate64(const char *path, off64_t length) { return truncate_path(p
 static int shield_mkdir(int dirfd, const char *path, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, 0, t) != 0) return -2;
-    if (t->kind == T_EMB) {
+    if (t->kind == T_EMB || t->kind == T_INJ) {  /* (an injection file or a directory on the way: there) */
         errno = EEXIST;
         return -1;
     }
@@ -736,7 +763,11 @@ EXPORT int mkdirat(int dirfd, const char *path, mode_t mode)
 static int code_root_allows(int dirfd, const char *path)
 {
     struct target t;
-    if (!ACTIVE() || !S.cfg.code_root_count || !path || target_of(dirfd, path, 0, &t) != 0) return 1;
+    if (!ACTIVE() || (!S.cfg.code_root_count && !S.ninjected) || !path || target_of(dirfd, path, 0, &t) != 0) return 1;
+    if (t.kind == T_INJ && t.inj) {  /* an injection file is read-only (injected.c) */
+        errno = EROFS;
+        return 0;
+    }
     if (t.kind == T_SEALED || (t.kind == T_PASS && t.in_code)) {
         errno = t.kind == T_SEALED ? ENOENT : EROFS;
         return 0;

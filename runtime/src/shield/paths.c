@@ -134,14 +134,18 @@ volumes:
  * them leads on (40 at most, as the kernel's ELOOP limit). */
 static void locate(struct target *t, int follow)
 {
+    t->inj = NULL;
+    if (S.ninjected && injected_target(t, 0)) return;  /* an injection file: before anything on disk */
     for (int round = 0;; round++) {
         locate_once(t, follow);
-        if (t->kind != T_VOL || !t->vol->has_links || resolve_region_links(t, follow) != 1) return;
+        if (t->kind != T_VOL || !t->vol->has_links || resolve_region_links(t, follow) != 1) break;
         if (round == 40) {
             t->loop = 1;  /* a link loop: the kernel's ELOOP */
-            return;
+            break;
         }
     }
+    /* a directory on the way to an injection file, where nothing else serves the path */
+    if (S.ninjected && (t->kind == T_PASS || t->kind == T_SEALED)) injected_target(t, 1);
 }
 
 /* What path (relative to dirfd) names, in t: -1 if it cannot be made absolute. */
@@ -152,7 +156,7 @@ int target_of(int dirfd, const char *path, int follow, struct target *t)
     /* t->changed only once locate() resolved an embedded symlink: otherwise a call passed to
      * the kernel keeps the caller's spelling ("name/" names a directory, ".." is the kernel's) */
     locate(t, follow);
-    t->in_code = t->kind != T_VOL && under_code_root(t->path);
+    t->in_code = t->kind != T_VOL && t->kind != T_INJ && under_code_root(t->path);
     return 0;
 }
 

@@ -14,7 +14,8 @@
  *    mkdir), left out of listings, refused by dlopen: a planted module, .pth or pyc never loads.
  *  - volumes: a protected region (encrypted or authenticated) has its own fspf. open() of a
  *    file there returns a memfd with the checked plaintext; a file opened for writing is
- *    protected again on close()/fsync() with a fresh key and file id, written to a temp file,
+ *    protected again on close()/fsync() (if its plaintext changed since it was loaded or last
+ *    committed: struct content) with a fresh key and file id, written to a temp file,
  *    fsynced and renamed over the old one with the re-encrypted fspf, and the new fspf tag is
  *    recorded in the keys file, or for the container's own copy of a volume (nothing mounted
  *    there) in its state file (two phases: "next" before the renames, "current" after). So
@@ -58,6 +59,8 @@
  *   cache.c      the launcher's shared plaintext cache (../plaincache.h): one memfd per volume
  *                file for all the processes of the service
  *   commit.c     the commit protocol: the only place a volume's stored files and fspf are written
+ *   injected.c   policy mode: the injection files the grant carries, served from sealed memfds at
+ *                their paths (read-only: EROFS for a write), and the directories on the way to them
  *   dirs.c       directory listings (opendir, fdopendir, readdir*, scandir*, ...): the real one
  *                merged with the embedded tree, without what a volume hides or a code root seals
  *   interpose.c  the other exported libc entry points (open*, fopen*, freopen*, close, fclose,
@@ -194,11 +197,26 @@ struct svol {
     struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL) */
 };
 
+struct content {               /* what a memfd held when it was last loaded or committed */
+    int known;                 /* 0: unknown (could not be read): every close and fsync commits */
+    unsigned char sha256[32];
+    off_t size;
+    mode_t mode;
+    struct timespec mtime;     /* utime/futimens on the descriptor change only this */
+};
+
 struct tracked {               /* a memfd the service may write: protected again on close */
     struct svol *vol;
     char *path;
     dev_t dev;                 /* the memfd's identity (reopen_tracked checks the fd is still it) */
     ino_t ino;
+    struct content committed;  /* a close or fsync with the same content commits nothing */
+};
+
+struct injected {              /* policy mode: a file the grant carries, served from memory */
+    char *path;                /* absolute, normalised */
+    char *content;
+    size_t len;
 };
 
 struct shield_state {
@@ -222,6 +240,8 @@ struct shield_state {
     pthread_mutex_t lock;      /* volumes, tracked fds, fake directories */
     struct tracked *fds;
     int nfds;
+    struct injected *injected; /* policy mode: the injection files (granted processes only) */
+    size_t ninjected;
 };
 
 extern struct shield_state S;
@@ -245,9 +265,10 @@ int volume_refresh(struct svol *vol, int locked);
 
 /* ------------------------------------------------------------------ paths (paths.c) */
 
+/* T_INJ: an injection file (inj), or a directory on the way to one (inj NULL, is_dir). */
 /* T_SEALED: under a code root, neither embedded nor left on disk as not code nor on the way to
  * a region: not there for the measured process (ENOENT; EROFS for a write). */
-enum { T_PASS, T_EMB, T_VOL, T_SEALED };
+enum { T_PASS, T_EMB, T_VOL, T_SEALED, T_INJ };
 
 struct target {
     int kind;
@@ -256,6 +277,7 @@ struct target {
     int is_dir;                         /* T_EMB: an embedded (implied) directory */
     const struct embedfs_member *m;     /* T_EMB: the member (file or unfollowed symlink) */
     struct svol *vol;                   /* T_VOL */
+    const struct injected *inj;         /* T_INJ: the file (NULL: a directory on the way to one) */
     int changed;                        /* path differs from what the caller passed */
     int loop;                           /* T_VOL: too many region symlinks on the way (ELOOP) */
     char path[PATH_MAX];                /* absolute, normalised, embedded symlinks resolved */
@@ -277,6 +299,12 @@ int new_memfd(const char *path, int cloexec);
 int open_embedded(const struct embedfs_member *m, const char *path, int cloexec);
 void embedded_stat(const struct target *t, struct stat64 *st);
 int beside_encrypted_code(const char *path);
+
+/* ------------------------------------------------------------------ injection files (injected.c) */
+
+int injected_target(struct target *t, int dirs);
+int open_injected(const struct injected *f, int flags);
+int injected_stat(const struct target *t, struct stat64 *st);
 
 /* ------------------------------------------------------------------ volumes (volumes.c) */
 

@@ -1,7 +1,42 @@
 /* Tracked fds: the memfds the service may write, each one the plaintext of a file in a
  * volume or ephemeral region, protected again (commit) on close and fsync. */
 #include "shield.h"
+#include "measure.h"
 
+/* What fd's memfd holds now (its SHA-256, size, mode and modification time); known = 0 if it
+ * cannot be read (a write-only descriptor). Reading it leaves its access time as it was: that
+ * time is the file's, which a commit stores. */
+static struct content content_of(int fd)
+{
+    struct content c = {0};
+    struct stat64 st;
+    if (RESOLVE(fstat64)(fd, &st) != 0) return c;
+    int hashed = file_sha256(fd, c.sha256) == 0;
+    struct timespec times[2] = {st.st_atim, {.tv_nsec = UTIME_OMIT}};
+    futimens(fd, times);
+    if (!hashed) return c;
+    c.known = 1;
+    c.size = st.st_size;
+    c.mode = st.st_mode;
+    c.mtime = st.st_mtim;
+    return c;
+}
+
+static int same_content(const struct content *a, const struct content *b)
+{
+    return a->known && b->known && a->size == b->size && a->mode == b->mode && a->mtime.tv_sec == b->mtime.tv_sec &&
+           a->mtime.tv_nsec == b->mtime.tv_nsec && memcmp(a->sha256, b->sha256, sizeof a->sha256) == 0;
+}
+
+/* The memfd (dev, ino) was committed holding c: so every descriptor of it knows. */
+static void committed_as(dev_t dev, ino_t ino, const struct content *c)
+{
+    for (int fd = 0; fd < S.nfds; fd++)
+        if (S.fds[fd].path && S.fds[fd].dev == dev && S.fds[fd].ino == ino) S.fds[fd].committed = *c;
+}
+
+/* fd, a memfd holding the plaintext of path in vol as last loaded or committed (or a new
+ * descriptor of a memfd already tracked: dup, reopen), is tracked from now on. */
 void track(int fd, struct svol *vol, const char *path)
 {
     if (fd >= S.nfds) {
@@ -19,6 +54,14 @@ void track(int fd, struct svol *vol, const char *path)
     int known = RESOLVE(fstat64)(fd, &st) == 0;
     S.fds[fd].dev = known ? st.st_dev : 0;
     S.fds[fd].ino = known ? st.st_ino : 0;
+    S.fds[fd].committed = (struct content){0};
+    for (int other = 0; known && other < S.nfds; other++) {
+        if (other != fd && S.fds[other].path && S.fds[other].dev == st.st_dev && S.fds[other].ino == st.st_ino) {
+            S.fds[fd].committed = S.fds[other].committed;  /* the same memfd: what it last committed */
+            return;
+        }
+    }
+    if (known) S.fds[fd].committed = content_of(fd);
 }
 
 struct tracked *tracked_fd(int fd)
@@ -61,10 +104,11 @@ void retarget_tracked(struct svol *vol, const char *from, const char *to, int pr
     }
 }
 
-/* Ephemeral regions: if this process has path open for writing, a new open file description
- * of that memfd (with its own offset and access mode), so that the service sees its own writes
- * before they are committed, as with the kernel (NamedTemporaryFile: write, flush, open by
- * name). -1 if there is none. Called with S.lock held. */
+/* If this process has path open for writing, a new open file description of that memfd (with
+ * its own offset and access mode), so that the service sees its own writes before they are
+ * committed and every descriptor of the file shares one content, as with the kernel
+ * (NamedTemporaryFile: write, flush, open by name; two SQLite connections to one database).
+ * -1 if there is none. Called with S.lock held. */
 int reopen_tracked(struct svol *vol, const char *path, int flags)
 {
     int reflags = flags & ~(O_CREAT | O_EXCL | O_NOFOLLOW | O_DIRECTORY);
@@ -113,7 +157,14 @@ int flush_tracked(int fd)
         errno = EIO;
         rc = -1;
     } else if (t) {
-        rc = commit(t->vol, t->path, readable, NULL, 0666);
+        /* Nothing written since the memfd was loaded or last committed (a reader that opened
+         * for writing, as SQLite always does): nothing to commit, as with the kernel; a commit
+         * would write this process's copy over what another process committed since. */
+        struct content now = content_of(readable);
+        if (!same_content(&now, &t->committed)) {
+            rc = commit(t->vol, t->path, readable, NULL, 0666);
+            if (rc == 0) committed_as(t->dev, t->ino, &now);
+        }
     }
     if (readable != fd && readable >= 0) {
         int saved = errno;

@@ -327,7 +327,9 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
         errno = flags & O_NOFOLLOW || t->loop ? ELOOP : EIO;
         return -1;
     }
-    if (rec && t->vol->ephemeral && (fd = reopen_tracked(t->vol, t->path, flags)) >= 0) {
+    /* a file this process has open for writing: the same plaintext, as with the kernel (two
+     * SQLite connections of one process to one database see each other's commits) */
+    if (rec && (fd = reopen_tracked(t->vol, t->path, flags)) >= 0) {
         if (writable) track(fd, t->vol, t->path);  /* the content is shared: either close commits it */
         goto out;
     }
