@@ -144,9 +144,13 @@ def walk(doc, path=""):
 
 
 def test_nothing_the_curator_writes_is_secret(curator):
-    """Every file of the output dir is scanned: no private key, no key value (only references),
-    no field that holds a key; and the image's runtime config holds none either."""
-    files = list(curator["outputs"].iterdir())
+    assert_no_key_material(curator["outputs"], curator["image"])
+
+
+def assert_no_key_material(outputs: Path, image_ref: str) -> None:
+    """Every file of the curator's output dir is scanned: no private key, no key value (only
+    references), no field that holds a key; and the image's runtime config holds none either."""
+    files = list(outputs.iterdir())
     for path in files:
         text = path.read_text()
         assert "PRIVATE KEY" not in text, path
@@ -156,7 +160,7 @@ def test_nothing_the_curator_writes_is_secret(curator):
             if "key" in field.lower() and field not in ("keyid",):
                 assert isinstance(value, str) and value.startswith("$$SCONE::"), (path, where)
         assert not re.search(r"fspf_key\W+[0-9a-f]{64}", text), path
-    image = read_image(curator["image"])
+    image = read_image(image_ref)
     with RootFS.from_image(image) as fs:
         runtime = fs.read(".sconify/runtime.json").decode()
     assert "key" not in runtime.lower()

@@ -44,6 +44,10 @@ try:
     write = 'allowed'
 except OSError as e:
     write = errno.errorcode[e.errno]
+if sys.argv[1:2] == ['after']:  # containers racing to commit: write once the file sys.argv[2] exists
+    print('ready', flush=True)
+    while not os.path.exists(sys.argv[2]):
+        time.sleep(0.02)
 count = os.path.join(os.environ.get('APP_DATA', '/app/data'), 'count.txt')
 n = int(open(count).read()) if os.path.exists(count) else 0
 with open(count, 'w') as f:
@@ -151,14 +155,26 @@ def volumes(docker_client):
         docker_client.volumes.get(name).remove(force=True)
 
 
-def mounts(policy_dir: Path, data: str, state: str) -> list:
+def mounts(policy_dir: Path, data: str, state: str, data_path: str = "/app/data") -> list:
     return [docker.types.Mount(SECRETS, str(policy_dir), type="bind", read_only=True),
-            docker.types.Mount("/app/data", data, type="volume", no_copy=True),
+            docker.types.Mount(data_path, data, type="volume", no_copy=True),
             docker.types.Mount("/var/lib/sconify", state, type="volume", no_copy=True)]
 
 
 def run(docker_client, app: App, policy_dir: Path, data: str, state: str, *args: str) -> tuple[int, str, str]:
     return run_container(docker_client, app.tag, ["python3", APP, *args], mounts=mounts(policy_dir, data, state))
+
+
+def until_ready(container, timeout: float = 120) -> tuple[str, str]:
+    """Wait until the service in ``container`` (started detached) prints ``ready`` or exits;
+    returns its stdout and stderr so far."""
+    deadline = time.monotonic() + timeout
+    while b"ready" not in container.logs(stdout=True, stderr=False) and time.monotonic() < deadline:
+        container.reload()
+        if container.status == "exited":
+            break
+        time.sleep(0.2)
+    return container.logs(stdout=True, stderr=False).decode(), container.logs(stdout=False, stderr=True).decode()
 
 
 def report(out: str) -> dict:
@@ -179,14 +195,7 @@ def test_the_service_sees_its_secrets_and_nobody_else_does(app, docker_client, v
     container = docker_client.containers.run(app.tag, ["python3", APP, "serve"], detach=True, network_disabled=True,
                                              mounts=mounts(tmp_path / "a", volumes("data"), volumes("state")))
     try:
-        deadline = time.monotonic() + 120
-        while b"ready" not in container.logs(stdout=True, stderr=False) and time.monotonic() < deadline:
-            container.reload()
-            if container.status == "exited":
-                break
-            time.sleep(0.2)
-        out = container.logs(stdout=True, stderr=False).decode()
-        err = container.logs(stdout=False, stderr=True).decode()
+        out, err = until_ready(container)
         assert "ready" in out, err
         seen = report(out)
         # the measured service: its environment and the injected file, secrets substituted

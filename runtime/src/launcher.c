@@ -58,6 +58,7 @@ extern char **environ;
 #define EXIT_NOT_RUN 127  /* the command could not be executed */
 
 static pid_t child_pid;
+static int grant_fd = -1;  /* the grant's memfd (grant_keys): the service's, closed in PID 1 once it is forked */
 
 static void die(const char *fmt, const char *msg) __attribute__((noreturn));
 static void die(const char *fmt, const char *msg)
@@ -570,6 +571,7 @@ static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, 
     char number[16];
     snprintf(number, sizeof number, "%d", fd);
     setenv("SCONIFY_GRANT", number, 1);
+    grant_fd = fd;
 }
 
 /* One round of the cache's poll loop: waits up to a second for wake_fd or a request, answers
@@ -697,6 +699,12 @@ static int run_service(const char *run, char **argv, char **envp, struct plainca
     }
     if (envp != environ)  /* the substituted environment: the child has its copy, the launcher none */
         for (char **e = envp; *e; e++) OPENSSL_cleanse(*e, strlen(*e));
+    if (grant_fd >= 0) {  /* nor the grant: PID 1 lives as long as the container, and `docker exec` could
+                           * read the keys and the injection files at /proc/1/fd/N */
+        close(grant_fd);
+        grant_fd = -1;
+        unsetenv("SCONIFY_GRANT");
+    }
     static const int forwarded[] = {SIGTERM, SIGINT, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGWINCH, SIGCONT};
     struct sigaction sa = {0};
     sa.sa_handler = forward;
@@ -713,7 +721,28 @@ static int run_service(const char *run, char **argv, char **envp, struct plainca
     }
 }
 
+/* SCONIFY_FRESHNESS=keys: every volume's freshness in the keys file (or the state store), as for
+ * a mounted one (the stricter choice, for a run outside a container); unset or "auto": detected
+ * (1). It is the launcher's: unset for the service. */
+static int freshness_detect(void)
+{
+    const char *freshness = getenv("SCONIFY_FRESHNESS");
+    int detect = !freshness || !*freshness || strcmp(freshness, "auto") == 0;
+    if (!detect && strcmp(freshness, "keys") != 0)
+        die("%s", "SCONIFY_FRESHNESS is neither auto (the default) nor keys; refusing to start");
+    unsetenv("SCONIFY_FRESHNESS");
+    return detect;
+}
+
 /* ------------------------------------------------------------------ a deployment's policy */
+
+/* Converted with --generic: its volumes are declared, their keys are each deployment's. */
+static int generic_image(const struct rt_config *cfg)
+{
+    for (size_t i = 0; i < cfg->volume_count; i++)
+        if (cfg->volumes[i].generic) return 1;
+    return 0;
+}
 
 /* The directory of a deployment's policy: $SCONIFY_POLICY (which must hold one), else
  * /run/secrets/sconify when policy.yaml is there. 1 and dir filled, or 0 (today's keys file). */
@@ -725,6 +754,14 @@ static int find_policy(char *dir, size_t len)
     unsetenv("SCONIFY_POLICY");
     snprintf(file, sizeof file, "%s/" POLICY_NAME, dir);
     if (access(file, F_OK) == 0) return 1;
+    if (errno == EACCES) {  /* `sconify deploy init` makes the directory 0700: a non-root service cannot look */
+        char line[PATH_MAX + 400];
+        snprintf(line, sizeof line, "cannot look into %s (%s): the container's user (uid %ld) cannot tell whether "
+                                    "it holds a deployment's policy.yaml or a keys.json; make the directory and its "
+                                    "files readable by that user (chown them to it); refusing to start",
+                 dir, strerror(EACCES), (long)getuid());
+        die("%s", line);
+    }
     if (given && *given) die("SCONIFY_POLICY names %s, which holds no policy.yaml; refusing to start", dir);
     return 0;
 }
@@ -813,20 +850,81 @@ static void initialise_volume(const struct rt_volume *vol, const unsigned char k
     }
 }
 
+/* A volume's fspf, read whole; it must open with the deployment's key at the tag it carries (its
+ * last 16 bytes), else it belongs to another deployment: one line and exit. *empty: it lists no
+ * file (a first start that stopped before its tag was recorded). */
+static unsigned char *read_deployment_fspf(const struct rt_volume *vol, const unsigned char key[32], size_t *size,
+                                           int *empty)
+{
+    unsigned char *data = read_fspf(vol, size);
+    struct fspf fs;
+    struct rt_error err = {{0}};
+    if (*size < 16 || fspf_load(&fs, data, *size, key, data + *size - 16, &err) != 0) {
+        char line[PATH_MAX + 256];
+        snprintf(line, sizeof line, "volume %s: its fspf does not open with the deployment's key: it belongs to "
+                                    "another deployment or key%s; refusing to start", vol->path,
+                 vol->generic ? "" : " (the image's own copy, converted without --generic?)");
+        die("%s", line);
+    }
+    *empty = fs.file_count == 0;
+    fspf_free(&fs);
+    return data;
+}
+
+/* A volume that is the container's own copy (no volume mounted there) in policy mode: its
+ * freshness lives with the container (the state file in its directory), as the own copy's of a
+ * keys file, never in the state store. The store outlives the container: a record made for a copy
+ * that `docker run --rm` throws away would be one no later container's copy carries, and the
+ * deployment would no longer start. The image's copy of a generic volume has no fspf: the
+ * container's first start initialises it with the deployment's key; a restarted container finds
+ * the tag its state records (or an empty fspf whose state was not recorded yet). */
+static void policy_container_copy(const struct rt_volume *vol, struct rt_key *k)
+{
+    struct rt_error err = {{0}};
+    int fd = open(vol->fspf_path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0 && errno == ENOENT) {
+        initialise_volume(vol, k->key, k->tag);
+        if (state_record(vol->path, k->key, k->tag, NULL, &err) != 0) die("%s", err.msg);
+        k->container_copy = 1;
+        fprintf(stderr, "sconify-run: volume %s is the container's own copy (no volume mounted there): its writes "
+                        "last as long as this container; mount a volume there to keep them\n", vol->path);
+        return;
+    }
+    if (fd >= 0) close(fd);
+    size_t size;
+    int empty;
+    unsigned char *data = read_deployment_fspf(vol, k->key, &size, &empty);
+    struct rt_state state;
+    if (empty && !state_load(vol->path, k->key, &state)) memcpy(k->tag, data + size - 16, 16);
+    check_container_copy(vol, k, data, size);  /* judged by the container's state; says where writes go */
+    free(data);
+}
+
 /* Each volume of the image opened with the deployment's key (docs/deploy.md, step 5), its tag in
  * the state store the policy names (sconify.state, as a keys file's "state"; keys->state is set
  * to it, so the grant takes it to the shield's commits): a volume with no fspf and no record is
  * new (initialised, its record made); an fspf that does not open with the key belongs to another
  * deployment; an fspf with no record is refused (the state was lost), unless it is empty (its
  * first start stopped before the record was made); then check_volume_in_store as for a keys
- * file's store (rollback refused, a commit under way settled). */
-static void check_policy_volumes(const struct rt_config *cfg, const struct deployment *d, struct rt_keys *keys)
+ * file's store (rollback refused, a commit under way settled). The container's own copy of a
+ * volume is kept apart from the store (policy_container_copy); with every volume one, no store
+ * is opened. */
+static void check_policy_volumes(const struct rt_config *cfg, const struct deployment *d, struct rt_keys *keys,
+                                 int detect)
 {
     struct store store;
-    char where[600], line[PATH_MAX * 2 + 600];
-    keys->state = strdup(d->state);
-    open_state_store(cfg, keys, &store, 1, "the policy's (sconify.state)");
-    store_describe(&store, where, sizeof where);
+    char where[600] = "", line[PATH_MAX * 2 + 600];
+    int *own = calloc(cfg->volume_count + 1, sizeof *own), mounted = 0;
+    if (!own) die("%s", "out of memory");
+    for (size_t i = 0; i < cfg->volume_count; i++) {
+        own[i] = detect && container_copy(cfg->volumes[i].path);
+        mounted += !own[i];
+    }
+    if (mounted) {
+        keys->state = strdup(d->state);
+        open_state_store(cfg, keys, &store, detect, "the policy's (sconify.state)");
+        store_describe(&store, where, sizeof where);
+    }
     keys->count = cfg->volume_count;
     keys->keys = calloc(cfg->volume_count + 1, sizeof *keys->keys);
     for (size_t i = 0; i < cfg->volume_count; i++) {
@@ -845,6 +943,11 @@ static void check_policy_volumes(const struct rt_config *cfg, const struct deplo
         k->name = strdup(dv->name);
         policy_volume_key(d, dv, k->key);
         int lock = lock_volume(vol);
+        if (own[i]) {
+            policy_container_copy(vol, k);
+            if (lock >= 0) close(lock);
+            continue;
+        }
         struct store_record rec;
         int recorded = store_read(&store, dv->name, &rec, &err);
         if (recorded < 0) {
@@ -873,17 +976,9 @@ static void check_policy_volumes(const struct rt_config *cfg, const struct deplo
         }
         if (fd >= 0) close(fd);
         size_t size;
-        unsigned char *data = read_fspf(vol, &size);
-        const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
-        struct fspf fs;
-        if (!tag || fspf_load(&fs, data, size, k->key, tag, &err) != 0) {
-            snprintf(line, sizeof line, "volume %s: its fspf does not open with the deployment's key: it belongs to "
-                                        "another deployment or key%s; refusing to start", vol->path,
-                     vol->generic ? "" : " (the image's own copy, converted without --generic?)");
-            die("%s", line);
-        }
-        int empty = fs.file_count == 0;
-        fspf_free(&fs);
+        int empty;
+        unsigned char *data = read_deployment_fspf(vol, k->key, &size, &empty);
+        const unsigned char *tag = data + size - 16;
         if (!recorded && !empty) {
             snprintf(line, sizeof line, "volume %s: %s records no tag for it: the state was lost or is not mounted "
                                         "(mount the one this deployment wrote); refusing to start", vol->path, where);
@@ -894,7 +989,8 @@ static void check_policy_volumes(const struct rt_config *cfg, const struct deplo
         check_volume_in_store(vol, k, &store);
         if (lock >= 0) close(lock);
     }
-    store_close(&store);
+    if (mounted) store_close(&store);
+    free(own);
 }
 
 /* What the grant carries besides the keys in policy mode: the injection files (path, content
@@ -983,7 +1079,7 @@ static int run_with_policy(struct rt_config *cfg, const char *config_path, const
     unsetenv("SCONE_FSPF_TAG");
     unsetenv("SCONE_FSPF");
     unsetenv("SCONIFY_KEYS");
-    unsetenv("SCONIFY_FRESHNESS");
+    int detect = freshness_detect();
     if (!run_argv) {  /* another command: no keys, no secrets, the host's environment */
         fprintf(stderr, "sconify-run: %s: the deployment's keys and secrets are granted only to the command its "
                         "policy names, so this one runs without them%s\n", why,
@@ -1011,7 +1107,7 @@ static int run_with_policy(struct rt_config *cfg, const char *config_path, const
     memcpy(keys.mrenclave, mr, 65);
     memcpy(keys.executable_sha256, file_sha, 65);
     memcpy(keys.runtime_config_sha256, cfg->source_sha256, 65);
-    check_policy_volumes(cfg, &d, &keys);
+    check_policy_volumes(cfg, &d, &keys, detect);
     json_t *extra = policy_grant(&d);
     static struct plaincache cache;
     open_cache(cfg, &cache);
@@ -1100,6 +1196,10 @@ int main(int argc, char **argv)
             die("%s", err.msg);
         have_keys = from_env = 1;
     } else if (granted && (access(keys_path, F_OK) == 0 || cfg.volume_count > 0 || (keys_env && *keys_env))) {
+        if (!(keys_env && *keys_env) && access(keys_path, F_OK) != 0 && errno == ENOENT && generic_image(&cfg))
+            die("no deployment policy at %s/" POLICY_NAME ": this is a generic image (its curator made no keys); "
+                "make a deployment with `sconify deploy init IMAGE --name NAME` and mount its directory there "
+                "(docker run -v \"$PWD/NAME:" DEFAULT_POLICY_DIR ":ro\"), docs/deploy.md", DEFAULT_POLICY_DIR);
         if (keys_load(keys_path, &keys, &err) != 0) die("%s", err.msg);
         have_keys = 1;
     }
@@ -1108,13 +1208,7 @@ int main(int argc, char **argv)
     unsetenv("SCONE_FSPF_TAG");
     unsetenv("SCONE_FSPF");
     unsetenv("SCONIFY_KEYS");
-    /* SCONIFY_FRESHNESS=keys: every volume's freshness in the keys file, as for a mounted one
-     * (the stricter choice, for a run outside a container); unset or "auto": detected. */
-    const char *freshness = getenv("SCONIFY_FRESHNESS");
-    int detect = !freshness || !*freshness || strcmp(freshness, "auto") == 0;
-    if (!detect && strcmp(freshness, "keys") != 0)
-        die("%s", "SCONIFY_FRESHNESS is neither auto (the default) nor keys; refusing to start");
-    unsetenv("SCONIFY_FRESHNESS");
+    int detect = freshness_detect();
 
     if (have_keys) check_config_binding(&cfg, &keys, config_path);
     if (have_keys) check_measurement(&cfg, keys.mrenclave, keys.executable_sha256, "the keys file");
