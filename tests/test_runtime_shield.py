@@ -17,6 +17,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -139,13 +140,16 @@ class World:
     def tag(self) -> str:
         return json.loads(self.keys.read_text())["volumes"][0]["fspf_tag"]
 
-    def run(self, *argv: str, env: dict | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    def run(self, *argv: str, env: dict | None = None, check: bool = True, pid1: bool = False) -> subprocess.CompletedProcess:
         # This machine's /tmp is no container's own copy: freshness in the keys file, as for a
         # mounted volume, unless a test sets SCONIFY_FRESHNESS itself (None: detected).
+        # pid1: the launcher as PID 1 of a new PID namespace, as in a container (it owns the
+        # volume files' shared plaintext cache); else it execs the command.
         environment = {"PATH": os.environ["PATH"], "SCONIFY_RUNTIME_CONFIG": str(self.config),
                        "SCONIFY_KEYS": str(self.keys), "SCONIFY_FRESHNESS": "keys", **(env or {})}
         environment = {name: value for name, value in environment.items() if value is not None}
-        result = subprocess.run([str(self.runtime.launcher), *argv], capture_output=True, text=True,
+        wrap = ["unshare", "--pid", "--fork", "--mount-proc"] if pid1 else []
+        result = subprocess.run([*wrap, str(self.runtime.launcher), *argv], capture_output=True, text=True,
                                 env=environment, cwd=self.root, timeout=60)
         if check:
             assert result.returncode == 0, result.stderr
@@ -1748,6 +1752,118 @@ def test_multiprocessing_workers_writes_are_seen_by_the_parent(world, method):
     assert str(world.volume / "parent.txt") in records and str(world.volume / "count.txt") in records
     assert not list(world.volume.glob(".sconify-tmp.*"))
     assert (world.volume / ".sconify.lock").exists()  # hidden from the service's listing above
+
+
+SQLITE_WORKER = (
+    "import sqlite3\n"
+    "def insert(path, mode, first, count, barrier):\n"
+    "    db = sqlite3.connect(path, timeout=60)\n"
+    "    db.execute('pragma journal_mode=' + mode)\n"
+    "    barrier.wait(60)  # all connected before any inserts: the writers overlap\n"
+    "    for i in range(first, first + count):\n"
+    "        with db:\n"
+    "            db.execute('insert into t values (?, ?)', (i, 'secret-row-%06d' % i))\n"
+    "    db.close()\n"
+)
+SQLITE_PARENT = (
+    "import __main__, multiprocessing, sqlite3, sys\n"
+    "del __main__.__file__  # the driver is no script a spawned worker can run again\n"
+    "sys.path.insert(0, sys.argv[2])\n"
+    "import sqlwork\n"
+    "path, mode, method = sys.argv[1], sys.argv[3], sys.argv[4]\n"
+    "db = sqlite3.connect(path)\n"
+    "db.execute('pragma journal_mode=' + mode)\n"
+    "db.execute('create table t(id integer primary key, body text)')\n"
+    "db.commit()\n"
+    "db.close()\n"
+    "context = multiprocessing.get_context(method)\n"
+    "barrier = context.Barrier(4)\n"
+    "workers = [context.Process(target=sqlwork.insert, args=(path, mode, 1 + k * 1000, 25, barrier)) for k in range(4)]\n"
+    "for w in workers: w.start()\n"
+    "for w in workers: w.join()\n"
+    "db = sqlite3.connect(path)\n"
+    "print([w.exitcode for w in workers], db.execute('pragma integrity_check').fetchone()[0],\n"
+    "      db.execute('select count(*), sum(id) from t').fetchone())\n"
+)
+
+
+@pytest.mark.parametrize("mode, method", [("delete", "fork"), ("wal", "spawn"), ("wal", "fork"), ("delete", "spawn")])
+def test_sqlite_four_processes_share_one_database_under_the_launcher_as_pid_1(world, mode, method):
+    """The launcher as PID 1 (as in a container) holds one plaintext memfd per open volume file:
+    four processes inserting into one database lose no row, as on a plain directory (the oracle),
+    and what they committed is ciphertext on disk that a later process reads."""
+    mods = world.root / "mods"
+    mods.mkdir()
+    (mods / "sqlwork.py").write_text(SQLITE_WORKER)
+    plain = world.root / "plain-db"
+    plain.mkdir()
+    expected = world.python_code(SQLITE_PARENT, str(plain / "t.db"), str(mods), mode, method).stdout
+    ids = [1 + k * 1000 + i for k in range(4) for i in range(25)]
+    assert expected == f"[0, 0, 0, 0] ok {(len(ids), sum(ids))}\n"
+    path = str(world.volume / "t.db")
+    result = world.python_code(SQLITE_PARENT, path, str(mods), mode, method, env={"SCONIFY_LOG": "stderr"}, pid1=True)
+    assert result.stdout == expected, result.stderr
+    assert "sconify-shield" not in result.stderr
+    again = world.python_code("import sqlite3, sys\nprint(sqlite3.connect(sys.argv[1]).execute("
+                              "'select count(*), sum(id) from t').fetchone())", path)
+    assert again.stdout == f"{(len(ids), sum(ids))}\n", again.stderr
+    for stored in world.volume.iterdir():
+        if stored.is_file():
+            assert b"secret-row" not in stored.read_bytes(), stored
+
+
+SHARED_FILE = (
+    "import fcntl, mmap, os, sys\n"
+    "path = sys.argv[1]\n"
+    "with open(path, 'w') as f: f.write('0' * 4096)\n"
+    "a = os.open(path, os.O_RDWR)\n"
+    "fcntl.lockf(a, fcntl.LOCK_EX)\n"
+    "r, w = os.pipe()\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    b = os.open(path, os.O_RDWR | os.O_APPEND)\n"
+    "    try:\n"
+    "        fcntl.lockf(b, fcntl.LOCK_EX | fcntl.LOCK_NB)\n"
+    "        print('child: locked')\n"
+    "    except OSError:\n"
+    "        print('child: the parent holds the lock')\n"
+    "    m = mmap.mmap(b, 4096)\n"
+    "    m[:5] = b'child'\n"
+    "    os.write(b, b'appended')\n"
+    "    m.close()\n"
+    "    os.close(b)\n"
+    "    sys.stdout.flush()\n"
+    "    os._exit(0)\n"
+    "os.pwrite(a, b'parent', 5)\n"
+    "os.waitpid(pid, 0)\n"
+    "print('parent sees', os.pread(a, 11, 0), os.fstat(a).st_size, os.pread(a, 8, 4096))\n"
+    "os.close(a)\n"
+)
+
+
+@pytest.mark.parametrize("pid1", [True, False])
+def test_a_file_open_in_two_processes_is_one_file(world, pid1):
+    """fcntl locks, a shared mapping, O_APPEND and plain writes of two processes meet in one
+    plaintext, as on a plain directory: the launcher's as PID 1, its keeper's when it execs the
+    service; the keeper is gone with the service."""
+    plain = world.root / "plain-shared"
+    plain.mkdir()
+    expected = world.python_code(SHARED_FILE, str(plain / "f")).stdout
+    assert expected.splitlines()[0] == "child: the parent holds the lock"
+    assert expected.splitlines()[-1] == "parent sees b'childparent' 4104 b'appended'"
+    path = str(world.volume / "shared.txt")
+    result = world.python_code(SHARED_FILE, path, env={"SCONIFY_LOG": "stderr"}, pid1=pid1)
+    assert result.stdout == expected, result.stderr
+    again = world.python_code("import sys\nd = open(sys.argv[1], 'rb').read()\nprint(d[:11], len(d), d[-8:])", path)
+    assert again.stdout == "b'childparent' 4104 b'appended'\n"
+    assert b"childparent" not in (world.volume / "shared.txt").read_bytes()
+    if not pid1:  # no keeper left behind (it serves until the service exits)
+        for _ in range(50):
+            keepers = subprocess.run(["pgrep", "-f", str(world.runtime.launcher)], capture_output=True, text=True)
+            if not keepers.stdout:
+                break
+            time.sleep(0.1)
+        assert keepers.stdout == ""
 
 
 CONCURRENT = (

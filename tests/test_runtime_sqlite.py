@@ -78,19 +78,33 @@ def scenario_modes(path, mode, marker):
                                       check=True).stdout)
     print(json.dumps({**again, "ids": len(again["ids"]), "sum": sum(again["ids"])}), flush=True)
 
-def scenario_concurrent(path, mode, marker, method, per_process):
+def four_writers(path, mode, marker, method, per_process):
+    """Four processes (multiprocessing's method) insert per_process rows each, at the same time:
+    the workers and the seconds from their start to their end."""
     create(path, mode).close()
     context = multiprocessing.get_context(method)
     barrier = context.Barrier(4)
     workers = [context.Process(target=insert, args=(path, mode, marker, 1 + k * 10_000, int(per_process), barrier))
                for k in range(4)]
+    start = time.monotonic()
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
+    return workers, time.monotonic() - start
+
+def scenario_concurrent(path, mode, marker, method, per_process):
+    workers, _ = four_writers(path, mode, marker, method, per_process)
     result = check(path)
     print(json.dumps({"exitcodes": [w.exitcode for w in workers], "integrity": result["integrity"],
                       "rows": len(result["ids"]), "sum": sum(result["ids"])}), flush=True)
+
+def scenario_rate(path, mode, marker, method, per_process):
+    """scenario_concurrent, timed (bench/bench_sqlite_shared.py)."""
+    workers, seconds = four_writers(path, mode, marker, method, per_process)
+    result = check(path)
+    print(json.dumps({"exitcodes": [w.exitcode for w in workers], "integrity": result["integrity"],
+                      "rows": len(result["ids"]), "seconds": seconds}), flush=True)
 
 def scenario_writer(path, mode, marker):
     """Insert one row per transaction forever; print each id once its commit returned."""
@@ -108,14 +122,6 @@ def scenario_check(path):
 if __name__ == "__main__":
     globals()["scenario_" + sys.argv[1]](*sys.argv[2:])
 '''
-
-MULTI_PROCESS = ("each worker opens the database itself (the parent closed it before starting them) and gets "
-                 "a plaintext copy (memfd) of its own: SQLite's POSIX locks lock that copy, not a shared "
-                 "file, and every commit (fsync) writes the whole copy back, so the workers overwrite each "
-                 "other's transactions (the shared plaintext cache owned by the launcher, docs/runtime.md "
-                 "'Volumes', is planned; forked workers of a parent that holds the database open share its "
-                 "memfd and work: test_runtime_shield.py)")
-
 
 class Images:
     def __init__(self, original: str, tag: str, out: Path):
@@ -197,7 +203,6 @@ def test_sqlite_create_insert_reopen_integrity_as_in_the_original(mode, sqlite_i
 
 
 @pytest.mark.parametrize("mode, method", [("delete", "fork"), ("wal", "spawn")])
-@pytest.mark.xfail(strict=True, reason=MULTI_PROCESS)
 def test_sqlite_four_processes_insert_into_one_database(mode, method, sqlite_images, docker_client, volumes,
                                                        tmp_path):
     marker = f"ROW-MARKER-{uuid.uuid4().hex}"

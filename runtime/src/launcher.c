@@ -26,6 +26,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -34,7 +35,9 @@
 #include <sys/mman.h>
 #include <sys/prctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <dirent.h>
@@ -47,6 +50,7 @@
 #include "embedfs.h"
 #include "fspf.h"
 #include "measure.h"
+#include "plaincache.h"
 #include "policy.h"
 #include "statestore.h"
 #include "util.h"
@@ -453,6 +457,17 @@ static void forward(int sig)
     if (child_pid > 0) kill(child_pid, sig);
 }
 
+/* SIGCHLD wakes the poll loop (serve_and_reap) through a pipe. */
+static int child_pipe[2] = {-1, -1};
+
+static void child_exited(int sig)
+{
+    (void)sig;
+    int saved = errno;
+    if (write(child_pipe[1], "c", 1) < 0) {}
+    errno = saved;
+}
+
 static int exit_status(int status)
 {
     if (WIFEXITED(status)) return WEXITSTATUS(status);
@@ -588,7 +603,7 @@ static json_t *start_ephemeral_regions(const struct rt_config *cfg)
  * the launcher did not start this way (docker exec, a preload by hand, a command the policy
  * refused) has no grant and gets no keys, whatever keys file it can read. */
 static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, const char *keys_path, int persist,
-                       json_t *deployment, json_t *ephemeral)
+                       json_t *deployment, json_t *ephemeral, const struct plaincache *cache)
 {
     json_t *doc = json_object();
     if (deployment) json_object_update(doc, deployment);  /* policy mode: "files", "state" */
@@ -598,6 +613,15 @@ static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, 
     json_object_set_new(doc, "runtime_config", json_stringn(cfg->source, cfg->source_len));
     json_object_set_new(doc, "keys", keys_to_json(keys));
     json_object_set_new(doc, "ephemeral", ephemeral);
+    if (cache && cache->listener >= 0) {  /* the shared plaintext cache: where, and the token it asks for */
+        char token[2 * CACHE_TOKEN_LEN + 1];
+        hex_encode(cache->token, CACHE_TOKEN_LEN, token);
+        json_t *c = json_object();
+        json_object_set_new(c, "socket", json_string(cache->name));
+        json_object_set_new(c, "token", json_string(token));
+        json_object_set_new(doc, "cache", c);
+        OPENSSL_cleanse(token, sizeof token);
+    }
     char *text = json_dumps(doc, JSON_COMPACT);
     json_decref(doc);
     int fd = memfd_create("sconify-grant", MFD_ALLOW_SEALING);
@@ -620,10 +644,112 @@ static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, 
     grant_fd = fd;
 }
 
+/* One round of the cache's poll loop: waits up to a second for wake_fd or a request, answers
+ * what came, and once a second drops the memfds nobody holds any more. 1 if wake_fd is
+ * readable. Never waits for a client. */
+static int serve_once(struct plaincache *cache, int wake_fd)
+{
+    static struct pollfd fds[2 + CACHE_MAX_CLIENTS];
+    static time_t swept;
+    fds[0] = (struct pollfd){.fd = wake_fd, .events = POLLIN};
+    size_t n = plaincache_pollfds(cache, fds + 1);
+    int ready = poll(fds, n + 1, 1000);
+    if (ready > 0) plaincache_serve(cache, fds + 1, n);  /* (< 0: EINTR, a forwarded signal) */
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    if (now.tv_sec != swept) {
+        plaincache_sweep(cache);
+        swept = now.tv_sec;
+    }
+    return ready > 0 && fds[0].revents != 0;
+}
+
+/* PID 1 with the shared plaintext cache: one poll loop answers the service's processes, reaps
+ * every zombie (SIGCHLD wakes it through child_pipe) and returns the service's exit status.
+ * Signals are forwarded by their handlers as before. Called with every signal blocked (old: the
+ * mask to restore). */
+static int serve_and_reap(struct plaincache *cache, const sigset_t *old)
+{
+    struct sigaction sa = {0};
+    sa.sa_handler = child_exited;
+    sa.sa_flags = SA_RESTART | SA_NOCLDSTOP;
+    if (pipe2(child_pipe, O_CLOEXEC | O_NONBLOCK) != 0 || sigaction(SIGCHLD, &sa, NULL) != 0)
+        die("%s", "cannot watch the service (pipe, SIGCHLD)");
+    sigprocmask(SIG_SETMASK, old, NULL);
+    for (;;) {
+        int status;
+        pid_t pid;
+        while ((pid = waitpid(-1, &status, WNOHANG)) > 0)
+            if (pid == child_pid) return exit_status(status);
+        if (pid < 0 && errno == ECHILD) return 1;
+        if (serve_once(cache, child_pipe[0])) {
+            char drain[64];
+            while (read(child_pipe[0], drain, sizeof drain) > 0) {}
+        }
+    }
+}
+
+/* Not PID 1, the launcher execs the service, which keeps its pid: the cache is served by a
+ * keeper, a grandchild of the launcher (orphaned at once, so never the service's child: its
+ * wait() does not see it), in a session of its own (a terminal's ^C is for the service), with
+ * its stdio on /dev/null (a caller reading the service's output to its end does not wait for
+ * it). It serves until the service exits (a pidfd of the launcher's pid). 0, or -1: no keeper. */
+static int start_keeper(struct plaincache *cache)
+{
+    int pidfd = (int)syscall(SYS_pidfd_open, getpid(), 0);
+    if (pidfd < 0) return -1;
+    pid_t first = fork();
+    if (first == 0) {
+        if (fork() != 0) _exit(0);
+        setsid();
+        if (cache->listener <= 2) cache->listener = fcntl(cache->listener, F_DUPFD_CLOEXEC, 3);  /* stdio: /dev/null */
+        if (pidfd <= 2) pidfd = fcntl(pidfd, F_DUPFD_CLOEXEC, 3);
+        /* only the socket and the pidfd: not the grant, not the service's descriptors */
+        int low = cache->listener < pidfd ? cache->listener : pidfd, high = cache->listener ^ pidfd ^ low;
+        close_range(3, (unsigned)low - 1, 0);
+        close_range((unsigned)low + 1, (unsigned)high - 1, 0);
+        close_range((unsigned)high + 1, ~0U, 0);
+        int null = open("/dev/null", O_RDWR);
+        for (int fd = 0; null >= 0 && fd <= 2; fd++) dup2(null, fd);
+        if (null > 2) close(null);
+        while (!serve_once(cache, pidfd)) {}
+        _exit(0);
+    }
+    close(pidfd);
+    if (first < 0) return -1;
+    while (waitpid(first, NULL, 0) < 0 && errno == EINTR) {}
+    return 0;
+}
+
+/* The shared plaintext cache of cfg's volumes (plaincache.h), its socket opened before the
+ * grant names it; the owner is the launcher as PID 1, else a keeper (start_keeper, once the
+ * keys are cleared). Without it every process of the service keeps a private copy of each file
+ * it opens. */
+static void open_cache(const struct rt_config *cfg, struct plaincache *cache)
+{
+    cache->listener = -1;
+    if (!cfg->volume_count) return;
+    char **paths = calloc(cfg->volume_count, sizeof *paths);
+    for (size_t i = 0; paths && i < cfg->volume_count; i++) paths[i] = cfg->volumes[i].path;
+    if (!paths || plaincache_start(cache, cfg->executable, paths, cfg->volume_count) != 0)
+        fprintf(stderr, "sconify-run: cannot open the socket of the shared plaintext cache (%s); each process of "
+                        "the service keeps its own copy of the volume files it opens\n", strerror(errno));
+    free(paths);
+}
+
+static void own_cache(struct plaincache *cache)
+{
+    /* (forked after the keys are cleared: the keeper holds none; without it the requests fail
+     * and the service's processes keep private copies) */
+    if (cache->listener >= 0 && getpid() != 1 && start_keeper(cache) != 0)
+        fprintf(stderr, "sconify-run: cannot start the keeper of the shared plaintext cache (%s); each process of "
+                        "the service keeps its own copy of the volume files it opens\n", strerror(errno));
+}
+
 /* Run the service: exec it (not PID 1), or as PID 1 run it as a child, forward signals, reap
- * every zombie and exit with its status. envp is the service's environment (policy mode: the
+ * every zombie and exit with its status (serving cache, if it has a socket). envp is the service's environment (policy mode: the
  * only place the substituted one exists, never the launcher's own environ). */
-static int run_service(const char *run, char **argv, char **envp)
+static int run_service(const char *run, char **argv, char **envp, struct plaincache *cache)
 {
     if (getpid() != 1) {
         execvpe(run, argv, envp);
@@ -654,6 +780,7 @@ static int run_service(const char *run, char **argv, char **envp)
     sa.sa_handler = forward;
     sa.sa_flags = SA_RESTART;
     for (size_t i = 0; i < sizeof forwarded / sizeof forwarded[0]; i++) sigaction(forwarded[i], &sa, NULL);
+    if (cache && cache->listener >= 0) return serve_and_reap(cache, &old);
     sigprocmask(SIG_SETMASK, &old, NULL);
     for (;;) {
         int status;
@@ -1032,7 +1159,7 @@ static int run_with_policy(struct rt_config *cfg, const char *config_path, const
         deployment_free(&d);
         setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);
         set_preload(shield);
-        return run_service(command[0], command, environ);
+        return run_service(command[0], command, environ, NULL);
     }
     char mr[65], file_sha[65];
     measure_executable(cfg, mr, file_sha);
@@ -1052,7 +1179,9 @@ static int run_with_policy(struct rt_config *cfg, const char *config_path, const
     memcpy(keys.runtime_config_sha256, cfg->source_sha256, 65);
     check_policy_volumes(cfg, &d, &keys, detect);
     json_t *extra = policy_grant(&d);
-    grant_keys(cfg, &keys, "", 1, extra, start_ephemeral_regions(cfg));
+    static struct plaincache cache;
+    open_cache(cfg, &cache);
+    grant_keys(cfg, &keys, "", 1, extra, start_ephemeral_regions(cfg), &cache);
     json_t *file;
     size_t i;
     json_array_foreach(json_object_get(extra, "files"), i, file) {  /* jansson frees, never clears */
@@ -1061,6 +1190,7 @@ static int run_with_policy(struct rt_config *cfg, const char *config_path, const
     }
     json_decref(extra);
     keys_free(&keys);
+    own_cache(&cache);
     setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);
     set_preload(shield);
     char **envp = policy_environment(&d);
@@ -1071,7 +1201,7 @@ static int run_with_policy(struct rt_config *cfg, const char *config_path, const
         die("%s", line);
     }
     deployment_free(&d);
-    return run_service(program, run_argv, envp);
+    return run_service(program, run_argv, envp, &cache);
 }
 
 int main(int argc, char **argv)
@@ -1160,13 +1290,16 @@ int main(int argc, char **argv)
     if (have_keys) check_volumes(&cfg, &keys, keys_path, !from_env, detect, have_store ? &store : NULL);
     if (have_store) store_close(&store);
 
+    static struct plaincache cache = {.listener = -1};
+    if (have_keys) open_cache(&cfg, &cache);
     if (have_keys) {
-        grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env, NULL, start_ephemeral_regions(&cfg));
+        grant_keys(&cfg, &keys, from_env ? "" : keys_path, !from_env, NULL, start_ephemeral_regions(&cfg), &cache);
         keys_free(&keys);
     }
+    own_cache(&cache);
     setenv("SCONIFY_RUNTIME_CONFIG", config_path, 1);
     set_preload(shield);
 
     const char *run = granted ? program : command[0];  /* the file checked above, not a second lookup */
-    return run_service(run, command, environ);
+    return run_service(run, command, environ, &cache);
 }

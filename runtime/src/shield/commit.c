@@ -122,6 +122,14 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
     unsigned char *sealed = NULL, tag[16];
     size_t sealed_len = 0;
     in_shield++;
+    /* The volume's lock is taken before the plaintext is read: a memfd the launcher shares
+     * between processes (cache.c) is committed as it is under the lock, so a commit that
+     * follows another process's write always includes it. An ephemeral region's shared fspf
+     * (this start's /tmp) is committed under its lock too. */
+    if (!vol->ephemeral || vol->shared) {
+        lock = volume_lock(vol, LOCK_EX);
+        if (lock < 0) shield_log("volume %s: cannot take its lock (%s); committing without it", vol->v->path, strerror(errno));
+    }
     if (path && S_ISLNK(mode)) {
         /* a symlink: plain_fd holds its target, recorded as authenticated content */
         char target[PATH_MAX];
@@ -133,6 +141,7 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
         if (symlink(target, stored_tmp) != 0) {
             saved_errno = errno;
             stored_tmp[0] = '\0';
+            if (lock >= 0) RESOLVE(close)(lock);
             in_shield--;
             errno = saved_errno;
             return -1;
@@ -154,6 +163,7 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
         int out = open(stored_tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, keep ? 0600 : mode);
         if (out < 0) {
             saved_errno = errno;
+            if (lock >= 0) RESOLVE(close)(lock);
             in_shield--;
             errno = saved_errno;
             return -1;
@@ -175,8 +185,6 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
     /* Under the volume's lock, onto the fspf as the service's other processes last committed it:
      * they commit one at a time, and none drops another's records. */
     if (!vol->ephemeral || vol->shared) {
-        lock = volume_lock(vol, LOCK_EX);
-        if (lock < 0) shield_log("volume %s: cannot take its lock (%s); committing without it", vol->v->path, strerror(errno));
         if (volume_refresh(vol, 1) < 0) {
             rt_fail(&err, "the fspf on disk is not one the keys record");
             saved_errno = EIO;

@@ -42,6 +42,8 @@ struct grant {
     int persist;
     struct grant_region *ephemeral;
     size_t ephemeral_count;
+    char cache_socket[64];  /* the launcher's shared plaintext cache, "" if none (cache.c) */
+    unsigned char cache_token[32];
 };
 
 static int same_file(const char *a, const char *b)
@@ -123,6 +125,12 @@ static int read_grant(struct grant *g)
         g->persist = json_is_true(json_object_get(doc, "persist"));
         g->files = json_incref(json_object_get(doc, "files"));
         read_grant_regions(json_object_get(doc, "ephemeral"), g);
+        json_t *cache = json_object_get(doc, "cache");
+        const char *socket = json_string_value(json_object_get(cache, "socket"));
+        const char *token = json_string_value(json_object_get(cache, "token"));
+        if (socket && token && strlen(socket) < sizeof g->cache_socket &&
+            hex_decode(token, g->cache_token, sizeof g->cache_token) == 0)
+            snprintf(g->cache_socket, sizeof g->cache_socket, "%s", socket);
         grant_text = text;  /* kept to pass the grant on (execve below) */
         grant_len = (size_t)st.st_size;
         /* Another program this one executes (a shell, a tool) must not inherit it: pass_grant_on
@@ -148,6 +156,7 @@ static void grant_free(struct grant *g)
     json_decref(g->files);
     free(g->config);
     free(g->keys_path);
+    OPENSSL_cleanse(g->cache_token, sizeof g->cache_token);
     memset(g, 0, sizeof *g);
 }
 
@@ -469,6 +478,8 @@ __attribute__((constructor)) static void shield_init(void)
     if (fits) {
         open_volumes(&g);
         take_injected(&g);
+        memcpy(S.cache_socket, g.cache_socket, sizeof S.cache_socket);
+        memcpy(S.cache_token, g.cache_token, sizeof S.cache_token);
         if (g.keys.has_code_key) {  /* --encrypted-code: without it its members are EACCES (embedded.c) */
             memcpy(S.code_key, g.keys.code_key, sizeof S.code_key);
             S.has_code_key = 1;

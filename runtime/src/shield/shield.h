@@ -60,6 +60,8 @@
  *                rename, symlinks and hard links, O_TMPFILE, the mkstemp family and tmpfile
  *   tracked.c    the memfds the service may write (tracked fds): which file each one is, dup,
  *                retargeting on unlink/rename, protection again on close/fsync
+ *   cache.c      the launcher's shared plaintext cache (../plaincache.h): one memfd per volume
+ *                file for all the processes of the service
  *   commit.c     the commit protocol: the only place a volume's stored files and fspf are written
  *   injected.c   policy mode: the injection files the grant carries, served from sealed memfds at
  *                their paths (read-only: EROFS for a write), and the directories on the way to them
@@ -240,6 +242,9 @@ struct shield_state {
     int locked;                /* no keys granted: the volumes' files are refused (EACCES) */
     struct svol *vols;
     size_t nvols;
+    char cache_socket[64];     /* the launcher's shared plaintext cache (cache.c): its socket's
+                                * abstract name, "" without one (not PID 1: private copies) */
+    unsigned char cache_token[32];
     pthread_mutex_t lock;      /* volumes, tracked fds, fake directories */
     struct tracked *fds;
     int nfds;
@@ -340,6 +345,19 @@ int reopen_tracked(struct svol *vol, const char *path, int flags);
 int flush_tracked(int fd);
 int close_tracked(int fd);
 int dup_tracked(int from, int to);
+
+/* ------------------------------------------------------------------ the shared cache (cache.c) */
+
+/* Whether vol's files are shared through the launcher's plaintext cache (plaincache.h). */
+int cache_enabled(const struct svol *vol);
+/* A new open file description of path's shared memfd (access mode and O_APPEND of flags,
+ * close-on-exec with O_CLOEXEC), or -1 with *status: ENOENT not cached yet (send plain_fd, the
+ * plaintext just decrypted, and the answer is the memfd the cache keeps: plain_fd, or another
+ * process's if it came first), anything else: keep a private copy. Called with S.lock held. */
+int cache_open(const char *path, int flags, int plain_fd, int *status);
+/* path was removed or replaced (unlink, rename): its shared memfd is dropped, the next open
+ * reads the stored file. Called with S.lock held. */
+void cache_forget(const struct svol *vol, const char *path);
 
 /* ------------------------------------------------------------------ the commit (commit.c) */
 

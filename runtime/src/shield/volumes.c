@@ -335,6 +335,22 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
         (writable ? track : track_reader)(fd, t->vol, t->path);  /* the content is shared: either close commits it */
         goto out;
     }
+    /* The launcher's shared memfd of the file, if a process of the service has it open: its
+     * content, times and mode are the file's (an O_TRUNC truncates it for every process, as
+     * the kernel's would). */
+    int shared = rec && cache_enabled(t->vol), status = ENOENT;
+    if (shared && (fd = cache_open(t->path, flags, -1, &status)) >= 0) {
+        if (exists) fchmod(fd, st.st_mode & 07777);  /* a chmod by path changed the stored file's */
+        if (writable && (flags & O_TRUNC) && ftruncate(fd, 0) != 0) {
+            int saved = errno;
+            RESOLVE(close)(fd);
+            fd = -1;
+            errno = saved;
+            goto out;
+        }
+        goto opened;
+    }
+    shared = cache_enabled(t->vol) && (!rec || status == ENOENT);
     fd = new_memfd(t->path, flags & O_CLOEXEC);
     if (fd < 0) goto out;
     if (rec && !(flags & O_TRUNC && writable)) {
@@ -368,11 +384,18 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
             if (!exists && stat64(t->path, &st) == 0) fchmod(fd, st.st_mode & 07777);
             in_shield--;
         }
-        track(fd, t->vol, t->path);
-    } else {
-        fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
-        track_reader(fd, t->vol, t->path);
     }
+    if (shared) {  /* the first open: this plaintext becomes the shared one (or another process's, first) */
+        int kept = cache_open(t->path, flags, fd, &status);
+        if (kept >= 0) {
+            RESOLVE(close)(fd);
+            fd = kept;
+            goto opened;
+        }
+    }
+    if (!writable) fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
+opened:
+    (writable ? track : track_reader)(fd, t->vol, t->path);  /* a reader too: fstat's identity */
 out:
     pthread_mutex_unlock(&S.lock);
     return fd;
@@ -486,6 +509,7 @@ int shield_unlink(int dirfd, const char *path, int flags, struct target *t)
     if (fspf_find(&t->vol->fs, t->path)) {
         rc = commit(t->vol, NULL, -1, t->path, 0);
         if (rc == 0) retarget_tracked(t->vol, t->path, NULL, 0);
+        if (rc == 0) cache_forget(t->vol, t->path);
     } else if (ephemeral_hidden(t->vol, t->path)) {
         errno = ENOENT;  /* not this process's: not there */
         rc = -1;
@@ -604,6 +628,7 @@ int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *n
     }
     if (rec->protection == FSPF_SYMLINK) {  /* the link itself moves, as the kernel's rename */
         int rc = strcmp(from.path, to.path) == 0 ? 0 : move_link(to.vol, rec, NULL, to.path, from.path);
+        if (rc == 0 && strcmp(from.path, to.path) != 0) cache_forget(to.vol, to.path);
         pthread_mutex_unlock(&S.lock);
         return rc;
     }
@@ -620,6 +645,8 @@ int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *n
             if (rc == 0 && strcmp(from.path, to.path) != 0) {
                 retarget_tracked(to.vol, to.path, NULL, 0);  /* the replaced file's fds */
                 retarget_tracked(to.vol, from.path, to.path, 0);
+                cache_forget(to.vol, from.path);
+                cache_forget(to.vol, to.path);
             }
         } else {
             shield_log("%s %s: %s", region_word(from.vol), from.vol->v->path, stored < 0 ? strerror(errno) : err.msg);
