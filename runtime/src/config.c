@@ -443,17 +443,9 @@ static int fsync_dir_of(const char *path)
  * path, the directory fsynced. 0, or the errno of what failed (nothing changed then). */
 static int write_atomically(const char *path, const char *tmp, const char *text, mode_t mode)
 {
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
-    if (fd < 0) return errno ? errno : EIO;
-    int rc = write_full(fd, text, strlen(text)) == 0 && write_full(fd, "\n", 1) == 0 && fsync(fd) == 0 ? 0 : errno;
-    close(fd);
-    if (rc == 0 && rename(tmp, path) != 0) rc = errno;
-    if (rc != 0) {
-        unlink(tmp);
-        return rc ? rc : EIO;
-    }
-    fsync_dir_of(path);
-    return 0;
+    int rc = replace_file(path, tmp, text, strlen(text), 1, mode);
+    if (rc == 0) fsync_dir_of(path);
+    return rc;
 }
 
 /* The directory of path, open and locked (flock, exclusive; its inode stays when a rename

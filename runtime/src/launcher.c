@@ -902,15 +902,11 @@ static void initialise_volume(const struct rt_volume *vol, const unsigned char k
     if (fspf_save_encrypted(&fs, key, &sealed, &len, tag, &err) != 0) die("%s", err.msg);
     mkdir(vol->path, 0755);  /* a declared volume the image has no directory for (else EEXIST) */
     snprintf(tmp, sizeof tmp, "%s.sconify-tmp-%ld", vol->fspf_path, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    int ok = fd >= 0 && write_full(fd, sealed, len) == 0 && fsync(fd) == 0;
-    if (fd >= 0) close(fd);
-    ok = ok && rename(tmp, vol->fspf_path) == 0;
+    int e = replace_file(vol->fspf_path, tmp, sealed, len, 0, 0644);
     free(sealed);
-    if (!ok) {
+    if (e != 0) {
         snprintf(line, sizeof line, "volume %s is new but its fspf %s cannot be written (%s); mount the volume "
-                                    "read-write", vol->path, vol->fspf_path, strerror(errno));
-        unlink(tmp);
+                                    "read-write", vol->path, vol->fspf_path, strerror(e));
         die("%s", line);
     }
     int dir = open(vol->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);

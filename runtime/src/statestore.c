@@ -335,17 +335,9 @@ static int dir_cas(struct store *st, const char *volume, const struct store_reco
         goto out;
     }
     snprintf(tmp, sizeof tmp, "%s/.tmp.%ld", st->dir, (long)getpid());
-    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-    int ok = fd >= 0 && write_full(fd, text, strlen(text)) == 0 && write_full(fd, "\n", 1) == 0 && fsync(fd) == 0;
-    int e = errno;
-    if (fd >= 0) close(fd);
-    if (ok && rename(tmp, path) != 0) {
-        ok = 0;
-        e = errno;
-    }
+    int e = replace_file(path, tmp, text, strlen(text), 1, 0600);
     free(text);
-    if (!ok) {
-        unlink(tmp);
+    if (e != 0) {
         rt_fail(err, "cannot write the freshness record %s (%s); the state directory must be writable", path,
                 strerror(e));
         goto out;

@@ -1,6 +1,7 @@
 #include "util.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -92,4 +93,16 @@ int pwrite_full(int fd, const void *buf, size_t count, uint64_t offset)
         p += n; count -= (size_t)n; offset += (uint64_t)n;
     }
     return 0;
+}
+
+int replace_file(const char *path, const char *tmp, const void *data, size_t len, int newline, mode_t mode)
+{
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
+    if (fd < 0) return errno ? errno : EIO;
+    int rc = write_full(fd, data, len) == 0 && (!newline || write_full(fd, "\n", 1) == 0) && fsync(fd) == 0
+                 ? 0 : (errno ? errno : EIO);
+    close(fd);
+    if (rc == 0 && rename(tmp, path) != 0) rc = errno ? errno : EIO;
+    if (rc != 0) unlink(tmp);
+    return rc;
 }

@@ -4,6 +4,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/types.h>
 
 /* Every function that can fail returns -1 and fills an rt_error with one line that names the
  * problem (and, where the caller cannot add it, the fix). Messages never contain key bytes. */
@@ -31,5 +32,10 @@ int read_full(int fd, void *buf, size_t count);
 int pread_full(int fd, void *buf, size_t count, uint64_t offset);
 int write_full(int fd, const void *buf, size_t count);
 int pwrite_full(int fd, const void *buf, size_t count, uint64_t offset);
+
+/* Replace path with len bytes of data (and a '\n' after them when newline) the crash-safe way: a
+ * temp file (tmp, created with mode) written and fsynced, then renamed over path. 0, or the errno
+ * of what failed (tmp removed, path unchanged). Fsyncing path's directory is the caller's. */
+int replace_file(const char *path, const char *tmp, const void *data, size_t len, int newline, mode_t mode);
 
 #endif
