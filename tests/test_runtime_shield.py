@@ -140,15 +140,17 @@ class World:
     def tag(self) -> str:
         return json.loads(self.keys.read_text())["volumes"][0]["fspf_tag"]
 
-    def run(self, *argv: str, env: dict | None = None, check: bool = True, pid1: bool = False) -> subprocess.CompletedProcess:
+    def run(self, *argv: str, env: dict | None = None, check: bool = True, pid1: bool = False,
+            under: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         # This machine's /tmp is no container's own copy: freshness in the keys file, as for a
         # mounted volume, unless a test sets SCONIFY_FRESHNESS itself (None: detected).
         # pid1: the launcher as PID 1 of a new PID namespace, as in a container (it owns the
-        # volume files' shared plaintext cache); else it execs the command.
+        # volume files' shared plaintext cache); else it execs the command. under: a command
+        # the launcher runs under (strace ...).
         environment = {"PATH": os.environ["PATH"], "SCONIFY_RUNTIME_CONFIG": str(self.config),
                        "SCONIFY_KEYS": str(self.keys), "SCONIFY_FRESHNESS": "keys", **(env or {})}
         environment = {name: value for name, value in environment.items() if value is not None}
-        wrap = ["unshare", "--pid", "--fork", "--mount-proc"] if pid1 else []
+        wrap = [*under, *(["unshare", "--pid", "--fork", "--mount-proc"] if pid1 else [])]
         result = subprocess.run([*wrap, str(self.runtime.launcher), *argv], capture_output=True, text=True,
                                 env=environment, cwd=self.root, timeout=60)
         if check:
@@ -239,6 +241,54 @@ def test_new_files_rename_and_unlink(world):
     assert (world.volume / ".sconify.lock").stat().st_size == 0
     stored = [str(p) for p in world.volume.rglob("*") if p.is_file() and p.name not in (".sconify.fspf", ".sconify.lock")]
     assert not shield.verify_all(present=stored).problems
+
+
+DURABILITY = """import os, sys
+d = sys.argv[1]
+def mark(n):  # a write(-1, "sconify-test-mark-N") in the trace (EBADF), a syscall the shield does not make
+    try: os.write(-1, b'sconify-test-mark-%d' % n)
+    except OSError: pass
+mark(1)
+with open(d + '/a.txt', 'w') as f: f.write('closed, not synced')
+os.replace(d + '/a.txt', d + '/b.txt')
+mark(2)
+fd = os.open(d + '/c.txt', os.O_WRONLY | os.O_CREAT, 0o600)
+os.write(fd, b'synced')
+os.fsync(fd)
+mark(3)
+os.close(fd)
+dirfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+os.unlink(d + '/b.txt')
+os.fsync(dirfd)
+mark(4)
+"""
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+def test_commits_are_durable_at_the_services_fsync_not_at_every_close(world):
+    # docs/runtime.md "Durability": a close, a rename, an unlink commit without fsync (the kernel
+    # keeps them when the service is killed); the service's fsync of a file, or of a directory in
+    # the volume (SQLite fsyncs the journal's directory), flushes the volume's file system and
+    # records the tag durably: what an fsync promises on a local disk.
+    trace = world.root / "trace"
+    world.run(str(world.python), world.driver, DURABILITY, str(world.volume),
+              under=("strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync,fdatasync,syncfs,write"))
+    calls = trace.read_text().splitlines()
+    phases, phase = {1: [], 2: [], 3: [], 4: []}, 0
+    for line in calls:
+        mark = re.search(r"sconify-test-mark-(\d)", line)
+        if mark:
+            phase = int(mark.group(1))
+        elif phase in phases and re.search(r"\b(fsync|fdatasync|syncfs)\(", line):
+            phases[phase].append(line.split(None, 1)[1])
+    assert phases[1] == [], phases[1]  # write, close, rename: nothing synced
+    assert any(c.startswith("syncfs(") for c in phases[2]), phases[2]  # the file's fsync: the volume flushed
+    assert any(c.startswith("fsync(") for c in phases[2]), phases[2]  # ... and the tag's record
+    assert any(c.startswith("syncfs(") for c in phases[3]), phases[3]  # the directory's fsync, after an unlink
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    assert shield.read(str(world.volume / "c.txt")) == b"synced"
+    assert not (world.volume / "b.txt").exists()
+    assert world.fspf_path.read_bytes()[-16:].hex() == world.tag()  # the keys record the fspf on disk
 
 
 def test_rolled_back_volume_is_refused(world):

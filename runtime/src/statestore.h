@@ -29,6 +29,9 @@ struct store {
     char *endpoints[STORE_MAX_ENDPOINTS];  /* "http://host:port", as given */
     char *prefix;              /* STORE_ETCD: every key starts with it */
     int timeout_ms;            /* STORE_ETCD: per endpoint, connect and exchange each */
+    int no_sync;               /* STORE_DIR: a swap is not fsynced (a commit the service did not
+                                * ask to be durable: docs/runtime.md, "Durability"); etcd keeps
+                                * its own durability */
 };
 
 struct store_record {

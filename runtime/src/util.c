@@ -95,11 +95,11 @@ int pwrite_full(int fd, const void *buf, size_t count, uint64_t offset)
     return 0;
 }
 
-int replace_file(const char *path, const char *tmp, const void *data, size_t len, int newline, mode_t mode)
+int replace_file(const char *path, const char *tmp, const void *data, size_t len, int newline, mode_t mode, int sync)
 {
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
     if (fd < 0) return errno ? errno : EIO;
-    int rc = write_full(fd, data, len) == 0 && (!newline || write_full(fd, "\n", 1) == 0) && fsync(fd) == 0
+    int rc = write_full(fd, data, len) == 0 && (!newline || write_full(fd, "\n", 1) == 0) && (!sync || fsync(fd) == 0)
                  ? 0 : (errno ? errno : EIO);
     close(fd);
     if (rc == 0 && rename(tmp, path) != 0) rc = errno ? errno : EIO;

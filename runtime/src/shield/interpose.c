@@ -182,7 +182,7 @@ static FILE *shield_freopen(const char *path, const char *mode, FILE *stream, fr
     int old = fileno(stream);
     if (old >= 0 && tracked_fd(old)) {
         int flushed = fflush(stream);
-        int rc = flush_tracked(old);
+        int rc = flush_tracked(old, 0);
         pthread_mutex_lock(&S.lock);
         untrack(old);
         pthread_mutex_unlock(&S.lock);
@@ -316,7 +316,7 @@ EXPORT int fclose(FILE *f)
     int fd = f ? fileno(f) : -1;
     if (S.active && tracked_fd(fd)) {
         int flushed = fflush(f);
-        int rc = flush_tracked(fd);
+        int rc = flush_tracked(fd, 0);
         int saved = errno;
         pthread_mutex_lock(&S.lock);
         untrack(fd);
@@ -331,16 +331,18 @@ EXPORT int fclose(FILE *f)
     return RESOLVE(fclose)(f);
 }
 
+/* fsync and fdatasync of a volume file commit it and make the volume durable (volume_sync); of
+ * a directory in a volume (SQLite fsyncs the journal's directory), make the volume durable. */
 EXPORT int fsync(int fd)
 {
-    if (S.active && tracked_fd(fd)) return flush_tracked(fd);
-    return RESOLVE(fsync)(fd);
+    if (S.active && tracked_fd(fd)) return flush_tracked(fd, 1);
+    return S.active ? sync_untracked(fd) : RESOLVE(fsync)(fd);
 }
 
 EXPORT int fdatasync(int fd)
 {
-    if (S.active && tracked_fd(fd)) return flush_tracked(fd);
-    return RESOLVE(fdatasync)(fd);
+    if (S.active && tracked_fd(fd)) return flush_tracked(fd, 1);
+    return S.active ? sync_untracked(fd) : RESOLVE(fdatasync)(fd);
 }
 
 EXPORT int dup(int fd) { return dup_tracked(fd, RESOLVE(dup)(fd)); }

@@ -294,6 +294,7 @@ struct target {
 void normalise(char *path);
 int run_time_mount(const char *path);
 struct svol *volume_of(const char *path);
+int fd_path(int fd, char *out, size_t len);
 int target_of(int dirfd, const char *path, int follow, struct target *t);
 int under_code_root(const char *path);
 int shallow_code(const char *path);
@@ -342,7 +343,7 @@ struct tracked *tracked_fd(int fd);
 void untrack(int fd);
 void retarget_tracked(struct svol *vol, const char *from, const char *to, int prefix);
 int reopen_tracked(struct svol *vol, const char *path, int flags);
-int flush_tracked(int fd);
+int flush_tracked(int fd, int durable);
 int close_tracked(int fd);
 int dup_tracked(int from, int to);
 
@@ -365,6 +366,8 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
 /* The volume's lock file (<volume>/.sconify.lock) taken with flock(op): its fd (close it to
  * release), or -1 (errno). A new open per call: a lock shared through a forked fd is no lock. */
 int volume_lock(const struct svol *vol, int op);
+int volume_sync(struct svol *vol);
+int sync_untracked(int fd);
 
 #pragma GCC visibility pop
 
