@@ -428,17 +428,6 @@ struct rt_key *keys_find(struct rt_keys *keys, const char *volume_path)
     return NULL;
 }
 
-static int fsync_dir_of(const char *path)
-{
-    char copy[PATH_MAX];
-    snprintf(copy, sizeof copy, "%s", path);
-    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
 /* text and a newline to path, atomically: a temp file (tmp) written, renamed over path; with
  * sync, the temp file and then the directory fsynced (replace_file). 0, or the errno of what
  * failed (nothing changed then). */

@@ -909,11 +909,7 @@ static void initialise_volume(const struct rt_volume *vol, const unsigned char k
                                     "read-write", vol->path, vol->fspf_path, strerror(e));
         die("%s", line);
     }
-    int dir = open(vol->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir >= 0) {
-        fsync(dir);
-        close(dir);
-    }
+    fsync_dir_of(vol->fspf_path);
 }
 
 /* A volume's fspf, read whole; it must open with the deployment's key at the tag it carries (its

@@ -353,6 +353,16 @@ out:
     return rc;
 }
 
+int store_sync(struct store *st, const char *volume, struct rt_error *err)
+{
+    if (st->kind != STORE_DIR) return 0;
+    char path[4096];
+    record_path(st, volume, path, sizeof path);
+    if (fsync_with_dir(path) != 0)
+        return rt_fail(err, "cannot fsync the freshness record %s (%s)", path, strerror(errno));
+    return 0;
+}
+
 /* ------------------------------------------------------------------ HTTP to one endpoint */
 
 static long long now_ms(void)

@@ -62,6 +62,10 @@ int store_read(struct store *st, const char *volume, struct store_record *rec, s
 int store_cas(struct store *st, const char *volume, const struct store_record *expected,
               const struct store_record *new_record, struct rt_error *err);
 
+/* Make volume's record as last swapped durable (a swap made with no_sync): the dir backend's
+ * record file and directory fsynced; etcd keeps its own. 0, or -1 (err). */
+int store_sync(struct store *st, const char *volume, struct rt_error *err);
+
 /* The tag rec accepts for an fspf carrying tag (its last 16 bytes, NULL if none): rec's tag, or
  * its next one (a commit under way, promoted at start); NULL: a rollback, or another's volume. */
 const unsigned char *store_fresh_tag(const struct store_record *rec, const unsigned char *tag);

@@ -71,47 +71,6 @@ static int record_tag(struct svol *vol, const unsigned char from[16], const unsi
     return keys_record_tag(S.keys_path, vol->v->path, tag, next, 0, err);
 }
 
-/* The volume's current tag recorded again, durably (the keys file, the state file or the
- * store's directory record fsynced; a compare-and-swap of the record onto itself, so another
- * writer's move is noticed). */
-static int record_durably(struct svol *vol, struct rt_error *err)
-{
-    if (vol->container_copy) return state_record(vol->v->path, vol->key, vol->tag, NULL, 1, err);
-    if (!S.keys_persist) return 0;
-    if (S.has_store) {
-        struct store_record now = {0};
-        memcpy(now.tag, vol->tag, 16);
-        int rc = store_cas(&S.store, vol->record, &now, &now, err);
-        return rc == STORE_SWAPPED ? 0 : -1;
-    }
-    return keys_record_tag(S.keys_path, vol->v->path, vol->tag, 0, 1, err);
-}
-
-/* fsync, fdatasync, or a directory's fsync in a volume: make durable what every process of the
- * service committed to it so far. Commits write without fsync (the kernel keeps them when the
- * service is killed: docs/runtime.md, "Durability"); this flushes the volume's file system
- * (syncfs: every stored file and fspf committed since the last sync, whichever process wrote
- * them) and then records the tag durably, under the volume's lock so no commit is half done.
- * Called with S.lock held. 0, or -1 with errno (EIO) and one line logged. */
-int volume_sync(struct svol *vol)
-{
-    if (vol->ephemeral) return 0;
-    struct rt_error err = {{0}};
-    int rc = 0;
-    in_shield++;
-    int lock = volume_lock(vol, LOCK_EX);
-    int dir = RESOLVE(open)(vol->v->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (volume_refresh(vol, 1) < 0) rc = rt_fail(&err, "the fspf on disk is not one the keys record");
-    else if (dir < 0 || syncfs(dir) != 0) rc = rt_fail(&err, "cannot flush its file system: %s", strerror(errno));
-    else rc = record_durably(vol, &err);
-    if (dir >= 0) RESOLVE(close)(dir);
-    if (lock >= 0) RESOLVE(close)(lock);
-    if (rc != 0) shield_log("volume %s: sync failed: %s", vol->v->path, err.msg);
-    in_shield--;
-    if (rc != 0) errno = EIO;
-    return rc == 0 ? 0 : -1;
-}
-
 int volume_lock(const struct svol *vol, int op)
 {
     char path[PATH_MAX];
@@ -127,6 +86,80 @@ int volume_lock(const struct svol *vol, int op)
             return -1;
         }
     return fd;
+}
+
+/* The record of the volume's current tag made durable: it was written (renamed into place)
+ * by the commits without fsync; now the file and its directory are fsynced (the keys file, the
+ * container copy's state file, the state directory's record; etcd keeps its own). */
+static int record_durably(struct svol *vol, struct rt_error *err)
+{
+    char state[PATH_MAX];
+    const char *path = NULL;
+    if (vol->container_copy) {
+        snprintf(state, sizeof state, "%s%s" VOLUME_STATE_NAME, vol->v->path, strcmp(vol->v->path, "/") == 0 ? "" : "/");
+        path = state;
+    } else if (!S.keys_persist) {
+        return 0;
+    } else if (S.has_store) {
+        return store_sync(&S.store, vol->record, err);
+    } else {
+        path = S.keys_path;
+    }
+    if (fsync_with_dir(path) != 0) return rt_fail(err, "cannot fsync the record of its tag %s: %s", path, strerror(errno));
+    return 0;
+}
+
+/* A path this process committed or removed: the next volume_sync fsyncs it (and its directory). */
+static void note_dirty(struct svol *vol, const char *path)
+{
+    if (vol->ephemeral || !path) return;
+    for (size_t i = 0; i < vol->ndirty; i++)
+        if (strcmp(vol->dirty[i], path) == 0) return;
+    char *copy = vol->ndirty < DIRTY_MAX ? strdup(path) : NULL;
+    if (copy) vol->dirty[vol->ndirty++] = copy;
+    else vol->foreign = 1;  /* too many to name: the next sync flushes the file system */
+}
+
+/* fsync, fdatasync, or a directory's fsync in a volume: make durable what the service committed
+ * to it so far. Commits write without fsync (the kernel keeps them when the service is killed:
+ * docs/runtime.md, "Durability"). Under the volume's lock (no commit half done), after loading
+ * its fspf as last committed: the stored files this process committed since its last sync are
+ * fsynced with their directories, or, when the fspf holds commits of other processes (or of an
+ * earlier start) this process cannot name, the volume's whole file system is flushed (syncfs);
+ * then the fspf and the record of its tag. Nothing committed since this process's last sync:
+ * nothing to do. Called with S.lock held. 0, or -1 with errno (EIO) and one line logged. */
+int volume_sync(struct svol *vol)
+{
+    if (vol->ephemeral) return 0;
+    struct rt_error err = {{0}};
+    int rc = 0;
+    in_shield++;
+    int lock = volume_lock(vol, LOCK_EX);
+    if (volume_refresh(vol, 1) < 0) {
+        rc = rt_fail(&err, "the fspf on disk is not one the keys record");
+    } else if (vol->ndirty || vol->foreign) {
+        if (vol->foreign) {
+            int dir = RESOLVE(open)(vol->v->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (dir < 0 || syncfs(dir) != 0) rc = rt_fail(&err, "cannot flush its file system: %s", strerror(errno));
+            if (dir >= 0) RESOLVE(close)(dir);
+        }
+        for (size_t i = 0; rc == 0 && !vol->foreign && i < vol->ndirty; i++)
+            if ((fsync_with_dir(vol->dirty[i]) != 0 && errno != ENOENT) || fsync_dir_of(vol->dirty[i]) != 0)
+                rc = rt_fail(&err, "cannot fsync %s: %s", vol->dirty[i], strerror(errno));
+        if (rc == 0 && fsync_with_dir(vol->v->fspf_path) != 0)
+            rc = rt_fail(&err, "cannot fsync its fspf: %s", strerror(errno));
+        if (rc == 0) rc = record_durably(vol, &err);
+        if (rc == 0) {
+            for (size_t i = 0; i < vol->ndirty; i++) free(vol->dirty[i]);
+            vol->ndirty = 0;
+            vol->foreign = 0;
+        }
+    }
+    if (lock >= 0) RESOLVE(close)(lock);
+    if (rc != 0) shield_log("volume %s: sync failed: %s", vol->v->path, err.msg);
+    in_shield--;
+    if (rc != 0) errno = EIO;
+    return rc == 0 ? 0 : -1;
 }
 
 /* The commit of a volume change: protect the plaintext in plain_fd (if path) as path, drop the
@@ -280,6 +313,8 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
         goto undo;
     }
     if (remove && (!path || strcmp(remove, path) != 0)) unlink(remove);
+    note_dirty(vol, path);
+    note_dirty(vol, remove);
     memcpy(vol->tag, tag, 16);
     if (RESOLVE(stat64)(vol->v->fspf_path, &vol->seen) != 0) memset(&vol->seen, 0, sizeof vol->seen);
     vol->seen.st_nlink = 1;  /* vol->fs is loaded */

@@ -336,13 +336,13 @@ EXPORT int fclose(FILE *f)
 EXPORT int fsync(int fd)
 {
     if (S.active && tracked_fd(fd)) return flush_tracked(fd, 1);
-    return S.active ? sync_untracked(fd) : RESOLVE(fsync)(fd);
+    return ACTIVE() ? sync_untracked(fd) : RESOLVE(fsync)(fd);  /* (the shield's own fsyncs: the kernel's) */
 }
 
 EXPORT int fdatasync(int fd)
 {
     if (S.active && tracked_fd(fd)) return flush_tracked(fd, 1);
-    return S.active ? sync_untracked(fd) : RESOLVE(fdatasync)(fd);
+    return ACTIVE() ? sync_untracked(fd) : RESOLVE(fdatasync)(fd);
 }
 
 EXPORT int dup(int fd) { return dup_tracked(fd, RESOLVE(dup)(fd)); }

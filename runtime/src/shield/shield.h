@@ -185,6 +185,8 @@ REAL_FUNCTIONS(REAL_DECLARE)
 
 /* ------------------------------------------------------------------ state (state.c) */
 
+#define DIRTY_MAX 32
+
 struct svol {
     const struct rt_volume *v;
     size_t len;                /* strlen(v->path) */
@@ -202,6 +204,11 @@ struct svol {
     dev_t dev;                 /* its directory's device, once known (region_device) */
     int dev_known;
     struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL unless shared) */
+    /* Durability (commit.c, volume_sync): what the next sync must flush. */
+    char *dirty[DIRTY_MAX];    /* paths this process committed (or removed) since its last sync */
+    size_t ndirty;
+    int foreign;               /* fs was loaded from disk since the last sync (another process's
+                                * commits, or the start's): the next sync flushes the file system */
 };
 
 struct content {               /* what a memfd held when it was last loaded or committed */
