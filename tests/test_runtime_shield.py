@@ -1867,6 +1867,69 @@ def test_sqlite_four_processes_share_one_database_under_the_launcher_as_pid_1(wo
             assert b"secret-row" not in stored.read_bytes(), stored
 
 
+
+@pytest.mark.parametrize("mode, method", [("delete", "fork"), ("wal", "spawn")])
+def test_sqlite_four_processes_share_one_database_in_tmp_under_the_launcher_as_pid_1(world, mode, method):
+    """The same in the start's /tmp (an ephemeral region shared by the measured tree): its files
+    are in the launcher's plaintext cache too, so the workers' locks and writes meet."""
+    mods = world.root / "mods"
+    mods.mkdir()
+    (mods / "sqlwork.py").write_text(SQLITE_WORKER)
+    ids = [1 + k * 1000 + i for k in range(4) for i in range(25)]
+    result = world.python_code(SQLITE_PARENT, str(world.tmp / "t.db"), str(mods), mode, method,
+                               env={"SCONIFY_LOG": "stderr"}, pid1=True)
+    assert result.stdout == f"[0, 0, 0, 0] ok {(len(ids), sum(ids))}\n", result.stderr
+    assert "sconify-shield" not in result.stderr
+    stored = [p for p in world.tmp.rglob("*") if p.is_file()]
+    assert stored and not any(b"secret-row" in p.read_bytes() for p in stored)
+
+
+
+FD_PASSING = (
+    "import __main__, multiprocessing, os, sys\n"
+    "from multiprocessing import reduction\n"
+    "del __main__.__file__\n"
+    "sys.path.insert(0, sys.argv[2])\n"
+    "import fdwork\n"
+    "path = sys.argv[1]\n"
+    "context = multiprocessing.get_context(sys.argv[3])\n"
+    "conn, child_conn = context.Pipe(duplex=True)\n"
+    "p = context.Process(target=fdwork.write, args=(child_conn, b'written by the child through a passed fd'))\n"
+    "p.start()\n"
+    "with open(path, 'wb') as f:\n"
+    "    reduction.send_handle(conn, f.fileno(), p.pid)\n"
+    "p.join()\n"
+    "print(p.exitcode, open(path, 'rb').read())\n"
+)
+FD_WORKER = (
+    "import os\n"
+    "from multiprocessing import reduction\n"
+    "def write(conn, data):\n"
+    "    fd = reduction.recv_handle(conn)\n"
+    "    os.write(fd, data)\n"
+    "    os.close(fd)\n"
+)
+
+
+@pytest.mark.parametrize("where, method", [("volume", "spawn"), ("tmp", "fork")])
+def test_a_descriptor_passed_to_another_process_keeps_its_writes(world, where, method):
+    """multiprocessing's send_handle (SCM_RIGHTS) of an open region file, as CPython's
+    test_fd_transfer does it: the parent closes its descriptor first, the child writes through
+    the one it received and closes it; what it wrote is the file's, for the parent and for a
+    later process (docs/runtime.md, "One file in many processes")."""
+    mods = world.root / "mods"
+    mods.mkdir()
+    (mods / "fdwork.py").write_text(FD_WORKER)
+    path = str((world.volume if where == "volume" else world.tmp) / "passed.bin")
+    result = world.python_code(FD_PASSING, path, str(mods), method, env={"SCONIFY_LOG": "stderr"}, pid1=True)
+    assert result.stdout == "0 b'written by the child through a passed fd'\n", result.stderr
+    assert "sconify-shield" not in result.stderr
+    assert b"written by the child" not in Path(path).read_bytes()
+    if where == "volume":
+        again = world.python_code("import sys\nprint(open(sys.argv[1], 'rb').read())", path)
+        assert again.stdout == "b'written by the child through a passed fd'\n", again.stderr
+
+
 SHARED_FILE = (
     "import fcntl, mmap, os, sys\n"
     "path = sys.argv[1]\n"

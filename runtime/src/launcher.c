@@ -721,17 +721,19 @@ static int start_keeper(struct plaincache *cache)
     return 0;
 }
 
-/* The shared plaintext cache of cfg's volumes (plaincache.h), its socket opened before the
- * grant names it; the owner is the launcher as PID 1, else a keeper (start_keeper, once the
- * keys are cleared). Without it every process of the service keeps a private copy of each file
- * it opens. */
+/* The shared plaintext cache of cfg's volumes and ephemeral regions (plaincache.h), its socket
+ * opened before the grant names it; the owner is the launcher as PID 1, else a keeper
+ * (start_keeper, once the keys are cleared). Without it every process of the service keeps a
+ * private copy of each file it opens. */
 static void open_cache(const struct rt_config *cfg, struct plaincache *cache)
 {
     cache->listener = -1;
-    if (!cfg->volume_count) return;
-    char **paths = calloc(cfg->volume_count, sizeof *paths);
+    size_t count = cfg->volume_count + cfg->ephemeral_count;
+    if (!count) return;
+    char **paths = calloc(count, sizeof *paths);
     for (size_t i = 0; paths && i < cfg->volume_count; i++) paths[i] = cfg->volumes[i].path;
-    if (!paths || plaincache_start(cache, cfg->executable, paths, cfg->volume_count) != 0)
+    for (size_t i = 0; paths && i < cfg->ephemeral_count; i++) paths[cfg->volume_count + i] = cfg->ephemeral[i];
+    if (!paths || plaincache_start(cache, cfg->executable, paths, count) != 0)
         fprintf(stderr, "sconify-run: cannot open the socket of the shared plaintext cache (%s); each process of "
                         "the service keeps its own copy of the volume files it opens\n", strerror(errno));
     free(paths);

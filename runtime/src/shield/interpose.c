@@ -331,6 +331,24 @@ EXPORT int fclose(FILE *f)
     return RESOLVE(fclose)(f);
 }
 
+/* recvmsg: descriptors another process of the service passed (SCM_RIGHTS) that are files of the
+ * shared plaintext cache are tracked here too (cache_adopt_received). */
+EXPORT ssize_t recvmsg(int sockfd, struct msghdr *msg, int flags)
+{
+    ssize_t n = RESOLVE(recvmsg)(sockfd, msg, flags);
+    if (n < 0 || !ACTIVE() || !msg || !msg->msg_control || msg->msg_controllen < sizeof(struct cmsghdr)) return n;
+    int saved = errno;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+                cache_adopt_received(fd);
+            }
+    errno = saved;
+    return n;
+}
+
 /* fsync and fdatasync of a volume file commit it and make the volume durable (volume_sync); of
  * a directory in a volume (SQLite fsyncs the journal's directory), make the volume durable. */
 EXPORT int fsync(int fd)

@@ -15,11 +15,12 @@
  *  - volumes: a protected region (encrypted or authenticated) has its own fspf. open() of a
  *    file there returns a memfd with the checked plaintext; a file opened for writing is
  *    protected again on close()/fsync() (if its plaintext changed since it was loaded or last
- *    committed: struct content) with a fresh key and file id, written to a temp file,
- *    fsynced and renamed over the old one with the re-encrypted fspf, and the new fspf tag is
- *    recorded in the keys file, or for the container's own copy of a volume (nothing mounted
- *    there) in its state file (two phases: "next" before the renames, "current" after). So
- *    only ciphertext is ever on disk and a closed or fsynced write survives a crash. The
+ *    committed: struct content) with a fresh key and file id, written to a temp file and
+ *    renamed over the old one with the re-encrypted fspf, and the new fspf tag is recorded in
+ *    the keys file, or for the container's own copy of a volume (nothing mounted there) in its
+ *    state file (two phases: "next" before the renames, "current" after). So only ciphertext is
+ *    ever on disk and a closed write survives the service's crash; the service's fsync makes
+ *    the volume durable (volume_sync: what survives a machine crash). The
  *    processes of the service share a volume: a commit runs under the volume's lock
  *    (.sconify.lock) onto the fspf last committed, and a changed fspf is reloaded (if its tag is
  *    fresh) before open/stat, so a parent sees what its workers wrote.
@@ -86,6 +87,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -146,6 +148,7 @@
     REAL(int, close, int) \
     REAL(int, fclose, FILE *) \
     REAL(int, fsync, int) \
+    REAL(ssize_t, recvmsg, int, struct msghdr *, int) \
     REAL(int, fdatasync, int) \
     REAL(int, dup, int) \
     REAL(int, fcntl, int, int, ...) \
@@ -366,6 +369,7 @@ int cache_open(const char *path, int flags, int plain_fd, int *status);
 /* path was removed or replaced (unlink, rename): its shared memfd is dropped, the next open
  * reads the stored file. Called with S.lock held. */
 void cache_forget(const struct svol *vol, const char *path);
+void cache_adopt_received(int fd);
 
 /* ------------------------------------------------------------------ the commit (commit.c) */
 
