@@ -140,15 +140,17 @@ class World:
     def tag(self) -> str:
         return json.loads(self.keys.read_text())["volumes"][0]["fspf_tag"]
 
-    def run(self, *argv: str, env: dict | None = None, check: bool = True, pid1: bool = False) -> subprocess.CompletedProcess:
+    def run(self, *argv: str, env: dict | None = None, check: bool = True, pid1: bool = False,
+            under: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
         # This machine's /tmp is no container's own copy: freshness in the keys file, as for a
         # mounted volume, unless a test sets SCONIFY_FRESHNESS itself (None: detected).
         # pid1: the launcher as PID 1 of a new PID namespace, as in a container (it owns the
-        # volume files' shared plaintext cache); else it execs the command.
+        # volume files' shared plaintext cache); else it execs the command. under: a command
+        # the launcher runs under (strace ...).
         environment = {"PATH": os.environ["PATH"], "SCONIFY_RUNTIME_CONFIG": str(self.config),
                        "SCONIFY_KEYS": str(self.keys), "SCONIFY_FRESHNESS": "keys", **(env or {})}
         environment = {name: value for name, value in environment.items() if value is not None}
-        wrap = ["unshare", "--pid", "--fork", "--mount-proc"] if pid1 else []
+        wrap = [*under, *(["unshare", "--pid", "--fork", "--mount-proc"] if pid1 else [])]
         result = subprocess.run([*wrap, str(self.runtime.launcher), *argv], capture_output=True, text=True,
                                 env=environment, cwd=self.root, timeout=60)
         if check:
@@ -239,6 +241,59 @@ def test_new_files_rename_and_unlink(world):
     assert (world.volume / ".sconify.lock").stat().st_size == 0
     stored = [str(p) for p in world.volume.rglob("*") if p.is_file() and p.name not in (".sconify.fspf", ".sconify.lock")]
     assert not shield.verify_all(present=stored).problems
+
+
+DURABILITY = """import os, sys
+d = sys.argv[1]
+def mark(n):  # a write(-1, "sconify-test-mark-N") in the trace (EBADF), a syscall the shield does not make
+    try: os.write(-1, b'sconify-test-mark-%d' % n)
+    except OSError: pass
+mark(1)
+with open(d + '/a.txt', 'w') as f: f.write('closed, not synced')
+os.replace(d + '/a.txt', d + '/b.txt')
+mark(2)
+fd = os.open(d + '/c.txt', os.O_WRONLY | os.O_CREAT, 0o600)
+os.write(fd, b'synced')
+os.fsync(fd)
+mark(3)
+os.close(fd)
+dirfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+os.unlink(d + '/b.txt')
+os.fsync(dirfd)
+mark(4)
+"""
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+def test_commits_are_durable_at_the_services_fsync_not_at_every_close(world):
+    # docs/runtime.md "Durability": a close, a rename, an unlink commit without fsync (the kernel
+    # keeps them when the service is killed); the service's fsync of a file, or of a directory in
+    # the volume (SQLite fsyncs the journal's directory), flushes the volume's file system and
+    # records the tag durably: what an fsync promises on a local disk.
+    trace = world.root / "trace"
+    world.run(str(world.python), world.driver, DURABILITY, str(world.volume),
+              under=("strace", "-f", "-qq", "-o", str(trace), "-e", "trace=fsync,fdatasync,syncfs,write"))
+    calls = trace.read_text().splitlines()
+    phases, phase = {1: [], 2: [], 3: [], 4: []}, 0
+    for line in calls:
+        mark = re.search(r"sconify-test-mark-(\d)", line)
+        if mark:
+            phase = int(mark.group(1))
+        elif phase in phases and re.search(r"\b(fsync|fdatasync|syncfs)\(", line):
+            phases[phase].append(line.split(None, 1)[1])
+    assert phases[1] == [], phases[1]  # write, close, rename: nothing synced
+    # The file's fsync, the process's first: the volume's file system flushed (the fspf it started
+    # from holds commits it cannot name), then the fspf and the tag's record.
+    assert phases[2][0].startswith("syncfs("), phases[2]
+    assert sum(c.startswith("fsync(") for c in phases[2]) >= 2, phases[2]
+    # The directory's fsync after an unlink: only this process's commits since, each fsynced by
+    # name (the unlinked file's directory, the fspf and its directory, the record and its
+    # directory), not the whole file system.
+    assert not any(c.startswith("syncfs(") for c in phases[3]) and len(phases[3]) >= 5, phases[3]
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    assert shield.read(str(world.volume / "c.txt")) == b"synced"
+    assert not (world.volume / "b.txt").exists()
+    assert world.fspf_path.read_bytes()[-16:].hex() == world.tag()  # the keys record the fspf on disk
 
 
 def test_rolled_back_volume_is_refused(world):
@@ -1810,6 +1865,69 @@ def test_sqlite_four_processes_share_one_database_under_the_launcher_as_pid_1(wo
     for stored in world.volume.iterdir():
         if stored.is_file():
             assert b"secret-row" not in stored.read_bytes(), stored
+
+
+
+@pytest.mark.parametrize("mode, method", [("delete", "fork"), ("wal", "spawn")])
+def test_sqlite_four_processes_share_one_database_in_tmp_under_the_launcher_as_pid_1(world, mode, method):
+    """The same in the start's /tmp (an ephemeral region shared by the measured tree): its files
+    are in the launcher's plaintext cache too, so the workers' locks and writes meet."""
+    mods = world.root / "mods"
+    mods.mkdir()
+    (mods / "sqlwork.py").write_text(SQLITE_WORKER)
+    ids = [1 + k * 1000 + i for k in range(4) for i in range(25)]
+    result = world.python_code(SQLITE_PARENT, str(world.tmp / "t.db"), str(mods), mode, method,
+                               env={"SCONIFY_LOG": "stderr"}, pid1=True)
+    assert result.stdout == f"[0, 0, 0, 0] ok {(len(ids), sum(ids))}\n", result.stderr
+    assert "sconify-shield" not in result.stderr
+    stored = [p for p in world.tmp.rglob("*") if p.is_file()]
+    assert stored and not any(b"secret-row" in p.read_bytes() for p in stored)
+
+
+
+FD_PASSING = (
+    "import __main__, multiprocessing, os, sys\n"
+    "from multiprocessing import reduction\n"
+    "del __main__.__file__\n"
+    "sys.path.insert(0, sys.argv[2])\n"
+    "import fdwork\n"
+    "path = sys.argv[1]\n"
+    "context = multiprocessing.get_context(sys.argv[3])\n"
+    "conn, child_conn = context.Pipe(duplex=True)\n"
+    "p = context.Process(target=fdwork.write, args=(child_conn, b'written by the child through a passed fd'))\n"
+    "p.start()\n"
+    "with open(path, 'wb') as f:\n"
+    "    reduction.send_handle(conn, f.fileno(), p.pid)\n"
+    "p.join()\n"
+    "print(p.exitcode, open(path, 'rb').read())\n"
+)
+FD_WORKER = (
+    "import os\n"
+    "from multiprocessing import reduction\n"
+    "def write(conn, data):\n"
+    "    fd = reduction.recv_handle(conn)\n"
+    "    os.write(fd, data)\n"
+    "    os.close(fd)\n"
+)
+
+
+@pytest.mark.parametrize("where, method", [("volume", "spawn"), ("tmp", "fork")])
+def test_a_descriptor_passed_to_another_process_keeps_its_writes(world, where, method):
+    """multiprocessing's send_handle (SCM_RIGHTS) of an open region file, as CPython's
+    test_fd_transfer does it: the parent closes its descriptor first, the child writes through
+    the one it received and closes it; what it wrote is the file's, for the parent and for a
+    later process (docs/runtime.md, "One file in many processes")."""
+    mods = world.root / "mods"
+    mods.mkdir()
+    (mods / "fdwork.py").write_text(FD_WORKER)
+    path = str((world.volume if where == "volume" else world.tmp) / "passed.bin")
+    result = world.python_code(FD_PASSING, path, str(mods), method, env={"SCONIFY_LOG": "stderr"}, pid1=True)
+    assert result.stdout == "0 b'written by the child through a passed fd'\n", result.stderr
+    assert "sconify-shield" not in result.stderr
+    assert b"written by the child" not in Path(path).read_bytes()
+    if where == "volume":
+        again = world.python_code("import sys\nprint(open(sys.argv[1], 'rb').read())", path)
+        assert again.stdout == "b'written by the child through a passed fd'\n", again.stderr
 
 
 SHARED_FILE = (

@@ -127,3 +127,19 @@ def test_a_volume_named_in_the_keys_is_recorded_under_its_name(world):
     record = json.loads((world.root / "state" / "t" / "app_data.json").read_text())
     assert record["volume"] == "app_data" and record["fspf_tag"] == fspf_tag(world)
     assert not record_file(world.root / "state", world.volume).exists()
+
+
+def test_an_fsync_makes_the_state_directorys_record_durable(world):
+    # docs/runtime.md "Durability": the commit swaps the record without fsync; the service's
+    # fsync then fsyncs the record file (store_sync) without moving it again.
+    code = ("import os, sys\n"
+            "fd = os.open(sys.argv[1] + '/count.txt', os.O_WRONLY | os.O_TRUNC)\n"
+            "os.write(fd, b'7')\n"
+            "os.fsync(fd)\n"
+            "os.close(fd)\n"
+            "print(open(sys.argv[1] + '/count.txt').read())\n")
+    result = world.python_code(code, str(world.volume), env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout == "7\n" and "sconify-shield" not in result.stderr, result.stderr
+    record = json.loads(record_file(world.root / "state", world.volume).read_text())
+    assert record["fspf_tag"] == fspf_tag(world) and "fspf_tag_next" not in record
+    assert world.python_code(WRITE, str(world.volume), "again").returncode == 0

@@ -428,23 +428,13 @@ struct rt_key *keys_find(struct rt_keys *keys, const char *volume_path)
     return NULL;
 }
 
-static int fsync_dir_of(const char *path)
+/* text and a newline to path, atomically: a temp file (tmp) written, renamed over path; with
+ * sync, the temp file and then the directory fsynced (replace_file). 0, or the errno of what
+ * failed (nothing changed then). */
+static int write_atomically(const char *path, const char *tmp, const char *text, mode_t mode, int sync)
 {
-    char copy[PATH_MAX];
-    snprintf(copy, sizeof copy, "%s", path);
-    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    int rc = fsync(fd);
-    close(fd);
-    return rc;
-}
-
-/* text and a newline to path, atomically: a temp file (tmp) written and fsynced, renamed over
- * path, the directory fsynced. 0, or the errno of what failed (nothing changed then). */
-static int write_atomically(const char *path, const char *tmp, const char *text, mode_t mode)
-{
-    int rc = replace_file(path, tmp, text, strlen(text), 1, mode);
-    if (rc == 0) fsync_dir_of(path);
+    int rc = replace_file(path, tmp, text, strlen(text), 1, mode, sync);
+    if (rc == 0 && sync) fsync_dir_of(path);
     return rc;
 }
 
@@ -460,7 +450,7 @@ static int lock_dir_of(const char *path)
 }
 
 static int record_tag_unlocked(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
-                               struct rt_error *err)
+                               int sync, struct rt_error *err)
 {
     json_error_t jerr;
     json_t *doc = json_load_file(keys_path, JSON_REJECT_DUPLICATES, &jerr);
@@ -488,7 +478,7 @@ static int record_tag_unlocked(const char *keys_path, const char *volume_path, c
     if (!text) return rt_fail(err, "out of memory writing the keys file");
     char tmp[PATH_MAX];
     snprintf(tmp, sizeof tmp, "%s.sconify-tmp-%ld", keys_path, (long)getpid());
-    int saved = write_atomically(keys_path, tmp, text, 0600);
+    int saved = write_atomically(keys_path, tmp, text, 0600, sync);
     free(text);
     if (saved)
         return rt_fail(err, "cannot record the new fspf tag of volume %s in the keys file %s (%s); mount the keys "
@@ -500,10 +490,10 @@ static int record_tag_unlocked(const char *keys_path, const char *volume_path, c
 /* The keys file is read, changed and replaced whole: processes of the service that commit to
  * two volumes at once take turns on it, so neither drops the other's tag. */
 int keys_record_tag(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
-                    struct rt_error *err)
+                    int sync, struct rt_error *err)
 {
     int dir = lock_dir_of(keys_path);
-    int rc = record_tag_unlocked(keys_path, volume_path, tag, next, err);
+    int rc = record_tag_unlocked(keys_path, volume_path, tag, next, sync, err);
     if (dir >= 0) close(dir);
     return rc;
 }
@@ -577,7 +567,7 @@ int state_load(const char *volume_path, const unsigned char key[32], struct rt_s
 }
 
 int state_record(const char *volume_path, const unsigned char key[32], const unsigned char tag[16],
-                 const unsigned char *next, struct rt_error *err)
+                 const unsigned char *next, int sync, struct rt_error *err)
 {
     char tag_hex[33], next_hex[33], mac[65], path[PATH_MAX], tmp[PATH_MAX], name[64];
     hex_encode(tag, 16, tag_hex);
@@ -596,7 +586,7 @@ int state_record(const char *volume_path, const unsigned char key[32], const uns
     state_path(volume_path, VOLUME_STATE_NAME, path, sizeof path);
     snprintf(name, sizeof name, ".sconify-tmp.state.%ld", (long)getpid());  /* hidden like the commit's */
     state_path(volume_path, name, tmp, sizeof tmp);
-    int saved = write_atomically(path, tmp, text, 0644);
+    int saved = write_atomically(path, tmp, text, 0644, sync);
     free(text);
     if (saved)
         return rt_fail(err, "cannot record the new fspf tag of volume %s (the container's own copy) in %s (%s)",

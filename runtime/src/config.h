@@ -116,14 +116,15 @@ int keys_from_scone_env(const struct rt_config *cfg, const char *fspf, const cha
 void keys_free(struct rt_keys *keys);
 struct rt_key *keys_find(struct rt_keys *keys, const char *volume_path);
 
-/* Record a volume's tag in the keys file, atomically (write a temp file beside it, fsync,
- * rename, fsync the directory). next=1 records a commit under way ("fspf_tag_next", the old
- * tag stays valid); next=0 makes tag the recorded one and drops any "fspf_tag_next". */
+/* Record a volume's tag in the keys file, atomically (write a temp file beside it, rename; with
+ * sync, the temp file fsynced before and the directory after). next=1 records a commit under
+ * way ("fspf_tag_next", the old tag stays valid); next=0 makes tag the recorded one and drops
+ * any "fspf_tag_next". */
 /* The name of a volume's record in a state store: its policy name, else its path. */
 const char *key_record_name(const struct rt_key *key);
 
 int keys_record_tag(const char *keys_path, const char *volume_path, const unsigned char tag[16], int next,
-                    struct rt_error *err);
+                    int sync, struct rt_error *err);
 
 /* The freshness state of a container's own copy of a volume (<volume>/.sconify.state): the tag
  * its fspf carries and, while a commit is under way, the next one, authenticated with a MAC keyed
@@ -136,9 +137,10 @@ struct rt_state {
 /* 1 and st filled if volume_path holds a state file written with key for that volume; 0 if it
  * holds none or one that is not (unreadable, malformed, another key or volume). */
 int state_load(const char *volume_path, const unsigned char key[32], struct rt_state *st);
-/* Record tag (and next, a commit under way, if not NULL) in the state file, atomically. */
+/* Record tag (and next, a commit under way, if not NULL) in the state file, atomically (synced
+ * as keys_record_tag is). */
 int state_record(const char *volume_path, const unsigned char key[32], const unsigned char tag[16],
-                 const unsigned char *next, struct rt_error *err);
+                 const unsigned char *next, int sync, struct rt_error *err);
 
 /* The freshness rule (docs/runtime.md, "Freshness"): the recorded tag at which an fspf carrying
  * tag (its last 16 bytes, NULL if it has none) is accepted, a pointer into key or state, or NULL

@@ -289,7 +289,7 @@ static void check_container_copy(const struct rt_volume *vol, struct rt_key *key
         die("%s", line);
     }
     fspf_free(&fs);
-    if (have_state && state.has_next && accepted == state.next_tag && state_record(vol->path, key->key, tag, NULL, &err) != 0)
+    if (have_state && state.has_next && accepted == state.next_tag && state_record(vol->path, key->key, tag, NULL, 1, &err) != 0)
         die("%s", err.msg);
     memcpy(key->tag, tag, 16);
     key->has_next = 0;
@@ -422,7 +422,7 @@ static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, con
         free(data);
         if (next && persist) {
             struct rt_error e2;
-            if (keys_record_tag(keys_path, vol->path, key->next_tag, 0, &e2) != 0) die("%s", e2.msg);
+            if (keys_record_tag(keys_path, vol->path, key->next_tag, 0, 1, &e2) != 0) die("%s", e2.msg);
         }
     }
 }
@@ -721,17 +721,19 @@ static int start_keeper(struct plaincache *cache)
     return 0;
 }
 
-/* The shared plaintext cache of cfg's volumes (plaincache.h), its socket opened before the
- * grant names it; the owner is the launcher as PID 1, else a keeper (start_keeper, once the
- * keys are cleared). Without it every process of the service keeps a private copy of each file
- * it opens. */
+/* The shared plaintext cache of cfg's volumes and ephemeral regions (plaincache.h), its socket
+ * opened before the grant names it; the owner is the launcher as PID 1, else a keeper
+ * (start_keeper, once the keys are cleared). Without it every process of the service keeps a
+ * private copy of each file it opens. */
 static void open_cache(const struct rt_config *cfg, struct plaincache *cache)
 {
     cache->listener = -1;
-    if (!cfg->volume_count) return;
-    char **paths = calloc(cfg->volume_count, sizeof *paths);
+    size_t count = cfg->volume_count + cfg->ephemeral_count;
+    if (!count) return;
+    char **paths = calloc(count, sizeof *paths);
     for (size_t i = 0; paths && i < cfg->volume_count; i++) paths[i] = cfg->volumes[i].path;
-    if (!paths || plaincache_start(cache, cfg->executable, paths, cfg->volume_count) != 0)
+    for (size_t i = 0; paths && i < cfg->ephemeral_count; i++) paths[cfg->volume_count + i] = cfg->ephemeral[i];
+    if (!paths || plaincache_start(cache, cfg->executable, paths, count) != 0)
         fprintf(stderr, "sconify-run: cannot open the socket of the shared plaintext cache (%s); each process of "
                         "the service keeps its own copy of the volume files it opens\n", strerror(errno));
     free(paths);
@@ -902,18 +904,14 @@ static void initialise_volume(const struct rt_volume *vol, const unsigned char k
     if (fspf_save_encrypted(&fs, key, &sealed, &len, tag, &err) != 0) die("%s", err.msg);
     mkdir(vol->path, 0755);  /* a declared volume the image has no directory for (else EEXIST) */
     snprintf(tmp, sizeof tmp, "%s.sconify-tmp-%ld", vol->fspf_path, (long)getpid());
-    int e = replace_file(vol->fspf_path, tmp, sealed, len, 0, 0644);
+    int e = replace_file(vol->fspf_path, tmp, sealed, len, 0, 0644, 1);
     free(sealed);
     if (e != 0) {
         snprintf(line, sizeof line, "volume %s is new but its fspf %s cannot be written (%s); mount the volume "
                                     "read-write", vol->path, vol->fspf_path, strerror(e));
         die("%s", line);
     }
-    int dir = open(vol->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (dir >= 0) {
-        fsync(dir);
-        close(dir);
-    }
+    fsync_dir_of(vol->fspf_path);
 }
 
 /* A volume's fspf, read whole; it must open with the deployment's key at the tag it carries (its
@@ -950,7 +948,7 @@ static void policy_container_copy(const struct rt_volume *vol, struct rt_key *k)
     int fd = open(vol->fspf_path, O_RDONLY | O_CLOEXEC);
     if (fd < 0 && errno == ENOENT) {
         initialise_volume(vol, k->key, k->tag);
-        if (state_record(vol->path, k->key, k->tag, NULL, &err) != 0) die("%s", err.msg);
+        if (state_record(vol->path, k->key, k->tag, NULL, 1, &err) != 0) die("%s", err.msg);
         k->container_copy = 1;
         fprintf(stderr, "sconify-run: volume %s is the container's own copy (no volume mounted there): its writes "
                         "last as long as this container; mount a volume there to keep them\n", vol->path);

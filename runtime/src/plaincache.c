@@ -111,6 +111,16 @@ static struct cache_file *find_file(struct plaincache *pc, const char *path)
     return NULL;
 }
 
+/* The file whose memfd fd is a description of (the same inode), or NULL. */
+static struct cache_file *file_of(struct plaincache *pc, int fd)
+{
+    struct stat st, held;
+    if (fstat(fd, &st) != 0) return NULL;
+    for (size_t i = 0; i < pc->file_count; i++)
+        if (fstat(pc->files[i].fd, &held) == 0 && held.st_dev == st.st_dev && held.st_ino == st.st_ino) return &pc->files[i];
+    return NULL;
+}
+
 static void drop_file(struct plaincache *pc, struct cache_file *f)
 {
     close(f->fd);
@@ -199,13 +209,23 @@ static int answer(struct plaincache *pc, int client)
     int ok = (size_t)n > head && !(msg.msg_flags & (MSG_TRUNC | MSG_CTRUNC)) &&
              CRYPTO_memcmp(req.token, pc->token, sizeof req.token) == 0 && memchr(req.path, '\0', (size_t)n - head);
     struct cache_reply reply = {.status = 0};
+    size_t reply_len = offsetof(struct cache_reply, path);
     int out = -1;
     if (!ok) {
         if (passed >= 0) close(passed);
         return -1;  /* not a granted process of the service: no answer */
     }
     OPENSSL_cleanse(req.token, sizeof req.token);
-    if (!served_path(pc, req.path)) {
+    if (req.op == CACHE_WHICH) {
+        /* a descriptor another process of the service passed to this one (SCM_RIGHTS) */
+        struct cache_file *f = passed >= 0 ? file_of(pc, passed) : NULL;
+        reply.status = f ? 0 : ENOENT;
+        if (f) {
+            size_t len = strlen(f->path);
+            memcpy(reply.path, f->path, len + 1);
+            reply_len += len + 1;
+        }
+    } else if (!served_path(pc, req.path)) {
         reply.status = EACCES;
     } else if (req.op == CACHE_FORGET) {
         struct cache_file *f = find_file(pc, req.path);
@@ -225,14 +245,14 @@ static int answer(struct plaincache *pc, int client)
         reply.status = EINVAL;
     }
     if (passed >= 0) close(passed);
-    struct iovec riov = {.iov_base = &reply, .iov_len = sizeof reply};
+    struct iovec riov = {.iov_base = &reply, .iov_len = reply_len};
     struct msghdr rmsg = {.msg_iov = &riov, .msg_iovlen = 1};
     union cache_control rcontrol;
     if (out >= 0) cache_attach_fd(&rmsg, &rcontrol, out);
     /* A client that does not take its answer at once (its queue full) is dropped, never waited for. */
     ssize_t sent = sendmsg(client, &rmsg, MSG_DONTWAIT | MSG_NOSIGNAL);
     if (out >= 0) close(out);
-    return sent == (ssize_t)sizeof reply ? 0 : -1;
+    return sent == (ssize_t)reply_len ? 0 : -1;
 }
 
 void plaincache_serve(struct plaincache *pc, const struct pollfd *fds, size_t count)

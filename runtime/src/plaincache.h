@@ -1,5 +1,6 @@
-/* The shared plaintext cache of volume files (docs/runtime.md, "Many processes, one volume"):
- * while a volume file is open in any granted process of the service, there is one plaintext
+/* The shared plaintext cache of volume files and of the start's shared /tmp (docs/runtime.md,
+ * "One file in many processes"): while such a file is open in any granted process of the
+ * service, there is one plaintext
  * memfd for it, held by the launcher (PID 1). A process asks for it over a unix socket
  * (SOCK_SEQPACKET, an abstract name and a token, both in the grant) and gets a new open file
  * description of that memfd, so reads, writes, mmap, lseek, fstat and fcntl/flock locks are the
@@ -29,6 +30,8 @@
 enum {
     CACHE_OPEN = 1,    /* path, flags [+ an fd: the caller's decrypted memfd] -> an fd, or a status */
     CACHE_FORGET = 2,  /* path: removed or replaced by a rename; its memfd is dropped -> status 0 */
+    CACHE_WHICH = 3,   /* an fd (path ""): the path of the cached file it is a description of -> status 0
+                        * and the path, or ENOENT (no file of the cache: not a shared memfd) */
 };
 
 struct cache_request {
@@ -39,9 +42,11 @@ struct cache_request {
 };
 
 /* status 0 with an fd attached; ENOENT: not cached (CACHE_OPEN without an fd: decrypt it and
- * send it); ENOSPC: the table is full (keep a private copy); EACCES, EINVAL: refused. */
+ * send it); ENOSPC: the table is full (keep a private copy); EACCES, EINVAL: refused. Only
+ * CACHE_WHICH's answer carries a path (NUL-terminated); the others end after status. */
 struct cache_reply {
     int32_t status;
+    char path[PATH_MAX];
 };
 
 /* Room for the one descriptor a request or an answer carries. */

@@ -1,7 +1,8 @@
 /* The freshness state store: a directory or etcd (statestore.h).
  *
  * The dir backend keeps one small JSON file per volume, DIR/<policy>/<volume>.json, replaced
- * atomically (a temp file written and fsynced, renamed over the record, the directory fsynced)
+ * atomically (a temp file written and fsynced, renamed over the record, the directory fsynced;
+ * without the fsyncs when the store's no_sync is set)
  * under an exclusive flock of DIR/<policy>, with the comparison made under the same lock: the
  * processes of one host (and of every container that mounts the same directory) move a record
  * one at a time.
@@ -335,14 +336,14 @@ static int dir_cas(struct store *st, const char *volume, const struct store_reco
         goto out;
     }
     snprintf(tmp, sizeof tmp, "%s/.tmp.%ld", st->dir, (long)getpid());
-    int e = replace_file(path, tmp, text, strlen(text), 1, 0600);
+    int e = replace_file(path, tmp, text, strlen(text), 1, 0600, !st->no_sync);
     free(text);
     if (e != 0) {
         rt_fail(err, "cannot write the freshness record %s (%s); the state directory must be writable", path,
                 strerror(e));
         goto out;
     }
-    if (fsync(dir) != 0) {
+    if (!st->no_sync && fsync(dir) != 0) {
         rt_fail(err, "cannot fsync the state directory %s (%s)", st->dir, strerror(errno));
         goto out;
     }
@@ -350,6 +351,16 @@ static int dir_cas(struct store *st, const char *volume, const struct store_reco
 out:
     close(dir);  /* releases the lock */
     return rc;
+}
+
+int store_sync(struct store *st, const char *volume, struct rt_error *err)
+{
+    if (st->kind != STORE_DIR) return 0;
+    char path[4096];
+    record_path(st, volume, path, sizeof path);
+    if (fsync_with_dir(path) != 0)
+        return rt_fail(err, "cannot fsync the freshness record %s (%s)", path, strerror(errno));
+    return 0;
 }
 
 /* ------------------------------------------------------------------ HTTP to one endpoint */

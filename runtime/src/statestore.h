@@ -29,6 +29,9 @@ struct store {
     char *endpoints[STORE_MAX_ENDPOINTS];  /* "http://host:port", as given */
     char *prefix;              /* STORE_ETCD: every key starts with it */
     int timeout_ms;            /* STORE_ETCD: per endpoint, connect and exchange each */
+    int no_sync;               /* STORE_DIR: a swap is not fsynced (a commit the service did not
+                                * ask to be durable: docs/runtime.md, "Durability"); etcd keeps
+                                * its own durability */
 };
 
 struct store_record {
@@ -58,6 +61,10 @@ int store_read(struct store *st, const char *volume, struct store_record *rec, s
  * then a retry with the same arguments answers SWAPPED if it did). */
 int store_cas(struct store *st, const char *volume, const struct store_record *expected,
               const struct store_record *new_record, struct rt_error *err);
+
+/* Make volume's record as last swapped durable (a swap made with no_sync): the dir backend's
+ * record file and directory fsynced; etcd keeps its own. 0, or -1 (err). */
+int store_sync(struct store *st, const char *volume, struct rt_error *err);
 
 /* The tag rec accepts for an fspf carrying tag (its last 16 bytes, NULL if none): rec's tag, or
  * its next one (a commit under way, promoted at start); NULL: a rollback, or another's volume. */

@@ -2,6 +2,8 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <libgen.h>
+#include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <unistd.h>
@@ -95,14 +97,34 @@ int pwrite_full(int fd, const void *buf, size_t count, uint64_t offset)
     return 0;
 }
 
-int replace_file(const char *path, const char *tmp, const void *data, size_t len, int newline, mode_t mode)
+int replace_file(const char *path, const char *tmp, const void *data, size_t len, int newline, mode_t mode, int sync)
 {
     int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode);
     if (fd < 0) return errno ? errno : EIO;
-    int rc = write_full(fd, data, len) == 0 && (!newline || write_full(fd, "\n", 1) == 0) && fsync(fd) == 0
+    int rc = write_full(fd, data, len) == 0 && (!newline || write_full(fd, "\n", 1) == 0) && (!sync || fsync(fd) == 0)
                  ? 0 : (errno ? errno : EIO);
     close(fd);
     if (rc == 0 && rename(tmp, path) != 0) rc = errno ? errno : EIO;
     if (rc != 0) unlink(tmp);
     return rc;
+}
+
+int fsync_dir_of(const char *path)
+{
+    char copy[PATH_MAX];
+    snprintf(copy, sizeof copy, "%s", path);
+    int fd = open(dirname(copy), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc;
+}
+
+int fsync_with_dir(const char *path)
+{
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return -1;
+    int rc = fsync(fd);
+    close(fd);
+    return rc == 0 ? fsync_dir_of(path) : -1;
 }

@@ -34,8 +34,15 @@ int write_full(int fd, const void *buf, size_t count);
 int pwrite_full(int fd, const void *buf, size_t count, uint64_t offset);
 
 /* Replace path with len bytes of data (and a '\n' after them when newline) the crash-safe way: a
- * temp file (tmp, created with mode) written and fsynced, then renamed over path. 0, or the errno
- * of what failed (tmp removed, path unchanged). Fsyncing path's directory is the caller's. */
-int replace_file(const char *path, const char *tmp, const void *data, size_t len, int newline, mode_t mode);
+ * temp file (tmp, created with mode) written and, when sync, fsynced, then renamed over path. 0,
+ * or the errno of what failed (tmp removed, path unchanged). Fsyncing path's directory is the
+ * caller's. Without sync a reader sees the old or the new content, never a part, and the kernel
+ * keeps the new one if the process is killed; only a crash of the machine may lose it. */
+int replace_file(const char *path, const char *tmp, const void *data, size_t len, int newline, mode_t mode, int sync);
+/* fsync the directory that holds path (what makes a rename or a create in it durable): 0 or -1. */
+int fsync_dir_of(const char *path);
+/* fsync path itself and then its directory: a file replaced by a rename made durable. 0 or -1
+ * + errno (a missing path is ENOENT). */
+int fsync_with_dir(const char *path);
 
 #endif

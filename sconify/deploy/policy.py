@@ -26,6 +26,7 @@ from sconify.outputs.session import (
     check_session_name,
     session_command,
     session_environment,
+    volume_key_name,
     volume_names,
 )
 
@@ -65,10 +66,6 @@ def measurement_of(manifest: Manifest, data: bytes, where: str) -> Measurement:
         runtime_config_sha256=runtime_config,
         manifest_sha256=hashlib.sha256(data).hexdigest(),
     )
-
-
-def volume_key_name(volume: str) -> str:
-    return f"{volume}_key"
 
 
 def new_policy(name: str, manifest: Manifest, measurement: Measurement) -> dict:

@@ -35,7 +35,12 @@ class SessionVolume:
 
     @property
     def key_secret_name(self) -> str:
-        return f"{self.name}_key"
+        return volume_key_name(self.name)
+
+
+def volume_key_name(volume: str) -> str:
+    """The name of a volume's key secret in a session or a deployment's policy."""
+    return f"{volume}_key"
 
 
 @dataclass(frozen=True)

@@ -61,12 +61,13 @@ static void disconnect(void)
 
 int cache_enabled(const struct svol *vol)
 {
-    return S.cache_socket[0] && !vol->ephemeral;
+    return S.cache_socket[0] && (!vol->ephemeral || vol->shared);  /* a volume, or this start's shared /tmp */
 }
 
 /* One request and its answer: the fd it carries (close-on-exec if cloexec), or -1 with *status
- * (the launcher's: ENOENT not cached, ENOSPC full...; ECONNREFUSED: no launcher to ask). */
-static int request(uint32_t op, const char *path, int flags, int send_fd, int cloexec, int *status)
+ * (the launcher's: ENOENT not cached, ENOSPC full...; ECONNREFUSED: no launcher to ask). The
+ * answer's path, if it has one, goes to answer (PATH_MAX bytes) when that is not NULL. */
+static int request(uint32_t op, const char *path, int flags, int send_fd, int cloexec, int *status, char *answer)
 {
     *status = ECONNREFUSED;
     size_t plen = strlen(path);
@@ -96,7 +97,8 @@ static int request(uint32_t op, const char *path, int flags, int send_fd, int cl
         memset(&control, 0, sizeof control);
         while ((n = recvmsg(fd, &rmsg, cloexec ? MSG_CMSG_CLOEXEC : 0)) < 0 && errno == EINTR) {}
     }
-    if (n != (ssize_t)sizeof reply) {
+    size_t head = offsetof(struct cache_reply, path);
+    if (n < (ssize_t)head || (n > (ssize_t)head && !memchr(reply.path, '\0', (size_t)n - head))) {
         disconnect();  /* the launcher dropped this process: private copies from now on */
         S.cache_socket[0] = '\0';
         in_shield--;
@@ -105,18 +107,43 @@ static int request(uint32_t op, const char *path, int flags, int send_fd, int cl
     for (struct cmsghdr *c = CMSG_FIRSTHDR(&rmsg); c; c = CMSG_NXTHDR(&rmsg, c))
         if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS && c->cmsg_len >= CMSG_LEN(sizeof(int)))
             memcpy(&out, CMSG_DATA(c), sizeof out);
-    *status = out >= 0 ? 0 : reply.status ? reply.status : EIO;
+    *status = out >= 0 ? 0 : reply.status;
+    if (answer) {
+        if (n > (ssize_t)head) memcpy(answer, reply.path, (size_t)n - head);
+        else answer[0] = '\0';
+    }
     in_shield--;
     return out;
 }
 
 int cache_open(const char *path, int flags, int plain_fd, int *status)
 {
-    return request(CACHE_OPEN, path, flags, plain_fd, !!(flags & O_CLOEXEC), status);
+    int fd = request(CACHE_OPEN, path, flags, plain_fd, !!(flags & O_CLOEXEC), status, NULL);
+    if (fd < 0 && *status == 0) *status = EIO;  /* an answer without the fd it promised */
+    return fd;
 }
 
 void cache_forget(const struct svol *vol, const char *path)
 {
     int status;
-    if (cache_enabled(vol)) request(CACHE_FORGET, path, 0, -1, 1, &status);
+    if (cache_enabled(vol)) request(CACHE_FORGET, path, 0, -1, 1, &status, NULL);
+}
+
+/* Descriptors received from another process (recvmsg, SCM_RIGHTS): one that is a description
+ * of a file of the shared cache (multiprocessing's send_handle of an open volume file) is that
+ * file here too, so this process's close protects what it wrote, as the sender's does. */
+void cache_adopt_received(int fd)
+{
+    struct stat64 st;
+    char path[PATH_MAX];
+    int status;
+    if (!S.cache_socket[0] || tracked_fd(fd) || RESOLVE(fstat64)(fd, &st) != 0 || !S_ISREG(st.st_mode) || st.st_nlink)
+        return;  /* not an unlinked regular file: no memfd */
+    request(CACHE_WHICH, "", 0, fd, 1, &status, path);
+    struct svol *vol = status == 0 && path[0] ? volume_of(path) : NULL;
+    if (!vol || !cache_enabled(vol)) return;
+    int flags = RESOLVE(fcntl)(fd, F_GETFL);
+    pthread_mutex_lock(&S.lock);
+    (flags >= 0 && (flags & O_ACCMODE) == O_RDONLY ? track_reader : track)(fd, vol, path);
+    pthread_mutex_unlock(&S.lock);
 }

@@ -10,20 +10,6 @@ static void tmp_name(const char *path, char *out, size_t len)
     snprintf(out, len, "%.*s" HIDDEN_TMP "%s.%ld", (int)(base - path), path, base, (long)getpid());
 }
 
-static int fsync_parent(const char *path)
-{
-    char dir[PATH_MAX];
-    snprintf(dir, sizeof dir, "%s", path);
-    char *slash = strrchr(dir, '/');
-    if (slash == dir) slash[1] = '\0';
-    else if (slash) *slash = '\0';
-    int fd = RESOLVE(open)(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return -1;
-    int rc = RESOLVE(fsync)(fd);
-    RESOLVE(close)(fd);
-    return rc;
-}
-
 static int copy_fd(int from, int to, uint64_t size)
 {
     unsigned char buf[1 << 16];
@@ -39,13 +25,14 @@ static int copy_fd(int from, int to, uint64_t size)
  * (after: from is the tag it had). In the keys file, in the keys' state store (a compare-and-swap
  * from what this process committed last: if another writer moved the record, the commit is
  * refused), or, for the container's own copy of a volume, in its state file (the keys file keeps
- * the image's tag: docs/runtime.md, "Freshness"). */
+ * the image's tag: docs/runtime.md, "Freshness"). Not synced: a commit is made durable by the
+ * service's fsync (volume_sync). */
 static int record_tag(struct svol *vol, const unsigned char from[16], const unsigned char tag[16], int next,
                       struct rt_error *err)
 {
     if (vol->container_copy)
-        return next ? state_record(vol->v->path, vol->key, from, tag, err)
-                    : state_record(vol->v->path, vol->key, tag, NULL, err);
+        return next ? state_record(vol->v->path, vol->key, from, tag, 0, err)
+                    : state_record(vol->v->path, vol->key, tag, NULL, 0, err);
     if (!S.keys_persist) {
         if (!next) {
             char hex[33];
@@ -62,6 +49,7 @@ static int record_tag(struct svol *vol, const unsigned char from[16], const unsi
         memcpy(with_next.next_tag, tag, 16);
         memcpy(alone.tag, next ? from : tag, 16);
         const struct store_record *expected = next ? &alone : &with_next, *new_record = next ? &with_next : &alone;
+        S.store.no_sync = 1;
         int rc = store_cas(&S.store, vol->record, expected, new_record, err);
         struct store_record now;
         if (rc == STORE_MOVED && next && store_read(&S.store, vol->record, &now, err) == 1 && now.has_next &&
@@ -71,6 +59,7 @@ static int record_tag(struct svol *vol, const unsigned char from[16], const unsi
             rc = store_cas(&S.store, vol->record, &now, &alone, err);
             if (rc == STORE_SWAPPED) rc = store_cas(&S.store, vol->record, expected, new_record, err);
         }
+        S.store.no_sync = 0;
         if (rc == STORE_MOVED && next) {
             char why[sizeof err->msg];
             memcpy(why, err->msg, sizeof why);
@@ -79,7 +68,7 @@ static int record_tag(struct svol *vol, const unsigned char from[16], const unsi
         }
         return rc == STORE_SWAPPED ? 0 : -1;
     }
-    return keys_record_tag(S.keys_path, vol->v->path, tag, next, err);
+    return keys_record_tag(S.keys_path, vol->v->path, tag, next, 0, err);
 }
 
 int volume_lock(const struct svol *vol, int op)
@@ -99,8 +88,84 @@ int volume_lock(const struct svol *vol, int op)
     return fd;
 }
 
+/* The record of the volume's current tag made durable: it was written (renamed into place)
+ * by the commits without fsync; now the file and its directory are fsynced (the keys file, the
+ * container copy's state file, the state directory's record; etcd keeps its own). */
+static int record_durably(struct svol *vol, struct rt_error *err)
+{
+    char state[PATH_MAX];
+    const char *path = NULL;
+    if (vol->container_copy) {
+        snprintf(state, sizeof state, "%s%s" VOLUME_STATE_NAME, vol->v->path, strcmp(vol->v->path, "/") == 0 ? "" : "/");
+        path = state;
+    } else if (!S.keys_persist) {
+        return 0;
+    } else if (S.has_store) {
+        return store_sync(&S.store, vol->record, err);
+    } else {
+        path = S.keys_path;
+    }
+    if (fsync_with_dir(path) != 0) return rt_fail(err, "cannot fsync the record of its tag %s: %s", path, strerror(errno));
+    return 0;
+}
+
+/* A path this process committed or removed: the next volume_sync fsyncs it (and its directory). */
+static void note_dirty(struct svol *vol, const char *path)
+{
+    if (vol->ephemeral || !path) return;
+    for (size_t i = 0; i < vol->ndirty; i++)
+        if (strcmp(vol->dirty[i], path) == 0) return;
+    char *copy = vol->ndirty < DIRTY_MAX ? strdup(path) : NULL;
+    if (copy) vol->dirty[vol->ndirty++] = copy;
+    else vol->foreign = 1;  /* too many to name: the next sync flushes the file system */
+}
+
+/* fsync, fdatasync, or a directory's fsync in a volume: make durable what the service committed
+ * to it so far. Commits write without fsync (the kernel keeps them when the service is killed:
+ * docs/runtime.md, "Durability"). Under the volume's lock (no commit half done), after loading
+ * its fspf as last committed: the stored files this process committed since its last sync are
+ * fsynced with their directories, or, when the fspf holds commits of other processes (or of an
+ * earlier start) this process cannot name, the volume's whole file system is flushed (syncfs);
+ * then the fspf and the record of its tag. Nothing committed since this process's last sync:
+ * nothing to do. Called with S.lock held. 0, or -1 with errno (EIO) and one line logged. */
+int volume_sync(struct svol *vol)
+{
+    if (vol->ephemeral) return 0;
+    struct rt_error err = {{0}};
+    int rc = 0;
+    in_shield++;
+    int lock = volume_lock(vol, LOCK_EX);
+    if (volume_refresh(vol, 1) < 0) {
+        rc = rt_fail(&err, "the fspf on disk is not one the keys record");
+    } else if (vol->ndirty || vol->foreign) {
+        if (vol->foreign) {
+            int dir = RESOLVE(open)(vol->v->path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+            if (dir < 0 || syncfs(dir) != 0) rc = rt_fail(&err, "cannot flush its file system: %s", strerror(errno));
+            if (dir >= 0) RESOLVE(close)(dir);
+        }
+        for (size_t i = 0; rc == 0 && !vol->foreign && i < vol->ndirty; i++)
+            if ((fsync_with_dir(vol->dirty[i]) != 0 && errno != ENOENT) || fsync_dir_of(vol->dirty[i]) != 0)
+                rc = rt_fail(&err, "cannot fsync %s: %s", vol->dirty[i], strerror(errno));
+        if (rc == 0 && fsync_with_dir(vol->v->fspf_path) != 0)
+            rc = rt_fail(&err, "cannot fsync its fspf: %s", strerror(errno));
+        if (rc == 0) rc = record_durably(vol, &err);
+        if (rc == 0) {
+            for (size_t i = 0; i < vol->ndirty; i++) free(vol->dirty[i]);
+            vol->ndirty = 0;
+            vol->foreign = 0;
+        }
+    }
+    if (lock >= 0) RESOLVE(close)(lock);
+    if (rc != 0) shield_log("volume %s: sync failed: %s", vol->v->path, err.msg);
+    in_shield--;
+    if (rc != 0) errno = EIO;
+    return rc == 0 ? 0 : -1;
+}
+
 /* The commit of a volume change: protect the plaintext in plain_fd (if path) as path, drop the
- * record of remove (if any), and write both the stored file and the fspf crash-safely. The
+ * record of remove (if any), and write both the stored file and the fspf atomically (temp
+ * files renamed into place after the tag's first phase is recorded; nothing fsynced: a crash of
+ * the service keeps the commit, a crash of the machine may lose it until volume_sync). The
  * stored file keeps the mode of the one it replaces (or of remove, a rename); a new one gets
  * mode, less the umask, as the kernel's create would; it gets plain_fd's access and modification times. Called with S.lock held. Returns 0, or
  * -1 with errno set and one line logged. mode S_IFLNK: plain_fd holds a symlink's target; the
@@ -108,8 +173,8 @@ int volume_lock(const struct svol *vol, int op)
  * directory: ENOENT, EACCES...) is the service's own, as the kernel's open would have given it,
  * without a line.
  * An ephemeral region's stored file is still written to a temp file and renamed into place (a
- * reader sees the old or the new ciphertext), but nothing is fsynced (its content is gone at the
- * next start anyway) and no tag is recorded; its fspf is written as a volume's is (under the
+ * reader sees the old or the new ciphertext), no tag is recorded, and volume_sync does nothing
+ * for it (its content is gone at the next start anyway); its fspf is written as a volume's is (under the
  * lock, onto the last committed one) when it is this start's shared one, not at all when it
  * lives in this process's memory only. */
 int commit(struct svol *vol, const char *path, int plain_fd, const char *remove, mode_t mode)
@@ -176,7 +241,6 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
             struct timespec times[2] = {st.st_atim, st.st_mtim};
             futimens(out, times);
         }
-        if (rc == 0 && !vol->ephemeral && fsync(out) != 0) { rc = -1; rt_fail(&err, "cannot fsync %s: %s", path, strerror(errno)); }
         saved_errno = errno;
         close(out);
         if (rc != 0) { errno = saved_errno; goto fail_errno; }
@@ -232,7 +296,7 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
     snprintf(fspf_tmp, sizeof fspf_tmp, "%s" HIDDEN_TMP "%ld", vol->v->fspf_path, (long)getpid());
     {
         int out = open(fspf_tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-        if (out < 0 || write_full(out, sealed, sealed_len) != 0 || (!vol->ephemeral && fsync(out) != 0)) {
+        if (out < 0 || write_full(out, sealed, sealed_len) != 0) {
             rt_fail(&err, "cannot write the fspf of %s %s: %s", region_word(vol), vol->v->path, strerror(errno));
             if (out >= 0) close(out);
             unlink(fspf_tmp);
@@ -249,8 +313,8 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
         goto undo;
     }
     if (remove && (!path || strcmp(remove, path) != 0)) unlink(remove);
-    if (!vol->ephemeral) fsync_parent(vol->v->fspf_path);
-    if (path && !vol->ephemeral) fsync_parent(path);
+    note_dirty(vol, path);
+    note_dirty(vol, remove);
     memcpy(vol->tag, tag, 16);
     if (RESOLVE(stat64)(vol->v->fspf_path, &vol->seen) != 0) memset(&vol->seen, 0, sizeof vol->seen);
     vol->seen.st_nlink = 1;  /* vol->fs is loaded */

@@ -172,14 +172,9 @@ EXPORT DIR *opendir(const char *path)
 EXPORT DIR *fdopendir(int fd)
 {
     struct target t;
-    char link[64], dir[PATH_MAX];
+    char dir[PATH_MAX];
     if (!ACTIVE() || (!S.nvols && !S.cfg.code_root_count)) return RESOLVE(fdopendir)(fd);
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    in_shield++;
-    ssize_t n = RESOLVE(readlink)(link, dir, sizeof dir - 1);
-    in_shield--;
-    if (n <= 0 || dir[0] != '/') return RESOLVE(fdopendir)(fd);
-    dir[n] = '\0';
+    if (fd_path(fd, dir, sizeof dir) != 0) return RESOLVE(fdopendir)(fd);
     /* A directory in a volume, or under a code root (listed as by opendir: the embedded
      * entries merged in, what is sealed left out). */
     if (target_of(AT_FDCWD, dir, 1, &t) != 0 || !(t.kind == T_VOL || t.in_code)) return RESOLVE(fdopendir)(fd);

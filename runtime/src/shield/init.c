@@ -310,6 +310,7 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
             memcpy(sv->tag, tag, 16);
             sv->seen = st;
             for (uint32_t i = 0; i < sv->fs.file_count; i++) sv->has_links |= sv->fs.files[i].protection == FSPF_SYMLINK;
+            sv->foreign = 1;  /* commits this process did not make: its next sync flushes them too */
             rc = 1;
         }
     }

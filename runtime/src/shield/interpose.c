@@ -182,7 +182,7 @@ static FILE *shield_freopen(const char *path, const char *mode, FILE *stream, fr
     int old = fileno(stream);
     if (old >= 0 && tracked_fd(old)) {
         int flushed = fflush(stream);
-        int rc = flush_tracked(old);
+        int rc = flush_tracked(old, 0);
         pthread_mutex_lock(&S.lock);
         untrack(old);
         pthread_mutex_unlock(&S.lock);
@@ -316,7 +316,7 @@ EXPORT int fclose(FILE *f)
     int fd = f ? fileno(f) : -1;
     if (S.active && tracked_fd(fd)) {
         int flushed = fflush(f);
-        int rc = flush_tracked(fd);
+        int rc = flush_tracked(fd, 0);
         int saved = errno;
         pthread_mutex_lock(&S.lock);
         untrack(fd);
@@ -331,16 +331,36 @@ EXPORT int fclose(FILE *f)
     return RESOLVE(fclose)(f);
 }
 
+/* recvmsg: descriptors another process of the service passed (SCM_RIGHTS) that are files of the
+ * shared plaintext cache are tracked here too (cache_adopt_received). */
+EXPORT ssize_t recvmsg(int sockfd, struct msghdr *msg, int flags)
+{
+    ssize_t n = RESOLVE(recvmsg)(sockfd, msg, flags);
+    if (n < 0 || !ACTIVE() || !msg || !msg->msg_control || msg->msg_controllen < sizeof(struct cmsghdr)) return n;
+    int saved = errno;
+    for (struct cmsghdr *c = CMSG_FIRSTHDR(msg); c; c = CMSG_NXTHDR(msg, c))
+        if (c->cmsg_level == SOL_SOCKET && c->cmsg_type == SCM_RIGHTS)
+            for (size_t i = 0; i < (c->cmsg_len - CMSG_LEN(0)) / sizeof(int); i++) {
+                int fd;
+                memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof fd);
+                cache_adopt_received(fd);
+            }
+    errno = saved;
+    return n;
+}
+
+/* fsync and fdatasync of a volume file commit it and make the volume durable (volume_sync); of
+ * a directory in a volume (SQLite fsyncs the journal's directory), make the volume durable. */
 EXPORT int fsync(int fd)
 {
-    if (S.active && tracked_fd(fd)) return flush_tracked(fd);
-    return RESOLVE(fsync)(fd);
+    if (S.active && tracked_fd(fd)) return flush_tracked(fd, 1);
+    return ACTIVE() ? sync_untracked(fd) : RESOLVE(fsync)(fd);  /* (the shield's own fsyncs: the kernel's) */
 }
 
 EXPORT int fdatasync(int fd)
 {
-    if (S.active && tracked_fd(fd)) return flush_tracked(fd);
-    return RESOLVE(fdatasync)(fd);
+    if (S.active && tracked_fd(fd)) return flush_tracked(fd, 1);
+    return ACTIVE() ? sync_untracked(fd) : RESOLVE(fdatasync)(fd);
 }
 
 EXPORT int dup(int fd) { return dup_tracked(fd, RESOLVE(dup)(fd)); }

@@ -37,13 +37,7 @@ static int absolute(int dirfd, const char *path, char *out, size_t len)
         if (dirfd == AT_FDCWD) {
             if (!getcwd(base, sizeof base)) return -1;
         } else {
-            char link[64];
-            snprintf(link, sizeof link, "/proc/self/fd/%d", dirfd);
-            in_shield++;
-            ssize_t n = RESOLVE(readlink)(link, base, sizeof base - 1);
-            in_shield--;
-            if (n <= 0 || base[0] != '/') return -1;
-            base[n] = '\0';
+            if (fd_path(dirfd, base, sizeof base) != 0) return -1;
         }
         if (strlen(base) + strlen(path) + 2 > len) return -1;
         snprintf(out, len, "%s/%s", base, path);
@@ -60,6 +54,20 @@ int run_time_mount(const char *path)
         size_t n = strlen(mounts[i]);
         if (strncmp(path, mounts[i], n) == 0 && (path[n] == '/' || path[n] == '\0')) return 1;
     }
+    return 0;
+}
+
+/* The absolute path the kernel gives for fd (/proc/self/fd), NUL-terminated: 0, or -1 (not a
+ * path: a socket, a pipe, a memfd). */
+int fd_path(int fd, char *out, size_t len)
+{
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    in_shield++;
+    ssize_t n = RESOLVE(readlink)(link, out, len - 1);
+    in_shield--;
+    if (n <= 0 || out[0] != '/') return -1;
+    out[n] = '\0';
     return 0;
 }
 

@@ -15,11 +15,12 @@
  *  - volumes: a protected region (encrypted or authenticated) has its own fspf. open() of a
  *    file there returns a memfd with the checked plaintext; a file opened for writing is
  *    protected again on close()/fsync() (if its plaintext changed since it was loaded or last
- *    committed: struct content) with a fresh key and file id, written to a temp file,
- *    fsynced and renamed over the old one with the re-encrypted fspf, and the new fspf tag is
- *    recorded in the keys file, or for the container's own copy of a volume (nothing mounted
- *    there) in its state file (two phases: "next" before the renames, "current" after). So
- *    only ciphertext is ever on disk and a closed or fsynced write survives a crash. The
+ *    committed: struct content) with a fresh key and file id, written to a temp file and
+ *    renamed over the old one with the re-encrypted fspf, and the new fspf tag is recorded in
+ *    the keys file, or for the container's own copy of a volume (nothing mounted there) in its
+ *    state file (two phases: "next" before the renames, "current" after). So only ciphertext is
+ *    ever on disk and a closed write survives the service's crash; the service's fsync makes
+ *    the volume durable (volume_sync: what survives a machine crash). The
  *    processes of the service share a volume: a commit runs under the volume's lock
  *    (.sconify.lock) onto the fspf last committed, and a changed fspf is reloaded (if its tag is
  *    fresh) before open/stat, so a parent sees what its workers wrote.
@@ -86,6 +87,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/statvfs.h>
 #include <unistd.h>
@@ -146,6 +148,7 @@
     REAL(int, close, int) \
     REAL(int, fclose, FILE *) \
     REAL(int, fsync, int) \
+    REAL(ssize_t, recvmsg, int, struct msghdr *, int) \
     REAL(int, fdatasync, int) \
     REAL(int, dup, int) \
     REAL(int, fcntl, int, int, ...) \
@@ -185,6 +188,8 @@ REAL_FUNCTIONS(REAL_DECLARE)
 
 /* ------------------------------------------------------------------ state (state.c) */
 
+#define DIRTY_MAX 32
+
 struct svol {
     const struct rt_volume *v;
     size_t len;                /* strlen(v->path) */
@@ -202,6 +207,11 @@ struct svol {
     dev_t dev;                 /* its directory's device, once known (region_device) */
     int dev_known;
     struct rt_volume own;      /* ephemeral: what v points to (fspf_path NULL unless shared) */
+    /* Durability (commit.c, volume_sync): what the next sync must flush. */
+    char *dirty[DIRTY_MAX];    /* paths this process committed (or removed) since its last sync */
+    size_t ndirty;
+    int foreign;               /* fs was loaded from disk since the last sync (another process's
+                                * commits, or the start's): the next sync flushes the file system */
 };
 
 struct content {               /* what a memfd held when it was last loaded or committed */
@@ -294,6 +304,7 @@ struct target {
 void normalise(char *path);
 int run_time_mount(const char *path);
 struct svol *volume_of(const char *path);
+int fd_path(int fd, char *out, size_t len);
 int target_of(int dirfd, const char *path, int follow, struct target *t);
 int under_code_root(const char *path);
 int shallow_code(const char *path);
@@ -342,7 +353,7 @@ struct tracked *tracked_fd(int fd);
 void untrack(int fd);
 void retarget_tracked(struct svol *vol, const char *from, const char *to, int prefix);
 int reopen_tracked(struct svol *vol, const char *path, int flags);
-int flush_tracked(int fd);
+int flush_tracked(int fd, int durable);
 int close_tracked(int fd);
 int dup_tracked(int from, int to);
 
@@ -358,6 +369,7 @@ int cache_open(const char *path, int flags, int plain_fd, int *status);
 /* path was removed or replaced (unlink, rename): its shared memfd is dropped, the next open
  * reads the stored file. Called with S.lock held. */
 void cache_forget(const struct svol *vol, const char *path);
+void cache_adopt_received(int fd);
 
 /* ------------------------------------------------------------------ the commit (commit.c) */
 
@@ -365,6 +377,8 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
 /* The volume's lock file (<volume>/.sconify.lock) taken with flock(op): its fd (close it to
  * release), or -1 (errno). A new open per call: a lock shared through a forked fd is no lock. */
 int volume_lock(const struct svol *vol, int op);
+int volume_sync(struct svol *vol);
+int sync_untracked(int fd);
 
 #pragma GCC visibility pop
 

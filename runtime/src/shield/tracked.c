@@ -138,8 +138,9 @@ int reopen_tracked(struct svol *vol, const char *path, int flags)
 
 /* Protect a tracked memfd's content again (close, fsync). An fd that is no longer the memfd
  * it was (closed past the shield, its number reused) is forgotten, never committed: its
- * content is not the file's. */
-int flush_tracked(int fd)
+ * content is not the file's. durable (fsync, fdatasync): the volume is synced after the commit,
+ * or without one when nothing changed (what an earlier close committed becomes durable). */
+int flush_tracked(int fd, int durable)
 {
     if (!S.active) return 0;
     pthread_mutex_lock(&S.lock);
@@ -149,7 +150,11 @@ int flush_tracked(int fd)
         untrack(fd);
         t = NULL;
     }
-    if (t && t->reader) t = NULL;  /* nothing written */
+    if (t && t->reader) {  /* nothing written: an fsync still syncs what others wrote, as the kernel's */
+        int rc = durable ? volume_sync(t->vol) : 0;
+        pthread_mutex_unlock(&S.lock);
+        return rc;
+    }
     int readable = fd, rc = 0;
     if (t && (fcntl(fd, F_GETFL) & O_ACCMODE) == O_WRONLY) {
         /* a write-only open file description (reopen_tracked): the commit reads the same
@@ -174,6 +179,7 @@ int flush_tracked(int fd)
             rc = commit(t->vol, t->path, readable, NULL, 0666);
             if (rc == 0) committed_as(t->dev, t->ino, &now);
         }
+        if (rc == 0 && durable) rc = volume_sync(t->vol);
     }
     if (readable != fd && readable >= 0) {
         int saved = errno;
@@ -184,11 +190,26 @@ int flush_tracked(int fd)
     return rc;
 }
 
+/* fsync of an fd the shield does not track: the kernel's, and when it is a directory of a
+ * volume, that volume's commits made durable too (its entries are what the commits changed). */
+int sync_untracked(int fd)
+{
+    struct stat64 st;
+    if (RESOLVE(fstat64)(fd, &st) != 0 || !S_ISDIR(st.st_mode)) return RESOLVE(fsync)(fd);
+    char path[PATH_MAX];
+    struct svol *vol = fd_path(fd, path, sizeof path) == 0 ? volume_of(path) : NULL;
+    if (!vol || vol->ephemeral) return RESOLVE(fsync)(fd);
+    pthread_mutex_lock(&S.lock);
+    int rc = volume_sync(vol);
+    pthread_mutex_unlock(&S.lock);
+    return rc;
+}
+
 /* close() of a tracked fd: protect its content again, forget it, close it. -1 with errno if
  * the commit failed (the fd is closed all the same, as the kernel's close does). */
 int close_tracked(int fd)
 {
-    int rc = flush_tracked(fd), saved = errno;
+    int rc = flush_tracked(fd, 0), saved = errno;
     pthread_mutex_lock(&S.lock);
     untrack(fd);
     pthread_mutex_unlock(&S.lock);
@@ -229,5 +250,5 @@ __attribute__((destructor)) static void flush_at_exit(void)
     if (!S.active || !S.nfds) return;
     fflush(NULL);
     for (int fd = 0; fd < S.nfds; fd++)
-        if (tracked_fd(fd) && !S.fds[fd].reader) flush_tracked(fd);
+        if (tracked_fd(fd) && !S.fds[fd].reader) flush_tracked(fd, 0);
 }

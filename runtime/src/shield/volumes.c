@@ -258,7 +258,9 @@ int shield_link(int olddirfd, const char *oldpath, int newdirfd, const char *new
 /* The checked plaintext of t's stored file (record rec) into fd: 0, or -1 (err). Another
  * process may commit the file between this one's reload of the fspf and its open of the stored
  * file (a mismatch): then once more, with the fspf reloaded and the stored file opened under the
- * volume's lock (shared), where the two agree. Called with S.lock held. */
+ * volume's lock (shared), where the two agree; -2 when the file is gone then (removed by
+ * another process: the open came after the unlink, as the kernel would order them). Called with
+ * S.lock held. */
 static int read_stored(struct target *t, struct fspf_file *rec, int fd, struct rt_error *err)
 {
     for (int attempt = 0;; attempt++) {
@@ -268,8 +270,8 @@ static int read_stored(struct target *t, struct fspf_file *rec, int fd, struct r
         int stored = rec ? open(t->path, O_RDONLY | O_CLOEXEC) : -1, missing = errno;
         in_shield--;
         if (lock >= 0) RESOLVE(close)(lock);
-        int rc = !rec ? rt_fail(err, "%s: removed by another process while being opened", t->path)
-                 : stored < 0 ? rt_fail(err, "%s: stored file missing (%s)", t->path, strerror(missing))
+        if (!rec) return -2;
+        int rc = stored < 0 ? rt_fail(err, "%s: stored file missing (%s)", t->path, strerror(missing))
                  : ftruncate(fd, 0) != 0 ? rt_fail(err, "%s: %s", t->path, strerror(errno))
                  : fspf_open_file(rec, stored, fd, err);
         if (stored >= 0) RESOLVE(close)(stored);
@@ -355,7 +357,15 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
     if (fd < 0) goto out;
     if (rec && !(flags & O_TRUNC && writable)) {
         struct rt_error err;
-        if (read_stored(t, rec, fd, &err) != 0) {
+        int rc = read_stored(t, rec, fd, &err);
+        if (rc == -2) {  /* removed meanwhile: ENOENT, or (O_CREAT) a new file after all */
+            RESOLVE(close)(fd);
+            pthread_mutex_unlock(&S.lock);
+            if (flags & O_CREAT) return open_volume_file(t, flags, mode);
+            errno = ENOENT;
+            return -1;
+        }
+        if (rc != 0) {
             shield_log("%s %s: %s", region_word(t->vol), t->vol->v->path, err.msg);
             RESOLVE(close)(fd);
             fd = -1;
