@@ -157,6 +157,20 @@ NODE_THREADS_AND_CHILDREN = r"""
 const fs = require('fs'), path = require('path');
 const { Worker } = require('worker_threads');
 const { spawn } = require('child_process');
+const cluster = require('cluster');
+if (!cluster.isPrimary) {  // a cluster worker: 200 appends to one file shared with the other worker, one file of its own
+  const d = process.env.CLUSTER_DIR, id = process.env.CLUSTER_N;
+  for (let i = 0; i < 200; i++) fs.appendFileSync(path.join(d, 'cluster-shared.txt'), 'worker ' + id + ' line ' + i + String.fromCharCode(10));
+  fs.writeFileSync(path.join(d, 'cluster-' + id + '.txt'), 'own file of worker ' + id);
+  process.exit(0);
+}
+function clusterWrites(d) {
+  return new Promise((resolve) => {
+    const workers = [1, 2].map((n) => cluster.fork({CLUSTER_DIR: d, CLUSTER_N: String(n)}));
+    let left = workers.length, codes = [];
+    for (const w of workers) w.on('exit', (code) => { codes.push(code); if (--left === 0) resolve(codes.join(',')); });
+  });
+}
 const WRITER = `
 const fs = require('fs'), fsp = fs.promises, path = require('path'), crypto = require('crypto');
 const NAMES = ['sync.txt', 'promise.txt', 'append.txt', 'stream.txt', 'handle.txt'];
@@ -215,6 +229,10 @@ write(process.argv[1], 'child').then((r) => console.log(r), (e) => { console.log
     });
     console.log(d, 'child self:', byChild);
     console.log(d, 'child main:', readBack(d, 'child'));
+    const codes = await clusterWrites(d);
+    const shared = fs.readFileSync(path.join(d, 'cluster-shared.txt'), 'utf8').split(String.fromCharCode(10)).filter((l) => l);
+    const own = [1, 2].map((id) => { try { return fs.readFileSync(path.join(d, 'cluster-' + id + '.txt'), 'utf8'); } catch (e) { return e.code; } });
+    console.log(d, 'cluster:', 'exit=' + codes, shared.length + ' lines', new Set(shared).size + ' distinct', own.join(';'));
     console.log(d, 'listing:', fs.readdirSync(d).sort().join(','));
   }
 })().catch((e) => { console.log('failed', e.code, e.message); process.exit(1); });

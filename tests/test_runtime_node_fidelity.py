@@ -5,7 +5,8 @@ real Docker engine; the original image running the same script is the oracle.
 of one process writes (writeFileSync, fs.promises.writeFile, appendFile, streams, FileHandle);
 this adds the same writes made by a ``worker_threads`` Worker and by
 ``child_process.spawn(process.execPath, ...)``, each read back by the writer itself and by the
-main thread, in the encrypted volume and in /tmp.
+main thread, and appends by two ``cluster`` workers to one file, in the encrypted volume and in
+/tmp.
 """
 
 from __future__ import annotations
@@ -58,6 +59,17 @@ def test_node_thread_and_child_writes_read_back_as_in_the_original(place, who, o
 
 
 @pytest.mark.parametrize("place", ["volume", "tmp"])
+def test_node_cluster_workers_append_to_one_file_as_in_the_original(place, outputs):
+    # Two `cluster` workers (node processes the measured node forks) append 200 lines each to one
+    # file with appendFileSync (O_APPEND, open/write/close each) and write a file each: every
+    # line is there once, as in the original (the launcher's shared plaintext cache).
+    original, converted, _ = outputs
+    expected = lines(original, place, "cluster:")
+    assert len(expected) == 1 and "400 lines 400 distinct" in expected[0]  # the oracle
+    assert lines(converted, place, "cluster:") == expected
+
+
+@pytest.mark.parametrize("place", ["volume", "tmp"])
 def test_node_listing_after_thread_and_child_writes_as_in_the_original(place, outputs):
     original, converted, _ = outputs
     assert lines(converted, place, "listing:") == lines(original, place, "listing:") != []
@@ -66,6 +78,6 @@ def test_node_listing_after_thread_and_child_writes_as_in_the_original(place, ou
 def test_node_thread_and_child_writes_are_ciphertext_on_the_volume(outputs):
     _, _, stored = outputs
     written = {name: data for name, data in stored.items() if name.startswith("children/")}
-    assert len(written) == 10  # 5 files by the thread, 5 by the child
+    assert len(written) == 13  # 5 files by the thread, 5 by the child, 3 by the cluster's workers
     for name, data in written.items():
-        assert b" by " not in data and b" line " not in data, name
+        assert b" by " not in data and b" line " not in data and b"worker" not in data, name

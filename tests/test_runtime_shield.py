@@ -1930,6 +1930,58 @@ def test_a_descriptor_passed_to_another_process_keeps_its_writes(world, where, m
         assert again.stdout == "b'written by the child through a passed fd'\n", again.stderr
 
 
+
+CREATE_RACE_WORKER = (
+    "import os\n"
+    "def race(d, n, barrier, results):\n"
+    "    barrier.wait(60)\n"
+    "    won = 0\n"
+    "    for k in range(40):\n"
+    "        try:\n"
+    "            os.close(os.open(f'{d}/excl-{k}', os.O_CREAT | os.O_EXCL | os.O_WRONLY))\n"
+    "            won += 1\n"
+    "        except FileExistsError:\n"
+    "            pass\n"
+    "        fd = os.open(f'{d}/appended-{k}', os.O_CREAT | os.O_APPEND | os.O_WRONLY)\n"
+    "        os.write(fd, b'process %d\\n' % n)\n"
+    "        os.close(fd)\n"
+    "    results.put(won)\n"
+)
+CREATE_RACE = (
+    "import __main__, multiprocessing, os, sys\n"
+    "del __main__.__file__\n"
+    "sys.path.insert(0, sys.argv[2])\n"
+    "import racework\n"
+    "d = sys.argv[1]\n"
+    "os.makedirs(d, exist_ok=True)\n"
+    "context = multiprocessing.get_context('fork')\n"
+    "barrier, results = context.Barrier(4), context.Queue()\n"
+    "ps = [context.Process(target=racework.race, args=(d, n, barrier, results)) for n in range(4)]\n"
+    "for p in ps: p.start()\n"
+    "won = sum(results.get(timeout=120) for p in ps)\n"
+    "for p in ps: p.join()\n"
+    "lines = [sorted(open(f'{d}/appended-{k}', 'rb').read().splitlines()) for k in range(40)]\n"
+    "print(won, all(l == [b'process %d' % n for n in range(4)] for l in lines))\n"
+)
+
+
+@pytest.mark.parametrize("where", ["volume", "tmp"])
+def test_processes_creating_one_file_at_once_get_the_kernels_answers(world, where):
+    """Four processes create the same files at once, as on a plain directory (the oracle): one
+    O_CREAT|O_EXCL wins each name (a lock file), and O_CREAT|O_APPEND by all four keeps all
+    four lines: a create that finds the file made meanwhile by another process opens it, it
+    never empties it."""
+    mods = world.root / "mods"
+    mods.mkdir()
+    (mods / "racework.py").write_text(CREATE_RACE_WORKER)
+    plain = world.root / "plain-race"
+    assert world.python_code(CREATE_RACE, str(plain), str(mods)).stdout == "40 True\n"
+    d = str((world.volume if where == "volume" else world.tmp) / "race")
+    result = world.python_code(CREATE_RACE, d, str(mods), env={"SCONIFY_LOG": "stderr"}, pid1=True)
+    assert result.stdout == "40 True\n", result.stderr
+    assert "sconify-shield" not in result.stderr
+
+
 SHARED_FILE = (
     "import fcntl, mmap, os, sys\n"
     "path = sys.argv[1]\n"

@@ -177,7 +177,7 @@ int volume_sync(struct svol *vol)
  * for it (its content is gone at the next start anyway); its fspf is written as a volume's is (under the
  * lock, onto the last committed one) when it is this start's shared one, not at all when it
  * lives in this process's memory only. */
-int commit(struct svol *vol, const char *path, int plain_fd, const char *remove, mode_t mode)
+static int commit_as(struct svol *vol, const char *path, int plain_fd, const char *remove, mode_t mode, int create)
 {
     struct rt_error err = {{0}};
     const struct fspf_region *region = &vol->fs.regions[0];
@@ -253,6 +253,16 @@ int commit(struct svol *vol, const char *path, int plain_fd, const char *remove,
             rt_fail(&err, "the fspf on disk is not one the keys record");
             saved_errno = EIO;
             goto fail;
+        }
+        if (create && path && fspf_find(&vol->fs, path)) {
+            /* another process created it since this one looked: the kernel's O_CREAT would
+             * have opened that file (O_EXCL: EEXIST), never emptied it */
+            if (stored_tmp[0]) unlink(stored_tmp);
+            if (have_rec) fspf_file_free(&rec);
+            if (lock >= 0) RESOLVE(close)(lock);
+            in_shield--;
+            errno = EEXIST;
+            return -1;
         }
     }
     /* Change the fspf in memory, keeping what is needed to undo it. */
@@ -346,4 +356,16 @@ fail:
     in_shield--;
     errno = saved_errno;
     return -1;
+}
+
+int commit(struct svol *vol, const char *path, int plain_fd, const char *remove, mode_t mode)
+{
+    return commit_as(vol, path, plain_fd, remove, mode, 0);
+}
+
+/* The commit that creates path (O_CREAT of a file this process found absent): -1 with EEXIST,
+ * and nothing written, when another process of the service created it in between. */
+int commit_new(struct svol *vol, const char *path, int plain_fd, mode_t mode)
+{
+    return commit_as(vol, path, plain_fd, NULL, mode, 1);
 }

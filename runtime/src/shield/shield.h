@@ -374,6 +374,7 @@ void cache_adopt_received(int fd);
 /* ------------------------------------------------------------------ the commit (commit.c) */
 
 int commit(struct svol *vol, const char *path, int plain_fd, const char *remove, mode_t mode);
+int commit_new(struct svol *vol, const char *path, int plain_fd, mode_t mode);
 /* The volume's lock file (<volume>/.sconify.lock) taken with flock(op): its fd (close it to
  * release), or -1 (errno). A new open per call: a lock shared through a forked fd is no lock. */
 int volume_lock(const struct svol *vol, int op);

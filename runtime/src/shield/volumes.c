@@ -383,8 +383,13 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
         if (flags & O_APPEND) fcntl(fd, F_SETFL, O_APPEND);
         if (!rec || (flags & O_TRUNC)) {
             /* a new or truncated file exists (empty) from now on, as with the kernel */
-            if (commit(t->vol, t->path, fd, NULL, mode) != 0) {
+            if ((rec ? commit(t->vol, t->path, fd, NULL, mode) : commit_new(t->vol, t->path, fd, mode)) != 0) {
                 int saved = errno;
+                if (!rec && saved == EEXIST && !(flags & O_EXCL)) {  /* created by another process meanwhile: open it */
+                    RESOLVE(close)(fd);
+                    pthread_mutex_unlock(&S.lock);
+                    return open_volume_file(t, flags, mode);
+                }
                 RESOLVE(close)(fd);
                 fd = -1;
                 errno = saved;
