@@ -533,16 +533,19 @@ int shield_unlink(int dirfd, const char *path, int flags, struct target *t)
     return rc;
 }
 
-/* A directory renamed within an ephemeral region: the kernel moves it, then every file recorded
- * below it is protected again under its new path (paths are bound into the chunks). Called
- * with S.lock held. Volumes do not do this (it would be one commit per file). */
-static int rename_ephemeral_dir(struct svol *vol, const char *from, const char *to)
+/* A directory renamed within a volume or an ephemeral region: the kernel moves it, then every
+ * file recorded below it is protected again under its new path (paths are bound into the
+ * chunks), one commit per file (commits fsync nothing: "Durability"). A crash of the service in
+ * between leaves the files not yet committed unreadable under their old names: the Design's
+ * journal makes it one commit. Called with S.lock held. */
+static int rename_region_dir(struct svol *vol, const char *from, const char *to)
 {
     size_t n = strlen(from);
     if (strncmp(to, from, n) == 0 && to[n] == '/') {
         errno = EINVAL;  /* into itself */
         return -1;
     }
+    if (strcmp(from, to) == 0) return 0;  /* the kernel's: nothing moves */
     in_shield++;
     int rc = rename(from, to);
     in_shield--;
@@ -570,7 +573,7 @@ static int rename_ephemeral_dir(struct svol *vol, const char *from, const char *
                 keep_times(stored, plain);
                 ok = commit(vol, next, plain, moved[i], 0600) == 0;  /* (the old name is gone already) */
             }
-            else shield_log("ephemeral region %s: %s", vol->v->path, stored < 0 ? strerror(errno) : err.msg);
+            else shield_log("%s %s: %s", region_word(vol), vol->v->path, stored < 0 ? strerror(errno) : err.msg);
         }
         if (stored >= 0) RESOLVE(close)(stored);
         if (plain >= 0) RESOLVE(close)(plain);
@@ -622,19 +625,20 @@ int shield_rename(int olddirfd, const char *oldpath, int newdirfd, const char *n
         int rc = -1;
         if (to.kind != T_VOL || to.vol != from.vol) errno = EXDEV;
         else if (!S_ISDIR(st.st_mode)) rc = -2;  /* a socket or fifo: the kernel's */
-        else rc = rename_ephemeral_dir(from.vol, from.path, to.path);
+        else rc = rename_region_dir(from.vol, from.path, to.path);
         pthread_mutex_unlock(&S.lock);
         return rc;
     }
     if (!rec) {
-        pthread_mutex_unlock(&S.lock);
         struct stat64 st;
         in_shield++;
         int is_dir = stat64(from.path, &st) == 0 && S_ISDIR(st.st_mode);
         in_shield--;
-        if (is_dir && from.kind == T_VOL && to.kind == T_VOL && from.vol == to.vol) return -2;
-        errno = from.kind == T_VOL && !is_dir ? ENOENT : EXDEV;
-        return -1;
+        int rc = -1;
+        if (is_dir && from.kind == T_VOL && to.kind == T_VOL && from.vol == to.vol) rc = rename_region_dir(from.vol, from.path, to.path);
+        else errno = from.kind == T_VOL && !is_dir ? ENOENT : EXDEV;
+        pthread_mutex_unlock(&S.lock);
+        return rc;
     }
     if (to.kind != T_VOL || to.vol != from.vol) {
         pthread_mutex_unlock(&S.lock);
