@@ -261,7 +261,7 @@ int shield_link(int olddirfd, const char *oldpath, int newdirfd, const char *new
  * volume's lock (shared), where the two agree; -2 when the file is gone then (removed by
  * another process: the open came after the unlink, as the kernel would order them). Called with
  * S.lock held. */
-static int read_stored(struct target *t, struct fspf_file *rec, int fd, struct rt_error *err)
+static int read_stored(struct target *t, struct fspf_file *rec, int fd, unsigned char read_id[16], struct rt_error *err)
 {
     for (int attempt = 0;; attempt++) {
         int lock = attempt ? volume_lock(t->vol, LOCK_SH) : -1;
@@ -275,6 +275,7 @@ static int read_stored(struct target *t, struct fspf_file *rec, int fd, struct r
                  : ftruncate(fd, 0) != 0 ? rt_fail(err, "%s: %s", t->path, strerror(errno))
                  : fspf_open_file(rec, stored, fd, err);
         if (stored >= 0) RESOLVE(close)(stored);
+        if (rc == 0) memcpy(read_id, rec->file_id, 16);
         if (rc == 0 || attempt || (t->vol->ephemeral && !t->vol->shared)) return rc;
     }
 }
@@ -284,6 +285,7 @@ static int read_stored(struct target *t, struct fspf_file *rec, int fd, struct r
 int open_volume_file(struct target *t, int flags, mode_t mode)
 {
     int writable = (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC));
+    unsigned char held_id[16] = {0};  /* the file id of the record whose content fd holds */
     pthread_mutex_lock(&S.lock);
     volume_refresh(t->vol, 0);  /* what the service's other processes committed (a child's new file) */
     struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
@@ -357,7 +359,7 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
     if (fd < 0) goto out;
     if (rec && !(flags & O_TRUNC && writable)) {
         struct rt_error err;
-        int rc = read_stored(t, rec, fd, &err);
+        int rc = read_stored(t, rec, fd, held_id, &err);
         if (rc == -2) {  /* removed meanwhile: ENOENT, or (O_CREAT) a new file after all */
             RESOLVE(close)(fd);
             pthread_mutex_unlock(&S.lock);
@@ -398,10 +400,39 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
             in_shield++;
             if (!exists && stat64(t->path, &st) == 0) fchmod(fd, st.st_mode & 07777);
             in_shield--;
+            struct fspf_file *made = fspf_find(&t->vol->fs, t->path);
+            if (made) memcpy(held_id, made->file_id, 16);
         }
     }
     if (shared) {  /* the first open: this plaintext becomes the shared one (or another process's, first) */
+        /* Under the volume's lock (shared: no commit in between), what fd holds must still be
+         * the file: another process may have opened, written, committed and closed it since
+         * this one read (or created) it, and the cache would drop that process's memfd, unheld,
+         * for this stale one. Then it is read again. */
+        int lock = volume_lock(t->vol, LOCK_SH);
+        volume_refresh(t->vol, 1);
+        struct fspf_file *now = fspf_find(&t->vol->fs, t->path);
+        if (now && memcmp(now->file_id, held_id, 16) != 0) {
+            struct rt_error err = {{0}};
+            in_shield++;
+            int stored = open(t->path, O_RDONLY | O_CLOEXEC);
+            in_shield--;
+            int rc = stored < 0 ? rt_fail(&err, "%s: stored file missing (%s)", t->path, strerror(errno))
+                     : ftruncate(fd, 0) != 0 ? rt_fail(&err, "%s: %s", t->path, strerror(errno))
+                     : fspf_open_file(now, stored, fd, &err);
+            if (stored >= 0) RESOLVE(close)(stored);
+            if (rc != 0) {
+                if (lock >= 0) RESOLVE(close)(lock);
+                shield_log("%s %s: %s", region_word(t->vol), t->vol->v->path, err.msg);
+                RESOLVE(close)(fd);
+                fd = -1;
+                errno = EIO;
+                goto out;
+            }
+            lseek(fd, 0, SEEK_SET);
+        }
         int kept = cache_open(t->path, flags, fd, &status);
+        if (lock >= 0) RESOLVE(close)(lock);
         if (kept >= 0) {
             RESOLVE(close)(fd);
             fd = kept;
