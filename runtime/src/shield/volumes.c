@@ -255,6 +255,19 @@ int shield_link(int olddirfd, const char *oldpath, int newdirfd, const char *new
 
 /* ------------------------------------------------------------------ open */
 
+/* rec's checked plaintext, from t's stored file, into fd (emptied first): 0, or -1 (err). */
+static int load_record(const struct target *t, const struct fspf_file *rec, int fd, struct rt_error *err)
+{
+    in_shield++;
+    int stored = open(t->path, O_RDONLY | O_CLOEXEC), missing = errno;
+    in_shield--;
+    int rc = stored < 0 ? rt_fail(err, "%s: stored file missing (%s)", t->path, strerror(missing))
+             : ftruncate(fd, 0) != 0 ? rt_fail(err, "%s: %s", t->path, strerror(errno))
+             : fspf_open_file(rec, stored, fd, err);
+    if (stored >= 0) RESOLVE(close)(stored);
+    return rc;
+}
+
 /* The checked plaintext of t's stored file (record rec) into fd: 0, or -1 (err). Another
  * process may commit the file between this one's reload of the fspf and its open of the stored
  * file (a mismatch): then once more, with the fspf reloaded and the stored file opened under the
@@ -266,17 +279,10 @@ static int read_stored(struct target *t, struct fspf_file *rec, int fd, unsigned
     for (int attempt = 0;; attempt++) {
         int lock = attempt ? volume_lock(t->vol, LOCK_SH) : -1;
         if (attempt && volume_refresh(t->vol, 1) >= 0) rec = fspf_find(&t->vol->fs, t->path);
-        in_shield++;
-        int stored = rec ? open(t->path, O_RDONLY | O_CLOEXEC) : -1, missing = errno;
-        in_shield--;
+        int rc = rec ? load_record(t, rec, fd, err) : -2;
         if (lock >= 0) RESOLVE(close)(lock);
-        if (!rec) return -2;
-        int rc = stored < 0 ? rt_fail(err, "%s: stored file missing (%s)", t->path, strerror(missing))
-                 : ftruncate(fd, 0) != 0 ? rt_fail(err, "%s: %s", t->path, strerror(errno))
-                 : fspf_open_file(rec, stored, fd, err);
-        if (stored >= 0) RESOLVE(close)(stored);
         if (rc == 0) memcpy(read_id, rec->file_id, 16);
-        if (rc == 0 || attempt || (t->vol->ephemeral && !t->vol->shared)) return rc;
+        if (rc != -1 || attempt || (t->vol->ephemeral && !t->vol->shared)) return rc;
     }
 }
 
@@ -286,6 +292,7 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
 {
     int writable = (flags & O_ACCMODE) != O_RDONLY || (flags & (O_CREAT | O_TRUNC));
     unsigned char held_id[16] = {0};  /* the file id of the record whose content fd holds */
+    struct rt_error err = {{0}};
     pthread_mutex_lock(&S.lock);
     volume_refresh(t->vol, 0);  /* what the service's other processes committed (a child's new file) */
     struct fspf_file *rec = fspf_find(&t->vol->fs, t->path);
@@ -358,7 +365,6 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
     fd = new_memfd(t->path, flags & O_CLOEXEC);
     if (fd < 0) goto out;
     if (rec && !(flags & O_TRUNC && writable)) {
-        struct rt_error err;
         int rc = read_stored(t, rec, fd, held_id, &err);
         if (rc == -2) {  /* removed meanwhile: ENOENT, or (O_CREAT) a new file after all */
             RESOLVE(close)(fd);
@@ -367,13 +373,7 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
             errno = ENOENT;
             return -1;
         }
-        if (rc != 0) {
-            shield_log("%s %s: %s", region_word(t->vol), t->vol->v->path, err.msg);
-            RESOLVE(close)(fd);
-            fd = -1;
-            errno = EIO;
-            goto out;
-        }
+        if (rc != 0) goto unreadable;
         lseek(fd, 0, SEEK_SET);
     }
     if (exists) {  /* fstat of the memfd: the file's mode and times (a commit keeps them) */
@@ -413,21 +413,9 @@ int open_volume_file(struct target *t, int flags, mode_t mode)
         volume_refresh(t->vol, 1);
         struct fspf_file *now = fspf_find(&t->vol->fs, t->path);
         if (now && memcmp(now->file_id, held_id, 16) != 0) {
-            struct rt_error err = {{0}};
-            in_shield++;
-            int stored = open(t->path, O_RDONLY | O_CLOEXEC);
-            in_shield--;
-            int rc = stored < 0 ? rt_fail(&err, "%s: stored file missing (%s)", t->path, strerror(errno))
-                     : ftruncate(fd, 0) != 0 ? rt_fail(&err, "%s: %s", t->path, strerror(errno))
-                     : fspf_open_file(now, stored, fd, &err);
-            if (stored >= 0) RESOLVE(close)(stored);
-            if (rc != 0) {
+            if (load_record(t, now, fd, &err) != 0) {
                 if (lock >= 0) RESOLVE(close)(lock);
-                shield_log("%s %s: %s", region_word(t->vol), t->vol->v->path, err.msg);
-                RESOLVE(close)(fd);
-                fd = -1;
-                errno = EIO;
-                goto out;
+                goto unreadable;
             }
             lseek(fd, 0, SEEK_SET);
         }
@@ -445,6 +433,12 @@ opened:
 out:
     pthread_mutex_unlock(&S.lock);
     return fd;
+unreadable:  /* err says why: one line, EIO */
+    shield_log("%s %s: %s", region_word(t->vol), t->vol->v->path, err.msg);
+    RESOLVE(close)(fd);
+    pthread_mutex_unlock(&S.lock);
+    errno = EIO;
+    return -1;
 }
 
 /* O_TMPFILE in an ephemeral region: an unnamed file that lives as long as its descriptors.
