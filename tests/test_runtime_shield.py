@@ -1052,18 +1052,28 @@ def test_mmap_resized_after_its_file_was_closed_is_saved(world):
     assert b"yyyy" not in (world.volume / "mm.bin").read_bytes()
 
 
-def test_non_utf8_file_names_in_the_ephemeral_region(world):
+def test_non_utf8_file_names_in_regions_as_on_a_plain_directory(world):
+    """A name that is not UTF-8 (CPython's TESTFN_UNENCODABLE under the C locale) works in the
+    ephemeral region and in a volume; the volume's fspf records it and sconify's tools read it."""
     code = ("import os, sys\n"
-            "d = os.fsencode(sys.argv[1]); name = os.path.join(d, b'caf\\xe9-\\xff.txt')\n"
-            "open(name, 'w').write('latin-1 name')\n"
+            "d = os.path.join(os.fsencode(sys.argv[1]), b'names'); os.mkdir(d)\n"
+            "name = os.path.join(d, b'caf\\xe9-\\xff.txt'); open(name, 'w').write('latin-1 name')\n"
             "print(os.listdir(d), os.stat(name).st_size, open(name).read())\n"
-            "os.rename(name, name + b'2'); print(os.listdir(d)); os.unlink(name + b'2'); print(os.listdir(d))\n")
+            "os.rename(name, name + b'2'); print(os.listdir(d)); os.unlink(name + b'2'); print(os.listdir(d))\n"
+            "open(os.path.join(d, b'kept-\\xff'), 'w').write('for the next process')\n")
     (world.root / "plain-names").mkdir()
     expected = world.python_code(code, str(world.root / "plain-names")).stdout
     assert "12 latin-1 name" in expected  # the oracle
-    result = world.python_code(code, str(world.tmp))
-    assert result.stdout == expected, result.stderr
-    assert_no_plaintext(world.tmp)
+    for region in (world.tmp, world.volume):
+        result = world.python_code(code, str(region))
+        assert result.stdout == expected, (region, result.stderr)
+        assert_no_plaintext(region)
+    kept = os.fsdecode(os.path.join(os.fsencode(world.volume), b"names", b"kept-\xff"))
+    assert world.python_code(f"print(open({kept!r}).read())").stdout == "for the next process\n"
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    assert shield.read(kept) == b"for the next process"
+    stored = [os.fsdecode(p) for p in world.volume.rglob("*") if p.is_file() and not p.name.startswith(".sconify.")]
+    assert kept in stored and not shield.verify_all(present=stored).problems
 
 
 TIMES = r"""

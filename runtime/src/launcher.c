@@ -573,7 +573,6 @@ static json_t *start_ephemeral_regions(const struct rt_config *cfg)
             continue;
         if (fspf_one_region(&fs, region, FSPF_ENCRYPTED, &err) != 0) continue;  /* not a path the shield serves */
         if (RAND_bytes(key, sizeof key) != 1) die("%s", "cannot draw random bytes for the ephemeral regions' key");
-        fs.any_bytes = 1;  /* file names need not be UTF-8 there: only the runtime reads this fspf */
         int rc = fspf_save_encrypted(&fs, key, &sealed, &len, tag, &err);
         fspf_free(&fs);
         if (rc != 0) die("%s", err.msg);
