@@ -59,7 +59,7 @@ class World:
     """An injected python, its runtime config, a volume and its keys file, in one directory."""
 
     def __init__(self, root: Path, runtime, protection: str = "encrypted", executable: Path = REAL_PYTHON,
-                 embed: dict[str, str] | None = None):
+                 embed: dict[str, str | bytes] | None = None):
         self.root = root
         self.runtime = runtime
         self.code_roots: list[str] = []  # runtime config "code_roots" and "code_left"
@@ -67,7 +67,7 @@ class World:
         self.code_shallow: list[str] = []
         for path, text in (embed or {}).items():  # more embedded files, at absolute paths
             (root / "tree" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-            (root / "tree" / path.lstrip("/")).write_text(text)
+            (root / "tree" / path.lstrip("/")).write_bytes(text if isinstance(text, bytes) else text.encode())
         tree = root / "tree" / EMBEDDED_ROOT.lstrip("/")
         (tree / "pkg").mkdir(parents=True)
         (tree / "pkg" / "__init__.py").write_text("NAME = 'embedded package'\n")
@@ -1036,6 +1036,32 @@ def test_statvfs_of_embedded_code_is_its_file_systems(world):
     assert out.stdout.split() == ["True", "True", "True"], out.stderr
 
 
+def timestamp_pyc(source: str, filename: str, mtime: int, size: int) -> bytes:
+    """The pyc CPython writes for a source of this mtime and size (what it validates it by)."""
+    from importlib._bootstrap_external import _code_to_timestamp_pyc
+
+    return bytes(_code_to_timestamp_pyc(compile(source, filename, "exec"), mtime, size))
+
+
+def test_embedded_files_have_the_executables_time_and_their_pycs_are_valid(tmp_path, runtime):
+    """A file of the image layer has a date (zipfile refuses one before 1980), and CPython takes
+    a pyc compiled in the image from a source of the executable's date instead of the source."""
+    when = 1686355200  # a package's date (SOURCE_DATE_EPOCH), the executable's and its sources'
+    source, compiled = "X = 'from the source'\n", "X = 'from the pyc'\n"
+    mod = EMBEDDED_ROOT + "/dated/mod.py"
+    world = World(tmp_path, runtime, embed={
+        mod: source,
+        EMBEDDED_ROOT + "/dated/__pycache__/mod.cpython-311.pyc": timestamp_pyc(compiled, mod, when, len(source)),
+    })
+    os.utime(world.python, (when, when))  # the measurement is of the content, not the time
+    code = ("import os, sys, time, zipfile; sys.path.insert(0, os.path.dirname(sys.argv[1]))\n"
+            "import mod; st = os.stat(sys.argv[1])\n"
+            "print(mod.X, st.st_mtime == os.stat(sys.executable).st_mtime == st.st_ctime == %d)\n"
+            "print(zipfile.ZipInfo.from_file(sys.argv[1]).date_time == time.localtime(%d)[:6])\n" % (when, when))
+    result = world.python_code(code, mod)
+    assert result.stdout.splitlines() == ["from the pyc True", "True"], result.stderr
+
+
 def test_mmap_resized_after_its_file_was_closed_is_saved(world):
     code = ("import mmap, os, sys\n"
             "p = os.path.join(sys.argv[1], 'mm.bin')\n"
@@ -1199,13 +1225,14 @@ def sealed_world(tmp_path: Path, runtime, seal: bool = True) -> tuple[World, Pat
     (code / "mod.py").write_text(PLANTED)
     (code / "json.py").write_text(PLANTED)
     (code / "__pycache__").mkdir()
-    # A timestamp pyc matching what stat says of the embedded mod.py (mtime 0, its size).
+    # A timestamp pyc matching what stat says of the embedded mod.py (the executable's mtime,
+    # its size).
     subprocess.run([str(REAL_PYTHON), "-c",
                     "import importlib._bootstrap_external as b, sys\n"
                     "code = compile(sys.argv[1], sys.argv[2], 'exec')\n"
-                    "open(sys.argv[3], 'wb').write(b._code_to_timestamp_pyc(code, 0, int(sys.argv[4])))",
+                    "open(sys.argv[3], 'wb').write(b._code_to_timestamp_pyc(code, int(sys.argv[5]), int(sys.argv[4])))",
                     PLANTED, str(code / "mod.py"), str(code / "__pycache__" / "mod.cpython-311.pyc"),
-                    str(len(MEASURED_MOD))], check=True)
+                    str(len(MEASURED_MOD)), str(int(world.python.stat().st_mtime))], check=True)
     shutil.copy(_ctypes.__file__, code / "planted.so")  # a real shared object
     if seal:
         world.seal([str(code)], [str(code / "templates" / "page.html")])

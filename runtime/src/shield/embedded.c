@@ -108,6 +108,7 @@ void embedded_stat(const struct target *t, struct stat64 *st)
     memset(st, 0, sizeof *st);
     st->st_dev = FAKE_DEV;
     st->st_blksize = 4096;
+    st->st_atim = st->st_mtim = st->st_ctim = S.emb_time;
     if (t->is_dir) {
         st->st_ino = 1 + S.emb.count + (uint64_t)strlen(t->path);
         st->st_mode = S_IFDIR | 0755;

@@ -469,6 +469,11 @@ __attribute__((constructor)) static void shield_init(void)
         if (embedfs_open(&S.emb, archive, size, &err) != 0) fatal(err.msg);
         if (memcmp(root, S.emb.root_hash, 32) != 0) fatal("the embedfs root hash differs from its descriptor's");
         S.has_emb = 1;
+        /* Embedded entries show the executable's modification time, as the files of its image
+         * layer would (a package's files share its date): CPython's pycs compiled in the image
+         * from a source of that date stay valid, and zipfile takes the time (not 1970). */
+        struct stat64 exe;
+        if (RESOLVE(stat64)("/proc/self/exe", &exe) == 0) S.emb_time = exe.st_mtim;
     }
     S.vols = calloc(S.cfg.volume_count + S.cfg.ephemeral_count + 1, sizeof *S.vols);
     if (!S.vols) fatal("out of memory");

@@ -231,6 +231,8 @@ struct shield_state {
     int active;
     int has_emb;
     struct embedfs emb;
+    struct timespec emb_time;  /* every embedded entry's atime, mtime and ctime: the measured
+                                * executable's mtime (the embedfs records no times) */
     int has_code_key;          /* the keys' code_key, for the embedfs's encrypted members */
     unsigned char code_key[32];
     struct rt_config cfg;
