@@ -1126,6 +1126,43 @@ def test_file_times_as_on_a_plain_directory(world):
         assert result.stdout == expected, (region, result.stderr)
 
 
+XATTRS = r"""
+import errno, os, sys
+p = os.path.join(sys.argv[1], 'x.txt')
+def on_fd(mode, call, *args):
+    with open(p, mode, 0) as f:
+        return call(f.fileno(), *args)
+def err(call, *args):
+    try:
+        return call(*args)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+with open(p, 'wb') as f: f.write(b'content')
+on_fd('wb', os.setxattr, 'user.a', b'set on a truncating fd')  # test_os's test_fds
+print(on_fd('rb', os.getxattr, 'user.a'), os.getxattr(p, 'user.a'))
+on_fd('r+b', os.setxattr, 'user.b', b'2', os.XATTR_CREATE)
+print(err(on_fd, 'rb', os.setxattr, 'user.b', b'3', os.XATTR_CREATE), sorted(on_fd('rb', os.listxattr)))
+os.setxattr(p, 'user.c', b'by path')
+with open(p, 'ab') as f: f.write(b' rewritten'); os.fsync(f.fileno())
+os.rename(p, p + '2'); os.rename(p + '2', p)
+print('kept', sorted(os.listxattr(p)), os.getxattr(p, 'user.c'), open(p, 'rb').read())
+on_fd('rb', os.removexattr, 'user.a')
+print(err(on_fd, 'rb', os.getxattr, 'user.a'), sorted(os.listxattr(p)))
+"""
+
+
+def test_extended_attributes_on_a_descriptor_are_the_files_as_on_a_plain_directory(world):
+    """fsetxattr & co. on a region file's descriptor act on the stored file, as the path calls
+    do (before, they set the plaintext memfd's, gone at close), and a rewrite or a rename keeps
+    them, as the kernel's do."""
+    (world.root / "plain-xattrs").mkdir()
+    expected = world.python_code(XATTRS, str(world.root / "plain-xattrs")).stdout
+    assert expected.splitlines()[0] == "b'set on a truncating fd' b'set on a truncating fd'"  # the oracle
+    for region in (world.volume, world.tmp):
+        result = world.python_code(XATTRS, str(region))
+        assert result.stdout == expected, (region, result.stderr)
+
+
 def test_a_second_write_only_open_of_an_open_temp_file_is_saved(world):
     code = ("import os, sys\n"
             "p = os.path.join(sys.argv[1], 'wo.txt')\n"

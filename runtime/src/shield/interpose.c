@@ -5,6 +5,7 @@
 #include <linux/openat2.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/xattr.h>
 
 #include "shield.h"
 
@@ -341,6 +342,37 @@ EXPORT int fdatasync(int fd)
 {
     if (S.active && tracked_fd(fd)) return flush_tracked(fd);
     return RESOLVE(fdatasync)(fd);
+}
+
+/* Extended attributes set or read on a region file's descriptor are the stored file's, as
+ * the path calls (which reach the kernel) see them; a commit carries them to the new stored
+ * file (commit.c). On the memfd they would be lost at close. */
+EXPORT int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)
+{
+    char path[PATH_MAX];
+    if (tracked_stored_path(fd, path, sizeof path)) return setxattr(path, name, value, size, flags);
+    return RESOLVE(fsetxattr)(fd, name, value, size, flags);
+}
+
+EXPORT ssize_t fgetxattr(int fd, const char *name, void *value, size_t size)
+{
+    char path[PATH_MAX];
+    if (tracked_stored_path(fd, path, sizeof path)) return getxattr(path, name, value, size);
+    return RESOLVE(fgetxattr)(fd, name, value, size);
+}
+
+EXPORT ssize_t flistxattr(int fd, char *list, size_t size)
+{
+    char path[PATH_MAX];
+    if (tracked_stored_path(fd, path, sizeof path)) return listxattr(path, list, size);
+    return RESOLVE(flistxattr)(fd, list, size);
+}
+
+EXPORT int fremovexattr(int fd, const char *name)
+{
+    char path[PATH_MAX];
+    if (tracked_stored_path(fd, path, sizeof path)) return removexattr(path, name);
+    return RESOLVE(fremovexattr)(fd, name);
 }
 
 EXPORT int dup(int fd) { return dup_tracked(fd, RESOLVE(dup)(fd)); }

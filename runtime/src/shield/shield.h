@@ -146,6 +146,10 @@
     REAL(int, close, int) \
     REAL(int, fclose, FILE *) \
     REAL(int, fsync, int) \
+    REAL(int, fsetxattr, int, const char *, const void *, size_t, int) \
+    REAL(ssize_t, fgetxattr, int, const char *, void *, size_t) \
+    REAL(ssize_t, flistxattr, int, char *, size_t) \
+    REAL(int, fremovexattr, int, const char *) \
     REAL(int, fdatasync, int) \
     REAL(int, dup, int) \
     REAL(int, fcntl, int, int, ...) \
@@ -345,6 +349,8 @@ void untrack(int fd);
 void retarget_tracked(struct svol *vol, const char *from, const char *to, int prefix);
 int reopen_tracked(struct svol *vol, const char *path, int flags);
 int flush_tracked(int fd);
+/* 1 and the stored file's path in out (n bytes) if fd is a tracked memfd, else 0. */
+int tracked_stored_path(int fd, char *out, size_t n);
 int close_tracked(int fd);
 int dup_tracked(int from, int to);
 
