@@ -1330,6 +1330,76 @@ def test_without_the_seal_the_planted_pyc_runs(tmp_path, runtime):
     assert result.stdout.splitlines() == ["PLANTED CODE RAN", "planted"]
 
 
+MAKE_USER_SITE = r"""
+import errno, os, subprocess, sys
+site_dir = sys.argv[1]
+before = os.path.isdir(site_dir)
+os.makedirs(site_dir)  # test_site's setUpModule, where the image has no user site
+child = subprocess.run([sys.executable, '-c', 'import os, sys; print(os.path.isdir(sys.argv[1]))', site_dir],
+                       capture_output=True, text=True).stdout.strip()
+print(before, os.path.isdir(site_dir), os.listdir(site_dir), child)
+"""
+
+PROBE_USER_SITE = r"""
+import errno, os, site, sys
+site_dir, zip_root, nested = sys.argv[1:4]
+def err(call):
+    try:
+        call()
+        return 'ok'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    except ImportError as e:
+        return type(e).__name__
+sys.path[:0] = [site_dir, zip_root]
+site.addsitedir(site_dir)  # its planted .pth is not there
+fd = os.open(site_dir, os.O_RDONLY)
+print('planted', os.path.isdir(site_dir), os.listdir(site_dir), sorted(os.listdir(fd)),
+      err(lambda: __import__('planted')), err(lambda: __import__('pkg')), err(lambda: __import__('zmod')),
+      err(lambda: os.open('planted.py', os.O_RDONLY, dir_fd=fd)), os.path.exists(zip_root))
+print('readonly', err(lambda: open(os.path.join(site_dir, 'new.py'), 'w')), err(lambda: os.mkdir(site_dir + '/sub')),
+      err(lambda: os.makedirs(nested)))
+"""
+
+
+def test_a_missing_user_site_can_be_made_and_stays_sealed(tmp_path, runtime):
+    """A code root the image lacks and no other code root holds (the user site) may be created
+    by the service and is seen as a directory, by its children too; whatever the host then
+    plants in it (a module, a .pth, a package) is not there, and a file or a symlink planted at
+    such a root (python311.zip, a link to code) is not there either."""
+    (tmp_path / "plain").mkdir()
+    expected = subprocess.run([str(REAL_PYTHON), "-c", MAKE_USER_SITE, str(tmp_path / "plain" / "site-packages")],
+                              capture_output=True, text=True, check=True).stdout
+    assert expected == "False True [] True\n"  # the oracle: the original, on a plain disk
+    world, code = sealed_world(tmp_path, runtime)
+    site_dir = tmp_path / "home" / ".local" / "lib" / "python3.11" / "site-packages"
+    zip_root, nested = tmp_path / "lib" / "python311.zip", code / "vendor"
+    world.seal([str(code), str(site_dir), str(zip_root), str(nested)], [str(code / "templates" / "page.html")])
+    made = world.run(str(world.python), "-c", MAKE_USER_SITE, str(site_dir))
+    assert made.stdout == expected, made.stderr
+    # The host plants code in it, and a zip of code at another missing root.
+    (site_dir / "planted.py").write_text(PLANTED)
+    (site_dir / "planted.pth").write_text("import planted\n")
+    (site_dir / "pkg").mkdir()
+    (site_dir / "pkg" / "__init__.py").write_text(PLANTED)
+    zip_root.parent.mkdir()
+    subprocess.run([str(REAL_PYTHON), "-c", "import sys, zipfile; zipfile.ZipFile(sys.argv[1], 'w').writestr('zmod.py', "
+                    "sys.argv[2])", str(zip_root), PLANTED], check=True)
+    args = (str(site_dir), str(zip_root), str(nested))
+    result = world.run(str(world.python), "-c", PROBE_USER_SITE, *args)
+    assert "PLANTED" not in result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "planted True [] [] ModuleNotFoundError ModuleNotFoundError ModuleNotFoundError ENOENT False",
+        "readonly EROFS EROFS EROFS"], result.stderr
+    # A symlink at the root, to a directory of code: not there.
+    site_dir.rename(site_dir.parent / "real-site")
+    site_dir.symlink_to(site_dir.parent / "real-site")
+    linked = world.run(str(world.python), "-c", "import os, sys; sys.path.insert(0, sys.argv[1])\n"
+                       "try:\n    import planted\nexcept ImportError as e:\n    print(type(e).__name__)\n"
+                       "print(os.path.isdir(sys.argv[1]), os.path.exists(sys.argv[1]))", str(site_dir))
+    assert linked.stdout.split() == ["ModuleNotFoundError", "False", "False"], linked.stderr
+
+
 def test_a_nested_region_stays_visible_in_a_sealed_root(tmp_path, runtime):
     world, code = sealed_world(tmp_path, runtime)
     (code / "work" / "tmp").mkdir(parents=True)

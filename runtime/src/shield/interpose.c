@@ -17,6 +17,24 @@ static int is_write_open(int flags)
 }
 
 /* -2: not ours, call the real function with t->path */
+/* A bare code root that is a real directory (paths.c), opened: as a directory only, and only
+ * if it still is where its path says (no file or symlink swapped in since it was looked at:
+ * openat() relative to the fd must name paths below the root, which stay sealed). */
+static int open_bare_root(const char *path, int flags)
+{
+    int fd = RESOLVE(openat)(AT_FDCWD, path, flags | O_DIRECTORY | O_NOFOLLOW);
+    if (fd < 0) return -1;
+    char link[64], real[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    in_shield++;
+    ssize_t n = RESOLVE(readlink)(link, real, sizeof real - 1);
+    in_shield--;
+    if (n > 0 && (size_t)n == strlen(path) && memcmp(real, path, (size_t)n) == 0) return fd;
+    RESOLVE(close)(fd);
+    errno = ENOENT;
+    return -1;
+}
+
 static int shield_open(int dirfd, const char *path, int flags, mode_t mode, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, !(flags & O_NOFOLLOW), t) != 0) return -2;
@@ -33,6 +51,7 @@ static int shield_open(int dirfd, const char *path, int flags, mode_t mode, stru
         errno = is_write_open(flags) ? EROFS : ENOENT;  /* code roots hold the measured code only */
         return -1;
     }
+    if (t->kind == T_PASS && t->bare_root) return open_bare_root(t->path, flags);
     if (S.locked && t->kind == T_PASS && !(flags & (O_DIRECTORY | O_PATH)) && locked_volume_file(t->path)) {
         errno = EACCES;
         return -1;
@@ -763,7 +782,7 @@ static int shield_mkdir(int dirfd, const char *path, struct target *t)
         errno = EEXIST;
         return -1;
     }
-    if (t->kind == T_SEALED) {
+    if (t->kind == T_SEALED && !t->bare_root) {  /* a bare code root may be made (paths.c) */
         errno = EROFS;
         return -1;
     }

@@ -294,6 +294,8 @@ struct target {
     const struct injected *inj;         /* T_INJ: the file (NULL: a directory on the way to one) */
     int changed;                        /* path differs from what the caller passed */
     int loop;                           /* T_VOL: too many region symlinks on the way (ELOOP) */
+    int bare_root;                      /* a code root no other one holds, not embedded
+                                         * (bare_code_root): T_PASS when a real directory */
     char path[PATH_MAX];                /* absolute, normalised, embedded symlinks resolved */
 };
 
@@ -303,6 +305,7 @@ struct svol *volume_of(const char *path);
 int target_of(int dirfd, const char *path, int follow, struct target *t);
 int under_code_root(const char *path);
 int shallow_code(const char *path);
+int bare_code_root(const char *path);
 int unsealed(const char *path);
 const char *base_name(const char *path);
 int reserved_name(const struct svol *vol, const char *name);
