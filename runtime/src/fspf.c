@@ -55,14 +55,21 @@
 
 /* ---------------------------------------------------------------- small helpers */
 
-/* A path (or any untrusted string) fit for a one-line message: control bytes become '?', and
- * more than 300 bytes are cut with "...". out must hold 304 bytes. */
+/* A path (or any untrusted string) fit for a one-line UTF-8 message: control bytes and bytes
+ * that are not UTF-8 (a raw file name) become '?', and more than 300 bytes are cut with "...".
+ * out must hold 304 bytes. */
 static const char *shown(const char *s, char out[304])
 {
-    size_t i = 0;
-    for (; s[i] && i < 300; i++) {
-        unsigned char c = (unsigned char)s[i];
-        out[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+    size_t i = 0, n = strlen(s);
+    while (i < n && i < 300) {
+        const unsigned char *c = (const unsigned char *)s + i;
+        size_t seq = utf8_sequence(c, n - i);
+        if (seq && i + seq <= 300 && c[0] >= 0x20 && c[0] != 0x7f) {
+            memcpy(out + i, c, seq);
+            i += seq;
+        } else {
+            out[i++] = '?';
+        }
     }
     if (s[i]) { memcpy(out + i, "...", 3); i += 3; }
     out[i] = '\0';

@@ -893,7 +893,7 @@ static void policy_volume_key(const struct deployment *d, const struct dep_volum
 static void initialise_volume(const struct rt_volume *vol, const unsigned char key[32], unsigned char tag[16])
 {
     struct fspf_region region = {vol->path, FSPF_KERNEL, vol->protection, 32, 64 * 1024, vol->path};
-    struct fspf fs = {1, &region, 0, NULL, 0};
+    struct fspf fs = {1, &region, 0, NULL};
     unsigned char *sealed = NULL;
     size_t len = 0;
     struct rt_error err;

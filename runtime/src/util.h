@@ -38,4 +38,7 @@ int pwrite_full(int fd, const void *buf, size_t count, uint64_t offset);
  * of what failed (tmp removed, path unchanged). Fsyncing path's directory is the caller's. */
 int replace_file(const char *path, const char *tmp, const void *data, size_t len, int newline, mode_t mode);
 
+/* The length of the valid UTF-8 sequence at s (of n > 0 bytes), 0 if there is none. */
+size_t utf8_sequence(const unsigned char *s, size_t n);
+
 #endif
