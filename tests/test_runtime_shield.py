@@ -1057,9 +1057,10 @@ def test_embedded_files_have_the_executables_time_and_their_pycs_are_valid(tmp_p
     code = ("import os, sys, time, zipfile; sys.path.insert(0, os.path.dirname(sys.argv[1]))\n"
             "import mod; st = os.stat(sys.argv[1])\n"
             "print(mod.X, st.st_mtime == os.stat(sys.executable).st_mtime == st.st_ctime == %d)\n"
-            "print(zipfile.ZipInfo.from_file(sys.argv[1]).date_time == time.localtime(%d)[:6])\n" % (when, when))
+            "print(zipfile.ZipInfo.from_file(sys.argv[1]).date_time == time.localtime(%d)[:6])\n"
+            "with open(sys.argv[1], 'rb') as f: print(os.fstat(f.fileno()).st_mtime == %d)\n" % (when, when, when))
     result = world.python_code(code, mod)
-    assert result.stdout.splitlines() == ["from the pyc True", "True"], result.stderr
+    assert result.stdout.splitlines() == ["from the pyc True", "True", "True"], result.stderr
 
 
 def test_mmap_resized_after_its_file_was_closed_is_saved(world):

@@ -51,6 +51,8 @@ int open_embedded(const struct embedfs_member *m, const char *path, int cloexec)
             return -1;
         }
     }
+    struct timespec times[2] = {S.emb_time, S.emb_time};  /* fstat says what stat says */
+    futimens(fd, times);
     fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
     return fd;
 fail_errno:;
