@@ -116,6 +116,25 @@ def test_protect_file_streams_one_file_with_a_random_access_reader(tmp_path):
         assert handle.read() == content[-3:]
 
 
+def test_file_names_are_bytes_as_the_kernel_takes_them_sorted_as_bytes(tmp_path):
+    """A name that is not UTF-8 (os.fsdecode's lone surrogate) is recorded as its bytes; files are
+    sorted by bytes, as the runtime sorts them (U+E000 sorts after U+DCFF, its bytes before 0xFF)."""
+    fs = Fspf.create()
+    fs.add_region("/d", protection="encrypted")
+    store = {}
+    for name in ("/d/\ue000", os.fsdecode(b"/d/caf\xe9-\xff")):
+        out = io.BytesIO()
+        fs.protect_file(name, io.BytesIO(name.encode("utf-8", "surrogateescape")), len(fmt.path_bytes(name)), out)
+        store[name] = out.getvalue()
+    assert [f.path for f in fs.files] == ["/d/caf\udce9-\udcff", "/d/\ue000"]
+    key, tag = fs.encrypt_to(tmp_path / "fspf")
+    shield = Shield(tmp_path / "fspf", key, tag, opener=lambda p: io.BytesIO(store[p]))
+    assert shield.read(os.fsdecode(b"/d/caf\xe9-\xff")) == b"/d/caf\xe9-\xff"
+    assert [f.path for f in Fspf.load(tmp_path / "fspf", key=key, tag=tag).files] == [f.path for f in fs.files]
+    with pytest.raises(FspfError, match="NUL"):
+        fmt.normalise_path("/d/a\0b")
+
+
 def test_kernel_path_maps_a_region_to_where_its_files_are_stored(tmp_path):
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "a.txt").write_bytes(b"secret")

@@ -136,3 +136,27 @@ def test_the_installed_command_prints_no_traceback(tmp_path):
     )
     assert result.returncode == 2
     assert result.stderr == "sconify: error: fspf format version 7 is not supported (this sconify reads version 1); use a matching sconify release or recreate the fspf\n"
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_and_reported_escaped(tmp_path):
+    """A name the kernel takes but UTF-8 does not (b'caf\\xe9') is recorded, and `show` and
+    `verify` print it as \\xe9 on a UTF-8 stream (a lone surrogate would not print)."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / os.fsdecode(b"caf\xe9")).write_bytes(b"latin-1 name")
+    fspf = tmp_path / "fspf.pb"
+    entry_point = "import sys; from sconify.cli.main import main; sys.argv[0] = 'sconify'; main()"
+
+    def cli(*args) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", entry_point, "fspf", *map(str, args)], capture_output=True,
+                              text=True, env={**os.environ, "PYTHONIOENCODING": "utf-8"}, check=False)
+
+    for args in (("create", fspf), ("addr", fspf, "/d", "--kernel", "/d", "--encrypted"),
+                 ("addf", fspf, "/d", tmp_path / "src", tmp_path / "image" / "d")):
+        assert cli(*args).returncode == 0
+    words = cli("encrypt", fspf).stdout.split()
+    tag, key = words[8], words[10]
+    shown = cli("show", fspf, key)
+    assert shown.returncode == 0 and "file /d/caf\\xe9: 12 bytes, encrypted" in shown.stdout, shown.stderr
+    (tmp_path / "image" / "d" / os.fsdecode(b"caf\xe9")).write_bytes(b"changed")
+    verified = cli("verify", fspf, key, tag, tmp_path / "image")
+    assert verified.returncode == 1 and "integrity check failed for /d/caf\\xe9" in verified.stdout, verified.stderr

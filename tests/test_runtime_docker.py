@@ -521,13 +521,13 @@ PY_MARK = "import sys; print('PLANTED-{0}', open('/app/data/config.json').read()
 NODE_MARK = "console.log('PLANTED-{0}', require('fs').readFileSync('/app/data/config.json', 'utf8'));\n"
 
 
-def planted_pyc(source_size: int) -> bytes:
-    """A pyc CPython takes for the embedded /app/service/config.py: the shield's stat of an
-    embedded file says mtime 0 and its size, and so does this pyc's header."""
+def planted_pyc(source_mtime: int, source_size: int) -> bytes:
+    """A pyc CPython takes for the embedded /app/service/config.py: its header says the mtime
+    and size the shield's stat gives that file (the executable's mtime, its size)."""
     from importlib._bootstrap_external import _code_to_timestamp_pyc
 
     code = compile(PY_MARK.format("pyc"), "/app/service/config.py", "exec")
-    return bytes(_code_to_timestamp_pyc(code, 0, source_size))
+    return bytes(_code_to_timestamp_pyc(code, source_mtime, source_size))
 
 
 def plant(directory: Path, files: dict[str, str | bytes]) -> Path:
@@ -541,7 +541,7 @@ def plant(directory: Path, files: dict[str, str | bytes]) -> Path:
 CHANGED_SO = "/usr/lib/python3.11/lib-dynload/_json.cpython-311-x86_64-linux-gnu.so"
 
 
-def python_plants(tmp: Path) -> Path:
+def python_plants(tmp: Path, config_mtime: int) -> Path:
     from sconify.demo.apps import PYTHON_SERVICE
 
     return plant(tmp / "python-plants", {
@@ -549,7 +549,7 @@ def python_plants(tmp: Path) -> Path:
         "usercustomize.py": PY_MARK.format("usercustomize"),
         "planted.pth": PY_MARK.format("pth").rstrip("\n"),
         "json.py": PY_MARK.format("json"),
-        "config.cpython-311.pyc": planted_pyc(len(PYTHON_SERVICE["app/service/config.py"].encode())),
+        "config.cpython-311.pyc": planted_pyc(config_mtime, len(PYTHON_SERVICE["app/service/config.py"].encode())),
         "changed.so": Path(_ctypes.__file__).read_bytes(),  # over json's C accelerator: another object
         "Dockerfile": "ARG BASE\nFROM $BASE\n"
                       "COPY sitecustomize.py planted.pth /usr/lib/python3/dist-packages/\n"
@@ -576,6 +576,16 @@ def node_plants(tmp: Path) -> Path:
     })
 
 
+def embedded_mtime(docker_client, conv) -> int:
+    """What the converted image's shield says of /app/service/config.py's mtime (a run without
+    keys: embedded code is served to any start of the measured executable)."""
+    status, out, err = run(docker_client, conv.tag, ["python3", "-c", "import os; print(int(os.stat("
+                                                     "'/app/service/config.py').st_mtime))"])
+    assert status == 0, err
+    assert int(out) >= 315532800, out  # 1980: a date, not 0
+    return int(out)
+
+
 @pytest.fixture
 def derived(docker_client):
     """build(context, base) -> the tag of an image built FROM base with the context's
@@ -598,13 +608,13 @@ def derived(docker_client):
 @pytest.mark.parametrize("kind", ["python", "node"])
 def test_code_planted_by_a_derived_image_never_runs(kind, request, docker_client, derived, tmp_path):
     conv = request.getfixturevalue(f"{kind}_conv")
-    context = python_plants(tmp_path) if kind == "python" else node_plants(tmp_path)
+    context = python_plants(tmp_path, embedded_mtime(docker_client, conv)) if kind == "python" else node_plants(tmp_path)
     _, expected, _ = run(docker_client, conv.original)
     # The oracle: on the original image the plants run (Debian's own sitecustomize comes first
-    # on sys.path; the pyc's header does not match the original's source mtime).
+    # on sys.path; the pyc's header matches the original's source, of the package's date).
     _, out, err = run(docker_client, derived(context, conv.original))
     ran = set(re.findall(r"PLANTED-([\w-]+)", out + err))
-    assert ran >= ({"pth", "usercustomize", "json"} if kind == "python" else {"supports-color", "common"})
+    assert ran >= ({"pth", "usercustomize", "json", "pyc"} if kind == "python" else {"supports-color", "common"})
     status, out, err = run(docker_client, derived(context, conv.tag), secrets=secrets_dir(conv, tmp_path),
                            environment={"SCONIFY_LOG": "stderr"})  # the shield's refusal, in its own log
     assert status == 0, err

@@ -413,7 +413,7 @@ def test_c_and_python_accept_and_refuse_the_same_mutated_bodies(built, tmp_path)
         if result.returncode == 0:
             assert accepted, f"C accepted a body Python refuses: {case.hex()}"
             regions, files = fmt.decode_body(case)
-            assert len(result.stdout.decode().splitlines()) == len(regions) + len(files)
+            assert len(result.stdout.splitlines()) == len(regions) + len(files)  # paths are bytes
         else:
             message = error_of(result)
             assert result.returncode == 2 and message.startswith("fspf_tool: corrupt fspf: "), message

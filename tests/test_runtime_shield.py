@@ -59,7 +59,7 @@ class World:
     """An injected python, its runtime config, a volume and its keys file, in one directory."""
 
     def __init__(self, root: Path, runtime, protection: str = "encrypted", executable: Path = REAL_PYTHON,
-                 embed: dict[str, str] | None = None):
+                 embed: dict[str, str | bytes] | None = None):
         self.root = root
         self.runtime = runtime
         self.code_roots: list[str] = []  # runtime config "code_roots" and "code_left"
@@ -67,7 +67,7 @@ class World:
         self.code_shallow: list[str] = []
         for path, text in (embed or {}).items():  # more embedded files, at absolute paths
             (root / "tree" / path.lstrip("/")).parent.mkdir(parents=True, exist_ok=True)
-            (root / "tree" / path.lstrip("/")).write_text(text)
+            (root / "tree" / path.lstrip("/")).write_bytes(text if isinstance(text, bytes) else text.encode())
         tree = root / "tree" / EMBEDDED_ROOT.lstrip("/")
         (tree / "pkg").mkdir(parents=True)
         (tree / "pkg" / "__init__.py").write_text("NAME = 'embedded package'\n")
@@ -1120,6 +1120,33 @@ def test_statvfs_of_embedded_code_is_its_file_systems(world):
     assert out.stdout.split() == ["True", "True", "True"], out.stderr
 
 
+def timestamp_pyc(source: str, filename: str, mtime: int, size: int) -> bytes:
+    """The pyc CPython writes for a source of this mtime and size (what it validates it by)."""
+    from importlib._bootstrap_external import _code_to_timestamp_pyc
+
+    return bytes(_code_to_timestamp_pyc(compile(source, filename, "exec"), mtime, size))
+
+
+def test_embedded_files_have_the_executables_time_and_their_pycs_are_valid(tmp_path, runtime):
+    """A file of the image layer has a date (zipfile refuses one before 1980), and CPython takes
+    a pyc compiled in the image from a source of the executable's date instead of the source."""
+    when = 1686355200  # a package's date (SOURCE_DATE_EPOCH), the executable's and its sources'
+    source, compiled = "X = 'from the source'\n", "X = 'from the pyc'\n"
+    mod = EMBEDDED_ROOT + "/dated/mod.py"
+    world = World(tmp_path, runtime, embed={
+        mod: source,
+        EMBEDDED_ROOT + "/dated/__pycache__/mod.cpython-311.pyc": timestamp_pyc(compiled, mod, when, len(source)),
+    })
+    os.utime(world.python, (when, when))  # the measurement is of the content, not the time
+    code = ("import os, sys, time, zipfile; sys.path.insert(0, os.path.dirname(sys.argv[1]))\n"
+            "import mod; st = os.stat(sys.argv[1])\n"
+            "print(mod.X, st.st_mtime == os.stat(sys.executable).st_mtime == st.st_ctime == %d)\n"
+            "print(zipfile.ZipInfo.from_file(sys.argv[1]).date_time == time.localtime(%d)[:6])\n"
+            "with open(sys.argv[1], 'rb') as f: print(os.fstat(f.fileno()).st_mtime == %d)\n" % (when, when, when))
+    result = world.python_code(code, mod)
+    assert result.stdout.splitlines() == ["from the pyc True", "True", "True"], result.stderr
+
+
 def test_mmap_resized_after_its_file_was_closed_is_saved(world):
     code = ("import mmap, os, sys\n"
             "p = os.path.join(sys.argv[1], 'mm.bin')\n"
@@ -1136,18 +1163,28 @@ def test_mmap_resized_after_its_file_was_closed_is_saved(world):
     assert b"yyyy" not in (world.volume / "mm.bin").read_bytes()
 
 
-def test_non_utf8_file_names_in_the_ephemeral_region(world):
+def test_non_utf8_file_names_in_regions_as_on_a_plain_directory(world):
+    """A name that is not UTF-8 (CPython's TESTFN_UNENCODABLE under the C locale) works in the
+    ephemeral region and in a volume; the volume's fspf records it and sconify's tools read it."""
     code = ("import os, sys\n"
-            "d = os.fsencode(sys.argv[1]); name = os.path.join(d, b'caf\\xe9-\\xff.txt')\n"
-            "open(name, 'w').write('latin-1 name')\n"
+            "d = os.path.join(os.fsencode(sys.argv[1]), b'names'); os.mkdir(d)\n"
+            "name = os.path.join(d, b'caf\\xe9-\\xff.txt'); open(name, 'w').write('latin-1 name')\n"
             "print(os.listdir(d), os.stat(name).st_size, open(name).read())\n"
-            "os.rename(name, name + b'2'); print(os.listdir(d)); os.unlink(name + b'2'); print(os.listdir(d))\n")
+            "os.rename(name, name + b'2'); print(os.listdir(d)); os.unlink(name + b'2'); print(os.listdir(d))\n"
+            "open(os.path.join(d, b'kept-\\xff'), 'w').write('for the next process')\n")
     (world.root / "plain-names").mkdir()
     expected = world.python_code(code, str(world.root / "plain-names")).stdout
     assert "12 latin-1 name" in expected  # the oracle
-    result = world.python_code(code, str(world.tmp))
-    assert result.stdout == expected, result.stderr
-    assert_no_plaintext(world.tmp)
+    for region in (world.tmp, world.volume):
+        result = world.python_code(code, str(region))
+        assert result.stdout == expected, (region, result.stderr)
+        assert_no_plaintext(region)
+    kept = os.fsdecode(os.path.join(os.fsencode(world.volume), b"names", b"kept-\xff"))
+    assert world.python_code(f"print(open({kept!r}).read())").stdout == "for the next process\n"
+    shield = Shield(world.fspf_path, world.key, bytes.fromhex(world.tag()), root="/")
+    assert shield.read(kept) == b"for the next process"
+    stored = [os.fsdecode(p) for p in world.volume.rglob("*") if p.is_file() and not p.name.startswith(".sconify.")]
+    assert kept in stored and not shield.verify_all(present=stored).problems
 
 
 TIMES = r"""
@@ -1171,6 +1208,43 @@ def test_file_times_as_on_a_plain_directory(world):
     assert "utime fd 2000000000 1000000000" in expected and "renamed 4000000000" in expected  # the oracle
     for region in (world.volume, world.tmp):
         result = world.python_code(TIMES, str(region))
+        assert result.stdout == expected, (region, result.stderr)
+
+
+XATTRS = r"""
+import errno, os, sys
+p = os.path.join(sys.argv[1], 'x.txt')
+def on_fd(mode, call, *args):
+    with open(p, mode, 0) as f:
+        return call(f.fileno(), *args)
+def err(call, *args):
+    try:
+        return call(*args)
+    except OSError as e:
+        return errno.errorcode[e.errno]
+with open(p, 'wb') as f: f.write(b'content')
+on_fd('wb', os.setxattr, 'user.a', b'set on a truncating fd')  # test_os's test_fds
+print(on_fd('rb', os.getxattr, 'user.a'), os.getxattr(p, 'user.a'))
+on_fd('r+b', os.setxattr, 'user.b', b'2', os.XATTR_CREATE)
+print(err(on_fd, 'rb', os.setxattr, 'user.b', b'3', os.XATTR_CREATE), sorted(on_fd('rb', os.listxattr)))
+os.setxattr(p, 'user.c', b'by path')
+with open(p, 'ab') as f: f.write(b' rewritten'); os.fsync(f.fileno())
+os.rename(p, p + '2'); os.rename(p + '2', p)
+print('kept', sorted(os.listxattr(p)), os.getxattr(p, 'user.c'), open(p, 'rb').read())
+on_fd('rb', os.removexattr, 'user.a')
+print(err(on_fd, 'rb', os.getxattr, 'user.a'), sorted(os.listxattr(p)))
+"""
+
+
+def test_extended_attributes_on_a_descriptor_are_the_files_as_on_a_plain_directory(world):
+    """fsetxattr & co. on a region file's descriptor act on the stored file, as the path calls
+    do (before, they set the plaintext memfd's, gone at close), and a rewrite or a rename keeps
+    them, as the kernel's do."""
+    (world.root / "plain-xattrs").mkdir()
+    expected = world.python_code(XATTRS, str(world.root / "plain-xattrs")).stdout
+    assert expected.splitlines()[0] == "b'set on a truncating fd' b'set on a truncating fd'"  # the oracle
+    for region in (world.volume, world.tmp):
+        result = world.python_code(XATTRS, str(region))
         assert result.stdout == expected, (region, result.stderr)
 
 
@@ -1273,13 +1347,14 @@ def sealed_world(tmp_path: Path, runtime, seal: bool = True) -> tuple[World, Pat
     (code / "mod.py").write_text(PLANTED)
     (code / "json.py").write_text(PLANTED)
     (code / "__pycache__").mkdir()
-    # A timestamp pyc matching what stat says of the embedded mod.py (mtime 0, its size).
+    # A timestamp pyc matching what stat says of the embedded mod.py (the executable's mtime,
+    # its size).
     subprocess.run([str(REAL_PYTHON), "-c",
                     "import importlib._bootstrap_external as b, sys\n"
                     "code = compile(sys.argv[1], sys.argv[2], 'exec')\n"
-                    "open(sys.argv[3], 'wb').write(b._code_to_timestamp_pyc(code, 0, int(sys.argv[4])))",
+                    "open(sys.argv[3], 'wb').write(b._code_to_timestamp_pyc(code, int(sys.argv[5]), int(sys.argv[4])))",
                     PLANTED, str(code / "mod.py"), str(code / "__pycache__" / "mod.cpython-311.pyc"),
-                    str(len(MEASURED_MOD))], check=True)
+                    str(len(MEASURED_MOD)), str(int(world.python.stat().st_mtime))], check=True)
     shutil.copy(_ctypes.__file__, code / "planted.so")  # a real shared object
     if seal:
         world.seal([str(code)], [str(code / "templates" / "page.html")])
@@ -1338,6 +1413,76 @@ def test_without_the_seal_the_planted_pyc_runs(tmp_path, runtime):
     result = world.run(str(world.python), "-c", "import sys; sys.path.insert(0, sys.argv[1]); import mod; print(mod.X)",
                        str(code))
     assert result.stdout.splitlines() == ["PLANTED CODE RAN", "planted"]
+
+
+MAKE_USER_SITE = r"""
+import errno, os, subprocess, sys
+site_dir = sys.argv[1]
+before = os.path.isdir(site_dir)
+os.makedirs(site_dir)  # test_site's setUpModule, where the image has no user site
+child = subprocess.run([sys.executable, '-c', 'import os, sys; print(os.path.isdir(sys.argv[1]))', site_dir],
+                       capture_output=True, text=True).stdout.strip()
+print(before, os.path.isdir(site_dir), os.listdir(site_dir), child)
+"""
+
+PROBE_USER_SITE = r"""
+import errno, os, site, sys
+site_dir, zip_root, nested = sys.argv[1:4]
+def err(call):
+    try:
+        call()
+        return 'ok'
+    except OSError as e:
+        return errno.errorcode[e.errno]
+    except ImportError as e:
+        return type(e).__name__
+sys.path[:0] = [site_dir, zip_root]
+site.addsitedir(site_dir)  # its planted .pth is not there
+fd = os.open(site_dir, os.O_RDONLY)
+print('planted', os.path.isdir(site_dir), os.listdir(site_dir), sorted(os.listdir(fd)),
+      err(lambda: __import__('planted')), err(lambda: __import__('pkg')), err(lambda: __import__('zmod')),
+      err(lambda: os.open('planted.py', os.O_RDONLY, dir_fd=fd)), os.path.exists(zip_root))
+print('readonly', err(lambda: open(os.path.join(site_dir, 'new.py'), 'w')), err(lambda: os.mkdir(site_dir + '/sub')),
+      err(lambda: os.makedirs(nested)))
+"""
+
+
+def test_a_missing_user_site_can_be_made_and_stays_sealed(tmp_path, runtime):
+    """A code root the image lacks and no other code root holds (the user site) may be created
+    by the service and is seen as a directory, by its children too; whatever the host then
+    plants in it (a module, a .pth, a package) is not there, and a file or a symlink planted at
+    such a root (python311.zip, a link to code) is not there either."""
+    (tmp_path / "plain").mkdir()
+    expected = subprocess.run([str(REAL_PYTHON), "-c", MAKE_USER_SITE, str(tmp_path / "plain" / "site-packages")],
+                              capture_output=True, text=True, check=True).stdout
+    assert expected == "False True [] True\n"  # the oracle: the original, on a plain disk
+    world, code = sealed_world(tmp_path, runtime)
+    site_dir = tmp_path / "home" / ".local" / "lib" / "python3.11" / "site-packages"
+    zip_root, nested = tmp_path / "lib" / "python311.zip", code / "vendor"
+    world.seal([str(code), str(site_dir), str(zip_root), str(nested)], [str(code / "templates" / "page.html")])
+    made = world.run(str(world.python), "-c", MAKE_USER_SITE, str(site_dir))
+    assert made.stdout == expected, made.stderr
+    # The host plants code in it, and a zip of code at another missing root.
+    (site_dir / "planted.py").write_text(PLANTED)
+    (site_dir / "planted.pth").write_text("import planted\n")
+    (site_dir / "pkg").mkdir()
+    (site_dir / "pkg" / "__init__.py").write_text(PLANTED)
+    zip_root.parent.mkdir()
+    subprocess.run([str(REAL_PYTHON), "-c", "import sys, zipfile; zipfile.ZipFile(sys.argv[1], 'w').writestr('zmod.py', "
+                    "sys.argv[2])", str(zip_root), PLANTED], check=True)
+    args = (str(site_dir), str(zip_root), str(nested))
+    result = world.run(str(world.python), "-c", PROBE_USER_SITE, *args)
+    assert "PLANTED" not in result.stdout + result.stderr
+    assert result.stdout.splitlines() == [
+        "planted True [] [] ModuleNotFoundError ModuleNotFoundError ModuleNotFoundError ENOENT False",
+        "readonly EROFS EROFS EROFS"], result.stderr
+    # A symlink at the root, to a directory of code: not there.
+    site_dir.rename(site_dir.parent / "real-site")
+    site_dir.symlink_to(site_dir.parent / "real-site")
+    linked = world.run(str(world.python), "-c", "import os, sys; sys.path.insert(0, sys.argv[1])\n"
+                       "try:\n    import planted\nexcept ImportError as e:\n    print(type(e).__name__)\n"
+                       "print(os.path.isdir(sys.argv[1]), os.path.exists(sys.argv[1]))", str(site_dir))
+    assert linked.stdout.split() == ["ModuleNotFoundError", "False", "False"], linked.stderr
 
 
 def test_a_nested_region_stays_visible_in_a_sealed_root(tmp_path, runtime):

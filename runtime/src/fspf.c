@@ -55,14 +55,21 @@
 
 /* ---------------------------------------------------------------- small helpers */
 
-/* A path (or any untrusted string) fit for a one-line message: control bytes become '?', and
- * more than 300 bytes are cut with "...". out must hold 304 bytes. */
+/* A path (or any untrusted string) fit for a one-line UTF-8 message: control bytes and bytes
+ * that are not UTF-8 (a raw file name) become '?', and more than 300 bytes are cut with "...".
+ * out must hold 304 bytes. */
 static const char *shown(const char *s, char out[304])
 {
-    size_t i = 0;
-    for (; s[i] && i < 300; i++) {
-        unsigned char c = (unsigned char)s[i];
-        out[i] = c < 0x20 || c == 0x7f ? '?' : (char)c;
+    size_t i = 0, n = strlen(s);
+    while (i < n && i < 300) {
+        const unsigned char *c = (const unsigned char *)s + i;
+        size_t seq = utf8_sequence(c, n - i);
+        if (seq && i + seq <= 300 && c[0] >= 0x20 && c[0] != 0x7f) {
+            memcpy(out + i, c, seq);
+            i += seq;
+        } else {
+            out[i++] = '?';
+        }
     }
     if (s[i]) { memcpy(out + i, "...", 3); i += 3; }
     out[i] = '\0';
@@ -120,29 +127,6 @@ uint64_t fspf_stored_size(uint64_t size, uint32_t chunk_size, uint8_t protection
 
 static int key_length_ok(unsigned n) { return n == 16 || n == 24 || n == 32; }
 static int chunk_size_ok(uint64_t n) { return n >= MIN_CHUNK_SIZE && n <= MAX_CHUNK_SIZE; }
-
-/* Strict UTF-8 as Python's bytes.decode() accepts it: no overlong forms, no surrogates,
- * nothing above U+10FFFF. */
-static int utf8_ok(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned char c = s[i];
-        size_t len;
-        unsigned char lo = 0x80, hi = 0xbf;
-        if (c < 0x80) { i++; continue; }
-        else if (c >= 0xc2 && c <= 0xdf) len = 2;
-        else if (c >= 0xe0 && c <= 0xef) { len = 3; if (c == 0xe0) lo = 0xa0; if (c == 0xed) hi = 0x9f; }
-        else if (c >= 0xf0 && c <= 0xf4) { len = 4; if (c == 0xf0) lo = 0x90; if (c == 0xf4) hi = 0x8f; }
-        else return 0;
-        if (n - i < len) return 0;
-        if (s[i + 1] < lo || s[i + 1] > hi) return 0;
-        for (size_t k = 2; k < len; k++)
-            if (s[i + k] < 0x80 || s[i + k] > 0xbf) return 0;
-        i += len;
-    }
-    return 1;
-}
 
 /* As format.normalise_path(p) == p: absolute, no empty, "." or ".." components, no trailing
  * '/', no NUL, at most 4096 bytes. */
@@ -608,7 +592,6 @@ struct reader {
     const unsigned char *p;
     size_t left;
     struct rt_error *err;
-    int any_bytes;  /* paths need not be UTF-8 (fspf_load_any_bytes) */
 };
 
 static int take(struct reader *r, size_t n, const unsigned char **out)
@@ -639,14 +622,13 @@ static int take_string(struct reader *r, const unsigned char **s, size_t *n)
     if (take(r, 2, &p)) return -1;
     *n = le16(p);
     if (take(r, *n, s)) return -1;
-    if (r->any_bytes ? memchr(*s, '\0', *n) != NULL : !utf8_ok(*s, *n))
-        return corrupt(r->err, r->any_bytes ? "a path holds a NUL byte" : "a path is not valid UTF-8");
+    if (memchr(*s, '\0', *n)) return corrupt(r->err, "a path holds a NUL byte");
     return 0;
 }
 
 static int decode_body(struct fspf *fs, const unsigned char *body, size_t len, struct rt_error *err)
 {
-    struct reader r = {body, len, err, fs->any_bytes};
+    struct reader r = {body, len, err};
     const unsigned char *p = NULL, *s = NULL, *k = NULL;
     size_t n = 0, kn = 0;
     char a[304], b[304];
@@ -723,10 +705,9 @@ static int decode_body(struct fspf *fs, const unsigned char *body, size_t len, s
 /* ---------------------------------------------------------------- envelopes */
 
 static int load(struct fspf *out, const unsigned char *data, size_t len, const unsigned char key[32],
-                const unsigned char expected_tag[16], int any_bytes, struct rt_error *err)
+                const unsigned char expected_tag[16], struct rt_error *err)
 {
     memset(out, 0, sizeof *out);
-    out->any_bytes = any_bytes;  /* decode_body's rule for paths */
     if (crypto_init(err)) return -1;
     if (len < HEADER_SIZE + TAG_SIZE || memcmp(data, MAGIC, 8) != 0)
         return rt_fail(err, "not an fspf file (bad magic or too short); pass a file written by `sconify fspf create`");
@@ -787,13 +768,7 @@ static int load(struct fspf *out, const unsigned char *data, size_t len, const u
 int fspf_load(struct fspf *out, const unsigned char *data, size_t len, const unsigned char key[32],
               const unsigned char expected_tag[16], struct rt_error *err)
 {
-    return load(out, data, len, key, expected_tag, 0, err);
-}
-
-int fspf_load_any_bytes(struct fspf *out, const unsigned char *data, size_t len, const unsigned char key[32],
-                        const unsigned char expected_tag[16], struct rt_error *err)
-{
-    return load(out, data, len, key, expected_tag, 1, err);
+    return load(out, data, len, key, expected_tag, err);
 }
 
 int fspf_one_region(struct fspf *fs, const char *path, uint8_t protection, struct rt_error *err)
@@ -962,9 +937,8 @@ struct fspf_file *fspf_find(const struct fspf *fs, const char *path)
 int fspf_put(struct fspf *fs, struct fspf_file *rec, struct rt_error *err)
 {
     char where[304];
-    if (!rec->path || !path_normalised((const unsigned char *)rec->path, strlen(rec->path)) || !strcmp(rec->path, "/") ||
-        (!fs->any_bytes && !utf8_ok((const unsigned char *)rec->path, strlen(rec->path))))
-        return rt_fail(err, "file path %s is not an absolute normalised UTF-8 path", rec->path ? shown(rec->path, where) : "(null)");
+    if (!rec->path || !path_normalised((const unsigned char *)rec->path, strlen(rec->path)) || !strcmp(rec->path, "/"))
+        return rt_fail(err, "file path %s is not an absolute normalised path", rec->path ? shown(rec->path, where) : "(null)");
     if ((rec->protection != FSPF_AUTHENTICATED && rec->protection != FSPF_ENCRYPTED && rec->protection != FSPF_SYMLINK) ||
         !key_length_ok(rec->key_len) || !chunk_size_ok(rec->chunk_size))
         return rt_fail(err, "the record of %s is malformed (protection, key length or chunk size)", shown(rec->path, where));

@@ -50,9 +50,6 @@ struct fspf {
     struct fspf_region *regions;   /* sorted by path */
     uint32_t file_count;
     struct fspf_file *files;       /* sorted by path, unique */
-    int any_bytes;                 /* file paths need not be UTF-8: an ephemeral region's fspf, which
-                                    * only the runtime reads (fspf_load_any_bytes sets it, fspf_load
-                                    * clears it) */
 };
 
 /* Load an fspf file's bytes. With key (32 bytes) the envelope must be "encrypted"; the last 16
@@ -62,10 +59,6 @@ int fspf_load(struct fspf *out, const unsigned char *data, size_t len, const uns
               const unsigned char expected_tag[16], struct rt_error *err);
 /* (key NULL: a plain fspf only, its integrity tag checked, expected_tag optional. With a key,
  * expected_tag is required. On failure *out is left empty.) */
-/* The same for an fspf the runtime wrote for itself and never hands to sconify (an ephemeral
- * region's, shared by the service's processes): file paths of any bytes but NUL, any_bytes set. */
-int fspf_load_any_bytes(struct fspf *out, const unsigned char *data, size_t len, const unsigned char key[32],
-                        const unsigned char expected_tag[16], struct rt_error *err);
 void fspf_free(struct fspf *fs);
 
 /* An fspf of one kernel region at path (absolute, normalised; its files stored at their own
@@ -73,8 +66,7 @@ void fspf_free(struct fspf *fs);
 int fspf_one_region(struct fspf *fs, const char *path, uint8_t protection, struct rt_error *err);
 
 /* Serialise and encrypt with key (32 bytes) and a fresh random nonce (RAND_bytes): *out is
- * malloc'ed (to free()), tag receives its last 16 bytes. 0 or -1. An fspf with any_bytes is
- * saved as it is: only fspf_load_any_bytes reads it back. */
+ * malloc'ed (to free()), tag receives its last 16 bytes. 0 or -1. */
 int fspf_save_encrypted(const struct fspf *fs, const unsigned char key[32], unsigned char **out, size_t *out_len,
                         unsigned char tag[16], struct rt_error *err);
 

@@ -573,7 +573,6 @@ static json_t *start_ephemeral_regions(const struct rt_config *cfg)
             continue;
         if (fspf_one_region(&fs, region, FSPF_ENCRYPTED, &err) != 0) continue;  /* not a path the shield serves */
         if (RAND_bytes(key, sizeof key) != 1) die("%s", "cannot draw random bytes for the ephemeral regions' key");
-        fs.any_bytes = 1;  /* file names need not be UTF-8 there: only the runtime reads this fspf */
         int rc = fspf_save_encrypted(&fs, key, &sealed, &len, tag, &err);
         fspf_free(&fs);
         if (rc != 0) die("%s", err.msg);
@@ -896,7 +895,7 @@ static void policy_volume_key(const struct deployment *d, const struct dep_volum
 static void initialise_volume(const struct rt_volume *vol, const unsigned char key[32], unsigned char tag[16])
 {
     struct fspf_region region = {vol->path, FSPF_KERNEL, vol->protection, 32, 64 * 1024, vol->path};
-    struct fspf fs = {1, &region, 0, NULL, 0};
+    struct fspf fs = {1, &region, 0, NULL};
     unsigned char *sealed = NULL;
     size_t len = 0;
     struct rt_error err;

@@ -45,4 +45,7 @@ int fsync_dir_of(const char *path);
  * + errno (a missing path is ENOENT). */
 int fsync_with_dir(const char *path);
 
+/* The length of the valid UTF-8 sequence at s (of n > 0 bytes), 0 if there is none. */
+size_t utf8_sequence(const unsigned char *s, size_t n);
+
 #endif

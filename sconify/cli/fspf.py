@@ -15,6 +15,7 @@ from sconify.errors import VerificationFailed
 from sconify.fspf import Fspf, FspfError, Shield
 from sconify.fspf import format as fmt
 from sconify.fspf.build import read_fspf_bytes
+from sconify.fspf.errors import shown_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -118,10 +119,11 @@ def run_show(args: argparse.Namespace) -> int:
     state = "encrypted" if encrypted else "plaintext"
     print(f"file system protection file {args.fspf}: format version {fmt.VERSION}, {state}, AES-GCM tag: {tag.hex()}")
     for region in fspf.regions:
-        storage = f"kernel {region.kernel_path}" if region.kind == "kernel" else "ephemeral"
-        print(f"region {region.path}: {storage}, {region.protection}, key length {region.key_length}, chunk size {region.chunk_size}")
+        storage = f"kernel {shown_path(region.kernel_path)}" if region.kind == "kernel" else "ephemeral"
+        print(f"region {shown_path(region.path)}: {storage}, {region.protection}, key length {region.key_length}, "
+              f"chunk size {region.chunk_size}")
     for record in fspf.files:
-        print(f"file {record.path}: {record.size} bytes, {record.protection}")
+        print(f"file {shown_path(record.path)}: {record.size} bytes, {record.protection}")
     return 0
 
 

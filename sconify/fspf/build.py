@@ -64,11 +64,11 @@ class Fspf:
 
     @property
     def regions(self) -> tuple[Region, ...]:
-        return tuple(self._regions[p] for p in sorted(self._regions))
+        return tuple(self._regions[p] for p in sorted(self._regions, key=fmt.path_bytes))
 
     @property
     def files(self) -> tuple[FileRecord, ...]:
-        return tuple(self._files[p] for p in sorted(self._files))
+        return tuple(self._files[p] for p in sorted(self._files, key=fmt.path_bytes))
 
     def file(self, path: str) -> FileRecord | None:
         return self._files.get(fmt.normalise_path(path))

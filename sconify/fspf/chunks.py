@@ -1,7 +1,7 @@
 """Per-chunk AES-GCM: nonce and associated data that bind a chunk to its file and position.
 
 nonce = u64 chunk index | u32 final flag            (unique per chunk; every file has its own key)
-aad   = "SCNFSPF-CHUNK" | u8 version | file id (16) | u64 chunk index | u8 final | path (UTF-8)
+aad   = "SCNFSPF-CHUNK" | u8 version | file id (16) | u64 chunk index | u8 final | path (its bytes)
 
 Encrypted chunks are stored as ciphertext followed by the 16-byte tag. Authenticated chunks
 stay plaintext; their tag is AES-GCM over an empty plaintext with aad = chunk aad | data,
@@ -15,6 +15,8 @@ import struct
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from sconify.fspf.format import path_bytes
+
 TAG_SIZE = 16
 _NONCE = struct.Struct("<QI")
 _POSITION = struct.Struct("<QB")
@@ -27,7 +29,7 @@ class ChunkCipher:
     def __init__(self, key: bytes, file_id: bytes, path: str) -> None:
         self._aead = AESGCM(key)
         self._identity = _AAD_PREFIX + file_id
-        self._path = path.encode()
+        self._path = path_bytes(path)
         self.aad_size = len(self._identity) + _POSITION.size + len(self._path)
 
     def nonce(self, index: int, final: bool) -> bytes:

@@ -219,8 +219,20 @@ def open_envelope(data: bytes, key: bytes | None) -> bytes:
         ) from None
 
 
+def path_bytes(path: str) -> bytes:
+    """A path's bytes as the kernel names it: UTF-8, and each byte that is not UTF-8 (decoded by
+    os.fsdecode as a lone surrogate, U+DC80..U+DCFF) as itself."""
+    return path.encode("utf-8", "surrogateescape")
+
+
+def path_text(data: bytes) -> str:
+    """The str of a path's bytes, as os.fsdecode gives it (path_bytes' inverse)."""
+    return data.decode("utf-8", "surrogateescape")
+
+
 def normalise_path(path: str, what: str = "path") -> str:
-    """An absolute path without '.', '..', empty components or a trailing slash."""
+    """An absolute path without '.', '..', empty components or a trailing slash. Its bytes are
+    any but NUL (a file name the kernel accepts), as os.fsencode gives them."""
     if not isinstance(path, str) or not path.startswith("/"):
         raise FspfError(f"{what} {path!r} is not absolute; write it with a leading '/'")
     parts = [p for p in path.split("/") if p not in ("", ".")]
@@ -230,12 +242,9 @@ def normalise_path(path: str, what: str = "path") -> str:
         raise FspfError(f"{what} {path!r} contains a NUL byte; remove it")
     normal = "/" + "/".join(parts)
     try:
-        encoded = normal.encode()
+        encoded = path_bytes(normal)
     except UnicodeEncodeError:
-        raise FspfError(
-            f"{what} {path.encode('utf-8', 'surrogateescape')!r} is not valid UTF-8 (fspf paths are UTF-8); "
-            "rename the file"
-        ) from None
+        raise FspfError(f"{what} {path!r} holds a surrogate that names no byte; pass the name os.fsdecode gives") from None
     if len(encoded) > MAX_PATH_BYTES:
         raise FspfError(f"{what} is longer than {MAX_PATH_BYTES} bytes; shorten it")
     return normal
@@ -276,7 +285,8 @@ def _check_file(record: FileRecord) -> None:
 
 
 def _check_sorted(paths: list[str], what: str) -> None:
-    if any(a >= b for a, b in zip(paths, paths[1:])):
+    encoded = [path_bytes(p) for p in paths]  # byte order, as the runtime compares them (strcmp)
+    if any(a >= b for a, b in zip(encoded, encoded[1:])):
         raise _corrupt(f"{what} are not sorted or not unique")
 
 
@@ -287,7 +297,7 @@ def _enum(names: tuple[str, ...], value: int, what: str) -> str:
 
 
 def _put_str(out: bytearray, text: str) -> None:
-    data = text.encode()
+    data = path_bytes(text)
     out += _U16.pack(len(data))
     out += data
 
@@ -325,7 +335,4 @@ class _Reader:
 
     def string(self) -> str:
         (n,) = self.unpack(_U16)
-        try:
-            return self.take(n).decode()
-        except UnicodeDecodeError:
-            raise _corrupt("a path is not valid UTF-8") from None
+        return path_text(self.take(n))

@@ -1,6 +1,7 @@
 /* The commit protocol: the one place where a volume's or an ephemeral region's stored files,
  * and a volume's fspf, are written. */
 #include <sys/file.h>
+#include <sys/xattr.h>
 
 #include "shield.h"
 
@@ -162,11 +163,25 @@ int volume_sync(struct svol *vol)
     return rc == 0 ? 0 : -1;
 }
 
+/* The extended attributes of the stored file at from, set on to (the new stored file that
+ * replaces it): a rewrite, an O_TRUNC or a rename keeps a file's xattrs, as the kernel's do.
+ * One the file system refuses to set (security.*, without the right) is left out. */
+static void copy_xattrs(const char *from, int to)
+{
+    static char names[XATTR_LIST_MAX], value[XATTR_SIZE_MAX];  /* commits run under S.lock: one at a time */
+    ssize_t len = listxattr(from, names, sizeof names);
+    for (ssize_t at = 0; at < len; at += (ssize_t)strlen(names + at) + 1) {
+        ssize_t n = getxattr(from, names + at, value, sizeof value);
+        if (n >= 0) fsetxattr(to, names + at, value, (size_t)n, 0);
+    }
+}
+
 /* The commit of a volume change: protect the plaintext in plain_fd (if path) as path, drop the
  * record of remove (if any), and write both the stored file and the fspf atomically (temp
  * files renamed into place after the tag's first phase is recorded; nothing fsynced: a crash of
  * the service keeps the commit, a crash of the machine may lose it until volume_sync). The
- * stored file keeps the mode of the one it replaces (or of remove, a rename); a new one gets
+ * stored file keeps the mode and extended attributes of the one it replaces (or of remove, a
+ * rename); a new one gets
  * mode, less the umask, as the kernel's create would; it gets plain_fd's access and modification times. Called with S.lock held. Returns 0, or
  * -1 with errno set and one line logged. mode S_IFLNK: plain_fd holds a symlink's target; the
  * stored object is a symlink to it, its record FSPF_SYMLINK. An error creating the stored file (a missing
@@ -223,7 +238,8 @@ static int commit_as(struct svol *vol, const char *path, int plain_fd, const cha
         if (RESOLVE(fstat64)(plain_fd, &st) != 0) goto fail_errno;
         tmp_name(path, stored_tmp, sizeof stored_tmp);
         struct stat64 was;
-        int keep = (remove && stat64(remove, &was) == 0) || stat64(path, &was) == 0;
+        const char *replaced = remove && stat64(remove, &was) == 0 ? remove : stat64(path, &was) == 0 ? path : NULL;
+        int keep = replaced != NULL;
         unlink(stored_tmp);  /* an earlier process's with the same pid: O_EXCL applies mode */
         int out = open(stored_tmp, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, keep ? 0600 : mode);
         if (out < 0) {
@@ -233,7 +249,10 @@ static int commit_as(struct svol *vol, const char *path, int plain_fd, const cha
             errno = saved_errno;
             return -1;
         }
-        if (keep) fchmod(out, was.st_mode & 07777);
+        if (keep) {
+            fchmod(out, was.st_mode & 07777);
+            copy_xattrs(replaced, out);
+        }
         int rc = fspf_protect_file(path, region->protection, region->chunk_size, region->key_length, plain_fd,
                                    (uint64_t)st.st_size, out, &rec, &err);
         if (rc == 0 && region->protection == FSPF_AUTHENTICATED) rc = copy_fd(plain_fd, out, (uint64_t)st.st_size);

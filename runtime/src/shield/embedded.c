@@ -51,6 +51,8 @@ int open_embedded(const struct embedfs_member *m, const char *path, int cloexec)
             return -1;
         }
     }
+    struct timespec times[2] = {S.emb_time, S.emb_time};  /* fstat says what stat says */
+    futimens(fd, times);
     fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_WRITE | F_SEAL_SEAL);
     return fd;
 fail_errno:;
@@ -108,6 +110,7 @@ void embedded_stat(const struct target *t, struct stat64 *st)
     memset(st, 0, sizeof *st);
     st->st_dev = FAKE_DEV;
     st->st_blksize = 4096;
+    st->st_atim = st->st_mtim = st->st_ctim = S.emb_time;
     if (t->is_dir) {
         st->st_ino = 1 + S.emb.count + (uint64_t)strlen(t->path);
         st->st_mode = S_IFDIR | 0755;

@@ -300,7 +300,7 @@ static int load_fspf(struct svol *sv, int fd, int start, struct rt_error *err)
         rt_fail(err, "volume %s: its fspf on disk carries tag %s, which %s does not record: an older or another "
                      "copy was put there (rollback); refused", sv->v->path, got,
                 sv->container_copy ? "the container's state" : S.has_store ? "the state store" : "the keys file");
-    } else if ((sv->ephemeral ? fspf_load_any_bytes : fspf_load)(&fs, data, (size_t)st.st_size, sv->key, want, err) == 0) {
+    } else if (fspf_load(&fs, data, (size_t)st.st_size, sv->key, want, err) == 0) {
         if (fs.region_count != 1 || strcmp(fs.regions[0].path, sv->v->path) != 0) {
             fspf_free(&fs);
             rt_fail(err, "the fspf of %s %s does not describe it", region_word(sv), sv->v->path);
@@ -438,7 +438,6 @@ static void add_ephemeral(const char *config_path, const struct grant *g)
     } else {
         /* none, or removed behind the service's back: empty; the first commit writes it */
         if (fspf_one_region(&sv->fs, path, FSPF_ENCRYPTED, &err) != 0) fatal(err.msg);
-        sv->fs.any_bytes = 1;  /* never read by sconify: a file name need not be UTF-8 */
         sv->seen.st_nlink = 1;  /* sv->fs is loaded */
     }
     S.nvols++;
@@ -471,6 +470,11 @@ __attribute__((constructor)) static void shield_init(void)
         if (embedfs_open(&S.emb, archive, size, &err) != 0) fatal(err.msg);
         if (memcmp(root, S.emb.root_hash, 32) != 0) fatal("the embedfs root hash differs from its descriptor's");
         S.has_emb = 1;
+        /* Embedded entries show the executable's modification time, as the files of its image
+         * layer would (a package's files share its date): CPython's pycs compiled in the image
+         * from a source of that date stay valid, and zipfile takes the time (not 1970). */
+        struct stat64 exe;
+        if (RESOLVE(stat64)("/proc/self/exe", &exe) == 0) S.emb_time = exe.st_mtim;
     }
     S.vols = calloc(S.cfg.volume_count + S.cfg.ephemeral_count + 1, sizeof *S.vols);
     if (!S.vols) fatal("out of memory");

@@ -5,6 +5,7 @@
 #include <linux/openat2.h>
 #include <sys/syscall.h>
 #include <sys/sysmacros.h>
+#include <sys/xattr.h>
 
 #include "shield.h"
 
@@ -16,6 +17,24 @@ static int is_write_open(int flags)
 }
 
 /* -2: not ours, call the real function with t->path */
+/* A bare code root that is a real directory (paths.c), opened: as a directory only, and only
+ * if it still is where its path says (no file or symlink swapped in since it was looked at:
+ * openat() relative to the fd must name paths below the root, which stay sealed). */
+static int open_bare_root(const char *path, int flags)
+{
+    int fd = RESOLVE(openat)(AT_FDCWD, path, flags | O_DIRECTORY | O_NOFOLLOW);
+    if (fd < 0) return -1;
+    char link[64], real[PATH_MAX];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    in_shield++;
+    ssize_t n = RESOLVE(readlink)(link, real, sizeof real - 1);
+    in_shield--;
+    if (n > 0 && (size_t)n == strlen(path) && memcmp(real, path, (size_t)n) == 0) return fd;
+    RESOLVE(close)(fd);
+    errno = ENOENT;
+    return -1;
+}
+
 static int shield_open(int dirfd, const char *path, int flags, mode_t mode, struct target *t)
 {
     if (!ACTIVE() || !path || target_of(dirfd, path, !(flags & O_NOFOLLOW), t) != 0) return -2;
@@ -32,6 +51,7 @@ static int shield_open(int dirfd, const char *path, int flags, mode_t mode, stru
         errno = is_write_open(flags) ? EROFS : ENOENT;  /* code roots hold the measured code only */
         return -1;
     }
+    if (t->kind == T_PASS && t->bare_root) return open_bare_root(t->path, flags);
     if (S.locked && t->kind == T_PASS && !(flags & (O_DIRECTORY | O_PATH)) && locked_volume_file(t->path)) {
         errno = EACCES;
         return -1;
@@ -361,6 +381,37 @@ EXPORT int fdatasync(int fd)
 {
     if (S.active && tracked_fd(fd)) return flush_tracked(fd, 1);
     return ACTIVE() ? sync_untracked(fd) : RESOLVE(fdatasync)(fd);
+}
+
+/* Extended attributes set or read on a region file's descriptor are the stored file's, as
+ * the path calls (which reach the kernel) see them; a commit carries them to the new stored
+ * file (commit.c). On the memfd they would be lost at close. */
+EXPORT int fsetxattr(int fd, const char *name, const void *value, size_t size, int flags)
+{
+    char path[PATH_MAX];
+    if (tracked_stored_path(fd, path, sizeof path)) return setxattr(path, name, value, size, flags);
+    return RESOLVE(fsetxattr)(fd, name, value, size, flags);
+}
+
+EXPORT ssize_t fgetxattr(int fd, const char *name, void *value, size_t size)
+{
+    char path[PATH_MAX];
+    if (tracked_stored_path(fd, path, sizeof path)) return getxattr(path, name, value, size);
+    return RESOLVE(fgetxattr)(fd, name, value, size);
+}
+
+EXPORT ssize_t flistxattr(int fd, char *list, size_t size)
+{
+    char path[PATH_MAX];
+    if (tracked_stored_path(fd, path, sizeof path)) return listxattr(path, list, size);
+    return RESOLVE(flistxattr)(fd, list, size);
+}
+
+EXPORT int fremovexattr(int fd, const char *name)
+{
+    char path[PATH_MAX];
+    if (tracked_stored_path(fd, path, sizeof path)) return removexattr(path, name);
+    return RESOLVE(fremovexattr)(fd, name);
 }
 
 EXPORT int dup(int fd) { return dup_tracked(fd, RESOLVE(dup)(fd)); }
@@ -751,7 +802,7 @@ static int shield_mkdir(int dirfd, const char *path, struct target *t)
         errno = EEXIST;
         return -1;
     }
-    if (t->kind == T_SEALED) {
+    if (t->kind == T_SEALED && !t->bare_root) {  /* a bare code root may be made (paths.c) */
         errno = EROFS;
         return -1;
     }

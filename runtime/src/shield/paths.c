@@ -83,13 +83,15 @@ struct svol *volume_of(const char *path)
     return best;
 }
 
+static int real_directory(const char *path);
+
 /* Resolve embedded symlinks in t->path (the last component only when follow) and find out
  * whether it names embedded code, a volume, or neither. */
 static void locate_once(struct target *t, int follow)
 {
     t->kind = T_PASS;
     t->m = NULL;
-    t->is_dir = 0;
+    t->is_dir = t->bare_root = 0;
     for (int hops = 0; S.has_emb && hops < 40; hops++) {
         char *p = t->path;
         size_t len = strlen(p);
@@ -134,8 +136,10 @@ volumes:
         t->kind = T_VOL;
         return;
     }
-    if (t->kind == T_PASS && (under_code_root(t->path) || shallow_code(t->path)) && !unsealed(t->path))
+    if (t->kind == T_PASS && (under_code_root(t->path) || shallow_code(t->path)) && !unsealed(t->path)) {
         t->kind = T_SEALED;
+        if ((t->bare_root = bare_code_root(t->path)) && real_directory(t->path)) t->kind = T_PASS;
+    }
 }
 
 /* locate_once, then the symlinks the service made in a region (volumes.c), as often as one of
@@ -183,6 +187,40 @@ int under_code_root(const char *path)
         if (strncmp(path, root, n) == 0 && (path[n] == '/' || path[n] == '\0')) return 1;
     }
     return 0;
+}
+
+/* Whether path is itself a code root that no other code root holds and that is not a code
+ * name of a shallow root: a place the interpreter searches that the image lacks (the user site
+ * ~/.local/lib/python3.11/site-packages). The service may create it (mkdir reaches the kernel:
+ * test_site's os.makedirs(site.USER_SITE)) and sees it while it is a real directory
+ * (real_directory), empty of all but the measured code: every path below it stays sealed.
+ * No package name leads to it (no code root holds it), so even one the host made is an empty
+ * sys.path entry, never code. */
+int bare_code_root(const char *path)
+{
+    int root = 0;
+    size_t len = strlen(path);
+    for (size_t i = 0; i < S.cfg.code_root_count; i++) {
+        const char *r = S.cfg.code_roots[i];
+        size_t n = strlen(r);
+        if (n == len && strcmp(r, path) == 0) root = 1;
+        else if (n < len && strncmp(path, r, n) == 0 && (path[n] == '/' || n == 1)) return 0;  /* held by r */
+    }
+    return root && !shallow_code(path);
+}
+
+/* Whether path is a directory on disk with no symlink on the way (its own realpath): a file
+ * or a symlink at a bare code root could be code (python311.zip is such a root, a symlink could
+ * lead to a directory of code), and stays sealed. */
+static int real_directory(const char *path)
+{
+    struct stat64 st;
+    char real[PATH_MAX];
+    in_shield++;
+    int is = RESOLVE(lstat64)(path, &st) == 0 && S_ISDIR(st.st_mode) && RESOLVE(realpath)(path, real) &&
+             strcmp(real, path) == 0;
+    in_shield--;
+    return is;
 }
 
 /* Whether name is one the interpreter loads as code (runtime config "code_extensions"; ".so"

@@ -149,6 +149,10 @@
     REAL(int, fclose, FILE *) \
     REAL(int, fsync, int) \
     REAL(ssize_t, recvmsg, int, struct msghdr *, int) \
+    REAL(int, fsetxattr, int, const char *, const void *, size_t, int) \
+    REAL(ssize_t, fgetxattr, int, const char *, void *, size_t) \
+    REAL(ssize_t, flistxattr, int, char *, size_t) \
+    REAL(int, fremovexattr, int, const char *) \
     REAL(int, fdatasync, int) \
     REAL(int, dup, int) \
     REAL(int, fcntl, int, int, ...) \
@@ -241,6 +245,8 @@ struct shield_state {
     int active;
     int has_emb;
     struct embedfs emb;
+    struct timespec emb_time;  /* every embedded entry's atime, mtime and ctime: the measured
+                                * executable's mtime (the embedfs records no times) */
     int has_code_key;          /* the keys' code_key, for the embedfs's encrypted members */
     unsigned char code_key[32];
     struct rt_config cfg;
@@ -298,6 +304,8 @@ struct target {
     const struct injected *inj;         /* T_INJ: the file (NULL: a directory on the way to one) */
     int changed;                        /* path differs from what the caller passed */
     int loop;                           /* T_VOL: too many region symlinks on the way (ELOOP) */
+    int bare_root;                      /* a code root no other one holds, not embedded
+                                         * (bare_code_root): T_PASS when a real directory */
     char path[PATH_MAX];                /* absolute, normalised, embedded symlinks resolved */
 };
 
@@ -308,6 +316,7 @@ int fd_path(int fd, char *out, size_t len);
 int target_of(int dirfd, const char *path, int follow, struct target *t);
 int under_code_root(const char *path);
 int shallow_code(const char *path);
+int bare_code_root(const char *path);
 int unsealed(const char *path);
 const char *base_name(const char *path);
 int reserved_name(const struct svol *vol, const char *name);
@@ -354,6 +363,8 @@ void untrack(int fd);
 void retarget_tracked(struct svol *vol, const char *from, const char *to, int prefix);
 int reopen_tracked(struct svol *vol, const char *path, int flags);
 int flush_tracked(int fd, int durable);
+/* 1 and the stored file's path in out (n bytes) if fd is a tracked memfd, else 0. */
+int tracked_stored_path(int fd, char *out, size_t n);
 int close_tracked(int fd);
 int dup_tracked(int from, int to);
 

@@ -29,20 +29,6 @@ static void read_log_setting(void)
     if (v && (strcmp(v, "stderr") == 0 || v[0] == '/')) snprintf(log_target, sizeof log_target, "%s", v);
 }
 
-/* The length of the valid UTF-8 sequence at s (of n bytes), 0 if there is none. */
-static size_t utf8_sequence(const unsigned char *s, size_t n)
-{
-    size_t len = s[0] < 0x80 ? 1 : s[0] >= 0xc2 && s[0] <= 0xdf ? 2 : s[0] >= 0xe0 && s[0] <= 0xef ? 3
-               : s[0] >= 0xf0 && s[0] <= 0xf4 ? 4 : 0;
-    if (!len || len > n) return 0;
-    for (size_t i = 1; i < len; i++)
-        if ((s[i] & 0xc0) != 0x80) return 0;
-    if ((s[0] == 0xe0 && s[1] < 0xa0) || (s[0] == 0xed && s[1] > 0x9f) ||  /* overlong, surrogate */
-        (s[0] == 0xf0 && s[1] < 0x90) || (s[0] == 0xf4 && s[1] > 0x8f))    /* overlong, > U+10FFFF */
-        return 0;
-    return len;
-}
-
 /* One line to target ("stderr" or a file): control bytes, backslashes and bytes that are not
  * UTF-8 (raw file names) as \xHH. */
 static void emit(const char *target, const char *fmt, va_list ap)

@@ -136,6 +136,18 @@ int reopen_tracked(struct svol *vol, const char *path, int flags)
     return -1;
 }
 
+int tracked_stored_path(int fd, char *out, size_t n)
+{
+    if (!S.active) return 0;
+    pthread_mutex_lock(&S.lock);
+    struct tracked *t = tracked_fd(fd);
+    struct stat64 st;
+    int found = t && RESOLVE(fstat64)(fd, &st) == 0 && st.st_dev == t->dev && st.st_ino == t->ino &&
+                snprintf(out, n, "%s", t->path) < (int)n;
+    pthread_mutex_unlock(&S.lock);
+    return found;
+}
+
 /* Protect a tracked memfd's content again (close, fsync). An fd that is no longer the memfd
  * it was (closed past the shield, its number reused) is forgotten, never committed: its
  * content is not the file's. durable (fsync, fdatasync): the volume is synced after the commit,
