@@ -2156,7 +2156,6 @@ def test_processes_creating_one_file_at_once_get_the_kernels_answers(world, wher
     assert "sconify-shield" not in result.stderr
 
 
-
 POSIX_SPAWN = (
     "import os, sys\n"
     "d, tmp, how, driver, embedded = sys.argv[1:6]\n"
