@@ -2156,6 +2156,43 @@ def test_processes_creating_one_file_at_once_get_the_kernels_answers(world, wher
     assert "sconify-shield" not in result.stderr
 
 
+POSIX_SPAWN = (
+    "import os, sys\n"
+    "d, tmp, how, driver, embedded = sys.argv[1:6]\n"
+    "open(tmp + '/from-parent.txt', 'w').write('parent wrote this in /tmp')\n"
+    "child = ('import sys; print(sys.stdin.readline().strip(), open(sys.argv[1] + \"/count.txt\").read().strip(), '\n"
+    "         'open(sys.argv[2] + \"/from-parent.txt\").read())')\n"
+    "r, w = os.pipe()\n"
+    "spawn = os.posix_spawn if how == 'path' else os.posix_spawnp\n"
+    "program = sys.executable if how == 'path' else os.path.basename(sys.executable)\n"
+    "env = dict(os.environ, PATH=os.path.dirname(sys.executable) + ':' + os.environ['PATH'])\n"
+    "os.environ['PATH'] = env['PATH']  # posix_spawnp searches the caller's PATH\n"
+    "pid = spawn(program, [sys.executable, driver, child, d, tmp], env,\n"
+    "            file_actions=[(os.POSIX_SPAWN_OPEN, 0, embedded, os.O_RDONLY, 0), (os.POSIX_SPAWN_DUP2, w, 1),\n"
+    "                          (os.POSIX_SPAWN_CLOSE, r)])\n"
+    "os.close(w)\n"
+    "out = b''\n"
+    "while chunk := os.read(r, 4096): out += chunk\n"
+    "print(out.decode().strip(), os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))\n"
+    "try:\n"
+    "    spawn('/nonexistent/program', ['x'], env)\n"
+    "except OSError as e:\n"
+    "    print(type(e).__name__)\n"
+)
+
+
+@pytest.mark.parametrize("how", ["path", "search"])
+def test_a_measured_program_started_with_posix_spawn_gets_the_grant_and_the_embedded_files(world, how):
+    """os.posix_spawn(p) of the measured executable (CPython's subprocess takes this way with
+    close_fds=False): the child gets the grant (it reads the volume and the parent's /tmp), and
+    a file action that opens an embedded file opens it through the shield; a program that does
+    not exist is still the spawn's error."""
+    result = world.python_code(POSIX_SPAWN, str(world.volume), str(world.tmp), how, world.driver,
+                               EMBEDDED_ROOT + "/pkg/__init__.py", env={"SCONIFY_LOG": "stderr"})
+    assert result.stdout == "NAME = 'embedded package' 0 parent wrote this in /tmp 0\nFileNotFoundError\n", result.stderr
+    assert "sconify-shield" not in result.stderr
+
+
 SHARED_FILE = (
     "import fcntl, mmap, os, sys\n"
     "path = sys.argv[1]\n"

@@ -9,9 +9,12 @@
 #include <dlfcn.h>
 #include <jansson.h>
 #include <openssl/crypto.h>
+#include <sched.h>
 #include <seccomp.h>
+#include <signal.h>
 #include <sys/file.h>
 #include <sys/mman.h>
+#include <sys/wait.h>
 
 #include "measure.h"
 #include "policy.h"
@@ -581,6 +584,173 @@ EXPORT int execvpe(const char *file, char *const argv[], char *const envp[])
 {
     pass_grant_on(file, envp);
     return RESOLVE(execvpe)(file, argv, envp);
+}
+
+/* posix_spawn, posix_spawnp: glibc's run the file actions and the exec inside glibc, past the
+ * shield, so a measured program spawned that way got no grant (CPython's subprocess spawns
+ * this way with close_fds=False) and an action opening an embedded file gave ENOENT. A spawn of
+ * the measured executable is made here instead: fork, the attributes and the file actions
+ * applied through the shield (open, dup2, close are the interposed ones), then the exec, which
+ * passes the grant on; a failure in the child comes back through a close-on-exec pipe as the
+ * errno posix_spawn returns. Any other program, or file actions of a kind this does not know,
+ * is glibc's spawn as before. */
+
+/* glibc's struct __spawn_action (posix/spawn_int.h, unchanged from 2.29 to 2.39 but for the
+ * kinds appended): the public posix_spawn_file_actions_t holds an array of them. */
+struct spawn_action {
+    enum { SPAWN_CLOSE, SPAWN_DUP2, SPAWN_OPEN, SPAWN_CHDIR, SPAWN_FCHDIR, SPAWN_CLOSEFROM, SPAWN_TCSETPGRP,
+           SPAWN_KINDS } tag;
+    union {
+        struct { int fd; } close_action;
+        struct { int fd, newfd; } dup2_action;
+        struct { int fd; char *path; int oflag; mode_t mode; } open_action;
+        struct { char *path; } chdir_action;
+        struct { int fd; } fchdir_action;
+        struct { int from; } closefrom_action;
+        struct { int fd; } setpgrp_action;
+    } action;
+};
+
+static const struct spawn_action *spawn_actions(const posix_spawn_file_actions_t *fa, int *count)
+{
+    *count = fa ? fa->__used : 0;
+    return fa ? (const struct spawn_action *)(const void *)fa->__actions : NULL;
+}
+
+static int spawn_actions_known(const posix_spawn_file_actions_t *fa)
+{
+    int count;
+    const struct spawn_action *a = spawn_actions(fa, &count);
+    for (int i = 0; i < count; i++)
+        if ((unsigned)a[i].tag >= SPAWN_KINDS) return 0;
+    return 1;
+}
+
+/* In the child: the attributes, then the file actions in order. 0, or the errno of the first
+ * that failed. */
+static int spawn_setup(const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *attr)
+{
+    short flags = 0;
+    if (attr) posix_spawnattr_getflags(attr, &flags);
+    if (flags & POSIX_SPAWN_SETSIGMASK) {
+        sigset_t mask;
+        posix_spawnattr_getsigmask(attr, &mask);
+        sigprocmask(SIG_SETMASK, &mask, NULL);
+    }
+    if (flags & POSIX_SPAWN_SETSIGDEF) {
+        sigset_t def;
+        posix_spawnattr_getsigdefault(attr, &def);
+        for (int sig = 1; sig < NSIG; sig++)
+            if (sigismember(&def, sig) == 1) signal(sig, SIG_DFL);
+    }
+    if ((flags & POSIX_SPAWN_SETSID) && setsid() < 0) return errno;
+    if (flags & POSIX_SPAWN_SETPGROUP) {
+        pid_t group = 0;
+        posix_spawnattr_getpgroup(attr, &group);
+        if (setpgid(0, group) != 0) return errno;
+    }
+    if (flags & (POSIX_SPAWN_SETSCHEDULER | POSIX_SPAWN_SETSCHEDPARAM)) {
+        int policy = 0;
+        struct sched_param param;
+        posix_spawnattr_getschedpolicy(attr, &policy);
+        posix_spawnattr_getschedparam(attr, &param);
+        if ((flags & POSIX_SPAWN_SETSCHEDULER ? sched_setscheduler(0, policy, &param) : sched_setparam(0, &param)) < 0)
+            return errno;
+    }
+    if ((flags & POSIX_SPAWN_RESETIDS) && (setgid(getgid()) != 0 || setuid(getuid()) != 0)) return errno;
+    int count;
+    const struct spawn_action *a = spawn_actions(fa, &count);
+    for (int i = 0; i < count; i++) {
+        int rc = 0;
+        switch (a[i].tag) {
+        case SPAWN_CLOSE:
+            rc = close(a[i].action.close_action.fd) != 0 && errno != EBADF ? -1 : 0;
+            break;
+        case SPAWN_DUP2: {
+            int from = a[i].action.dup2_action.fd, to = a[i].action.dup2_action.newfd;
+            if (from == to) {  /* the descriptor stays, inherited */
+                int fdflags = fcntl(from, F_GETFD);
+                rc = fdflags < 0 ? -1 : fcntl(from, F_SETFD, fdflags & ~FD_CLOEXEC);
+            } else {
+                rc = dup2(from, to) < 0 ? -1 : 0;
+            }
+            break;
+        }
+        case SPAWN_OPEN: {
+            int want = a[i].action.open_action.fd;
+            int fd = open(a[i].action.open_action.path, a[i].action.open_action.oflag, a[i].action.open_action.mode);
+            if (fd >= 0 && fd != want) {
+                rc = dup2(fd, want) < 0 ? -1 : 0;
+                int saved = errno;
+                close(fd);
+                errno = saved;
+            } else if (fd < 0) {
+                rc = -1;
+            }
+            break;
+        }
+        case SPAWN_CHDIR: rc = chdir(a[i].action.chdir_action.path); break;
+        case SPAWN_FCHDIR: rc = fchdir(a[i].action.fchdir_action.fd); break;
+        case SPAWN_CLOSEFROM: rc = close_range((unsigned)a[i].action.closefrom_action.from, ~0U, 0); break;
+        case SPAWN_TCSETPGRP: rc = tcsetpgrp(a[i].action.setpgrp_action.fd, getpgrp()); break;
+        default: errno = ENOSYS; rc = -1; break;
+        }
+        if (rc != 0) return errno;
+    }
+    return 0;
+}
+
+static int shield_spawn(pid_t *pid, const char *file, int search, const posix_spawn_file_actions_t *fa,
+                        const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    int report[2];
+    if (pipe2(report, O_CLOEXEC) != 0) return errno;
+    pid_t child = fork();
+    if (child < 0) {
+        int e = errno;
+        RESOLVE(close)(report[0]);
+        RESOLVE(close)(report[1]);
+        return e;
+    }
+    if (child == 0) {
+        RESOLVE(close)(report[0]);
+        int e = spawn_setup(fa, attr);
+        if (!e) {
+            (search ? execvpe : execve)(file, argv, envp);
+            e = errno;
+        }
+        write_full(report[1], &e, sizeof e);
+        _exit(127);
+    }
+    RESOLVE(close)(report[1]);
+    int e = 0;
+    ssize_t n;
+    while ((n = read(report[0], &e, sizeof e)) < 0 && errno == EINTR) {}
+    RESOLVE(close)(report[0]);
+    if (n == (ssize_t)sizeof e) {  /* the child failed before its exec: reaped here, as glibc's */
+        while (waitpid(child, NULL, 0) < 0 && errno == EINTR) {}
+        return e;
+    }
+    if (pid) *pid = child;
+    return 0;
+}
+
+EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *attr,
+                       char *const argv[], char *const envp[])
+{
+    char *const *env = envp ? envp : environ;
+    if (ACTIVE() && grant_text && spawn_actions_known(fa) && executes_measured(path, env))
+        return shield_spawn(pid, path, 0, fa, attr, argv, env);
+    return RESOLVE(posix_spawn)(pid, path, fa, attr, argv, envp);
+}
+
+EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *attr,
+                        char *const argv[], char *const envp[])
+{
+    char *const *env = envp ? envp : environ;
+    if (ACTIVE() && grant_text && spawn_actions_known(fa) && executes_measured(file, env))
+        return shield_spawn(pid, file, 1, fa, attr, argv, env);
+    return RESOLVE(posix_spawnp)(pid, file, fa, attr, argv, envp);
 }
 
 /* Debian's libjansson.a is built as position-dependent code: its json_loadf path refers to

@@ -84,6 +84,7 @@
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
+#include <spawn.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -181,7 +182,11 @@
     REAL(int, execve, const char *, char *const *, char *const *) \
     REAL(int, execv, const char *, char *const *) \
     REAL(int, execvp, const char *, char *const *) \
-    REAL(int, execvpe, const char *, char *const *, char *const *)
+    REAL(int, execvpe, const char *, char *const *, char *const *) \
+    REAL(int, posix_spawn, pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *, \
+         char *const *, char *const *) \
+    REAL(int, posix_spawnp, pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *, \
+         char *const *, char *const *)
 
 #define REAL_DECLARE(ret, name, ...)       \
     typedef ret (*name##_fn)(__VA_ARGS__); \
