@@ -2193,6 +2193,29 @@ def test_a_measured_program_started_with_posix_spawn_gets_the_grant_and_the_embe
     assert "sconify-shield" not in result.stderr
 
 
+
+SPAWN_STDOUT = (
+    "import os, sys\n"
+    "out, driver = sys.argv[1:3]\n"
+    "actions = [(os.POSIX_SPAWN_OPEN, 1, out, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)]\n"
+    "pid = os.posix_spawn(sys.executable, [sys.executable, driver, 'import sys; sys.stdout.write(\"hello\")'],\n"
+    "                     os.environ, file_actions=actions)\n"
+    "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), open(out).read())\n"
+)
+
+
+@pytest.mark.parametrize("where", ["volume", "tmp"])
+def test_a_region_file_a_child_inherits_as_its_stdout_keeps_what_it_writes(world, where):
+    """CPython's test_posix test_open_file: the spawn opens the child's stdout in a region, only
+    the child holds it, and the child writes and exits. The child's shield takes an inherited
+    descriptor of a cached file as its own (cache_adopt_inherited), so its exit commits it."""
+    out = str((world.volume if where == "volume" else world.tmp) / "child-stdout.txt")
+    result = world.python_code(SPAWN_STDOUT, out, world.driver, env={"SCONIFY_LOG": "stderr"}, pid1=True)
+    assert result.stdout == "0 hello\n", result.stderr
+    assert "sconify-shield" not in result.stderr
+    assert b"hello" not in Path(out).read_bytes()
+
+
 SHARED_FILE = (
     "import fcntl, mmap, os, sys\n"
     "path = sys.argv[1]\n"

@@ -147,3 +147,26 @@ void cache_adopt_received(int fd)
     (flags >= 0 && (flags & O_ACCMODE) == O_RDONLY ? track_reader : track)(fd, vol, path);
     pthread_mutex_unlock(&S.lock);
 }
+
+/* At start: descriptors this process inherited across its exec that are files of the shared
+ * cache (a file action of posix_spawn, a shell's redirection, a parent that opened a file for
+ * its child's stdout) are its files too, so what it writes through them is committed at its
+ * close or exit, as the opener's writes would be (CPython's test_posix test_open_file: the
+ * spawned child's stdout opened by the spawn, nobody else holding it). */
+void cache_adopt_inherited(void)
+{
+    if (!S.cache_socket[0]) return;
+    in_shield++;
+    DIR *d = RESOLVE(opendir)("/proc/self/fd");
+    in_shield--;
+    if (!d) return;
+    int fds[256], n = 0, self = dirfd(d);
+    struct dirent64 *e;
+    while (n < (int)(sizeof fds / sizeof *fds) && (e = RESOLVE(readdir64)(d)) != NULL) {
+        char *end;
+        long fd = strtol(e->d_name, &end, 10);
+        if (!*end && e->d_name[0] != '.' && fd != self) fds[n++] = (int)fd;
+    }
+    RESOLVE(closedir)(d);
+    for (int i = 0; i < n; i++) cache_adopt_received(fds[i]);
+}

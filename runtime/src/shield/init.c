@@ -500,6 +500,7 @@ __attribute__((constructor)) static void shield_init(void)
     install_seccomp();
     if (S.nvols) pthread_atfork(fork_prepare, fork_parent, fork_child);
     S.active = S.has_emb || S.nvols || S.locked || S.ninjected;
+    if (fits && S.nvols) cache_adopt_inherited();
     in_shield--;
 }
 

@@ -386,6 +386,7 @@ int cache_open(const char *path, int flags, int plain_fd, int *status);
  * reads the stored file. Called with S.lock held. */
 void cache_forget(const struct svol *vol, const char *path);
 void cache_adopt_received(int fd);
+void cache_adopt_inherited(void);
 
 /* ------------------------------------------------------------------ the commit (commit.c) */
 
