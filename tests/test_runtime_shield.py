@@ -9,6 +9,7 @@ embedded code and the volume's plaintext to that python only.
 from __future__ import annotations
 
 import _ctypes
+import ast
 import errno
 import hashlib
 import hmac
@@ -805,28 +806,50 @@ def test_the_measured_process_tree_shares_its_ephemeral_region(world, method):
     assert_no_plaintext(world.tmp)  # the region's fspf included: it names the files, encrypted
 
 
+def granted(world: World, code: str, *args: str) -> tuple[str, dict]:
+    """Run code as the service under strace and return its stdout and the grant its shield read
+    (the shield closes the grant's descriptor once read: only a tracer sees it)."""
+    trace = world.root / f"grant-trace-{len(list(world.root.glob('grant-trace-*')))}"
+    result = world.python_code(code, *args, under=("strace", "-f", "-qq", "-s", "1048576", "-e", "trace=pread64",
+                                                   "-o", str(trace)))
+    for line in trace.read_text().splitlines():
+        found = re.search(r'pread64\(\d+, "(\{.*\\"schema\\":\\"sconify\.grant/v1\\".*\})"', line)
+        if found:
+            return result.stdout, json.loads(ast.literal_eval('"' + found.group(1) + '"'))
+    raise AssertionError("the shield read no grant")
+
+
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
 def test_the_ephemeral_key_is_in_the_grant_only(world):
-    out = world.python_code(
-        "import json, os\n"
-        "grant = json.loads(open('/proc/self/fd/' + os.environ['SCONIFY_GRANT']).read())\n"
-        "[region] = grant['ephemeral']\n"
-        "open(region['path'] + '/x', 'w').write('x')\n"
-        "print(region['path'], os.path.basename(region['fspf_path']), region['key'])\n"
-        "print(any(region['key'] in value for value in os.environ.values()))\n"
-    ).stdout.split()
-    path, fspf_name, key = out[:3]
-    assert path == str(world.tmp) and re.fullmatch(r"\.sconify\.fspf\.[0-9a-f]{16}", fspf_name) and out[3] == "False"
+    out, grant = granted(world,
+                         "import os, sys\n"
+                         "open(sys.argv[1] + '/x', 'w').write('x')\n"
+                         "print(sorted(os.listdir(sys.argv[1])))\n", str(world.tmp))
+    [region] = grant["ephemeral"]
+    key = region["key"]
+    assert region["path"] == str(world.tmp) and out == "['x']\n"
+    assert re.fullmatch(r"\.sconify\.fspf\.[0-9a-f]{16}", os.path.basename(region["fspf_path"]))
     for file in world.root.rglob("*"):  # not on disk (keys file, region, anywhere), as hex or bytes
-        if file.is_file() and not file.is_symlink():
+        if file.is_file() and not file.is_symlink() and not file.name.startswith("grant-trace-"):
             data = file.read_bytes()
             assert key.encode() not in data and bytes.fromhex(key) not in data, file
     # A second start makes another key and another fspf: the first one's is not this one's.
-    again = world.python_code(
-        "import json, os\n"
-        "grant = json.loads(open('/proc/self/fd/' + os.environ['SCONIFY_GRANT']).read())\n"
-        "print(grant['ephemeral'][0]['key'], os.path.exists(%r))\n" % str(world.tmp / "x")).stdout.split()
-    assert again[0] != key and again[1] == "False"
+    out, again = granted(world, "import os, sys\nprint(os.path.exists(sys.argv[1]))\n", str(world.tmp / "x"))
+    assert again["ephemeral"][0]["key"] != key and out == "False\n"
     assert len([name for name in runtime_files(world.tmp) if name.startswith(".sconify.fspf.")]) == 2
+
+
+def test_the_service_does_not_hold_the_grant(world):
+    # Read at start, the grant's descriptor is closed: not among the service's descriptors
+    # (CPython's test_subprocess lists them), not in /proc/PID/fd for whoever may look there,
+    # and neither its key nor its environment name it any more; a measured child still gets it.
+    code = ("import os, subprocess, sys\n"
+            "fds = sorted(os.listdir('/proc/self/fd'))\n"
+            "links = [os.readlink('/proc/self/fd/' + fd) for fd in fds if os.path.exists('/proc/self/fd/' + fd)]\n"
+            "print(os.environ['SCONIFY_GRANT'], any('sconify-grant' in link for link in links))\n"
+            "print(subprocess.run([sys.executable, '-c', %r], capture_output=True, text=True).stdout.strip())\n"
+            % (READ_COUNT % str(world.volume / "count.txt")))
+    assert world.python_code(code).stdout == "699 False\n0\n"
 
 
 def test_what_a_tool_writes_in_the_region_is_hidden_and_removed_with_its_directory(world):

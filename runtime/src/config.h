@@ -28,6 +28,11 @@
 /* The largest grant the shield reads (keys, runtime config, injection files): the launcher
  * refuses to start with a larger one rather than start a service that would find no grant. */
 #define GRANT_MAX_SIZE (1 << 20)
+/* The descriptor number of the grant (SCONIFY_GRANT): out of the way of the numbers a service
+ * uses, below the plaintext cache's connection (700 and above). Each process closes it once it
+ * has read it and writes it again there just before an exec of the measured executable
+ * (shield/init.c), so the service never sees it among its descriptors. */
+#define GRANT_FD 699
 
 struct rt_volume {
     char *path;        /* region path, absolute */

@@ -637,6 +637,11 @@ static void grant_keys(const struct rt_config *cfg, const struct rt_keys *keys, 
     OPENSSL_cleanse(text, len);
     free(text);
     if (!ok) die("cannot write the memfd that grants the keys to the service: %s", strerror(errno));
+    int high = fcntl(fd, F_DUPFD, GRANT_FD);  /* inherited: no close-on-exec */
+    if (high >= 0) {
+        close(fd);
+        fd = high;
+    }
     char number[16];
     snprintf(number, sizeof number, "%d", fd);
     setenv("SCONIFY_GRANT", number, 1);

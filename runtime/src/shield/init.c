@@ -136,9 +136,11 @@ static int read_grant(struct grant *g)
             snprintf(g->cache_socket, sizeof g->cache_socket, "%s", socket);
         grant_text = text;  /* kept to pass the grant on (execve below) */
         grant_len = (size_t)st.st_size;
-        /* Another program this one executes (a shell, a tool) must not inherit it: pass_grant_on
-         * clears this flag again only for an exec of the measured executable. */
-        fcntl((int)fd, F_SETFD, fcntl((int)fd, F_GETFD) | FD_CLOEXEC);
+        /* Read, it is closed: no other program this one executes (a shell, a tool) inherits it,
+         * the service does not see it among its descriptors (CPython's test_subprocess lists
+         * them), and /proc/PID/fd does not show it. pass_grant_on writes it again at its number
+         * only for an exec of the measured executable. */
+        RESOLVE(close)((int)fd);
     } else if (text) {
         OPENSSL_cleanse(text, (size_t)st.st_size);
         free(text);
