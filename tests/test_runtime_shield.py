@@ -326,6 +326,25 @@ def test_a_directory_renamed_in_a_volume_keeps_its_files(world):
     assert b"file b" not in (world.volume / "moved" / "z" / "sub" / "b.txt").read_bytes()
 
 
+@pytest.mark.skipif(not shutil.which("strace"), reason="needs strace")
+def test_a_commit_killed_between_its_renames_is_completed_at_the_next_start(world):
+    # A commit renames the new stored file, then the new fspf: a kill in between (strace kills the
+    # service at its third rename: the keys file's first phase, the stored file, then the fspf)
+    # left the new ciphertext under the old fspf, and the file unreadable (EIO). The next start
+    # finds the commit's temp fspf, which the keys name as next, and completes the commit.
+    killed = world.run(str(world.python), world.driver, "import sys\nopen(sys.argv[1] + '/count.txt', 'w').write('1')\n",
+                       str(world.volume), check=False,
+                       under=("strace", "-f", "-qq", "-o", "/dev/null", "-e", "trace=rename",
+                              "-e", "inject=rename:error=EIO:signal=SIGKILL:when=3"))
+    assert killed.returncode == -9 and "fspf_tag_next" in world.keys.read_text()
+    assert any(p.name.startswith(".sconify.fspf.sconify-tmp.") for p in world.volume.iterdir())
+    again = world.python_code(READ_COUNT % str(world.volume / "count.txt"), env={"SCONIFY_LOG": "stderr"})
+    assert again.stdout == "\n", again.stderr  # the truncation the killed open committed
+    assert "completed a commit that was stopped between its renames" in again.stderr
+    assert "fspf_tag_next" not in world.keys.read_text()
+    assert not any(p.name.startswith(".sconify") and "tmp" in p.name for p in world.volume.iterdir())
+
+
 def test_rolled_back_volume_is_refused(world):
     old = world.root / "old-volume"
     shutil.copytree(world.volume, old)

@@ -33,6 +33,9 @@
  * has read it and writes it again there just before an exec of the measured executable
  * (shield/init.c), so the service never sees it among its descriptors. */
 #define GRANT_FD 699
+/* The prefix of a commit's temporary files (shield/commit.c), hidden from the service: the new
+ * stored file DIR/.sconify-tmp.NAME.PID and the new fspf FSPF.sconify-tmp.PID. */
+#define HIDDEN_TMP ".sconify-tmp."
 
 struct rt_volume {
     char *path;        /* region path, absolute */

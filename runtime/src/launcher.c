@@ -259,18 +259,92 @@ static unsigned char *read_fspf(const struct rt_volume *vol, size_t *size)
     return data;
 }
 
+/* A commit killed between its renames (docs/runtime.md, "The commit"): its record names the next
+ * tag, the fspf on disk still carries the previous one, and the stored file may already be the
+ * new one (renamed first), which the old fspf cannot read. The commit's new fspf is still there
+ * as its temp file (written before the record named it): its stored temp files that were not
+ * renamed yet are put in place, the files it removed are removed, and its fspf replaces the old
+ * one, so the check below finds the next tag and promotes it. *data (size) is read again. */
+static void settle_commit(const struct rt_volume *vol, const unsigned char key[32], const unsigned char next[16],
+                          unsigned char **data, size_t *size)
+{
+    const unsigned char *tag = *size >= 16 ? *data + *size - 16 : NULL;
+    if (!tag || memcmp(tag, next, 16) == 0) return;
+    char prefix[PATH_MAX], tmp[PATH_MAX * 2] = "";
+    snprintf(prefix, sizeof prefix, "%s" HIDDEN_TMP, base_name(vol->fspf_path));
+    DIR *dir = opendir(vol->path);
+    struct dirent *e;
+    unsigned char *new_data = NULL;
+    size_t new_size = 0;
+    long pid = -1;
+    while (dir && !new_data && (e = readdir(dir)) != NULL) {
+        if (strncmp(e->d_name, prefix, strlen(prefix)) != 0) continue;
+        snprintf(tmp, sizeof tmp, "%s/%s", vol->path, e->d_name);
+        struct rt_volume candidate = *vol;
+        candidate.fspf_path = tmp;
+        int fd = open(tmp, O_RDONLY | O_CLOEXEC);
+        struct stat st;
+        if (fd < 0 || fstat(fd, &st) != 0 || st.st_size < 16) {
+            if (fd >= 0) close(fd);
+            continue;
+        }
+        close(fd);
+        size_t n;
+        unsigned char *candidate_data = read_fspf(&candidate, &n);
+        if (memcmp(candidate_data + n - 16, next, 16) == 0) {
+            new_data = candidate_data;
+            new_size = n;
+            pid = strtol(e->d_name + strlen(prefix), NULL, 10);
+        } else {
+            free(candidate_data);
+        }
+    }
+    if (dir) closedir(dir);
+    struct fspf was, now;
+    struct rt_error err;
+    if (!new_data || pid <= 0 || fspf_load(&now, new_data, new_size, key, next, &err) != 0) {
+        free(new_data);
+        return;  /* the commit never got to its renames: the old fspf is the volume */
+    }
+    free(new_data);
+    int have_was = fspf_load(&was, *data, *size, key, tag, &err) == 0;
+    for (uint32_t i = 0; i < now.file_count; i++) {  /* its new stored file, if not renamed yet */
+        const struct fspf_file *f = &now.files[i], *old = have_was ? fspf_find(&was, f->path) : NULL;
+        if (old && memcmp(old->file_id, f->file_id, 16) == 0) continue;
+        const char *base = base_name(f->path);
+        char stored_tmp[PATH_MAX * 2];
+        snprintf(stored_tmp, sizeof stored_tmp, "%.*s" HIDDEN_TMP "%s.%ld", (int)(base - f->path), f->path, base, pid);
+        struct stat st;
+        if (lstat(stored_tmp, &st) == 0) rename(stored_tmp, f->path);
+    }
+    for (uint32_t i = 0; have_was && i < was.file_count; i++)  /* the files it removed */
+        if (!fspf_find(&now, was.files[i].path)) unlink(was.files[i].path);
+    if (have_was) fspf_free(&was);
+    fspf_free(&now);
+    if (rename(tmp, vol->fspf_path) != 0) return;
+    fsync_dir_of(vol->fspf_path);
+    fprintf(stderr, "sconify-run: volume %s: completed a commit that was stopped between its renames\n", vol->path);
+    free(*data);
+    *data = read_fspf(vol, size);
+}
+
 /* The container's own copy of a volume: its freshness lives with the container (the state file
  * in the volume's directory), so a run that writes it and is thrown away moves nothing in the
  * keys file. Its fspf must carry the tag of the image's copy (the keys file's fspf_tag_image, or
  * its fspf_tag), or the tag this container's state records (a container started again: `docker
  * restart`), or the next one of a commit that was under way (promoted). The key's tag is set to
  * the accepted one for the grant. */
-static void check_container_copy(const struct rt_volume *vol, struct rt_key *key, const unsigned char *data,
-                                 size_t size)
+static void check_container_copy(const struct rt_volume *vol, struct rt_key *key, unsigned char **fspf_data,
+                                 size_t *fspf_size)
 {
-    const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
+    unsigned char *data = *fspf_data;
+    size_t size = *fspf_size;
     struct rt_state state;
     int have_state = state_load(vol->path, key->key, &state);
+    if (have_state && state.has_next) settle_commit(vol, key->key, state.next_tag, fspf_data, fspf_size);
+    data = *fspf_data;
+    size = *fspf_size;
+    const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
     const unsigned char *accepted = fresh_tag(key, 1, have_state ? &state : NULL, tag);
     char line[1024];
     struct fspf fs;
@@ -339,6 +413,7 @@ static void check_volume_in_store(const struct rt_volume *vol, struct rt_key *ke
     }
     size_t size;
     unsigned char *data = read_fspf(vol, &size);
+    if (rec.has_next) settle_commit(vol, key->key, rec.next_tag, &data, &size);
     const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
     const unsigned char *accepted = store_fresh_tag(&rec, tag);
     struct fspf fs;
@@ -396,10 +471,11 @@ static void check_volumes(const struct rt_config *cfg, struct rt_keys *keys, con
         size_t size;
         unsigned char *data = read_fspf(vol, &size);
         if (persist && detect && container_copy(vol->path)) {
-            check_container_copy(vol, key, data, size);
+            check_container_copy(vol, key, &data, &size);
             free(data);
             continue;
         }
+        if (key->has_next) settle_commit(vol, key->key, key->next_tag, &data, &size);
         const unsigned char *tag = size >= 16 ? data + size - 16 : NULL;
         const unsigned char *accepted = fresh_tag(key, 0, NULL, tag);
         int next = accepted && accepted == key->next_tag;
@@ -964,7 +1040,7 @@ static void policy_container_copy(const struct rt_volume *vol, struct rt_key *k)
     unsigned char *data = read_deployment_fspf(vol, k->key, &size, &empty);
     struct rt_state state;
     if (empty && !state_load(vol->path, k->key, &state)) memcpy(k->tag, data + size - 16, 16);
-    check_container_copy(vol, k, data, size);  /* judged by the container's state; says where writes go */
+    check_container_copy(vol, k, &data, &size);  /* judged by the container's state; says where writes go */
     free(data);
 }
 

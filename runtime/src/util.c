@@ -6,6 +6,7 @@
 #include <limits.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 #include <unistd.h>
 
 int rt_fail(struct rt_error *e, const char *fmt, ...)
@@ -143,3 +144,9 @@ size_t utf8_sequence(const unsigned char *s, size_t n)
     return len;
 }
 
+
+const char *base_name(const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    return slash ? slash + 1 : path;
+}

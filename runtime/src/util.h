@@ -39,6 +39,8 @@ int pwrite_full(int fd, const void *buf, size_t count, uint64_t offset);
  * caller's. Without sync a reader sees the old or the new content, never a part, and the kernel
  * keeps the new one if the process is killed; only a crash of the machine may lose it. */
 int replace_file(const char *path, const char *tmp, const void *data, size_t len, int newline, mode_t mode, int sync);
+/* The last component of path (after its last '/'). */
+const char *base_name(const char *path);
 /* fsync the directory that holds path (what makes a rename or a create in it durable): 0 or -1. */
 int fsync_dir_of(const char *path);
 /* fsync path itself and then its directory: a file replaced by a rename made durable. 0 or -1

@@ -305,12 +305,6 @@ static int hidden_name(const char *name)
            strcmp(name, VOLUME_LOCK_NAME) == 0 || strncmp(name, HIDDEN_TMP, strlen(HIDDEN_TMP)) == 0;
 }
 
-const char *base_name(const char *path)
-{
-    const char *slash = strrchr(path, '/');
-    return slash ? slash + 1 : path;
-}
-
 /* Names the service never sees as files of its own in vol: a volume's fspf, a container
  * copy's state file, the commit's lock file and the commit's temp files; in an ephemeral region
  * the lock file, the temp files and the fspfs of its starts (this one's, those earlier starts left). */

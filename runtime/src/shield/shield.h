@@ -100,7 +100,6 @@
 #include "util.h"
 
 #define EXPORT __attribute__((visibility("default")))
-#define HIDDEN_TMP ".sconify-tmp."
 #define FAKE_DEV 0x5c0f1fULL
 
 #pragma GCC visibility push(hidden)
@@ -323,7 +322,6 @@ int under_code_root(const char *path);
 int shallow_code(const char *path);
 int bare_code_root(const char *path);
 int unsealed(const char *path);
-const char *base_name(const char *path);
 int reserved_name(const struct svol *vol, const char *name);
 
 /* ------------------------------------------------------------------ embedded code (embedded.c) */
