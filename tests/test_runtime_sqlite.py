@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_runtime_docker import SECRETS, convert_into_engine, derived_image, load_original, run, secrets_dir
+from engine_images import Converted
+from test_runtime_docker import SECRETS, run, secrets_dir
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -123,26 +124,13 @@ if __name__ == "__main__":
     globals()["scenario_" + sys.argv[1]](*sys.argv[2:])
 '''
 
-class Images:
-    def __init__(self, original: str, tag: str, out: Path):
-        self.original, self.tag, self.out = original, tag, out
-
-
 @pytest.fixture(scope="module")
-def sqlite_images(python_image, docker_client, tmp_path_factory):
+def sqlite_images(python_image, engine_images) -> Converted:
     """The Python demo with SQLITE_CHECK as its command: original, and converted with
     --dir /app/data --allow-args."""
-    tmp = tmp_path_factory.mktemp("rt-sqlite")
-    name = f"sconify-rt-sqlite-{uuid.uuid4().hex[:8]}"
-    base, original, tag = f"{name}:base", f"{name}:original", f"{name}:conf"
-    load_original(docker_client, python_image, base, tmp)
-    try:
-        derived_image(docker_client, base, original, {SCRIPT: (SQLITE_CHECK.encode(), 0o644)}, cmd=["python3", SCRIPT])
-        convert_into_engine(f"docker-daemon:{original}", tag, tmp / "out", "--dir", "/app/data", "--allow-args")
-        yield Images(original, tag, tmp / "out")
-    finally:
-        for image in (tag, original, base):
-            docker_client.images.remove(image, force=True)
+    original = engine_images.derived(engine_images.loaded(f"oci:{python_image}:latest"),
+                                     {SCRIPT: (SQLITE_CHECK.encode(), 0o644)}, cmd=["python3", SCRIPT])
+    return engine_images.converted(original, "--dir", "/app/data", "--allow-args")
 
 
 @pytest.fixture
@@ -160,7 +148,7 @@ def volumes(docker_client):
         docker_client.volumes.get(name).remove(force=True)
 
 
-def scenario(docker_client, images: Images, converted: bool, volume: str, secrets: Path | None, *args: str) -> str:
+def scenario(docker_client, images: Converted, converted: bool, volume: str, secrets: Path | None, *args: str) -> str:
     """Run python3 SCRIPT ARGS in the original or the converted image, /app/data on ``volume``."""
     image = images.tag if converted else images.original
     status, out, err = run(docker_client, image, ["python3", SCRIPT, *args], secrets=secrets if converted else None,
