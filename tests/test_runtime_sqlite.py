@@ -20,7 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
-from engine_images import Converted
+from engine_images import Converted, load_image
 from test_runtime_docker import SECRETS, run, secrets_dir
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -125,12 +125,20 @@ if __name__ == "__main__":
 '''
 
 @pytest.fixture(scope="module")
-def sqlite_images(python_image, engine_images) -> Converted:
+def sqlite_images(python_image, docker_client, engine_images):
     """The Python demo with SQLITE_CHECK as its command: original, and converted with
-    --dir /app/data --allow-args."""
-    original = engine_images.derived(engine_images.loaded(f"oci:{python_image}:latest"),
-                                     {SCRIPT: (SQLITE_CHECK.encode(), 0o644)}, cmd=["python3", SCRIPT])
-    return engine_images.converted(original, "--dir", "/app/data", "--allow-args")
+    --dir /app/data --allow-args. The demo is loaded under a tag of this module's own, not the
+    session's (engine_images.loaded): built on the session's tag, the killed WAL writer's next
+    start failed the shield's integrity check (the -wal stored one frame longer than the fspf
+    records) in 3 of 3 runs after tests/test_runtime_policy.py, and passes this way (2 of 2): why
+    is not understood yet."""
+    base = f"sconify-rt-sqlite-{uuid.uuid4().hex[:8]}:base"
+    load_image(docker_client, f"oci:{python_image}:latest", base)
+    try:
+        original = engine_images.derived(base, {SCRIPT: (SQLITE_CHECK.encode(), 0o644)}, cmd=["python3", SCRIPT])
+        yield engine_images.converted(original, "--dir", "/app/data", "--allow-args")
+    finally:
+        docker_client.images.remove(base, force=True)
 
 
 @pytest.fixture
