@@ -27,7 +27,8 @@ sys.path.insert(0, str(REPO / "tests"))
 import docker  # noqa: E402
 
 from sconify.demo import debimage  # noqa: E402
-from test_runtime_docker import convert_into_engine, derived_image, load_original, run  # noqa: E402
+from engine_images import EngineImages  # noqa: E402
+from test_runtime_docker import run  # noqa: E402
 from test_runtime_sqlite import SCRIPT, SQLITE_CHECK  # noqa: E402
 
 
@@ -38,13 +39,14 @@ def main() -> int:
     args = parser.parse_args()
     client = docker.from_env()
     name = f"sconify-bench-sqlite-{uuid.uuid4().hex[:8]}"
-    base, original, tag = f"{name}:base", f"{name}:original", f"{name}:conf"
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        load_original(client, debimage.build_image("python"), base, work)
+        images = EngineImages(client, work)
         try:
-            derived_image(client, base, original, {SCRIPT: (SQLITE_CHECK.encode(), 0o644)}, cmd=["python3", SCRIPT])
-            convert_into_engine(f"docker-daemon:{original}", tag, work / "out", "--dir", "/app/data", "--allow-args")
+            original = images.derived(images.loaded(f"oci:{debimage.build_image('python')}:latest"),
+                                      {SCRIPT: (SQLITE_CHECK.encode(), 0o644)}, cmd=["python3", SCRIPT])
+            converted_image = images.converted(original, "--dir", "/app/data", "--allow-args")
+            tag, keys = converted_image.tag, converted_image.out
             print(f"{'case':<14} {'original rows/s':>16} {'converted rows/s':>17} {'ratio':>6}  rows")
             for mode, method in (("delete", "fork"), ("delete", "spawn"), ("wal", "fork"), ("wal", "spawn")):
                 rates: dict[bool, list[float]] = {False: [], True: []}
@@ -54,7 +56,7 @@ def main() -> int:
                         volume = client.volumes.create(f"{name}-{uuid.uuid4().hex[:6]}").name
                         secrets = work / f"secrets-{uuid.uuid4().hex[:6]}"  # the keys as written: a fresh volume's tag
                         secrets.mkdir()
-                        (secrets / "keys.json").write_bytes((work / "out" / "keys.json").read_bytes())
+                        (secrets / "keys.json").write_bytes((keys / "keys.json").read_bytes())
                         try:
                             status, out, err = run(client, tag if converted else original,
                                                    ["python3", SCRIPT, "rate", f"/app/data/{mode}.db", mode, "marker",
@@ -72,8 +74,7 @@ def main() -> int:
                 o, c = statistics.median(rates[False]), statistics.median(rates[True])
                 print(f"{mode + ' ' + method:<14} {o:>16.0f} {c:>17.0f} {c / o:>6.2f}  {rows[False]} / {rows[True]}")
         finally:
-            for image in (tag, original, base):
-                client.images.remove(image, force=True)
+            images.remove()
     return 0
 
 

@@ -7,6 +7,9 @@ from ``sconify.demo.debimage``, built once into the cache (``$SCONIFY_CACHE`` or
 ``docker_client``: a docker SDK client for the engine at ``$DOCKER_HOST``; if that is unset the
 engine is started with ``../shared/tools/start-dockerd``. A missing engine fails the test.
 
+``engine_images``: images in the engine made once per session and shared by the test files
+(tests/engine_images.py): a reference loaded, an image derived with `docker build`, a conversion.
+
 ``run_in_docker(image, cmd)``: loads an image (an ``oci:``/``oci-archive:``/``docker-archive:``
 reference, or a docker-archive tar path) into the engine once per session, under a tag of its
 own, and returns the stdout of ``cmd`` run in a fresh, network-less container.
@@ -17,13 +20,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import tempfile
-import uuid
 from pathlib import Path
 from typing import Callable, Iterator
 
 import pytest
 
+from engine_images import EngineImages
 from sconify.demo import debimage
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -86,51 +88,23 @@ def docker_client() -> Iterator["docker.DockerClient"]:  # noqa: F821
 
 
 @pytest.fixture(scope="session")
-def run_in_docker(docker_client) -> Iterator[RunInDocker]:
-    """``run_in_docker(image, cmd, **run_kwargs) -> stdout`` in a fresh container without network.
+def engine_images(docker_client, tmp_path_factory) -> Iterator[EngineImages]:
+    """Images loaded, derived and converted once per session, shared by the test files
+    (tests/engine_images.py); their tags are removed at the end."""
+    images = EngineImages(docker_client, tmp_path_factory.mktemp("engine-images"))
+    yield images
+    images.remove()
 
-    Each image is loaded once per session under a tag of its own, and only that tag is removed at
-    the end: the engine is shared, and the same image may be loaded by someone else.
-    """
-    import docker
 
-    from sconify.image.transports import read_image, write_image
-
-    session = uuid.uuid4().hex[:12]
-    tags: dict[str, str] = {}
-
-    def load_archive(path: Path) -> str:
-        with path.open("rb") as handle:
-            return docker_client.images.load(handle)[0].id
-
-    def load(image: str | os.PathLike) -> str:
-        key = str(image)
-        tag = tags.setdefault(key, f"sconify-test-{session}:{len(tags)}")
-        try:
-            docker_client.images.get(tag)
-            return tag
-        except docker.errors.ImageNotFound:
-            pass
-        if isinstance(image, os.PathLike) or key.startswith("/"):
-            image_id = load_archive(Path(image))
-        else:
-            with tempfile.TemporaryDirectory(prefix="sconify-docker-") as tmp:
-                archive = Path(tmp) / "image.tar"
-                write_image(read_image(key), f"docker-archive:{archive}")
-                image_id = load_archive(archive)
-        repository, _, version = tag.partition(":")
-        docker_client.images.get(image_id).tag(repository, version)
-        return tag
+@pytest.fixture(scope="session")
+def run_in_docker(docker_client, engine_images) -> RunInDocker:
+    """``run_in_docker(image, cmd, **run_kwargs) -> stdout`` in a fresh container without network;
+    each image is loaded once per session (``engine_images.loaded``)."""
 
     def run(image: str | os.PathLike, cmd: list[str] | str | None = None, **kwargs) -> str:
         output = docker_client.containers.run(
-            load(image), cmd, remove=True, network_disabled=True, stdout=True, stderr=False, **kwargs
+            engine_images.loaded(image), cmd, remove=True, network_disabled=True, stdout=True, stderr=False, **kwargs
         )
         return output.decode()
 
-    yield run
-    for tag in tags.values():
-        try:
-            docker_client.images.remove(tag)  # untags; the image goes when no one else tags it
-        except docker.errors.APIError:
-            pass  # already gone, or still used by a container someone else runs
+    return run

@@ -174,15 +174,13 @@ def test_deterministic_keys_give_the_same_image_and_keep_embedded_still_removes(
 
 @pytest.mark.docker
 @pytest.mark.parametrize("kind", ["python", "node"])
-def test_the_converted_image_runs_with_the_keys_and_refuses_without(kind, request, docker_client,
+def test_the_converted_image_runs_with_the_keys_and_refuses_without(kind, request, docker_client, engine_images,
                                                                     tmp_path: Path) -> None:
-    from test_runtime_docker import SECRETS, load_original, run
+    from test_runtime_docker import SECRETS, run
 
     converted = request.getfixturevalue("converted" if kind == "python" else "node_converted")
-    layout = request.getfixturevalue(f"{kind}_image")
-    name = f"sconify-enc-{kind}-{uuid.uuid4().hex[:8]}"
-    original, tag = f"{name}:original", f"{name}:conf"
-    load_original(docker_client, layout, original, tmp_path)
+    original = engine_images.loaded(f"oci:{request.getfixturevalue(f'{kind}_image')}:latest")
+    tag = f"sconify-enc-{kind}-{uuid.uuid4().hex[:8]}:conf"
     archive = tmp_path / "conf.tar"
     write_image(read_image(f"oci:{converted / 'image'}:latest"), f"docker-archive:{archive}:{tag}")
     with archive.open("rb") as handle:
@@ -211,8 +209,7 @@ def test_the_converted_image_runs_with_the_keys_and_refuses_without(kind, reques
         else:  # a volume: the launcher refuses before anything runs
             assert err.startswith("sconify-run: no keys file") and len(err.splitlines()) == 1, err
     finally:
-        for image in (original, tag):
-            docker_client.images.remove(image, force=True)
+        docker_client.images.remove(tag, force=True)
 
 
 @pytest.mark.parametrize("root, refusal", [

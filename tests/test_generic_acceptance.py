@@ -30,9 +30,9 @@ import yaml
 from test_attach import write_keys
 from test_deploy import assert_no_key_material, sconify
 from test_registry import REGISTRY, plain_registry  # noqa: F401 - fixture
-from test_runtime_docker import OWN_COPY_LINE, SECRETS, derived_image, load_original
+from test_runtime_docker import OWN_COPY_LINE, SECRETS
 from test_runtime_docker import run as run_container
-from test_runtime_policy import (APP, APP_SOURCE, CAT, INI, REFUSED, expected_ini, mounts, report, sha256,
+from test_runtime_policy import (APP, CAT, INI, REFUSED, app_original, expected_ini, mounts, report, sha256,
                                  until_ready, volume_files, volumes)  # noqa: F401 - fixture
 from test_runtime_state_docker import etcd, restore, start, wait  # noqa: F401 - fixture
 
@@ -63,30 +63,28 @@ class Curator:
 
 
 @pytest.fixture(scope="module")
-def curator(python_image, plain_registry, docker_client, tmp_path_factory):  # noqa: F811
+def curator(python_image, plain_registry, docker_client, engine_images, tmp_path_factory):  # noqa: F811
     """The curator's side: the app converted twice with --generic --sign, pushed to the registry;
     the engine pulls each by digest, as a provider's docker run would."""
     from sconify.image.transports import read_image
 
     tmp = tmp_path_factory.mktemp("curator")
     name = f"sconify-accept-{uuid.uuid4().hex[:8]}"
-    load_original(docker_client, python_image, f"{name}:base", tmp)
-    derived_image(docker_client, f"{name}:base", f"{name}:original", {APP: (APP_SOURCE.encode(), 0o644)},
-                  cmd=["python3", APP])
+    original = app_original(engine_images, python_image)
     key, public = write_keys(tmp, "curator")
     versions: dict[str, Version] = {}
     try:
         for version, extra in (("1", ()), ("2", ("--heap", "128M"))):
             ref = plain_registry.ref(f"{name}:{version}-generic")
             outputs = tmp / f"curator-out-{version}"
-            run = sconify("image", "--from", f"docker-daemon:{name}:original", "--to", ref, "--generic",
+            run = sconify("image", "--from", f"docker-daemon:{original}", "--to", ref, "--generic",
                           "--dir", VOLUME, "--allow-args", "--out-dir", str(outputs), "--sign", str(key), *extra)
             assert run.returncode == 0, run.stderr
             image = f"{plain_registry.host}/{name}@{read_image(ref).manifest_digest}"
             versions[version] = Version(ref, image, docker_client.images.pull(image).id, outputs)
         yield Curator(versions, key, public)
     finally:
-        for tag in (f"{name}:original", f"{name}:base", *(v.image for v in versions.values())):
+        for tag in (v.image for v in versions.values()):
             try:
                 docker_client.images.remove(tag, force=True)
             except docker.errors.ImageNotFound:

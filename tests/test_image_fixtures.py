@@ -126,8 +126,8 @@ def test_docker_loads_and_runs_our_docker_archive_and_daemon_outputs(fixture_ima
         assert back.diff_ids == read_image(source).diff_ids
         write_image(back, f"oci:{tmp_path / 'from-daemon'}:latest")
         assert read_image(f"oci:{tmp_path / 'from-daemon'}:latest").config_bytes == back.config_bytes
-    finally:
-        for ref in ([loaded.id] if loaded else []) + [daemon_ref]:
+    finally:  # our tags, not the image's id: the engine may hold the same image under other tags
+        for ref in ([f"sconify-test/{name}:latest"] if loaded else []) + [daemon_ref]:
             try:
                 docker_client.images.remove(ref, force=True)
             except Exception:  # not loaded: nothing to remove

@@ -14,21 +14,19 @@ code of their own use ``driver_conv``: the Python demo with a measured driver sc
 from __future__ import annotations
 
 import _ctypes
-import io
 import json
 import os
 import re
 import shutil
-import tarfile
 import subprocess
 import sys
 import time
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from engine_images import Converted, convert_into_engine, derived_image, load_image
 from fidelity_scripts import NODE_WRITES
 from sconify.image.rootfs import RootFS
 from sconify.image.transports import read_image, write_image
@@ -61,91 +59,34 @@ OWN_COPY_LINE = ("sconify-run: volume /app/data is the container's own copy (no 
                  "last as long as this container; mount a volume there to keep them\n")
 
 
-@dataclass
-class Converted:
-    original: str  # docker tag of the input image
-    tag: str  # docker tag of the converted image
-    out: Path  # manifest.json, session.yaml, keys.json
-    executable: str
-
-
-def convert_into_engine(source: str, tag: str, out: Path, *extra: str) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "sconify", "image", "--from", source, "--to", f"docker-daemon:{tag}",
-         "--out-dir", str(out), *extra],
-        capture_output=True, text=True, timeout=900, check=False,
-    )
-    assert result.returncode == 0, result.stderr
-
-
-def load_original(docker_client, layout: Path, tag: str, tmp: Path) -> None:
-    archive = tmp / "original.tar"
-    write_image(read_image(f"oci:{layout}:latest"), f"docker-archive:{archive}:{tag}")
-    with archive.open("rb") as handle:
-        docker_client.images.load(handle)
-
-
 def converted_image(kind: str, layout: Path, docker_client, tmp: Path) -> Converted:
+    """An image of a test's own (``with_app_script``) loaded and converted with --dir /app/data;
+    the caller removes both tags."""
     name = f"sconify-rt-{kind}-{uuid.uuid4().hex[:8]}"
     original, tag = f"{name}:original", f"{name}:conf"
-    load_original(docker_client, layout, original, tmp)
+    load_image(docker_client, f"oci:{layout}:latest", original)
     convert_into_engine(f"oci:{layout}:latest", tag, tmp / "out", "--dir", "/app/data")
     manifest = json.loads((tmp / "out" / "manifest.json").read_text())
     return Converted(original, tag, tmp / "out", manifest["executable"]["path"])
 
 
-def derived_image(docker_client, base: str, tag: str, files: dict[str, tuple[bytes, int]],
-                  cmd: list[str] | None = None) -> None:
-    """docker build: FROM base, COPY each image path -> (content, mode), then CMD."""
-    context = io.BytesIO()
-    lines = [f"FROM {base}"]
-    with tarfile.open(fileobj=context, mode="w") as tar:
-        for number, (path, (data, mode)) in enumerate(sorted(files.items())):
-            info = tarfile.TarInfo(f"f{number}")
-            info.size, info.mode = len(data), mode
-            tar.addfile(info, io.BytesIO(data))
-            lines.append(f"COPY f{number} {path}")
-        if cmd is not None:
-            lines.append(f"CMD {json.dumps(cmd)}")
-        dockerfile = ("\n".join(lines) + "\n").encode()
-        info = tarfile.TarInfo("Dockerfile")
-        info.size = len(dockerfile)
-        tar.addfile(info, io.BytesIO(dockerfile))
-    context.seek(0)
-    docker_client.images.build(fileobj=context, custom_context=True, tag=tag, rm=True)
-
-
-def driver_image(base: Converted, docker_client, tmp: Path, node: bool = False) -> Converted:
-    """The Python (or Node) demo with a driver as its CMD, converted with --allow-args."""
-    name = f"sconify-rt-driver-{uuid.uuid4().hex[:8]}"
-    original, tag = f"{name}:original", f"{name}:conf"
-    path, source, interpreter = (NODE_DRIVER, NODE_DRIVER_SOURCE, "node") if node else (DRIVER, DRIVER_SOURCE, "python3")
-    derived_image(docker_client, base.original, original, {path: (source.encode(), 0o644)}, cmd=[interpreter, path])
-    convert_into_engine(f"docker-daemon:{original}", tag, tmp / "out", "--dir", "/app/data", "--allow-args")
-    manifest = json.loads((tmp / "out" / "manifest.json").read_text())
-    return Converted(original, tag, tmp / "out", manifest["executable"]["path"])
-
-
 @pytest.fixture(scope="module")
-def conversions(python_image, node_image, docker_client, tmp_path_factory):
-    """kind -> its Converted, made on first use and removed from the engine at the end."""
-    made: dict[str, Converted] = {}
+def conversions(python_image, node_image, engine_images):
+    """kind -> its Converted, made once per session (engine_images: shared with the other files
+    that use these fixtures): a demo image converted with --dir /app/data (``python``, ``node``),
+    or a demo with a driver as its CMD converted with --allow-args (``driver``, ``node-driver``)."""
 
     def get(kind: str) -> Converted:
-        if kind not in made:
-            tmp = tmp_path_factory.mktemp(f"rt-{kind}")
-            if kind in ("driver", "node-driver"):
-                made[kind] = driver_image(get("node" if kind == "node-driver" else "python"), docker_client, tmp,
-                                          node=kind == "node-driver")
-            else:
-                made[kind] = converted_image(kind, {"python": python_image, "node": node_image}[kind],
-                                             docker_client, tmp)
-        return made[kind]
+        node = kind.startswith("node")
+        layout = node_image if node else python_image
+        original = engine_images.loaded(f"oci:{layout}:latest")
+        if kind in ("python", "node"):
+            return engine_images.converted(original, "--dir", "/app/data", source=f"oci:{layout}:latest")
+        path, source, interpreter = (NODE_DRIVER, NODE_DRIVER_SOURCE, "node") if node else (DRIVER, DRIVER_SOURCE, "python3")
+        driver = engine_images.derived(original, {path: (source.encode(), 0o644)}, cmd=[interpreter, path])
+        return engine_images.converted(driver, "--dir", "/app/data", "--allow-args")
 
-    yield get
-    for converted in made.values():
-        for tag in (converted.original, converted.tag):
-            docker_client.images.remove(tag, force=True)
+    return get
 
 
 def with_app_script(layout: Path, name: str, text: str, cmd: list[str], out: Path) -> Path:

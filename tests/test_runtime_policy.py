@@ -26,7 +26,8 @@ import docker
 import pytest
 import yaml
 
-from test_runtime_docker import SECRETS, convert_into_engine, derived_image, load_original
+from engine_images import convert_into_engine
+from test_runtime_docker import SECRETS
 from test_runtime_docker import run as run_container
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
@@ -82,20 +83,19 @@ class App:
     command: str  # the session's command: what the measured executable runs with
 
 
+def app_original(engine_images, python_image) -> str:
+    """The Python demo with APP as its command (shared with tests/test_generic_acceptance.py)."""
+    return engine_images.derived(engine_images.loaded(f"oci:{python_image}:latest"),
+                                 {APP: (APP_SOURCE.encode(), 0o644)}, cmd=["python3", APP])
+
+
 @pytest.fixture(scope="module")
-def app(python_image, docker_client, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("policy")
-    name = f"sconify-rt-policy-{uuid.uuid4().hex[:8]}"
-    base, original, tag = f"{name}:base", f"{name}:original", f"{name}:conf"
-    load_original(docker_client, python_image, base, tmp)
-    derived_image(docker_client, base, original, {APP: (APP_SOURCE.encode(), 0o644)}, cmd=["python3", APP])
-    convert_into_engine(f"docker-daemon:{original}", tag, tmp / "out", "--dir", "/app/data")
-    keys = json.loads((tmp / "out" / "keys.json").read_text())
-    session = yaml.safe_load((tmp / "out" / "session.yaml").read_text())
-    yield App(original, tag, keys["mrenclave"], keys["executable_sha256"], keys["runtime_config_sha256"],
-              session["services"][0]["command"])
-    for image in (tag, original, base):
-        docker_client.images.remove(image, force=True)
+def app(python_image, engine_images) -> App:
+    converted = engine_images.converted(app_original(engine_images, python_image), "--dir", "/app/data")
+    keys = json.loads((converted.out / "keys.json").read_text())
+    session = yaml.safe_load((converted.out / "session.yaml").read_text())
+    return App(converted.original, converted.tag, keys["mrenclave"], keys["executable_sha256"],
+               keys["runtime_config_sha256"], session["services"][0]["command"])
 
 
 def deployment(app: App, directory: Path, name: str, mrenclaves: list[str] | None = None,
@@ -347,7 +347,7 @@ def test_sconify_policy_names_another_directory(app, docker_client, volumes, tmp
 def test_a_generic_image_runs_with_the_policy_sconify_deploy_init_writes(app, docker_client, volumes, tmp_path):
     """The whole issue 24 flow: the curator's --generic conversion (no keys), the provider's
     `sconify deploy init` (policy.yaml, secrets.json), `docker run` with them read-only."""
-    tag = app.tag.replace(":conf", ":generic")
+    tag = f"sconify-rt-policy-{uuid.uuid4().hex[:8]}:generic"
     convert_into_engine(f"docker-daemon:{app.original}", tag, tmp_path / "curator", "--generic", "--dir", "/app/state")
     try:
         assert not (tmp_path / "curator" / "keys.json").exists()

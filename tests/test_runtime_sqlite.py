@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 
 import pytest
-from test_runtime_docker import SECRETS, convert_into_engine, derived_image, load_original, run, secrets_dir
+from engine_images import Converted, load_image
+from test_runtime_docker import SECRETS, run, secrets_dir
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
@@ -123,26 +124,21 @@ if __name__ == "__main__":
     globals()["scenario_" + sys.argv[1]](*sys.argv[2:])
 '''
 
-class Images:
-    def __init__(self, original: str, tag: str, out: Path):
-        self.original, self.tag, self.out = original, tag, out
-
-
 @pytest.fixture(scope="module")
-def sqlite_images(python_image, docker_client, tmp_path_factory):
+def sqlite_images(python_image, docker_client, engine_images):
     """The Python demo with SQLITE_CHECK as its command: original, and converted with
-    --dir /app/data --allow-args."""
-    tmp = tmp_path_factory.mktemp("rt-sqlite")
-    name = f"sconify-rt-sqlite-{uuid.uuid4().hex[:8]}"
-    base, original, tag = f"{name}:base", f"{name}:original", f"{name}:conf"
-    load_original(docker_client, python_image, base, tmp)
+    --dir /app/data --allow-args. The demo is loaded under a tag of this module's own, not the
+    session's (engine_images.loaded): built on the session's tag, the killed WAL writer's next
+    start failed the shield's integrity check (the -wal stored one frame longer than the fspf
+    records) in 3 of 3 runs after tests/test_runtime_policy.py, and passes this way (2 of 2): why
+    is not understood yet."""
+    base = f"sconify-rt-sqlite-{uuid.uuid4().hex[:8]}:base"
+    load_image(docker_client, f"oci:{python_image}:latest", base)
     try:
-        derived_image(docker_client, base, original, {SCRIPT: (SQLITE_CHECK.encode(), 0o644)}, cmd=["python3", SCRIPT])
-        convert_into_engine(f"docker-daemon:{original}", tag, tmp / "out", "--dir", "/app/data", "--allow-args")
-        yield Images(original, tag, tmp / "out")
+        original = engine_images.derived(base, {SCRIPT: (SQLITE_CHECK.encode(), 0o644)}, cmd=["python3", SCRIPT])
+        yield engine_images.converted(original, "--dir", "/app/data", "--allow-args")
     finally:
-        for image in (tag, original, base):
-            docker_client.images.remove(image, force=True)
+        docker_client.images.remove(base, force=True)
 
 
 @pytest.fixture
@@ -160,7 +156,7 @@ def volumes(docker_client):
         docker_client.volumes.get(name).remove(force=True)
 
 
-def scenario(docker_client, images: Images, converted: bool, volume: str, secrets: Path | None, *args: str) -> str:
+def scenario(docker_client, images: Converted, converted: bool, volume: str, secrets: Path | None, *args: str) -> str:
     """Run python3 SCRIPT ARGS in the original or the converted image, /app/data on ``volume``."""
     image = images.tag if converted else images.original
     status, out, err = run(docker_client, image, ["python3", SCRIPT, *args], secrets=secrets if converted else None,
