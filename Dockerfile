@@ -9,7 +9,8 @@
 # has no compiler):
 #   pip wheel . -w wheels/ && make -C runtime
 # The one RUN is in exec form (the base image needs no shell) and makes the venv and installs
-# into it in one step: with the vfs storage driver every extra step copies the whole rootfs.
+# into it in one step, and one ENV sets both variables: with the vfs storage driver every extra
+# step copies the whole rootfs.
 ARG BASE_IMAGE=python:3.11-slim
 FROM ${BASE_IMAGE}
 
@@ -18,7 +19,7 @@ COPY runtime/build/bin/sconify-run /opt/sconify-runtime/bin/sconify-run
 COPY runtime/build/lib/libsconify-shield.so /opt/sconify-runtime/lib/libsconify-shield.so
 RUN ["python3", "-c", "import subprocess, venv; venv.create('/opt/sconify', with_pip=True); subprocess.run(['/opt/sconify/bin/python', '-m', 'pip', 'install', '--no-index', '--no-cache-dir', '--find-links', '/tmp/sconify-wheels', 'sconify'], check=True)"]
 
-ENV SCONIFY_RUNTIME_DIR=/opt/sconify-runtime
-ENV PATH=/opt/sconify/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+ENV SCONIFY_RUNTIME_DIR=/opt/sconify-runtime \
+    PATH=/opt/sconify/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 ENTRYPOINT ["/opt/sconify/bin/sconify"]
 CMD ["--help"]
