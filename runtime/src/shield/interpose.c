@@ -24,12 +24,8 @@ static int open_bare_root(const char *path, int flags)
 {
     int fd = RESOLVE(openat)(AT_FDCWD, path, flags | O_DIRECTORY | O_NOFOLLOW);
     if (fd < 0) return -1;
-    char link[64], real[PATH_MAX];
-    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-    in_shield++;
-    ssize_t n = RESOLVE(readlink)(link, real, sizeof real - 1);
-    in_shield--;
-    if (n > 0 && (size_t)n == strlen(path) && memcmp(real, path, (size_t)n) == 0) return fd;
+    char real[PATH_MAX];
+    if (fd_path(fd, real, sizeof real) == 0 && strcmp(real, path) == 0) return fd;
     RESOLVE(close)(fd);
     errno = ENOENT;
     return -1;
