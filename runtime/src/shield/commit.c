@@ -5,11 +5,7 @@
 
 #include "shield.h"
 
-static void tmp_name(const char *path, char *out, size_t len)
-{
-    const char *base = base_name(path);
-    snprintf(out, len, "%.*s" HIDDEN_TMP "%s.%ld", (int)(base - path), path, base, (long)getpid());
-}
+static void tmp_name(const char *path, char *out, size_t len) { commit_tmp_name(path, (long)getpid(), out, len); }
 
 static int copy_fd(int from, int to, uint64_t size)
 {
@@ -145,7 +141,7 @@ int volume_sync(struct svol *vol)
             if (dir >= 0) RESOLVE(close)(dir);
         }
         for (size_t i = 0; rc == 0 && !vol->foreign && i < vol->ndirty; i++)
-            if ((fsync_with_dir(vol->dirty[i]) != 0 && errno != ENOENT) || fsync_dir_of(vol->dirty[i]) != 0)
+            if (fsync_with_dir(vol->dirty[i]) != 0 && (errno != ENOENT || fsync_dir_of(vol->dirty[i]) != 0))
                 rc = rt_fail(&err, "cannot fsync %s: %s", vol->dirty[i], strerror(errno));
         if (rc == 0 && fsync_with_dir(vol->v->fspf_path) != 0)
             rc = rt_fail(&err, "cannot fsync its fspf: %s", strerror(errno));
