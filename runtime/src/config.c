@@ -593,3 +593,9 @@ int state_record(const char *volume_path, const unsigned char key[32], const uns
                        volume_path, path, strerror(saved));
     return 0;
 }
+
+void commit_tmp_name(const char *path, long pid, char *out, size_t len)
+{
+    const char *base = base_name(path);
+    snprintf(out, len, "%.*s" HIDDEN_TMP "%s.%ld", (int)(base - path), path, base, pid);
+}

@@ -36,6 +36,8 @@
 /* The prefix of a commit's temporary files (shield/commit.c), hidden from the service: the new
  * stored file DIR/.sconify-tmp.NAME.PID and the new fspf FSPF.sconify-tmp.PID. */
 #define HIDDEN_TMP ".sconify-tmp."
+/* The temp file a commit of process pid writes path's new stored file to: DIR/.sconify-tmp.NAME.PID. */
+void commit_tmp_name(const char *path, long pid, char *out, size_t len);
 
 struct rt_volume {
     char *path;        /* region path, absolute */

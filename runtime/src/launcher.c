@@ -311,9 +311,8 @@ static void settle_commit(const struct rt_volume *vol, const unsigned char key[3
     for (uint32_t i = 0; i < now.file_count; i++) {  /* its new stored file, if not renamed yet */
         const struct fspf_file *f = &now.files[i], *old = have_was ? fspf_find(&was, f->path) : NULL;
         if (old && memcmp(old->file_id, f->file_id, 16) == 0) continue;
-        const char *base = base_name(f->path);
         char stored_tmp[PATH_MAX * 2];
-        snprintf(stored_tmp, sizeof stored_tmp, "%.*s" HIDDEN_TMP "%s.%ld", (int)(base - f->path), f->path, base, pid);
+        commit_tmp_name(f->path, pid, stored_tmp, sizeof stored_tmp);
         struct stat st;
         if (lstat(stored_tmp, &st) == 0) rename(stored_tmp, f->path);
     }

@@ -738,22 +738,26 @@ static int shield_spawn(pid_t *pid, const char *file, int search, const posix_sp
     return 0;
 }
 
+/* search: posix_spawnp (file looked up in PATH). */
+static int spawn(pid_t *pid, const char *file, int search, const posix_spawn_file_actions_t *fa,
+                 const posix_spawnattr_t *attr, char *const argv[], char *const envp[])
+{
+    char *const *env = envp ? envp : environ;
+    if (ACTIVE() && grant_text && spawn_actions_known(fa) && executes_measured(file, env))
+        return shield_spawn(pid, file, search, fa, attr, argv, env);
+    return (search ? RESOLVE(posix_spawnp) : RESOLVE(posix_spawn))(pid, file, fa, attr, argv, envp);
+}
+
 EXPORT int posix_spawn(pid_t *pid, const char *path, const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *attr,
                        char *const argv[], char *const envp[])
 {
-    char *const *env = envp ? envp : environ;
-    if (ACTIVE() && grant_text && spawn_actions_known(fa) && executes_measured(path, env))
-        return shield_spawn(pid, path, 0, fa, attr, argv, env);
-    return RESOLVE(posix_spawn)(pid, path, fa, attr, argv, envp);
+    return spawn(pid, path, 0, fa, attr, argv, envp);
 }
 
 EXPORT int posix_spawnp(pid_t *pid, const char *file, const posix_spawn_file_actions_t *fa, const posix_spawnattr_t *attr,
                         char *const argv[], char *const envp[])
 {
-    char *const *env = envp ? envp : environ;
-    if (ACTIVE() && grant_text && spawn_actions_known(fa) && executes_measured(file, env))
-        return shield_spawn(pid, file, 1, fa, attr, argv, env);
-    return RESOLVE(posix_spawnp)(pid, file, fa, attr, argv, envp);
+    return spawn(pid, file, 1, fa, attr, argv, envp);
 }
 
 /* Debian's libjansson.a is built as position-dependent code: its json_loadf path refers to
